@@ -1,0 +1,197 @@
+//! The admin API (health, SQL, traces) and the Prometheus endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::query::{QueryEngine, QueryError};
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub health: Health,
+    /// Set once the table exists and the engine is registered.
+    pub query: Arc<OnceCell<QueryEngine>>,
+    pub auth_token: Option<Arc<str>>,
+}
+
+/// A JSON error body: `{"error": "..."}` with the given status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The admin router: `/health*` open, `/admin/*` behind the token when set.
+pub fn admin_router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/admin/query", post(query))
+        .route("/admin/traces/{trace_id}", get(trace))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .merge(admin)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The metrics router: `GET /metrics` in the Prometheus text format.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+/// Serves a router until the process ends.
+pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, router).await
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = &state.auth_token else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) {
+        next.run(req).await
+    } else {
+        error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let report = state.health.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.health.ready() {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryRequest {
+    sql: String,
+}
+
+fn engine(state: &AppState) -> Result<&QueryEngine, Response> {
+    state.query.get().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the table is not available yet; see /health",
+        )
+    })
+}
+
+fn query_error(e: QueryError) -> Response {
+    let status = match &e {
+        QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+async fn query(
+    State(state): State<AppState>,
+    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let engine = match engine(&state) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    match engine.query(&req.sql).await {
+        Ok(result) => Json(result).into_response(),
+        Err(e) => {
+            tracing::info!(error = %e, "query rejected or failed");
+            query_error(e)
+        }
+    }
+}
+
+async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> Response {
+    let id = trace_id.to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "trace_id must be 32 hexadecimal characters",
+        );
+    }
+    let engine = match engine(&state) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    // The id is validated as hex above, so it is safe to inline.
+    let sql = format!("SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time, span_id");
+    match engine.query(&sql).await {
+        Ok(result) if result.row_count == 0 => {
+            error(StatusCode::NOT_FOUND, format!("no stored spans for trace {id}"))
+        }
+        Ok(result) => {
+            let spans: Vec<Value> = result
+                .rows
+                .into_iter()
+                .map(|row| {
+                    Value::Object(result.columns.iter().cloned().zip(row).collect::<Map<_, _>>())
+                })
+                .collect();
+            Json(json!({
+                "trace_id": id,
+                "span_count": spans.len(),
+                "truncated": result.truncated,
+                "spans": spans,
+            }))
+            .into_response()
+        }
+        Err(e) => query_error(e),
+    }
+}

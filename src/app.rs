@@ -1,0 +1,278 @@
+//! Wires the stages into the running service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::task::JoinSet;
+
+use crate::api::{self, AppState};
+use crate::buffer::worker::{self, WorkerContext};
+use crate::buffer::BufferLimits;
+use crate::config::Settings;
+use crate::health::Health;
+use crate::ingest::offsets::OffsetTracker;
+use crate::ingest::{self, IngestError, Source};
+use crate::metrics::Metrics;
+use crate::query::{QueryEngine, QueryLimits};
+use crate::sampling::{ForceRules, NoForceRules, PolicySet};
+use crate::storage::writer::{IcebergWriter, WriterConfig};
+use crate::storage::TableHandle;
+
+/// Capacity of each worker's input channel, in Kafka messages.
+const SHARD_CHANNEL_CAPACITY: usize = 1024;
+/// Capacity of the kept-trace channel into storage, in traces.
+const KEPT_CHANNEL_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The admin address actually used: loopback only when no token protects it.
+pub fn effective_admin_addr(settings: &Settings) -> SocketAddr {
+    let addr = settings.server.admin_addr;
+    if settings.admin.auth_token.is_some() || addr.ip().is_loopback() {
+        return addr;
+    }
+    tracing::warn!(
+        configured = %addr,
+        "admin.auth_token is unset: the admin API binds to loopback only; set a token to expose it"
+    );
+    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+}
+
+/// Runs the selector until `shutdown` turns true, then drains in order:
+/// stop fetching, let workers finish, flush storage, commit the watermarks.
+pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+    let metrics = Metrics::new()?;
+    let health = Health::default();
+    let tracker = Arc::new(OffsetTracker::new());
+    let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
+
+    let admin_addr = effective_admin_addr(&settings);
+    let admin = api::admin_router(AppState {
+        health: health.clone(),
+        query: query_cell.clone(),
+        auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
+    });
+    let admin_listener = bind(admin_addr).await?;
+    let metrics_listener = bind(settings.server.metrics_addr).await?;
+    let mut servers = JoinSet::new();
+    servers.spawn(async move { axum::serve(admin_listener, admin).await });
+    let metrics_router = api::metrics_router(metrics.clone());
+    servers.spawn(async move { axum::serve(metrics_listener, metrics_router).await });
+    tracing::info!(admin = %admin_addr, metrics = %settings.server.metrics_addr, "HTTP listening");
+
+    let table = open_table_with_retry(&settings, &health, shutdown.clone()).await;
+    let Some(table) = table else {
+        return Ok(());
+    };
+    let limits = QueryLimits {
+        max_rows: settings.query.max_rows,
+        timeout: Duration::from_secs_f64(settings.query.timeout_secs),
+    };
+    match QueryEngine::new(&table, limits).await {
+        Ok(engine) => {
+            let _ = query_cell.set(engine);
+        }
+        Err(e) => tracing::error!(error = %e, "query engine unavailable"),
+    }
+
+    ingest::ensure_topic(&settings.kafka, &settings.kafka.topic).await?;
+    if let Some(dlq) = &settings.kafka.dead_letter_topic {
+        ingest::ensure_topic(&settings.kafka, dlq).await?;
+    }
+    let consumer = Arc::new(ingest::create_consumer(&settings.kafka, tracker.clone())?);
+
+    spawn_probes(&settings, health.clone(), table.clone(), consumer.clone());
+
+    let (kept_tx, kept_rx) = mpsc::channel(KEPT_CHANNEL_CAPACITY);
+    let writer = IcebergWriter::new(
+        table,
+        WriterConfig {
+            flush_max_rows: settings.storage.flush_max_rows,
+            flush_interval: Duration::from_secs_f64(settings.storage.flush_interval_secs),
+        },
+        tracker.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
+    let writer_task = tokio::spawn(writer.run(kept_rx));
+
+    let force_rules: Arc<dyn ForceRules> = Arc::new(NoForceRules);
+    let ctx = WorkerContext {
+        limits: BufferLimits {
+            inactivity_timeout: Duration::from_secs_f64(settings.sampling.inactivity_timeout_secs),
+            max_trace_duration: Duration::from_secs_f64(settings.sampling.max_trace_duration_secs),
+            max_spans_per_trace: settings.sampling.max_spans_per_trace,
+        },
+        policies: PolicySet::from_config(&settings.sampling),
+        force_rules,
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        kept_tx,
+        tick: tick_for(settings.sampling.inactivity_timeout_secs),
+    };
+    let mut workers = JoinSet::new();
+    let mut shards = Vec::new();
+    for _ in 0..settings.sampling.worker_count() {
+        let (tx, rx) = mpsc::channel(SHARD_CHANNEL_CAPACITY);
+        shards.push(tx);
+        workers.spawn(worker::run(ctx.clone(), rx));
+    }
+    drop(ctx);
+
+    let committer = tokio::spawn(ingest::run_committer(
+        consumer.clone(),
+        tracker.clone(),
+        settings.kafka.topic.clone(),
+        metrics.clone(),
+        Duration::from_millis(settings.kafka.commit_interval_ms),
+        shutdown.clone(),
+    ));
+    let source = Source {
+        consumer,
+        shards,
+        tracker,
+        metrics,
+        health,
+        dead_letter: ingest::dead_letter_producer(&settings.kafka)?,
+        max_message_bytes: settings.kafka.max_message_bytes,
+    };
+    tracing::info!(topic = %settings.kafka.topic, group = %settings.kafka.group_id, "consuming");
+    source.run(shutdown).await;
+
+    // Shutdown: the source dropped the shard senders, so workers stop; open
+    // traces are not decided early and their messages stay uncommitted.
+    while workers.join_next().await.is_some() {}
+    let _ = writer_task.await;
+    let _ = committer.await;
+    servers.abort_all();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Expiry checks a few times per timeout, at most every second.
+fn tick_for(inactivity_secs: f64) -> Duration {
+    Duration::from_secs_f64((inactivity_secs / 4.0).clamp(0.05, 1.0))
+}
+
+/// Waits for the catalog; an unreachable catalog is reported, not fatal.
+async fn open_table_with_retry(
+    settings: &Settings,
+    health: &Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<TableHandle> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match TableHandle::open(&settings.storage.iceberg).await {
+            Ok(t) => {
+                health.set_catalog(Ok(()));
+                return Some(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the Iceberg table");
+                health.set_catalog(Err(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Probes Kafka, the catalog and Redis every few seconds for `/health`.
+fn spawn_probes(
+    settings: &Settings,
+    health: Health,
+    table: TableHandle,
+    consumer: Arc<ingest::SelectorConsumer>,
+) {
+    let redis_url = settings.redis.url.clone();
+    let topic = settings.kafka.topic.clone();
+    tokio::spawn(async move {
+        let mut redis_conn: Option<redis::aio::MultiplexedConnection> = None;
+        loop {
+            let c = consumer.clone();
+            let t = topic.clone();
+            let kafka = tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::Consumer;
+                c.fetch_metadata(Some(&t), Duration::from_secs(3))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            health.set_kafka(kafka);
+            health.set_catalog(
+                table
+                    .catalog
+                    .table_exists(&table.ident)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|exists| {
+                        if exists {
+                            Ok(())
+                        } else {
+                            Err(format!("table {} does not exist", table.ident))
+                        }
+                    }),
+            );
+            health.set_redis(ping_redis(&redis_url, &mut redis_conn).await);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+async fn ping_redis(
+    url: &str,
+    conn: &mut Option<redis::aio::MultiplexedConnection>,
+) -> Result<(), String> {
+    if conn.is_none() {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let c = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        *conn = Some(c);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err("no connection".into());
+    };
+    let pong: Result<String, _> = tokio::time::timeout(
+        Duration::from_secs(3),
+        redis::cmd("PING").query_async(c),
+    )
+    .await
+    .map_err(|_| "PING timed out".to_string())?;
+    match pong {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            *conn = None;
+            Err(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Per-trace span buffers for one worker shard.
+//!
+//! Each worker owns one `TraceBuffer` outright, so nothing here is locked. Expiry
+//! uses two FIFO queues instead of scanning the map: because every trace in a
+//! queue has the same timeout, the queues stay sorted by deadline, and each
+//! tick pops only what is due. A queue entry carries the trace's generation, so
+//! entries made stale by a newer span are skipped in O(1).
+
+pub mod worker;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::ingest::decode::{SpanRecord, TraceId};
+use crate::ingest::offsets::MsgRef;
+
+/// When a trace counts as complete.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferLimits {
+    pub inactivity_timeout: Duration,
+    pub max_trace_duration: Duration,
+    pub max_spans_per_trace: usize,
+}
+
+/// Why a trace left the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Inactive,
+    MaxDuration,
+    MaxSpans,
+}
+
+/// A trace ready for a decision, with the Kafka messages it holds back.
+#[derive(Debug)]
+pub struct CompleteTrace {
+    pub trace_id: TraceId,
+    pub spans: Vec<SpanRecord>,
+    pub msgs: Vec<MsgRef>,
+    pub completion: Completion,
+    /// When the trace's newest span arrived.
+    pub last_seen: Instant,
+}
+
+/// What one `push` did.
+#[derive(Debug)]
+pub struct PushOutcome {
+    /// A new message reference was taken (the caller accounts for it).
+    pub took_ref: bool,
+    /// The trace was not buffered before this push.
+    pub opened: bool,
+    /// The trace, when this push took it to `max_spans_per_trace`.
+    pub complete: Option<CompleteTrace>,
+}
+
+#[derive(Debug)]
+struct OpenTrace {
+    spans: Vec<SpanRecord>,
+    msgs: Vec<MsgRef>,
+    /// Bumped on every push; matches only the newest idle-queue entry.
+    generation: u32,
+    /// The generation at which the trace was opened; matches its age-queue entry.
+    opened: u32,
+    last_seen: Instant,
+}
+
+#[derive(Debug)]
+pub struct TraceBuffer {
+    limits: BufferLimits,
+    traces: FxHashMap<TraceId, OpenTrace>,
+    /// (deadline, trace, generation) in deadline order.
+    idle_queue: VecDeque<(Instant, TraceId, u32)>,
+    /// (deadline, trace, opening generation) in deadline order; one per opening.
+    age_queue: VecDeque<(Instant, TraceId, u32)>,
+    buffered_spans: usize,
+    next_generation: u32,
+}
+
+impl TraceBuffer {
+    pub fn new(limits: BufferLimits) -> Self {
+        Self {
+            limits,
+            traces: FxHashMap::default(),
+            idle_queue: VecDeque::new(),
+            age_queue: VecDeque::new(),
+            buffered_spans: 0,
+            next_generation: 0,
+        }
+    }
+
+    pub fn trace_count(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn span_count(&self) -> usize {
+        self.buffered_spans
+    }
+
+    /// Adds the spans one message holds for one trace.
+    ///
+    /// The outcome says whether a message reference was taken, so the caller
+    /// can account for the message in the offset tracker.
+    pub fn push(
+        &mut self,
+        trace_id: TraceId,
+        spans: impl IntoIterator<Item = SpanRecord>,
+        msg: MsgRef,
+        now: Instant,
+    ) -> PushOutcome {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let before = self.traces.len();
+        let trace = self.traces.entry(trace_id).or_insert_with(|| OpenTrace {
+            spans: Vec::new(),
+            msgs: Vec::new(),
+            generation,
+            opened: generation,
+            last_seen: now,
+        });
+        let opened = self.traces.len() > before;
+        trace.generation = generation;
+        trace.last_seen = now;
+        let n_before = trace.spans.len();
+        trace.spans.extend(spans);
+        let added = trace.spans.len() - n_before;
+        self.buffered_spans += added;
+        let took_ref = trace.msgs.last() != Some(&msg);
+        if took_ref {
+            trace.msgs.push(msg);
+        }
+        let full = trace.spans.len() >= self.limits.max_spans_per_trace;
+        if opened {
+            self.age_queue
+                .push_back((now + self.limits.max_trace_duration, trace_id, generation));
+        }
+        let complete = if full {
+            self.take(&trace_id, Completion::MaxSpans)
+        } else {
+            self.idle_queue
+                .push_back((now + self.limits.inactivity_timeout, trace_id, generation));
+            None
+        };
+        PushOutcome {
+            took_ref,
+            opened,
+            complete,
+        }
+    }
+
+    /// Moves every trace that is due at `now` into `out`.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<CompleteTrace>) {
+        while let Some(&(deadline, id, generation)) = self.idle_queue.front() {
+            if deadline > now {
+                break;
+            }
+            self.idle_queue.pop_front();
+            if self.traces.get(&id).is_some_and(|t| t.generation == generation) {
+                out.extend(self.take(&id, Completion::Inactive));
+            }
+        }
+        while let Some(&(deadline, id, opened_generation)) = self.age_queue.front() {
+            if deadline > now {
+                break;
+            }
+            self.age_queue.pop_front();
+            // A trace reopened after an earlier decision has its own, later entry.
+            if self.traces.get(&id).is_some_and(|t| t.opened == opened_generation) {
+                out.extend(self.take(&id, Completion::MaxDuration));
+            }
+        }
+        self.compact_queues();
+    }
+
+    /// Removes every open trace without deciding it; used when partitions are
+    /// given up, because their next owner re-reads the messages.
+    pub fn drain(&mut self) -> Vec<CompleteTrace> {
+        self.idle_queue.clear();
+        self.age_queue.clear();
+        self.buffered_spans = 0;
+        self.traces
+            .drain()
+            .map(|(trace_id, t)| CompleteTrace {
+                trace_id,
+                spans: t.spans,
+                msgs: t.msgs,
+                completion: Completion::Inactive,
+                last_seen: t.last_seen,
+            })
+            .collect()
+    }
+
+    fn take(&mut self, id: &TraceId, completion: Completion) -> Option<CompleteTrace> {
+        let t = self.traces.remove(id)?;
+        self.buffered_spans -= t.spans.len();
+        Some(CompleteTrace {
+            trace_id: *id,
+            spans: t.spans,
+            msgs: t.msgs,
+            completion,
+            last_seen: t.last_seen,
+        })
+    }
+
+    /// Stale idle entries pile up for busy traces; rebuild the queue when it is
+    /// much larger than the live set so memory stays proportional to it.
+    fn compact_queues(&mut self) {
+        let live = self.traces.len().max(1024);
+        if self.idle_queue.len() > live * 8 {
+            let traces = &self.traces;
+            self.idle_queue
+                .retain(|(_, id, g)| traces.get(id).is_some_and(|t| t.generation == *g));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::Origin;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn limits() -> BufferLimits {
+        BufferLimits {
+            inactivity_timeout: Duration::from_secs(10),
+            max_trace_duration: Duration::from_secs(60),
+            max_spans_per_trace: 5,
+        }
+    }
+
+    fn rec() -> SpanRecord {
+        SpanRecord {
+            bytes: Bytes::new(),
+            origin: Arc::new(Origin::default()),
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+            is_error: false,
+        }
+    }
+
+    fn id(n: u8) -> TraceId {
+        let mut t = [0u8; 16];
+        t[15] = n;
+        t
+    }
+
+    fn m(offset: i64) -> MsgRef {
+        MsgRef {
+            partition: 0,
+            offset,
+        }
+    }
+
+    #[test]
+    fn inactivity_timeout_restarts_on_every_span() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        b.push(id(1), [rec()], m(0), t0);
+        b.push(id(1), [rec()], m(1), t0 + Duration::from_secs(8));
+        let mut out = Vec::new();
+        b.expire(t0 + Duration::from_secs(12), &mut out);
+        assert!(out.is_empty(), "the second span restarted the timer");
+        b.expire(t0 + Duration::from_secs(18), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 2);
+        assert_eq!(out[0].msgs, vec![m(0), m(1)]);
+        assert_eq!(out[0].completion, Completion::Inactive);
+        assert_eq!(b.trace_count(), 0);
+        assert_eq!(b.span_count(), 0);
+    }
+
+    #[test]
+    fn max_duration_decides_a_trace_that_never_goes_quiet() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(BufferLimits {
+            max_spans_per_trace: 1000,
+            ..limits()
+        });
+        let mut out = Vec::new();
+        let mut decided_at = None;
+        for s in (0..=80).step_by(4) {
+            let now = t0 + Duration::from_secs(s);
+            assert!(b.push(id(2), [rec()], m(s as i64), now).complete.is_none());
+            b.expire(now, &mut out);
+            if !out.is_empty() {
+                decided_at = Some(s);
+                break;
+            }
+        }
+        // A span every 4 s never lets the 10 s inactivity timeout fire; the
+        // 60 s limit does, and the span pushed at 60 s is part of the trace.
+        assert_eq!(decided_at, Some(60));
+        assert_eq!(out[0].completion, Completion::MaxDuration);
+        assert_eq!(out[0].spans.len(), 16);
+    }
+
+    #[test]
+    fn max_spans_decides_at_once() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        let first = b.push(id(3), vec![rec(), rec(), rec()], m(0), t0);
+        assert!(first.took_ref && first.opened);
+        assert!(first.complete.is_none());
+        let second = b.push(id(3), vec![rec(), rec()], m(1), t0);
+        assert!(!second.opened);
+        let done = second.complete.expect("5 spans reach the limit");
+        assert_eq!(done.completion, Completion::MaxSpans);
+        assert_eq!(done.spans.len(), 5);
+        // Its queued deadlines are now stale and decide nothing.
+        let mut out = Vec::new();
+        b.expire(t0 + Duration::from_secs(100), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn message_references_are_taken_once_per_message() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        assert!(b.push(id(4), [rec()], m(7), t0).took_ref);
+        assert!(!b.push(id(4), [rec()], m(7), t0).took_ref);
+        assert!(b.push(id(5), [rec()], m(7), t0).took_ref);
+        assert_eq!(b.span_count(), 3);
+        assert_eq!(b.trace_count(), 2);
+        let drained = b.drain();
+        assert_eq!(drained.len(), 2);
+        assert_eq!(b.span_count(), 0);
+    }
+
+    #[test]
+    fn a_trace_reopened_after_its_decision_gets_fresh_deadlines() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        let mut out = Vec::new();
+        b.push(id(6), [rec()], m(0), t0);
+        b.expire(t0 + Duration::from_secs(11), &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        // A late span opens the trace again at t0+50; the first opening's
+        // max-duration deadline (t0+60) must not cut it short.
+        b.push(id(6), [rec()], m(1), t0 + Duration::from_secs(50));
+        b.expire(t0 + Duration::from_secs(59), &mut out);
+        assert!(out.is_empty());
+        b.expire(t0 + Duration::from_secs(61), &mut out);
+        assert!(out.is_empty(), "old max-duration entry is stale");
+        b.expire(t0 + Duration::from_secs(61), &mut out);
+        b.expire(t0 + Duration::from_secs(70), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].completion, Completion::Inactive);
+    }
+}

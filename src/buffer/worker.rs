@@ -1,0 +1,165 @@
+//! One evaluation worker: owns a shard of the traces (by trace id), buffers
+//! their spans, decides complete traces and routes the kept ones to storage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::{BufferLimits, CompleteTrace, TraceBuffer};
+use crate::ingest::decode::{SpanRecord, TraceId};
+use crate::ingest::offsets::{MsgRef, OffsetTracker};
+use crate::metrics::Metrics;
+use crate::sampling::{Decision, ForceRules, PolicySet, SamplingReason};
+
+/// The spans of one Kafka message that belong to this worker's shard.
+#[derive(Debug)]
+pub struct ShardBatch {
+    pub msg: MsgRef,
+    pub spans: Vec<(TraceId, SpanRecord)>,
+}
+
+/// A trace the policies kept, on its way to the table.
+#[derive(Debug)]
+pub struct KeptTrace {
+    pub trace_id: TraceId,
+    pub spans: Vec<SpanRecord>,
+    pub reason: SamplingReason,
+    pub rule_id: Option<Arc<str>>,
+    pub msgs: Vec<MsgRef>,
+    pub decided_at: SystemTime,
+}
+
+/// Everything a worker shares with the rest of the pipeline.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub limits: BufferLimits,
+    pub policies: PolicySet,
+    pub force_rules: Arc<dyn ForceRules>,
+    pub tracker: Arc<OffsetTracker>,
+    pub metrics: Metrics,
+    pub kept_tx: mpsc::Sender<KeptTrace>,
+    /// How often due traces are looked for.
+    pub tick: Duration,
+}
+
+/// Picks the worker for a trace. The trace id's last bytes are random in every
+/// W3C-conformant id, but mixing the whole id keeps skewed ids balanced too.
+pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
+    (crate::sampling::baseline_hash(trace_id).rotate_left(17) % shards as u64) as usize
+}
+
+/// Runs until the input channel closes. Open traces are then dropped undecided:
+/// their messages stay uncommitted, so the next owner re-reads them.
+pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
+    let mut state = Worker {
+        buffer: TraceBuffer::new(ctx.limits),
+        reported_traces: 0,
+        reported_spans: 0,
+        ctx,
+    };
+    let mut tick = tokio::time::interval(state.ctx.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = Vec::new();
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => state.ingest(batch).await,
+                None => break,
+            },
+            _ = tick.tick() => {
+                state.buffer.expire(Instant::now(), &mut due);
+                for trace in due.drain(..) {
+                    state.decide(trace).await;
+                }
+            }
+        }
+        state.report_gauges();
+    }
+    let abandoned = state.buffer.drain();
+    state.report_gauges();
+    tracing::info!(
+        traces = abandoned.len(),
+        "worker stopped; undecided traces will be re-read from Kafka"
+    );
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    buffer: TraceBuffer,
+    reported_traces: i64,
+    reported_spans: i64,
+}
+
+impl Worker {
+    async fn ingest(&mut self, batch: ShardBatch) {
+        let now = Instant::now();
+        let mut refs = 0i64;
+        let mut opened = 0u64;
+        self.ctx.metrics.spans_ingested_total.inc_by(batch.spans.len() as u64);
+        for (trace_id, span) in batch.spans {
+            let outcome = self.buffer.push(trace_id, [span], batch.msg, now);
+            refs += i64::from(outcome.took_ref);
+            opened += u64::from(outcome.opened);
+            if let Some(trace) = outcome.complete {
+                self.decide(trace).await;
+            }
+        }
+        self.ctx.metrics.traces_ingested_total.inc_by(opened);
+        // The batch's ticket is returned only after its references are counted,
+        // so the message cannot look finished in between.
+        self.ctx.tracker.adjust(batch.msg, refs - 1);
+    }
+
+    async fn decide(&mut self, trace: CompleteTrace) {
+        let decision =
+            self.ctx
+                .policies
+                .decide(&trace.trace_id, &trace.spans, self.ctx.force_rules.as_ref());
+        self.ctx
+            .metrics
+            .decision_latency_seconds
+            .observe(trace.last_seen.elapsed().as_secs_f64());
+        match decision {
+            Decision::Drop => {
+                self.ctx.metrics.traces_dropped_total.inc();
+                self.ctx.tracker.release(&trace.msgs);
+            }
+            Decision::Keep { reason, rule_id } => {
+                self.ctx
+                    .metrics
+                    .traces_sampled_total
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                if reason == SamplingReason::ForceRule {
+                    self.ctx.metrics.traces_force_sampled_total.inc();
+                }
+                let kept = KeptTrace {
+                    trace_id: trace.trace_id,
+                    spans: trace.spans,
+                    reason,
+                    rule_id,
+                    msgs: trace.msgs,
+                    decided_at: SystemTime::now(),
+                };
+                // A full channel means storage is behind: waiting here pauses
+                // this worker, then the consumer, which is the backpressure.
+                if let Err(e) = self.ctx.kept_tx.send(kept).await {
+                    tracing::warn!(
+                        trace_id = %hex::encode(e.0.trace_id),
+                        "storage has stopped; the kept trace stays uncommitted in Kafka"
+                    );
+                }
+            }
+        }
+    }
+
+    fn report_gauges(&mut self) {
+        let traces = self.buffer.trace_count() as i64;
+        let spans = self.buffer.span_count() as i64;
+        self.ctx.metrics.buffered_traces.add(traces - self.reported_traces);
+        self.ctx.metrics.buffered_spans.add(spans - self.reported_spans);
+        self.reported_traces = traces;
+        self.reported_spans = spans;
+    }
+}

@@ -1,0 +1,140 @@
+//! Component health for `/health` and `/health/ready`, updated by the pipeline
+//! and by a background prober; the HTTP handlers only read it.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum ComponentStatus {
+    Unknown,
+    Ok,
+    Down { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub ready: bool,
+    pub kafka: ComponentStatus,
+    pub catalog: ComponentStatus,
+    pub redis: ComponentStatus,
+    pub storage_writes: ComponentStatus,
+}
+
+#[derive(Debug)]
+struct State {
+    kafka: ComponentStatus,
+    catalog: ComponentStatus,
+    redis: ComponentStatus,
+    storage_error: Option<String>,
+}
+
+/// Cheap to clone; all clones share one state.
+#[derive(Debug, Clone)]
+pub struct Health {
+    state: Arc<RwLock<State>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(RwLock::new(State {
+                kafka: ComponentStatus::Unknown,
+                catalog: ComponentStatus::Unknown,
+                redis: ComponentStatus::Unknown,
+                storage_error: None,
+            })),
+        }
+    }
+}
+
+fn status(r: Result<(), String>) -> ComponentStatus {
+    match r {
+        Ok(()) => ComponentStatus::Ok,
+        Err(reason) => ComponentStatus::Down { reason },
+    }
+}
+
+impl Health {
+    pub fn set_kafka(&self, r: Result<(), String>) {
+        self.state.write().kafka = status(r);
+    }
+
+    pub fn set_catalog(&self, r: Result<(), String>) {
+        self.state.write().catalog = status(r);
+    }
+
+    pub fn set_redis(&self, r: Result<(), String>) {
+        self.state.write().redis = status(r);
+    }
+
+    /// The last storage write error, or `None` after a successful commit.
+    pub fn set_storage_error(&self, e: Option<String>) {
+        self.state.write().storage_error = e;
+    }
+
+    pub fn report(&self) -> HealthReport {
+        let s = self.state.read();
+        let storage_writes = match &s.storage_error {
+            None => ComponentStatus::Ok,
+            Some(reason) => ComponentStatus::Down {
+                reason: reason.clone(),
+            },
+        };
+        let ready = [&s.kafka, &s.catalog, &s.redis, &storage_writes]
+            .iter()
+            .all(|c| **c == ComponentStatus::Ok);
+        HealthReport {
+            ready,
+            kafka: s.kafka.clone(),
+            catalog: s.catalog.clone(),
+            redis: s.redis.clone(),
+            storage_writes,
+        }
+    }
+
+    /// `Err` names every component that is not usable, and why.
+    pub fn ready(&self) -> Result<(), String> {
+        let r = self.report();
+        if r.ready {
+            return Ok(());
+        }
+        let reasons: Vec<String> = [
+            ("kafka", &r.kafka),
+            ("catalog", &r.catalog),
+            ("redis", &r.redis),
+            ("storage_writes", &r.storage_writes),
+        ]
+        .into_iter()
+        .filter_map(|(name, c)| match c {
+            ComponentStatus::Ok => None,
+            ComponentStatus::Unknown => Some(format!("{name}: not checked yet")),
+            ComponentStatus::Down { reason } => Some(format!("{name}: {reason}")),
+        })
+        .collect();
+        Err(reasons.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_component_is_ok() {
+        let h = Health::default();
+        assert!(h.ready().unwrap_err().contains("kafka: not checked yet"));
+        h.set_kafka(Ok(()));
+        h.set_catalog(Ok(()));
+        h.set_redis(Err("connection refused".into()));
+        let err = h.ready().unwrap_err();
+        assert!(err.contains("redis: connection refused"), "{err}");
+        assert!(!err.contains("kafka"), "{err}");
+        h.set_redis(Ok(()));
+        assert!(h.ready().is_ok());
+        h.set_storage_error(Some("s3 down".into()));
+        assert!(h.ready().unwrap_err().contains("storage_writes: s3 down"));
+    }
+}

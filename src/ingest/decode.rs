@@ -1,0 +1,404 @@
+//! Turns one Kafka message (an OTLP `ExportTraceServiceRequest`) into span records.
+//!
+//! The hot path never builds the full prost object tree. A single pass over the
+//! protobuf wire format finds each span, reads only what the policies need
+//! (trace id, timestamps, status) and keeps the span as a zero-copy slice of the
+//! message. Spans are decoded fully only when their trace is kept, which is the
+//! minority. OTLP JSON is converted to protobuf once and then takes the same path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// The 16-byte W3C trace id.
+pub type TraceId = [u8; 16];
+
+/// The resource and instrumentation scope shared by the spans of one `ScopeSpans`.
+#[derive(Debug, Default)]
+pub struct Origin {
+    /// Encoded `opentelemetry.proto.resource.v1.Resource`, empty when absent.
+    pub resource: Bytes,
+    /// Encoded `opentelemetry.proto.common.v1.InstrumentationScope`, empty when absent.
+    pub scope: Bytes,
+}
+
+/// One buffered span: the encoded bytes plus the few fields the policies read.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    /// Encoded `opentelemetry.proto.trace.v1.Span`, a slice of the Kafka message.
+    pub bytes: Bytes,
+    pub origin: Arc<Origin>,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub is_error: bool,
+}
+
+/// A decoded message: every span with its trace id, in message order.
+#[derive(Debug, Default)]
+pub struct DecodedMessage {
+    pub spans: Vec<(TraceId, SpanRecord)>,
+    /// Spans skipped because their trace id was missing, zero or not 16 bytes.
+    pub invalid_trace_id_spans: usize,
+}
+
+/// Why a message could not be decoded. `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("invalid OTLP protobuf: {0}")]
+    Protobuf(String),
+    #[error("invalid OTLP JSON: {0}")]
+    Json(String),
+}
+
+impl DecodeError {
+    /// The `reason` label of `tail_sampling_messages_invalid_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Protobuf(_) => "protobuf",
+            DecodeError::Json(_) => "json",
+        }
+    }
+}
+
+/// OTLP status code ERROR.
+const STATUS_CODE_ERROR: u64 = 2;
+
+/// Decodes one message, in protobuf or OTLP JSON.
+///
+/// JSON is recognised by its first non-blank byte, `{`. That byte can never start
+/// a valid `ExportTraceServiceRequest` in protobuf (it would be field 15 with the
+/// deprecated group wire type), so the check is unambiguous.
+pub fn decode_message(payload: Bytes, max_bytes: usize) -> Result<DecodedMessage, DecodeError> {
+    if payload.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if payload.len() > max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: max_bytes,
+        });
+    }
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        let request: ExportTraceServiceRequest =
+            serde_json::from_slice(&payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+        return scan_request(Bytes::from(request.encode_to_vec()))
+            .map_err(|e| DecodeError::Json(format!("re-encoded request is invalid: {e}")));
+    }
+    scan_request(payload)
+}
+
+/// Walks `ExportTraceServiceRequest` → `ResourceSpans` → `ScopeSpans` → `Span`.
+fn scan_request(msg: Bytes) -> Result<DecodedMessage, DecodeError> {
+    let mut out = DecodedMessage::default();
+    for field in Fields::new(&msg, 0) {
+        let field = field?;
+        if field.number == 1 {
+            if let Value::Len(range) = field.value {
+                scan_resource_spans(&msg, range, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn scan_resource_spans(
+    msg: &Bytes,
+    range: (usize, usize),
+    out: &mut DecodedMessage,
+) -> Result<(), DecodeError> {
+    let mut resource = Bytes::new();
+    let mut scopes = Vec::new();
+    for field in Fields::range(msg, range) {
+        let field = field?;
+        match (field.number, field.value) {
+            (1, Value::Len(r)) => resource = msg.slice(r.0..r.1),
+            (2, Value::Len(r)) => scopes.push(r),
+            _ => {}
+        }
+    }
+    for scope_range in scopes {
+        scan_scope_spans(msg, scope_range, &resource, out)?;
+    }
+    Ok(())
+}
+
+fn scan_scope_spans(
+    msg: &Bytes,
+    range: (usize, usize),
+    resource: &Bytes,
+    out: &mut DecodedMessage,
+) -> Result<(), DecodeError> {
+    let mut scope = Bytes::new();
+    let mut spans = Vec::new();
+    for field in Fields::range(msg, range) {
+        let field = field?;
+        match (field.number, field.value) {
+            (1, Value::Len(r)) => scope = msg.slice(r.0..r.1),
+            (2, Value::Len(r)) => spans.push(r),
+            _ => {}
+        }
+    }
+    if spans.is_empty() {
+        return Ok(());
+    }
+    let origin = Arc::new(Origin {
+        resource: resource.clone(),
+        scope,
+    });
+    out.spans.reserve(spans.len());
+    for span_range in spans {
+        match scan_span(msg, span_range, &origin)? {
+            Some(entry) => out.spans.push(entry),
+            None => out.invalid_trace_id_spans += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the policy fields of one span. `None` when its trace id is unusable.
+fn scan_span(
+    msg: &Bytes,
+    range: (usize, usize),
+    origin: &Arc<Origin>,
+) -> Result<Option<(TraceId, SpanRecord)>, DecodeError> {
+    let mut trace_id: Option<TraceId> = None;
+    let mut start = 0u64;
+    let mut end = 0u64;
+    let mut is_error = false;
+    for field in Fields::range(msg, range) {
+        let field = field?;
+        match (field.number, field.value) {
+            (1, Value::Len(r)) => trace_id = msg[r.0..r.1].try_into().ok(),
+            (7, Value::Fixed64(v)) => start = v,
+            (8, Value::Fixed64(v)) => end = v,
+            (15, Value::Len(r)) => is_error = status_is_error(msg, r)?,
+            _ => {}
+        }
+    }
+    let Some(trace_id) = trace_id.filter(|id| id.iter().any(|b| *b != 0)) else {
+        return Ok(None);
+    };
+    let record = SpanRecord {
+        bytes: msg.slice(range.0..range.1),
+        origin: Arc::clone(origin),
+        start_unix_nano: start,
+        end_unix_nano: end,
+        is_error,
+    };
+    Ok(Some((trace_id, record)))
+}
+
+fn status_is_error(msg: &Bytes, range: (usize, usize)) -> Result<bool, DecodeError> {
+    for field in Fields::range(msg, range) {
+        if let (3, Value::Varint(code)) = {
+            let f = field?;
+            (f.number, f.value)
+        } {
+            return Ok(code == STATUS_CODE_ERROR);
+        }
+    }
+    Ok(false)
+}
+
+/// A field's value as the wire format gives it. `Len` is a byte range.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32,
+    Len((usize, usize)),
+}
+
+#[derive(Debug)]
+struct Field {
+    number: u32,
+    value: Value,
+}
+
+/// Iterates the fields of one protobuf message held in `buf[pos..end]`.
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+    failed: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Self {
+        Self {
+            buf,
+            pos,
+            end: buf.len(),
+            failed: false,
+        }
+    }
+
+    fn range(buf: &'a [u8], (start, end): (usize, usize)) -> Self {
+        Self {
+            buf,
+            pos: start,
+            end,
+            failed: false,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .buf
+                .get(self.pos)
+                .filter(|_| self.pos < self.end)
+                .ok_or_else(|| DecodeError::Protobuf("truncated varint".into()))?;
+            self.pos += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::Protobuf("varint longer than 10 bytes".into()))
+    }
+
+    fn take(&mut self, n: usize) -> Result<(usize, usize), DecodeError> {
+        let start = self.pos;
+        let end = start
+            .checked_add(n)
+            .filter(|e| *e <= self.end)
+            .ok_or_else(|| DecodeError::Protobuf("field runs past the end of its message".into()))?;
+        self.pos = end;
+        Ok((start, end))
+    }
+
+    fn next_field(&mut self) -> Result<Field, DecodeError> {
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| DecodeError::Protobuf(format!("invalid field key {key}")))?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                let (s, _) = self.take(8)?;
+                let mut le = [0u8; 8];
+                le.copy_from_slice(&self.buf[s..s + 8]);
+                Value::Fixed64(u64::from_le_bytes(le))
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| DecodeError::Protobuf("length overflows".into()))?;
+                Value::Len(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            other => {
+                return Err(DecodeError::Protobuf(format!(
+                    "unsupported wire type {other} for field {number}"
+                )))
+            }
+        };
+        Ok(Field { number, value })
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Result<Field, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.end {
+            return None;
+        }
+        let field = self.next_field();
+        self.failed = field.is_err();
+        Some(field)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{request, span, ResourceDef};
+
+    const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn protobuf_with_many_traces_and_services() {
+        let req = request(vec![
+            ResourceDef::new("a", vec![span(1, 1, 0, 10, false), span(2, 2, 5, 7, true)]),
+            ResourceDef::new("b", vec![span(1, 3, 3, 30, false)]),
+        ]);
+        let decoded = decode_message(Bytes::from(req.encode_to_vec()), LIMIT).expect("decode");
+        assert_eq!(decoded.spans.len(), 3);
+        let ids: Vec<u8> = decoded.spans.iter().map(|(t, _)| t[15]).collect();
+        assert_eq!(ids, vec![1, 2, 1]);
+        let (_, second) = &decoded.spans[1];
+        assert!(second.is_error);
+        assert_eq!(second.start_unix_nano, 5_000_000);
+        assert_eq!(second.end_unix_nano, 7_000_000);
+        // The kept bytes are a complete span that prost decodes on its own.
+        let full = opentelemetry_proto::tonic::trace::v1::Span::decode(second.bytes.clone())
+            .expect("span bytes decode");
+        assert_eq!(full.span_id[7], 2);
+        let resource = opentelemetry_proto::tonic::resource::v1::Resource::decode(
+            decoded.spans[2].1.origin.resource.clone(),
+        )
+        .expect("resource decodes");
+        assert_eq!(resource.attributes[0].key, "service.name");
+    }
+
+    #[test]
+    fn otlp_json_with_hex_ids_and_string_integers() {
+        let json = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"json-svc"}}]},
+          "scopeSpans":[{"scope":{"name":"s"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+          "name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
+          "status":{"code":2}}]}]}]}"#;
+        let decoded = decode_message(Bytes::from(json), LIMIT).expect("json decodes");
+        assert_eq!(decoded.spans.len(), 1);
+        let (trace_id, rec) = &decoded.spans[0];
+        assert_eq!(hex::encode(trace_id), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(rec.start_unix_nano, 1_544_712_660_000_000_000);
+        assert!(rec.is_error);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_with_reasons() {
+        let err = decode_message(Bytes::from_static(b"\xff\xff\xff garbage"), LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "protobuf");
+        let err = decode_message(Bytes::from_static(b"{ not json"), LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "json");
+        let err = decode_message(Bytes::new(), LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "empty");
+        let err = decode_message(Bytes::from(vec![0u8; 2048]), 1024).unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+
+        let req = request(vec![ResourceDef::new("a", vec![span(1, 1, 0, 10, false)])]);
+        let bytes = req.encode_to_vec();
+        let truncated = Bytes::copy_from_slice(&bytes[..bytes.len() - 3]);
+        assert_eq!(decode_message(truncated, LIMIT).unwrap_err().reason(), "protobuf");
+    }
+
+    #[test]
+    fn spans_without_a_usable_trace_id_are_counted_not_kept() {
+        let mut bad = span(1, 1, 0, 10, false);
+        bad.trace_id = vec![0; 16];
+        let mut short = span(1, 2, 0, 10, false);
+        short.trace_id = vec![1, 2, 3];
+        let req = request(vec![ResourceDef::new(
+            "a",
+            vec![bad, short, span(3, 3, 0, 1, false)],
+        )]);
+        let decoded = decode_message(Bytes::from(req.encode_to_vec()), LIMIT).expect("decode");
+        assert_eq!(decoded.spans.len(), 1);
+        assert_eq!(decoded.invalid_trace_id_spans, 2);
+    }
+}

@@ -1,0 +1,64 @@
+//! The `tail-sampling-selector` service.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tail_sampling_selector::{app, config::Settings};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+/// Tail sampling for OpenTelemetry traces: Kafka in, Apache Iceberg out.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML file layered over the defaults; `TSS__…` variables override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format: `json` (for containers) or `text`.
+    #[arg(long, env = "TSS_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,datafusion=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let settings = Settings::load(args.config.as_deref()).context("invalid configuration")?;
+    tracing::info!(?settings, "starting");
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    app::run(settings, rx).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops the selector");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Prometheus metrics, named as DESIGN.md fixes them (prefix `tail_sampling_`).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "tail_sampling";
+
+/// Every metric of the selector, registered in its own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub traces_ingested_total: IntCounter,
+    pub spans_ingested_total: IntCounter,
+    pub traces_sampled_total: IntCounterVec,
+    pub traces_dropped_total: IntCounter,
+    pub traces_force_sampled_total: IntCounter,
+    pub spans_exported_total: IntCounter,
+    pub late_spans_total: IntCounterVec,
+    pub messages_invalid_total: IntCounterVec,
+    pub spans_invalid_total: IntCounterVec,
+    pub messages_consumed_total: IntCounter,
+    pub iceberg_commits_total: IntCounter,
+    pub iceberg_commit_failures_total: IntCounter,
+    pub buffered_traces: IntGauge,
+    pub buffered_spans: IntGauge,
+    pub consumer_lag_messages: IntGaugeVec,
+    pub decision_latency_seconds: Histogram,
+    pub iceberg_commit_duration_seconds: Histogram,
+    pub query_duration_seconds: HistogramVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::with_opts(opts(name, help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(opts(name, help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::with_opts(opts(name, help))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(name, help)
+                        .namespace(NAMESPACE)
+                        .buckets(buckets),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let consumer_lag_messages = IntGaugeVec::new(
+            opts(
+                "consumer_lag_messages",
+                "Messages consumed but not yet committed, per partition",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(consumer_lag_messages.clone()))?;
+        let query_duration_seconds = HistogramVec::new(
+            HistogramOpts::new("query_duration_seconds", "Duration of /admin/query calls")
+                .namespace(NAMESPACE),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(query_duration_seconds.clone()))?;
+        let m = Self {
+            traces_ingested_total: counter(
+                "traces_ingested_total",
+                "Traces opened in the buffer (a trace whose spans arrive after its decision counts again)",
+            )?,
+            spans_ingested_total: counter("spans_ingested_total", "Spans read from Kafka")?,
+            traces_sampled_total: counter_vec(
+                "traces_sampled_total",
+                "Traces kept, by sampling reason",
+                "reason",
+            )?,
+            traces_dropped_total: counter("traces_dropped_total", "Traces dropped")?,
+            traces_force_sampled_total: counter(
+                "traces_force_sampled_total",
+                "Traces decided by a force rule",
+            )?,
+            spans_exported_total: counter(
+                "spans_exported_total",
+                "Spans committed to the Iceberg table",
+            )?,
+            late_spans_total: counter_vec(
+                "late_spans_total",
+                "Spans that arrived after their trace was decided",
+                "decision",
+            )?,
+            messages_invalid_total: counter_vec(
+                "messages_invalid_total",
+                "Kafka messages that could not be decoded, by reason",
+                "reason",
+            )?,
+            spans_invalid_total: counter_vec(
+                "spans_invalid_total",
+                "Spans skipped inside otherwise valid messages, by reason",
+                "reason",
+            )?,
+            messages_consumed_total: counter(
+                "messages_consumed_total",
+                "Kafka messages consumed",
+            )?,
+            iceberg_commits_total: counter(
+                "iceberg_commits_total",
+                "Successful Iceberg commits",
+            )?,
+            iceberg_commit_failures_total: counter(
+                "iceberg_commit_failures_total",
+                "Iceberg writes or commits that failed and will be retried",
+            )?,
+            buffered_traces: gauge("buffered_traces", "Traces waiting for a decision")?,
+            buffered_spans: gauge("buffered_spans", "Spans waiting for a decision")?,
+            decision_latency_seconds: histogram(
+                "decision_latency_seconds",
+                "From a trace's last span arriving to its decision",
+                vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+            )?,
+            iceberg_commit_duration_seconds: histogram(
+                "iceberg_commit_duration_seconds",
+                "Writing data files and committing one Iceberg snapshot",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            )?,
+            consumer_lag_messages,
+            query_duration_seconds,
+            registry,
+        };
+        for reason in crate::sampling::SamplingReason::ALL {
+            m.traces_sampled_total.with_label_values(&[reason.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// The text exposition format served on `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        let m = Metrics::new().expect("metrics");
+        m.traces_sampled_total.with_label_values(&["error"]).inc();
+        m.messages_invalid_total.with_label_values(&["protobuf"]).inc();
+        m.decision_latency_seconds.observe(0.2);
+        let text = m.render();
+        for name in [
+            "tail_sampling_traces_ingested_total",
+            "tail_sampling_spans_ingested_total",
+            "tail_sampling_traces_sampled_total{reason=\"error\"} 1",
+            "tail_sampling_traces_sampled_total{reason=\"latency\"} 0",
+            "tail_sampling_traces_dropped_total",
+            "tail_sampling_traces_force_sampled_total",
+            "tail_sampling_spans_exported_total",
+            "tail_sampling_messages_invalid_total{reason=\"protobuf\"} 1",
+            "tail_sampling_iceberg_commits_total",
+            "tail_sampling_buffered_traces",
+            "tail_sampling_buffered_spans",
+            "tail_sampling_decision_latency_seconds_bucket",
+            "tail_sampling_iceberg_commit_duration_seconds",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

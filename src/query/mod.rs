@@ -1,0 +1,292 @@
+//! Read-only SQL over the spans table with DataFusion.
+//!
+//! Two independent guards keep it read-only: the statement must parse as one
+//! of `SELECT`/`WITH`/`EXPLAIN`/`SHOW`/`DESCRIBE`, and the planned query must
+//! pass DataFusion's own `SQLOptions` with DDL, DML and statements disallowed
+//! (which also catches `SELECT … INTO`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+    Int8Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::CatalogProvider;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use iceberg_datafusion::IcebergCatalogProvider;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::storage::TableHandle;
+
+/// Name under which the table is visible to SQL.
+pub const TABLE_NAME: &str = "spans";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The statement is not allowed or not valid; the client should fix it.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("query exceeded the {0:?} time limit and was cancelled")]
+    Timeout(Duration),
+    #[error("query failed: {0}")]
+    Execution(String),
+    #[error("query engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The `/admin/query` response body.
+#[derive(Debug, Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+    pub row_count: usize,
+    pub truncated: bool,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub max_rows: usize,
+    pub timeout: Duration,
+}
+
+/// A SQL engine over the table. Each query plans against the latest snapshot,
+/// because the Iceberg provider reloads the table's metadata on every scan.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+}
+
+impl QueryEngine {
+    /// Registers the table as `spans`. The table must exist already.
+    pub async fn new(table: &TableHandle, limits: QueryLimits) -> Result<Self, QueryError> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let provider = IcebergCatalogProvider::try_new(table.catalog.clone())
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let ns = table.ident.namespace().to_url_string();
+        let schema = provider
+            .schema(&ns)
+            .ok_or_else(|| QueryError::Unavailable(format!("namespace `{ns}` not found")))?;
+        let spans = schema
+            .table(table.ident.name())
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?
+            .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
+        ctx.register_table(TABLE_NAME, spans)
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        Ok(Self { ctx, limits })
+    }
+
+    /// Runs one read-only statement within the row and time limits.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        check_read_only(sql)?;
+        let started = Instant::now();
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let max_rows = self.limits.max_rows;
+        let run = async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(|e| QueryError::BadRequest(e.to_string()))?;
+            // One row more than the cap tells whether the result was cut.
+            let df = df
+                .limit(0, Some(max_rows + 1))
+                .map_err(|e| QueryError::BadRequest(e.to_string()))?;
+            df.collect()
+                .await
+                .map_err(|e| QueryError::Execution(e.to_string()))
+        };
+        // Dropping the future on timeout cancels every stream of the plan.
+        let batches = tokio::time::timeout(self.limits.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        let mut result = to_json(&batches, max_rows)?;
+        result.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(result)
+    }
+}
+
+/// Accepts exactly one `SELECT`/`WITH`/`EXPLAIN`/`SHOW`/`DESCRIBE` statement.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::BadRequest(format!(
+            "exactly one statement is allowed, got {}",
+            statements.len()
+        )));
+    }
+    let allowed = statements.front().is_some_and(statement_is_read_only);
+    if allowed {
+        Ok(())
+    } else {
+        Err(QueryError::BadRequest(
+            "only read-only statements are allowed: SELECT, WITH, EXPLAIN, SHOW, DESCRIBE".into(),
+        ))
+    }
+}
+
+fn statement_is_read_only(statement: &DfStatement) -> bool {
+    match statement {
+        DfStatement::Statement(s) => sql_statement_is_read_only(s),
+        DfStatement::Explain(e) => statement_is_read_only(&e.statement),
+        DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) | DfStatement::Reset(_) => {
+            false
+        }
+    }
+}
+
+fn sql_statement_is_read_only(statement: &SqlStatement) -> bool {
+    match statement {
+        SqlStatement::Query(_)
+        | SqlStatement::ExplainTable { .. }
+        | SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowFunctions { .. }
+        | SqlStatement::ShowVariable { .. } => true,
+        SqlStatement::Explain { statement, .. } => sql_statement_is_read_only(statement),
+        _ => false,
+    }
+}
+
+fn to_json(batches: &[RecordBatch], max_rows: usize) -> Result<QueryResult, QueryError> {
+    let columns: Vec<String> = batches
+        .first()
+        .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    'outer: for batch in batches {
+        let cols: Vec<Vec<Value>> = batch
+            .columns()
+            .iter()
+            .map(|c| column_values(c.as_ref()))
+            .collect::<Result<_, _>>()?;
+        for i in 0..batch.num_rows() {
+            if rows.len() == max_rows {
+                truncated = true;
+                break 'outer;
+            }
+            rows.push(cols.iter().map(|c| c[i].clone()).collect());
+        }
+    }
+    Ok(QueryResult {
+        columns,
+        row_count: rows.len(),
+        rows,
+        truncated,
+        elapsed_ms: 0,
+    })
+}
+
+macro_rules! numbers {
+    ($array:expr, $ty:ty) => {
+        $array
+            .as_any()
+            .downcast_ref::<$ty>()
+            .map(|a| a.iter().map(|v| v.map_or(Value::Null, Value::from)).collect())
+    };
+}
+
+/// Numbers, booleans and strings map to JSON natively; every other type
+/// (timestamps, maps, lists) is rendered as Arrow displays it.
+fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
+    let native: Option<Vec<Value>> = match array.data_type() {
+        DataType::Int8 => numbers!(array, Int8Array),
+        DataType::Int16 => numbers!(array, Int16Array),
+        DataType::Int32 => numbers!(array, Int32Array),
+        DataType::Int64 => numbers!(array, Int64Array),
+        DataType::UInt8 => numbers!(array, UInt8Array),
+        DataType::UInt16 => numbers!(array, UInt16Array),
+        DataType::UInt32 => numbers!(array, UInt32Array),
+        DataType::UInt64 => numbers!(array, UInt64Array),
+        DataType::Float32 => numbers!(array, Float32Array),
+        DataType::Float64 => numbers!(array, Float64Array),
+        DataType::Boolean => numbers!(array, BooleanArray),
+        DataType::Utf8 => Some(strings(array.as_string::<i32>().iter())),
+        DataType::LargeUtf8 => Some(strings(array.as_string::<i64>().iter())),
+        DataType::Utf8View => Some(strings(array.as_string_view().iter())),
+        _ => None,
+    };
+    if let Some(values) = native {
+        return Ok(values);
+    }
+    let options = FormatOptions::default().with_null("");
+    let formatter = ArrayFormatter::try_new(array, &options)
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+    Ok((0..array.len())
+        .map(|i| {
+            if array.is_null(i) {
+                Value::Null
+            } else {
+                Value::String(formatter.value(i).to_string())
+            }
+        })
+        .collect())
+}
+
+fn strings<'a>(it: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> {
+    it.map(|v| v.map_or(Value::Null, |s| Value::String(s.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_statements_pass() {
+        for sql in [
+            "SELECT count(*) FROM spans",
+            "with t as (select 1) select * from t",
+            "EXPLAIN SELECT * FROM spans",
+            "SHOW TABLES",
+            "SHOW COLUMNS FROM spans",
+            "DESCRIBE spans",
+        ] {
+            check_read_only(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for sql in [
+            "DROP TABLE spans",
+            "INSERT INTO spans VALUES (1)",
+            "DELETE FROM spans",
+            "UPDATE spans SET name = 'x'",
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "CREATE TABLE x AS SELECT 1",
+            "COPY spans TO '/tmp/x.parquet'",
+            "SET datafusion.execution.batch_size = 1",
+            "EXPLAIN ANALYZE INSERT INTO spans VALUES (1)",
+            "EXPLAIN COPY spans TO '/tmp/x'",
+            "SELECT 1; DROP TABLE spans",
+            "RESET datafusion.execution.batch_size",
+        ] {
+            assert!(
+                matches!(check_read_only(sql), Err(QueryError::BadRequest(_))),
+                "{sql} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_parser_message() {
+        let err = check_read_only("SELEC * FROM spans").unwrap_err().to_string();
+        assert!(err.contains("SELEC"), "{err}");
+    }
+}
