@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The quickstart: local stack up, build, start the selector on its embedded
+# default (Iceberg on local files with a SQLite catalog), send the 10 seed
+# traces, and print the kept ones from SQL. The selector keeps running; stop
+# it with `scripts/stack.sh down`.
+source "$(dirname "$0")/lib.sh"
+
+ensure_build_deps
+"$ROOT/scripts/stack.sh" up
+
+log "building (dev profile, shared target in $CARGO_TARGET_DIR)"
+cargo build --manifest-path "$ROOT/Cargo.toml" --bins
+
+RUN_DIR="$STATE_DIR/quickstart"
+STACK_DIR="$STATE_DIR/stack"
+ADMIN="127.0.0.1:${TSS_QUICKSTART_ADMIN_PORT:-8080}"
+METRICS="127.0.0.1:${TSS_QUICKSTART_METRICS_PORT:-9090}"
+if [ -f "$STACK_DIR/selector.pid" ] && kill -0 "$(cat "$STACK_DIR/selector.pid")" 2>/dev/null; then
+  log "stopping the previous quickstart selector"
+  kill "$(cat "$STACK_DIR/selector.pid")"
+  sleep 2
+fi
+rm -rf "$RUN_DIR"
+mkdir -p "$RUN_DIR"
+
+log "starting the selector (inactivity timeout 3 s, flush every 2 s)"
+(
+  cd "$RUN_DIR"
+  TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS=3 \
+  TSS__STORAGE__FLUSH_INTERVAL_SECS=2 \
+  TSS__STORAGE__ICEBERG__CATALOG_URI="sqlite:$RUN_DIR/catalog.db?mode=rwc" \
+  TSS__STORAGE__ICEBERG__WAREHOUSE="$RUN_DIR/warehouse" \
+  TSS__SERVER__ADMIN_ADDR="$ADMIN" \
+  TSS__SERVER__METRICS_ADDR="$METRICS" \
+  nohup "$CARGO_TARGET_DIR/debug/tail-sampling-selector" >"$RUN_DIR/selector.log" 2>&1 &
+  echo $! >"$STACK_DIR/selector.pid"
+)
+
+for i in $(seq 1 120); do
+  curl -fsS "http://$ADMIN/health/ready" >/dev/null 2>&1 && break
+  [ "$i" -eq 120 ] && { tail -n 30 "$RUN_DIR/selector.log"; die "selector not ready; see $RUN_DIR/selector.log"; }
+  sleep 0.5
+done
+log "selector ready: admin http://$ADMIN, metrics http://$METRICS/metrics"
+
+"$CARGO_TARGET_DIR/debug/simple_producer" --brokers "127.0.0.1:$KAFKA_PORT"
+
+metric() {
+  curl -fsS "http://$METRICS/metrics" | awk -v m="$1" '$1 == m { print $2 }'
+}
+log "waiting for the decisions and the Iceberg commit"
+for i in $(seq 1 60); do
+  kept=$(metric 'tail_sampling_traces_sampled_total{reason="error"}')
+  dropped=$(metric tail_sampling_traces_dropped_total)
+  commits=$(metric tail_sampling_iceberg_commits_total)
+  if [ "${kept:-0}" -ge 4 ] && [ "${dropped:-0}" -ge 6 ] && [ "${commits:-0}" -ge 1 ]; then break; fi
+  [ "$i" -eq 60 ] && die "decisions did not arrive; see $RUN_DIR/selector.log"
+  sleep 1
+done
+
+SQL="SELECT trace_id, status_code, duration_ms FROM spans WHERE parent_span_id IS NULL ORDER BY trace_id"
+log "POST /admin/query: $SQL"
+curl -fsS "http://$ADMIN/admin/query" -H 'content-type: application/json' \
+  -d "{\"sql\": \"$SQL\"}" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  ".join(f"{c:<32}" if c == "trace_id" else f"{c:>12}" for c in r["columns"]))
+for row in r["rows"]:
+    print(f"{row[0]:<32}  {row[1]:>12}  {row[2]:>12.1f}")
+print(f"({r[\"row_count\"]} rows, {r[\"elapsed_ms\"]} ms)")'
+
+log "metrics:"
+curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total|iceberg_commits_total) '
+log "the selector keeps running (log: $RUN_DIR/selector.log); stop everything with scripts/stack.sh down"

@@ -1,0 +1,269 @@
+//! Helpers for integration tests: a real selector process against the real
+//! local broker and Redis. Nothing here skips: a missing service fails the test.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+pub fn brokers() -> String {
+    std::env::var("TSS_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TSS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+/// A selector process with its own topic, group, catalog and warehouse.
+pub struct Selector {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub topic: String,
+    pub admin: String,
+    pub metrics: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Selector {
+    /// Starts a selector with short timeouts plus `overrides` (`TSS__…` pairs),
+    /// and waits until `/health/ready` answers 200.
+    pub async fn start(name: &str, overrides: &[(&str, &str)]) -> Selector {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topic = format!("tss-it-{name}-{}", uuid::Uuid::new_v4().simple());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut env: HashMap<String, String> = [
+            ("TSS__KAFKA__BROKERS", brokers()),
+            ("TSS__KAFKA__TOPIC", topic.clone()),
+            ("TSS__KAFKA__GROUP_ID", format!("{topic}-group")),
+            ("TSS__KAFKA__TOPIC_PARTITIONS", "4".into()),
+            ("TSS__REDIS__URL", redis_url()),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2".into()),
+            ("TSS__SAMPLING__WORKERS", "2".into()),
+            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "1".into()),
+            (
+                "TSS__STORAGE__ICEBERG__CATALOG_URI",
+                format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display()),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__WAREHOUSE",
+                dir.path().join("warehouse").display().to_string(),
+            ),
+            ("TSS__SERVER__ADMIN_ADDR", admin.clone()),
+            ("TSS__SERVER__METRICS_ADDR", metrics.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let token = env.get("TSS__ADMIN__AUTH_TOKEN").cloned();
+        let log = std::fs::File::create(dir.path().join("selector.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
+            .envs(&env)
+            .env("RUST_LOG", "info,tail_sampling_selector=debug")
+            .current_dir(dir.path())
+            .stdout(Stdio::from(log.try_clone().expect("log clone")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning the selector");
+        let s = Selector {
+            child,
+            dir,
+            topic,
+            admin,
+            metrics,
+            token,
+            http: reqwest::Client::new(),
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("selector.log")).unwrap_or_default()
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.dir.path().join("catalog.db")
+    }
+
+    pub fn warehouse_path(&self) -> PathBuf {
+        self.dir.path().join("warehouse")
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let r = self
+                .http
+                .get(format!("http://{}/health/ready", self.admin))
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "selector not ready within 90 s (is the broker at {} and Redis at {} up? run scripts/stack.sh up)\n{}",
+                    brokers(),
+                    redis_url(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn admin_request(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// `POST /admin/query`; returns the status and the JSON body.
+    pub async fn query_raw(&self, sql: &str) -> (u16, Value) {
+        let r = self
+            .admin_request(self.http.post(format!("http://{}/admin/query", self.admin)))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("query request");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("query response is JSON"))
+    }
+
+    /// A query that must succeed.
+    pub async fn query(&self, sql: &str) -> Value {
+        let (status, body) = self.query_raw(sql).await;
+        assert_eq!(status, 200, "{sql} -> {body}");
+        body
+    }
+
+    /// `SELECT count(*) …` as a number.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let body = self.query(sql).await;
+        body["rows"][0][0].as_i64().unwrap_or_else(|| panic!("{sql} -> {body}"))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .admin_request(self.http.get(format!("http://{}{path}", self.admin)))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every sample of the metrics page, by name with labels.
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics().await.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// Waits until `metric >= value`, failing with the log after `timeout`.
+    pub async fn wait_metric(&self, name: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name).await;
+            if v >= value {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{name} is {v}, expected >= {value}\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every kept trace is committed: no buffered traces and the
+    /// exported-span count has reached `spans`.
+    pub async fn wait_exported(&self, spans: f64) {
+        self.wait_metric("tail_sampling_spans_exported_total", spans, Duration::from_secs(60))
+            .await;
+    }
+}
+
+impl Drop for Selector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.timeout.ms", "15000")
+        .create()
+        .expect("producer")
+}
+
+pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap_or_else(|e| panic!("producing to {topic} at {} failed: {e}", brokers()));
+}
+
+pub fn python() -> String {
+    std::env::var("TSS_TEST_PYTHON").expect(
+        "TSS_TEST_PYTHON must point at a Python with pyiceberg installed; run scripts/test.sh",
+    )
+}
+
+pub fn run_python(script: &Path, args: &[String]) -> Value {
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
