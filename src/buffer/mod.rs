@@ -8,6 +8,7 @@
 
 pub mod worker;
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -110,15 +111,19 @@ impl TraceBuffer {
     ) -> PushOutcome {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
-        let before = self.traces.len();
-        let trace = self.traces.entry(trace_id).or_insert_with(|| OpenTrace {
-            spans: Vec::new(),
-            msgs: Vec::new(),
-            generation,
-            opened: generation,
-            last_seen: now,
-        });
-        let opened = self.traces.len() > before;
+        let (trace, opened) = match self.traces.entry(trace_id) {
+            Entry::Occupied(o) => (o.into_mut(), false),
+            Entry::Vacant(v) => (
+                v.insert(OpenTrace {
+                    spans: Vec::new(),
+                    msgs: Vec::new(),
+                    generation,
+                    opened: generation,
+                    last_seen: now,
+                }),
+                true,
+            ),
+        };
         trace.generation = generation;
         trace.last_seen = now;
         let n_before = trace.spans.len();
@@ -336,16 +341,16 @@ mod tests {
         b.expire(t0 + Duration::from_secs(11), &mut out);
         assert_eq!(out.len(), 1);
         out.clear();
-        // A late span opens the trace again at t0+50; the first opening's
-        // max-duration deadline (t0+60) must not cut it short.
+        // A late span opens the trace again at t0+50 and another keeps it
+        // busy at t0+58; the first opening's max-duration deadline (t0+60)
+        // must not cut it short.
         b.push(id(6), [rec()], m(1), t0 + Duration::from_secs(50));
-        b.expire(t0 + Duration::from_secs(59), &mut out);
-        assert!(out.is_empty());
+        b.push(id(6), [rec()], m(2), t0 + Duration::from_secs(58));
         b.expire(t0 + Duration::from_secs(61), &mut out);
-        assert!(out.is_empty(), "old max-duration entry is stale");
-        b.expire(t0 + Duration::from_secs(61), &mut out);
-        b.expire(t0 + Duration::from_secs(70), &mut out);
+        assert!(out.is_empty(), "the old max-duration entry is stale");
+        b.expire(t0 + Duration::from_secs(68), &mut out);
         assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 2);
         assert_eq!(out[0].completion, Completion::Inactive);
     }
 }

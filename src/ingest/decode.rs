@@ -402,3 +402,35 @@ mod tests {
         assert_eq!(decoded.invalid_trace_id_spans, 2);
     }
 }
+
+#[cfg(test)]
+mod sdk_fixture_tests {
+    use super::*;
+
+    /// Bytes the OpenTelemetry Python SDK encoded (tests/python/make_otlp_fixture.py).
+    const SDK_BYTES: &[u8] = include_bytes!("../../tests/fixtures/python_sdk_trace.bin");
+    const SDK_EXPECTED: &str = include_str!("../../tests/fixtures/python_sdk_trace.json");
+
+    #[test]
+    fn decodes_what_the_python_sdk_encoded() {
+        let expected: serde_json::Value = serde_json::from_str(SDK_EXPECTED).expect("json");
+        let decoded = decode_message(Bytes::from_static(SDK_BYTES), 1 << 20).expect("decodes");
+        assert_eq!(decoded.spans.len() as u64, expected["span_count"].as_u64().expect("n"));
+        assert_eq!(decoded.invalid_trace_id_spans, 0);
+        let of = |id: &str| -> Vec<&SpanRecord> {
+            decoded
+                .spans
+                .iter()
+                .filter(|(t, _)| hex::encode(t) == id)
+                .map(|(_, s)| s)
+                .collect()
+        };
+        let err = of(expected["error_trace_id"].as_str().expect("id"));
+        let ok = of(expected["ok_trace_id"].as_str().expect("id"));
+        assert_eq!(err.len() as u64, expected["error_trace_spans"].as_u64().expect("n"));
+        assert_eq!(ok.len() as u64, expected["ok_trace_spans"].as_u64().expect("n"));
+        assert!(err.iter().any(|s| s.is_error));
+        assert!(ok.iter().all(|s| !s.is_error));
+        assert!(err.iter().all(|s| s.end_unix_nano >= s.start_unix_nano && s.start_unix_nano > 0));
+    }
+}

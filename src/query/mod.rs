@@ -5,7 +5,6 @@
 //! pass DataFusion's own `SQLOptions` with DDL, DML and statements disallowed
 //! (which also catches `SELECT … INTO`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{

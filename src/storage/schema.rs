@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_array::{
-    Array, ArrayRef, Float64Array, ListArray, MapArray, RecordBatch, StringArray, StructArray,
+    ArrayRef, Float64Array, ListArray, MapArray, RecordBatch, StringArray, StructArray,
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
@@ -128,7 +128,7 @@ pub struct SpanRows {
     sampling_rule_id: Vec<Option<String>>,
     sampled_at_us: Vec<i64>,
     /// Decoded resources and scopes, shared by many spans.
-    origins: HashMap<*const Origin, Arc<DecodedOrigin>>,
+    origins: HashMap<usize, Arc<DecodedOrigin>>,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
 }
@@ -205,7 +205,7 @@ impl SpanRows {
     fn origin(&mut self, origin: &Arc<Origin>) -> Arc<DecodedOrigin> {
         // The Arc keeps the origin alive for as long as the span that points
         // at it, so its address is a stable key while this batch is built.
-        let key = Arc::as_ptr(origin);
+        let key = Arc::as_ptr(origin) as usize;
         self.origins
             .entry(key)
             .or_insert_with(|| Arc::new(decode_origin(origin)))
@@ -429,6 +429,7 @@ fn event_children(events: &[&Event], fields: &Fields) -> Result<Vec<ArrayRef>, R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Array;
     use crate::ingest::decode::decode_message;
     use crate::sampling::SamplingReason;
     use crate::synth::{kv, request, trace, ResourceDef, TraceSpec};
