@@ -75,6 +75,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     servers.spawn(async move { axum::serve(metrics_listener, metrics_router).await });
     tracing::info!(admin = %admin_addr, metrics = %settings.server.metrics_addr, "HTTP listening");
 
+    spawn_redis_probe(settings.redis.url.clone(), health.clone());
     let table = open_table_with_retry(&settings, &health, shutdown.clone()).await;
     let Some(table) = table else {
         return Ok(());
@@ -90,9 +91,8 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         Err(e) => tracing::error!(error = %e, "query engine unavailable"),
     }
 
-    ingest::ensure_topic(&settings.kafka, &settings.kafka.topic).await?;
-    if let Some(dlq) = &settings.kafka.dead_letter_topic {
-        ingest::ensure_topic(&settings.kafka, dlq).await?;
+    if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await {
+        return Ok(());
     }
     let consumer = Arc::new(ingest::create_consumer(&settings.kafka, tracker.clone())?);
 
@@ -201,17 +201,56 @@ async fn open_table_with_retry(
     }
 }
 
-/// Probes Kafka, the catalog and Redis every few seconds for `/health`.
+/// Creates the topics, retrying while the broker is unreachable. Returns
+/// false when shutdown was requested first.
+async fn ensure_topics_with_retry(
+    settings: &Settings,
+    health: &Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut result = ingest::ensure_topic(&settings.kafka, &settings.kafka.topic).await;
+        if let (Ok(()), Some(dlq)) = (&result, &settings.kafka.dead_letter_topic) {
+            result = ingest::ensure_topic(&settings.kafka, dlq).await;
+        }
+        match result {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, brokers = %settings.kafka.brokers, retry_in_ms = backoff.as_millis() as u64, "cannot reach Kafka");
+                health.set_kafka(Err(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Probes Redis every few seconds for `/health`, from startup on.
+fn spawn_redis_probe(url: String, health: Health) {
+    tokio::spawn(async move {
+        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+        loop {
+            health.set_redis(ping_redis(&url, &mut conn).await);
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    });
+}
+
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Probes Kafka and the catalog every few seconds for `/health`.
 fn spawn_probes(
     settings: &Settings,
     health: Health,
     table: TableHandle,
     consumer: Arc<ingest::SelectorConsumer>,
 ) {
-    let redis_url = settings.redis.url.clone();
     let topic = settings.kafka.topic.clone();
     tokio::spawn(async move {
-        let mut redis_conn: Option<redis::aio::MultiplexedConnection> = None;
         loop {
             let c = consumer.clone();
             let t = topic.clone();
@@ -238,8 +277,7 @@ fn spawn_probes(
                         }
                     }),
             );
-            health.set_redis(ping_redis(&redis_url, &mut redis_conn).await);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
         }
     });
 }

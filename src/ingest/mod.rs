@@ -42,7 +42,9 @@ pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str) -> Result<(), IngestEr
         .set("bootstrap.servers", &cfg.brokers)
         .create()?;
     let new_topic = NewTopic::new(topic, cfg.topic_partitions, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new_topic], &opts).await?;
     for r in results {
         match r {
