@@ -67,7 +67,7 @@ r = json.load(sys.stdin)
 print("  ".join(f"{c:<32}" if c == "trace_id" else f"{c:>12}" for c in r["columns"]))
 for row in r["rows"]:
     print(f"{row[0]:<32}  {row[1]:>12}  {row[2]:>12.1f}")
-print(f"({r[\"row_count\"]} rows, {r[\"elapsed_ms\"]} ms)")'
+print("(%d rows, %d ms)" % (r["row_count"], r["elapsed_ms"]))'
 
 log "metrics:"
 curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total|iceberg_commits_total) '
