@@ -175,23 +175,21 @@ fn tick_for(inactivity_secs: f64) -> Duration {
     Duration::from_secs_f64((inactivity_secs / 4.0).clamp(0.05, 1.0))
 }
 
-/// Waits for the catalog; an unreachable catalog is reported, not fatal.
-async fn open_table_with_retry(
-    settings: &Settings,
-    health: &Health,
+/// Calls `attempt` until it succeeds, backing off from 0.5 s to 30 s and
+/// reporting each failure through `on_error`. `None` when shutdown came first.
+async fn retry<T, E, Fut>(
     mut shutdown: watch::Receiver<bool>,
-) -> Option<TableHandle> {
+    mut attempt: impl FnMut() -> Fut,
+    on_error: impl Fn(&E, Duration),
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut backoff = Duration::from_millis(500);
     loop {
-        match TableHandle::open(&settings.storage.iceberg).await {
-            Ok(t) => {
-                health.set_catalog(Ok(()));
-                return Some(t);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the Iceberg table");
-                health.set_catalog(Err(e.to_string()));
-            }
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => on_error(&e, backoff),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -201,32 +199,49 @@ async fn open_table_with_retry(
     }
 }
 
+/// Waits for the catalog; an unreachable catalog is reported, not fatal.
+async fn open_table_with_retry(
+    settings: &Settings,
+    health: &Health,
+    shutdown: watch::Receiver<bool>,
+) -> Option<TableHandle> {
+    let table = retry(
+        shutdown,
+        || TableHandle::open(&settings.storage.iceberg),
+        |e, backoff| {
+            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the Iceberg table");
+            health.set_catalog(Err(e.to_string()));
+        },
+    )
+    .await?;
+    health.set_catalog(Ok(()));
+    Some(table)
+}
+
 /// Creates the topics, retrying while the broker is unreachable. Returns
 /// false when shutdown was requested first.
 async fn ensure_topics_with_retry(
     settings: &Settings,
     health: &Health,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> bool {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let mut result = ingest::ensure_topic(&settings.kafka, &settings.kafka.topic).await;
-        if let (Ok(()), Some(dlq)) = (&result, &settings.kafka.dead_letter_topic) {
-            result = ingest::ensure_topic(&settings.kafka, dlq).await;
-        }
-        match result {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::error!(error = %e, brokers = %settings.kafka.brokers, retry_in_ms = backoff.as_millis() as u64, "cannot reach Kafka");
-                health.set_kafka(Err(e.to_string()));
+    let kafka = &settings.kafka;
+    retry(
+        shutdown,
+        || async {
+            ingest::ensure_topic(kafka, &kafka.topic).await?;
+            if let Some(dlq) = &kafka.dead_letter_topic {
+                ingest::ensure_topic(kafka, dlq).await?;
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return false,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+            Ok::<(), IngestError>(())
+        },
+        |e, backoff| {
+            tracing::error!(error = %e, brokers = %kafka.brokers, retry_in_ms = backoff.as_millis() as u64, "cannot reach Kafka");
+            health.set_kafka(Err(e.to_string()));
+        },
+    )
+    .await
+    .is_some()
 }
 
 /// Probes Redis every few seconds for `/health`, from startup on.
