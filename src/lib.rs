@@ -13,6 +13,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod rules;
 pub mod sampling;
 pub mod storage;
 pub mod synth;

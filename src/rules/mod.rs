@@ -1,0 +1,426 @@
+//! Force rules as data: the stored JSON shape, its validation, and the
+//! compiled form that sampling evaluates without any I/O.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::decode::{SpanRecord, TraceId};
+use crate::sampling::{ForceRules, ForceVerdict};
+use crate::storage::schema::{any_value_string, kind_name, status_name};
+
+/// A condition operator. The last four compare numerically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Regex,
+    Exists,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    ForceKeep,
+    ForceDrop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    pub key: String,
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub resource: Vec<Condition>,
+    #[serde(default)]
+    pub span: Vec<Condition>,
+}
+
+/// The body of `POST /admin/force-rules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub description: String,
+    pub duration_secs: i64,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(rename = "match")]
+    pub match_: MatchSpec,
+    pub action: Action,
+}
+
+/// A rejected rule; `field` is the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RuleError {
+    pub field: String,
+    pub message: String,
+}
+
+fn reject(field: impl Into<String>, message: impl Into<String>) -> RuleError {
+    RuleError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+enum Matcher {
+    Text(Op, String),
+    Regex(regex::Regex),
+    Exists,
+    Number(Op, f64),
+}
+
+struct CompiledCondition {
+    key: String,
+    matcher: Matcher,
+}
+
+/// A validated rule, compiled once (regexes included).
+pub struct CompiledRule {
+    pub id: Arc<str>,
+    pub priority: i64,
+    pub action: Action,
+    resource: Vec<CompiledCondition>,
+    span: Vec<CompiledCondition>,
+}
+
+impl RuleSpec {
+    /// Validates and compiles the rule; `max_duration_secs` bounds its lifetime.
+    pub fn compile(&self, id: Arc<str>, max_duration_secs: i64) -> Result<CompiledRule, RuleError> {
+        if self.duration_secs <= 0 {
+            return Err(reject("duration_secs", "must be greater than 0"));
+        }
+        if self.duration_secs > max_duration_secs {
+            return Err(reject(
+                "duration_secs",
+                format!("must be at most {max_duration_secs}"),
+            ));
+        }
+        if self.match_.resource.is_empty() && self.match_.span.is_empty() {
+            return Err(reject("match", "needs at least one resource or span condition"));
+        }
+        let compile_all = |conds: &[Condition], path: &str| {
+            conds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| compile_condition(c, &format!("match.{path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(CompiledRule {
+            id,
+            priority: self.priority,
+            action: self.action,
+            resource: compile_all(&self.match_.resource, "resource")?,
+            span: compile_all(&self.match_.span, "span")?,
+        })
+    }
+}
+
+fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, RuleError> {
+    if c.key.trim().is_empty() {
+        return Err(reject(format!("{path}.key"), "must not be empty"));
+    }
+    let value_field = format!("{path}.value");
+    let text = || -> Result<String, RuleError> {
+        match &c.value {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+            Some(_) => Err(reject(&value_field, "must be a string, number or boolean")),
+            None => Err(reject(&value_field, format!("is required for op `{:?}`", c.op).to_lowercase())),
+        }
+    };
+    let matcher = match c.op {
+        Op::Exists => Matcher::Exists,
+        Op::Regex => Matcher::Regex(
+            regex::Regex::new(&text()?)
+                .map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
+        ),
+        Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
+            let n = text()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| reject(&value_field, "must be numeric for gt, gte, lt and lte"))?;
+            Matcher::Number(c.op, n)
+        }
+        op => Matcher::Text(op, text()?),
+    };
+    Ok(CompiledCondition {
+        key: c.key.clone(),
+        matcher,
+    })
+}
+
+impl CompiledCondition {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let Some(v) = value else {
+            // Only `ne` holds for an absent attribute.
+            return matches!(self.matcher, Matcher::Text(Op::Ne, _));
+        };
+        match &self.matcher {
+            Matcher::Exists => true,
+            Matcher::Regex(r) => r.is_match(v),
+            Matcher::Number(op, n) => v.trim().parse::<f64>().is_ok_and(|x| match op {
+                Op::Gt => x > *n,
+                Op::Gte => x >= *n,
+                Op::Lt => x < *n,
+                _ => x <= *n,
+            }),
+            Matcher::Text(op, t) => match op {
+                Op::Eq => v == t,
+                Op::Ne => v != t,
+                Op::Contains => v.contains(t.as_str()),
+                Op::StartsWith => v.starts_with(t.as_str()),
+                _ => v.ends_with(t.as_str()),
+            },
+        }
+    }
+}
+
+/// A span's fields and attributes as the conditions see them.
+struct SpanView {
+    span: Span,
+    resource: Resource,
+}
+
+impl SpanView {
+    fn span_value(&self, key: &str) -> Option<String> {
+        match key {
+            "name" => return Some(self.span.name.clone()),
+            "kind" => return Some(kind_name(self.span.kind).to_string()),
+            "status_code" => {
+                return Some(status_name(self.span.status.as_ref().map_or(0, |s| s.code)).to_string())
+            }
+            "duration_ms" => {
+                let d = self
+                    .span
+                    .end_time_unix_nano
+                    .saturating_sub(self.span.start_time_unix_nano);
+                return Some((d as f64 / 1e6).to_string());
+            }
+            _ => {}
+        }
+        attribute(&self.span.attributes, key)
+    }
+
+    fn resource_value(&self, key: &str) -> Option<String> {
+        attribute(&self.resource.attributes, key)
+    }
+}
+
+fn attribute(
+    kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.clone().map(any_value_string).unwrap_or_default())
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("id", &self.id)
+            .field("priority", &self.priority)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledRule {
+    /// True when one span satisfies every span condition and its resource
+    /// satisfies every resource condition.
+    fn matches(&self, spans: &[SpanView]) -> bool {
+        spans.iter().any(|s| {
+            self.resource
+                .iter()
+                .all(|c| c.matches(s.resource_value(&c.key).as_deref()))
+                && self
+                    .span
+                    .iter()
+                    .all(|c| c.matches(s.span_value(&c.key).as_deref()))
+        })
+    }
+}
+
+/// The active rules, highest priority first.
+#[derive(Default)]
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+}
+
+impl RuleSet {
+    pub fn new(mut rules: Vec<CompiledRule>) -> Self {
+        // Ties go to the rule with the smaller id, so every instance agrees.
+        rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+        Self { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+impl ForceRules for RuleSet {
+    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let views: Vec<SpanView> = spans
+            .iter()
+            .filter_map(|r| {
+                Some(SpanView {
+                    span: Span::decode(r.bytes.clone()).ok()?,
+                    resource: Resource::decode(r.origin.resource.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let rule = self.rules.iter().find(|r| r.matches(&views))?;
+        let rule_id = rule.id.clone();
+        Some(match rule.action {
+            Action::ForceKeep => ForceVerdict::Keep { rule_id },
+            Action::ForceDrop => ForceVerdict::Drop { rule_id },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::decode_message;
+    use crate::synth::{kv, request, trace, ResourceDef, TraceSpec};
+    use bytes::Bytes;
+
+    fn spec(json: &str) -> RuleSpec {
+        serde_json::from_str(json).expect("rule json")
+    }
+
+    fn spans(service: &str, error: bool, duration_ms: u64) -> Vec<SpanRecord> {
+        let t = TraceSpec {
+            trace_id: [9; 16],
+            service: service.into(),
+            spans: 3,
+            error,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            duration_ms,
+        };
+        let mut s = trace(&t);
+        s[0].attributes.push(kv("tenant", "acme-prod"));
+        let req = request(vec![ResourceDef::new(service, s)]);
+        decode_message(Bytes::from(req.encode_to_vec()), 1 << 20)
+            .expect("decode")
+            .spans
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    fn rule(json: &str, id: &str) -> CompiledRule {
+        spec(json).compile(id.into(), 86_400).expect("valid rule")
+    }
+
+    #[test]
+    fn the_design_example_matches_its_service_and_route() {
+        let r = rule(
+            r#"{"description":"demo","duration_secs":300,"priority":100,
+               "match":{"resource":[{"key":"service.name","op":"eq","value":"demo-service"}],
+                        "span":[{"key":"http.route","op":"starts_with","value":"/checkout"}]},
+               "action":"force_keep"}"#,
+            "r1",
+        );
+        let set = RuleSet::new(vec![r]);
+        assert_eq!(
+            set.evaluate(&[9; 16], &spans("demo-service", false, 10)),
+            Some(ForceVerdict::Keep { rule_id: "r1".into() })
+        );
+        assert_eq!(set.evaluate(&[9; 16], &spans("other", false, 10)), None);
+    }
+
+    #[test]
+    fn operators_on_fields_and_attributes() {
+        let cases = [
+            (r#"{"key":"tenant","op":"regex","value":"^acme-(prod|stage)$"}"#, true),
+            (r#"{"key":"tenant","op":"regex","value":"^globex"}"#, false),
+            (r#"{"key":"duration_ms","op":"gt","value":100}"#, true),
+            (r#"{"key":"duration_ms","op":"gt","value":"1000"}"#, false),
+            (r#"{"key":"http.response.status_code","op":"gte","value":200}"#, true),
+            (r#"{"key":"name","op":"contains","value":"checkout"}"#, true),
+            (r#"{"key":"kind","op":"eq","value":"SERVER"}"#, true),
+            (r#"{"key":"status_code","op":"eq","value":"ERROR"}"#, false),
+            (r#"{"key":"db.system","op":"exists"}"#, true),
+            (r#"{"key":"no.such","op":"exists"}"#, false),
+            (r#"{"key":"name","op":"ends_with","value":"orders"}"#, true),
+            (r#"{"key":"no.such","op":"ne","value":"x"}"#, true),
+        ];
+        let data = spans("svc", false, 500);
+        for (cond, expected) in cases {
+            let r = rule(
+                &format!(r#"{{"duration_secs":60,"match":{{"span":[{cond}]}},"action":"force_keep"}}"#),
+                "r",
+            );
+            let got = RuleSet::new(vec![r]).evaluate(&[9; 16], &data).is_some();
+            assert_eq!(got, expected, "{cond}");
+        }
+    }
+
+    #[test]
+    fn higher_priority_wins_a_conflict() {
+        let keep = rule(
+            r#"{"duration_secs":60,"priority":10,"match":{"span":[{"key":"name","op":"exists"}]},"action":"force_keep"}"#,
+            "keep",
+        );
+        let drop = rule(
+            r#"{"duration_secs":60,"priority":20,"match":{"resource":[{"key":"service.name","op":"eq","value":"svc"}]},"action":"force_drop"}"#,
+            "drop",
+        );
+        let set = RuleSet::new(vec![keep, drop]);
+        assert_eq!(
+            set.evaluate(&[9; 16], &spans("svc", true, 10)),
+            Some(ForceVerdict::Drop { rule_id: "drop".into() })
+        );
+    }
+
+    #[test]
+    fn invalid_rules_name_their_field() {
+        let cases = [
+            (r#"{"duration_secs":0,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
+            (r#"{"duration_secs":999999,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
+            (r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#, "match"),
+            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"regex","value":"("}]},"action":"force_keep"}"#, "match.span[0].value"),
+            (r#"{"duration_secs":5,"match":{"resource":[{"key":"a","op":"eq"}]},"action":"force_keep"}"#, "match.resource[0].value"),
+            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"gt","value":"fast"}]},"action":"force_keep"}"#, "match.span[0].value"),
+        ];
+        for (json, field) in cases {
+            let err = spec(json).compile("x".into(), 86_400).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err}");
+        }
+        // Unknown ops and actions fail to parse at all.
+        assert!(serde_json::from_str::<RuleSpec>(
+            r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"like"}]},"action":"force_keep"}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<RuleSpec>(
+            r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"exists"}]},"action":"keep"}"#
+        )
+        .is_err());
+    }
+}
