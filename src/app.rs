@@ -16,7 +16,9 @@ use crate::ingest::offsets::OffsetTracker;
 use crate::ingest::{self, IngestError, Source};
 use crate::metrics::Metrics;
 use crate::query::{QueryEngine, QueryLimits};
-use crate::sampling::{ForceRules, NoForceRules, PolicySet};
+use crate::rules::store::{run_sync, LiveRules, RuleStore};
+use crate::sampling::{ForceRules, PolicySet};
+use crate::api::rules::RulesApi;
 use crate::storage::writer::{IcebergWriter, WriterConfig};
 use crate::storage::TableHandle;
 
@@ -33,6 +35,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("force rules: {0}")]
+    Rules(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,11 +65,23 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let tracker = Arc::new(OffsetTracker::new());
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
+    let rule_store = Arc::new(RuleStore::new(&settings.redis.url).map_err(|e| AppError::Rules(e.to_string()))?);
+    let live_rules = Arc::new(LiveRules::default());
+    tokio::spawn(run_sync(
+        rule_store.clone(),
+        live_rules.clone(),
+        settings.rules.max_duration_secs,
+    ));
+
     let admin_addr = effective_admin_addr(&settings);
     let admin = api::admin_router(AppState {
         health: health.clone(),
         query: query_cell.clone(),
         auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
+        rules: Some(RulesApi {
+            store: rule_store,
+            max_duration_secs: settings.rules.max_duration_secs,
+        }),
     });
     let admin_listener = bind(admin_addr).await?;
     let metrics_listener = bind(settings.server.metrics_addr).await?;
@@ -111,7 +127,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     );
     let writer_task = tokio::spawn(writer.run(kept_rx));
 
-    let force_rules: Arc<dyn ForceRules> = Arc::new(NoForceRules);
+    let force_rules: Arc<dyn ForceRules> = live_rules;
     let ctx = WorkerContext {
         limits: BufferLimits {
             inactivity_timeout: Duration::from_secs_f64(settings.sampling.inactivity_timeout_secs),

@@ -1,4 +1,6 @@
-//! The admin API (health, SQL, traces) and the Prometheus endpoint.
+//! The admin API (health, SQL, traces, force rules) and the Prometheus endpoint.
+
+pub mod rules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub struct AppState {
     /// Set once the table exists and the engine is registered.
     pub query: Arc<OnceCell<QueryEngine>>,
     pub auth_token: Option<Arc<str>>,
+    pub rules: Option<rules::RulesApi>,
 }
 
 /// A JSON error body: `{"error": "..."}` with the given status.
@@ -39,6 +42,11 @@ pub fn admin_router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/query", post(query))
         .route("/admin/traces/{trace_id}", get(trace))
+        .route("/admin/force-rules", post(rules::create).get(rules::list))
+        .route(
+            "/admin/force-rules/{id}",
+            get(rules::get).delete(rules::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))

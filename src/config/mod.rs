@@ -38,6 +38,7 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub sampling: SamplingConfig,
+    pub rules: RulesConfig,
     pub storage: StorageConfig,
     pub server: ServerConfig,
     #[serde(default)]
@@ -87,6 +88,12 @@ impl SamplingConfig {
             self.workers
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    pub max_duration_secs: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -282,6 +289,9 @@ impl Settings {
         }
         if s.workers > 1024 {
             return Err(invalid("sampling.workers", "must be at most 1024"));
+        }
+        if self.rules.max_duration_secs < 1 {
+            return Err(invalid("rules.max_duration_secs", "must be at least 1"));
         }
         if self.storage.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));

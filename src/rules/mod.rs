@@ -1,6 +1,8 @@
 //! Force rules as data: the stored JSON shape, its validation, and the
 //! compiled form that sampling evaluates without any I/O.
 
+pub mod store;
+
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -247,6 +249,14 @@ impl std::fmt::Debug for CompiledRule {
 }
 
 impl CompiledRule {
+    fn verdict(&self) -> ForceVerdict {
+        let rule_id = self.id.clone();
+        match self.action {
+            Action::ForceKeep => ForceVerdict::Keep { rule_id },
+            Action::ForceDrop => ForceVerdict::Drop { rule_id },
+        }
+    }
+
     /// True when one span satisfies every span condition and its resource
     /// satisfies every resource condition.
     fn matches(&self, spans: &[SpanView]) -> bool {
@@ -280,26 +290,29 @@ impl RuleSet {
     }
 }
 
+/// Decodes a trace's spans once for all rules.
+fn views(spans: &[SpanRecord]) -> Vec<SpanView> {
+    spans
+        .iter()
+        .filter_map(|r| {
+            Some(SpanView {
+                span: Span::decode(r.bytes.clone()).ok()?,
+                resource: Resource::decode(r.origin.resource.clone()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 impl ForceRules for RuleSet {
     fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
         if self.rules.is_empty() {
             return None;
         }
-        let views: Vec<SpanView> = spans
+        let views = views(spans);
+        self.rules
             .iter()
-            .filter_map(|r| {
-                Some(SpanView {
-                    span: Span::decode(r.bytes.clone()).ok()?,
-                    resource: Resource::decode(r.origin.resource.clone()).unwrap_or_default(),
-                })
-            })
-            .collect();
-        let rule = self.rules.iter().find(|r| r.matches(&views))?;
-        let rule_id = rule.id.clone();
-        Some(match rule.action {
-            Action::ForceKeep => ForceVerdict::Keep { rule_id },
-            Action::ForceDrop => ForceVerdict::Drop { rule_id },
-        })
+            .find(|r| r.matches(&views))
+            .map(CompiledRule::verdict)
     }
 }
 

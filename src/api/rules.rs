@@ -1,0 +1,178 @@
+//! `/admin/force-rules`: create, list, get and delete force rules.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{error, AppState};
+use crate::rules::store::{RuleStore, StoreError, StoredRule};
+use crate::rules::RuleSpec;
+
+/// Largest rule body accepted.
+pub const MAX_RULE_BODY_BYTES: usize = 64 * 1024;
+
+/// Rules need Redis; the service runs on without it.
+#[derive(Clone)]
+pub struct RulesApi {
+    pub store: Arc<RuleStore>,
+    pub max_duration_secs: i64,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": message.into(), "field": field })),
+    )
+        .into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Unavailable(reason) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("force rules are unavailable while Redis is unreachable: {reason}"),
+        ),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+fn api(state: &AppState) -> Result<&RulesApi, Response> {
+    state
+        .rules
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "force rules are not configured"))
+}
+
+/// Parses and validates a rule body; the error names the offending field.
+pub fn parse_rule(body: &[u8], max_duration_secs: i64) -> Result<RuleSpec, (String, String)> {
+    if body.len() > MAX_RULE_BODY_BYTES {
+        return Err((
+            "body".into(),
+            format!("body of {} bytes exceeds {MAX_RULE_BODY_BYTES} bytes", body.len()),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let spec: RuleSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_string() } else { path };
+        (field, e.inner().to_string())
+    })?;
+    spec.compile("validation".into(), max_duration_secs)
+        .map_err(|e| (e.field, e.message))?;
+    Ok(spec)
+}
+
+pub async fn create(State(state): State<AppState>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let api = match api(&state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return invalid("body", e.body_text()),
+    };
+    let spec = match parse_rule(&body, api.max_duration_secs) {
+        Ok(s) => s,
+        Err((field, message)) => return invalid(&field, message),
+    };
+    match api.store.create(spec).await {
+        Ok(rule) => {
+            tracing::info!(rule = %rule.id, action = ?rule.spec.action, priority = rule.spec.priority, "force rule created");
+            (StatusCode::CREATED, Json(rule_json(&rule, None))).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Response {
+    let api = match api(&state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (rules, counts) = match tokio::try_join!(api.store.list(), api.store.match_counts()) {
+        Ok(v) => v,
+        Err(e) => return store_error(e),
+    };
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|r| rule_json(r, Some(counts.get(&r.id).copied().unwrap_or(0))))
+        .collect();
+    Json(json!({ "rules": rules, "count": rules.len() })).into_response()
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let api = match api(&state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match api.store.get(&id).await {
+        Ok(Some(rule)) => {
+            let matched = api.store.match_counts().await.ok().and_then(|c| c.get(&id).copied());
+            Json(rule_json(&rule, Some(matched.unwrap_or(0)))).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no force rule {id}")),
+        Err(e) => store_error(e),
+    }
+}
+
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let api = match api(&state) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match api.store.delete(&id).await {
+        Ok(true) => {
+            tracing::info!(rule = %id, "force rule deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no force rule {id}")),
+        Err(e) => store_error(e),
+    }
+}
+
+fn rule_json(rule: &StoredRule, matched: Option<u64>) -> Value {
+    let mut v = serde_json::to_value(rule).unwrap_or(Value::Null);
+    let remaining_ms = (rule.expires_at - chrono::Utc::now().timestamp_millis()).max(0);
+    if let Value::Object(map) = &mut v {
+        map.insert("created_at".into(), iso(rule.created_at));
+        map.insert("expires_at".into(), iso(rule.expires_at));
+        map.insert("remaining_secs".into(), json!(remaining_ms / 1000));
+        if let Some(m) = matched {
+            map.insert("matched_traces".into(), json!(m));
+        }
+    }
+    v
+}
+
+fn iso(ms: i64) -> Value {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases = [
+            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"like","value":"x"}]},"action":"force_keep"}"#, "match.span[0].op"),
+            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"exists"}]},"action":"keep"}"#, "action"),
+            (r#"{"duration_secs":-1,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
+            (r#"{"duration_secs":"soon","match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
+            (r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#, "match"),
+            (r#"not json"#, "body"),
+        ];
+        for (body, field) in cases {
+            let (got, msg) = parse_rule(body.as_bytes(), 3600).expect_err(body);
+            assert_eq!(got, field, "{body}: {msg}");
+        }
+        let big = format!(r#"{{"description":"{}"}}"#, "x".repeat(MAX_RULE_BODY_BYTES));
+        assert_eq!(parse_rule(big.as_bytes(), 3600).expect_err("big").0, "body");
+    }
+}

@@ -1,0 +1,318 @@
+//! Force rules in Redis, shared by every instance, and the local compiled copy.
+//!
+//! Each rule is one key, `tss:rule:{id}`, holding its JSON and expiring with
+//! it. Writers publish the rule id on `tss:rules:changed`; every instance then
+//! reloads all rules at once. A full reload every second is the safety net for
+//! a missed message. Evaluation reads only the local copy, never Redis.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{CompiledRule, RuleSpec};
+use crate::ingest::decode::{SpanRecord, TraceId};
+use crate::sampling::{ForceRules, ForceVerdict};
+
+const RULE_PREFIX: &str = "tss:rule:";
+const MATCHES_KEY: &str = "tss:rule-matches";
+const CHANNEL: &str = "tss:rules:changed";
+/// How often every instance reloads all rules, whatever pub/sub said.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored rule `{id}` is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// A rule as stored and as the API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub expires_at: i64,
+    #[serde(flatten)]
+    pub spec: RuleSpec,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The Redis side. Connects lazily, so the selector starts without Redis and
+/// picks it up when it comes back.
+pub struct RuleStore {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+}
+
+impl RuleStore {
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let c = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("connect timed out".into()))??;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {
+        let created_at = now_ms();
+        let rule = StoredRule {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at,
+            expires_at: created_at + spec.duration_secs * 1000,
+            spec,
+        };
+        let json = serde_json::to_string(&rule).map_err(|e| StoreError::Corrupt {
+            id: rule.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut c = self.conn().await?;
+        let _: () = redis::pipe()
+            .set_ex(format!("{RULE_PREFIX}{}", rule.id), json, rule.spec.duration_secs as u64)
+            .ignore()
+            .publish(CHANNEL, &rule.id)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(rule)
+    }
+
+    /// True when the rule existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let (removed,): (i64,) = redis::pipe()
+            .del(format!("{RULE_PREFIX}{id}"))
+            .hdel(MATCHES_KEY, id)
+            .ignore()
+            .publish(CHANNEL, id)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<StoredRule>, StoreError> {
+        let mut c = self.conn().await?;
+        let json: Option<String> = c.get(format!("{RULE_PREFIX}{id}")).await?;
+        json.map(|j| parse(id, &j)).transpose()
+    }
+
+    /// Every live rule.
+    pub async fn list(&self) -> Result<Vec<StoredRule>, StoreError> {
+        let mut c = self.conn().await?;
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<String> =
+                c.scan_match(format!("{RULE_PREFIX}*")).await?;
+            while let Some(k) = iter.next_item().await {
+                keys.push(k?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = c.mget(&keys).await?;
+        let mut rules = Vec::new();
+        for (key, value) in keys.iter().zip(values) {
+            // A key that expired between SCAN and MGET is simply gone.
+            if let Some(json) = value {
+                let id = key.trim_start_matches(RULE_PREFIX);
+                match parse(id, &json) {
+                    Ok(r) => rules.push(r),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a corrupt stored rule"),
+                }
+            }
+        }
+        rules.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.id.cmp(&b.id)));
+        Ok(rules)
+    }
+
+    /// Matches counted by every instance so far, by rule id.
+    pub async fn match_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(c.hgetall(MATCHES_KEY).await?)
+    }
+
+    async fn add_match_counts(&self, counts: &[(Arc<str>, u64)]) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for (id, n) in counts {
+            pipe.hincr(MATCHES_KEY, id.as_ref(), *n).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}
+
+fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+struct Active {
+    rule: CompiledRule,
+    expires_at: i64,
+    matches: AtomicU64,
+}
+
+/// The compiled local copy that sampling consults. Swapped whole on reload.
+#[derive(Default)]
+pub struct LiveRules {
+    current: RwLock<Arc<Vec<Active>>>,
+}
+
+impl LiveRules {
+    pub fn len(&self) -> usize {
+        self.current.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the rules, carrying over match counts not yet reported.
+    pub fn replace(&self, rules: Vec<StoredRule>, max_duration_secs: i64) {
+        let old = self.current.read().clone();
+        let mut active = Vec::with_capacity(rules.len());
+        for r in rules {
+            match r.spec.compile(Arc::from(r.id.as_str()), max_duration_secs.max(r.spec.duration_secs)) {
+                Ok(rule) => {
+                    let carried = old
+                        .iter()
+                        .find(|a| a.rule.id.as_ref() == r.id)
+                        .map_or(0, |a| a.matches.swap(0, Ordering::Relaxed));
+                    active.push(Active {
+                        rule,
+                        expires_at: r.expires_at,
+                        matches: AtomicU64::new(carried),
+                    });
+                }
+                Err(e) => tracing::warn!(rule = %r.id, error = %e, "stored rule does not compile"),
+            }
+        }
+        active.sort_by(|a, b| {
+            b.rule
+                .priority
+                .cmp(&a.rule.priority)
+                .then_with(|| a.rule.id.cmp(&b.rule.id))
+        });
+        *self.current.write() = Arc::new(active);
+    }
+
+    /// Takes the match counts gathered since the last call.
+    fn take_match_counts(&self) -> Vec<(Arc<str>, u64)> {
+        self.current
+            .read()
+            .iter()
+            .filter_map(|a| {
+                let n = a.matches.swap(0, Ordering::Relaxed);
+                (n > 0).then(|| (a.rule.id.clone(), n))
+            })
+            .collect()
+    }
+}
+
+impl ForceRules for LiveRules {
+    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        let rules = self.current.read().clone();
+        if rules.is_empty() {
+            return None;
+        }
+        let now = now_ms();
+        let views = super::views(spans);
+        let hit = rules
+            .iter()
+            .filter(|a| a.expires_at > now)
+            .find(|a| a.rule.matches(&views))?;
+        hit.matches.fetch_add(1, Ordering::Relaxed);
+        Some(hit.rule.verdict())
+    }
+}
+
+/// Keeps `live` in step with Redis: reload on every pub/sub message and every
+/// `RESYNC_INTERVAL`; report match counts as it goes. Runs forever.
+pub async fn run_sync(store: Arc<RuleStore>, live: Arc<LiveRules>, max_duration_secs: i64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    tokio::spawn(listen(store.client.clone(), tx));
+    let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = rx.recv() => {}
+        }
+        match store.list().await {
+            Ok(rules) => live.replace(rules, max_duration_secs),
+            Err(e) => tracing::debug!(error = %e, "rule resync failed; keeping the last known rules"),
+        }
+        let counts = live.take_match_counts();
+        if !counts.is_empty() {
+            if let Err(e) = store.add_match_counts(&counts).await {
+                tracing::debug!(error = %e, "could not report rule matches");
+            }
+        }
+    }
+}
+
+/// Forwards rule-change notifications; reconnects when Redis drops.
+async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(CHANNEL).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        let _ = tx.try_send(());
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "rule channel unavailable"),
+        }
+        tokio::time::sleep(RESYNC_INTERVAL).await;
+    }
+}
