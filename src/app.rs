@@ -17,6 +17,7 @@ use crate::ingest::{self, IngestError, Source};
 use crate::metrics::Metrics;
 use crate::query::{QueryEngine, QueryLimits};
 use crate::rules::store::{run_sync, LiveRules, RuleStore};
+use crate::state::{DecisionCache, LazyRedis};
 use crate::sampling::{ForceRules, PolicySet};
 use crate::api::rules::RulesApi;
 use crate::storage::writer::{IcebergWriter, WriterConfig};
@@ -35,8 +36,6 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("force rules: {0}")]
-    Rules(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -65,7 +64,9 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let tracker = Arc::new(OffsetTracker::new());
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
-    let rule_store = Arc::new(RuleStore::new(&settings.redis.url).map_err(|e| AppError::Rules(e.to_string()))?);
+    let redis = Arc::new(LazyRedis::new(&settings.redis.url)?);
+    let rule_store = Arc::new(RuleStore::new(redis.clone()));
+    let decisions = Arc::new(DecisionCache::new(redis, settings.sampling.decision_ttl_secs));
     let live_rules = Arc::new(LiveRules::default());
     tokio::spawn(run_sync(
         rule_store.clone(),
@@ -136,6 +137,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         },
         policies: PolicySet::from_config(&settings.sampling),
         force_rules,
+        decisions,
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         kept_tx,

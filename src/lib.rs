@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod query;
 pub mod rules;
 pub mod sampling;
+pub mod state;
 pub mod storage;
 pub mod synth;

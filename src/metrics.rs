@@ -141,6 +141,9 @@ impl Metrics {
             query_duration_seconds,
             registry,
         };
+        for decision in ["kept", "dropped"] {
+            m.late_spans_total.with_label_values(&[decision]);
+        }
         for reason in crate::sampling::SamplingReason::ALL {
             m.traces_sampled_total.with_label_values(&[reason.as_str()]);
         }

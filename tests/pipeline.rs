@@ -20,10 +20,14 @@ fn now_nanos() -> u64 {
         .unwrap_or_default()
 }
 
+/// Trace ids unique to this test run: decisions stay in the shared Redis for
+/// `decision_ttl_secs`, and a reused id would count as a late span.
 fn trace_id(seed: u64) -> [u8; 16] {
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let salt = *SALT.get_or_init(|| now_nanos().wrapping_mul(0x2545_f491_4f6c_dd1d));
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-    id[8..].copy_from_slice(&seed.to_be_bytes());
+    id[..8].copy_from_slice(&salt.wrapping_add(seed).to_be_bytes());
+    id[8..].copy_from_slice(&seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
     id[0] |= 1;
     id
 }
@@ -336,4 +340,47 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["redis"]["status"], "ok");
     assert_eq!(health["kafka"]["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_spans_get_their_trace_decision() {
+    let s = Selector::start("late", &[]).await;
+    let p = producer();
+    let seed_kept = 700_000;
+    let seed_dropped = seed_kept + 1;
+    let kept = synth::trace(&spec(seed_kept, 3, true, 50));
+    let dropped = synth::trace(&spec(seed_dropped, 3, false, 50));
+    let key = |seed| hex::encode(trace_id(seed));
+    send(&p, &s.topic, &key(seed_kept), &encode(kept[..2].to_vec())).await;
+    send(&p, &s.topic, &key(seed_dropped), &encode(dropped[..2].to_vec())).await;
+    s.wait_metric("tail_sampling_traces_dropped_total", 1.0, Duration::from_secs(60))
+        .await;
+    s.wait_exported(2.0).await;
+
+    // The third span of each arrives after its trace was decided.
+    send(&p, &s.topic, &key(seed_kept), &encode(kept[2..].to_vec())).await;
+    send(&p, &s.topic, &key(seed_dropped), &encode(dropped[2..].to_vec())).await;
+    s.wait_metric(
+        "tail_sampling_late_spans_total{decision=\"dropped\"}",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    s.wait_exported(3.0).await;
+    let m = s.metrics().await;
+    assert_eq!(m["tail_sampling_late_spans_total{decision=\"kept\"}"], 1.0);
+    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 1.0, "not re-decided");
+    assert_eq!(m["tail_sampling_traces_dropped_total"], 1.0, "not re-decided");
+    let rows = s
+        .query(&format!(
+            "SELECT count(*), min(sampling_reason) FROM spans WHERE trace_id = '{}'",
+            key(seed_kept)
+        ))
+        .await;
+    assert_eq!(rows["rows"][0], serde_json::json!([3, "error"]));
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", key(seed_dropped)))
+            .await,
+        0
+    );
 }

@@ -11,6 +11,7 @@ use crate::ingest::decode::{SpanRecord, TraceId};
 use crate::ingest::offsets::{MsgRef, OffsetTracker};
 use crate::metrics::Metrics;
 use crate::sampling::{Decision, ForceRules, PolicySet, SamplingReason};
+use crate::state::DecisionCache;
 
 /// The spans of one Kafka message that belong to this worker's shard.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct WorkerContext {
     pub limits: BufferLimits,
     pub policies: PolicySet,
     pub force_rules: Arc<dyn ForceRules>,
+    /// Earlier decisions, so late spans and other instances agree.
+    pub decisions: Arc<DecisionCache>,
     pub tracker: Arc<OffsetTracker>,
     pub metrics: Metrics,
     pub kept_tx: mpsc::Sender<KeptTrace>,
@@ -60,18 +63,19 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
     };
     let mut tick = tokio::time::interval(state.ctx.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut due = Vec::new();
+    let mut due: Vec<CompleteTrace> = Vec::new();
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(batch) => state.ingest(batch).await,
+                Some(batch) => {
+                    state.ingest(batch, &mut due);
+                    state.decide_all(&mut due).await;
+                }
                 None => break,
             },
             _ = tick.tick() => {
                 state.buffer.expire(Instant::now(), &mut due);
-                for trace in due.drain(..) {
-                    state.decide(trace).await;
-                }
+                state.decide_all(&mut due).await;
             }
         }
         state.report_gauges();
@@ -92,7 +96,8 @@ struct Worker {
 }
 
 impl Worker {
-    async fn ingest(&mut self, batch: ShardBatch) {
+    /// Buffers a batch; traces it completes (at `max_spans_per_trace`) go to `due`.
+    fn ingest(&mut self, batch: ShardBatch, due: &mut Vec<CompleteTrace>) {
         let now = Instant::now();
         let mut refs = 0i64;
         let mut opened = 0u64;
@@ -101,9 +106,7 @@ impl Worker {
             let outcome = self.buffer.push(trace_id, [span], batch.msg, now);
             refs += i64::from(outcome.took_ref);
             opened += u64::from(outcome.opened);
-            if let Some(trace) = outcome.complete {
-                self.decide(trace).await;
-            }
+            due.extend(outcome.complete);
         }
         self.ctx.metrics.traces_ingested_total.inc_by(opened);
         // The batch's ticket is returned only after its references are counted,
@@ -111,46 +114,83 @@ impl Worker {
         self.ctx.tracker.adjust(batch.msg, refs - 1);
     }
 
-    async fn decide(&mut self, trace: CompleteTrace) {
-        let decision =
+    /// Decides every due trace. A trace decided before (its spans arrived
+    /// late, or another instance decided it) gets that same decision; the
+    /// rest are evaluated and remembered, in one Redis round trip each way.
+    async fn decide_all(&mut self, due: &mut Vec<CompleteTrace>) {
+        if due.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = due.iter().map(|t| t.trace_id).collect();
+        let prior = self.ctx.decisions.lookup(&ids).await;
+        let mut fresh = Vec::new();
+        for (trace, prior) in due.drain(..).zip(prior) {
             self.ctx
-                .policies
-                .decide(&trace.trace_id, &trace.spans, self.ctx.force_rules.as_ref());
-        self.ctx
-            .metrics
-            .decision_latency_seconds
-            .observe(trace.last_seen.elapsed().as_secs_f64());
-        match decision {
-            Decision::Drop => {
-                self.ctx.metrics.traces_dropped_total.inc();
-                self.ctx.tracker.release(&trace.msgs);
+                .metrics
+                .decision_latency_seconds
+                .observe(trace.last_seen.elapsed().as_secs_f64());
+            match prior {
+                Some(decision) => {
+                    let label = if decision == Decision::Drop { "dropped" } else { "kept" };
+                    self.ctx
+                        .metrics
+                        .late_spans_total
+                        .with_label_values(&[label])
+                        .inc_by(trace.spans.len() as u64);
+                    self.route(trace, decision).await;
+                }
+                None => {
+                    let decision = self.ctx.policies.decide(
+                        &trace.trace_id,
+                        &trace.spans,
+                        self.ctx.force_rules.as_ref(),
+                    );
+                    self.count(&decision);
+                    fresh.push((trace.trace_id, decision.clone()));
+                    self.route(trace, decision).await;
+                }
             }
-            Decision::Keep { reason, rule_id } => {
+        }
+        self.ctx.decisions.store(&fresh).await;
+    }
+
+    fn count(&self, decision: &Decision) {
+        match decision {
+            Decision::Drop => self.ctx.metrics.traces_dropped_total.inc(),
+            Decision::Keep { reason, .. } => {
                 self.ctx
                     .metrics
                     .traces_sampled_total
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                if reason == SamplingReason::ForceRule {
+                if *reason == SamplingReason::ForceRule {
                     self.ctx.metrics.traces_force_sampled_total.inc();
                 }
-                let kept = KeptTrace {
-                    trace_id: trace.trace_id,
-                    spans: trace.spans,
-                    reason,
-                    rule_id,
-                    msgs: trace.msgs,
-                    decided_at: SystemTime::now(),
-                };
-                // A full channel means storage is behind: waiting here pauses
-                // this worker, then the consumer, which is the backpressure.
-                if let Err(e) = self.ctx.kept_tx.send(kept).await {
-                    tracing::warn!(
-                        trace_id = %hex::encode(e.0.trace_id),
-                        "storage has stopped; the kept trace stays uncommitted in Kafka"
-                    );
-                }
             }
+        }
+    }
+
+    /// Releases a dropped trace's messages, or hands a kept one to storage.
+    async fn route(&mut self, trace: CompleteTrace, decision: Decision) {
+        let Decision::Keep { reason, rule_id } = decision else {
+            self.ctx.tracker.release(&trace.msgs);
+            return;
+        };
+        let kept = KeptTrace {
+            trace_id: trace.trace_id,
+            spans: trace.spans,
+            reason,
+            rule_id,
+            msgs: trace.msgs,
+            decided_at: SystemTime::now(),
+        };
+        // A full channel means storage is behind: waiting here pauses this
+        // worker, then the consumer, which is the backpressure.
+        if let Err(e) = self.ctx.kept_tx.send(kept).await {
+            tracing::warn!(
+                trace_id = %hex::encode(e.0.trace_id),
+                "storage has stopped; the kept trace stays uncommitted in Kafka"
+            );
         }
     }
 

@@ -12,20 +12,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use parking_lot::RwLock;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{CompiledRule, RuleSpec};
 use crate::ingest::decode::{SpanRecord, TraceId};
 use crate::sampling::{ForceRules, ForceVerdict};
+use crate::state::LazyRedis;
 
 const RULE_PREFIX: &str = "tss:rule:";
 const MATCHES_KEY: &str = "tss:rule-matches";
 const CHANNEL: &str = "tss:rules:changed";
 /// How often every instance reloads all rules, whatever pub/sub said.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,35 +61,16 @@ fn now_ms() -> i64 {
 /// The Redis side. Connects lazily, so the selector starts without Redis and
 /// picks it up when it comes back.
 pub struct RuleStore {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    redis: Arc<LazyRedis>,
 }
 
 impl RuleStore {
-    pub fn new(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            conn: tokio::sync::Mutex::new(None),
-        })
+    pub fn new(redis: Arc<LazyRedis>) -> Self {
+        Self { redis }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            REDIS_TIMEOUT * 2,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("connect timed out".into()))??;
-        *guard = Some(c.clone());
-        Ok(c)
+        Ok(self.redis.conn().await?)
     }
 
     pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {
@@ -279,7 +260,7 @@ impl ForceRules for LiveRules {
 /// `RESYNC_INTERVAL`; report match counts as it goes. Runs forever.
 pub async fn run_sync(store: Arc<RuleStore>, live: Arc<LiveRules>, max_duration_secs: i64) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    tokio::spawn(listen(store.client.clone(), tx));
+    tokio::spawn(listen(store.redis.client().clone(), tx));
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
