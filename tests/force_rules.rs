@@ -152,3 +152,108 @@ async fn short_rules_expire_and_invalid_rules_name_their_field() {
         assert_eq!(err["field"], field, "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
+    let topic = format!("tss-it-pair-{}", uuid::Uuid::new_v4().simple());
+    let a = Selector::start_on(&topic, &[]).await;
+    let b = Selector::start_on(&topic, &[]).await;
+    // Wait for the group to settle so both own partitions.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let service = format!("pair-service-{}", uuid::Uuid::new_v4().simple());
+    let (status, rule) = post_rule(
+        &b,
+        &json!({"duration_secs": 120, "priority": 5,
+                "match": {"resource": [{"key": "service.name", "op": "eq", "value": service}]},
+                "action": "force_keep"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{rule}");
+    let id = rule["id"].as_str().expect("id").to_string();
+    // The contract: every instance applies it within 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
+        .args(["--brokers", &common::brokers(), "--topic", &topic, "--service-name", &service, "--count", "40"])
+        .output()
+        .expect("simple_producer");
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ka = a.metric("tail_sampling_traces_force_sampled_total").await;
+        let kb = b.metric("tail_sampling_traces_force_sampled_total").await;
+        let da = a.metric("tail_sampling_traces_dropped_total").await;
+        let db = b.metric("tail_sampling_traces_dropped_total").await;
+        if ka + kb >= 40.0 {
+            assert!(ka > 0.0 && kb > 0.0, "both instances decided traces: a={ka} b={kb}");
+            assert_eq!(da + db, 0.0, "nothing dropped");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a={ka} b={kb} dropped={}", da + db);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(delete_rule(&a, &id).await, 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_goes_on_while_redis_is_down() {
+    let mut redis = common::OwnRedis::start();
+    let url = redis.url();
+    let s = Selector::start("redis-down", &[("TSS__REDIS__URL", url.as_str())]).await;
+    let service = format!("outage-{}", uuid::Uuid::new_v4().simple());
+    let (status, _) = post_rule(
+        &s,
+        &json!({"duration_secs": 600, "match": {"resource": [{"key": "service.name", "op": "eq", "value": service}]}, "action": "force_keep"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    redis.stop();
+    // Readiness reports it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = s.get("/health/ready").await;
+        if status == 503 {
+            assert!(body["reason"].as_str().unwrap_or_default().contains("redis"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never reported Redis");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Rule writes fail clearly.
+    let (status, body) = post_rule(
+        &s,
+        &json!({"duration_secs": 60, "match": {"span": [{"key": "name", "op": "exists"}]}, "action": "force_keep"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("Redis"), "{body}");
+    // Sampling continues with the last known rule.
+    produce(&s, &service);
+    s.wait_metric("tail_sampling_traces_force_sampled_total", 10.0, Duration::from_secs(60))
+        .await;
+    s.wait_exported(30.0).await;
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = post_rule(
+            &s,
+            &json!({"duration_secs": 60, "match": {"resource": [{"key": "service.name", "op": "eq", "value": "after-outage"}]}, "action": "force_keep"}),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rule writes did not recover (last {status})");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, _) = s.get("/health/ready").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut status = status;
+    while status != 200 {
+        assert!(Instant::now() < deadline, "readiness did not recover");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        status = s.get("/health/ready").await.0;
+    }
+}

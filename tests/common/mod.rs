@@ -42,8 +42,15 @@ impl Selector {
     /// Starts a selector with short timeouts plus `overrides` (`TSS__…` pairs),
     /// and waits until `/health/ready` answers 200.
     pub async fn start(name: &str, overrides: &[(&str, &str)]) -> Selector {
-        let dir = tempfile::tempdir().expect("tempdir");
         let topic = format!("tss-it-{name}-{}", uuid::Uuid::new_v4().simple());
+        Self::start_on(&topic, overrides).await
+    }
+
+    /// Starts a selector on a given topic (its group is `{topic}-group`), so
+    /// several selectors can share one consumer group.
+    pub async fn start_on(topic: &str, overrides: &[(&str, &str)]) -> Selector {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topic = topic.to_string();
         let admin = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut env: HashMap<String, String> = [
@@ -266,4 +273,56 @@ pub fn run_python(script: &Path, args: &[String]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// A Redis server of the test's own, on a free port, so that a test can stop
+/// and restart it without disturbing the machine's Redis.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/stack.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
