@@ -65,6 +65,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
     let redis = Arc::new(LazyRedis::new(&settings.redis.url)?);
+    spawn_redis_probe(redis.clone(), health.clone());
     let rule_store = Arc::new(RuleStore::new(redis.clone()));
     let decisions = Arc::new(DecisionCache::new(redis, settings.sampling.decision_ttl_secs));
     let live_rules = Arc::new(LiveRules::default());
@@ -92,7 +93,6 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     servers.spawn(async move { axum::serve(metrics_listener, metrics_router).await });
     tracing::info!(admin = %admin_addr, metrics = %settings.server.metrics_addr, "HTTP listening");
 
-    spawn_redis_probe(settings.redis.url.clone(), health.clone());
     let table = open_table_with_retry(&settings, &health, shutdown.clone()).await;
     let Some(table) = table else {
         return Ok(());
@@ -263,11 +263,10 @@ async fn ensure_topics_with_retry(
 }
 
 /// Probes Redis every few seconds for `/health`, from startup on.
-fn spawn_redis_probe(url: String, health: Health) {
+fn spawn_redis_probe(redis: Arc<LazyRedis>, health: Health) {
     tokio::spawn(async move {
-        let mut conn: Option<redis::aio::MultiplexedConnection> = None;
         loop {
-            health.set_redis(ping_redis(&url, &mut conn).await);
+            health.set_redis(redis.ping().await.map_err(|e| e.to_string()));
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     });
@@ -313,37 +312,4 @@ fn spawn_probes(
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     });
-}
-
-async fn ping_redis(
-    url: &str,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
-) -> Result<(), String> {
-    if conn.is_none() {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let c = tokio::time::timeout(
-            Duration::from_secs(3),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        *conn = Some(c);
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err("no connection".into());
-    };
-    let pong: Result<String, _> = tokio::time::timeout(
-        Duration::from_secs(3),
-        redis::cmd("PING").query_async(c),
-    )
-    .await
-    .map_err(|_| "PING timed out".to_string())?;
-    match pong {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            *conn = None;
-            Err(e.to_string())
-        }
-    }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics, named as DESIGN.md fixes them (prefix `tail_sampling_`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -28,7 +28,6 @@ pub struct Metrics {
     pub consumer_lag_messages: IntGaugeVec,
     pub decision_latency_seconds: Histogram,
     pub iceberg_commit_duration_seconds: Histogram,
-    pub query_duration_seconds: HistogramVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -72,12 +71,6 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(consumer_lag_messages.clone()))?;
-        let query_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("query_duration_seconds", "Duration of /admin/query calls")
-                .namespace(NAMESPACE),
-            &["outcome"],
-        )?;
-        registry.register(Box::new(query_duration_seconds.clone()))?;
         let m = Self {
             traces_ingested_total: counter(
                 "traces_ingested_total",
@@ -138,7 +131,6 @@ impl Metrics {
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )?,
             consumer_lag_messages,
-            query_duration_seconds,
             registry,
         };
         for decision in ["kept", "dropped"] {

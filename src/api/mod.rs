@@ -2,7 +2,6 @@
 
 pub mod rules;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -71,13 +70,6 @@ pub fn metrics_router(metrics: Metrics) -> Router {
             }
         }),
     )
-}
-
-/// Serves a router until the process ends.
-pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, router).await
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -3,7 +3,9 @@
 
 pub mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -99,8 +101,12 @@ pub struct CompiledRule {
     pub id: Arc<str>,
     pub priority: i64,
     pub action: Action,
+    /// Unix milliseconds after which the rule no longer matches.
+    pub expires_at: i64,
     resource: Vec<CompiledCondition>,
     span: Vec<CompiledCondition>,
+    /// Traces matched since the counts were last taken.
+    matches: AtomicU64,
 }
 
 impl RuleSpec {
@@ -129,8 +135,10 @@ impl RuleSpec {
             id,
             priority: self.priority,
             action: self.action,
+            expires_at: i64::MAX,
             resource: compile_all(&self.match_.resource, "resource")?,
             span: compile_all(&self.match_.span, "span")?,
+            matches: AtomicU64::new(0),
         })
     }
 }
@@ -249,6 +257,21 @@ impl std::fmt::Debug for CompiledRule {
 }
 
 impl CompiledRule {
+    /// Sets when the rule stops matching (Unix milliseconds).
+    pub fn with_expiry(mut self, expires_at: i64) -> Self {
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// Adds matches counted elsewhere, such as by the copy this one replaces.
+    pub fn add_matches(&self, n: u64) {
+        self.matches.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn take_matches(&self) -> u64 {
+        self.matches.swap(0, Ordering::Relaxed)
+    }
+
     fn verdict(&self) -> ForceVerdict {
         let rule_id = self.id.clone();
         match self.action {
@@ -288,6 +311,27 @@ impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+
+    pub fn get(&self, id: &str) -> Option<&CompiledRule> {
+        self.rules.iter().find(|r| r.id.as_ref() == id)
+    }
+
+    /// Takes the match counts gathered since the last call.
+    pub fn take_match_counts(&self) -> Vec<(Arc<str>, u64)> {
+        self.rules
+            .iter()
+            .filter_map(|r| {
+                let n = r.take_matches();
+                (n > 0).then(|| (r.id.clone(), n))
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Decodes a trace's spans once for all rules.
@@ -308,11 +352,15 @@ impl ForceRules for RuleSet {
         if self.rules.is_empty() {
             return None;
         }
+        let now = now_ms();
         let views = views(spans);
-        self.rules
+        let hit = self
+            .rules
             .iter()
-            .find(|r| r.matches(&views))
-            .map(CompiledRule::verdict)
+            .filter(|r| r.expires_at > now)
+            .find(|r| r.matches(&views))?;
+        hit.matches.fetch_add(1, Ordering::Relaxed);
+        Some(hit.verdict())
     }
 }
 

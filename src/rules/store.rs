@@ -6,9 +6,8 @@
 //! a missed message. Evaluation reads only the local copy, never Redis.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use parking_lot::RwLock;
@@ -16,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::{CompiledRule, RuleSpec};
+use super::{now_ms, RuleSet, RuleSpec};
 use crate::ingest::decode::{SpanRecord, TraceId};
 use crate::sampling::{ForceRules, ForceVerdict};
 use crate::state::LazyRedis;
@@ -52,11 +51,6 @@ pub struct StoredRule {
     pub spec: RuleSpec,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// The Redis side. Connects lazily, so the selector starts without Redis and
 /// picks it up when it comes back.
@@ -161,12 +155,6 @@ impl RuleStore {
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
     }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
-        Ok(())
-    }
 }
 
 fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
@@ -176,83 +164,47 @@ fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
     })
 }
 
-struct Active {
-    rule: CompiledRule,
-    expires_at: i64,
-    matches: AtomicU64,
-}
-
 /// The compiled local copy that sampling consults. Swapped whole on reload.
 #[derive(Default)]
 pub struct LiveRules {
-    current: RwLock<Arc<Vec<Active>>>,
+    current: RwLock<Arc<RuleSet>>,
 }
 
 impl LiveRules {
-    pub fn len(&self) -> usize {
-        self.current.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Replaces the rules, carrying over match counts not yet reported.
     pub fn replace(&self, rules: Vec<StoredRule>, max_duration_secs: i64) {
         let old = self.current.read().clone();
-        let mut active = Vec::with_capacity(rules.len());
-        for r in rules {
-            match r.spec.compile(Arc::from(r.id.as_str()), max_duration_secs.max(r.spec.duration_secs)) {
-                Ok(rule) => {
-                    let carried = old
-                        .iter()
-                        .find(|a| a.rule.id.as_ref() == r.id)
-                        .map_or(0, |a| a.matches.swap(0, Ordering::Relaxed));
-                    active.push(Active {
-                        rule,
-                        expires_at: r.expires_at,
-                        matches: AtomicU64::new(carried),
-                    });
+        let compiled = rules
+            .into_iter()
+            .filter_map(|r| {
+                let id = Arc::from(r.id.as_str());
+                match r.spec.compile(id, max_duration_secs.max(r.spec.duration_secs)) {
+                    Ok(rule) => Some(rule.with_expiry(r.expires_at)),
+                    Err(e) => {
+                        tracing::warn!(rule = %r.id, error = %e, "stored rule does not compile");
+                        None
+                    }
                 }
-                Err(e) => tracing::warn!(rule = %r.id, error = %e, "stored rule does not compile"),
+            })
+            .collect();
+        let next = RuleSet::new(compiled);
+        for (id, n) in old.take_match_counts() {
+            if let Some(rule) = next.get(&id) {
+                rule.add_matches(n);
             }
         }
-        active.sort_by(|a, b| {
-            b.rule
-                .priority
-                .cmp(&a.rule.priority)
-                .then_with(|| a.rule.id.cmp(&b.rule.id))
-        });
-        *self.current.write() = Arc::new(active);
+        *self.current.write() = Arc::new(next);
     }
 
-    /// Takes the match counts gathered since the last call.
     fn take_match_counts(&self) -> Vec<(Arc<str>, u64)> {
-        self.current
-            .read()
-            .iter()
-            .filter_map(|a| {
-                let n = a.matches.swap(0, Ordering::Relaxed);
-                (n > 0).then(|| (a.rule.id.clone(), n))
-            })
-            .collect()
+        self.current.read().take_match_counts()
     }
 }
 
 impl ForceRules for LiveRules {
-    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+    fn evaluate(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
         let rules = self.current.read().clone();
-        if rules.is_empty() {
-            return None;
-        }
-        let now = now_ms();
-        let views = super::views(spans);
-        let hit = rules
-            .iter()
-            .filter(|a| a.expires_at > now)
-            .find(|a| a.rule.matches(&views))?;
-        hit.matches.fetch_add(1, Ordering::Relaxed);
-        Some(hit.rule.verdict())
+        rules.evaluate(trace_id, spans)
     }
 }
 

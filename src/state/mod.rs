@@ -35,6 +35,13 @@ impl LazyRedis {
         &self.client
     }
 
+    /// `PING`, for the readiness probe.
+    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
     pub async fn conn(&self) -> Result<ConnectionManager, redis::RedisError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
