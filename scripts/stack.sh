@@ -4,6 +4,7 @@
 # installed. Logs and pids live in .state/stack/.
 #
 #   scripts/stack.sh up | down | status
+#   scripts/stack.sh postgres   # also a private PostgreSQL for the catalog tests
 source "$(dirname "$0")/lib.sh"
 
 STACK_DIR="$STATE_DIR/stack"
@@ -51,6 +52,56 @@ start_redis() {
   die "Redis did not answer PING"
 }
 
+PG_PORT="${TSS_PG_PORT:-55432}"
+PG_DIR="$STACK_DIR/postgres"
+
+# Runs a command as the owner of the private cluster: PostgreSQL refuses root.
+as_pg_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] || die "PostgreSQL binaries not found under /usr/lib/postgresql"
+  echo "$dir"
+}
+
+# A private PostgreSQL cluster on 127.0.0.1:$PG_PORT with a trusted `tss`
+# user and database, for the SQL catalog tests. Reused when it answers.
+start_postgres() {
+  if port_open "$PG_PORT"; then
+    log "PostgreSQL already answers on 127.0.0.1:$PG_PORT"
+    return 0
+  fi
+  ensure_apt postgresql
+  local bin
+  bin=$(pg_bin)
+  mkdir -p "$PG_DIR"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PG_DIR"
+  if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+    log "creating a PostgreSQL cluster in $PG_DIR/data"
+    as_pg_owner "$bin/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$PG_DIR/initdb.log" 2>&1 \
+      || die "initdb failed; see $PG_DIR/initdb.log"
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg_owner "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+    || die "PostgreSQL did not start; see $PG_DIR/postgres.log"
+  as_pg_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
+    "SELECT 1 FROM pg_roles WHERE rolname = 'tss'" | grep -q 1 \
+    || as_pg_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE ROLE tss LOGIN"
+  as_pg_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'tss'" | grep -q 1 \
+    || as_pg_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE tss OWNER tss"
+}
+
+stop_postgres() {
+  [ -f "$PG_DIR/data/postmaster.pid" ] || return 0
+  log "stopping PostgreSQL"
+  as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
+}
+
 stop_pidfile() {
   local name=$1 file="$STACK_DIR/$1.pid"
   [ -f "$file" ] || return 0
@@ -72,11 +123,13 @@ status() {
   else
     echo "selector: down"
   fi
+  if port_open "$PG_PORT"; then echo "postgres: up (127.0.0.1:$PG_PORT)"; fi
 }
 
 case "${1:-}" in
   up) start_redis; start_tansu; status ;;
-  down) stop_pidfile selector; stop_pidfile tansu; stop_pidfile redis; status ;;
+  postgres) start_postgres ;;
+  down) stop_pidfile selector; stop_pidfile tansu; stop_pidfile redis; stop_postgres; status ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|postgres|down|status" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_build_deps
 "$ROOT/scripts/stack.sh" up
+"$ROOT/scripts/stack.sh" postgres
 
 VENV="$CACHE_DIR/venv"
 REQS="$ROOT/tests/python/requirements.txt"
@@ -24,6 +25,9 @@ mkdir -p "$FIXTURE_DIR"
 export TSS_SDK_FIXTURE="$FIXTURE_DIR/sdk_trace"
 export TSS_TEST_BROKERS="127.0.0.1:$KAFKA_PORT"
 export TSS_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export TSS_TEST_POSTGRES_URL="postgres://tss@127.0.0.1:${TSS_PG_PORT:-55432}/tss"
+# The S3 tests start their own moto server from the same environment.
+export TSS_TEST_MOTO_SERVER="$VENV/bin/moto_server"
 
 log "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --manifest-path "$ROOT/Cargo.toml" --all-targets -- --test-threads "${TSS_TEST_THREADS:-3}"

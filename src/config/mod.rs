@@ -129,6 +129,18 @@ pub struct IcebergConfig {
     pub table_name: String,
     #[serde(default)]
     pub project_id: Option<String>,
+    /// OAuth2 client credential for the REST catalog, `client_id:client_secret`.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// A bearer token for the REST catalog, used as is (it is not refreshed).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The token endpoint for `credential`; the catalog's own when unset.
+    #[serde(default)]
+    pub oauth2_server_uri: Option<String>,
+    /// The OAuth2 scope asked for with `credential`.
+    #[serde(default)]
+    pub scope: Option<String>,
     #[serde(default)]
     pub s3_endpoint: Option<String>,
     #[serde(default)]
@@ -149,6 +161,10 @@ impl std::fmt::Debug for IcebergConfig {
             .field("namespace", &self.namespace)
             .field("table_name", &self.table_name)
             .field("project_id", &self.project_id)
+            .field("credential", &self.credential.as_ref().map(|_| "***"))
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("oauth2_server_uri", &self.oauth2_server_uri)
+            .field("scope", &self.scope)
             .field("s3_endpoint", &self.s3_endpoint)
             .field("s3_access_key_id", &self.s3_access_key_id.as_ref().map(|_| "***"))
             .field(
@@ -423,11 +439,13 @@ mod tests {
                 ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", "hunter2"),
                 ("TSS__ADMIN__AUTH_TOKEN", "tok-secret"),
                 ("TSS__STORAGE__ICEBERG__CATALOG_URI", "postgres://u:pw-secret@h/db"),
+                ("TSS__STORAGE__ICEBERG__CREDENTIAL", "client:oauth-secret"),
+                ("TSS__STORAGE__ICEBERG__TOKEN", "bearer-secret"),
             ]),
         )
         .expect("load");
         let dump = format!("{s:?}");
-        for secret in ["hunter2", "tok-secret", "pw-secret"] {
+        for secret in ["hunter2", "tok-secret", "pw-secret", "oauth-secret", "bearer-secret"] {
             assert!(!dump.contains(secret), "{secret} leaked: {dump}");
         }
     }

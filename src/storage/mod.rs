@@ -137,8 +137,17 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, St
         CatalogType::Rest => {
             props.insert(REST_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
             props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), cfg.warehouse.clone());
-            if let Some(project) = &cfg.project_id {
-                props.insert("header.x-project-id".into(), project.clone());
+            let optional = [
+                ("header.x-project-id", &cfg.project_id),
+                ("credential", &cfg.credential),
+                ("token", &cfg.token),
+                ("oauth2-server-uri", &cfg.oauth2_server_uri),
+                ("scope", &cfg.scope),
+            ];
+            for (key, value) in optional {
+                if let Some(v) = value {
+                    props.insert(key.into(), v.clone());
+                }
             }
             Arc::new(
                 RestCatalogBuilder::default()

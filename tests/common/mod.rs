@@ -326,3 +326,81 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// A moto S3 server of the test's own, on a free loopback port.
+pub struct OwnS3 {
+    pub port: u16,
+    child: Child,
+}
+
+impl OwnS3 {
+    pub fn start() -> OwnS3 {
+        let bin = std::env::var("TSS_TEST_MOTO_SERVER").expect(
+            "TSS_TEST_MOTO_SERVER must name moto_server (pip install 'moto[server]'); run scripts/test.sh",
+        );
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not open port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OwnS3 { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn tool(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--endpoint".to_string(), self.endpoint()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        run_python(&python_script("s3_tool.py"), &all)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.tool(&["create-bucket", bucket]);
+    }
+
+    /// Every object key under `prefix`, listed with boto3.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let listing = self.tool(&["list", bucket, prefix]);
+        listing
+            .as_array()
+            .expect("a JSON list")
+            .iter()
+            .map(|o| o["key"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A helper script under `tests/python/`.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+/// Runs `simple_producer` with the seed defaults against `topic`.
+pub fn produce_seed_traces(topic: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
+        .args(["--brokers", &brokers(), "--topic", topic])
+        .output()
+        .expect("simple_producer runs");
+    assert!(
+        out.status.success(),
+        "simple_producer failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
