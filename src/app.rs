@@ -9,10 +9,10 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, AppState};
 use crate::buffer::worker::{self, WorkerContext};
-use crate::buffer::BufferLimits;
+use crate::buffer::{BufferLimits, HeldSpans};
 use crate::config::Settings;
 use crate::health::Health;
-use crate::ingest::offsets::OffsetTracker;
+use crate::ingest::offsets::{Assignments, CommitGate, OffsetTracker};
 use crate::ingest::{self, IngestError, Source};
 use crate::metrics::Metrics;
 use crate::query::{QueryEngine, QueryLimits};
@@ -20,13 +20,11 @@ use crate::rules::store::{run_sync, LiveRules, RuleStore};
 use crate::state::{DecisionCache, LazyRedis};
 use crate::sampling::{ForceRules, PolicySet};
 use crate::api::rules::RulesApi;
-use crate::storage::writer::{IcebergWriter, WriterConfig};
+use crate::storage::writer::{IcebergWriter, WriterConfig, WriterContext};
 use crate::storage::TableHandle;
 
 /// Capacity of each worker's input channel, in Kafka messages.
 const SHARD_CHANNEL_CAPACITY: usize = 1024;
-/// Capacity of the kept-trace channel into storage, in traces.
-const KEPT_CHANNEL_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -58,10 +56,15 @@ pub fn effective_admin_addr(settings: &Settings) -> SocketAddr {
 
 /// Runs the selector until `shutdown` turns true, then drains in order:
 /// stop fetching, let workers finish, flush storage, commit the watermarks.
+/// The drain takes at most `server.shutdown_timeout_secs`; whatever it did
+/// not finish stays uncommitted in Kafka and is read again.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
     let metrics = Metrics::new()?;
     let health = Health::default();
     let tracker = Arc::new(OffsetTracker::new());
+    let assignments = Arc::new(Assignments::new());
+    let gate = Arc::new(CommitGate::default());
+    let held = Arc::new(HeldSpans::default());
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
     let redis = Arc::new(LazyRedis::new(&settings.redis.url)?);
@@ -111,20 +114,31 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await {
         return Ok(());
     }
-    let consumer = Arc::new(ingest::create_consumer(&settings.kafka, tracker.clone())?);
+    let consumer = Arc::new(ingest::create_consumer(
+        &settings.kafka,
+        tracker.clone(),
+        assignments.clone(),
+        gate.clone(),
+    )?);
 
-    spawn_probes(&settings, health.clone(), table.clone(), consumer.clone());
+    let probes = spawn_probes(&settings, health.clone(), table.clone(), consumer.clone());
 
-    let (kept_tx, kept_rx) = mpsc::channel(KEPT_CHANNEL_CAPACITY);
+    let (kept_tx, kept_rx) = mpsc::unbounded_channel();
     let writer = IcebergWriter::new(
         table,
         WriterConfig {
             flush_max_rows: settings.storage.flush_max_rows,
             flush_interval: Duration::from_secs_f64(settings.storage.flush_interval_secs),
         },
-        tracker.clone(),
-        metrics.clone(),
-        health.clone(),
+        WriterContext {
+            tracker: tracker.clone(),
+            assignments: assignments.clone(),
+            gate,
+            held: held.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            topic: settings.kafka.topic.clone(),
+        },
     );
     let writer_task = tokio::spawn(writer.run(kept_rx));
 
@@ -139,6 +153,8 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         force_rules,
         decisions,
         tracker: tracker.clone(),
+        assignments: assignments.clone(),
+        held: held.clone(),
         metrics: metrics.clone(),
         kept_tx,
         tick: tick_for(settings.sampling.inactivity_timeout_secs),
@@ -161,9 +177,12 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         shutdown.clone(),
     ));
     let source = Source {
-        consumer,
+        consumer: consumer.clone(),
         shards,
         tracker,
+        assignments,
+        held,
+        limits: settings.buffer.clone(),
         metrics,
         health,
         dead_letter: ingest::dead_letter_producer(&settings.kafka)?,
@@ -174,9 +193,24 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
 
     // Shutdown: the source dropped the shard senders, so workers stop; open
     // traces are not decided early and their messages stay uncommitted.
-    while workers.join_next().await.is_some() {}
-    let _ = writer_task.await;
-    let _ = committer.await;
+    let limit = Duration::from_secs_f64(settings.server.shutdown_timeout_secs);
+    let drain = async {
+        while workers.join_next().await.is_some() {}
+        let _ = writer_task.await;
+        let _ = committer.await;
+    };
+    if tokio::time::timeout(limit, drain).await.is_err() {
+        tracing::warn!(
+            timeout_secs = limit.as_secs_f64(),
+            "shutdown did not finish in time; what was not committed is read again on restart"
+        );
+    }
+    // Leaving the group hands the partitions over at once instead of after
+    // the session timeout. The revoke callback commits the last watermarks.
+    probes.abort();
+    let _ = probes.await;
+    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    let _ = tokio::time::timeout(Duration::from_secs(10), closing).await;
     servers.abort_all();
     tracing::info!("stopped");
     Ok(())
@@ -280,7 +314,7 @@ fn spawn_probes(
     health: Health,
     table: TableHandle,
     consumer: Arc<ingest::SelectorConsumer>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let topic = settings.kafka.topic.clone();
     tokio::spawn(async move {
         loop {
@@ -311,5 +345,5 @@ fn spawn_probes(
             );
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
-    });
+    })
 }

@@ -21,6 +21,8 @@ pub struct HealthReport {
     pub catalog: ComponentStatus,
     pub redis: ComponentStatus,
     pub storage_writes: ComponentStatus,
+    /// Down while the consumer is paused because the buffer is full.
+    pub buffer: ComponentStatus,
 }
 
 #[derive(Debug)]
@@ -29,6 +31,7 @@ struct State {
     catalog: ComponentStatus,
     redis: ComponentStatus,
     storage_error: Option<String>,
+    backpressure: Option<String>,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -45,6 +48,7 @@ impl Default for Health {
                 catalog: ComponentStatus::Unknown,
                 redis: ComponentStatus::Unknown,
                 storage_error: None,
+                backpressure: None,
             })),
         }
     }
@@ -75,15 +79,22 @@ impl Health {
         self.state.write().storage_error = e;
     }
 
+    /// Why consumption is paused, or `None` once it runs again.
+    pub fn set_backpressure(&self, reason: Option<String>) {
+        self.state.write().backpressure = reason;
+    }
+
     pub fn report(&self) -> HealthReport {
         let s = self.state.read();
-        let storage_writes = match &s.storage_error {
+        let down_if = |reason: &Option<String>| match reason {
             None => ComponentStatus::Ok,
             Some(reason) => ComponentStatus::Down {
                 reason: reason.clone(),
             },
         };
-        let ready = [&s.kafka, &s.catalog, &s.redis, &storage_writes]
+        let storage_writes = down_if(&s.storage_error);
+        let buffer = down_if(&s.backpressure);
+        let ready = [&s.kafka, &s.catalog, &s.redis, &storage_writes, &buffer]
             .iter()
             .all(|c| **c == ComponentStatus::Ok);
         HealthReport {
@@ -92,6 +103,7 @@ impl Health {
             catalog: s.catalog.clone(),
             redis: s.redis.clone(),
             storage_writes,
+            buffer,
         }
     }
 
@@ -106,6 +118,7 @@ impl Health {
             ("catalog", &r.catalog),
             ("redis", &r.redis),
             ("storage_writes", &r.storage_writes),
+            ("buffer", &r.buffer),
         ]
         .into_iter()
         .filter_map(|(name, c)| match c {
@@ -136,5 +149,10 @@ mod tests {
         assert!(h.ready().is_ok());
         h.set_storage_error(Some("s3 down".into()));
         assert!(h.ready().unwrap_err().contains("storage_writes: s3 down"));
+        h.set_storage_error(None);
+        h.set_backpressure(Some("paused".into()));
+        assert!(h.ready().unwrap_err().contains("buffer: paused"));
+        h.set_backpressure(None);
+        assert!(h.ready().is_ok());
     }
 }

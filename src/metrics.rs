@@ -26,6 +26,9 @@ pub struct Metrics {
     pub buffered_traces: IntGauge,
     pub buffered_spans: IntGauge,
     pub consumer_lag_messages: IntGaugeVec,
+    pub replayed_spans_skipped_total: IntCounter,
+    pub held_spans: IntGauge,
+    pub consumer_paused: IntGauge,
     pub decision_latency_seconds: Histogram,
     pub iceberg_commit_duration_seconds: Histogram,
 }
@@ -129,6 +132,18 @@ impl Metrics {
                 "iceberg_commit_duration_seconds",
                 "Writing data files and committing one Iceberg snapshot",
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            )?,
+            replayed_spans_skipped_total: counter(
+                "replayed_spans_skipped_total",
+                "Spans re-read from Kafka after a restart or rebalance that were already in the table",
+            )?,
+            held_spans: gauge(
+                "held_spans",
+                "Spans in memory: buffered, or decided and not yet committed",
+            )?,
+            consumer_paused: gauge(
+                "consumer_paused",
+                "1 while the consumer pauses its partitions at buffer.max_buffered_spans",
             )?,
             consumer_lag_messages,
             registry,

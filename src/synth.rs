@@ -29,7 +29,11 @@ pub fn kv_int(key: &str, value: i64) -> KeyValue {
     }
 }
 
-/// A minimal span for unit tests: ids from small numbers, times in milliseconds.
+/// The time origin of [`span`]: 2024-01-01T00:00:00Z, in milliseconds.
+pub const SPAN_EPOCH_MS: u64 = 1_704_067_200_000;
+
+/// A minimal span for unit tests: ids from small numbers, times in
+/// milliseconds after [`SPAN_EPOCH_MS`].
 pub fn span(trace: u8, span_id: u8, start_ms: u64, end_ms: u64, error: bool) -> Span {
     let mut trace_id = vec![0u8; 16];
     trace_id[15] = trace;
@@ -40,8 +44,8 @@ pub fn span(trace: u8, span_id: u8, start_ms: u64, end_ms: u64, error: bool) -> 
         span_id: sid,
         name: format!("op-{span_id}"),
         kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: start_ms * 1_000_000,
-        end_time_unix_nano: end_ms * 1_000_000,
+        start_time_unix_nano: (SPAN_EPOCH_MS + start_ms) * 1_000_000,
+        end_time_unix_nano: (SPAN_EPOCH_MS + end_ms) * 1_000_000,
         status: error.then(|| Status {
             message: "boom".into(),
             code: status::StatusCode::Error as i32,

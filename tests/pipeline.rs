@@ -6,31 +6,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{producer, send, Selector};
 use prost::Message;
 use tail_sampling_selector::sampling::baseline_keeps;
 use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-}
-
-/// Trace ids unique to this test run: decisions stay in the shared Redis for
-/// `decision_ttl_secs`, and a reused id would count as a late span.
-fn trace_id(seed: u64) -> [u8; 16] {
-    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let salt = *SALT.get_or_init(|| now_nanos().wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&salt.wrapping_add(seed).to_be_bytes());
-    id[8..].copy_from_slice(&seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
-    id[0] |= 1;
-    id
-}
+use common::{now_nanos, trace_id};
 
 fn spec(seed: u64, spans: usize, error: bool, duration_ms: u64) -> TraceSpec {
     TraceSpec {
@@ -229,14 +212,36 @@ async fn baseline_keeps_half_and_always_the_same_traces() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_messages_are_counted_and_skipped() {
-    let s = Selector::start("garbage", &[]).await;
+async fn bad_messages_are_counted_dead_lettered_and_skipped() {
+    let dlq = format!("tss-it-dlq-{}", uuid::Uuid::new_v4().simple());
+    let s = Selector::start(
+        "garbage",
+        &[
+            ("TSS__KAFKA__DEAD_LETTER_TOPIC", dlq.as_str()),
+            ("TSS__KAFKA__MAX_MESSAGE_BYTES", "65536"),
+        ],
+    )
+    .await;
     let p = producer();
     let good = encode(synth::trace(&spec(50, 2, true, 100)));
     send(&p, &s.topic, "g1", b"\xff\xfe garbage bytes that are not protobuf").await;
     send(&p, &s.topic, "g2", &good[..good.len() - 5]).await;
     send(&p, &s.topic, "g3", b"{\"resourceSpans\": [ broken").await;
     send(&p, &s.topic, "g4", b"").await;
+    // Valid protobuf, but over kafka.max_message_bytes.
+    let big: Vec<_> = (0..400u64).flat_map(|n| synth::trace(&spec(60_000 + n, 3, true, 10))).collect();
+    let oversized = encode(big);
+    assert!(oversized.len() > 65_536, "{}", oversized.len());
+    send(&p, &s.topic, "g5", &oversized).await;
+    // Spans with a zero trace id and with absurd times, next to a good one.
+    let mut mixed = synth::trace(&spec(52, 3, true, 100));
+    mixed[0].trace_id = vec![0; 16];
+    mixed[1].start_time_unix_nano = 0;
+    let mut future = synth::trace(&spec(53, 1, true, 100));
+    future[0].start_time_unix_nano = 5_000_000_000_000_000_000;
+    future[0].end_time_unix_nano = 5_000_000_000_000_000_001;
+    mixed.extend(future);
+    send(&p, &s.topic, &hex::encode(trace_id(52)), &encode(mixed)).await;
     send(&p, &s.topic, &hex::encode(trace_id(50)), &good).await;
     // The same kind of trace as OTLP JSON.
     let json_req = synth::request(vec![ResourceDef::new(
@@ -254,11 +259,34 @@ async fn bad_messages_are_counted_and_skipped() {
             .expect("fixture json");
     send(&p, &s.topic, "sdk", &sdk_bytes).await;
 
-    s.wait_exported(6.0).await;
+    s.wait_exported(7.0).await;
     let m = s.metrics().await;
     assert!(m["tail_sampling_messages_invalid_total{reason=\"protobuf\"}"] >= 2.0, "{m:?}");
     assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"json\"}"], 1.0);
     assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"empty\"}"], 1.0);
+    assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"too_large\"}"], 1.0);
+    assert_eq!(m["tail_sampling_spans_invalid_total{reason=\"invalid_trace_id\"}"], 1.0);
+    assert_eq!(m["tail_sampling_spans_invalid_total{reason=\"invalid_timestamp\"}"], 2.0);
+    // The one good span of the mixed message is stored; the rest are not.
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", hex::encode(trace_id(52)))).await,
+        1
+    );
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", hex::encode(trace_id(53)))).await,
+        0
+    );
+
+    // Every undecodable message went to the dead-letter topic, byte for byte,
+    // with headers naming the reason and the source.
+    let dead = common::consume_all(&dlq, 5, Duration::from_secs(30)).await;
+    let mut reasons: Vec<String> = dead.iter().map(|d| d.header("tss.reason")).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["empty", "json", "protobuf", "protobuf", "too_large"], "{reasons:?}");
+    let garbage = dead.iter().find(|d| d.key == b"g1").expect("g1 dead-lettered");
+    assert_eq!(garbage.payload, b"\xff\xfe garbage bytes that are not protobuf");
+    assert_eq!(garbage.header("tss.source.topic"), s.topic);
+    assert!(garbage.header("tss.source.offset").parse::<i64>().is_ok());
     let err_trace = sdk["error_trace_id"].as_str().expect("id");
     let ok_trace = sdk["ok_trace_id"].as_str().expect("id");
     let body = s
@@ -267,6 +295,7 @@ async fn bad_messages_are_counted_and_skipped() {
     let mut expected = vec![
         serde_json::json!([hex::encode(trace_id(50)), 2]),
         serde_json::json!([hex::encode(trace_id(51)), 2]),
+        serde_json::json!([hex::encode(trace_id(52)), 1]),
         serde_json::json!([err_trace, sdk["error_trace_spans"]]),
     ];
     expected.sort_by_key(|v| v[0].as_str().unwrap_or_default().to_string());
@@ -295,7 +324,11 @@ async fn bad_messages_are_counted_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_is_read_only_and_admin_needs_the_token() {
-    let s = Selector::start("sql", &[("TSS__ADMIN__AUTH_TOKEN", "it-secret-token")]).await;
+    let s = Selector::start(
+        "sql",
+        &[("TSS__ADMIN__AUTH_TOKEN", "it-secret-token"), ("TSS__QUERY__TIMEOUT_SECS", "2")],
+    )
+    .await;
     // Without the token.
     let unauth = reqwest::Client::new()
         .post(format!("http://{}/admin/query", s.admin))
@@ -334,6 +367,14 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     assert_eq!(big["truncated"], true);
     let small = s.query("SELECT * FROM generate_series(1, 5)").await;
     assert_eq!(small["truncated"], false);
+    // A query over query.timeout_secs is cancelled; the engine stays usable.
+    let started = std::time::Instant::now();
+    let (status, body) = s
+        .query_raw("SELECT count(*) FROM generate_series(1, 20000000000) a WHERE a % 7 = 3")
+        .await;
+    assert_eq!(status, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(s.count("SELECT count(*) FROM generate_series(1, 10)").await, 10);
     let desc = s.query("DESCRIBE spans").await;
     assert!(desc["row_count"].as_i64().unwrap_or_default() >= 19, "{desc}");
     let (status, health) = s.get("/health").await;

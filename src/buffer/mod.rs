@@ -10,12 +10,34 @@ pub mod worker;
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
 use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::ingest::offsets::MsgRef;
+use crate::ingest::offsets::{Lease, MsgRef};
+
+/// Spans held in memory anywhere in the pipeline: from the moment the
+/// consumer hands them to a worker until they are dropped, committed to the
+/// table, or given up with a revoked partition. The consumer pauses at
+/// `buffer.max_buffered_spans`.
+#[derive(Debug, Default)]
+pub struct HeldSpans(AtomicI64);
+
+impl HeldSpans {
+    pub fn add(&self, spans: usize) {
+        self.0.fetch_add(spans as i64, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, spans: usize) {
+        self.0.fetch_sub(spans as i64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// When a trace counts as complete.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +199,21 @@ impl TraceBuffer {
         self.compact_queues();
     }
 
+    /// Drops what was read under leases that have ended: those spans and
+    /// message references go, and a trace left with no span goes entirely.
+    /// Returns how many spans were dropped. The next owner of the revoked
+    /// partitions re-reads them; a trace that also has spans from a partition
+    /// still owned keeps those and is decided as usual.
+    pub fn purge(&mut self, is_current: impl Fn(Lease) -> bool) -> usize {
+        let mut dropped = 0;
+        self.traces.retain(|_, t| {
+            dropped += retain_current(&mut t.spans, &mut t.msgs, &is_current);
+            !t.spans.is_empty()
+        });
+        self.buffered_spans -= dropped;
+        dropped
+    }
+
     /// Removes every open trace without deciding it; used when partitions are
     /// given up, because their next owner re-reads the messages.
     pub fn drain(&mut self) -> Vec<CompleteTrace> {
@@ -219,6 +256,19 @@ impl TraceBuffer {
     }
 }
 
+/// Keeps the spans and message references of current leases; returns how
+/// many spans were removed.
+pub fn retain_current(
+    spans: &mut Vec<SpanRecord>,
+    msgs: &mut Vec<MsgRef>,
+    is_current: impl Fn(Lease) -> bool,
+) -> usize {
+    let before = spans.len();
+    spans.retain(|s| is_current(s.lease));
+    msgs.retain(|m| is_current(m.lease()));
+    before - spans.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +291,7 @@ mod tests {
             start_unix_nano: 0,
             end_unix_nano: 0,
             is_error: false,
+            lease: Default::default(),
         }
     }
 
@@ -254,6 +305,7 @@ mod tests {
         MsgRef {
             partition: 0,
             offset,
+            epoch: 1,
         }
     }
 
@@ -352,5 +404,28 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].spans.len(), 2);
         assert_eq!(out[0].completion, Completion::Inactive);
+    }
+
+    #[test]
+    fn purge_drops_only_what_revoked_leases_read() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        let owned = Lease { partition: 0, epoch: 1 };
+        let revoked = Lease { partition: 1, epoch: 2 };
+        let on = |lease: Lease| SpanRecord { lease, ..rec() };
+        let msg = |lease: Lease, offset| MsgRef { partition: lease.partition, offset, epoch: lease.epoch };
+        // Trace 7 lives on the revoked partition only; trace 8 on both.
+        b.push(id(7), [on(revoked), on(revoked)], msg(revoked, 0), t0);
+        b.push(id(8), [on(owned)], msg(owned, 0), t0);
+        b.push(id(8), [on(revoked)], msg(revoked, 1), t0);
+        assert_eq!(b.purge(|l| l == owned), 3);
+        assert_eq!(b.trace_count(), 1);
+        assert_eq!(b.span_count(), 1);
+        let mut out = Vec::new();
+        b.expire(t0 + Duration::from_secs(11), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].trace_id, id(8));
+        assert_eq!(out[0].msgs, vec![msg(owned, 0)]);
+        assert!(out[0].spans.iter().all(|s| s.lease == owned));
     }
 }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{BufferLimits, CompleteTrace, TraceBuffer};
+use super::{BufferLimits, CompleteTrace, HeldSpans, TraceBuffer};
 use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::ingest::offsets::{MsgRef, OffsetTracker};
+use crate::ingest::offsets::{Assignments, MsgRef, OffsetTracker};
 use crate::metrics::Metrics;
 use crate::sampling::{Decision, ForceRules, PolicySet, SamplingReason};
 use crate::state::DecisionCache;
@@ -40,8 +40,12 @@ pub struct WorkerContext {
     /// Earlier decisions, so late spans and other instances agree.
     pub decisions: Arc<DecisionCache>,
     pub tracker: Arc<OffsetTracker>,
+    /// The partition leases; spans of a revoked one are purged.
+    pub assignments: Arc<Assignments>,
+    pub held: Arc<HeldSpans>,
     pub metrics: Metrics,
-    pub kept_tx: mpsc::Sender<KeptTrace>,
+    /// Unbounded: memory is bounded by `held` and the consumer's pause.
+    pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
     /// How often due traces are looked for.
     pub tick: Duration,
 }
@@ -59,6 +63,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         buffer: TraceBuffer::new(ctx.limits),
         reported_traces: 0,
         reported_spans: 0,
+        seen_revocations: ctx.assignments.revocations(),
         ctx,
     };
     let mut tick = tokio::time::interval(state.ctx.tick);
@@ -68,12 +73,16 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
+                    // Purge first: the batch may come from a new lease on a
+                    // partition whose old lease's spans are still buffered.
+                    state.purge_revoked();
                     state.ingest(batch, &mut due);
                     state.decide_all(&mut due).await;
                 }
                 None => break,
             },
             _ = tick.tick() => {
+                state.purge_revoked();
                 state.buffer.expire(Instant::now(), &mut due);
                 state.decide_all(&mut due).await;
             }
@@ -81,6 +90,10 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         state.report_gauges();
     }
     let abandoned = state.buffer.drain();
+    state
+        .ctx
+        .held
+        .release(abandoned.iter().map(|t| t.spans.len()).sum());
     state.report_gauges();
     tracing::info!(
         traces = abandoned.len(),
@@ -93,11 +106,32 @@ struct Worker {
     buffer: TraceBuffer,
     reported_traces: i64,
     reported_spans: i64,
+    seen_revocations: u64,
 }
 
 impl Worker {
+    /// After a revocation, drops what was read under the ended leases.
+    fn purge_revoked(&mut self) {
+        let now = self.ctx.assignments.revocations();
+        if now == self.seen_revocations {
+            return;
+        }
+        self.seen_revocations = now;
+        let assignments = &self.ctx.assignments;
+        let dropped = self.buffer.purge(|l| assignments.is_current(l));
+        self.ctx.held.release(dropped);
+        if dropped > 0 {
+            tracing::info!(spans = dropped, "dropped buffered spans of revoked partitions; their next owner re-reads them");
+        }
+    }
+
     /// Buffers a batch; traces it completes (at `max_spans_per_trace`) go to `due`.
     fn ingest(&mut self, batch: ShardBatch, due: &mut Vec<CompleteTrace>) {
+        if !self.ctx.assignments.is_current(batch.msg.lease()) {
+            // Queued before its partition was revoked; the next owner reads it.
+            self.ctx.held.release(batch.spans.len());
+            return;
+        }
         let now = Instant::now();
         let mut refs = 0i64;
         let mut opened = 0u64;
@@ -137,7 +171,7 @@ impl Worker {
                         .late_spans_total
                         .with_label_values(&[label])
                         .inc_by(trace.spans.len() as u64);
-                    self.route(trace, decision).await;
+                    self.route(trace, decision);
                 }
                 None => {
                     let decision = self.ctx.policies.decide(
@@ -147,7 +181,7 @@ impl Worker {
                     );
                     self.count(&decision);
                     fresh.push((trace.trace_id, decision.clone()));
-                    self.route(trace, decision).await;
+                    self.route(trace, decision);
                 }
             }
         }
@@ -171,9 +205,10 @@ impl Worker {
     }
 
     /// Releases a dropped trace's messages, or hands a kept one to storage.
-    async fn route(&mut self, trace: CompleteTrace, decision: Decision) {
+    fn route(&mut self, trace: CompleteTrace, decision: Decision) {
         let Decision::Keep { reason, rule_id } = decision else {
             self.ctx.tracker.release(&trace.msgs);
+            self.ctx.held.release(trace.spans.len());
             return;
         };
         let kept = KeptTrace {
@@ -184,9 +219,8 @@ impl Worker {
             msgs: trace.msgs,
             decided_at: SystemTime::now(),
         };
-        // A full channel means storage is behind: waiting here pauses this
-        // worker, then the consumer, which is the backpressure.
-        if let Err(e) = self.ctx.kept_tx.send(kept).await {
+        if let Err(e) = self.ctx.kept_tx.send(kept) {
+            self.ctx.held.release(e.0.spans.len());
             tracing::warn!(
                 trace_id = %hex::encode(e.0.trace_id),
                 "storage has stopped; the kept trace stays uncommitted in Kafka"

@@ -38,6 +38,7 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub sampling: SamplingConfig,
+    pub buffer: BufferConfig,
     pub rules: RulesConfig,
     pub storage: StorageConfig,
     pub server: ServerConfig,
@@ -57,6 +58,21 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
     pub max_message_bytes: usize,
     pub commit_interval_ms: u64,
+    /// librdkafka's `partition.assignment.strategy`.
+    pub partition_assignment_strategy: String,
+    /// librdkafka's `session.timeout.ms`: how soon a crashed member's
+    /// partitions go to the others.
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Spans held in memory at most: buffered, decided and not yet committed.
+    /// At the limit the consumer pauses its partitions; it resumes below
+    /// `resume_ratio` of the limit. Nothing is dropped to make room.
+    pub max_buffered_spans: usize,
+    pub resume_ratio: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +212,8 @@ pub fn redact_uri(uri: &str) -> String {
 pub struct ServerConfig {
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout_secs: f64,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -285,6 +303,27 @@ impl Settings {
         if !(s.max_trace_duration_secs.is_finite() && s.max_trace_duration_secs > 0.0) {
             return Err(invalid(
                 "sampling.max_trace_duration_secs",
+                "must be a positive number of seconds",
+            ));
+        }
+        if !(1000..=3_600_000).contains(&self.kafka.session_timeout_ms) {
+            return Err(invalid("kafka.session_timeout_ms", "must be between 1000 and 3600000"));
+        }
+        if self.kafka.partition_assignment_strategy.trim().is_empty() {
+            return Err(invalid("kafka.partition_assignment_strategy", "must not be empty"));
+        }
+        if self.buffer.max_buffered_spans < s.max_spans_per_trace {
+            return Err(invalid(
+                "buffer.max_buffered_spans",
+                "must be at least sampling.max_spans_per_trace",
+            ));
+        }
+        if !(self.buffer.resume_ratio > 0.0 && self.buffer.resume_ratio < 1.0) {
+            return Err(invalid("buffer.resume_ratio", "must be between 0 and 1, exclusive"));
+        }
+        if !(self.server.shutdown_timeout_secs.is_finite() && self.server.shutdown_timeout_secs > 0.0) {
+            return Err(invalid(
+                "server.shutdown_timeout_secs",
                 "must be a positive number of seconds",
             ));
         }

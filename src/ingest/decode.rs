@@ -9,6 +9,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use super::offsets::Lease;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -33,6 +35,8 @@ pub struct SpanRecord {
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub is_error: bool,
+    /// The partition lease the span was read under; set by the consumer.
+    pub lease: Lease,
 }
 
 /// A decoded message: every span with its trace id, in message order.
@@ -41,6 +45,28 @@ pub struct DecodedMessage {
     pub spans: Vec<(TraceId, SpanRecord)>,
     /// Spans skipped because their trace id was missing, zero or not 16 bytes.
     pub invalid_trace_id_spans: usize,
+    /// Spans skipped because their times are absurd (see [`timestamps_are_sane`]).
+    pub invalid_timestamp_spans: usize,
+}
+
+/// Earliest start time accepted: 2000-01-01T00:00:00Z.
+pub const MIN_START_UNIX_NANO: u64 = 946_684_800_000_000_000;
+/// Latest start time accepted: 2100-01-01T00:00:00Z.
+pub const MAX_START_UNIX_NANO: u64 = 4_102_444_800_000_000_000;
+
+/// A span must start between 2000 and 2100 and must not end before it starts.
+/// Anything else (a zero start, an end of 0, times in seconds instead of
+/// nanoseconds) would land in a nonsense day partition and corrupt latency.
+pub fn timestamps_are_sane(start_unix_nano: u64, end_unix_nano: u64) -> bool {
+    (MIN_START_UNIX_NANO..MAX_START_UNIX_NANO).contains(&start_unix_nano)
+        && end_unix_nano >= start_unix_nano
+}
+
+/// What the scan made of one span.
+enum Scanned {
+    Span(TraceId, SpanRecord),
+    InvalidTraceId,
+    InvalidTimestamp,
 }
 
 /// Why a message could not be decoded. `reason()` is the metric label.
@@ -157,19 +183,20 @@ fn scan_scope_spans(
     out.spans.reserve(spans.len());
     for span_range in spans {
         match scan_span(msg, span_range, &origin)? {
-            Some(entry) => out.spans.push(entry),
-            None => out.invalid_trace_id_spans += 1,
+            Scanned::Span(id, record) => out.spans.push((id, record)),
+            Scanned::InvalidTraceId => out.invalid_trace_id_spans += 1,
+            Scanned::InvalidTimestamp => out.invalid_timestamp_spans += 1,
         }
     }
     Ok(())
 }
 
-/// Reads the policy fields of one span. `None` when its trace id is unusable.
+/// Reads the policy fields of one span and checks its trace id and times.
 fn scan_span(
     msg: &Bytes,
     range: (usize, usize),
     origin: &Arc<Origin>,
-) -> Result<Option<(TraceId, SpanRecord)>, DecodeError> {
+) -> Result<Scanned, DecodeError> {
     let mut trace_id: Option<TraceId> = None;
     let mut start = 0u64;
     let mut end = 0u64;
@@ -185,16 +212,20 @@ fn scan_span(
         }
     }
     let Some(trace_id) = trace_id.filter(|id| id.iter().any(|b| *b != 0)) else {
-        return Ok(None);
+        return Ok(Scanned::InvalidTraceId);
     };
+    if !timestamps_are_sane(start, end) {
+        return Ok(Scanned::InvalidTimestamp);
+    }
     let record = SpanRecord {
         bytes: msg.slice(range.0..range.1),
         origin: Arc::clone(origin),
         start_unix_nano: start,
         end_unix_nano: end,
         is_error,
+        lease: Lease::default(),
     };
-    Ok(Some((trace_id, record)))
+    Ok(Scanned::Span(trace_id, record))
 }
 
 fn status_is_error(msg: &Bytes, range: (usize, usize)) -> Result<bool, DecodeError> {
@@ -343,8 +374,9 @@ mod tests {
         assert_eq!(ids, vec![1, 2, 1]);
         let (_, second) = &decoded.spans[1];
         assert!(second.is_error);
-        assert_eq!(second.start_unix_nano, 5_000_000);
-        assert_eq!(second.end_unix_nano, 7_000_000);
+        let epoch_ns = crate::synth::SPAN_EPOCH_MS * 1_000_000;
+        assert_eq!(second.start_unix_nano, epoch_ns + 5_000_000);
+        assert_eq!(second.end_unix_nano, epoch_ns + 7_000_000);
         // The kept bytes are a complete span that prost decodes on its own.
         let full = opentelemetry_proto::tonic::trace::v1::Span::decode(second.bytes.clone())
             .expect("span bytes decode");
@@ -400,6 +432,27 @@ mod tests {
         let decoded = decode_message(Bytes::from(req.encode_to_vec()), LIMIT).expect("decode");
         assert_eq!(decoded.spans.len(), 1);
         assert_eq!(decoded.invalid_trace_id_spans, 2);
+    }
+
+    #[test]
+    fn spans_with_absurd_times_are_counted_not_kept() {
+        let mut zero = span(1, 1, 0, 10, false);
+        zero.start_time_unix_nano = 0;
+        let mut backwards = span(1, 2, 0, 10, false);
+        backwards.end_time_unix_nano = backwards.start_time_unix_nano - 1;
+        let mut seconds = span(1, 3, 0, 10, false);
+        seconds.start_time_unix_nano /= 1_000_000_000;
+        seconds.end_time_unix_nano /= 1_000_000_000;
+        let mut far_future = span(1, 4, 0, 10, false);
+        far_future.start_time_unix_nano = MAX_START_UNIX_NANO;
+        far_future.end_time_unix_nano = MAX_START_UNIX_NANO + 1;
+        let req = request(vec![ResourceDef::new(
+            "a",
+            vec![zero, backwards, seconds, far_future, span(1, 5, 0, 0, false)],
+        )]);
+        let decoded = decode_message(Bytes::from(req.encode_to_vec()), LIMIT).expect("decode");
+        assert_eq!(decoded.invalid_timestamp_spans, 4);
+        assert_eq!(decoded.spans.len(), 1, "a zero-length span is fine");
     }
 }
 

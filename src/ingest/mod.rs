@@ -21,11 +21,15 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::buffer::worker::{shard_of, ShardBatch};
-use crate::config::KafkaConfig;
+use crate::buffer::HeldSpans;
+use crate::config::{BufferConfig, KafkaConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use decode::{decode_message, TraceId};
-use offsets::{MsgRef, OffsetTracker};
+use offsets::{Assignments, CommitGate, MsgRef, OffsetTracker};
+
+/// How long a revocation waits for a running Iceberg commit to finish.
+const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -61,10 +65,15 @@ pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str) -> Result<(), IngestEr
     Ok(())
 }
 
-/// Commits the watermarks of revoked partitions before giving them up, and
-/// forgets their pending messages (the next owner re-reads them).
+/// Starts a lease on every assigned partition, and hands revoked partitions
+/// over cleanly: end their leases, let a running Iceberg commit finish, commit
+/// their watermarks, then forget them. Their open traces and uncommitted kept
+/// spans are dropped (workers and writer check the leases); the next owner
+/// re-reads those messages from the committed offset.
 pub struct SelectorContext {
     tracker: Arc<OffsetTracker>,
+    assignments: Arc<Assignments>,
+    gate: Arc<CommitGate>,
     topic: String,
 }
 
@@ -72,19 +81,42 @@ impl ClientContext for SelectorContext {}
 
 impl ConsumerContext for SelectorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            commit_watermarks(consumer, &self.tracker, &self.topic, CommitMode::Sync);
-            self.tracker.forget(&revoked);
-            tracing::info!(partitions = ?revoked, "partitions revoked");
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = partitions_of(tpl);
+                self.assignments.assign(&assigned);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let revoked = partitions_of(tpl);
+                self.assignments.revoke(&revoked);
+                let finished = block_briefly(|| self.gate.wait_free(REVOKE_COMMIT_WAIT));
+                if !finished {
+                    tracing::warn!(
+                        partitions = ?revoked,
+                        "an Iceberg commit is still running after {REVOKE_COMMIT_WAIT:?}; giving the partitions up anyway"
+                    );
+                }
+                commit_watermarks(consumer, &self.tracker, &self.topic, CommitMode::Sync);
+                self.tracker.forget(&revoked);
+                tracing::info!(partitions = ?revoked, "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
+}
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            tracing::info!(partitions = ?assigned, "partitions assigned");
-        }
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Runs a short blocking wait from a rebalance callback, which librdkafka
+/// calls on the thread that polls the consumer: a runtime worker, here.
+fn block_briefly<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -95,6 +127,8 @@ pub type SelectorConsumer = StreamConsumer<SelectorContext>;
 pub fn create_consumer(
     cfg: &KafkaConfig,
     tracker: Arc<OffsetTracker>,
+    assignments: Arc<Assignments>,
+    gate: Arc<CommitGate>,
 ) -> Result<SelectorConsumer, IngestError> {
     let consumer: SelectorConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -104,8 +138,12 @@ pub fn create_consumer(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.message.max.bytes", cfg.max_message_bytes.min(1 << 30).to_string())
+        .set("partition.assignment.strategy", &cfg.partition_assignment_strategy)
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .create_with_context(SelectorContext {
             tracker,
+            assignments,
+            gate,
             topic: cfg.topic.clone(),
         })?;
     consumer.subscribe(&[cfg.topic.as_str()])?;
@@ -142,16 +180,25 @@ pub struct Source {
     pub consumer: Arc<SelectorConsumer>,
     pub shards: Vec<mpsc::Sender<ShardBatch>>,
     pub tracker: Arc<OffsetTracker>,
+    pub assignments: Arc<Assignments>,
+    pub held: Arc<HeldSpans>,
+    pub limits: BufferConfig,
     pub metrics: Metrics,
     pub health: Health,
     pub dead_letter: Option<(FutureProducer, String)>,
     pub max_message_bytes: usize,
 }
 
+/// While paused, how often the limit is looked at again.
+const PAUSE_CHECK: Duration = Duration::from_millis(100);
+
 impl Source {
-    /// Reads messages until `shutdown` turns true.
+    /// Reads messages until `shutdown` turns true, pausing the partitions
+    /// while the held spans are at `buffer.max_buffered_spans`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut paused = false;
         loop {
+            paused = self.apply_backpressure(paused);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -166,15 +213,55 @@ impl Source {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },
+                // While paused, recv() waits for nothing but rebalances; look
+                // at the limit again now and then.
+                _ = tokio::time::sleep(PAUSE_CHECK), if paused => {}
             }
         }
     }
 
+    /// Pauses every assigned partition at the limit and resumes them below
+    /// `resume_ratio` of it. Returns whether the consumer is paused.
+    fn apply_backpressure(&self, paused: bool) -> bool {
+        let held = self.held.get();
+        self.metrics.held_spans.set(held);
+        let max = self.limits.max_buffered_spans as i64;
+        let resume_below = (max as f64 * self.limits.resume_ratio) as i64;
+        let pause = if paused { held > resume_below } else { held >= max };
+        if pause {
+            // Partitions assigned since the last call are paused too.
+            if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.pause(&a)) {
+                tracing::warn!(error = %e, "pausing the consumer failed");
+            }
+            if !paused {
+                tracing::warn!(held_spans = held, limit = max, "buffer full: pausing consumption until storage catches up");
+                self.health.set_backpressure(Some(format!(
+                    "{held} spans held, limit buffer.max_buffered_spans = {max}; consumption paused"
+                )));
+                self.metrics.consumer_paused.set(1);
+            }
+        } else if paused {
+            if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.resume(&a)) {
+                tracing::warn!(error = %e, "resuming the consumer failed");
+                return true;
+            }
+            tracing::info!(held_spans = held, "buffer drained: consumption resumed");
+            self.health.set_backpressure(None);
+            self.metrics.consumer_paused.set(0);
+        }
+        pause
+    }
+
     async fn handle(&self, m: &BorrowedMessage<'_>) {
         self.metrics.messages_consumed_total.inc();
+        let Some(lease) = self.assignments.lease(m.partition()) else {
+            // Read just before its partition was revoked: the next owner reads it.
+            return;
+        };
         let msg = MsgRef {
             partition: m.partition(),
             offset: m.offset(),
+            epoch: lease.epoch,
         };
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let decoded = match decode_message(payload, self.max_message_bytes) {
@@ -210,9 +297,24 @@ impl Source {
                 "skipped spans with a missing or zero trace id"
             );
         }
+        if decoded.invalid_timestamp_spans > 0 {
+            self.metrics
+                .spans_invalid_total
+                .with_label_values(&["invalid_timestamp"])
+                .inc_by(decoded.invalid_timestamp_spans as u64);
+            tracing::warn!(
+                topic = m.topic(),
+                partition = msg.partition,
+                offset = msg.offset,
+                spans = decoded.invalid_timestamp_spans,
+                "skipped spans with absurd start or end times"
+            );
+        }
+        self.held.add(decoded.spans.len());
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<(TraceId, _)>> = (0..n).map(|_| Vec::new()).collect();
-        for (trace_id, span) in decoded.spans {
+        for (trace_id, mut span) in decoded.spans {
+            span.lease = lease;
             per_shard[shard_of(&trace_id, n)].push((trace_id, span));
         }
         let tickets = per_shard.iter().filter(|s| !s.is_empty()).count();
@@ -221,8 +323,10 @@ impl Source {
             if spans.is_empty() {
                 continue;
             }
-            // Awaiting a full shard channel is the backpressure on Kafka.
+            // Workers never wait on storage, so a full channel clears quickly.
+            let n = spans.len();
             if self.shards[shard].send(ShardBatch { msg, spans }).await.is_err() {
+                self.held.release(n);
                 tracing::warn!("worker stopped; message stays uncommitted");
             }
         }

@@ -10,16 +10,153 @@
 //! ticket per worker shard it was sent to; each shard adds the references its
 //! traces took and returns its ticket; each decided (and, if kept, stored)
 //! trace returns its references. A message whose count reaches zero is done.
+//!
+//! Every message also carries the *lease* it was read under: its partition and
+//! the epoch of this instance's ownership of it. A revoked partition's lease
+//! ends at once, and everything read under it (buffered spans, references,
+//! kept spans not yet committed) is dropped, because the next owner re-reads
+//! those messages from the committed offset.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-/// One Kafka message, by partition and offset.
+/// One ownership of one partition by this instance: the partition and the
+/// epoch at which it was assigned. Epochs never repeat within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Lease {
+    pub partition: i32,
+    pub epoch: u32,
+}
+
+/// One Kafka message, by partition and offset, with the epoch it was read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MsgRef {
     pub partition: i32,
     pub offset: i64,
+    pub epoch: u32,
+}
+
+impl MsgRef {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            partition: self.partition,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// The partitions this instance owns now, each with the epoch of its lease.
+///
+/// Read by the consumer (to stamp messages), by the workers (to purge spans
+/// of revoked partitions) and by the storage writer (to drop them from a
+/// batch, and to name the lease owner in the snapshot summary).
+#[derive(Debug)]
+pub struct Assignments {
+    /// A fresh id per process, so a restarted selector never mistakes an
+    /// earlier incarnation's commits for its own.
+    instance: String,
+    owned: Mutex<HashMap<i32, u32>>,
+    next_epoch: AtomicU32,
+    revocations: AtomicU64,
+}
+
+impl Default for Assignments {
+    fn default() -> Self {
+        Self {
+            instance: uuid::Uuid::now_v7().simple().to_string(),
+            owned: Mutex::new(HashMap::new()),
+            next_epoch: AtomicU32::new(1),
+            revocations: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Assignments {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a new lease on each partition.
+    pub fn assign(&self, partitions: &[i32]) {
+        let mut owned = self.owned.lock();
+        for p in partitions {
+            owned.insert(*p, self.next_epoch.fetch_add(1, Ordering::Relaxed));
+        }
+    }
+
+    /// Ends the leases on these partitions.
+    pub fn revoke(&self, partitions: &[i32]) {
+        let mut owned = self.owned.lock();
+        for p in partitions {
+            owned.remove(p);
+        }
+        self.revocations.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current lease on a partition, if this instance owns it.
+    pub fn lease(&self, partition: i32) -> Option<Lease> {
+        self.owned
+            .lock()
+            .get(&partition)
+            .map(|&epoch| Lease { partition, epoch })
+    }
+
+    pub fn is_current(&self, lease: Lease) -> bool {
+        self.owned.lock().get(&lease.partition) == Some(&lease.epoch)
+    }
+
+    /// Counts revocations, so that holders of leases know when to look again.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// How a lease is named in snapshot summaries: `instance/epoch`.
+    pub fn owner_token(&self, lease: Lease) -> String {
+        format!("{}/{}", self.instance, lease.epoch)
+    }
+}
+
+/// Keeps an Iceberg commit and a partition revocation from overlapping.
+///
+/// The writer enters the gate after dropping spans of revoked leases and
+/// leaves it when its commit has finished; the rebalance callback ends the
+/// leases first, then waits for the gate to be free. So once the callback
+/// returns, no commit of this instance can contain a span of the revoked
+/// partitions that the next owner might also store.
+#[derive(Debug, Default)]
+pub struct CommitGate {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+impl CommitGate {
+    /// Runs `check` and marks the gate busy, atomically with respect to `wait_free`.
+    pub fn enter<T>(&self, check: impl FnOnce() -> T) -> T {
+        let mut busy = self.busy.lock();
+        let out = check();
+        *busy = true;
+        out
+    }
+
+    pub fn leave(&self) {
+        *self.busy.lock() = false;
+        self.freed.notify_all();
+    }
+
+    /// Blocks until no commit is running. False when `timeout` passed first.
+    pub fn wait_free(&self, timeout: Duration) -> bool {
+        let mut busy = self.busy.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        while *busy {
+            if self.freed.wait_until(&mut busy, deadline).timed_out() {
+                return !*busy;
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +167,8 @@ struct PartitionState {
     next_offset: i64,
     /// The last watermark handed out for commit.
     committed: i64,
+    /// The lease epoch the state belongs to.
+    epoch: u32,
 }
 
 /// Shared by the consumer, the workers and the storage writer. Each call takes
@@ -45,13 +184,19 @@ impl OffsetTracker {
     }
 
     /// Records a consumed message with `tickets` outstanding references.
+    /// The first message of a new lease starts the partition afresh.
     pub fn register(&self, msg: MsgRef, tickets: i64) {
         let mut parts = self.partitions.lock();
-        let state = parts.entry(msg.partition).or_insert_with(|| PartitionState {
+        let fresh = || PartitionState {
             next_offset: msg.offset,
             committed: msg.offset,
+            epoch: msg.epoch,
             ..Default::default()
-        });
+        };
+        let state = parts.entry(msg.partition).or_insert_with(fresh);
+        if state.epoch != msg.epoch {
+            *state = fresh();
+        }
         state.next_offset = state.next_offset.max(msg.offset + 1);
         if tickets != 0 {
             *state.pending.entry(msg.offset).or_default() += tickets;
@@ -64,8 +209,8 @@ impl OffsetTracker {
             return;
         }
         let mut parts = self.partitions.lock();
-        let Some(state) = parts.get_mut(&msg.partition) else {
-            return; // The partition was revoked; its new owner re-reads the message.
+        let Some(state) = parts.get_mut(&msg.partition).filter(|s| s.epoch == msg.epoch) else {
+            return; // The lease ended; the partition's next owner re-reads the message.
         };
         let count = state.pending.entry(msg.offset).or_default();
         *count += delta;
@@ -83,9 +228,14 @@ impl OffsetTracker {
 
     /// The watermark of each partition that moved since the last call.
     pub fn take_commits(&self) -> Vec<(i32, i64)> {
+        self.take_commits_of(|_| true)
+    }
+
+    /// Like `take_commits`, for the partitions `which` selects.
+    pub fn take_commits_of(&self, which: impl Fn(i32) -> bool) -> Vec<(i32, i64)> {
         let mut parts = self.partitions.lock();
         let mut out = Vec::new();
-        for (p, state) in parts.iter_mut() {
+        for (p, state) in parts.iter_mut().filter(|(p, _)| which(**p)) {
             let mark = watermark(state);
             if mark > state.committed {
                 state.committed = mark;
@@ -152,6 +302,7 @@ mod tests {
         MsgRef {
             partition: p,
             offset: o,
+            epoch: 1,
         }
     }
 
@@ -183,5 +334,48 @@ mod tests {
         t.release(&[m(0, 5)]);
         assert_eq!(t.pending_messages(), 0);
         assert!(t.take_commits().is_empty());
+    }
+
+    #[test]
+    fn a_new_lease_starts_the_partition_afresh() {
+        let t = OffsetTracker::new();
+        t.register(m(0, 5), 1);
+        let later = MsgRef { epoch: 2, ..m(0, 3) };
+        t.register(later, 0);
+        // The old lease's pending message no longer holds the watermark, and
+        // releasing it does nothing to the new lease.
+        assert_eq!(t.take_commits(), vec![(0, 4)]);
+        t.release(&[m(0, 5)]);
+        assert_eq!(t.pending_messages(), 0);
+    }
+
+    #[test]
+    fn leases_end_on_revoke_and_never_repeat() {
+        let a = Assignments::new();
+        a.assign(&[0, 1]);
+        let l0 = a.lease(0).expect("owned");
+        assert!(a.is_current(l0));
+        let before = a.revocations();
+        a.revoke(&[0]);
+        assert!(a.revocations() > before);
+        assert!(!a.is_current(l0));
+        assert!(a.lease(1).is_some());
+        a.assign(&[0]);
+        let again = a.lease(0).expect("owned again");
+        assert_ne!(again, l0, "a new lease has a new epoch");
+        assert!(a.owner_token(again).ends_with(&format!("/{}", again.epoch)));
+    }
+
+    #[test]
+    fn the_gate_waits_for_a_running_commit() {
+        let gate = std::sync::Arc::new(CommitGate::default());
+        assert!(gate.wait_free(Duration::from_millis(1)));
+        gate.enter(|| ());
+        assert!(!gate.wait_free(Duration::from_millis(20)), "a commit is running");
+        let g = gate.clone();
+        let t = std::thread::spawn(move || g.wait_free(Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(20));
+        gate.leave();
+        assert!(t.join().expect("thread"));
     }
 }

@@ -192,6 +192,7 @@ mod tests {
             start_unix_nano: start_ms * 1_000_000,
             end_unix_nano: end_ms * 1_000_000,
             is_error: err,
+            lease: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The Iceberg sink: catalog connection, table creation and the batch writer.
 
+pub mod replay;
 pub mod schema;
 pub mod writer;
 

@@ -149,16 +149,23 @@ impl SpanRows {
         self.trace_id.is_empty()
     }
 
-    /// Decodes the spans of one kept trace fully and appends them.
-    pub fn push_trace(&mut self, trace: &KeptTrace) {
+    /// Decodes the spans of one kept trace fully and appends them, except
+    /// those whose span id `skip` names (already stored). Returns how many
+    /// were skipped.
+    pub fn push_trace(&mut self, trace: &KeptTrace, skip: impl Fn(&[u8]) -> bool) -> usize {
         let trace_hex = hex::encode(trace.trace_id);
         let sampled_at = micros(trace.decided_at);
         let rule_id = trace.rule_id.as_deref().map(str::to_string);
+        let mut skipped = 0;
         for record in &trace.spans {
             let Ok(span) = Span::decode(record.bytes.clone()) else {
                 self.undecodable_spans += 1;
                 continue;
             };
+            if skip(&span.span_id) {
+                skipped += 1;
+                continue;
+            }
             let origin = self.origin(&record.origin);
             self.trace_id.push(trace_hex.clone());
             self.push_span(span, &origin);
@@ -166,6 +173,7 @@ impl SpanRows {
             self.sampling_rule_id.push(rule_id.clone());
             self.sampled_at_us.push(sampled_at);
         }
+        skipped
     }
 
     fn push_span(&mut self, span: Span, origin: &DecodedOrigin) {
@@ -465,7 +473,7 @@ mod tests {
             decided_at: SystemTime::now(),
         };
         let mut rows = SpanRows::default();
-        rows.push_trace(&kept);
+        rows.push_trace(&kept, |_| false);
         assert_eq!(rows.len(), 3);
         let batch = rows.into_batch(arrow).expect("batch");
         assert_eq!(batch.num_rows(), 3);

@@ -3,10 +3,13 @@
 //! One commit per batch, when `flush_max_rows` or `flush_interval_secs` is
 //! reached. Only after a commit succeeds are the traces' Kafka messages
 //! released, so the offset watermark never passes an unstored kept span. A
-//! failed write is retried with backoff and the batch is kept meanwhile; the
-//! bounded input channel then fills, which pauses the workers and the consumer.
+//! failed write is retried with backoff and every trace is kept meanwhile;
+//! the memory this takes is bounded by `buffer.max_buffered_spans`, at which
+//! the consumer pauses. Spans of revoked partitions are dropped before each
+//! commit (their next owner stores them), and spans a replay brings back are
+//! checked against the table first (see [`super::replay`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,16 +29,14 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
+use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::schema::SpanRows;
 use super::{StorageError, TableHandle};
 use crate::buffer::worker::KeptTrace;
+use crate::buffer::{retain_current, HeldSpans};
 use crate::health::Health;
-use crate::ingest::offsets::{MsgRef, OffsetTracker};
+use crate::ingest::offsets::{Assignments, CommitGate, OffsetTracker};
 use crate::metrics::Metrics;
-
-/// Snapshot-summary key holding, per partition, one past the highest Kafka
-/// offset whose kept spans the snapshot contains.
-pub const SNAPSHOT_KAFKA_OFFSETS_KEY: &str = "tail-sampling.kafka-offsets";
 
 /// Tunables of the writer, from `[storage]`.
 #[derive(Debug, Clone, Copy)]
@@ -44,108 +45,160 @@ pub struct WriterConfig {
     pub flush_interval: Duration,
 }
 
+/// What the writer shares with the rest of the pipeline.
+#[derive(Clone)]
+pub struct WriterContext {
+    pub tracker: Arc<OffsetTracker>,
+    pub assignments: Arc<Assignments>,
+    pub gate: Arc<CommitGate>,
+    pub held: Arc<HeldSpans>,
+    pub metrics: Metrics,
+    pub health: Health,
+    /// The Kafka topic, recorded in each snapshot summary.
+    pub topic: String,
+}
+
 pub struct IcebergWriter {
     table: TableHandle,
     cfg: WriterConfig,
-    tracker: Arc<OffsetTracker>,
-    metrics: Metrics,
-    health: Health,
-    pending: Vec<KeptTrace>,
+    ctx: WriterContext,
+    pending: VecDeque<KeptTrace>,
     pending_rows: usize,
+    replay: ReplayGuard,
+}
+
+/// Leaves the commit gate however the commit ends.
+struct GateGuard<'a>(&'a CommitGate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 impl IcebergWriter {
-    pub fn new(
-        table: TableHandle,
-        cfg: WriterConfig,
-        tracker: Arc<OffsetTracker>,
-        metrics: Metrics,
-        health: Health,
-    ) -> Self {
+    pub fn new(table: TableHandle, cfg: WriterConfig, ctx: WriterContext) -> Self {
         Self {
             table,
             cfg,
-            tracker,
-            metrics,
-            health,
-            pending: Vec::new(),
+            ctx,
+            pending: VecDeque::new(),
             pending_rows: 0,
+            replay: ReplayGuard::default(),
         }
     }
 
-    /// Runs until the channel closes, then flushes what is left.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<KeptTrace>) {
+    /// Runs until the channel closes, then makes one last attempt to commit
+    /// what is pending. Input is always accepted, also while commits fail.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<KeptTrace>) {
         let mut deadline = Instant::now() + self.cfg.flush_interval;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff: Option<Duration> = None;
         loop {
-            // While a flush is failing, stop taking input so the channel fills.
-            let accepting = self.pending_rows < self.cfg.flush_max_rows;
             let sleep = tokio::time::sleep_until(deadline.into());
-            tokio::select! {
-                kept = rx.recv(), if accepting => match kept {
+            let due = tokio::select! {
+                kept = rx.recv() => match kept {
                     Some(kept) => {
                         self.pending_rows += kept.spans.len();
-                        self.pending.push(kept);
-                        if self.pending_rows < self.cfg.flush_max_rows {
-                            continue;
-                        }
+                        self.pending.push_back(kept);
+                        // A full batch goes at once, unless commits are failing.
+                        backoff.is_none() && self.pending_rows >= self.cfg.flush_max_rows
                     }
                     None => break,
                 },
-                _ = sleep => {}
-            }
-            if self.pending.is_empty() {
-                deadline = Instant::now() + self.cfg.flush_interval;
+                _ = sleep => true,
+            };
+            if !due {
                 continue;
             }
             match self.flush().await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(200);
+                    backoff = None;
                     deadline = Instant::now() + self.cfg.flush_interval;
                 }
                 Err(e) => {
-                    self.metrics.iceberg_commit_failures_total.inc();
-                    self.health.set_storage_error(Some(e.to_string()));
+                    let wait = backoff.map_or(Duration::from_millis(200), |b| (b * 2).min(Duration::from_secs(30)));
+                    backoff = Some(wait);
+                    self.ctx.metrics.iceberg_commit_failures_total.inc();
+                    self.ctx.health.set_storage_error(Some(e.to_string()));
                     tracing::error!(
                         error = %e,
                         traces = self.pending.len(),
                         rows = self.pending_rows,
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = wait.as_millis() as u64,
                         "iceberg commit failed; keeping the batch and retrying"
                     );
-                    deadline = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    deadline = Instant::now() + wait;
                 }
             }
         }
-        if !self.pending.is_empty() {
-            if let Err(e) = self.flush().await {
-                tracing::error!(error = %e, "final flush failed; the traces stay uncommitted in Kafka");
-            }
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = %e, traces = self.pending.len(), "final flush failed; the traces stay uncommitted in Kafka");
         }
     }
 
-    /// Writes and commits everything pending as one snapshot.
+    /// Commits everything pending, one snapshot per `flush_max_rows` rows.
     pub async fn flush(&mut self) -> Result<(), StorageError> {
+        while !self.pending.is_empty() {
+            let mut batch = Vec::new();
+            let mut rows = 0;
+            while rows < self.cfg.flush_max_rows {
+                let Some(t) = self.pending.pop_front() else { break };
+                rows += t.spans.len();
+                batch.push(t);
+            }
+            self.pending_rows -= rows;
+            if let Err(e) = self.commit(&mut batch).await {
+                // Back to the front, in order, for the next attempt.
+                self.pending_rows += batch.iter().map(|t| t.spans.len()).sum::<usize>();
+                for t in batch.into_iter().rev() {
+                    self.pending.push_front(t);
+                }
+                return Err(e);
+            }
+        }
+        self.ctx.health.set_storage_error(None);
+        Ok(())
+    }
+
+    /// Writes and commits one batch as one snapshot, then releases its
+    /// messages. On error the batch is left for a retry.
+    async fn commit(&mut self, batch: &mut Vec<KeptTrace>) -> Result<(), StorageError> {
         let started = Instant::now();
         let table = self.table.load().await?;
+        let assignments = self.ctx.assignments.clone();
+        // Entering the gate and dropping revoked spans is one step with
+        // respect to a rebalance: see `CommitGate`.
+        let revoked_spans = self.ctx.gate.enter(|| {
+            let mut n = 0;
+            for t in batch.iter_mut() {
+                n += retain_current(&mut t.spans, &mut t.msgs, |l| assignments.is_current(l));
+            }
+            n
+        });
+        let _gate = GateGuard(&self.ctx.gate);
+        batch.retain(|t| !t.spans.is_empty());
+        self.ctx.held.release(revoked_spans);
+
+        let foreign_high = self.replay.foreign_high(&table, &self.ctx.topic, &assignments);
+        let replayed: Vec<&KeptTrace> = batch
+            .iter()
+            .filter(|t| replay::is_replayed(t, &foreign_high))
+            .collect();
+        let stored = replay::stored_spans(&table, &replayed).await?;
+
         let arrow_schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?);
         let mut rows = SpanRows::default();
-        for trace in &self.pending {
-            rows.push_trace(trace);
+        let mut skipped = 0;
+        for trace in batch.iter() {
+            skipped += rows.push_trace(trace, |span_id| {
+                stored.contains(&(trace.trace_id, span_id.to_vec()))
+            });
         }
-        if rows.undecodable_spans > 0 {
-            self.metrics
-                .spans_invalid_total
-                .with_label_values(&["undecodable_span"])
-                .inc_by(rows.undecodable_spans as u64);
-            tracing::warn!(spans = rows.undecodable_spans, "skipped kept spans whose bytes did not decode");
-        }
+        self.report_skips(&rows, skipped, replayed.len());
         let row_count = rows.len();
         if row_count > 0 {
-            let batch = rows.into_batch(arrow_schema)?;
-            let files = write_data_files(&table, batch).await?;
-            let offsets = offsets_summary(self.pending.iter().flat_map(|t| t.msgs.iter()));
+            let files = write_data_files(&table, rows.into_batch(arrow_schema)?).await?;
+            let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
             let tx = Transaction::new(&table);
             let tx = tx
                 .fast_append()
@@ -157,19 +210,40 @@ impl IcebergWriter {
                 )]))
                 .apply(tx)?;
             tx.commit(self.table.catalog.as_ref()).await?;
-            self.metrics.iceberg_commits_total.inc();
-            self.metrics.spans_exported_total.inc_by(row_count as u64);
-            self.metrics
+            self.ctx.metrics.iceberg_commits_total.inc();
+            self.ctx.metrics.spans_exported_total.inc_by(row_count as u64);
+            self.ctx
+                .metrics
                 .iceberg_commit_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        for trace in self.pending.drain(..) {
-            self.tracker.release(&trace.msgs);
+        let mut spans = 0;
+        for trace in batch.drain(..) {
+            spans += trace.spans.len();
+            self.ctx.tracker.release(&trace.msgs);
         }
-        self.pending_rows = 0;
-        self.health.set_storage_error(None);
-        tracing::debug!(rows = row_count, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch");
+        self.ctx.held.release(spans);
+        tracing::debug!(rows = row_count, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch");
         Ok(())
+    }
+
+    fn report_skips(&self, rows: &SpanRows, replayed_spans: usize, replayed_traces: usize) {
+        if rows.undecodable_spans > 0 {
+            self.ctx
+                .metrics
+                .spans_invalid_total
+                .with_label_values(&["undecodable_span"])
+                .inc_by(rows.undecodable_spans as u64);
+            tracing::warn!(spans = rows.undecodable_spans, "skipped kept spans whose bytes did not decode");
+        }
+        if replayed_traces > 0 {
+            self.ctx.metrics.replayed_spans_skipped_total.inc_by(replayed_spans as u64);
+            tracing::info!(
+                traces = replayed_traces,
+                already_stored_spans = replayed_spans,
+                "checked replayed traces against the table"
+            );
+        }
     }
 }
 
@@ -205,14 +279,4 @@ async fn write_data_files(
         writer.write(key, part).await?;
     }
     Ok(writer.close().await?)
-}
-
-/// `{"partition": next_offset, ...}` over the messages of a batch.
-fn offsets_summary<'a>(msgs: impl Iterator<Item = &'a MsgRef>) -> String {
-    let mut max: BTreeMap<i32, i64> = BTreeMap::new();
-    for m in msgs {
-        let e = max.entry(m.partition).or_insert(m.offset + 1);
-        *e = (*e).max(m.offset + 1);
-    }
-    serde_json::to_string(&max).unwrap_or_default()
 }

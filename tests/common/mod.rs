@@ -30,6 +30,7 @@ fn free_port() -> u16 {
 /// A selector process with its own topic, group, catalog and warehouse.
 pub struct Selector {
     child: Child,
+    env: HashMap<String, String>,
     pub dir: tempfile::TempDir,
     pub topic: String,
     pub admin: String,
@@ -62,6 +63,7 @@ impl Selector {
             ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2".into()),
             ("TSS__SAMPLING__WORKERS", "2".into()),
             ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "1".into()),
+            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
             (
                 "TSS__STORAGE__ICEBERG__CATALOG_URI",
                 format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display()),
@@ -80,17 +82,10 @@ impl Selector {
             env.insert(k.to_string(), v.to_string());
         }
         let token = env.get("TSS__ADMIN__AUTH_TOKEN").cloned();
-        let log = std::fs::File::create(dir.path().join("selector.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
-            .envs(&env)
-            .env("RUST_LOG", "info,tail_sampling_selector=debug")
-            .current_dir(dir.path())
-            .stdout(Stdio::from(log.try_clone().expect("log clone")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawning the selector");
+        let child = spawn_selector(&env, dir.path());
         let s = Selector {
             child,
+            env,
             dir,
             topic,
             admin,
@@ -100,6 +95,47 @@ impl Selector {
         };
         s.wait_ready().await;
         s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The `TSS__…` environment this selector runs with.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.env.get(key).map(String::as_str)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or commit anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit. Returns how long the shutdown took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                panic!("selector did not exit within {timeout:?} of SIGTERM\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again with the same configuration, ports, catalog
+    /// and warehouse, and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.child = spawn_selector(&self.env, self.dir.path());
+        self.wait_ready().await;
     }
 
     pub fn log(&self) -> String {
@@ -233,6 +269,42 @@ impl Drop for Selector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
+    // Appends, so the log of every incarnation stays readable.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("selector.log"))
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
+        .envs(env)
+        .env("RUST_LOG", "info,tail_sampling_selector=debug")
+        .current_dir(dir)
+        .stdout(Stdio::from(log.try_clone().expect("log clone")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawning the selector")
+}
+
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+/// Trace ids unique to this test run: decisions stay in the shared Redis for
+/// `decision_ttl_secs`, and a reused id would count as a late span.
+pub fn trace_id(seed: u64) -> [u8; 16] {
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let salt = *SALT.get_or_init(|| now_nanos().wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&salt.wrapping_add(seed).to_be_bytes());
+    id[8..].copy_from_slice(&seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    id[0] |= 1;
+    id
 }
 
 pub fn producer() -> FutureProducer {
@@ -403,4 +475,65 @@ pub fn produce_seed_traces(topic: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One message read back from a topic.
+pub struct Consumed {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Consumed {
+    /// A header's value as text; empty when absent.
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads `count` messages from the start of `topic`, failing after `timeout`.
+pub async fn consume_all(topic: &str, count: usize, timeout: Duration) -> Vec<Consumed> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("tss-it-reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("only {} of {count} messages in {topic} after {timeout:?}", out.len()),
+        };
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|hd| {
+                        (
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Consumed {
+            key: msg.key().unwrap_or_default().to_vec(),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
 }

@@ -1,0 +1,347 @@
+//! The promise: no kept trace is lost and no span is stored twice, whatever
+//! happens to the selector. Each test produces traces whose decisions are
+//! known, disturbs the selector while it works (SIGKILL, SIGTERM, a second
+//! member leaving the group, storage going away), then reads the table and
+//! prints `lost=N duplicated=N` with its figures.
+//!
+//! `scripts/durability.sh` runs these tests alone and shows the figures.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{now_nanos, producer, send, trace_id, Selector};
+use prost::Message;
+use rand::Rng;
+use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+
+const SPANS_PER_TRACE: usize = 3;
+
+/// One produced trace: its id, its two messages, and whether it must be kept.
+struct Case {
+    id: [u8; 16],
+    first: Vec<u8>,
+    second: Vec<u8>,
+    kept: bool,
+}
+
+/// `n` traces; every 5th has an error and must be kept, the rest are fast and
+/// dropped. Each trace is sent in two messages: two spans, then the last one.
+fn workload(seed_base: u64, n: u64) -> Vec<Case> {
+    (0..n)
+        .map(|i| {
+            let id = trace_id(seed_base + i);
+            let kept = i % 5 == 0;
+            let spans = synth::trace(&TraceSpec {
+                trace_id: id,
+                service: "durability".into(),
+                spans: SPANS_PER_TRACE,
+                error: kept,
+                start_unix_nano: now_nanos() - 50_000_000,
+                duration_ms: 50,
+            });
+            let encode = |s: &[opentelemetry_proto::tonic::trace::v1::Span]| {
+                synth::request(vec![ResourceDef::new("durability", s.to_vec())]).encode_to_vec()
+            };
+            Case {
+                id,
+                first: encode(&spans[..2]),
+                second: encode(&spans[2..]),
+                kept,
+            }
+        })
+        .collect()
+}
+
+/// Sends every trace, the second half of trace i together with the first of
+/// trace i + LAG, so traces interleave across messages; about `per_sec`
+/// traces a second.
+async fn produce(topic: String, cases: Arc<Vec<Case>>, per_sec: u64) {
+    const LAG: usize = 10;
+    let p = producer();
+    let pause = Duration::from_micros(1_000_000 / per_sec.max(1));
+    for i in 0..cases.len() + LAG {
+        if let Some(c) = cases.get(i) {
+            send(&p, &topic, &hex::encode(c.id), &c.first).await;
+        }
+        if let Some(c) = i.checked_sub(LAG).and_then(|j| cases.get(j)) {
+            send(&p, &topic, &hex::encode(c.id), &c.second).await;
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// What the table holds for the workload.
+struct Outcome {
+    expected: usize,
+    rows: usize,
+    lost: usize,
+    duplicated: usize,
+    unexpected: usize,
+}
+
+async fn outcome(s: &Selector, cases: &[Case]) -> Outcome {
+    let body = s.query("SELECT trace_id, span_id FROM spans").await;
+    let rows = body["rows"].as_array().expect("rows");
+    assert_eq!(body["truncated"], false, "raise query.max_rows for this test");
+    let stored: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().to_string(),
+                r[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let distinct: HashSet<&(String, String)> = stored.iter().collect();
+    let kept: BTreeSet<String> = cases.iter().filter(|c| c.kept).map(|c| hex::encode(c.id)).collect();
+    let expected: HashSet<(String, String)> = cases
+        .iter()
+        .filter(|c| c.kept)
+        .flat_map(|c| {
+            (0..SPANS_PER_TRACE).map(move |i| (hex::encode(c.id), hex::encode(synth::span_id_for(&c.id, i))))
+        })
+        .collect();
+    Outcome {
+        expected: expected.len(),
+        rows: stored.len(),
+        lost: expected.iter().filter(|k| !distinct.contains(k)).count(),
+        duplicated: stored.len() - distinct.len(),
+        unexpected: distinct.iter().filter(|(t, _)| !kept.contains(t)).count(),
+    }
+}
+
+/// Waits until every expected span is stored (or the deadline passes), then
+/// a little longer so that a late duplicate would show too.
+async fn settle(s: &Selector, cases: &[Case], deadline: Duration) -> Outcome {
+    let until = Instant::now() + deadline;
+    loop {
+        let o = outcome(s, cases).await;
+        if o.lost == 0 || Instant::now() > until {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return outcome(s, cases).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn report(name: &str, cases: &[Case], o: &Outcome, extra: &str) {
+    println!(
+        "{name}: traces={} kept_traces={} expected_spans={} stored_rows={} lost={} duplicated={} unexpected={} {extra}",
+        cases.len(),
+        cases.iter().filter(|c| c.kept).count(),
+        o.expected,
+        o.rows,
+        o.lost,
+        o.duplicated,
+        o.unexpected,
+    );
+}
+
+fn assert_nothing_lost(s: &Selector, o: &Outcome) {
+    assert!(
+        o.lost == 0 && o.duplicated == 0 && o.unexpected == 0,
+        "lost={} duplicated={} unexpected={}\n{}",
+        o.lost,
+        o.duplicated,
+        o.unexpected,
+        s.log()
+    );
+}
+
+/// Short timeouts, and a row cap that fits the whole table.
+const FAST: &[(&str, &str)] = &[
+    ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2"),
+    ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "1"),
+    ("TSS__KAFKA__COMMIT_INTERVAL_MS", "200"),
+    ("TSS__QUERY__MAX_ROWS", "100000"),
+];
+
+/// Produces 2,000 traces while stopping the selector at 5 random moments,
+/// with SIGKILL or SIGTERM, restarting it each time.
+async fn stop_and_restart(name: &str, seed_base: u64, graceful: bool) {
+    let mut s = Selector::start(name, FAST).await;
+    let cases = Arc::new(workload(seed_base, 2_000));
+    let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 150));
+    let mut rng = rand::rng();
+    let mut shutdowns = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_500))).await;
+        if graceful {
+            shutdowns.push(s.terminate(Duration::from_secs(45)));
+        } else {
+            s.kill();
+        }
+        s.restart().await;
+    }
+    producing.await.expect("producer task");
+    let o = settle(&s, &cases, Duration::from_secs(120)).await;
+    let extra = if graceful {
+        let longest = shutdowns.iter().max().copied().unwrap_or_default();
+        format!("restarts=5 longest_shutdown_ms={}", longest.as_millis())
+    } else {
+        "restarts=5".to_string()
+    };
+    report(name, &cases, &o, &extra);
+    assert_nothing_lost(&s, &o);
+    let m = s.metrics().await;
+    println!(
+        "{name}: replayed_spans_skipped_total (last incarnation)={}",
+        m.get("tail_sampling_replayed_spans_skipped_total").copied().unwrap_or(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    stop_and_restart("crash-sigkill", 10_000_000, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_at_random_moments_loses_and_duplicates_nothing() {
+    stop_and_restart("crash-sigterm", 20_000_000, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_leaving_the_group_hands_over_its_partitions() {
+    let mut a = Selector::start("handover", FAST).await;
+    // B shares A's topic, group, catalog and warehouse.
+    let shared: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").unwrap_or_default()),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", a.env("TSS__STORAGE__ICEBERG__WAREHOUSE").unwrap_or_default()),
+        ])
+        .collect();
+    let b = Selector::start_on(&a.topic, &shared).await;
+    let cases = Arc::new(workload(30_000_000, 1_000));
+    let producing = tokio::spawn(produce(a.topic.clone(), cases.clone(), 150));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let took = a.terminate(Duration::from_secs(45));
+    producing.await.expect("producer task");
+    let o = settle(&b, &cases, Duration::from_secs(120)).await;
+    report("handover", &cases, &o, &format!("shutdown_ms={}", took.as_millis()));
+    assert_nothing_lost(&b, &o);
+    assert!(a.log().contains("partitions revoked"), "A gave its partitions up");
+}
+
+/// A TCP relay in front of the S3 server that can refuse every connection,
+/// as an unreachable S3 endpoint does.
+struct Relay {
+    port: u16,
+    down: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let down = Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    // Cut established connections too when the relay goes down.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            while !flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        } => {}
+                    }
+                });
+            }
+        });
+        Relay { port, down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_outage_pauses_consumption_and_loses_nothing() {
+    let s3 = common::OwnS3::start();
+    let relay = Relay::start(s3.port).await;
+    let bucket = format!("tss-outage-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    let warehouse = format!("s3://{bucket}/warehouse");
+    let endpoint = format!("http://127.0.0.1:{}", relay.port);
+    const LIMIT: f64 = 600.0;
+    let overrides: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
+            ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", endpoint.as_str()),
+            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", "test"),
+            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", "test"),
+            ("TSS__BUFFER__MAX_BUFFERED_SPANS", "600"),
+            ("TSS__SAMPLING__MAX_SPANS_PER_TRACE", "500"),
+        ])
+        .collect();
+    let s = Selector::start("outage", &overrides).await;
+    let cases = Arc::new(workload(40_000_000, 1_500));
+    let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 150));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    relay.set_down(true);
+    let outage = Instant::now();
+    let (mut max_held, mut paused, mut not_ready_reason) = (0.0f64, false, String::new());
+    while outage.elapsed() < Duration::from_secs(30) {
+        let m = s.metrics().await;
+        max_held = max_held.max(m.get("tail_sampling_held_spans").copied().unwrap_or(0.0));
+        paused |= m.get("tail_sampling_consumer_paused").copied().unwrap_or(0.0) >= 1.0;
+        let (status, body) = s.get("/health/ready").await;
+        if status == 503 {
+            not_ready_reason = body["reason"].as_str().unwrap_or_default().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rss_kib = rss_kib(s.pid());
+    relay.set_down(false);
+    producing.await.expect("producer task");
+    let o = settle(&s, &cases, Duration::from_secs(150)).await;
+    report(
+        "storage-outage",
+        &cases,
+        &o,
+        &format!("outage_secs=30 max_held_spans={max_held} limit={LIMIT} paused={paused} rss_kib_during_outage={rss_kib}"),
+    );
+    assert!(paused, "the consumer never paused\n{}", s.log());
+    // One message may still be taken after the limit is reached.
+    assert!(max_held <= LIMIT + 10.0, "held {max_held} spans, limit {LIMIT}");
+    assert!(
+        not_ready_reason.contains("storage_writes") || not_ready_reason.contains("buffer"),
+        "readiness did not say why: `{not_ready_reason}`"
+    );
+    assert_nothing_lost(&s, &o);
+    let (status, _) = s.get("/health/ready").await;
+    assert_eq!(status, 200, "ready again after the outage");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
