@@ -168,13 +168,16 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     }
     drop(ctx);
 
+    // The committer stops only after the writer, so its last commit covers
+    // everything the writer's final flush stored.
+    let (stop_committer, committer_stop) = watch::channel(false);
     let committer = tokio::spawn(ingest::run_committer(
         consumer.clone(),
         tracker.clone(),
         settings.kafka.topic.clone(),
         metrics.clone(),
         Duration::from_millis(settings.kafka.commit_interval_ms),
-        shutdown.clone(),
+        committer_stop,
     ));
     let source = Source {
         consumer: consumer.clone(),
@@ -197,6 +200,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let drain = async {
         while workers.join_next().await.is_some() {}
         let _ = writer_task.await;
+        let _ = stop_committer.send(true);
         let _ = committer.await;
     };
     if tokio::time::timeout(limit, drain).await.is_err() {

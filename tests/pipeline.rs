@@ -370,7 +370,7 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     // A query over query.timeout_secs is cancelled; the engine stays usable.
     let started = std::time::Instant::now();
     let (status, body) = s
-        .query_raw("SELECT count(*) FROM generate_series(1, 20000000000) a WHERE a % 7 = 3")
+        .query_raw("SELECT count(*) FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3")
         .await;
     assert_eq!(status, 408, "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());

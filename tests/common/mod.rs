@@ -132,10 +132,21 @@ impl Selector {
     }
 
     /// Starts the process again with the same configuration, ports, catalog
-    /// and warehouse, and waits until it is ready.
+    /// and warehouse, and waits until it is ready and owns partitions again
+    /// (after a SIGKILL, the group first waits out the dead member's session).
     pub async fn restart(&mut self) {
+        let assigned = self.log().matches("partitions assigned").count();
         self.child = spawn_selector(&self.env, self.dir.path());
         self.wait_ready().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches("partitions assigned").count() <= assigned {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted selector got no partitions within 60 s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn log(&self) -> String {
