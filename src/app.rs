@@ -108,7 +108,10 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         Ok(engine) => {
             let _ = query_cell.set(engine);
         }
-        Err(e) => tracing::error!(error = %e, "query engine unavailable"),
+        Err(e) => {
+            tracing::error!(error = %e, "query engine unavailable; retrying in the background");
+            spawn_query_engine(table.clone(), limits, query_cell.clone(), shutdown.clone());
+        }
     }
 
     if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await {
@@ -218,6 +221,29 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     servers.abort_all();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Registers the table with DataFusion, retrying until it works, so that a
+/// passing catalog error at startup does not leave SQL unavailable.
+fn spawn_query_engine(
+    table: TableHandle,
+    limits: QueryLimits,
+    cell: Arc<OnceCell<QueryEngine>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let engine = retry(
+            shutdown,
+            || QueryEngine::new(&table, limits),
+            |e, backoff| {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "query engine unavailable")
+            },
+        )
+        .await;
+        if let Some(engine) = engine {
+            let _ = cell.set(engine);
+        }
+    });
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {

@@ -24,6 +24,8 @@ use serde_json::Value;
 
 use crate::storage::TableHandle;
 
+pub mod catalog;
+
 /// Name under which the table is visible to SQL.
 pub const TABLE_NAME: &str = "spans";
 
@@ -69,7 +71,8 @@ impl QueryEngine {
     pub async fn new(table: &TableHandle, limits: QueryLimits) -> Result<Self, QueryError> {
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        let provider = IcebergCatalogProvider::try_new(table.catalog.clone())
+        let view = catalog::SingleTableCatalog::new(table.catalog.clone(), table.ident.clone());
+        let provider = IcebergCatalogProvider::try_new(std::sync::Arc::new(view))
             .await
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         let ns = table.ident.namespace().to_url_string();
