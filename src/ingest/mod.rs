@@ -284,32 +284,18 @@ impl Source {
                 return;
             }
         };
-        if decoded.invalid_trace_id_spans > 0 {
-            self.metrics
-                .spans_invalid_total
-                .with_label_values(&["invalid_trace_id"])
-                .inc_by(decoded.invalid_trace_id_spans as u64);
-            tracing::warn!(
-                topic = m.topic(),
-                partition = msg.partition,
-                offset = msg.offset,
-                spans = decoded.invalid_trace_id_spans,
-                "skipped spans with a missing or zero trace id"
-            );
-        }
-        if decoded.invalid_timestamp_spans > 0 {
-            self.metrics
-                .spans_invalid_total
-                .with_label_values(&["invalid_timestamp"])
-                .inc_by(decoded.invalid_timestamp_spans as u64);
-            tracing::warn!(
-                topic = m.topic(),
-                partition = msg.partition,
-                offset = msg.offset,
-                spans = decoded.invalid_timestamp_spans,
-                "skipped spans with absurd start or end times"
-            );
-        }
+        self.count_invalid_spans(
+            m,
+            "invalid_trace_id",
+            decoded.invalid_trace_id_spans,
+            "skipped spans with a missing or zero trace id",
+        );
+        self.count_invalid_spans(
+            m,
+            "invalid_timestamp",
+            decoded.invalid_timestamp_spans,
+            "skipped spans with absurd start or end times",
+        );
         self.held.add(decoded.spans.len());
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<(TraceId, _)>> = (0..n).map(|_| Vec::new()).collect();
@@ -330,6 +316,25 @@ impl Source {
                 tracing::warn!("worker stopped; message stays uncommitted");
             }
         }
+    }
+
+    /// Counts and logs spans skipped inside an otherwise valid message.
+    fn count_invalid_spans(&self, m: &BorrowedMessage<'_>, reason: &str, spans: usize, what: &str) {
+        if spans == 0 {
+            return;
+        }
+        self.metrics
+            .spans_invalid_total
+            .with_label_values(&[reason])
+            .inc_by(spans as u64);
+        tracing::warn!(
+            topic = m.topic(),
+            partition = m.partition(),
+            offset = m.offset(),
+            spans,
+            reason,
+            "{what}"
+        );
     }
 
     async fn dead_letter(&self, m: &BorrowedMessage<'_>, reason: &str) {
