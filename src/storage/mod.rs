@@ -136,20 +136,7 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, St
             )
         }
         CatalogType::Rest => {
-            props.insert(REST_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
-            props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), cfg.warehouse.clone());
-            let optional = [
-                ("header.x-project-id", &cfg.project_id),
-                ("credential", &cfg.credential),
-                ("token", &cfg.token),
-                ("oauth2-server-uri", &cfg.oauth2_server_uri),
-                ("scope", &cfg.scope),
-            ];
-            for (key, value) in optional {
-                if let Some(v) = value {
-                    props.insert(key.into(), v.clone());
-                }
-            }
+            props.extend(rest_props(cfg));
             Arc::new(
                 RestCatalogBuilder::default()
                     .with_storage_factory(factory)
@@ -159,6 +146,29 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, St
         }
     };
     Ok(catalog)
+}
+
+/// The REST catalog's properties, as iceberg-rust's `RestCatalogBuilder`
+/// reads them: every `header.*` key becomes a request header (Lakekeeper's
+/// project), `credential` is exchanged for a token, `token` is sent as is.
+pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
+    let mut props = HashMap::from([
+        (REST_CATALOG_PROP_URI.to_string(), cfg.catalog_uri.clone()),
+        (REST_CATALOG_PROP_WAREHOUSE.to_string(), cfg.warehouse.clone()),
+    ]);
+    let optional = [
+        ("header.x-project-id", &cfg.project_id),
+        ("credential", &cfg.credential),
+        ("token", &cfg.token),
+        ("oauth2-server-uri", &cfg.oauth2_server_uri),
+        ("scope", &cfg.scope),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            props.insert(key.to_string(), v.clone());
+        }
+    }
+    props
 }
 
 /// S3 when an endpoint or an `s3://` warehouse is configured, local files otherwise.
@@ -226,4 +236,52 @@ fn prepare_sqlite_dir(uri: &str) -> Result<(), StorageError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn iceberg(env: &[(&str, &str)]) -> IcebergConfig {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(None, env).expect("settings").storage.iceberg
+    }
+
+    #[test]
+    fn lakekeeper_settings_become_rest_properties() {
+        let cfg = iceberg(&[
+            ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "rest"),
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", "http://lakekeeper:8181/catalog"),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", "traces"),
+            ("TSS__STORAGE__ICEBERG__PROJECT_ID", "00000000-0000-0000-0000-000000000000"),
+            ("TSS__STORAGE__ICEBERG__CREDENTIAL", "client:secret"),
+            ("TSS__STORAGE__ICEBERG__SCOPE", "lakekeeper"),
+        ]);
+        let props = rest_props(&cfg);
+        assert_eq!(props["uri"], "http://lakekeeper:8181/catalog");
+        assert_eq!(props["warehouse"], "traces");
+        assert_eq!(props["header.x-project-id"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(props["credential"], "client:secret");
+        assert_eq!(props["scope"], "lakekeeper");
+        assert!(!props.contains_key("token"));
+    }
+
+    #[test]
+    fn s3_settings_become_file_io_properties() {
+        let cfg = iceberg(&[
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", "s3://bucket/wh"),
+            ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", "http://minio:9000"),
+            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", "key"),
+            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", "secret"),
+        ]);
+        let (_, props) = storage_for(&cfg).expect("storage");
+        assert_eq!(props[S3_ENDPOINT], "http://minio:9000");
+        assert_eq!(props[S3_ACCESS_KEY_ID], "key");
+        assert_eq!(props[S3_SECRET_ACCESS_KEY], "secret");
+        assert_eq!(props[S3_REGION], "us-east-1");
+        assert_eq!(props[S3_PATH_STYLE_ACCESS], "true");
+        let (_, local) = storage_for(&iceberg(&[])).expect("storage");
+        assert!(local.is_empty(), "the embedded default uses local files");
+    }
 }
