@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod config;
 pub mod health;
 pub mod ingest;
+pub mod loadgen;
 pub mod metrics;
 pub mod query;
 pub mod rules;

@@ -1,0 +1,241 @@
+//! The hot path on one core, with no Kafka and no I/O: decode → buffer →
+//! decide → Arrow encoding of the kept spans, over pre-encoded OTLP messages
+//! of realistic size (about 70 spans per message, 8 to 15 attributes per
+//! span). Prints spans/s for the whole path and for decoding alone, and the
+//! memory a buffered span costs next to its encoded size.
+//!
+//!   cargo bench --bench hot_path            # or: -- --messages 4000 --rounds 7
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use prost::Message;
+use tail_sampling_selector::buffer::worker::KeptTrace;
+use tail_sampling_selector::buffer::{BufferLimits, TraceBuffer};
+use tail_sampling_selector::ingest::decode::decode_message;
+use tail_sampling_selector::ingest::offsets::{MsgRef, OffsetTracker};
+use tail_sampling_selector::loadgen::{Scenario, TraceGenerator};
+use tail_sampling_selector::sampling::{Decision, NoForceRules, PolicySet};
+use tail_sampling_selector::storage::schema::{table_schema, SpanRows};
+
+/// Counts live heap bytes, to measure what buffered spans cost.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+const FLUSH_ROWS: usize = 50_000;
+
+struct Options {
+    messages: usize,
+    traces_per_message: usize,
+    rounds: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        messages: 2_000,
+        traces_per_message: 9,
+        rounds: 5,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for w in args.windows(2) {
+        let n = w[1].parse().unwrap_or(0);
+        match w[0].as_str() {
+            "--messages" if n > 0 => o.messages = n,
+            "--traces-per-message" if n > 0 => o.traces_per_message = n,
+            "--rounds" if n > 0 => o.rounds = n,
+            _ => {}
+        }
+    }
+    o
+}
+
+fn messages(o: &Options) -> Vec<Vec<u8>> {
+    let mut g = TraceGenerator::new(Scenario::demo(), 11);
+    let end = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    (0..o.messages)
+        .map(|_| {
+            let traces = (0..o.traces_per_message)
+                .map(|_| {
+                    let root = g.pick_root();
+                    g.trace(root, end, 0.0)
+                })
+                .collect();
+            g.request(traces).encode_to_vec()
+        })
+        .collect()
+}
+
+/// Decoding alone: spans per second.
+fn decode_only(msgs: &[Vec<u8>]) -> (usize, Duration) {
+    let started = Instant::now();
+    let mut spans = 0;
+    for m in msgs {
+        // The consumer copies each payload out of librdkafka's buffer too.
+        let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        spans += decoded.spans.len();
+        std::hint::black_box(&decoded);
+    }
+    (spans, started.elapsed())
+}
+
+struct FullRound {
+    spans: usize,
+    kept_spans: usize,
+    elapsed: Duration,
+    buffered_heap_bytes: isize,
+    buffered_spans: usize,
+}
+
+/// The whole path, as one worker runs it.
+fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arrow::datatypes::Schema>) -> FullRound {
+    let limits = BufferLimits {
+        inactivity_timeout: Duration::from_secs(60),
+        max_trace_duration: Duration::from_secs(300),
+        max_spans_per_trace: 10_000,
+    };
+    let tracker = OffsetTracker::new();
+    let heap_before = LIVE.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let now = Instant::now();
+    let mut buffer = TraceBuffer::new(limits);
+    let mut spans = 0;
+    for (offset, m) in msgs.iter().enumerate() {
+        let msg = MsgRef {
+            partition: 0,
+            offset: offset as i64,
+            epoch: 1,
+        };
+        let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        tracker.register(msg, 1);
+        let mut refs = 0;
+        for (trace_id, span) in decoded.spans {
+            spans += 1;
+            refs += i64::from(buffer.push(trace_id, [span], msg, now).took_ref);
+        }
+        tracker.adjust(msg, refs - 1);
+    }
+    let pushed = started.elapsed();
+    let buffered_heap_bytes = LIVE.load(Ordering::Relaxed) - heap_before;
+    let buffered_spans = buffer.span_count();
+
+    let resumed = Instant::now();
+    let mut due = Vec::new();
+    buffer.expire(now + limits.inactivity_timeout + Duration::from_secs(1), &mut due);
+    let mut rows = SpanRows::default();
+    let mut kept_spans = 0;
+    let decided_at = SystemTime::now();
+    for trace in due {
+        match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
+            Decision::Drop => tracker.release(&trace.msgs),
+            Decision::Keep { reason, rule_id } => {
+                let kept = KeptTrace {
+                    trace_id: trace.trace_id,
+                    spans: trace.spans,
+                    reason,
+                    rule_id,
+                    msgs: trace.msgs,
+                    decided_at,
+                };
+                kept_spans += kept.spans.len();
+                rows.push_trace(&kept, |_| false);
+                tracker.release(&kept.msgs);
+                if rows.len() >= FLUSH_ROWS {
+                    let batch = std::mem::take(&mut rows).into_batch(arrow.clone()).expect("batch");
+                    std::hint::black_box(batch);
+                }
+            }
+        }
+    }
+    if !rows.is_empty() {
+        std::hint::black_box(rows.into_batch(arrow.clone()).expect("batch"));
+    }
+    std::hint::black_box(tracker.take_commits());
+    FullRound {
+        spans,
+        kept_spans,
+        elapsed: pushed + resumed.elapsed(),
+        buffered_heap_bytes,
+        buffered_spans,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let o = options();
+    let msgs = messages(&o);
+    let encoded: usize = msgs.iter().map(Vec::len).sum();
+    let spans_per_round = decode_only(&msgs).0;
+    println!(
+        "input: {} messages, {} spans ({:.1} spans/message, {:.0} bytes/span encoded, {:.1} MB)",
+        msgs.len(),
+        spans_per_round,
+        spans_per_round as f64 / msgs.len() as f64,
+        encoded as f64 / spans_per_round as f64,
+        encoded as f64 / 1e6
+    );
+    // Errors (about 2% of traces here) plus an 8% baseline: about 10% kept.
+    let policies = PolicySet::new(true, 5_000.0, 0.08);
+    let arrow = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(&table_schema().expect("schema")).expect("arrow schema"),
+    );
+
+    let mut decode_rates = Vec::new();
+    let mut full_rates = Vec::new();
+    let mut last = None;
+    for _ in 0..o.rounds {
+        let (n, t) = decode_only(&msgs);
+        decode_rates.push(n as f64 / t.as_secs_f64());
+        let r = full_path(&msgs, &policies, &arrow);
+        full_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
+        last = Some(r);
+    }
+    let Some(r) = last else { return };
+    let decode = median(decode_rates);
+    let full = median(full_rates);
+    println!("decode only:  {:>12.0} spans/s (one core, median of {} rounds)", decode, o.rounds);
+    println!(
+        "full path:    {:>12.0} spans/s (decode → buffer → decide → Arrow, {:.1}% of spans kept)",
+        full,
+        100.0 * r.kept_spans as f64 / r.spans as f64
+    );
+    println!("ratio:        {:>12.1}% of decode-only throughput", 100.0 * full / decode);
+    let per_span = r.buffered_heap_bytes as f64 / r.buffered_spans as f64;
+    let encoded_per_span = encoded as f64 / spans_per_round as f64;
+    println!(
+        "buffered:     {:>12.0} bytes/span in memory for {:.0} bytes/span encoded ({:.2}× the encoded size, {} spans held)",
+        per_span,
+        encoded_per_span,
+        per_span / encoded_per_span,
+        r.buffered_spans
+    );
+}
