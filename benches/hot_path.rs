@@ -108,6 +108,8 @@ struct FullRound {
     spans: usize,
     kept_spans: usize,
     elapsed: Duration,
+    /// decode + buffer, expire, decide (and drop), Arrow encoding.
+    phases: [Duration; 4],
     buffered_heap_bytes: isize,
     buffered_spans: usize,
 }
@@ -124,6 +126,7 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
     let started = Instant::now();
     let now = Instant::now();
     let mut buffer = TraceBuffer::new(limits);
+    let mut due = Vec::new();
     let mut spans = 0;
     for (offset, m) in msgs.iter().enumerate() {
         let msg = MsgRef {
@@ -133,52 +136,55 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
         };
         let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
         tracker.register(msg, 1);
-        let mut refs = 0;
-        for (trace_id, span) in decoded.spans {
-            spans += 1;
-            refs += i64::from(buffer.push(trace_id, [span], msg, now).took_ref);
-        }
-        tracker.adjust(msg, refs - 1);
+        spans += decoded.spans.len();
+        let outcome = buffer.push_message(decoded.spans, msg, now, &mut due);
+        tracker.adjust(msg, outcome.refs - 1);
     }
     let pushed = started.elapsed();
     let buffered_heap_bytes = LIVE.load(Ordering::Relaxed) - heap_before;
     let buffered_spans = buffer.span_count();
 
     let resumed = Instant::now();
-    let mut due = Vec::new();
     buffer.expire(now + limits.inactivity_timeout + Duration::from_secs(1), &mut due);
-    let mut rows = SpanRows::default();
-    let mut kept_spans = 0;
+    let expired = resumed.elapsed();
     let decided_at = SystemTime::now();
+    let mut kept = Vec::new();
     for trace in due {
         match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
             Decision::Drop => tracker.release(&trace.msgs),
-            Decision::Keep { reason, rule_id } => {
-                let kept = KeptTrace {
-                    trace_id: trace.trace_id,
-                    spans: trace.spans,
-                    reason,
-                    rule_id,
-                    msgs: trace.msgs,
-                    decided_at,
-                };
-                kept_spans += kept.spans.len();
-                rows.push_trace(&kept, |_| false);
-                tracker.release(&kept.msgs);
-                if rows.len() >= FLUSH_ROWS {
-                    let batch = std::mem::take(&mut rows).into_batch(arrow.clone()).expect("batch");
-                    std::hint::black_box(batch);
-                }
-            }
+            Decision::Keep { reason, rule_id } => kept.push(KeptTrace {
+                trace_id: trace.trace_id,
+                spans: trace.spans,
+                reason,
+                rule_id,
+                msgs: trace.msgs,
+                decided_at,
+            }),
+        }
+    }
+    let decided = resumed.elapsed() - expired;
+    let encoding = Instant::now();
+    let mut rows = SpanRows::default();
+    let mut kept_spans = 0;
+    for trace in &kept {
+        kept_spans += trace.spans.len();
+        rows.push_trace(trace, |_| false);
+        tracker.release(&trace.msgs);
+        if rows.len() >= FLUSH_ROWS {
+            let batch = std::mem::take(&mut rows).into_batch(arrow.clone()).expect("batch");
+            std::hint::black_box(batch);
         }
     }
     if !rows.is_empty() {
         std::hint::black_box(rows.into_batch(arrow.clone()).expect("batch"));
     }
+    drop(kept);
     std::hint::black_box(tracker.take_commits());
+    let encoded = encoding.elapsed();
     FullRound {
         spans,
         kept_spans,
+        phases: [pushed, expired, decided, encoded],
         elapsed: pushed + resumed.elapsed(),
         buffered_heap_bytes,
         buffered_spans,
@@ -229,6 +235,14 @@ fn main() {
         100.0 * r.kept_spans as f64 / r.spans as f64
     );
     println!("ratio:        {:>12.1}% of decode-only throughput", 100.0 * full / decode);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "last round:   decode+buffer {:.1} ms, expire {:.1} ms, decide+drop {:.1} ms, Arrow encoding of kept {:.1} ms",
+        ms(r.phases[0]),
+        ms(r.phases[1]),
+        ms(r.phases[2]),
+        ms(r.phases[3])
+    );
     let per_span = r.buffered_heap_bytes as f64 / r.buffered_spans as f64;
     let encoded_per_span = encoded as f64 / spans_per_round as f64;
     println!(

@@ -66,6 +66,15 @@ pub struct CompleteTrace {
     pub last_seen: Instant,
 }
 
+/// What one `push_message` did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessageOutcome {
+    /// Message references taken (the caller accounts for them).
+    pub refs: i64,
+    /// Traces that were not buffered before.
+    pub opened: u64,
+}
+
 /// What one `push` did.
 #[derive(Debug)]
 pub struct PushOutcome {
@@ -173,6 +182,29 @@ impl TraceBuffer {
             opened,
             complete,
         }
+    }
+
+    /// Buffers the spans one message holds for this shard. Consecutive spans of
+    /// one trace (the usual layout: an SDK or the Collector groups a trace's
+    /// spans) cost one map lookup and one deadline between them. Traces this
+    /// completes at `max_spans_per_trace` go to `due`.
+    pub fn push_message(
+        &mut self,
+        spans: Vec<(TraceId, SpanRecord)>,
+        msg: MsgRef,
+        now: Instant,
+        due: &mut Vec<CompleteTrace>,
+    ) -> MessageOutcome {
+        let mut outcome = MessageOutcome::default();
+        let mut spans = spans.into_iter().peekable();
+        while let Some((trace_id, first)) = spans.next() {
+            let rest = std::iter::from_fn(|| spans.next_if(|(next, _)| *next == trace_id).map(|(_, s)| s));
+            let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, now);
+            outcome.refs += i64::from(pushed.took_ref);
+            outcome.opened += u64::from(pushed.opened);
+            due.extend(pushed.complete);
+        }
+        outcome
     }
 
     /// Moves every trace that is due at `now` into `out`.
@@ -427,5 +459,33 @@ mod tests {
         assert_eq!(out[0].trace_id, id(8));
         assert_eq!(out[0].msgs, vec![msg(owned, 0)]);
         assert!(out[0].spans.iter().all(|s| s.lease == owned));
+    }
+
+    #[test]
+    fn a_message_takes_one_reference_per_trace_it_feeds() {
+        let t0 = Instant::now();
+        let mut b = TraceBuffer::new(limits());
+        let mut due = Vec::new();
+        // Trace 9 appears in two runs, trace 10 in one; 6 spans in all.
+        let spans = vec![
+            (id(9), rec()),
+            (id(9), rec()),
+            (id(10), rec()),
+            (id(9), rec()),
+            (id(10), rec()),
+            (id(10), rec()),
+        ];
+        let out = b.push_message(spans, m(3), t0, &mut due);
+        assert_eq!(out.refs, 2);
+        assert_eq!(out.opened, 2);
+        assert_eq!(b.span_count(), 6);
+        assert!(due.is_empty());
+        // Trace 10 reaches max_spans_per_trace (5) with the next message.
+        let more = vec![(id(10), rec()), (id(10), rec())];
+        let out = b.push_message(more, m(4), t0, &mut due);
+        assert_eq!((out.refs, out.opened), (1, 0));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].spans.len(), 5);
+        assert_eq!(due[0].msgs, vec![m(3), m(4)]);
     }
 }

@@ -132,20 +132,12 @@ impl Worker {
             self.ctx.held.release(batch.spans.len());
             return;
         }
-        let now = Instant::now();
-        let mut refs = 0i64;
-        let mut opened = 0u64;
         self.ctx.metrics.spans_ingested_total.inc_by(batch.spans.len() as u64);
-        for (trace_id, span) in batch.spans {
-            let outcome = self.buffer.push(trace_id, [span], batch.msg, now);
-            refs += i64::from(outcome.took_ref);
-            opened += u64::from(outcome.opened);
-            due.extend(outcome.complete);
-        }
-        self.ctx.metrics.traces_ingested_total.inc_by(opened);
+        let outcome = self.buffer.push_message(batch.spans, batch.msg, Instant::now(), due);
+        self.ctx.metrics.traces_ingested_total.inc_by(outcome.opened);
         // The batch's ticket is returned only after its references are counted,
         // so the message cannot look finished in between.
-        self.ctx.tracker.adjust(batch.msg, refs - 1);
+        self.ctx.tracker.adjust(batch.msg, outcome.refs - 1);
     }
 
     /// Decides every due trace. A trace decided before (its spans arrived

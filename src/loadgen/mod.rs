@@ -634,6 +634,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_scenario_file_is_the_demo() {
+        let text = include_str!("../../config/loadgen-demo.toml");
+        let file = Scenario::from_toml(text).expect("config/loadgen-demo.toml parses");
+        let demo = Scenario::demo();
+        assert_eq!(file.services.len(), demo.services.len());
+        assert_eq!(file.total_rate(), demo.total_rate());
+        for (a, b) in file.services.iter().zip(&demo.services) {
+            assert_eq!((a.name.as_str(), a.kind, &a.calls), (b.name.as_str(), b.kind, &b.calls));
+            assert_eq!(a.base_latency_ms, b.base_latency_ms);
+        }
+    }
+
+    #[test]
     fn bad_scenarios_are_refused_with_the_reason() {
         let unknown = "[[services]]\nname = \"a\"\nrate_per_sec = 1\nbase_latency_ms = 1\ncalls = [\"b\"]\n";
         assert!(matches!(Scenario::from_toml(unknown), Err(ScenarioError::UnknownCall(..))));

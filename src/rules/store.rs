@@ -21,6 +21,10 @@ use crate::sampling::{ForceRules, ForceVerdict};
 use crate::state::LazyRedis;
 
 const RULE_PREFIX: &str = "tss:rule:";
+/// The set of rule ids, so that listing never scans the keyspace (which
+/// also holds one decision key per recent trace). Ids of expired rules are
+/// removed from it when a listing finds their key gone.
+const INDEX_KEY: &str = "tss:rules";
 const MATCHES_KEY: &str = "tss:rule-matches";
 const CHANNEL: &str = "tss:rules:changed";
 /// How often every instance reloads all rules, whatever pub/sub said.
@@ -83,6 +87,8 @@ impl RuleStore {
         let _: () = redis::pipe()
             .set_ex(format!("{RULE_PREFIX}{}", rule.id), json, rule.spec.duration_secs as u64)
             .ignore()
+            .sadd(INDEX_KEY, &rule.id)
+            .ignore()
             .publish(CHANNEL, &rule.id)
             .ignore()
             .query_async(&mut c)
@@ -95,6 +101,8 @@ impl RuleStore {
         let mut c = self.conn().await?;
         let (removed,): (i64,) = redis::pipe()
             .del(format!("{RULE_PREFIX}{id}"))
+            .srem(INDEX_KEY, id)
+            .ignore()
             .hdel(MATCHES_KEY, id)
             .ignore()
             .publish(CHANNEL, id)
@@ -113,28 +121,23 @@ impl RuleStore {
     /// Every live rule.
     pub async fn list(&self) -> Result<Vec<StoredRule>, StoreError> {
         let mut c = self.conn().await?;
-        let mut keys: Vec<String> = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<String> =
-                c.scan_match(format!("{RULE_PREFIX}*")).await?;
-            while let Some(k) = iter.next_item().await {
-                keys.push(k?);
-            }
-        }
-        if keys.is_empty() {
+        let ids: Vec<String> = c.smembers(INDEX_KEY).await?;
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{RULE_PREFIX}{id}")).collect();
         let values: Vec<Option<String>> = c.mget(&keys).await?;
         let mut rules = Vec::new();
-        for (key, value) in keys.iter().zip(values) {
-            // A key that expired between SCAN and MGET is simply gone.
-            if let Some(json) = value {
-                let id = key.trim_start_matches(RULE_PREFIX);
-                match parse(id, &json) {
-                    Ok(r) => rules.push(r),
-                    Err(e) => tracing::warn!(error = %e, "ignoring a corrupt stored rule"),
-                }
+        let mut expired = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            match value.map(|json| parse(id, &json)) {
+                Some(Ok(r)) => rules.push(r),
+                Some(Err(e)) => tracing::warn!(error = %e, "ignoring a corrupt stored rule"),
+                None => expired.push(id.as_str()),
             }
+        }
+        if !expired.is_empty() {
+            let _: Result<(), _> = c.srem(INDEX_KEY, &expired).await;
         }
         rules.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.id.cmp(&b.id)));
         Ok(rules)

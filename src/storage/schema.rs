@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use arrow_array::{
     ArrayRef, Float64Array, ListArray, MapArray, RecordBatch, StringArray, StructArray,
     TimestampMicrosecondArray,
@@ -119,7 +120,8 @@ pub struct SpanRows {
     duration_ms: Vec<f64>,
     status_code: Vec<String>,
     status_message: Vec<Option<String>>,
-    resource_attributes: Vec<Vec<(String, String)>>,
+    /// Shared per resource: a batch holds few distinct resources.
+    resource_attributes: Vec<Arc<DecodedOrigin>>,
     span_attributes: Vec<Vec<(String, String)>>,
     events: Vec<Vec<Event>>,
     scope_name: Vec<Option<String>>,
@@ -128,7 +130,7 @@ pub struct SpanRows {
     sampling_rule_id: Vec<Option<String>>,
     sampled_at_us: Vec<i64>,
     /// Decoded resources and scopes, shared by many spans.
-    origins: HashMap<usize, Arc<DecodedOrigin>>,
+    origins: HashMap<(Bytes, Bytes), Arc<DecodedOrigin>>,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
 }
@@ -176,7 +178,7 @@ impl SpanRows {
         skipped
     }
 
-    fn push_span(&mut self, span: Span, origin: &DecodedOrigin) {
+    fn push_span(&mut self, span: Span, origin: &Arc<DecodedOrigin>) {
         let start = (span.start_time_unix_nano / 1000) as i64;
         let end = (span.end_time_unix_nano / 1000) as i64;
         self.span_id.push(hex::encode(&span.span_id));
@@ -194,7 +196,7 @@ impl SpanRows {
         self.status_code.push(status_name(status.code).to_string());
         self.status_message
             .push((!status.message.is_empty()).then_some(status.message));
-        self.resource_attributes.push(origin.attributes.clone());
+        self.resource_attributes.push(origin.clone());
         self.span_attributes.push(attributes(span.attributes));
         self.events.push(
             span.events
@@ -211,11 +213,10 @@ impl SpanRows {
     }
 
     fn origin(&mut self, origin: &Arc<Origin>) -> Arc<DecodedOrigin> {
-        // The Arc keeps the origin alive for as long as the span that points
-        // at it, so its address is a stable key while this batch is built.
-        let key = Arc::as_ptr(origin) as usize;
+        // Keyed by the encoded bytes: every message repeats the resource and
+        // scope of its service, so a batch decodes each of them once.
         self.origins
-            .entry(key)
+            .entry((origin.resource.clone(), origin.scope.clone()))
             .or_insert_with(|| Arc::new(decode_origin(origin)))
             .clone()
     }
@@ -237,7 +238,11 @@ impl SpanRows {
                 "duration_ms" => Arc::new(Float64Array::from(self.duration_ms.clone())),
                 "status_code" => strings(&self.status_code),
                 "status_message" => opt_strings(&self.status_message),
-                "resource_attributes" => map_array(&self.resource_attributes, dt)?,
+                "resource_attributes" => {
+                    let rows: Vec<&[(String, String)]> =
+                        self.resource_attributes.iter().map(|o| o.attributes.as_slice()).collect();
+                    map_array(&rows, dt)?
+                }
                 "span_attributes" => map_array(&self.span_attributes, dt)?,
                 "events" => events_array(&self.events, dt)?,
                 "scope_name" => opt_strings(&self.scope_name),
@@ -350,7 +355,7 @@ fn timestamps(v: &[i64], dt: &DataType) -> Result<ArrayRef, RowError> {
     ))
 }
 
-fn map_array(rows: &[Vec<(String, String)>], dt: &DataType) -> Result<ArrayRef, RowError> {
+fn map_array<R: AsRef<[(String, String)]>>(rows: &[R], dt: &DataType) -> Result<ArrayRef, RowError> {
     let DataType::Map(entries, sorted) = dt else {
         return Err(RowError::UnexpectedColumn(format!("map as {dt}")));
     };
@@ -359,11 +364,11 @@ fn map_array(rows: &[Vec<(String, String)>], dt: &DataType) -> Result<ArrayRef, 
     };
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     offsets.push(0i32);
-    let total: usize = rows.iter().map(Vec::len).sum();
+    let total: usize = rows.iter().map(|r| r.as_ref().len()).sum();
     let mut keys = Vec::with_capacity(total);
     let mut values = Vec::with_capacity(total);
     for row in rows {
-        for (k, v) in row {
+        for (k, v) in row.as_ref() {
             keys.push(k.as_str());
             values.push(v.as_str());
         }

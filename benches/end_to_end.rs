@@ -1,0 +1,400 @@
+//! The whole pipeline against the local broker, in one run:
+//!
+//! 1. fills a fresh topic with `--spans` spans of the demo scenario, one
+//!    trace per message keyed by trace id (as the Collector's Kafka exporter
+//!    writes them), about 10% of traces to be kept;
+//! 2. drains it with a plain rdkafka consumer that does nothing (the baseline);
+//! 3. drains it with the selector (the release binary) and compares the rates,
+//!    and reports the selector's peak RSS;
+//! 4. sends live traffic plus probe traces and measures, per probe, the time
+//!    from its last span being produced to its rows being visible in SQL.
+//!
+//! The selector runs with a 2 s inactivity timeout and a 2 s flush interval
+//! (`--inactivity-secs`, `--flush-secs`). Needs the local stack
+//! (`scripts/stack.sh up`):
+//!
+//!   cargo bench --bench end_to_end -- --spans 2000000
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tail_sampling_selector::loadgen::{Scenario, TraceGenerator};
+use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+
+struct Options {
+    spans: u64,
+    brokers: String,
+    redis: String,
+    inactivity_secs: f64,
+    flush_secs: f64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        spans: 2_000_000,
+        brokers: std::env::var("TSS_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        redis: std::env::var("TSS_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        inactivity_secs: 2.0,
+        flush_secs: 2.0,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    for w in args.windows(2) {
+        match w[0].as_str() {
+            "--spans" => o.spans = w[1].parse().unwrap_or(o.spans),
+            "--brokers" => o.brokers = w[1].clone(),
+            "--inactivity-secs" => o.inactivity_secs = w[1].parse().unwrap_or(o.inactivity_secs),
+            "--flush-secs" => o.flush_secs = w[1].parse().unwrap_or(o.flush_secs),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Delivered(AtomicU64);
+struct Ctx(Arc<Delivered>);
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if r.is_ok() {
+            self.0 .0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn producer(brokers: &str) -> (ThreadedProducer<Ctx>, Arc<Delivered>) {
+    let delivered = Arc::new(Delivered::default());
+    let p = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "lz4")
+        .create_with_context(Ctx(delivered.clone()))
+        .expect("producer");
+    (p, delivered)
+}
+
+fn send(p: &ThreadedProducer<Ctx>, topic: &str, key: &str, payload: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("producing: {e}"),
+        }
+    }
+}
+
+/// Phase 1: returns (messages, spans).
+fn fill(o: &Options, topic: &str) -> (u64, u64) {
+    let (p, _) = producer(&o.brokers);
+    let mut g = TraceGenerator::new(Scenario::demo(), 5);
+    let (mut messages, mut spans) = (0u64, 0u64);
+    let started = Instant::now();
+    while spans < o.spans {
+        let root = g.pick_root();
+        let t = g.trace(root, now_nanos(), 0.0);
+        spans += t.span_count() as u64;
+        let key = hex::encode(t.trace_id);
+        send(&p, topic, &key, &g.request(vec![t]).encode_to_vec());
+        messages += 1;
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "fill:      {messages} messages, {spans} spans in {secs:.1} s ({:.0} spans/s produced)",
+        spans as f64 / secs
+    );
+    (messages, spans)
+}
+
+/// Phase 2: a consumer that only counts. Returns messages/s.
+async fn baseline(o: &Options, topic: &str, messages: u64) -> f64 {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &o.brokers)
+        .set("group.id", format!("{topic}-baseline"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut n = 0u64;
+    let mut first = None;
+    while n < messages {
+        let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("no message for 30 s")
+            .expect("consume");
+        first.get_or_insert_with(Instant::now);
+        std::hint::black_box(m);
+        n += 1;
+    }
+    let secs = first.map_or(1e-9, |f: Instant| f.elapsed().as_secs_f64());
+    let rate = n as f64 / secs;
+    println!("baseline:  plain rdkafka consumer drained {n} messages in {secs:.2} s ({rate:.0} messages/s)");
+    rate
+}
+
+struct Selector {
+    child: Child,
+    admin: String,
+    metrics: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Selector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn start_selector(o: &Options, topic: &str) -> Selector {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.path().join("selector.log")).expect("log");
+    let env: HashMap<&str, String> = HashMap::from([
+        ("TSS__KAFKA__BROKERS", o.brokers.clone()),
+        ("TSS__KAFKA__TOPIC", topic.to_string()),
+        ("TSS__KAFKA__GROUP_ID", format!("{topic}-selector")),
+        ("TSS__REDIS__URL", o.redis.clone()),
+        ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", o.inactivity_secs.to_string()),
+        ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.08".into()),
+        // Draining a backlog opens traces as fast as they are read; each
+        // stays open for the inactivity timeout, so the limit must hold
+        // about rate × timeout spans or consumption pauses.
+        ("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000".into()),
+        ("TSS__STORAGE__FLUSH_INTERVAL_SECS", o.flush_secs.to_string()),
+        ("TSS__STORAGE__ICEBERG__CATALOG_URI", format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display())),
+        ("TSS__STORAGE__ICEBERG__WAREHOUSE", dir.path().join("warehouse").display().to_string()),
+        ("TSS__SERVER__ADMIN_ADDR", admin.clone()),
+        ("TSS__SERVER__METRICS_ADDR", metrics.clone()),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
+        .envs(env)
+        .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("selector");
+    Selector {
+        child,
+        admin,
+        metrics,
+        _dir: dir,
+    }
+}
+
+async fn metrics(http: &reqwest::Client, s: &Selector) -> HashMap<String, f64> {
+    let text = match http.get(format!("http://{}/metrics", s.metrics)).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Phase 3: returns messages/s.
+async fn selector_drain(http: &reqwest::Client, s: &Selector, messages: u64) -> f64 {
+    let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let mut first = None;
+    loop {
+        let m = metrics(http, s).await;
+        let consumed = get(&m, "tail_sampling_messages_consumed_total");
+        if consumed > 0.0 && first.is_none() {
+            first = Some((Instant::now(), consumed));
+        }
+        if consumed >= messages as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (t0, c0) = first.expect("consumption started");
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = (messages as f64 - c0) / secs;
+    let m = metrics(http, s).await;
+    println!(
+        "selector:  drained {messages} messages in {secs:.2} s ({rate:.0} messages/s, {:.0} spans/s), peak RSS {:.0} MiB so far",
+        get(&m, "tail_sampling_spans_ingested_total") / secs,
+        peak_rss_mib(s.child.id())
+    );
+    rate
+}
+
+/// Phase 4: live traffic plus probes; returns the sorted probe latencies.
+async fn decision_latency(o: &Options, http: &reqwest::Client, s: &Selector, topic: &str) -> Vec<f64> {
+    let probes: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let sender = {
+        let (brokers, topic, probes) = (o.brokers.clone(), topic.to_string(), probes.clone());
+        std::thread::spawn(move || send_live(&brokers, &topic, &probes))
+    };
+    let mut visible: HashMap<String, f64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(30.0 + o.inactivity_secs + o.flush_secs + 60.0);
+    loop {
+        let pending: Vec<String> = probes
+            .lock()
+            .map(|p| p.iter().filter(|(id, _)| !visible.contains_key(id)).map(|(id, _)| format!("'{id}'")).collect())
+            .unwrap_or_default();
+        let done = sender.is_finished();
+        if (done && pending.is_empty()) || Instant::now() > deadline {
+            break;
+        }
+        if !pending.is_empty() {
+            let sql = format!("SELECT DISTINCT trace_id FROM spans WHERE trace_id IN ({})", pending.join(","));
+            let body: serde_json::Value = match http
+                .post(format!("http://{}/admin/query", s.admin))
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            let now = Instant::now();
+            let sent: HashMap<String, Instant> = probes.lock().map(|p| p.iter().cloned().collect()).unwrap_or_default();
+            for row in body["rows"].as_array().into_iter().flatten() {
+                if let Some((id, at)) = row[0].as_str().and_then(|id| sent.get(id).map(|at| (id, at))) {
+                    visible.entry(id.to_string()).or_insert((now - *at).as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = probes.lock().map(|p| p.len()).unwrap_or_default();
+    let mut latencies: Vec<f64> = visible.into_values().collect();
+    latencies.sort_by(f64::total_cmp);
+    println!("latency:   {} of {sent} probes visible in SQL", latencies.len());
+    latencies
+}
+
+/// 300 traces/s of demo traffic for 30 s, and an error probe trace every
+/// 500 ms whose send time (after delivery) is recorded.
+fn send_live(brokers: &str, topic: &str, probes: &std::sync::Mutex<Vec<(String, Instant)>>) {
+    let (p, _) = producer(brokers);
+    let mut g = TraceGenerator::new(Scenario::demo(), 9);
+    let started = Instant::now();
+    let (mut sent, mut seq) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(30) {
+        let due = (started.elapsed().as_secs_f64() * 300.0) as u64;
+        while sent < due {
+            let root = g.pick_root();
+            let t = g.trace(root, now_nanos(), 0.0);
+            send(&p, topic, &hex::encode(t.trace_id), &g.request(vec![t]).encode_to_vec());
+            sent += 1;
+        }
+        if started.elapsed().as_millis() as u64 / 500 >= seq {
+            seq += 1;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&now_nanos().to_be_bytes());
+            id[8..].copy_from_slice(&seq.to_be_bytes());
+            let spans = synth::trace(&TraceSpec {
+                trace_id: id,
+                service: "probe".into(),
+                spans: 3,
+                error: true,
+                start_unix_nano: now_nanos() - 20_000_000,
+                duration_ms: 20,
+            });
+            let req = synth::request(vec![ResourceDef::new("probe", spans)]).encode_to_vec();
+            send(&p, topic, &hex::encode(id), &req);
+            p.flush(Duration::from_secs(10)).expect("flush");
+            if let Ok(mut v) = probes.lock() {
+                v.push((hex::encode(id), Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    let topic = format!("tss-bench-{}", uuid::Uuid::new_v4().simple());
+    let partitions = 8;
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &o.brokers).create().expect("admin");
+    admin
+        .create_topics(
+            [&rdkafka::admin::NewTopic::new(&topic, partitions, rdkafka::admin::TopicReplication::Fixed(1))],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    println!("topic {topic} ({partitions} partitions) on {}", o.brokers);
+    let (messages, _) = fill(&o, &topic);
+    let base = baseline(&o, &topic, messages).await;
+
+    let http = reqwest::Client::new();
+    let s = start_selector(&o, &topic);
+    let rate = selector_drain(&http, &s, messages).await;
+    println!("ratio:     selector drains at {:.0}% of the plain consumer's rate", 100.0 * rate / base);
+
+    let lat = decision_latency(&o, &http, &s, &topic).await;
+    let bound = o.inactivity_secs + o.flush_secs + 2.0;
+    println!(
+        "latency:   last span → visible in SQL: p50 {:.2} s, p99 {:.2} s, max {:.2} s (inactivity {} s + flush {} s + 2 s = {bound} s)",
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99),
+        quantile(&lat, 1.0),
+        o.inactivity_secs,
+        o.flush_secs
+    );
+    println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.child.id()));
+}
