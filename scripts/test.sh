@@ -30,4 +30,7 @@ export TSS_TEST_POSTGRES_URL="postgres://tss@127.0.0.1:${TSS_PG_PORT:-55432}/tss
 export TSS_TEST_MOTO_SERVER="$VENV/bin/moto_server"
 
 log "running cargo test (target dir $CARGO_TARGET_DIR)"
-cargo test --manifest-path "$ROOT/Cargo.toml" --all-targets -- --test-threads "${TSS_TEST_THREADS:-3}"
+# The benchmarks are harness-less programs: compile them, run them only with
+# `cargo bench` (see docs/performance.md).
+cargo build --manifest-path "$ROOT/Cargo.toml" --benches
+cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests -- --test-threads "${TSS_TEST_THREADS:-3}"

@@ -191,6 +191,8 @@ pub struct Source {
 
 /// While paused, how often the limit is looked at again.
 const PAUSE_CHECK: Duration = Duration::from_millis(100);
+/// While idle, how often the held-spans gauge is refreshed.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl Source {
     /// Reads messages until `shutdown` turns true, pausing the partitions
@@ -214,8 +216,8 @@ impl Source {
                     }
                 },
                 // While paused, recv() waits for nothing but rebalances; look
-                // at the limit again now and then.
-                _ = tokio::time::sleep(PAUSE_CHECK), if paused => {}
+                // at the limit again now and then (and refresh the gauge when idle).
+                _ = tokio::time::sleep(if paused { PAUSE_CHECK } else { IDLE_CHECK }) => {}
             }
         }
     }
