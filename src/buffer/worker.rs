@@ -117,8 +117,8 @@ impl Worker {
             return;
         }
         self.seen_revocations = now;
-        let assignments = &self.ctx.assignments;
-        let dropped = self.buffer.purge(|l| assignments.is_current(l));
+        let current = self.ctx.assignments.snapshot();
+        let dropped = self.buffer.purge(|l| current.contains(l));
         self.ctx.held.release(dropped);
         if dropped > 0 {
             tracing::info!(spans = dropped, "dropped buffered spans of revoked partitions; their next owner re-reads them");

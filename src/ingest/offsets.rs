@@ -108,6 +108,11 @@ impl Assignments {
         self.owned.lock().get(&lease.partition) == Some(&lease.epoch)
     }
 
+    /// The current leases, for checking many spans under one lock.
+    pub fn snapshot(&self) -> CurrentLeases {
+        CurrentLeases(self.owned.lock().clone())
+    }
+
     /// Counts revocations, so that holders of leases know when to look again.
     pub fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::Acquire)
@@ -116,6 +121,16 @@ impl Assignments {
     /// How a lease is named in snapshot summaries: `instance/epoch`.
     pub fn owner_token(&self, lease: Lease) -> String {
         format!("{}/{}", self.instance, lease.epoch)
+    }
+}
+
+/// The leases owned at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentLeases(HashMap<i32, u32>);
+
+impl CurrentLeases {
+    pub fn contains(&self, lease: Lease) -> bool {
+        self.0.get(&lease.partition) == Some(&lease.epoch)
     }
 }
 

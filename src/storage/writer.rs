@@ -169,9 +169,10 @@ impl IcebergWriter {
         // Entering the gate and dropping revoked spans is one step with
         // respect to a rebalance: see `CommitGate`.
         let revoked_spans = self.ctx.gate.enter(|| {
+            let current = assignments.snapshot();
             let mut n = 0;
             for t in batch.iter_mut() {
-                n += retain_current(&mut t.spans, &mut t.msgs, |l| assignments.is_current(l));
+                n += retain_current(&mut t.spans, &mut t.msgs, |l| current.contains(l));
             }
             n
         });
