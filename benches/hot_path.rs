@@ -19,7 +19,8 @@ use tail_sampling_selector::ingest::decode::decode_message;
 use tail_sampling_selector::ingest::offsets::{MsgRef, OffsetTracker};
 use tail_sampling_selector::loadgen::{Scenario, TraceGenerator};
 use tail_sampling_selector::sampling::{Decision, NoForceRules, PolicySet};
-use tail_sampling_selector::storage::schema::{table_schema, SpanRows};
+use tail_sampling_selector::storage::rows::SpanRows;
+use tail_sampling_selector::storage::schema::table_schema;
 
 /// Counts live heap bytes, to measure what buffered spans cost.
 struct Counting;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::offsets::Lease;
+use super::wire::{Fields, Value, WireError};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -82,6 +83,12 @@ pub enum DecodeError {
     Json(String),
 }
 
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> Self {
+        DecodeError::Protobuf(e.0)
+    }
+}
+
 impl DecodeError {
     /// The `reason` label of `tail_sampling_messages_invalid_total`.
     pub fn reason(&self) -> &'static str {
@@ -125,7 +132,7 @@ pub fn decode_message(payload: Bytes, max_bytes: usize) -> Result<DecodedMessage
 /// Walks `ExportTraceServiceRequest` → `ResourceSpans` → `ScopeSpans` → `Span`.
 fn scan_request(msg: Bytes) -> Result<DecodedMessage, DecodeError> {
     let mut out = DecodedMessage::default();
-    for field in Fields::new(&msg, 0) {
+    for field in Fields::new(&msg) {
         let field = field?;
         if field.number == 1 {
             if let Value::Len(range) = field.value {
@@ -238,121 +245,6 @@ fn status_is_error(msg: &Bytes, range: (usize, usize)) -> Result<bool, DecodeErr
         }
     }
     Ok(false)
-}
-
-/// A field's value as the wire format gives it. `Len` is a byte range.
-#[derive(Debug, Clone, Copy)]
-enum Value {
-    Varint(u64),
-    Fixed64(u64),
-    Fixed32,
-    Len((usize, usize)),
-}
-
-#[derive(Debug)]
-struct Field {
-    number: u32,
-    value: Value,
-}
-
-/// Iterates the fields of one protobuf message held in `buf[pos..end]`.
-struct Fields<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
-    failed: bool,
-}
-
-impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8], pos: usize) -> Self {
-        Self {
-            buf,
-            pos,
-            end: buf.len(),
-            failed: false,
-        }
-    }
-
-    fn range(buf: &'a [u8], (start, end): (usize, usize)) -> Self {
-        Self {
-            buf,
-            pos: start,
-            end,
-            failed: false,
-        }
-    }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self
-                .buf
-                .get(self.pos)
-                .filter(|_| self.pos < self.end)
-                .ok_or_else(|| DecodeError::Protobuf("truncated varint".into()))?;
-            self.pos += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Ok(value);
-            }
-        }
-        Err(DecodeError::Protobuf("varint longer than 10 bytes".into()))
-    }
-
-    fn take(&mut self, n: usize) -> Result<(usize, usize), DecodeError> {
-        let start = self.pos;
-        let end = start
-            .checked_add(n)
-            .filter(|e| *e <= self.end)
-            .ok_or_else(|| DecodeError::Protobuf("field runs past the end of its message".into()))?;
-        self.pos = end;
-        Ok((start, end))
-    }
-
-    fn next_field(&mut self) -> Result<Field, DecodeError> {
-        let key = self.varint()?;
-        let number = u32::try_from(key >> 3)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| DecodeError::Protobuf(format!("invalid field key {key}")))?;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                let (s, _) = self.take(8)?;
-                let mut le = [0u8; 8];
-                le.copy_from_slice(&self.buf[s..s + 8]);
-                Value::Fixed64(u64::from_le_bytes(le))
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?)
-                    .map_err(|_| DecodeError::Protobuf("length overflows".into()))?;
-                Value::Len(self.take(len)?)
-            }
-            5 => {
-                self.take(4)?;
-                Value::Fixed32
-            }
-            other => {
-                return Err(DecodeError::Protobuf(format!(
-                    "unsupported wire type {other} for field {number}"
-                )))
-            }
-        };
-        Ok(Field { number, value })
-    }
-}
-
-impl Iterator for Fields<'_> {
-    type Item = Result<Field, DecodeError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.end {
-            return None;
-        }
-        let field = self.next_field();
-        self.failed = field.is_err();
-        Some(field)
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod offsets;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The Iceberg sink: catalog connection, table creation and the batch writer.
 
 pub mod replay;
+pub mod rows;
 pub mod schema;
 pub mod writer;
 

@@ -30,7 +30,7 @@ use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
-use super::schema::SpanRows;
+use super::rows::SpanRows;
 use super::{StorageError, TableHandle};
 use crate::buffer::worker::KeptTrace;
 use crate::buffer::{retain_current, HeldSpans};
