@@ -165,19 +165,25 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
     }
     let decided = resumed.elapsed() - expired;
     let encoding = Instant::now();
-    let mut rows = SpanRows::default();
+    // Batches of about FLUSH_ROWS spans, each sized up front as the writer does.
     let mut kept_spans = 0;
-    for trace in &kept {
-        kept_spans += trace.spans.len();
-        rows.push_trace(trace, |_| false);
-        tracker.release(&trace.msgs);
-        if rows.len() >= FLUSH_ROWS {
-            let batch = std::mem::take(&mut rows).into_batch(arrow.clone()).expect("batch");
-            std::hint::black_box(batch);
+    let mut first = 0;
+    while first < kept.len() {
+        let mut end = first;
+        let mut rows_in_batch = 0;
+        while end < kept.len() && rows_in_batch < FLUSH_ROWS {
+            rows_in_batch += kept[end].spans.len();
+            end += 1;
         }
-    }
-    if !rows.is_empty() {
+        let batch_traces = &kept[first..end];
+        let mut rows = SpanRows::for_traces(batch_traces);
+        for trace in batch_traces {
+            rows.push_trace(trace, |_| false);
+            tracker.release(&trace.msgs);
+        }
+        kept_spans += rows.len();
         std::hint::black_box(rows.into_batch(arrow.clone()).expect("batch"));
+        first = end;
     }
     drop(kept);
     std::hint::black_box(tracker.take_commits());

@@ -196,9 +196,11 @@ impl TraceBuffer {
         due: &mut Vec<CompleteTrace>,
     ) -> MessageOutcome {
         let mut outcome = MessageOutcome::default();
-        let mut spans = spans.into_iter().peekable();
+        let mut spans = spans.into_iter();
         while let Some((trace_id, first)) = spans.next() {
-            let rest = std::iter::from_fn(|| spans.next_if(|(next, _)| *next == trace_id).map(|(_, s)| s));
+            // The run's exact length lets the trace's span list grow once.
+            let run = spans.as_slice().iter().take_while(|(next, _)| *next == trace_id).count();
+            let rest = spans.by_ref().take(run).map(|(_, s)| s);
             let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, now);
             outcome.refs += i64::from(pushed.took_ref);
             outcome.opened += u64::from(pushed.opened);

@@ -58,10 +58,13 @@ impl Field {
 }
 
 /// Iterates the fields of one protobuf message held in `buf[pos..end]`.
+///
+/// Byte ranges it yields are offsets into the whole `buf`, so nested messages
+/// are read with `Fields::range` on the same buffer without copying.
 pub struct Fields<'a> {
+    /// The buffer cut at the message's end: every read is checked against it.
     buf: &'a [u8],
     pos: usize,
-    end: usize,
     failed: bool,
 }
 
@@ -74,17 +77,29 @@ impl<'a> Fields<'a> {
     /// The fields of the message at `buf[start..end]`.
     pub fn range(buf: &'a [u8], (start, end): (usize, usize)) -> Self {
         Self {
-            buf,
+            buf: &buf[..end.min(buf.len())],
             pos: start,
-            end: end.min(buf.len()),
             failed: false,
         }
     }
 
+    /// One-byte varints (field keys, small lengths and enums) are most of
+    /// them; they take the inlined branch.
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        match self.buf.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    fn long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let Some(&byte) = self.buf[..self.end].get(self.pos) else {
+            let Some(&byte) = self.buf.get(self.pos) else {
                 return err("truncated varint");
             };
             self.pos += 1;
@@ -96,27 +111,30 @@ impl<'a> Fields<'a> {
         err("varint longer than 10 bytes")
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<(usize, usize), WireError> {
         let start = self.pos;
-        let Some(end) = start.checked_add(n).filter(|e| *e <= self.end) else {
-            return err("field runs past the end of its message");
-        };
-        self.pos = end;
-        Ok((start, end))
+        match start.checked_add(n) {
+            Some(end) if end <= self.buf.len() => {
+                self.pos = end;
+                Ok((start, end))
+            }
+            _ => err("field runs past the end of its message"),
+        }
     }
 
+    #[inline]
     fn next_field(&mut self) -> Result<Field, WireError> {
         let key = self.varint()?;
-        let Some(number) = u32::try_from(key >> 3).ok().filter(|n| *n > 0) else {
+        let number = (key >> 3) as u32;
+        if number == 0 || key > u64::from(u32::MAX) {
             return err(format!("invalid field key {key}"));
-        };
+        }
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
             1 => {
-                let (s, e) = self.take(8)?;
-                let mut le = [0u8; 8];
-                le.copy_from_slice(&self.buf[s..e]);
-                Value::Fixed64(u64::from_le_bytes(le))
+                let (s, _) = self.take(8)?;
+                Value::Fixed64(u64::from_le_bytes(self.array(s)))
             }
             2 => {
                 let Ok(len) = usize::try_from(self.varint()?) else {
@@ -125,22 +143,31 @@ impl<'a> Fields<'a> {
                 Value::Len(self.take(len)?)
             }
             5 => {
-                let (s, e) = self.take(4)?;
-                let mut le = [0u8; 4];
-                le.copy_from_slice(&self.buf[s..e]);
-                Value::Fixed32(u32::from_le_bytes(le))
+                let (s, _) = self.take(4)?;
+                Value::Fixed32(u32::from_le_bytes(self.array(s)))
             }
             other => return err(format!("unsupported wire type {other} for field {number}")),
         };
         Ok(Field { number, value })
+    }
+
+    /// `N` bytes at `at`, which `take` has checked.
+    #[inline]
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = self.buf.get(at..at + N) {
+            out.copy_from_slice(src);
+        }
+        out
     }
 }
 
 impl Iterator for Fields<'_> {
     type Item = Result<Field, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.end {
+        if self.failed || self.pos >= self.buf.len() {
             return None;
         }
         let field = self.next_field();

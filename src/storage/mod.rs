@@ -1,5 +1,6 @@
 //! The Iceberg sink: catalog connection, table creation and the batch writer.
 
+mod columns;
 pub mod replay;
 pub mod rows;
 pub mod schema;

@@ -1,65 +1,63 @@
 //! Arrow rows of kept spans, written straight from the encoded OTLP bytes.
 //!
 //! A kept span is read once off the wire and its strings are copied once,
-//! into the column builders. Decoding into prost's `Span` first and copying
-//! the result into Arrow would allocate every name, key and value twice; on
-//! the hot path that made encoding the kept tenth of the spans cost more than
-//! decoding and buffering all of them.
+//! into the column buffers. Decoding into prost's `Span` first and copying
+//! the result into Arrow allocated every name, key and value twice; on the hot
+//! path that made encoding the kept tenth of the spans cost more than decoding
+//! and buffering all of them.
 //!
-//! A span is checked completely before any of it is appended, so a malformed
-//! span is skipped (and counted) without leaving a partial row behind.
+//! A span is appended in one pass and checked as it goes (wire types, then
+//! UTF-8 over what it appended); a malformed span is cut back out of every
+//! column and counted, so it never leaves a partial row.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow_array::builder::{ArrayBuilder, StringBuilder};
-use arrow_array::{
-    ArrayRef, Float64Array, ListArray, MapArray, RecordBatch, StructArray,
-    TimestampMicrosecondArray,
-};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch};
 use bytes::Bytes;
-use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
+use datafusion::arrow::datatypes::Schema as ArrowSchema;
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use prost::Message;
+use rustc_hash::FxHashMap;
 
+use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, StrColumn};
 use super::schema::{any_value_string, kind_name, status_name, RowError};
 use crate::buffer::worker::KeptTrace;
 use crate::ingest::decode::Origin;
-use crate::ingest::wire::{text, Fields, WireError};
+use crate::ingest::wire::{Fields, WireError};
 
 /// Columns of kept spans, filled row by row and turned into one RecordBatch.
 #[derive(Default)]
 pub struct SpanRows {
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    parent_span_id: StringBuilder,
-    name: StringBuilder,
-    kind: StringBuilder,
-    service_name: StringBuilder,
+    trace_id: StrColumn,
+    span_id: StrColumn,
+    parent_span_id: StrColumn,
+    name: StrColumn,
+    kind: StrColumn,
+    service_name: StrColumn,
     start_us: Vec<i64>,
     end_us: Vec<i64>,
     duration_ms: Vec<f64>,
-    status_code: StringBuilder,
-    status_message: StringBuilder,
+    status_code: StrColumn,
+    status_message: StrColumn,
     resource_attributes: MapColumn,
     span_attributes: MapColumn,
     events: EventColumn,
-    scope_name: StringBuilder,
-    scope_version: StringBuilder,
-    sampling_reason: StringBuilder,
-    sampling_rule_id: StringBuilder,
+    scope_name: StrColumn,
+    scope_version: StrColumn,
+    sampling_reason: StrColumn,
+    sampling_rule_id: StrColumn,
     sampled_at_us: Vec<i64>,
     /// Decoded resources and scopes, shared by many spans: every message
     /// repeats the resource and scope of its service, so a batch decodes each
     /// of them once.
-    origins: HashMap<(Bytes, Bytes), Arc<DecodedOrigin>>,
-    /// The origin of the previous span, which is usually the next one's too.
-    last_origin: Option<(Arc<Origin>, Arc<DecodedOrigin>)>,
-    /// Where a span is read into before it is appended; reused across spans.
-    scratch: SpanScratch,
+    origins: FxHashMap<(Bytes, Bytes), Arc<DecodedOrigin>>,
+    /// The same, by the address of the ingest's shared `Origin`, which every
+    /// span of one message's scope points to: most lookups end here without
+    /// hashing the encoded resource. The entry holds the `Origin` alive, so
+    /// its address cannot be reused while the entry exists.
+    origins_by_address: FxHashMap<usize, (Arc<Origin>, Arc<DecodedOrigin>)>,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
 }
@@ -71,7 +69,67 @@ struct DecodedOrigin {
     scope_version: Option<String>,
 }
 
+/// What a span read off the wire left for the row, besides what it appended.
+#[derive(Default)]
+struct SpanFields {
+    span_id: (usize, usize),
+    parent_span_id: (usize, usize),
+    name: (usize, usize),
+    kind: i32,
+    start: u64,
+    end: u64,
+    status_code: i32,
+    status_message: (usize, usize),
+}
+
+/// Where the columns a span's wire bytes feed stood before the span.
+#[derive(Clone, Copy)]
+struct Mark {
+    rows: usize,
+    span_attributes: MapMark,
+    events: EventMark,
+}
+
 impl SpanRows {
+    /// Columns sized for `spans` kept spans of `encoded_bytes` in all.
+    ///
+    /// Growing columns by doubling copies their data and touches fresh pages
+    /// on every step; for a batch of thousands of spans that cost as much as
+    /// filling them. The sizes are estimates from the encoded size (a span's
+    /// attributes are most of its bytes); a miss only means a regrowth.
+    pub fn with_capacity(spans: usize, encoded_bytes: usize) -> Self {
+        let strings = |bytes_per_row: usize| StrColumn::with_capacity(spans, spans * bytes_per_row);
+        Self {
+            trace_id: strings(32),
+            span_id: strings(16),
+            parent_span_id: strings(16),
+            name: strings(24),
+            kind: strings(8),
+            service_name: strings(16),
+            start_us: Vec::with_capacity(spans),
+            end_us: Vec::with_capacity(spans),
+            duration_ms: Vec::with_capacity(spans),
+            status_code: strings(5),
+            status_message: strings(0),
+            resource_attributes: MapColumn::with_capacity(spans, spans * 8, spans * 128),
+            span_attributes: MapColumn::with_capacity(spans, encoded_bytes / 32, encoded_bytes / 2),
+            events: EventColumn::with_capacity(spans),
+            scope_name: strings(24),
+            scope_version: strings(8),
+            sampling_reason: strings(8),
+            sampling_rule_id: strings(0),
+            sampled_at_us: Vec::with_capacity(spans),
+            ..Self::default()
+        }
+    }
+
+    /// Columns sized for the spans of `traces`.
+    pub fn for_traces(traces: &[KeptTrace]) -> Self {
+        let spans = traces.iter().map(|t| t.spans.len()).sum();
+        let bytes = traces.iter().flat_map(|t| &t.spans).map(|s| s.bytes.len()).sum();
+        Self::with_capacity(spans, bytes)
+    }
+
     pub fn len(&self) -> usize {
         self.start_us.len()
     }
@@ -87,75 +145,145 @@ impl SpanRows {
         let sampled_at = micros(trace.decided_at);
         let mut skipped = 0;
         for record in &trace.spans {
-            let bytes = &record.bytes;
-            if self.scratch.read(bytes).is_err() {
-                self.undecodable_spans += 1;
-                continue;
-            }
-            if skip(&bytes[self.scratch.span_id.0..self.scratch.span_id.1]) {
+            let bytes = &record.bytes[..];
+            let mark = self.mark();
+            let span = match self.append_wire(bytes) {
+                Ok(span) => span,
+                Err(_) => {
+                    self.truncate(mark);
+                    self.undecodable_spans += 1;
+                    continue;
+                }
+            };
+            if skip(&bytes[span.span_id.0..span.span_id.1]) {
+                self.truncate(mark);
                 skipped += 1;
                 continue;
             }
             let origin = self.origin(&record.origin);
-            self.trace_id.append_value(trace_hex.as_str());
-            self.append_span(bytes, &origin);
-            self.sampling_reason.append_value(trace.reason.as_str());
-            self.sampling_rule_id.append_option(trace.rule_id.as_deref());
+            self.append_row(bytes, &span, &origin);
+            self.trace_id.push(trace_hex.as_str().as_bytes());
+            self.sampling_reason.push(trace.reason.as_str().as_bytes());
+            self.sampling_rule_id.push_option(trace.rule_id.as_deref());
             self.sampled_at_us.push(sampled_at);
         }
         skipped
     }
 
-    /// Appends the span `self.scratch` holds, read from `bytes`.
-    fn append_span(&mut self, bytes: &[u8], origin: &DecodedOrigin) {
-        let s = &self.scratch;
-        let str_at = |r: (usize, usize)| std::str::from_utf8(&bytes[r.0..r.1]).unwrap_or_default();
-        self.span_id.append_value(HexId::new(&bytes[s.span_id.0..s.span_id.1]).as_str());
-        let parent = &bytes[s.parent_span_id.0..s.parent_span_id.1];
-        self.parent_span_id
-            .append_option((!parent.is_empty()).then(|| HexId::new(parent)).as_ref().map(HexId::as_str));
-        self.name.append_value(str_at(s.name));
-        self.kind.append_value(kind_name(s.kind));
-        self.service_name.append_option(origin.service_name.as_deref());
+    fn mark(&self) -> Mark {
+        Mark {
+            rows: self.len(),
+            span_attributes: self.span_attributes.mark(),
+            events: self.events.mark(),
+        }
+    }
+
+    /// Undoes what `append_wire` appended since `mark`.
+    fn truncate(&mut self, mark: Mark) {
+        self.name.truncate(mark.rows);
+        self.status_message.truncate(mark.rows);
+        self.span_attributes.truncate(mark.span_attributes);
+        self.events.truncate(mark.events);
+    }
+
+    /// Reads `opentelemetry.proto.trace.v1.Span`, appending its name, status
+    /// message, attributes and events; checks every field the table stores
+    /// the way a full decode would (wire types, UTF-8).
+    fn append_wire(&mut self, buf: &[u8]) -> Result<SpanFields, WireError> {
+        let mark = self.mark();
+        let mut span = SpanFields::default();
+        for field in Fields::new(buf) {
+            let field = field?;
+            match field.number {
+                1 => {
+                    field.len()?;
+                }
+                2 => span.span_id = field.len()?,
+                3 => check_text(buf, field.len()?)?,
+                4 => span.parent_span_id = field.len()?,
+                5 => span.name = field.len()?,
+                6 => span.kind = field.varint()? as i32,
+                7 => span.start = field.fixed64()?,
+                8 => span.end = field.fixed64()?,
+                9 => append_key_value(&mut self.span_attributes, buf, field.len()?)?,
+                11 => self.append_event(buf, field.len()?)?,
+                15 => read_status(buf, field.len()?, &mut span)?,
+                _ => {}
+            }
+        }
+        self.span_attributes.end_row();
+        self.events.end_row();
+        self.name.push(&buf[span.name.0..span.name.1]);
+        let message = &buf[span.status_message.0..span.status_message.1];
+        if message.is_empty() {
+            self.status_message.push_null();
+        } else {
+            self.status_message.push(message);
+        }
+        let utf8 = self.name.utf8_since(mark.rows)
+            && self.status_message.utf8_since(mark.rows)
+            && self.span_attributes.utf8_since(mark.span_attributes)
+            && self.events.utf8_since(mark.events);
+        if !utf8 {
+            return Err(WireError("string field is not UTF-8".into()));
+        }
+        Ok(span)
+    }
+
+    /// Reads `Span.Event`.
+    fn append_event(&mut self, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
+        let mut time = 0;
+        let mut name = (0, 0);
+        for field in Fields::range(buf, range) {
+            let field = field?;
+            match field.number {
+                1 => time = field.fixed64()?,
+                2 => name = field.len()?,
+                3 => append_key_value(&mut self.events.attributes, buf, field.len()?)?,
+                _ => {}
+            }
+        }
+        self.events.attributes.end_row();
+        self.events.names.push(&buf[name.0..name.1]);
+        self.events.times_us.push((time / 1000) as i64);
+        Ok(())
+    }
+
+    /// Appends the rest of the row of the span `append_wire` read.
+    fn append_row(&mut self, buf: &[u8], s: &SpanFields, origin: &DecodedOrigin) {
+        self.span_id.push(HexId::new(&buf[s.span_id.0..s.span_id.1]).as_str().as_bytes());
+        let parent = &buf[s.parent_span_id.0..s.parent_span_id.1];
+        if parent.is_empty() {
+            self.parent_span_id.push_null();
+        } else {
+            self.parent_span_id.push(HexId::new(parent).as_str().as_bytes());
+        }
+        self.kind.push(kind_name(s.kind).as_bytes());
+        self.service_name.push_option(origin.service_name.as_deref());
         self.start_us.push((s.start / 1000) as i64);
         self.end_us.push((s.end / 1000) as i64);
         self.duration_ms.push(s.end.saturating_sub(s.start) as f64 / 1e6);
-        self.status_code.append_value(status_name(s.status_code));
-        let message = str_at(s.status_message);
-        self.status_message.append_option((!message.is_empty()).then_some(message));
+        self.status_code.push(status_name(s.status_code).as_bytes());
         for (k, v) in &origin.attributes {
-            self.resource_attributes.keys.append_value(k);
-            self.resource_attributes.values.append_value(v);
+            self.resource_attributes.keys.push(k.as_bytes());
+            self.resource_attributes.values.push(v.as_bytes());
         }
         self.resource_attributes.end_row();
-        append_attributes(&mut self.span_attributes, bytes, &s.attributes);
-        self.span_attributes.end_row();
-        let mut first_attr = 0;
-        for event in &s.events {
-            self.events.names.append_value(str_at(event.name));
-            self.events.times_us.push((event.time / 1000) as i64);
-            let attrs = &s.event_attributes[first_attr..first_attr + event.attributes];
-            first_attr += event.attributes;
-            append_attributes(&mut self.events.attributes, bytes, attrs);
-            self.events.attributes.end_row();
-        }
-        self.events.end_row();
-        self.scope_name.append_option(origin.scope_name.as_deref());
-        self.scope_version.append_option(origin.scope_version.as_deref());
+        self.scope_name.push_option(origin.scope_name.as_deref());
+        self.scope_version.push_option(origin.scope_version.as_deref());
     }
 
     fn origin(&mut self, origin: &Arc<Origin>) -> Arc<DecodedOrigin> {
-        if let Some((last, decoded)) = &self.last_origin {
-            if Arc::ptr_eq(last, origin) {
-                return decoded.clone();
-            }
+        let address = Arc::as_ptr(origin) as usize;
+        if let Some((_, decoded)) = self.origins_by_address.get(&address) {
+            return decoded.clone();
         }
         let decoded = self
             .origins
             .entry((origin.resource.clone(), origin.scope.clone()))
             .or_insert_with(|| Arc::new(decode_origin(origin)))
             .clone();
-        self.last_origin = Some((origin.clone(), decoded.clone()));
+        self.origins_by_address.insert(address, (origin.clone(), decoded.clone()));
         decoded
     }
 
@@ -165,30 +293,50 @@ impl SpanRows {
         for field in schema.fields() {
             let dt = field.data_type();
             let col: ArrayRef = match field.name().as_str() {
-                "trace_id" => Arc::new(self.trace_id.finish()),
-                "span_id" => Arc::new(self.span_id.finish()),
-                "parent_span_id" => Arc::new(self.parent_span_id.finish()),
-                "name" => Arc::new(self.name.finish()),
-                "kind" => Arc::new(self.kind.finish()),
-                "service_name" => Arc::new(self.service_name.finish()),
+                "trace_id" => Arc::new(self.trace_id.finish()?),
+                "span_id" => Arc::new(self.span_id.finish()?),
+                "parent_span_id" => Arc::new(self.parent_span_id.finish()?),
+                "name" => Arc::new(self.name.finish()?),
+                "kind" => Arc::new(self.kind.finish()?),
+                "service_name" => Arc::new(self.service_name.finish()?),
                 "start_time" => timestamps(std::mem::take(&mut self.start_us), dt)?,
                 "end_time" => timestamps(std::mem::take(&mut self.end_us), dt)?,
                 "duration_ms" => Arc::new(Float64Array::from(std::mem::take(&mut self.duration_ms))),
-                "status_code" => Arc::new(self.status_code.finish()),
-                "status_message" => Arc::new(self.status_message.finish()),
+                "status_code" => Arc::new(self.status_code.finish()?),
+                "status_message" => Arc::new(self.status_message.finish()?),
                 "resource_attributes" => self.resource_attributes.finish(dt)?,
                 "span_attributes" => self.span_attributes.finish(dt)?,
                 "events" => self.events.finish(dt)?,
-                "scope_name" => Arc::new(self.scope_name.finish()),
-                "scope_version" => Arc::new(self.scope_version.finish()),
-                "sampling_reason" => Arc::new(self.sampling_reason.finish()),
-                "sampling_rule_id" => Arc::new(self.sampling_rule_id.finish()),
+                "scope_name" => Arc::new(self.scope_name.finish()?),
+                "scope_version" => Arc::new(self.scope_version.finish()?),
+                "sampling_reason" => Arc::new(self.sampling_reason.finish()?),
+                "sampling_rule_id" => Arc::new(self.sampling_rule_id.finish()?),
                 "sampled_at" => timestamps(std::mem::take(&mut self.sampled_at_us), dt)?,
                 other => return Err(RowError::UnexpectedColumn(other.to_string())),
             };
             columns.push(col);
         }
         Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// Reads `Status`: the last message and code on the wire win.
+fn read_status(buf: &[u8], range: (usize, usize), span: &mut SpanFields) -> Result<(), WireError> {
+    for field in Fields::range(buf, range) {
+        let field = field?;
+        match field.number {
+            2 => span.status_message = field.len()?,
+            3 => span.status_code = field.varint()? as i32,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_text(buf: &[u8], (start, end): (usize, usize)) -> Result<(), WireError> {
+    match std::str::from_utf8(&buf[start..end]) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(WireError("string field is not UTF-8".into())),
     }
 }
 
@@ -214,14 +362,28 @@ impl HexId {
     }
 }
 
-/// One attribute of the span in `SpanScratch`, as byte ranges.
-#[derive(Clone, Copy)]
-struct Attribute {
-    key: (usize, usize),
-    value: AttrValue,
+/// Reads `opentelemetry.proto.common.v1.KeyValue` into one map entry. The
+/// value is written as the table stores it (see `any_value_string`).
+fn append_key_value(column: &mut MapColumn, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
+    let mut key = (0, 0);
+    let mut value = None;
+    for field in Fields::range(buf, range) {
+        let field = field?;
+        match field.number {
+            1 => key = field.len()?,
+            2 => value = Some(field.len()?),
+            _ => {}
+        }
+    }
+    column.keys.push(&buf[key.0..key.1]);
+    match value {
+        Some(range) => append_any_value(&mut column.values, buf, range)?,
+        None => column.values.end_value(),
+    }
+    Ok(())
 }
 
-/// An `AnyValue` as the wire holds it.
+/// An `AnyValue` member as the wire holds it.
 #[derive(Clone, Copy)]
 enum AttrValue {
     Empty,
@@ -230,297 +392,56 @@ enum AttrValue {
     Int(i64),
     Double(f64),
     Bytes((usize, usize)),
-    /// An array or key-value list: the whole encoded `AnyValue`, decoded with
-    /// prost (they are rare) and written as JSON.
-    Nested((usize, usize)),
+    /// An array or key-value list, decoded with prost (they are rare).
+    Nested,
 }
 
-#[derive(Clone, Copy)]
-struct EventRef {
-    time: u64,
-    name: (usize, usize),
-    /// How many of `SpanScratch::event_attributes` are this event's.
-    attributes: usize,
-}
-
-/// One span read off the wire, checked, as ranges into its bytes.
-#[derive(Default)]
-struct SpanScratch {
-    span_id: (usize, usize),
-    parent_span_id: (usize, usize),
-    name: (usize, usize),
-    kind: i32,
-    start: u64,
-    end: u64,
-    status_code: i32,
-    status_message: (usize, usize),
-    attributes: Vec<Attribute>,
-    events: Vec<EventRef>,
-    event_attributes: Vec<Attribute>,
-}
-
-impl SpanScratch {
-    /// Reads `opentelemetry.proto.trace.v1.Span`, checking every field the
-    /// table stores (wire types, UTF-8) the way a full decode would.
-    fn read(&mut self, buf: &[u8]) -> Result<(), WireError> {
-        *self = SpanScratch {
-            attributes: std::mem::take(&mut self.attributes),
-            events: std::mem::take(&mut self.events),
-            event_attributes: std::mem::take(&mut self.event_attributes),
-            ..SpanScratch::default()
-        };
-        self.attributes.clear();
-        self.events.clear();
-        self.event_attributes.clear();
-        for field in Fields::new(buf) {
-            let field = field?;
-            match field.number {
-                1 => {
-                    field.len()?;
-                }
-                3 => {
-                    checked_text(buf, field.len()?)?;
-                }
-                2 => self.span_id = field.len()?,
-                4 => self.parent_span_id = field.len()?,
-                5 => self.name = checked_text(buf, field.len()?)?,
-                6 => self.kind = field.varint()? as i32,
-                7 => self.start = field.fixed64()?,
-                8 => self.end = field.fixed64()?,
-                9 => self.attributes.push(read_key_value(buf, field.len()?)?),
-                11 => self.read_event(buf, field.len()?)?,
-                15 => self.read_status(buf, field.len()?)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn read_status(&mut self, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
-        for field in Fields::range(buf, range) {
-            let field = field?;
-            match field.number {
-                2 => self.status_message = checked_text(buf, field.len()?)?,
-                3 => self.status_code = field.varint()? as i32,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn read_event(&mut self, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
-        let mut event = EventRef {
-            time: 0,
-            name: (0, 0),
-            attributes: 0,
-        };
-        for field in Fields::range(buf, range) {
-            let field = field?;
-            match field.number {
-                1 => event.time = field.fixed64()?,
-                2 => event.name = checked_text(buf, field.len()?)?,
-                3 => {
-                    self.event_attributes.push(read_key_value(buf, field.len()?)?);
-                    event.attributes += 1;
-                }
-                _ => {}
-            }
-        }
-        self.events.push(event);
-        Ok(())
-    }
-}
-
-fn checked_text(buf: &[u8], range: (usize, usize)) -> Result<(usize, usize), WireError> {
-    text(buf, range).map(|_| range)
-}
-
-/// Reads `opentelemetry.proto.common.v1.KeyValue`.
-fn read_key_value(buf: &[u8], range: (usize, usize)) -> Result<Attribute, WireError> {
-    let mut attr = Attribute {
-        key: (0, 0),
-        value: AttrValue::Empty,
-    };
-    for field in Fields::range(buf, range) {
-        let field = field?;
-        match field.number {
-            1 => attr.key = checked_text(buf, field.len()?)?,
-            2 => attr.value = read_any_value(buf, field.len()?)?,
-            _ => {}
-        }
-    }
-    Ok(attr)
-}
-
-/// Reads `opentelemetry.proto.common.v1.AnyValue`; the last member of the
-/// `oneof` on the wire wins, as in any protobuf decoder.
-fn read_any_value(buf: &[u8], range: (usize, usize)) -> Result<AttrValue, WireError> {
+/// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it as one
+/// value; the last member of the `oneof` on the wire wins, as in any decoder.
+fn append_any_value(out: &mut StrColumn, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
     let mut value = AttrValue::Empty;
     for field in Fields::range(buf, range) {
         let field = field?;
         value = match field.number {
-            1 => AttrValue::Str(checked_text(buf, field.len()?)?),
+            1 => AttrValue::Str(field.len()?),
             2 => AttrValue::Bool(field.varint()? != 0),
             3 => AttrValue::Int(field.varint()? as i64),
             4 => AttrValue::Double(f64::from_bits(field.fixed64()?)),
             5 | 6 => {
                 field.len()?;
-                decode_nested(buf, range)?;
-                AttrValue::Nested(range)
+                AttrValue::Nested
             }
             7 => AttrValue::Bytes(field.len()?),
             _ => value,
         };
     }
-    Ok(value)
-}
-
-fn decode_nested(buf: &[u8], (start, end): (usize, usize)) -> Result<AnyValue, WireError> {
-    AnyValue::decode(&buf[start..end]).map_err(|e| WireError(e.to_string()))
-}
-
-/// Appends attributes as the strings the table stores (see `any_value_string`).
-fn append_attributes<'a>(
-    column: &mut MapColumn,
-    buf: &[u8],
-    attrs: impl IntoIterator<Item = &'a Attribute>,
-) {
-    let str_at = |r: (usize, usize)| std::str::from_utf8(&buf[r.0..r.1]).unwrap_or_default();
-    for attr in attrs {
-        column.keys.append_value(str_at(attr.key));
-        let values = &mut column.values;
-        match attr.value {
-            AttrValue::Empty => values.append_value(""),
-            AttrValue::Str(r) => values.append_value(str_at(r)),
-            AttrValue::Bool(b) => values.append_value(if b { "true" } else { "false" }),
-            AttrValue::Int(i) => {
-                let _ = write!(values, "{i}");
-                values.append_value("");
+    match value {
+        AttrValue::Empty => {}
+        AttrValue::Str(r) => out.extend(&buf[r.0..r.1]),
+        AttrValue::Bool(b) => out.extend(if b { b"true" } else { b"false" }),
+        AttrValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        AttrValue::Double(d) => match serde_json::Number::from_f64(d) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
             }
-            AttrValue::Double(d) => {
-                match serde_json::Number::from_f64(d) {
-                    Some(n) => {
-                        let _ = write!(values, "{n}");
-                    }
-                    None => values.write_str("null").unwrap_or_default(),
-                }
-                values.append_value("");
+            None => out.extend(b"null"),
+        },
+        AttrValue::Bytes(r) => {
+            out.extend(b"\"");
+            for chunk in buf[r.0..r.1].chunks(32) {
+                out.extend(HexId::new(chunk).as_str().as_bytes());
             }
-            AttrValue::Bytes(r) => {
-                values.write_char('"').unwrap_or_default();
-                for chunk in buf[r.0..r.1].chunks(32) {
-                    values.write_str(HexId::new(chunk).as_str()).unwrap_or_default();
-                }
-                values.append_value("\"");
-            }
-            AttrValue::Nested(r) => {
-                let decoded = decode_nested(buf, r).unwrap_or_default();
-                values.append_value(any_value_string(decoded));
-            }
+            out.extend(b"\"");
+        }
+        AttrValue::Nested => {
+            let decoded = AnyValue::decode(&buf[range.0..range.1]).map_err(|e| WireError(e.to_string()))?;
+            out.extend(any_value_string(decoded).as_bytes());
         }
     }
-}
-
-/// Keys, values and row offsets of one `map<string, string>` column.
-struct MapColumn {
-    keys: StringBuilder,
-    values: StringBuilder,
-    offsets: Vec<i32>,
-}
-
-impl Default for MapColumn {
-    fn default() -> Self {
-        Self {
-            keys: StringBuilder::new(),
-            values: StringBuilder::new(),
-            offsets: vec![0],
-        }
-    }
-}
-
-impl MapColumn {
-    fn end_row(&mut self) {
-        self.offsets.push(self.keys.len() as i32);
-    }
-
-    /// The column as a `MapArray` of type `dt`, whose field names and ids come
-    /// from the table.
-    fn finish(&mut self, dt: &DataType) -> Result<ArrayRef, RowError> {
-        let DataType::Map(entries, sorted) = dt else {
-            return Err(RowError::UnexpectedColumn(format!("map as {dt}")));
-        };
-        let DataType::Struct(kv_fields) = entries.data_type() else {
-            return Err(RowError::UnexpectedColumn(format!("map entries as {dt}")));
-        };
-        let entries_array = StructArray::try_new(
-            kv_fields.clone(),
-            vec![
-                Arc::new(self.keys.finish()) as ArrayRef,
-                Arc::new(self.values.finish()) as ArrayRef,
-            ],
-            None,
-        )?;
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        Ok(Arc::new(MapArray::try_new(
-            entries.clone(),
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            entries_array,
-            None,
-            *sorted,
-        )?))
-    }
-}
-
-/// The `events` column: a list of (name, time, attributes) per row.
-struct EventColumn {
-    names: StringBuilder,
-    times_us: Vec<i64>,
-    attributes: MapColumn,
-    offsets: Vec<i32>,
-}
-
-impl Default for EventColumn {
-    fn default() -> Self {
-        Self {
-            names: StringBuilder::new(),
-            times_us: Vec::new(),
-            attributes: MapColumn::default(),
-            offsets: vec![0],
-        }
-    }
-}
-
-impl EventColumn {
-    fn end_row(&mut self) {
-        self.offsets.push(self.times_us.len() as i32);
-    }
-
-    fn finish(&mut self, dt: &DataType) -> Result<ArrayRef, RowError> {
-        let DataType::List(item) = dt else {
-            return Err(RowError::UnexpectedColumn(format!("events as {dt}")));
-        };
-        let DataType::Struct(fields) = item.data_type() else {
-            return Err(RowError::UnexpectedColumn(format!("event as {dt}")));
-        };
-        let mut children = Vec::with_capacity(fields.len());
-        for f in fields.iter() {
-            let child: ArrayRef = match f.name().as_str() {
-                "name" => Arc::new(self.names.finish()),
-                "time" => timestamps(std::mem::take(&mut self.times_us), f.data_type())?,
-                "attributes" => self.attributes.finish(f.data_type())?,
-                other => return Err(RowError::UnexpectedColumn(format!("events.{other}"))),
-            };
-            children.push(child);
-        }
-        let structs = StructArray::try_new(fields.clone(), children, None)?;
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        Ok(Arc::new(ListArray::try_new(
-            item.clone(),
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            Arc::new(structs) as ArrayRef,
-            None,
-        )?))
-    }
+    out.end_value();
+    Ok(())
 }
 
 fn decode_origin(origin: &Origin) -> DecodedOrigin {
@@ -550,13 +471,6 @@ fn micros(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn timestamps(v: Vec<i64>, dt: &DataType) -> Result<ArrayRef, RowError> {
-    let DataType::Timestamp(_, tz) = dt else {
-        return Err(RowError::UnexpectedColumn(format!("timestamp as {dt}")));
-    };
-    Ok(Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz.clone())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,7 +478,7 @@ mod tests {
     use crate::sampling::SamplingReason;
     use crate::storage::schema::table_schema;
     use crate::synth::{kv, kv_int, request, span, trace, ResourceDef, TraceSpec};
-    use arrow_array::{Array, StringArray};
+    use arrow_array::{Array, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray};
     use opentelemetry_proto::tonic::common::v1::{any_value, ArrayValue, KeyValue, KeyValueList};
     use opentelemetry_proto::tonic::trace::v1::{span::Event, Span};
 
@@ -730,26 +644,40 @@ mod tests {
 
     #[test]
     fn a_malformed_span_is_counted_and_leaves_no_partial_row() {
-        let good = span(4, 1, 0, 10, true);
+        let mut before = span(4, 1, 0, 10, true);
+        before.attributes = vec![kv("first", "1")];
         let mut bad = span(4, 2, 0, 10, true);
-        bad.attributes = vec![kv("fine", "yes")];
-        bad.name = "PLACEHOLDER".into();
-        let mut bytes = request(vec![ResourceDef::new("svc", vec![good, bad])]).encode_to_vec();
-        // Make the second span's name invalid UTF-8 in place (same length).
-        let at = bytes.windows(11).position(|w| w == b"PLACEHOLDER").expect("name");
+        bad.attributes = vec![kv("fine", "yes"), kv("broken", "PLACEHOLDER")];
+        bad.events = vec![Event {
+            time_unix_nano: bad.start_time_unix_nano,
+            name: "appended before the bad attribute".into(),
+            attributes: vec![kv("e", "v")],
+            dropped_attributes_count: 0,
+        }];
+        let mut after = span(4, 3, 0, 10, false);
+        after.attributes = vec![kv("after", "x")];
+        let mut bytes =
+            request(vec![ResourceDef::new("svc", vec![before.clone(), bad, after.clone()])]).encode_to_vec();
+        // Make the second span's attribute value invalid UTF-8 in place.
+        let at = bytes.windows(11).position(|w| w == b"PLACEHOLDER").expect("value");
         bytes[at] = 0xff;
         let mut trace_id = [0u8; 16];
         trace_id[15] = 4;
         let trace = kept(trace_id, bytes);
-        assert_eq!(trace.spans.len(), 2, "the ingest scan does not read names");
+        assert_eq!(trace.spans.len(), 3, "the ingest scan does not read attributes");
         let mut rows = SpanRows::default();
         rows.push_trace(&trace, |_| false);
         assert_eq!(rows.undecodable_spans, 1);
-        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.len(), 2);
         let batch = rows.into_batch(arrow_schema()).expect("a consistent batch");
-        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.num_rows(), 2);
         let attrs = batch.column_by_name("span_attributes").expect("attrs");
-        assert_eq!(map_row(attrs, 0), expected_map(&span(4, 1, 0, 10, true).attributes));
+        assert_eq!(map_row(attrs, 0), expected_map(&before.attributes));
+        assert_eq!(map_row(attrs, 1), expected_map(&after.attributes));
+        assert_eq!(string_at(&batch, "span_id", 1), Some(hex::encode(&after.span_id)));
+        let events = batch.column_by_name("events").expect("events");
+        let events = events.as_any().downcast_ref::<ListArray>().expect("list");
+        assert_eq!(events.values().len(), 0, "the bad span's event was cut back out");
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl IcebergWriter {
         let stored = replay::stored_spans(&table, &replayed).await?;
 
         let arrow_schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?);
-        let mut rows = SpanRows::default();
+        let mut rows = SpanRows::for_traces(batch);
         let mut skipped = 0;
         for trace in batch.iter() {
             skipped += rows.push_trace(trace, |span_id| {

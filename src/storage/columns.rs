@@ -1,0 +1,321 @@
+//! Column buffers for kept spans that can be cut back to an earlier row.
+//!
+//! Kept spans are written into these straight from their wire bytes in one
+//! pass (see `rows`). A span that turns out to be malformed halfway through
+//! must leave nothing behind, which Arrow's builders cannot do (they have no
+//! truncate), so the columns are plain vectors turned into Arrow arrays at
+//! the end. UTF-8 is checked per span over the bytes it appended, not per
+//! string, which is what made the per-attribute cost small.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray};
+use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::datatypes::DataType;
+
+use super::schema::RowError;
+
+/// A `Utf8` column: concatenated values, row offsets and validity.
+pub(super) struct StrColumn {
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+    valid: Vec<bool>,
+}
+
+impl Default for StrColumn {
+    fn default() -> Self {
+        Self::with_capacity(0, 0)
+    }
+}
+
+impl StrColumn {
+    pub fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            values: Vec::with_capacity(bytes),
+            offsets,
+            valid: Vec::with_capacity(rows),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Appends to the value being written; `end_value` closes it.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.values.extend_from_slice(bytes);
+    }
+
+    pub fn end_value(&mut self) {
+        // Past 2 GiB the offsets stop growing and `finish` reports the batch
+        // as invalid instead of wrapping around.
+        self.offsets.push(i32::try_from(self.values.len()).unwrap_or(i32::MAX));
+        self.valid.push(true);
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.extend(bytes);
+        self.end_value();
+    }
+
+    pub fn push_null(&mut self) {
+        self.offsets.push(self.offsets.last().copied().unwrap_or(0));
+        self.valid.push(false);
+    }
+
+    pub fn push_option(&mut self, value: Option<&str>) {
+        match value {
+            Some(v) => self.push(v.as_bytes()),
+            None => self.push_null(),
+        }
+    }
+
+    /// Drops every row from `rows` on.
+    pub fn truncate(&mut self, rows: usize) {
+        if rows < self.len() {
+            self.values.truncate(self.offsets[rows] as usize);
+            self.offsets.truncate(rows + 1);
+            self.valid.truncate(rows);
+        }
+    }
+
+    /// Whether the rows from `row` on are valid UTF-8 each: the bytes they
+    /// span decode, and every value starts on a character boundary (a valid
+    /// whole could still split a character between two values).
+    pub fn utf8_since(&self, row: usize) -> bool {
+        let start = self.offsets[row.min(self.len())] as usize;
+        let is_boundary = |o: &i32| self.values.get(*o as usize).is_none_or(|b| (*b as i8) >= -0x40);
+        std::str::from_utf8(&self.values[start..]).is_ok()
+            && self.offsets[row.min(self.len())..].iter().all(is_boundary)
+    }
+
+    /// The Arrow array; the column is empty afterwards.
+    pub fn finish(&mut self) -> Result<StringArray, RowError> {
+        let taken = std::mem::take(self);
+        let nulls = taken.valid.contains(&false).then(|| NullBuffer::from(taken.valid));
+        Ok(StringArray::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(taken.offsets)),
+            Buffer::from_vec(taken.values),
+            nulls,
+        )?)
+    }
+}
+
+impl fmt::Write for StrColumn {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.extend(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Keys, values and row offsets of one `map<string, string>` column.
+#[derive(Default)]
+pub(super) struct MapColumn {
+    pub keys: StrColumn,
+    pub values: StrColumn,
+    offsets: Vec<i32>,
+}
+
+/// Where a map column stood before a span was appended.
+#[derive(Clone, Copy)]
+pub(super) struct MapMark {
+    rows: usize,
+    entries: usize,
+}
+
+impl MapColumn {
+    pub fn with_capacity(rows: usize, entries: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            keys: StrColumn::with_capacity(entries, bytes),
+            values: StrColumn::with_capacity(entries, bytes),
+            offsets,
+        }
+    }
+
+    fn offsets(&mut self) -> &mut Vec<i32> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        &mut self.offsets
+    }
+
+    pub fn end_row(&mut self) {
+        let entries = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
+        self.offsets().push(entries);
+    }
+
+    pub fn mark(&self) -> MapMark {
+        MapMark {
+            rows: self.offsets.len().saturating_sub(1),
+            entries: self.keys.len(),
+        }
+    }
+
+    pub fn truncate(&mut self, mark: MapMark) {
+        self.offsets().truncate(mark.rows + 1);
+        self.keys.truncate(mark.entries);
+        self.values.truncate(mark.entries);
+    }
+
+    pub fn utf8_since(&self, mark: MapMark) -> bool {
+        self.keys.utf8_since(mark.entries) && self.values.utf8_since(mark.entries)
+    }
+
+    /// The column as a `MapArray` of type `dt`, whose field names and ids come
+    /// from the table.
+    pub fn finish(&mut self, dt: &DataType) -> Result<ArrayRef, RowError> {
+        let DataType::Map(entries, sorted) = dt else {
+            return Err(RowError::UnexpectedColumn(format!("map as {dt}")));
+        };
+        let DataType::Struct(kv_fields) = entries.data_type() else {
+            return Err(RowError::UnexpectedColumn(format!("map entries as {dt}")));
+        };
+        let entries_array = StructArray::try_new(
+            kv_fields.clone(),
+            vec![
+                Arc::new(self.keys.finish()?) as ArrayRef,
+                Arc::new(self.values.finish()?) as ArrayRef,
+            ],
+            None,
+        )?;
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        Ok(Arc::new(MapArray::try_new(
+            entries.clone(),
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            entries_array,
+            None,
+            *sorted,
+        )?))
+    }
+}
+
+/// The `events` column: a list of (name, time, attributes) per row.
+#[derive(Default)]
+pub(super) struct EventColumn {
+    pub names: StrColumn,
+    pub times_us: Vec<i64>,
+    pub attributes: MapColumn,
+    offsets: Vec<i32>,
+}
+
+/// Where the events column stood before a span was appended.
+#[derive(Clone, Copy)]
+pub(super) struct EventMark {
+    rows: usize,
+    events: usize,
+    attributes: MapMark,
+}
+
+impl EventColumn {
+    pub fn with_capacity(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            offsets,
+            ..Self::default()
+        }
+    }
+
+    fn offsets(&mut self) -> &mut Vec<i32> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        &mut self.offsets
+    }
+
+    pub fn end_row(&mut self) {
+        let events = i32::try_from(self.times_us.len()).unwrap_or(i32::MAX);
+        self.offsets().push(events);
+    }
+
+    pub fn mark(&self) -> EventMark {
+        EventMark {
+            rows: self.offsets.len().saturating_sub(1),
+            events: self.times_us.len(),
+            attributes: self.attributes.mark(),
+        }
+    }
+
+    pub fn truncate(&mut self, mark: EventMark) {
+        self.offsets().truncate(mark.rows + 1);
+        self.names.truncate(mark.events);
+        self.times_us.truncate(mark.events);
+        self.attributes.truncate(mark.attributes);
+    }
+
+    pub fn utf8_since(&self, mark: EventMark) -> bool {
+        self.names.utf8_since(mark.events) && self.attributes.utf8_since(mark.attributes)
+    }
+
+    pub fn finish(&mut self, dt: &DataType) -> Result<ArrayRef, RowError> {
+        let DataType::List(item) = dt else {
+            return Err(RowError::UnexpectedColumn(format!("events as {dt}")));
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return Err(RowError::UnexpectedColumn(format!("event as {dt}")));
+        };
+        let mut children = Vec::with_capacity(fields.len());
+        for f in fields.iter() {
+            let child: ArrayRef = match f.name().as_str() {
+                "name" => Arc::new(self.names.finish()?),
+                "time" => timestamps(std::mem::take(&mut self.times_us), f.data_type())?,
+                "attributes" => self.attributes.finish(f.data_type())?,
+                other => return Err(RowError::UnexpectedColumn(format!("events.{other}"))),
+            };
+            children.push(child);
+        }
+        let structs = StructArray::try_new(fields.clone(), children, None)?;
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        Ok(Arc::new(ListArray::try_new(
+            item.clone(),
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Arc::new(structs) as ArrayRef,
+            None,
+        )?))
+    }
+}
+
+/// A `timestamptz` column (microseconds) of the table's type `dt`.
+pub(super) fn timestamps(v: Vec<i64>, dt: &DataType) -> Result<ArrayRef, RowError> {
+    let DataType::Timestamp(_, tz) = dt else {
+        return Err(RowError::UnexpectedColumn(format!("timestamp as {dt}")));
+    };
+    Ok(Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use std::fmt::Write as _;
+
+    #[test]
+    fn truncation_and_utf8_checks() {
+        let mut c = StrColumn::default();
+        c.push(b"keep");
+        c.push_null();
+        let mark = c.len();
+        let _ = write!(c, "{}", 42);
+        c.end_value();
+        c.push("grüße".as_bytes());
+        assert!(c.utf8_since(mark));
+        // Two halves of one character are valid together but not apart.
+        let e_acute = "é".as_bytes();
+        c.push(&e_acute[..1]);
+        c.push(&e_acute[1..]);
+        assert!(!c.utf8_since(mark));
+        c.truncate(mark);
+        assert_eq!(c.len(), 2);
+        c.push(b"after");
+        let array = c.finish().expect("valid");
+        assert_eq!(array.len(), 3);
+        assert_eq!(array.value(0), "keep");
+        assert!(array.is_null(1));
+        assert_eq!(array.value(2), "after");
+    }
+}
