@@ -112,7 +112,6 @@ impl fmt::Write for StrColumn {
 }
 
 /// Keys, values and row offsets of one `map<string, string>` column.
-#[derive(Default)]
 pub(super) struct MapColumn {
     pub keys: StrColumn,
     pub values: StrColumn,
@@ -126,6 +125,12 @@ pub(super) struct MapMark {
     entries: usize,
 }
 
+impl Default for MapColumn {
+    fn default() -> Self {
+        Self::with_capacity(0, 0, 0)
+    }
+}
+
 impl MapColumn {
     pub fn with_capacity(rows: usize, entries: usize, bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
@@ -137,16 +142,9 @@ impl MapColumn {
         }
     }
 
-    fn offsets(&mut self) -> &mut Vec<i32> {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        &mut self.offsets
-    }
-
     pub fn end_row(&mut self) {
         let entries = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
-        self.offsets().push(entries);
+        self.offsets.push(entries);
     }
 
     pub fn mark(&self) -> MapMark {
@@ -157,7 +155,7 @@ impl MapColumn {
     }
 
     pub fn truncate(&mut self, mark: MapMark) {
-        self.offsets().truncate(mark.rows + 1);
+        self.offsets.truncate(mark.rows + 1);
         self.keys.truncate(mark.entries);
         self.values.truncate(mark.entries);
     }
@@ -195,7 +193,6 @@ impl MapColumn {
 }
 
 /// The `events` column: a list of (name, time, attributes) per row.
-#[derive(Default)]
 pub(super) struct EventColumn {
     pub names: StrColumn,
     pub times_us: Vec<i64>,
@@ -211,26 +208,27 @@ pub(super) struct EventMark {
     attributes: MapMark,
 }
 
+impl Default for EventColumn {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
 impl EventColumn {
     pub fn with_capacity(rows: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
         Self {
+            names: StrColumn::default(),
+            times_us: Vec::new(),
+            attributes: MapColumn::default(),
             offsets,
-            ..Self::default()
         }
-    }
-
-    fn offsets(&mut self) -> &mut Vec<i32> {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        &mut self.offsets
     }
 
     pub fn end_row(&mut self) {
         let events = i32::try_from(self.times_us.len()).unwrap_or(i32::MAX);
-        self.offsets().push(events);
+        self.offsets.push(events);
     }
 
     pub fn mark(&self) -> EventMark {
@@ -242,7 +240,7 @@ impl EventColumn {
     }
 
     pub fn truncate(&mut self, mark: EventMark) {
-        self.offsets().truncate(mark.rows + 1);
+        self.offsets.truncate(mark.rows + 1);
         self.names.truncate(mark.events);
         self.times_us.truncate(mark.events);
         self.attributes.truncate(mark.attributes);

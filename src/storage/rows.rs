@@ -681,6 +681,21 @@ mod tests {
     }
 
     #[test]
+    fn spans_without_attributes_or_events_get_empty_lists() {
+        let mut trace_id = [0u8; 16];
+        trace_id[15] = 6;
+        let trace = kept(trace_id, request(vec![ResourceDef::new("svc", vec![span(6, 1, 0, 10, false)])]).encode_to_vec());
+        for mut rows in [SpanRows::default(), SpanRows::for_traces(std::slice::from_ref(&trace))] {
+            rows.push_trace(&trace, |_| false);
+            let batch = rows.into_batch(arrow_schema()).expect("batch");
+            assert_eq!(batch.num_rows(), 1);
+            let events = batch.column_by_name("events").expect("events");
+            assert_eq!(events.as_any().downcast_ref::<ListArray>().expect("list").value_length(0), 0);
+            assert_eq!(map_row(batch.column_by_name("span_attributes").expect("attrs"), 0), vec![]);
+        }
+    }
+
+    #[test]
     fn spans_already_stored_are_skipped() {
         let spans: Vec<Span> = (1..=4).map(|i| span(5, i, 0, 10, false)).collect();
         let mut trace_id = [0u8; 16];
