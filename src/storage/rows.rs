@@ -58,6 +58,8 @@ pub struct SpanRows {
     /// hashing the encoded resource. The entry holds the `Origin` alive, so
     /// its address cannot be reused while the entry exists.
     origins_by_address: FxHashMap<usize, (Arc<Origin>, Arc<DecodedOrigin>)>,
+    /// The last origin looked up: consecutive spans almost always share it.
+    last_origin: Option<(Arc<Origin>, Arc<DecodedOrigin>)>,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
 }
@@ -274,16 +276,25 @@ impl SpanRows {
     }
 
     fn origin(&mut self, origin: &Arc<Origin>) -> Arc<DecodedOrigin> {
-        let address = Arc::as_ptr(origin) as usize;
-        if let Some((_, decoded)) = self.origins_by_address.get(&address) {
-            return decoded.clone();
+        if let Some((last, decoded)) = &self.last_origin {
+            if Arc::ptr_eq(last, origin) {
+                return decoded.clone();
+            }
         }
-        let decoded = self
-            .origins
-            .entry((origin.resource.clone(), origin.scope.clone()))
-            .or_insert_with(|| Arc::new(decode_origin(origin)))
-            .clone();
-        self.origins_by_address.insert(address, (origin.clone(), decoded.clone()));
+        let address = Arc::as_ptr(origin) as usize;
+        let decoded = match self.origins_by_address.get(&address) {
+            Some((_, decoded)) => decoded.clone(),
+            None => {
+                let decoded = self
+                    .origins
+                    .entry((origin.resource.clone(), origin.scope.clone()))
+                    .or_insert_with(|| Arc::new(decode_origin(origin)))
+                    .clone();
+                self.origins_by_address.insert(address, (origin.clone(), decoded.clone()));
+                decoded
+            }
+        };
+        self.last_origin = Some((origin.clone(), decoded.clone()));
         decoded
     }
 
