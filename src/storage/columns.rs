@@ -16,11 +16,12 @@ use datafusion::arrow::datatypes::DataType;
 
 use super::schema::RowError;
 
-/// A `Utf8` column: concatenated values, row offsets and validity.
+/// A `Utf8` column: concatenated values, row offsets and the rows that are
+/// null. Nulls are rare, so they are listed instead of flagging every row.
 pub(super) struct StrColumn {
     values: Vec<u8>,
     offsets: Vec<i32>,
-    valid: Vec<bool>,
+    null_rows: Vec<usize>,
 }
 
 impl Default for StrColumn {
@@ -36,12 +37,12 @@ impl StrColumn {
         Self {
             values: Vec::with_capacity(bytes),
             offsets,
-            valid: Vec::with_capacity(rows),
+            null_rows: Vec::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.valid.len()
+        self.offsets.len() - 1
     }
 
     /// Appends to the value being written; `end_value` closes it.
@@ -53,7 +54,6 @@ impl StrColumn {
         // Past 2 GiB the offsets stop growing and `finish` reports the batch
         // as invalid instead of wrapping around.
         self.offsets.push(i32::try_from(self.values.len()).unwrap_or(i32::MAX));
-        self.valid.push(true);
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -62,8 +62,16 @@ impl StrColumn {
     }
 
     pub fn push_null(&mut self) {
+        self.null_rows.push(self.len());
         self.offsets.push(self.offsets.last().copied().unwrap_or(0));
-        self.valid.push(false);
+    }
+
+    /// Appends every string of `packed` as rows of their own.
+    pub fn push_packed(&mut self, packed: &Packed) {
+        let base = self.values.len();
+        self.values.extend_from_slice(&packed.bytes);
+        let offset = |end: &usize| i32::try_from(base + end).unwrap_or(i32::MAX);
+        self.offsets.extend(packed.ends.iter().map(offset));
     }
 
     pub fn push_option(&mut self, value: Option<&str>) {
@@ -78,7 +86,9 @@ impl StrColumn {
         if rows < self.len() {
             self.values.truncate(self.offsets[rows] as usize);
             self.offsets.truncate(rows + 1);
-            self.valid.truncate(rows);
+            while self.null_rows.last().is_some_and(|r| *r >= rows) {
+                self.null_rows.pop();
+            }
         }
     }
 
@@ -95,12 +105,38 @@ impl StrColumn {
     /// The Arrow array; the column is empty afterwards.
     pub fn finish(&mut self) -> Result<StringArray, RowError> {
         let taken = std::mem::take(self);
-        let nulls = taken.valid.contains(&false).then(|| NullBuffer::from(taken.valid));
+        let nulls = (!taken.null_rows.is_empty()).then(|| {
+            let mut valid = vec![true; taken.len()];
+            for row in &taken.null_rows {
+                valid[*row] = false;
+            }
+            NullBuffer::from(valid)
+        });
         Ok(StringArray::try_new(
             OffsetBuffer::new(ScalarBuffer::from(taken.offsets)),
             Buffer::from_vec(taken.values),
             nulls,
         )?)
+    }
+}
+
+/// Strings laid out as a column stores them, appended to one with a single
+/// copy: the resource attributes every span of a service repeats.
+#[derive(Default)]
+pub(super) struct Packed {
+    bytes: Vec<u8>,
+    /// Where each string ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl<'a> FromIterator<&'a str> for Packed {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(strings: I) -> Self {
+        let mut packed = Packed::default();
+        for s in strings {
+            packed.bytes.extend_from_slice(s.as_bytes());
+            packed.ends.push(packed.bytes.len());
+        }
+        packed
     }
 }
 
@@ -289,7 +325,6 @@ pub(super) fn timestamps(v: Vec<i64>, dt: &DataType) -> Result<ArrayRef, RowErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::Array;
     use std::fmt::Write as _;
 
     #[test]
@@ -310,10 +345,10 @@ mod tests {
         c.truncate(mark);
         assert_eq!(c.len(), 2);
         c.push(b"after");
+        c.push_null();
+        c.push_packed(&["x", "", "yz"].into_iter().collect());
         let array = c.finish().expect("valid");
-        assert_eq!(array.len(), 3);
-        assert_eq!(array.value(0), "keep");
-        assert!(array.is_null(1));
-        assert_eq!(array.value(2), "after");
+        let values: Vec<Option<&str>> = array.iter().collect();
+        assert_eq!(values, vec![Some("keep"), None, Some("after"), None, Some("x"), Some(""), Some("yz")]);
     }
 }

@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::common::v1::AnyValue;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
-use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, StrColumn};
+use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, Packed, StrColumn};
 use super::schema::{any_value_string, kind_name, status_name, RowError};
 use crate::buffer::worker::KeptTrace;
 use crate::ingest::decode::Origin;
@@ -66,7 +66,9 @@ pub struct SpanRows {
 
 struct DecodedOrigin {
     service_name: Option<String>,
-    attributes: Vec<(String, String)>,
+    /// The resource attributes' keys and values, appended to every row.
+    attribute_keys: Packed,
+    attribute_values: Packed,
     scope_name: Option<String>,
     scope_version: Option<String>,
 }
@@ -266,10 +268,8 @@ impl SpanRows {
         self.end_us.push((s.end / 1000) as i64);
         self.duration_ms.push(s.end.saturating_sub(s.start) as f64 / 1e6);
         self.status_code.push(status_name(s.status_code).as_bytes());
-        for (k, v) in &origin.attributes {
-            self.resource_attributes.keys.push(k.as_bytes());
-            self.resource_attributes.values.push(v.as_bytes());
-        }
+        self.resource_attributes.keys.push_packed(&origin.attribute_keys);
+        self.resource_attributes.values.push_packed(&origin.attribute_values);
         self.resource_attributes.end_row();
         self.scope_name.push_option(origin.scope_name.as_deref());
         self.scope_version.push_option(origin.scope_version.as_deref());
@@ -471,7 +471,8 @@ fn decode_origin(origin: &Origin) -> DecodedOrigin {
         .map(|(_, v)| v.clone());
     DecodedOrigin {
         service_name,
-        attributes,
+        attribute_keys: attributes.iter().map(|(k, _)| k.as_str()).collect(),
+        attribute_values: attributes.iter().map(|(_, v)| v.as_str()).collect(),
         scope_name: (!scope.name.is_empty()).then_some(scope.name),
         scope_version: (!scope.version.is_empty()).then_some(scope.version),
     }
