@@ -50,7 +50,8 @@ struct Args {
     /// Traces per Kafka message (a batch exporter sends several).
     #[arg(long, default_value_t = 1)]
     traces_per_message: usize,
-    /// Every Nth trace of --spike-service takes 10× its latency.
+    /// Every Nth trace that reaches --spike-service (as its entry point or
+    /// downstream) has that service's calls take 10× their latency.
     #[arg(long)]
     spike_every: Option<u64>,
     #[arg(long)]

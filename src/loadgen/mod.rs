@@ -205,8 +205,8 @@ pub struct TraceGenerator {
     resources: Vec<Resource>,
     scope: InstrumentationScope,
     rng: SmallRng,
-    /// Traces started so far, per service.
-    started: Vec<u64>,
+    /// Traces that have reached the latency-spike service so far.
+    spike_visits: u64,
 }
 
 impl TraceGenerator {
@@ -223,7 +223,6 @@ impl TraceGenerator {
             .enumerate()
             .map(|(i, s)| resource(s, i))
             .collect();
-        let started = vec![0; scenario.services.len()];
         Self {
             scenario,
             index,
@@ -234,7 +233,7 @@ impl TraceGenerator {
                 ..Default::default()
             },
             rng: SmallRng::seed_from_u64(seed),
-            started,
+            spike_visits: 0,
         }
     }
 
@@ -267,15 +266,12 @@ impl TraceGenerator {
         let mut trace_id = [0u8; 16];
         self.rng.fill_bytes(&mut trace_id);
         trace_id[0] |= 1;
-        self.started[root] += 1;
-        let spike = self.scenario.latency_spike.as_ref().is_some_and(|l| {
-            self.index.get(&l.service) == Some(&root) && l.every > 0 && self.started[root] % l.every == 0
-        });
         let mut b = Builder {
             trace_id,
             next_span: 0,
             out: Vec::new(),
-            spike_service: spike.then(|| self.spike_service()).flatten(),
+            spike_service: self.spike_service(),
+            spiked: None,
             burst: self.active_burst(elapsed_secs),
         };
         let tree = self.plan(root, &mut b, 0);
@@ -285,7 +281,7 @@ impl TraceGenerator {
             trace_id,
             root_service: root,
             error,
-            spike,
+            spike: b.spiked == Some(true),
             spans_by_service: b.out,
         }
     }
@@ -297,6 +293,17 @@ impl TraceGenerator {
             .and_then(|l| self.index.get(&l.service).copied())
     }
 
+    /// Whether this trace's calls to the spike service are spiked. A trace
+    /// counts once, at its first call there, whether the service is its entry
+    /// point or downstream; every Nth such trace is spiked.
+    fn spike_reached(&mut self, b: &mut Builder) -> bool {
+        *b.spiked.get_or_insert_with(|| {
+            let every = self.scenario.latency_spike.as_ref().map_or(0, |l| l.every);
+            self.spike_visits += 1;
+            every > 0 && self.spike_visits % every == 0
+        })
+    }
+
     fn active_burst(&self, elapsed_secs: f64) -> Option<(usize, f64)> {
         let b = self.scenario.error_burst.as_ref()?;
         let active = elapsed_secs >= b.start_secs && elapsed_secs < b.start_secs + b.duration_secs;
@@ -305,10 +312,11 @@ impl TraceGenerator {
 
     /// Decides durations and failures bottom-up.
     fn plan(&mut self, service: usize, b: &mut Builder, depth: usize) -> Call {
+        let spiked = b.spike_service == Some(service) && self.spike_reached(b);
         let spec = &self.scenario.services[service];
         let jitter = self.rng.random_range(0.8..1.2);
         let mut own = spec.base_latency_ms * jitter;
-        if b.spike_service == Some(service) {
+        if spiked {
             own *= 10.0;
         }
         let error_rate = match b.burst {
@@ -491,6 +499,8 @@ struct Builder {
     next_span: u64,
     out: Vec<(usize, Vec<Span>)>,
     spike_service: Option<usize>,
+    /// Whether the trace is spiked, once it has reached the spike service.
+    spiked: Option<bool>,
     burst: Option<(usize, f64)>,
 }
 
@@ -610,6 +620,37 @@ mod tests {
                 assert!((800.0..=1200.0).contains(ms), "{ms}");
             } else {
                 assert!((80.0..=120.0).contains(ms), "{ms}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_downstream_service_is_spiked_in_every_nth_trace_that_reaches_it() {
+        let scenario = Scenario::from_toml(
+            r#"
+            latency_spike = { service = "db", every = 3 }
+            [[services]]
+            name = "api"
+            rate_per_sec = 10
+            base_latency_ms = 10
+            calls = ["db"]
+            [[services]]
+            name = "db"
+            base_latency_ms = 100
+            "#,
+        )
+        .expect("scenario");
+        let mut g = TraceGenerator::new(scenario, 1);
+        for i in 1..=9 {
+            let t = g.trace(0, 2_000_000_000_000_000_000, 0.0);
+            let (_, db_spans) = t.spans_by_service.iter().find(|(s, _)| *s == 1).expect("db spans");
+            let ms = |s: &Span| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6;
+            let longest = db_spans.iter().map(ms).fold(0.0, f64::max);
+            assert_eq!(t.spike, i % 3 == 0, "trace {i}");
+            if t.spike {
+                assert!((800.0..=1200.0).contains(&longest), "trace {i}: {longest}");
+            } else {
+                assert!(longest <= 120.0, "trace {i}: {longest}");
             }
         }
     }
