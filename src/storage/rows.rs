@@ -11,6 +11,7 @@
 //! column and counted, so it never leaves a partial row.
 
 use std::fmt::Write as _;
+use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,17 +50,7 @@ pub struct SpanRows {
     sampling_reason: StrColumn,
     sampling_rule_id: StrColumn,
     sampled_at_us: Vec<i64>,
-    /// Decoded resources and scopes, shared by many spans: every message
-    /// repeats the resource and scope of its service, so a batch decodes each
-    /// of them once.
-    origins: FxHashMap<(Bytes, Bytes), Arc<DecodedOrigin>>,
-    /// The same, by the address of the ingest's shared `Origin`, which every
-    /// span of one message's scope points to: most lookups end here without
-    /// hashing the encoded resource. The entry holds the `Origin` alive, so
-    /// its address cannot be reused while the entry exists.
-    origins_by_address: FxHashMap<usize, (Arc<Origin>, Arc<DecodedOrigin>)>,
-    /// The last origin looked up: consecutive spans almost always share it.
-    last_origin: Option<(Arc<Origin>, Arc<DecodedOrigin>)>,
+    origins: Origins,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
 }
@@ -164,8 +155,8 @@ impl SpanRows {
                 skipped += 1;
                 continue;
             }
-            let origin = self.origin(&record.origin);
-            self.append_row(bytes, &span, &origin);
+            let origin = self.origins.index(&record.origin);
+            self.append_row(bytes, &span, origin);
             self.trace_id.push(trace_hex.as_str().as_bytes());
             self.sampling_reason.push(trace.reason.as_str().as_bytes());
             self.sampling_rule_id.push_option(trace.rule_id.as_deref());
@@ -253,8 +244,10 @@ impl SpanRows {
         Ok(())
     }
 
-    /// Appends the rest of the row of the span `append_wire` read.
-    fn append_row(&mut self, buf: &[u8], s: &SpanFields, origin: &DecodedOrigin) {
+    /// Appends the rest of the row of the span `append_wire` read, whose
+    /// resource and scope are `self.origins.decoded[origin]`.
+    fn append_row(&mut self, buf: &[u8], s: &SpanFields, origin: usize) {
+        let origin = &self.origins.decoded[origin];
         self.span_id.push(HexId::new(&buf[s.span_id.0..s.span_id.1]).as_str().as_bytes());
         let parent = &buf[s.parent_span_id.0..s.parent_span_id.1];
         if parent.is_empty() {
@@ -273,29 +266,6 @@ impl SpanRows {
         self.resource_attributes.end_row();
         self.scope_name.push_option(origin.scope_name.as_deref());
         self.scope_version.push_option(origin.scope_version.as_deref());
-    }
-
-    fn origin(&mut self, origin: &Arc<Origin>) -> Arc<DecodedOrigin> {
-        if let Some((last, decoded)) = &self.last_origin {
-            if Arc::ptr_eq(last, origin) {
-                return decoded.clone();
-            }
-        }
-        let address = Arc::as_ptr(origin) as usize;
-        let decoded = match self.origins_by_address.get(&address) {
-            Some((_, decoded)) => decoded.clone(),
-            None => {
-                let decoded = self
-                    .origins
-                    .entry((origin.resource.clone(), origin.scope.clone()))
-                    .or_insert_with(|| Arc::new(decode_origin(origin)))
-                    .clone();
-                self.origins_by_address.insert(address, (origin.clone(), decoded.clone()));
-                decoded
-            }
-        };
-        self.last_origin = Some((origin.clone(), decoded.clone()));
-        decoded
     }
 
     /// Builds the batch in the column order and types of `schema`.
@@ -328,6 +298,49 @@ impl SpanRows {
             columns.push(col);
         }
         Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// Decoded resources and scopes, shared by many spans: every message repeats
+/// the resource and scope of its service, so a batch decodes each of them once
+/// and finds it again by content.
+#[derive(Default)]
+struct Origins {
+    decoded: Vec<DecodedOrigin>,
+    /// The encoded (resource, scope) of each entry of `decoded`.
+    encoded: Vec<(Bytes, Bytes)>,
+    /// Content hash → entries with that hash.
+    by_hash: FxHashMap<u64, Vec<usize>>,
+    /// The last origin looked up: spans of one service in one message share
+    /// the ingest's `Origin`, so a pointer comparison finds them.
+    last: Option<(Arc<Origin>, usize)>,
+}
+
+impl Origins {
+    /// The index in `decoded` of `origin`'s decoded form.
+    fn index(&mut self, origin: &Arc<Origin>) -> usize {
+        if let Some((last, i)) = &self.last {
+            if Arc::ptr_eq(last, origin) {
+                return *i;
+            }
+        }
+        let mut hasher = rustc_hash::FxHasher::default();
+        hasher.write(&origin.resource);
+        hasher.write_usize(origin.resource.len());
+        hasher.write(&origin.scope);
+        let hash = hasher.finish();
+        let encoded = &self.encoded;
+        let same = |i: &usize| encoded[*i].0 == origin.resource && encoded[*i].1 == origin.scope;
+        let found = self.by_hash.get(&hash).and_then(|c| c.iter().copied().find(same));
+        let i = found.unwrap_or_else(|| {
+            self.decoded.push(decode_origin(origin));
+            self.encoded.push((origin.resource.clone(), origin.scope.clone()));
+            let i = self.decoded.len() - 1;
+            self.by_hash.entry(hash).or_default().push(i);
+            i
+        });
+        self.last = Some((origin.clone(), i));
+        i
     }
 }
 
@@ -705,6 +718,31 @@ mod tests {
             assert_eq!(events.as_any().downcast_ref::<ListArray>().expect("list").value_length(0), 0);
             assert_eq!(map_row(batch.column_by_name("span_attributes").expect("attrs"), 0), vec![]);
         }
+    }
+
+    #[test]
+    fn each_resource_is_decoded_once_and_follows_its_spans() {
+        let mut trace_id = [0u8; 16];
+        trace_id[15] = 8;
+        let message = |first_span: u8| {
+            request(vec![
+                ResourceDef::new("api", vec![span(8, first_span, 0, 10, false)]),
+                ResourceDef::new("db", vec![span(8, first_span + 1, 0, 10, false)]),
+            ])
+            .encode_to_vec()
+        };
+        // Two messages: the same two resources, under different ingest origins.
+        let mut trace = kept(trace_id, message(1));
+        trace.spans.extend(kept(trace_id, message(3)).spans);
+        let mut rows = SpanRows::default();
+        rows.push_trace(&trace, |_| false);
+        assert_eq!(rows.origins.decoded.len(), 2);
+        let batch = rows.into_batch(arrow_schema()).expect("batch");
+        let services: Vec<Option<String>> = (0..4).map(|r| string_at(&batch, "service_name", r)).collect();
+        let expected = ["api", "db", "api", "db"].map(|s| Some(s.to_string()));
+        assert_eq!(services, expected);
+        let resource = batch.column_by_name("resource_attributes").expect("resource");
+        assert_eq!(map_row(resource, 3)[0], ("service.name".to_string(), "db".to_string()));
     }
 
     #[test]
