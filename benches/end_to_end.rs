@@ -264,7 +264,8 @@ async fn selector_drain(http: &reqwest::Client, s: &Selector, messages: u64) -> 
     let m = metrics(http, s).await;
     println!(
         "selector:  drained {messages} messages in {secs:.2} s ({rate:.0} messages/s, {:.0} spans/s), peak RSS {:.0} MiB so far",
-        get(&m, "tail_sampling_spans_ingested_total") / secs,
+        // Spans at the same share of the run as the messages counted.
+        get(&m, "tail_sampling_spans_ingested_total") / messages as f64 * rate,
         peak_rss_mib(s.child.id())
     );
     rate
