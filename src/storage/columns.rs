@@ -96,10 +96,9 @@ impl StrColumn {
     /// span decode, and every value starts on a character boundary (a valid
     /// whole could still split a character between two values).
     pub fn utf8_since(&self, row: usize) -> bool {
-        let start = self.offsets[row.min(self.len())] as usize;
+        let offsets = &self.offsets[row.min(self.len())..];
         let is_boundary = |o: &i32| self.values.get(*o as usize).is_none_or(|b| (*b as i8) >= -0x40);
-        std::str::from_utf8(&self.values[start..]).is_ok()
-            && self.offsets[row.min(self.len())..].iter().all(is_boundary)
+        std::str::from_utf8(&self.values[offsets[0] as usize..]).is_ok() && offsets.iter().all(is_boundary)
     }
 
     /// The Arrow array; the column is empty afterwards.
@@ -147,11 +146,41 @@ impl fmt::Write for StrColumn {
     }
 }
 
+/// Where each row of a nested column (map entries, events) ends among its
+/// children; the leading 0 is always there, as Arrow requires.
+struct RowOffsets(Vec<i32>);
+
+impl RowOffsets {
+    fn with_capacity(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self(offsets)
+    }
+
+    fn rows(&self) -> usize {
+        self.0.len() - 1
+    }
+
+    /// Closes a row whose children end at `children`.
+    fn end_row(&mut self, children: usize) {
+        self.0.push(i32::try_from(children).unwrap_or(i32::MAX));
+    }
+
+    fn truncate(&mut self, rows: usize) {
+        self.0.truncate(rows + 1);
+    }
+
+    /// The offsets as Arrow's; the column starts over.
+    fn take(&mut self) -> OffsetBuffer<i32> {
+        OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(&mut self.0, vec![0])))
+    }
+}
+
 /// Keys, values and row offsets of one `map<string, string>` column.
 pub(super) struct MapColumn {
     pub keys: StrColumn,
     pub values: StrColumn,
-    offsets: Vec<i32>,
+    offsets: RowOffsets,
 }
 
 /// Where a map column stood before a span was appended.
@@ -169,29 +198,26 @@ impl Default for MapColumn {
 
 impl MapColumn {
     pub fn with_capacity(rows: usize, entries: usize, bytes: usize) -> Self {
-        let mut offsets = Vec::with_capacity(rows + 1);
-        offsets.push(0);
         Self {
             keys: StrColumn::with_capacity(entries, bytes),
             values: StrColumn::with_capacity(entries, bytes),
-            offsets,
+            offsets: RowOffsets::with_capacity(rows),
         }
     }
 
     pub fn end_row(&mut self) {
-        let entries = i32::try_from(self.keys.len()).unwrap_or(i32::MAX);
-        self.offsets.push(entries);
+        self.offsets.end_row(self.keys.len());
     }
 
     pub fn mark(&self) -> MapMark {
         MapMark {
-            rows: self.offsets.len().saturating_sub(1),
+            rows: self.offsets.rows(),
             entries: self.keys.len(),
         }
     }
 
     pub fn truncate(&mut self, mark: MapMark) {
-        self.offsets.truncate(mark.rows + 1);
+        self.offsets.truncate(mark.rows);
         self.keys.truncate(mark.entries);
         self.values.truncate(mark.entries);
     }
@@ -217,10 +243,9 @@ impl MapColumn {
             ],
             None,
         )?;
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         Ok(Arc::new(MapArray::try_new(
             entries.clone(),
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            self.offsets.take(),
             entries_array,
             None,
             *sorted,
@@ -233,7 +258,7 @@ pub(super) struct EventColumn {
     pub names: StrColumn,
     pub times_us: Vec<i64>,
     pub attributes: MapColumn,
-    offsets: Vec<i32>,
+    offsets: RowOffsets,
 }
 
 /// Where the events column stood before a span was appended.
@@ -252,31 +277,28 @@ impl Default for EventColumn {
 
 impl EventColumn {
     pub fn with_capacity(rows: usize) -> Self {
-        let mut offsets = Vec::with_capacity(rows + 1);
-        offsets.push(0);
         Self {
             names: StrColumn::default(),
             times_us: Vec::new(),
             attributes: MapColumn::default(),
-            offsets,
+            offsets: RowOffsets::with_capacity(rows),
         }
     }
 
     pub fn end_row(&mut self) {
-        let events = i32::try_from(self.times_us.len()).unwrap_or(i32::MAX);
-        self.offsets.push(events);
+        self.offsets.end_row(self.times_us.len());
     }
 
     pub fn mark(&self) -> EventMark {
         EventMark {
-            rows: self.offsets.len().saturating_sub(1),
+            rows: self.offsets.rows(),
             events: self.times_us.len(),
             attributes: self.attributes.mark(),
         }
     }
 
     pub fn truncate(&mut self, mark: EventMark) {
-        self.offsets.truncate(mark.rows + 1);
+        self.offsets.truncate(mark.rows);
         self.names.truncate(mark.events);
         self.times_us.truncate(mark.events);
         self.attributes.truncate(mark.attributes);
@@ -304,10 +326,9 @@ impl EventColumn {
             children.push(child);
         }
         let structs = StructArray::try_new(fields.clone(), children, None)?;
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         Ok(Arc::new(ListArray::try_new(
             item.clone(),
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            self.offsets.take(),
             Arc::new(structs) as ArrayRef,
             None,
         )?))

@@ -92,7 +92,7 @@ impl SpanRows {
     /// on every step; for a batch of thousands of spans that cost as much as
     /// filling them. The sizes are estimates from the encoded size (a span's
     /// attributes are most of its bytes); a miss only means a regrowth.
-    pub fn with_capacity(spans: usize, encoded_bytes: usize) -> Self {
+    fn with_capacity(spans: usize, encoded_bytes: usize) -> Self {
         let strings = |bytes_per_row: usize| StrColumn::with_capacity(spans, spans * bytes_per_row);
         Self {
             trace_id: strings(32),
@@ -142,7 +142,7 @@ impl SpanRows {
         for record in &trace.spans {
             let bytes = &record.bytes[..];
             let mark = self.mark();
-            let span = match self.append_wire(bytes) {
+            let span = match self.append_wire(bytes, mark) {
                 Ok(span) => span,
                 Err(_) => {
                     self.truncate(mark);
@@ -183,9 +183,9 @@ impl SpanRows {
 
     /// Reads `opentelemetry.proto.trace.v1.Span`, appending its name, status
     /// message, attributes and events; checks every field the table stores
-    /// the way a full decode would (wire types, UTF-8).
-    fn append_wire(&mut self, buf: &[u8]) -> Result<SpanFields, WireError> {
-        let mark = self.mark();
+    /// the way a full decode would (wire types, UTF-8 of what it appended
+    /// since `mark`).
+    fn append_wire(&mut self, buf: &[u8], mark: Mark) -> Result<SpanFields, WireError> {
         let mut span = SpanFields::default();
         for field in Fields::new(buf) {
             let field = field?;
