@@ -6,10 +6,13 @@
 source "$(dirname "$0")/lib.sh"
 
 ensure_build_deps
-"$ROOT/scripts/stack.sh" up
-
+# On a fresh machine the broker's install and the project's build both take
+# many minutes: run them side by side.
+start_tansu_install
 log "building (dev profile, shared target in $CARGO_TARGET_DIR)"
 cargo build --manifest-path "$ROOT/Cargo.toml" --bins
+wait_tansu_install
+"$ROOT/scripts/stack.sh" up
 
 RUN_DIR="$STATE_DIR/quickstart"
 STACK_DIR="$STATE_DIR/stack"
@@ -32,6 +35,7 @@ log "starting the selector (inactivity timeout 3 s, flush every 2 s)"
   TSS__STORAGE__ICEBERG__WAREHOUSE="$RUN_DIR/warehouse" \
   TSS__SERVER__ADMIN_ADDR="$ADMIN" \
   TSS__SERVER__METRICS_ADDR="$METRICS" \
+  TSS__KAFKA__GROUP_INSTANCE_ID=quickstart \
   nohup "$CARGO_TARGET_DIR/debug/tail-sampling-selector" >"$RUN_DIR/selector.log" 2>&1 &
   echo $! >"$STACK_DIR/selector.pid"
 )
@@ -48,14 +52,25 @@ log "selector ready: admin http://$ADMIN, metrics http://$METRICS/metrics"
 metric() {
   curl -fsS "http://$METRICS/metrics" | awk -v m="$1" '$1 == m { print $2 }'
 }
-log "waiting for the decisions and the Iceberg commit"
-for i in $(seq 1 60); do
+query() {
+  curl -fsS "http://$ADMIN/admin/query" -H 'content-type: application/json' -d "{\"sql\": \"$1\"}"
+}
+# Every kept trace is committed in some Iceberg snapshot, possibly not the
+# first one: wait until SQL sees as many kept traces as were decided, and every
+# exported span.
+log "waiting until every kept trace is visible in SQL"
+for i in $(seq 1 120); do
   kept=$(metric 'tail_sampling_traces_sampled_total{reason="error"}')
   dropped=$(metric tail_sampling_traces_dropped_total)
-  commits=$(metric tail_sampling_iceberg_commits_total)
-  if [ "${kept:-0}" -ge 4 ] && [ "${dropped:-0}" -ge 6 ] && [ "${commits:-0}" -ge 1 ]; then break; fi
-  [ "$i" -eq 60 ] && die "decisions did not arrive; see $RUN_DIR/selector.log"
-  sleep 1
+  exported=$(metric tail_sampling_spans_exported_total)
+  if [ "${kept:-0}" -ge 4 ] && [ "${dropped:-0}" -ge 6 ]; then
+    visible=$(query "SELECT count(DISTINCT trace_id), count(*) FROM spans" \
+      | python3 -c 'import json,sys; r=json.load(sys.stdin)["rows"][0]; print(r[0], r[1])' 2>/dev/null || echo "0 0")
+    read -r traces spans <<<"$visible"
+    if [ "$traces" -ge "$kept" ] && [ "$spans" -ge "${exported:-0}" ]; then break; fi
+  fi
+  [ "$i" -eq 120 ] && die "the kept traces did not all reach SQL in 60 s; see $RUN_DIR/selector.log"
+  sleep 0.5
 done
 
 SQL="SELECT trace_id, status_code, duration_ms FROM spans WHERE parent_span_id IS NULL ORDER BY trace_id"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The local stack: a Kafka-API broker (Tansu) on 127.0.0.1:9092 and Redis on
-# 127.0.0.1:6379. Idempotent: what already runs is reused, what is missing is
-# installed. Logs and pids live in .state/stack/.
+# The local stack: a Kafka-API broker (Tansu) on 127.0.0.1:9092, Redis on
+# 127.0.0.1:6379, and SeaweedFS with S3 on 127.0.0.1:8333 and an Iceberg REST
+# catalog on 127.0.0.1:8181 (credentials tss-local / tss-local-secret,
+# warehouse iceberg-tables). Idempotent: what already runs is reused, what is
+# missing is installed. Logs, pids and data live in .state/stack/.
 #
 #   scripts/stack.sh up | down | status
 #   scripts/stack.sh postgres   # also a private PostgreSQL for the catalog tests
@@ -9,17 +11,6 @@ source "$(dirname "$0")/lib.sh"
 
 STACK_DIR="$STATE_DIR/stack"
 mkdir -p "$STACK_DIR"
-
-tansu_bin() {
-  command -v tansu 2>/dev/null || { [ -x "$HOME/.cargo/bin/tansu" ] && echo "$HOME/.cargo/bin/tansu"; } || true
-}
-
-ensure_tansu() {
-  [ -n "$(tansu_bin)" ] && return 0
-  ensure_build_deps
-  log "installing Tansu $TANSU_VERSION with cargo (one time, about 20 minutes on 2 cores)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
-}
 
 start_tansu() {
   if port_open "$KAFKA_PORT"; then
@@ -50,6 +41,36 @@ start_redis() {
     --logfile "$STACK_DIR/redis.log"
   for _ in $(seq 1 50); do redis_ping && return 0; sleep 0.2; done
   die "Redis did not answer PING"
+}
+
+WEED_DIR="$STACK_DIR/seaweedfs"
+
+# `weed mini`: master, volume, filer, S3 and the Iceberg REST catalog in one
+# process. The REST catalog takes OAuth2 client credentials KEY:SECRET.
+start_seaweedfs() {
+  if port_open "$S3_PORT" && port_open "$ICEBERG_REST_PORT"; then
+    log "S3 and the Iceberg REST catalog already answer on 127.0.0.1:$S3_PORT and :$ICEBERG_REST_PORT"
+    return 0
+  fi
+  ensure_weed
+  mkdir -p "$WEED_DIR/data"
+  log "starting SeaweedFS: S3 on 127.0.0.1:$S3_PORT, Iceberg REST catalog on 127.0.0.1:$ICEBERG_REST_PORT"
+  AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+    nohup "$(weed_bin)" mini -dir="$WEED_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+      -s3.port="$S3_PORT" -s3.port.iceberg="$ICEBERG_REST_PORT" \
+      -tableBucket="$ICEBERG_WAREHOUSE" -admin.ui=false \
+      >"$WEED_DIR/weed.log" 2>&1 &
+  echo $! >"$STACK_DIR/seaweedfs.pid"
+  for _ in $(seq 1 300); do
+    if port_open "$S3_PORT" && port_open "$ICEBERG_REST_PORT" \
+      && curl -fsS -o /dev/null -X POST "http://127.0.0.1:$ICEBERG_REST_PORT/v1/oauth/tokens" \
+        -d "grant_type=client_credentials&client_id=$S3_ACCESS_KEY&client_secret=$S3_SECRET_KEY" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  tail -n 30 "$WEED_DIR/weed.log"
+  die "SeaweedFS did not start; see $WEED_DIR/weed.log"
 }
 
 PG_PORT="${TSS_PG_PORT:-55432}"
@@ -123,13 +144,20 @@ status() {
   else
     echo "selector: down"
   fi
+  if port_open "$S3_PORT" && port_open "$ICEBERG_REST_PORT"; then
+    echo "seaweedfs: up (S3 127.0.0.1:$S3_PORT, Iceberg REST 127.0.0.1:$ICEBERG_REST_PORT)"
+  else
+    echo "seaweedfs: down"
+  fi
   if port_open "$PG_PORT"; then echo "postgres: up (127.0.0.1:$PG_PORT)"; fi
 }
 
 case "${1:-}" in
-  up) start_redis; start_tansu; status ;;
+  up) start_redis; start_tansu; start_seaweedfs; status ;;
   postgres) start_postgres ;;
-  down) stop_pidfile selector; stop_pidfile tansu; stop_pidfile redis; stop_postgres; status ;;
+  down)
+    stop_pidfile selector; stop_pidfile tansu; stop_pidfile redis; stop_pidfile seaweedfs
+    stop_postgres; status ;;
   status) status ;;
   *) echo "usage: $0 up|postgres|down|status" >&2; exit 2 ;;
 esac

@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and integration tests against the real
-# local broker (Tansu), Redis, pyiceberg and the OpenTelemetry Python SDK.
+# local broker (Tansu, also behind TLS), Redis (also over TLS), SeaweedFS (S3
+# and an Iceberg REST catalog), PostgreSQL, pyiceberg, DuckDB and the
+# OpenTelemetry Python SDK.
 source "$(dirname "$0")/lib.sh"
 
 ensure_build_deps
-"$ROOT/scripts/stack.sh" up
-"$ROOT/scripts/stack.sh" postgres
+# TLS in front of the broker and certificates for the TLS tests.
+ensure_apt stunnel4 openssl redis-server
+# The broker's install, the Python environment and the build are independent:
+# on a fresh machine, run them side by side.
+start_tansu_install
 
 VENV="$CACHE_DIR/venv"
 REQS="$ROOT/tests/python/requirements.txt"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQS" "$VENV/.requirements"; then
-  log "preparing the Python test environment in $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r "$REQS"
-  cp "$REQS" "$VENV/.requirements"
-fi
-export TSS_TEST_PYTHON="$VENV/bin/python"
+prepare_venv() {
+  if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQS" "$VENV/.requirements"; then
+    log "preparing the Python test environment in $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -r "$REQS"
+    cp "$REQS" "$VENV/.requirements"
+  fi
+}
+prepare_venv >"$STATE_DIR/venv.log" 2>&1 &
+VENV_PID=$!
+
+log "building the tests (target dir $CARGO_TARGET_DIR)"
+# The benchmarks are harness-less programs: compile them, run them only with
+# `cargo bench` (see docs/performance.md).
+cargo build --manifest-path "$ROOT/Cargo.toml" --benches
+cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests --no-run
+wait "$VENV_PID" || { tail -n 30 "$STATE_DIR/venv.log"; die "preparing the Python environment failed"; }
+wait_tansu_install
+
+"$ROOT/scripts/stack.sh" up
+"$ROOT/scripts/stack.sh" postgres
+export_test_env
 
 # Bytes freshly encoded by the OpenTelemetry Python SDK, for the decode test.
 FIXTURE_DIR="$STATE_DIR/sdk-fixture"
 mkdir -p "$FIXTURE_DIR"
 "$TSS_TEST_PYTHON" "$ROOT/tests/python/make_otlp_fixture.py" "$FIXTURE_DIR/sdk_trace"
 export TSS_SDK_FIXTURE="$FIXTURE_DIR/sdk_trace"
-export TSS_TEST_BROKERS="127.0.0.1:$KAFKA_PORT"
-export TSS_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export TSS_TEST_POSTGRES_URL="postgres://tss@127.0.0.1:${TSS_PG_PORT:-55432}/tss"
-# The S3 tests start their own moto server from the same environment.
-export TSS_TEST_MOTO_SERVER="$VENV/bin/moto_server"
 
 log "running cargo test (target dir $CARGO_TARGET_DIR)"
-# The benchmarks are harness-less programs: compile them, run them only with
-# `cargo bench` (see docs/performance.md).
-cargo build --manifest-path "$ROOT/Cargo.toml" --benches
 cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests -- --test-threads "${TSS_TEST_THREADS:-3}"

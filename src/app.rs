@@ -32,8 +32,8 @@ pub enum AppError {
     Ingest(#[from] IngestError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Redis(#[from] crate::state::RedisSetupError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -59,6 +59,8 @@ pub fn effective_admin_addr(settings: &Settings) -> SocketAddr {
 /// The drain takes at most `server.shutdown_timeout_secs`; whatever it did
 /// not finish stays uncommitted in Kafka and is read again.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+    // Settings librdkafka rejects stop startup here, before any retry loop.
+    ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
     let metrics = Metrics::new()?;
     let health = Health::default();
     let tracker = Arc::new(OffsetTracker::new());
@@ -67,7 +69,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let held = Arc::new(HeldSpans::default());
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
-    let redis = Arc::new(LazyRedis::new(&settings.redis.url)?);
+    let redis = Arc::new(LazyRedis::new(&settings.redis)?);
     spawn_redis_probe(redis.clone(), health.clone());
     let rule_store = Arc::new(RuleStore::new(redis.clone()));
     let decisions = Arc::new(DecisionCache::new(redis, settings.sampling.decision_ttl_secs));
@@ -114,7 +116,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         }
     }
 
-    if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await {
+    if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await? {
         return Ok(());
     }
     let consumer = Arc::new(ingest::create_consumer(
@@ -122,9 +124,16 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         tracker.clone(),
         assignments.clone(),
         gate.clone(),
+        metrics.assigned_partitions.clone(),
     )?);
 
-    let probes = spawn_probes(&settings, health.clone(), table.clone(), consumer.clone());
+    let probes = spawn_probes(
+        &settings,
+        health.clone(),
+        table.clone(),
+        consumer.clone(),
+        OwnershipWatch::new(assignments.clone(), &settings),
+    );
 
     let (kept_tx, kept_rx) = mpsc::unbounded_channel();
     let writer = IcebergWriter::new(
@@ -261,22 +270,39 @@ fn tick_for(inactivity_secs: f64) -> Duration {
 /// Calls `attempt` until it succeeds, backing off from 0.5 s to 30 s and
 /// reporting each failure through `on_error`. `None` when shutdown came first.
 async fn retry<T, E, Fut>(
+    shutdown: watch::Receiver<bool>,
+    attempt: impl FnMut() -> Fut,
+    on_error: impl Fn(&E, Duration),
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    retry_unless(shutdown, attempt, on_error, |_| false)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// [`retry`], but an error for which `is_fatal` holds ends it at once.
+async fn retry_unless<T, E, Fut>(
     mut shutdown: watch::Receiver<bool>,
     mut attempt: impl FnMut() -> Fut,
     on_error: impl Fn(&E, Duration),
-) -> Option<T>
+    is_fatal: impl Fn(&E) -> bool,
+) -> Result<Option<T>, E>
 where
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut backoff = Duration::from_millis(500);
     loop {
         match attempt().await {
-            Ok(v) => return Some(v),
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => on_error(&e, backoff),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return None,
+            _ = shutdown.changed() => return Ok(None),
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
@@ -302,14 +328,15 @@ async fn open_table_with_retry(
 }
 
 /// Creates the topics, retrying while the broker is unreachable. Returns
-/// false when shutdown was requested first.
+/// false when shutdown was requested first, and an error when the broker
+/// rejected the client's TLS or SASL settings, which retrying can't fix.
 async fn ensure_topics_with_retry(
     settings: &Settings,
     health: &Health,
     shutdown: watch::Receiver<bool>,
-) -> bool {
+) -> Result<bool, AppError> {
     let kafka = &settings.kafka;
-    retry(
+    let created = retry_unless(
         shutdown,
         || async {
             ingest::ensure_topic(kafka, &kafka.topic).await?;
@@ -322,9 +349,10 @@ async fn ensure_topics_with_retry(
             tracing::error!(error = %e, brokers = %kafka.brokers, retry_in_ms = backoff.as_millis() as u64, "cannot reach Kafka");
             health.set_kafka(Err(e.to_string()));
         },
+        IngestError::is_fatal,
     )
-    .await
-    .is_some()
+    .await?;
+    Ok(created.is_some())
 }
 
 /// Probes Redis every few seconds for `/health`, from startup on.
@@ -345,10 +373,12 @@ fn spawn_probes(
     health: Health,
     table: TableHandle,
     consumer: Arc<ingest::SelectorConsumer>,
+    mut ownership: OwnershipWatch,
 ) -> tokio::task::JoinHandle<()> {
     let topic = settings.kafka.topic.clone();
     tokio::spawn(async move {
         loop {
+            ownership.check(&consumer, &topic).await;
             let c = consumer.clone();
             let t = topic.clone();
             let kafka = tokio::task::spawn_blocking(move || {
@@ -377,4 +407,58 @@ fn spawn_probes(
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     })
+}
+
+/// Tells an operator when this instance has owned no partition for longer
+/// than the session timeout while the group still has messages to read: a
+/// member that should be working is not (on a broker that is slow to evict a
+/// dead member, for example; static membership avoids that).
+struct OwnershipWatch {
+    assignments: Arc<Assignments>,
+    patience: Duration,
+    empty_since: Option<std::time::Instant>,
+    last_warning: Option<std::time::Instant>,
+}
+
+impl OwnershipWatch {
+    /// Repeats the warning at most this often while the situation lasts.
+    const WARN_EVERY: Duration = Duration::from_secs(60);
+
+    fn new(assignments: Arc<Assignments>, settings: &Settings) -> Self {
+        Self {
+            assignments,
+            patience: Duration::from_millis(settings.kafka.session_timeout_ms),
+            empty_since: None,
+            last_warning: None,
+        }
+    }
+
+    async fn check(&mut self, consumer: &Arc<ingest::SelectorConsumer>, topic: &str) {
+        if self.assignments.count() > 0 {
+            self.empty_since = None;
+            return;
+        }
+        let since = *self.empty_since.get_or_insert_with(std::time::Instant::now);
+        let due = self.last_warning.is_none_or(|t| t.elapsed() >= Self::WARN_EVERY);
+        if since.elapsed() < self.patience || !due {
+            return;
+        }
+        let (c, t) = (consumer.clone(), topic.to_string());
+        let lag = tokio::task::spawn_blocking(move || {
+            ingest::group_lag(c.as_ref(), &t, Duration::from_secs(3))
+        })
+        .await;
+        if let Ok(Ok(lag)) = lag {
+            if lag > 0 {
+                tracing::warn!(
+                    owned_none_for_secs = since.elapsed().as_secs(),
+                    group_lag_messages = lag,
+                    "this instance owns no partition while its group has unread messages; \
+                     if no other member is consuming, a dead member may still hold them \
+                     (set kafka.group_instance_id for static membership)"
+                );
+                self.last_warning = Some(std::time::Instant::now());
+            }
+        }
+    }
 }

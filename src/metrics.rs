@@ -29,6 +29,7 @@ pub struct Metrics {
     pub replayed_spans_skipped_total: IntCounter,
     pub held_spans: IntGauge,
     pub consumer_paused: IntGauge,
+    pub assigned_partitions: IntGauge,
     pub decision_latency_seconds: Histogram,
     pub iceberg_commit_duration_seconds: Histogram,
 }
@@ -145,6 +146,10 @@ impl Metrics {
                 "consumer_paused",
                 "1 while the consumer pauses its partitions at buffer.max_buffered_spans",
             )?,
+            assigned_partitions: gauge(
+                "assigned_partitions",
+                "Partitions of the topic this instance owns in its consumer group",
+            )?,
             consumer_lag_messages,
             registry,
         };
@@ -193,6 +198,7 @@ mod tests {
             "tail_sampling_buffered_spans",
             "tail_sampling_decision_latency_seconds_bucket",
             "tail_sampling_iceberg_commit_duration_seconds",
+            "tail_sampling_assigned_partitions",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -1,14 +1,15 @@
-//! The production storage paths against real servers on loopback: an Iceberg
-//! warehouse on S3 (moto's server), and the SQL catalog on PostgreSQL. Both
-//! run the full path: Kafka, the selector, Parquet objects, then SQL, and a
-//! second reader (pyiceberg) reads the same table back.
+//! The production storage paths against real servers on loopback: the
+//! Iceberg REST catalog with its S3 warehouse (SeaweedFS), an S3 warehouse
+//! under the SQL catalog, and the SQL catalog on PostgreSQL. Each runs the
+//! full path: Kafka, the selector, Parquet objects, then SQL, and readers no
+//! one here wrote (pyiceberg, DuckDB) read the same table back.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{OwnS3, Selector};
+use common::{Seaweed, Selector};
 use serde_json::Value;
 
 fn trace_ids(rows: &Value, column: usize) -> BTreeSet<String> {
@@ -20,7 +21,11 @@ fn trace_ids(rows: &Value, column: usize) -> BTreeSet<String> {
 }
 
 fn py_ids(scan: &Value) -> BTreeSet<String> {
-    scan["trace_ids"]
+    ids_of(scan, "trace_ids")
+}
+
+fn ids_of(scan: &Value, field: &str) -> BTreeSet<String> {
+    scan[field]
         .as_array()
         .expect("trace ids")
         .iter()
@@ -44,19 +49,60 @@ async fn seed_and_wait(s: &Selector) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rest_catalog_with_s3_warehouse_round_trip() {
+    let weed = Seaweed::from_env();
+    let namespace = format!("it_rest_{}", uuid::Uuid::new_v4().simple());
+    let settings = weed.rest_catalog(&namespace);
+    let s = Selector::start("rest", &common::pairs(&settings)).await;
+    let sql_ids = seed_and_wait(&s).await;
+
+    // pyiceberg and DuckDB, through the same catalog and S3, read the rows SQL saw.
+    let scan = common::run_python(
+        &common::python_script("scan_table.py"),
+        &weed.scan_args(&format!("{namespace}.spans")),
+    );
+    assert_eq!(scan["rows"], 12, "{scan}");
+    assert_eq!(py_ids(&scan), sql_ids);
+    assert_eq!(scan["duckdb_rows"], 12, "{scan}");
+    assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
+    assert!(scan["partition_spec"].as_str().unwrap_or_default().contains("day"), "{scan}");
+    let location = scan["location"].as_str().unwrap_or_default();
+    assert!(location.starts_with(&format!("s3://{}/", weed.warehouse)), "{scan}");
+
+    // The data files are Parquet objects in the table bucket, under the table.
+    let prefix = location.trim_start_matches(&format!("s3://{}/", weed.warehouse));
+    let keys = weed.list(&weed.warehouse, prefix);
+    assert!(
+        keys.iter().any(|k| k.contains("/data/") && k.ends_with(".parquet")),
+        "no Parquet data files under {location}: {keys:?}"
+    );
+
+    // Neither the OAuth2 secret nor the S3 secret reaches /health or the log.
+    let (_, health) = s.get("/health").await;
+    assert!(!health.to_string().contains(&weed.secret_key), "{health}");
+    assert!(!s.log().contains(&weed.secret_key), "a secret leaked into the log");
+
+    // A restarted selector finds the table in the catalog and serves it.
+    drop(s);
+    let again = Selector::start("rest2", &common::pairs(&settings)).await;
+    assert!(!again.log().contains("created table"), "the existing table must be reused");
+    assert_eq!(again.count("SELECT count(*) FROM spans").await, 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn s3_warehouse_round_trip() {
-    let s3 = OwnS3::start();
+    let s3 = Seaweed::from_env();
     let bucket = format!("tss-it-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket(&bucket);
-    let secret = format!("s3-secret-{}", uuid::Uuid::new_v4().simple());
+    let secret = s3.secret_key.clone();
     let warehouse = format!("s3://{bucket}/warehouse");
-    let endpoint = s3.endpoint();
+    let endpoint = s3.endpoint.clone();
     let s = Selector::start(
         "s3",
         &[
             ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
             ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", endpoint.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", "it-access-key"),
+            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", s3.access_key.as_str()),
             ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", secret.as_str()),
             ("TSS__STORAGE__ICEBERG__S3_REGION", "us-east-1"),
             ("TSS__STORAGE__ICEBERG__S3_PATH_STYLE", "true"),
@@ -93,13 +139,16 @@ async fn s3_warehouse_round_trip() {
             "--s3-endpoint".into(),
             endpoint.clone(),
             "--s3-access-key-id".into(),
-            "it-access-key".into(),
+            s3.access_key.clone(),
             "--s3-secret-access-key".into(),
             secret.clone(),
+            "--duckdb".into(),
         ],
     );
     assert_eq!(scan["rows"], 12, "{scan}");
     assert_eq!(py_ids(&scan), sql_ids);
+    assert_eq!(scan["duckdb_rows"], 12, "{scan}");
+    assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
     assert!(scan["location"].as_str().unwrap_or_default().starts_with(&warehouse), "{scan}");
 
     // The secret appears neither in /health nor in any log line.
@@ -141,10 +190,12 @@ async fn postgres_sql_catalog_round_trip() {
             format!("file://{warehouse}"),
             "--table".into(),
             format!("{namespace}.spans"),
+            "--duckdb".into(),
         ],
     );
     assert_eq!(scan["rows"], 12, "{scan}");
     assert_eq!(py_ids(&scan), sql_ids);
+    assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
     assert!(scan["partition_spec"].as_str().unwrap_or_default().contains("day"), "{scan}");
     assert!(!s.log().contains(&password), "the catalog password leaked into the log");
 

@@ -15,22 +15,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use prost::Message;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use tail_sampling_selector::config::KafkaConfig;
 use tail_sampling_selector::ingest;
 use tail_sampling_selector::loadgen::{ErrorBurst, LatencySpike, Scenario, TraceGenerator};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send realistic OTLP trace traffic to a Kafka topic")]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "otel-traces-raw")]
-    topic: String,
+    /// The selector's config file: its `[kafka]` section (brokers, topic,
+    /// TLS, SASL, properties) is used, with `TSS__KAFKA__…` overrides.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides `kafka.brokers` (default 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Overrides `kafka.topic` (default otel-traces-raw).
+    #[arg(long)]
+    topic: Option<String>,
+    /// A librdkafka property, `-X security.protocol=ssl`; repeatable.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
     /// Partitions when the topic has to be created.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
@@ -147,19 +154,16 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(rate >= 0.0, "--rate must not be negative");
     anyhow::ensure!(args.traces_per_message >= 1, "--traces-per-message must be at least 1");
 
-    let kafka = KafkaConfig {
-        brokers: args.brokers.clone(),
-        topic: args.topic.clone(),
-        topic_partitions: args.partitions,
-        ..tail_sampling_selector::config::Settings::load_with_env(None, std::iter::empty())?.kafka
-    };
-    ingest::ensure_topic(&kafka, &args.topic)
+    let mut kafka =
+        ingest::client::tool_config(args.config.as_deref(), args.brokers.as_deref(), &args.properties)?;
+    kafka.topic_partitions = args.partitions;
+    let topic = args.topic.clone().unwrap_or_else(|| kafka.topic.clone());
+    ingest::ensure_topic(&kafka, &topic)
         .await
-        .with_context(|| format!("creating topic {} at {}", args.topic, args.brokers))?;
+        .with_context(|| format!("creating topic {topic} at {}", kafka.brokers))?;
 
     let delivery = Arc::new(Delivery::default());
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let producer: ThreadedProducer<Counting> = ingest::client::client_config(&kafka)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -171,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
     let mut generator = TraceGenerator::new(scenario, args.seed);
     println!(
         "sending to {} topic {}: {} traces/s, {} trace(s) per message{}{}",
-        args.brokers,
-        args.topic,
+        kafka.brokers,
+        topic,
         if rate > 0.0 { format!("{rate:.0}") } else { "unlimited".into() },
         args.traces_per_message,
         args.duration_secs.map(|d| format!(", for {d} s")).unwrap_or_default(),
@@ -207,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
             if batch.len() == args.traces_per_message || i + 1 == due {
                 let key = hex::encode(batch[0].trace_id);
                 let payload = generator.request(std::mem::take(&mut batch)).encode_to_vec();
-                send(&producer, &args.topic, &key, payload).await;
+                send(&producer, &topic, &key, payload).await;
                 messages += 1;
             }
             traces += 1;

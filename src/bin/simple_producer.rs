@@ -8,17 +8,26 @@ use anyhow::Context;
 use clap::Parser;
 use prost::Message;
 use rand::RngCore;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tail_sampling_selector::ingest::client;
 use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send seed OTLP traces to the selector's Kafka topic")]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "otel-traces-raw")]
-    topic: String,
+    /// The selector's config file: its `[kafka]` section (brokers, topic,
+    /// TLS, SASL, properties) is used, with `TSS__KAFKA__…` overrides.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Overrides `kafka.brokers` (default 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Overrides `kafka.topic` (default otel-traces-raw).
+    #[arg(long)]
+    topic: Option<String>,
+    /// A librdkafka property, `-X security.protocol=ssl`; repeatable.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
     /// Number of traces to send.
     #[arg(long, default_value_t = 10)]
     count: usize,
@@ -40,8 +49,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let kafka = client::tool_config(args.config.as_deref(), args.brokers.as_deref(), &args.properties)?;
+    let topic = args.topic.clone().unwrap_or_else(|| kafka.topic.clone());
+    let producer: FutureProducer = client::client_config(&kafka)
         .set("message.timeout.ms", "15000")
         .create()
         .context("creating the Kafka producer")?;
@@ -67,12 +77,12 @@ async fn main() -> anyhow::Result<()> {
         let payload = request.encode_to_vec();
         let delivery = producer
             .send(
-                FutureRecord::to(&args.topic).key(&key).payload(&payload),
+                FutureRecord::to(&topic).key(&key).payload(&payload),
                 Duration::from_secs(15),
             )
             .await
             .map_err(|(e, _)| e)
-            .with_context(|| format!("sending trace {i} to {}", args.topic))?;
+            .with_context(|| format!("sending trace {i} to {topic} at {}", kafka.brokers))?;
         let (partition, offset) = (delivery.partition, delivery.offset);
         let tag = if error { "ERROR" } else if slow { "SLOW" } else { "OK" };
         errors += usize::from(error);

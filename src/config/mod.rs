@@ -22,10 +22,14 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Load(#[from] config::ConfigError),
     #[error("config key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    invalid_owned(key.to_string(), reason)
+}
+
+fn invalid_owned(key: String, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
@@ -47,7 +51,7 @@ pub struct Settings {
     pub query: QueryConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -63,6 +67,259 @@ pub struct KafkaConfig {
     /// librdkafka's `session.timeout.ms`: how soon a crashed member's
     /// partitions go to the others.
     pub session_timeout_ms: u64,
+    /// Static membership (KIP-345, librdkafka's `group.instance.id`): a member
+    /// that restarts with the same id takes its partitions back at once
+    /// instead of waiting for the dead incarnation's session to time out.
+    /// Unique per instance; unset means dynamic membership.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's
+    /// `security.protocol`).
+    #[serde(default)]
+    pub security_protocol: Option<SecurityProtocol>,
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<String>,
+    /// A PEM file of the CA certificates that sign the brokers' certificates;
+    /// the system's trust store when unset.
+    #[serde(default)]
+    pub ssl_ca_location: Option<String>,
+    /// The client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub ssl_certificate_location: Option<String>,
+    /// The client certificate's private key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub ssl_key_location: Option<String>,
+    #[serde(default)]
+    pub ssl_key_password: Option<String>,
+    /// Any other librdkafka property, passed as it is to the consumer, the
+    /// dead-letter producer and the admin client. Nested TOML tables are
+    /// joined with dots, and `_` in a key reads as `.`, so that
+    /// `TSS__KAFKA__PROPERTIES__SOCKET_KEEPALIVE_ENABLE=true` sets
+    /// `socket.keepalive.enable`.
+    #[serde(default, deserialize_with = "properties::deserialize")]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[serde(alias = "PLAINTEXT")]
+    Plaintext,
+    #[serde(alias = "SSL")]
+    Ssl,
+    #[serde(alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// librdkafka's `sasl.mechanism`, as the brokers spell it. GSSAPI (Kerberos)
+/// is not offered: the selector's librdkafka is built without Cyrus SASL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::OauthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// librdkafka properties the selector sets itself, with the key to use instead
+/// (or why it can't be changed).
+const RESERVED_KAFKA_PROPERTIES: [(&str, &str); 11] = [
+    ("bootstrap.servers", "set kafka.brokers"),
+    ("metadata.broker.list", "set kafka.brokers"),
+    ("group.id", "set kafka.group_id"),
+    ("group.instance.id", "set kafka.group_instance_id"),
+    ("session.timeout.ms", "set kafka.session_timeout_ms"),
+    ("partition.assignment.strategy", "set kafka.partition_assignment_strategy"),
+    ("enable.auto.commit", "offsets are committed only once kept traces are stored"),
+    ("enable.auto.offset.store", "offsets are committed only once kept traces are stored"),
+    ("enable.partition.eof", "the consumer loop relies on it being off"),
+    ("fetch.message.max.bytes", "set kafka.max_message_bytes"),
+    ("auto.offset.reset", "a new group must start at the earliest offset so nothing is lost"),
+];
+
+impl KafkaConfig {
+    /// The librdkafka properties the first-class security keys stand for.
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |key: &'static str, v: Option<&str>| {
+            if let Some(v) = v {
+                out.push((key, v.to_string()));
+            }
+        };
+        put("security.protocol", self.security_protocol.map(SecurityProtocol::as_str));
+        put("sasl.mechanism", self.sasl_mechanism.map(SaslMechanism::as_str));
+        put("sasl.username", self.sasl_username.as_deref());
+        put("sasl.password", self.sasl_password.as_deref());
+        put("ssl.ca.location", self.ssl_ca_location.as_deref());
+        put("ssl.certificate.location", self.ssl_certificate_location.as_deref());
+        put("ssl.key.location", self.ssl_key_location.as_deref());
+        put("ssl.key.password", self.ssl_key_password.as_deref());
+        out
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, why) in RESERVED_KAFKA_PROPERTIES {
+            if self.properties.contains_key(key) {
+                return Err(invalid_owned(
+                    format!("kafka.properties.{key}"),
+                    format!("is managed by the selector: {why}"),
+                ));
+            }
+        }
+        for (key, _) in self.security_properties() {
+            if self.properties.contains_key(key) {
+                return Err(invalid_owned(
+                    format!("kafka.properties.{key}"),
+                    format!("is also set by its first-class key kafka.{}; set one of them", key.replace('.', "_")),
+                ));
+            }
+        }
+        if self.sasl_username.is_some() != self.sasl_password.is_some() {
+            return Err(invalid(
+                "kafka.sasl_username",
+                "kafka.sasl_username and kafka.sasl_password go together",
+            ));
+        }
+        let sasl = self.security_protocol.is_some_and(SecurityProtocol::uses_sasl);
+        if !sasl && (self.sasl_mechanism.is_some() || self.sasl_username.is_some()) {
+            return Err(invalid(
+                "kafka.security_protocol",
+                "SASL settings need security_protocol = \"sasl_ssl\" or \"sasl_plaintext\"",
+            ));
+        }
+        if self.ssl_certificate_location.is_some() != self.ssl_key_location.is_some() {
+            return Err(invalid(
+                "kafka.ssl_certificate_location",
+                "mutual TLS needs both kafka.ssl_certificate_location and kafka.ssl_key_location",
+            ));
+        }
+        if matches!(&self.group_instance_id, Some(id) if id.trim().is_empty()) {
+            return Err(invalid("kafka.group_instance_id", "must not be empty when set"));
+        }
+        Ok(())
+    }
+}
+
+/// True for librdkafka properties whose value is a secret.
+pub fn is_secret_property(key: &str) -> bool {
+    ["password", "secret", "jaas", "token", "ssl.key.pem", "keystore"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// Hand-written so that passwords and secret properties never reach a log line.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: std::collections::BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("partition_assignment_strategy", &self.partition_assignment_strategy)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "***"))
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .field("ssl_key_password", &self.ssl_key_password.as_ref().map(|_| "***"))
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// `[kafka.properties]`: any TOML shape flattened to librdkafka's dotted keys.
+mod properties {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Str(String),
+        Table(BTreeMap<String, Value>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        let table = BTreeMap::<String, Value>::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        flatten("", table, &mut out);
+        Ok(out)
+    }
+
+    fn flatten(prefix: &str, table: BTreeMap<String, Value>, out: &mut BTreeMap<String, String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.replace('_', ".")
+            } else {
+                format!("{prefix}.{}", k.replace('_', "."))
+            };
+            let value = match v {
+                Value::Table(t) => {
+                    flatten(&key, t, out);
+                    continue;
+                }
+                Value::Bool(b) => b.to_string(),
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => f.to_string(),
+                Value::Str(s) => s,
+            };
+            out.insert(key, value);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,10 +332,64 @@ pub struct BufferConfig {
     pub resume_ratio: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://[user[:password]@]host:port[/db]`, or `rediss://…` for TLS.
+    /// A user and password in the URL log in as that ACL user.
     pub url: String,
+    /// Prefix of every key and channel the selector uses, so that several
+    /// pipelines can share one Redis without seeing each other's decisions
+    /// and force rules.
+    pub key_prefix: String,
+    /// For `rediss://`: a PEM file of the CA certificates that sign the
+    /// server's certificate; the system's trust store when unset.
+    #[serde(default)]
+    pub tls_ca_location: Option<String>,
+    /// For `rediss://` with client authentication: the client certificate (PEM).
+    #[serde(default)]
+    pub tls_certificate_location: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub tls_key_location: Option<String>,
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let tls = self.url.starts_with("rediss://");
+        if !tls && !self.url.starts_with("redis://") && !self.url.starts_with("unix://") {
+            return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.chars().any(|c| c.is_whitespace()) {
+            return Err(invalid("redis.key_prefix", "must be non-empty, without whitespace"));
+        }
+        let any_tls_file = self.tls_ca_location.is_some()
+            || self.tls_certificate_location.is_some()
+            || self.tls_key_location.is_some();
+        if any_tls_file && !tls {
+            return Err(invalid("redis.url", "the redis.tls_* files need a rediss:// URL"));
+        }
+        if self.tls_certificate_location.is_some() != self.tls_key_location.is_some() {
+            return Err(invalid(
+                "redis.tls_certificate_location",
+                "client authentication needs both redis.tls_certificate_location and redis.tls_key_location",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Hand-written so that a password in the URL never reaches a log line.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_uri(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("tls_ca_location", &self.tls_ca_location)
+            .field("tls_certificate_location", &self.tls_certificate_location)
+            .field("tls_key_location", &self.tls_key_location)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +602,8 @@ impl Settings {
         if self.kafka.max_message_bytes < 1024 {
             return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
         }
+        self.kafka.validate()?;
+        self.redis.validate()?;
         if self.kafka.commit_interval_ms == 0 {
             return Err(invalid("kafka.commit_interval_ms", "must be positive"));
         }
@@ -487,5 +800,81 @@ mod tests {
         for secret in ["hunter2", "tok-secret", "pw-secret", "oauth-secret", "bearer-secret"] {
             assert!(!dump.contains(secret), "{secret} leaked: {dump}");
         }
+    }
+
+    #[test]
+    fn kafka_properties_from_toml_keep_their_dotted_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka.properties]\n\"client.id\" = \"sel\"\nsocket.keepalive.enable = true\n\"fetch.wait.max.ms\" = 50\n",
+        )
+        .expect("write");
+        let s = Settings::load_with_env(Some(&path), env(&[])).expect("load");
+        let p = &s.kafka.properties;
+        assert_eq!(p.get("client.id").map(String::as_str), Some("sel"));
+        assert_eq!(p.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+        assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("50"));
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn kafka_settings_that_contradict_are_named() {
+        let cases = [
+            (vec![("TSS__KAFKA__PROPERTIES__GROUP_ID", "x")], "kafka.properties.group.id"),
+            (vec![("TSS__KAFKA__PROPERTIES__ENABLE_AUTO_COMMIT", "true")], "kafka.properties.enable.auto.commit"),
+            (
+                vec![
+                    ("TSS__KAFKA__SECURITY_PROTOCOL", "ssl"),
+                    ("TSS__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "ssl"),
+                ],
+                "kafka.properties.security.protocol",
+            ),
+            (vec![("TSS__KAFKA__SASL_MECHANISM", "PLAIN")], "kafka.security_protocol"),
+            (vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_tls")], "security_protocol"),
+            (
+                vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"), ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-1")],
+                "sasl_mechanism",
+            ),
+            (
+                vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"), ("TSS__KAFKA__SASL_USERNAME", "u")],
+                "kafka.sasl_username",
+            ),
+            (vec![("TSS__KAFKA__SSL_CERTIFICATE_LOCATION", "c.pem")], "kafka.ssl_certificate_location"),
+            (vec![("TSS__KAFKA__GROUP_INSTANCE_ID", " ")], "kafka.group_instance_id"),
+            (vec![("TSS__REDIS__KEY_PREFIX", "")], "redis.key_prefix"),
+            (vec![("TSS__REDIS__URL", "http://h:6379")], "redis.url"),
+            (vec![("TSS__REDIS__TLS_CA_LOCATION", "ca.pem")], "redis.url"),
+        ];
+        for (pairs, needle) in cases {
+            let err = Settings::load_with_env(None, env(&pairs))
+                .expect_err(&format!("{pairs:?} must be rejected"))
+                .to_string();
+            assert!(err.contains(needle), "{pairs:?}: `{err}` does not name `{needle}`");
+        }
+    }
+
+    #[test]
+    fn kafka_and_redis_secrets_are_redacted() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"),
+                ("TSS__KAFKA__SASL_USERNAME", "selector"),
+                ("TSS__KAFKA__SASL_PASSWORD", "sasl-secret"),
+                ("TSS__KAFKA__SSL_KEY_PASSWORD", "key-secret"),
+                ("TSS__KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_SECRET", "oauth-secret"),
+                ("TSS__REDIS__URL", "rediss://alice:redis-secret@127.0.0.1:6380"),
+            ]),
+        )
+        .expect("load");
+        let dump = format!("{s:?}");
+        for secret in ["sasl-secret", "key-secret", "oauth-secret", "redis-secret"] {
+            assert!(!dump.contains(secret), "{secret} leaked: {dump}");
+        }
+        assert!(dump.contains("selector") && dump.contains("alice"), "{dump}");
+        assert_eq!(s.redis.key_prefix, "tss:");
     }
 }

@@ -1,5 +1,6 @@
 //! The Kafka source: topic setup, the consumer loop and offset commits.
 
+pub mod client;
 pub mod decode;
 pub mod offsets;
 pub mod wire;
@@ -9,8 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -38,19 +37,47 @@ pub enum IngestError {
     Kafka(#[from] KafkaError),
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
+    /// The broker rejected the client's TLS or SASL settings. Retrying can't
+    /// fix it, so startup stops.
+    #[error("kafka rejected the connection (check kafka.security_protocol, kafka.ssl_* and kafka.sasl_*): {0}")]
+    Security(String),
+}
+
+impl IngestError {
+    /// True when only a change of settings can fix it.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, IngestError::Security(_))
+    }
 }
 
 /// Creates the topic with `topic_partitions` partitions unless it exists.
 /// Needed because some brokers (Tansu) do not auto-create topics.
+/// A TLS or SASL rejection ends the call at once with
+/// [`IngestError::Security`] instead of waiting for the request timeout.
 pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str) -> Result<(), IngestError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()?;
+    let watch = client::SecurityWatch::default();
+    let admin: AdminClient<client::SecurityWatch> =
+        client::client_config(cfg).create_with_context(watch.clone())?;
     let new_topic = NewTopic::new(topic, cfg.topic_partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&new_topic], &opts).await?;
+    let create = admin.create_topics([&new_topic], &opts);
+    tokio::pin!(create);
+    let results = loop {
+        tokio::select! {
+            r = &mut create => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(reason) = watch.fatal() {
+                    return Err(IngestError::Security(reason));
+                }
+            }
+        }
+    };
+    let results = match (results, watch.fatal()) {
+        (_, Some(reason)) => return Err(IngestError::Security(reason)),
+        (r, None) => r?,
+    };
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic"),
@@ -76,6 +103,7 @@ pub struct SelectorContext {
     assignments: Arc<Assignments>,
     gate: Arc<CommitGate>,
     topic: String,
+    assigned_partitions: prometheus::IntGauge,
 }
 
 impl ClientContext for SelectorContext {}
@@ -86,7 +114,8 @@ impl ConsumerContext for SelectorContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
                 self.assignments.assign(&assigned);
-                tracing::info!(partitions = ?assigned, "partitions assigned");
+                self.assigned_partitions.set(self.assignments.count() as i64);
+                tracing::info!(partitions = ?assigned, owned = self.assignments.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 let revoked = partitions_of(tpl);
@@ -100,7 +129,8 @@ impl ConsumerContext for SelectorContext {
                 }
                 commit_watermarks(consumer, &self.tracker, &self.topic, CommitMode::Sync);
                 self.tracker.forget(&revoked);
-                tracing::info!(partitions = ?revoked, "partitions revoked");
+                self.assigned_partitions.set(self.assignments.count() as i64);
+                tracing::info!(partitions = ?revoked, owned = self.assignments.count(), "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -130,9 +160,13 @@ pub fn create_consumer(
     tracker: Arc<OffsetTracker>,
     assignments: Arc<Assignments>,
     gate: Arc<CommitGate>,
+    assigned_partitions: prometheus::IntGauge,
 ) -> Result<SelectorConsumer, IngestError> {
-    let consumer: SelectorConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+    let mut config = client::client_config(cfg);
+    if let Some(id) = &cfg.group_instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: SelectorConsumer = config
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -146,9 +180,38 @@ pub fn create_consumer(
             assignments,
             gate,
             topic: cfg.topic.clone(),
+            assigned_partitions,
         })?;
     consumer.subscribe(&[cfg.topic.as_str()])?;
     Ok(consumer)
+}
+
+/// Messages of `topic` that the group has not committed yet, over all its
+/// partitions: each high watermark minus the group's committed offset (the
+/// low watermark where the group has none). Blocking: call it off the runtime.
+pub fn group_lag<C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lag += (high - from).max(0);
+    }
+    Ok(lag)
 }
 
 /// Commits every watermark that moved. Returns how many partitions moved.
@@ -406,8 +469,7 @@ pub fn dead_letter_producer(cfg: &KafkaConfig) -> Result<Option<(FutureProducer,
     let Some(topic) = cfg.dead_letter_topic.clone().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+    let producer: FutureProducer = client::client_config(cfg)
         .set("message.timeout.ms", "10000")
         .create()?;
     Ok(Some((producer, topic)))

@@ -96,6 +96,11 @@ impl Assignments {
         self.revocations.fetch_add(1, Ordering::Release);
     }
 
+    /// How many partitions this instance owns now.
+    pub fn count(&self) -> usize {
+        self.owned.lock().len()
+    }
+
     /// The current lease on a partition, if this instance owns it.
     pub fn lease(&self, partition: i32) -> Option<Lease> {
         self.owned

@@ -1,7 +1,8 @@
 //! Force rules in Redis, shared by every instance, and the local compiled copy.
 //!
-//! Each rule is one key, `tss:rule:{id}`, holding its JSON and expiring with
-//! it. Writers publish the rule id on `tss:rules:changed`; every instance then
+//! Each rule is one key, `{prefix}rule:{id}`, holding its JSON and expiring
+//! with it (the prefix is `redis.key_prefix`, `tss:` by default). Writers
+//! publish the rule id on `{prefix}rules:changed`; every instance then
 //! reloads all rules at once. A full reload every second is the safety net for
 //! a missed message. Evaluation reads only the local copy, never Redis.
 
@@ -20,13 +21,14 @@ use crate::ingest::decode::{SpanRecord, TraceId};
 use crate::sampling::{ForceRules, ForceVerdict};
 use crate::state::LazyRedis;
 
-const RULE_PREFIX: &str = "tss:rule:";
+/// Key names under `redis.key_prefix`.
+const RULE_KEYS: &str = "rule:";
 /// The set of rule ids, so that listing never scans the keyspace (which
 /// also holds one decision key per recent trace). Ids of expired rules are
 /// removed from it when a listing finds their key gone.
-const INDEX_KEY: &str = "tss:rules";
-const MATCHES_KEY: &str = "tss:rule-matches";
-const CHANNEL: &str = "tss:rules:changed";
+const INDEX_KEY: &str = "rules";
+const MATCHES_KEY: &str = "rule-matches";
+const CHANNEL: &str = "rules:changed";
 /// How often every instance reloads all rules, whatever pub/sub said.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -71,6 +73,10 @@ impl RuleStore {
         Ok(self.redis.conn().await?)
     }
 
+    fn rule_key(&self, id: &str) -> String {
+        self.redis.key(&format!("{RULE_KEYS}{id}"))
+    }
+
     pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {
         let created_at = now_ms();
         let rule = StoredRule {
@@ -85,11 +91,11 @@ impl RuleStore {
         })?;
         let mut c = self.conn().await?;
         let _: () = redis::pipe()
-            .set_ex(format!("{RULE_PREFIX}{}", rule.id), json, rule.spec.duration_secs as u64)
+            .set_ex(self.rule_key(&rule.id), json, rule.spec.duration_secs as u64)
             .ignore()
-            .sadd(INDEX_KEY, &rule.id)
+            .sadd(self.redis.key(INDEX_KEY), &rule.id)
             .ignore()
-            .publish(CHANNEL, &rule.id)
+            .publish(self.redis.key(CHANNEL), &rule.id)
             .ignore()
             .query_async(&mut c)
             .await?;
@@ -100,12 +106,12 @@ impl RuleStore {
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         let (removed,): (i64,) = redis::pipe()
-            .del(format!("{RULE_PREFIX}{id}"))
-            .srem(INDEX_KEY, id)
+            .del(self.rule_key(id))
+            .srem(self.redis.key(INDEX_KEY), id)
             .ignore()
-            .hdel(MATCHES_KEY, id)
+            .hdel(self.redis.key(MATCHES_KEY), id)
             .ignore()
-            .publish(CHANNEL, id)
+            .publish(self.redis.key(CHANNEL), id)
             .ignore()
             .query_async(&mut c)
             .await?;
@@ -114,18 +120,18 @@ impl RuleStore {
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredRule>, StoreError> {
         let mut c = self.conn().await?;
-        let json: Option<String> = c.get(format!("{RULE_PREFIX}{id}")).await?;
+        let json: Option<String> = c.get(self.rule_key(id)).await?;
         json.map(|j| parse(id, &j)).transpose()
     }
 
     /// Every live rule.
     pub async fn list(&self) -> Result<Vec<StoredRule>, StoreError> {
         let mut c = self.conn().await?;
-        let ids: Vec<String> = c.smembers(INDEX_KEY).await?;
+        let ids: Vec<String> = c.smembers(self.redis.key(INDEX_KEY)).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| format!("{RULE_PREFIX}{id}")).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.rule_key(id)).collect();
         let values: Vec<Option<String>> = c.mget(&keys).await?;
         let mut rules = Vec::new();
         let mut expired = Vec::new();
@@ -137,7 +143,7 @@ impl RuleStore {
             }
         }
         if !expired.is_empty() {
-            let _: Result<(), _> = c.srem(INDEX_KEY, &expired).await;
+            let _: Result<(), _> = c.srem(self.redis.key(INDEX_KEY), &expired).await;
         }
         rules.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.id.cmp(&b.id)));
         Ok(rules)
@@ -146,14 +152,14 @@ impl RuleStore {
     /// Matches counted by every instance so far, by rule id.
     pub async fn match_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
         let mut c = self.conn().await?;
-        Ok(c.hgetall(MATCHES_KEY).await?)
+        Ok(c.hgetall(self.redis.key(MATCHES_KEY)).await?)
     }
 
     async fn add_match_counts(&self, counts: &[(Arc<str>, u64)]) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         for (id, n) in counts {
-            pipe.hincr(MATCHES_KEY, id.as_ref(), *n).ignore();
+            pipe.hincr(self.redis.key(MATCHES_KEY), id.as_ref(), *n).ignore();
         }
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
@@ -215,7 +221,7 @@ impl ForceRules for LiveRules {
 /// `RESYNC_INTERVAL`; report match counts as it goes. Runs forever.
 pub async fn run_sync(store: Arc<RuleStore>, live: Arc<LiveRules>, max_duration_secs: i64) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    tokio::spawn(listen(store.redis.client().clone(), tx));
+    tokio::spawn(listen(store.redis.client().clone(), store.redis.key(CHANNEL), tx));
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -236,11 +242,11 @@ pub async fn run_sync(store: Arc<RuleStore>, live: Arc<LiveRules>, max_duration_
 }
 
 /// Forwards rule-change notifications; reconnects when Redis drops.
-async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<()>) {
+async fn listen(client: redis::Client, channel: String, tx: tokio::sync::mpsc::Sender<()>) {
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
-                if pubsub.subscribe(CHANNEL).await.is_ok() {
+                if pubsub.subscribe(&channel).await.is_ok() {
                     let mut messages = pubsub.on_message();
                     while messages.next().await.is_some() {
                         let _ = tx.try_send(());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::config::RedisConfig;
 use crate::ingest::decode::TraceId;
 use crate::sampling::{Decision, SamplingReason};
 
@@ -14,21 +15,77 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failure, Redis is left alone this long so the hot path never
 /// stalls on an outage.
 const BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(5);
-const DECISION_PREFIX: &str = "tss:decision:";
+/// Decision keys are `{redis.key_prefix}decision:{trace id}`.
+const DECISION_KEYS: &str = "decision:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("redis.{key}: reading `{path}`: {source}")]
+    File {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("redis.url: {0}")]
+    Client(#[from] redis::RedisError),
+}
 
 /// A Redis connection made on first use, so the selector starts without
 /// Redis and picks it up when it comes back.
 pub struct LazyRedis {
     client: redis::Client,
+    prefix: String,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
 }
 
 impl LazyRedis {
-    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
+    /// A client for `cfg.url`: TLS for `rediss://`, trusting `tls_ca_location`
+    /// (or the system's roots) and presenting a client certificate when one
+    /// is configured; an ACL user and password in the URL log in as that user.
+    pub fn new(cfg: &RedisConfig) -> Result<Self, RedisSetupError> {
+        let client = if cfg.url.starts_with("rediss://") {
+            install_crypto_provider();
+            let read = |key: &'static str, path: &Option<String>| {
+                path.as_ref()
+                    .map(|p| {
+                        std::fs::read(p).map_err(|source| RedisSetupError::File {
+                            key,
+                            path: p.clone(),
+                            source,
+                        })
+                    })
+                    .transpose()
+            };
+            let root_cert = read("tls_ca_location", &cfg.tls_ca_location)?;
+            let client_cert = read("tls_certificate_location", &cfg.tls_certificate_location)?;
+            let client_key = read("tls_key_location", &cfg.tls_key_location)?;
+            let client_tls = client_cert
+                .zip(client_key)
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                });
+            redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )?
+        } else {
+            redis::Client::open(cfg.url.as_str())?
+        };
         Ok(Self {
-            client: redis::Client::open(url)?,
+            client,
+            prefix: cfg.key_prefix.clone(),
             conn: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// `redis.key_prefix` followed by `name`: every key and channel the
+    /// selector uses is made here.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
     pub fn client(&self) -> &redis::Client {
@@ -104,7 +161,7 @@ impl DecisionCache {
         if ids.is_empty() || !self.available() {
             return vec![None; ids.len()];
         }
-        let keys: Vec<String> = ids.iter().map(key).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
         let result: Result<Vec<Option<String>>, _> = async {
             let mut c = self.redis.conn().await?;
             redis::cmd("MGET").arg(&keys).query_async(&mut c).await
@@ -129,7 +186,7 @@ impl DecisionCache {
         }
         let mut pipe = redis::pipe();
         for (id, d) in decisions {
-            pipe.set_ex(key(id), encode(d), self.ttl_secs).ignore();
+            pipe.set_ex(self.key(id), encode(d), self.ttl_secs).ignore();
         }
         let result: Result<(), _> = async {
             let mut c = self.redis.conn().await?;
@@ -143,8 +200,17 @@ impl DecisionCache {
     }
 }
 
-fn key(id: &TraceId) -> String {
-    format!("{DECISION_PREFIX}{}", hex::encode(id))
+impl DecisionCache {
+    fn key(&self, id: &TraceId) -> String {
+        self.redis.key(&format!("{DECISION_KEYS}{}", hex::encode(id)))
+    }
+}
+
+/// rustls needs one process-wide crypto provider; with more than one compiled
+/// in (the S3 client brings its own), it can't pick by itself.
+fn install_crypto_provider() {
+    // An error means one is installed already, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// `drop`, or `keep:<reason>[:<rule id>]`.

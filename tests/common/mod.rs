@@ -50,40 +50,21 @@ impl Selector {
     /// Starts a selector on a given topic (its group is `{topic}-group`), so
     /// several selectors can share one consumer group.
     pub async fn start_on(topic: &str, overrides: &[(&str, &str)]) -> Selector {
+        let s = Self::launch(topic, overrides);
+        s.wait_ready().await;
+        s
+    }
+
+    /// Starts a selector and returns at once, ready or not.
+    pub fn launch(topic: &str, overrides: &[(&str, &str)]) -> Selector {
         let dir = tempfile::tempdir().expect("tempdir");
         let topic = topic.to_string();
         let admin = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
-        let mut env: HashMap<String, String> = [
-            ("TSS__KAFKA__BROKERS", brokers()),
-            ("TSS__KAFKA__TOPIC", topic.clone()),
-            ("TSS__KAFKA__GROUP_ID", format!("{topic}-group")),
-            ("TSS__KAFKA__TOPIC_PARTITIONS", "4".into()),
-            ("TSS__REDIS__URL", redis_url()),
-            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2".into()),
-            ("TSS__SAMPLING__WORKERS", "2".into()),
-            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "1".into()),
-            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
-            (
-                "TSS__STORAGE__ICEBERG__CATALOG_URI",
-                format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display()),
-            ),
-            (
-                "TSS__STORAGE__ICEBERG__WAREHOUSE",
-                dir.path().join("warehouse").display().to_string(),
-            ),
-            ("TSS__SERVER__ADMIN_ADDR", admin.clone()),
-            ("TSS__SERVER__METRICS_ADDR", metrics.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        for (k, v) in overrides {
-            env.insert(k.to_string(), v.to_string());
-        }
+        let env = test_env(&topic, dir.path(), &admin, &metrics, overrides);
         let token = env.get("TSS__ADMIN__AUTH_TOKEN").cloned();
         let child = spawn_selector(&env, dir.path());
-        let s = Selector {
+        Selector {
             child,
             env,
             dir,
@@ -92,9 +73,7 @@ impl Selector {
             metrics,
             token,
             http: reqwest::Client::new(),
-        };
-        s.wait_ready().await;
-        s
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,6 +128,12 @@ impl Selector {
         }
     }
 
+    /// Starts the process again at once, waiting for nothing, as a crash
+    /// loop's supervisor does.
+    pub fn respawn(&mut self) {
+        self.child = spawn_selector(&self.env, self.dir.path());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("selector.log")).unwrap_or_default()
     }
@@ -161,7 +146,7 @@ impl Selector {
         self.dir.path().join("warehouse")
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let r = self
@@ -218,6 +203,17 @@ impl Selector {
         body["rows"][0][0].as_i64().unwrap_or_else(|| panic!("{sql} -> {body}"))
     }
 
+    /// `GET`, or `None` while nothing listens yet.
+    pub async fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        let r = self
+            .admin_request(self.http.get(format!("http://{}{path}", self.admin)))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .admin_request(self.http.get(format!("http://{}{path}", self.admin)))
@@ -272,6 +268,68 @@ impl Selector {
     pub async fn wait_exported(&self, spans: f64) {
         self.wait_metric("tail_sampling_spans_exported_total", spans, Duration::from_secs(60))
             .await;
+    }
+}
+
+/// The settings every test selector runs with, then `overrides`.
+fn test_env(
+    topic: &str,
+    dir: &Path,
+    admin: &str,
+    metrics: &str,
+    overrides: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("TSS__KAFKA__BROKERS", brokers()),
+        ("TSS__KAFKA__TOPIC", topic.to_string()),
+        ("TSS__KAFKA__GROUP_ID", format!("{topic}-group")),
+        ("TSS__KAFKA__TOPIC_PARTITIONS", "4".into()),
+        ("TSS__REDIS__URL", redis_url()),
+        ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2".into()),
+        ("TSS__SAMPLING__WORKERS", "2".into()),
+        ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "1".into()),
+        ("TSS__KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+        (
+            "TSS__STORAGE__ICEBERG__CATALOG_URI",
+            format!("sqlite:{}/catalog.db?mode=rwc", dir.display()),
+        ),
+        (
+            "TSS__STORAGE__ICEBERG__WAREHOUSE",
+            dir.join("warehouse").display().to_string(),
+        ),
+        ("TSS__SERVER__ADMIN_ADDR", admin.to_string()),
+        ("TSS__SERVER__METRICS_ADDR", metrics.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+/// Starts a selector that must refuse to start: waits for it to exit within
+/// `timeout` and returns its exit code and log.
+pub fn start_expecting_failure(overrides: &[(&str, &str)], timeout: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = format!("tss-it-fail-{}", uuid::Uuid::new_v4().simple());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let env = test_env(&topic, dir.path(), &admin, &metrics, overrides);
+    let mut child = spawn_selector(&env, dir.path());
+    let started = Instant::now();
+    let log = || std::fs::read_to_string(dir.path().join("selector.log")).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (status.code(), log());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the selector was still running {timeout:?} after its start\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -410,38 +468,98 @@ impl Drop for OwnRedis {
     }
 }
 
-/// A moto S3 server of the test's own, on a free loopback port.
-pub struct OwnS3 {
-    pub port: u16,
-    child: Child,
+/// The stack's SeaweedFS (`scripts/stack.sh up`): a real S3 server and an
+/// Iceberg REST catalog whose warehouse is its table bucket.
+pub struct Seaweed {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub rest_uri: String,
+    pub warehouse: String,
 }
 
-impl OwnS3 {
-    pub fn start() -> OwnS3 {
-        let bin = std::env::var("TSS_TEST_MOTO_SERVER").expect(
-            "TSS_TEST_MOTO_SERVER must name moto_server (pip install 'moto[server]'); run scripts/test.sh",
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/test.sh, which starts SeaweedFS with scripts/stack.sh up")
+    })
+}
+
+impl Seaweed {
+    pub fn from_env() -> Seaweed {
+        let s = Seaweed {
+            endpoint: required_env("TSS_TEST_S3_ENDPOINT"),
+            access_key: required_env("TSS_TEST_S3_ACCESS_KEY"),
+            secret_key: required_env("TSS_TEST_S3_SECRET_KEY"),
+            rest_uri: required_env("TSS_TEST_ICEBERG_REST_URI"),
+            warehouse: required_env("TSS_TEST_ICEBERG_WAREHOUSE"),
+        };
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", s.port())).is_ok(),
+            "SeaweedFS S3 does not answer at {}: run scripts/stack.sh up",
+            s.endpoint
         );
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not open port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        OwnS3 { port, child }
+        s
     }
 
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    /// The S3 port, for a relay in front of it.
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.endpoint))
+    }
+
+    /// The OAuth2 client credential the REST catalog takes.
+    pub fn credential(&self) -> String {
+        format!("{}:{}", self.access_key, self.secret_key)
+    }
+
+    /// Settings for a selector on the REST catalog with its S3 warehouse, in
+    /// a namespace of its own.
+    pub fn rest_catalog(&self, namespace: &str) -> Vec<(String, String)> {
+        [
+            ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "rest".to_string()),
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", self.rest_uri.clone()),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", self.warehouse.clone()),
+            ("TSS__STORAGE__ICEBERG__CREDENTIAL", self.credential()),
+            ("TSS__STORAGE__ICEBERG__NAMESPACE", namespace.to_string()),
+            ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", self.endpoint.clone()),
+            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", self.access_key.clone()),
+            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The `scan_table.py` options that read the REST catalog's `table`.
+    pub fn scan_args(&self, table: &str) -> Vec<String> {
+        [
+            "--catalog-type", "rest",
+            "--catalog-uri", &self.rest_uri,
+            "--warehouse", &self.warehouse,
+            "--credential", &self.credential(),
+            "--table", table,
+            "--s3-endpoint", &self.endpoint,
+            "--s3-access-key-id", &self.access_key,
+            "--s3-secret-access-key", &self.secret_key,
+            "--duckdb",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     fn tool(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--endpoint".to_string(), self.endpoint()];
+        let mut all: Vec<String> = vec![
+            "--endpoint".into(),
+            self.endpoint.clone(),
+            "--access-key-id".into(),
+            self.access_key.clone(),
+            "--secret-access-key".into(),
+            self.secret_key.clone(),
+        ];
         all.extend(args.iter().map(|a| a.to_string()));
         run_python(&python_script("s3_tool.py"), &all)
     }
@@ -462,7 +580,196 @@ impl OwnS3 {
     }
 }
 
-impl Drop for OwnS3 {
+/// Borrows owned `(key, value)` pairs as the `&str` pairs `Selector::start` takes.
+pub fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A throwaway certificate authority and certificates it signed, made with
+/// the `openssl` command: a server certificate for 127.0.0.1 and localhost,
+/// a client certificate, and a second CA that signed nothing here.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn generate() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl must be installed (scripts/test.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
+                "-subj", &format!("/CN=tss-test-{ca}"),
+            ]);
+        }
+        for leaf in ["server", "client"] {
+            run(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{leaf}.key"),
+                "-out", &format!("{leaf}.csr"), "-subj", &format!("/CN=tss-test-{leaf}"),
+            ]);
+            run(&[
+                "x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", &format!("{leaf}.pem"),
+                "-extfile", &format!("{leaf}.ext"),
+            ]);
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not open port {port}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Kafka-API broker of the test's own that clients reach only over TLS: a
+/// Tansu broker on a private plain port, advertising the TLS port, with
+/// stunnel terminating TLS in front of it (Tansu's own TLS does not work).
+pub struct TlsBroker {
+    pub port: u16,
+    pub certs: Certs,
+    tansu: Child,
+    stunnel: Child,
+}
+
+impl TlsBroker {
+    pub fn start() -> TlsBroker {
+        let tansu_bin = required_env("TSS_TEST_TANSU");
+        let stunnel_bin = required_env("TSS_TEST_STUNNEL");
+        let certs = Certs::generate();
+        let (plain, tls) = (free_port(), free_port());
+        let tansu_log = certs.dir.path().join("tansu.log");
+        let tansu = Command::new(&tansu_bin)
+            .args([
+                "broker",
+                "--kafka-cluster-id",
+                "tss-tls",
+                "--kafka-listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+                "--kafka-advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::from(std::fs::File::create(&tansu_log).expect("log")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
+        wait_for_port(plain, "Tansu", &tansu_log);
+        let conf = certs.dir.path().join("stunnel.conf");
+        let stunnel_log = certs.dir.path().join("stunnel.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {log}\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n",
+                log = stunnel_log.display(),
+                cert = certs.path("server.pem"),
+                key = certs.path("server.key"),
+            ),
+        )
+        .expect("stunnel.conf");
+        let stunnel = Command::new(&stunnel_bin)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {stunnel_bin}: {e}"));
+        wait_for_port(tls, "stunnel", &stunnel_log);
+        TlsBroker {
+            port: tls,
+            certs,
+            tansu,
+            stunnel,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        for c in [&mut self.stunnel, &mut self.tansu] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Redis server of the test's own that speaks only TLS, asks for a client
+/// certificate, and has an ACL user `selector` besides the default user.
+pub struct TlsRedis {
+    pub port: u16,
+    pub certs: Certs,
+    pub password: String,
+    child: Child,
+}
+
+impl TlsRedis {
+    pub fn start() -> TlsRedis {
+        let certs = Certs::generate();
+        let port = free_port();
+        let password = format!("acl-secret-{}", uuid::Uuid::new_v4().simple());
+        let log = certs.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port", "0",
+                "--tls-port", &port.to_string(),
+                "--bind", "127.0.0.1",
+                "--tls-cert-file", &certs.path("server.pem"),
+                "--tls-key-file", &certs.path("server.key"),
+                "--tls-ca-cert-file", &certs.path("ca.pem"),
+                "--tls-auth-clients", "yes",
+                "--save", "",
+                "--appendonly", "no",
+                "--logfile", &log.display().to_string(),
+                "--user", &format!("selector on >{password} ~* &* +@all"),
+                // Nobody gets in without logging in as an ACL user.
+                "--user", "default off",
+            ])
+            .current_dir(certs.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/stack.sh installs it)");
+        wait_for_port(port, "redis-server (TLS)", &log);
+        TlsRedis {
+            port,
+            certs,
+            password,
+            child,
+        }
+    }
+
+    /// `rediss://selector:…@127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://selector:{}@127.0.0.1:{}", self.password, self.port)
+    }
+}
+
+impl Drop for TlsRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -476,8 +783,14 @@ pub fn python_script(name: &str) -> PathBuf {
 
 /// Runs `simple_producer` with the seed defaults against `topic`.
 pub fn produce_seed_traces(topic: &str) {
+    produce_seed_traces_with(topic, &["--brokers", &brokers()]);
+}
+
+/// Runs `simple_producer` against `topic` with extra arguments.
+pub fn produce_seed_traces_with(topic: &str, args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &brokers(), "--topic", topic])
+        .args(["--topic", topic])
+        .args(args)
         .output()
         .expect("simple_producer runs");
     assert!(

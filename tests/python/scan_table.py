@@ -1,24 +1,31 @@
-"""Loads the selector's table with pyiceberg's SqlCatalog and scans it.
+"""Loads the selector's table with pyiceberg and scans it; with --duckdb, DuckDB
+reads the same snapshot too, through its Iceberg extension.
 
-Works for a SQLite or PostgreSQL catalog, and for a warehouse on local files
-or on S3 (give the --s3-* options). Prints one JSON object: the row count, the
-distinct trace ids, the partition spec and the column names.
+Works for a SQL catalog (SQLite or PostgreSQL) and for a REST catalog (give
+--catalog-type rest and --credential), and for a warehouse on local files or
+on S3 (give the --s3-* options). Prints one JSON object: the row count, the
+distinct trace ids, the partition spec, the column names, and, with --duckdb,
+DuckDB's row count and trace ids.
 """
 import argparse
+import glob
 import json
-
-from pyiceberg.catalog.sql import SqlCatalog
+import os
 
 parser = argparse.ArgumentParser()
+parser.add_argument("--catalog-type", choices=["sql", "rest"], default="sql")
 parser.add_argument("--catalog-name", default="tail_sampling")
 parser.add_argument("--catalog-uri", required=True,
-                    help="SQLAlchemy URI, e.g. sqlite:////abs/catalog.db or postgresql+psycopg2://u@h:p/db")
+                    help="SQLAlchemy URI (sqlite:////abs/catalog.db, postgresql+psycopg2://u@h:p/db) "
+                         "or the REST catalog's URL")
 parser.add_argument("--warehouse", required=True)
+parser.add_argument("--credential", help="REST: OAuth2 client credentials id:secret")
 parser.add_argument("--table", default="default.spans")
 parser.add_argument("--s3-endpoint")
 parser.add_argument("--s3-access-key-id")
 parser.add_argument("--s3-secret-access-key")
 parser.add_argument("--s3-region", default="us-east-1")
+parser.add_argument("--duckdb", action="store_true", help="also read the table with DuckDB")
 args = parser.parse_args()
 
 props = {"uri": args.catalog_uri, "warehouse": args.warehouse}
@@ -30,13 +37,56 @@ if args.s3_endpoint:
         "s3.region": args.s3_region,
         "s3.force-virtual-addressing": "false",
     })
-catalog = SqlCatalog(args.catalog_name, **props)
+if args.catalog_type == "rest":
+    from pyiceberg.catalog.rest import RestCatalog
+    if args.credential:
+        props["credential"] = args.credential
+    catalog = RestCatalog(args.catalog_name, **props)
+else:
+    from pyiceberg.catalog.sql import SqlCatalog
+    catalog = SqlCatalog(args.catalog_name, **props)
+
 table = catalog.load_table(args.table)
 arrow = table.scan().to_arrow()
-print(json.dumps({
+out = {
     "rows": arrow.num_rows,
     "trace_ids": sorted(set(arrow.column("trace_id").to_pylist())),
     "partition_spec": str(table.spec()),
     "columns": arrow.schema.names,
     "location": table.location(),
-}))
+    "metadata_location": table.metadata_location,
+}
+
+
+def load_extension(con, name):
+    """DuckDB can't download extensions here: load the file its wheel ships."""
+    module = __import__("duckdb_extension_" + name)
+    pattern = os.path.join(os.path.dirname(module.__file__), "extensions", "*", name + ".duckdb_extension")
+    paths = glob.glob(pattern)
+    if not paths:
+        raise SystemExit(f"no {name}.duckdb_extension under {pattern}")
+    con.execute(f"LOAD '{paths[0]}'")
+
+
+if args.duckdb:
+    import duckdb
+
+    con = duckdb.connect()
+    for ext in ("httpfs", "avro", "iceberg"):
+        load_extension(con, ext)
+    if args.s3_endpoint:
+        host = args.s3_endpoint.split("://", 1)[-1]
+        con.execute(
+            "CREATE SECRET (TYPE s3, KEY_ID ?, SECRET ?, ENDPOINT ?, URL_STYLE 'path', USE_SSL ?, REGION ?)",
+            [args.s3_access_key_id, args.s3_secret_access_key, host,
+             args.s3_endpoint.startswith("https"), args.s3_region],
+        )
+    location = table.metadata_location
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    rows = con.execute(f"SELECT count(*) FROM iceberg_scan('{location}')").fetchone()[0]
+    ids = con.execute(f"SELECT DISTINCT trace_id FROM iceberg_scan('{location}') ORDER BY 1").fetchall()
+    out["duckdb_rows"] = rows
+    out["duckdb_trace_ids"] = [r[0] for r in ids]
+
+print(json.dumps(out))

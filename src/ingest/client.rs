@@ -1,0 +1,185 @@
+//! One place that turns `[kafka]` into librdkafka settings, for every client
+//! the selector and its tools make: the group consumer, the dead-letter
+//! producer, the admin client and the producers of `simple_producer` and
+//! `load_generator`.
+//!
+//! A secured cluster fails in two ways. A setting librdkafka rejects (an
+//! unknown property, a bad value, a missing CA file, a mechanism it can't
+//! do) is found at startup by [`check`], before any retry loop. A broker that
+//! rejects the client (a CA that doesn't sign its certificate, wrong SASL
+//! credentials, a broker that can't do SASL) only shows up in librdkafka's
+//! error callback while it retries in the background: [`SecurityWatch`]
+//! catches those, so startup stops with librdkafka's own message instead of
+//! retrying forever.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{ConfigError, KafkaConfig, Settings};
+
+/// A client config with the brokers, the security keys and
+/// `[kafka.properties]`; each client adds its own role's settings.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    // librdkafka's own logs go through `log` into `tracing`.
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in cfg.security_properties() {
+        c.set(k, v);
+    }
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The `[kafka]` settings of a command-line tool (`simple_producer`,
+/// `load_generator`): the defaults, `--config FILE` and `TSS__…` variables as
+/// the selector layers them, then `--brokers` and `-X key=value` properties
+/// on top, so a tool reaches a secured cluster exactly as the selector does.
+pub fn tool_config(
+    file: Option<&std::path::Path>,
+    brokers: Option<&str>,
+    properties: &[String],
+) -> Result<KafkaConfig, ConfigError> {
+    let mut cfg = Settings::load(file)?.kafka;
+    if let Some(b) = brokers {
+        cfg.brokers = b.to_string();
+    }
+    for p in properties {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(ConfigError::Invalid {
+                key: format!("-X {p}"),
+                reason: "must be KEY=VALUE".into(),
+            });
+        };
+        cfg.properties.insert(k.trim().to_string(), v.to_string());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Creates a producer and a consumer from `cfg` without connecting anywhere
+/// it matters, so that every setting librdkafka checks at client creation is
+/// checked now. The error names the property and says what is wrong.
+pub fn check(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let _producer: BaseProducer = client_config(cfg).create()?;
+    let mut consumer = client_config(cfg);
+    consumer.set("group.id", &cfg.group_id);
+    if let Some(id) = &cfg.group_instance_id {
+        consumer.set("group.instance.id", id);
+    }
+    let _consumer: BaseConsumer = consumer.create()?;
+    Ok(())
+}
+
+/// A client context that remembers the first error that retrying can't fix:
+/// a failed TLS handshake or a failed SASL authentication.
+#[derive(Default, Clone)]
+pub struct SecurityWatch {
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+impl SecurityWatch {
+    /// The broker's rejection, in librdkafka's words, once one happened.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+}
+
+/// Whether an error from librdkafka's error callback means the settings are
+/// wrong, not that the broker is away.
+pub fn is_security_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::SSL
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::UnsupportedSASLMechanism
+            | RDKafkaErrorCode::IllegalSASLState
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
+}
+
+impl ClientContext for SecurityWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code().is_some_and(is_security_error) {
+            let mut fatal = self.fatal.lock();
+            if fatal.is_none() {
+                *fatal = Some(reason.to_string());
+            }
+        }
+        tracing::error!(error = %error, reason, "librdkafka error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(env: &[(&str, &str)]) -> KafkaConfig {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(None, env).expect("config loads").kafka
+    }
+
+    #[test]
+    fn properties_and_security_keys_reach_librdkafka() {
+        let cfg = kafka(&[
+            ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("TSS__KAFKA__SASL_USERNAME", "alice"),
+            ("TSS__KAFKA__SASL_PASSWORD", "pw"),
+            ("TSS__KAFKA__PROPERTIES__SOCKET_KEEPALIVE_ENABLE", "true"),
+            ("TSS__KAFKA__PROPERTIES__CLIENT_ID", "sel-1"),
+        ]);
+        let c = client_config(&cfg);
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.username"), Some("alice"));
+        assert_eq!(c.get("sasl.password"), Some("pw"));
+        assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(c.get("client.id"), Some("sel-1"));
+        check(&cfg).expect("librdkafka accepts SCRAM over TLS");
+    }
+
+    #[test]
+    fn an_unknown_property_is_named() {
+        let cfg = kafka(&[("TSS__KAFKA__PROPERTIES__NO_SUCH_SETTING", "1")]);
+        let err = check(&cfg).expect_err("unknown property").to_string();
+        assert!(err.contains("no.such.setting"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_value_is_named() {
+        let cfg = kafka(&[("TSS__KAFKA__PROPERTIES__SOCKET_TIMEOUT_MS", "soon")]);
+        let err = check(&cfg).expect_err("invalid value").to_string();
+        assert!(err.contains("socket.timeout.ms"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let cfg = kafka(&[
+            ("TSS__KAFKA__SECURITY_PROTOCOL", "ssl"),
+            ("TSS__KAFKA__SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+        ]);
+        let err = check(&cfg).expect_err("missing CA").to_string();
+        assert!(err.contains("ssl.ca.location"), "{err}");
+    }
+
+    #[test]
+    fn security_errors_are_told_from_outages() {
+        assert!(is_security_error(RDKafkaErrorCode::SSL));
+        assert!(is_security_error(RDKafkaErrorCode::Authentication));
+        assert!(!is_security_error(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(!is_security_error(RDKafkaErrorCode::AllBrokersDown));
+    }
+}
