@@ -13,13 +13,15 @@
 //! retrying forever.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::BaseProducer;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{ConfigError, KafkaConfig, Settings};
@@ -80,6 +82,48 @@ pub fn check(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// Connects to the brokers and asks for the cluster's metadata, for up to
+/// `timeout`. A broker that rejects the client (TLS handshake, SASL login)
+/// gives [`HandshakeError::Rejected`] with librdkafka's reason as soon as
+/// librdkafka reports it; a broker that doesn't answer gives
+/// [`HandshakeError::Unreachable`]. Blocking: call it off the runtime.
+///
+/// It uses a producer because a producer's `poll` serves librdkafka's main
+/// queue, where those errors arrive; an admin client never polls it.
+pub fn handshake(cfg: &KafkaConfig, timeout: Duration) -> Result<(), HandshakeError> {
+    let watch = SecurityWatch::default();
+    let producer: BaseProducer<SecurityWatch> = client_config(cfg)
+        .create_with_context(watch.clone())
+        .map_err(|e| HandshakeError::Unreachable(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = producer
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500));
+        // Serves the error events the attempt produced.
+        producer.poll(Duration::ZERO);
+        if let Some(reason) = watch.fatal() {
+            return Err(HandshakeError::Rejected(reason));
+        }
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(HandshakeError::Unreachable(e.to_string()))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The broker refused the client's TLS or SASL settings.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("no broker answered: {0}")]
+    Unreachable(String),
+}
+
 /// A client context that remembers the first error that retrying can't fix:
 /// a failed TLS handshake or a failed SASL authentication.
 #[derive(Default, Clone)]
@@ -118,8 +162,14 @@ impl ClientContext for SecurityWatch {
                 *fatal = Some(reason.to_string());
             }
         }
-        tracing::error!(error = %error, reason, "librdkafka error");
+        tracing::warn!(error = %error, reason, "librdkafka error");
     }
+}
+
+impl ProducerContext for SecurityWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -52,32 +53,29 @@ impl IngestError {
 
 /// Creates the topic with `topic_partitions` partitions unless it exists.
 /// Needed because some brokers (Tansu) do not auto-create topics.
-/// A TLS or SASL rejection ends the call at once with
-/// [`IngestError::Security`] instead of waiting for the request timeout.
+/// A broker that rejects the client's TLS or SASL settings ends the call
+/// with [`IngestError::Security`], which retrying can't fix.
 pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str) -> Result<(), IngestError> {
-    let watch = client::SecurityWatch::default();
-    let admin: AdminClient<client::SecurityWatch> =
-        client::client_config(cfg).create_with_context(watch.clone())?;
+    let probe_cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || client::handshake(&probe_cfg, Duration::from_secs(10)))
+        .await
+        .map_err(|e| IngestError::CreateTopic {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| match e {
+            client::HandshakeError::Rejected(reason) => IngestError::Security(reason),
+            client::HandshakeError::Unreachable(reason) => IngestError::CreateTopic {
+                topic: topic.to_string(),
+                reason,
+            },
+        })?;
+    let admin: AdminClient<DefaultClientContext> = client::client_config(cfg).create()?;
     let new_topic = NewTopic::new(topic, cfg.topic_partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let create = admin.create_topics([&new_topic], &opts);
-    tokio::pin!(create);
-    let results = loop {
-        tokio::select! {
-            r = &mut create => break r,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if let Some(reason) = watch.fatal() {
-                    return Err(IngestError::Security(reason));
-                }
-            }
-        }
-    };
-    let results = match (results, watch.fatal()) {
-        (_, Some(reason)) => return Err(IngestError::Security(reason)),
-        (r, None) => r?,
-    };
+    let results = admin.create_topics([&new_topic], &opts).await?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic"),

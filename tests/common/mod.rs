@@ -746,9 +746,10 @@ impl TlsRedis {
                 "--save", "",
                 "--appendonly", "no",
                 "--logfile", &log.display().to_string(),
-                "--user", &format!("selector on >{password} ~* &* +@all"),
+                // Redis joins the words after `--user` into one ACL rule.
+                "--user", "selector", "on", &format!(">{password}"), "~*", "&*", "+@all",
                 // Nobody gets in without logging in as an ACL user.
-                "--user", "default off",
+                "--user", "default", "off",
             ])
             .current_dir(certs.dir.path())
             .stdout(Stdio::null())
