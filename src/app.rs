@@ -449,7 +449,8 @@ impl OwnershipWatch {
         })
         .await;
         if let Ok(Ok(lag)) = lag {
-            if lag > 0 {
+            // Partitions may have come while the lag was being read.
+            if lag > 0 && self.assignments.count() == 0 {
                 tracing::warn!(
                     owned_none_for_secs = since.elapsed().as_secs(),
                     group_lag_messages = lag,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -30,9 +30,10 @@ use crate::config::{ConfigError, KafkaConfig, Settings};
 /// `[kafka.properties]`; each client adds its own role's settings.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // librdkafka's own logs go through `log` into `tracing` (target
+    // `librdkafka`); `kafka.properties.debug` (for example `cgrp,broker`)
+    // turns on its debug contexts.
     c.set("bootstrap.servers", &cfg.brokers);
-    // librdkafka's own logs go through `log` into `tracing`.
-    c.set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in cfg.security_properties() {
         c.set(k, v);
     }

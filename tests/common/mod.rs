@@ -349,7 +349,12 @@ fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
         .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
         .envs(env)
-        .env("RUST_LOG", "info,tail_sampling_selector=debug")
+        // TSS_TEST_RUST_LOG widens it, e.g. `info,librdkafka=debug` together
+        // with TSS__KAFKA__PROPERTIES__DEBUG=cgrp to follow the group protocol.
+        .env(
+            "RUST_LOG",
+            std::env::var("TSS_TEST_RUST_LOG").unwrap_or_else(|_| "info,tail_sampling_selector=debug".into()),
+        )
         .current_dir(dir)
         .stdout(Stdio::from(log.try_clone().expect("log clone")))
         .stderr(Stdio::from(log))
