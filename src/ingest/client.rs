@@ -227,6 +227,30 @@ mod tests {
     }
 
     #[test]
+    fn tools_take_a_config_file_and_properties_on_top() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbrokers = \"file:9093\"\nsecurity_protocol = \"ssl\"\nssl_ca_location = \"ca.pem\"\n",
+        )
+        .expect("write");
+        let props = vec!["client.id=loadgen".to_string(), "linger.ms=5".to_string()];
+        let cfg = tool_config(Some(&path), Some("flag:9094"), &props).expect("tool config");
+        let c = client_config(&cfg);
+        assert_eq!(c.get("bootstrap.servers"), Some("flag:9094"));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("ssl.ca.location"), Some("ca.pem"));
+        assert_eq!(c.get("client.id"), Some("loadgen"));
+        assert_eq!(c.get("linger.ms"), Some("5"));
+
+        let err = tool_config(None, None, &["linger.ms".to_string()]).expect_err("no value");
+        assert!(err.to_string().contains("-X linger.ms"), "{err}");
+        let err = tool_config(None, None, &["group.id=x".to_string()]).expect_err("reserved");
+        assert!(err.to_string().contains("kafka.properties.group.id"), "{err}");
+    }
+
+    #[test]
     fn security_errors_are_told_from_outages() {
         assert!(is_security_error(RDKafkaErrorCode::SSL));
         assert!(is_security_error(RDKafkaErrorCode::Authentication));
