@@ -25,19 +25,8 @@ use tail_sampling_selector::loadgen::{ErrorBurst, LatencySpike, Scenario, TraceG
 #[derive(Debug, Parser)]
 #[command(version, about = "Send realistic OTLP trace traffic to a Kafka topic")]
 struct Args {
-    /// The selector's config file: its `[kafka]` section (brokers, topic,
-    /// TLS, SASL, properties) is used, with `TSS__KAFKA__…` overrides.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Overrides `kafka.brokers` (default 127.0.0.1:9092).
-    #[arg(long)]
-    brokers: Option<String>,
-    /// Overrides `kafka.topic` (default otel-traces-raw).
-    #[arg(long)]
-    topic: Option<String>,
-    /// A librdkafka property, `-X security.protocol=ssl`; repeatable.
-    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
-    properties: Vec<String>,
+    #[command(flatten)]
+    kafka: ingest::client::ToolArgs,
     /// Partitions when the topic has to be created.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
@@ -154,10 +143,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(rate >= 0.0, "--rate must not be negative");
     anyhow::ensure!(args.traces_per_message >= 1, "--traces-per-message must be at least 1");
 
-    let mut kafka =
-        ingest::client::tool_config(args.config.as_deref(), args.brokers.as_deref(), &args.properties)?;
+    let (mut kafka, topic) = args.kafka.resolve()?;
     kafka.topic_partitions = args.partitions;
-    let topic = args.topic.clone().unwrap_or_else(|| kafka.topic.clone());
     ingest::ensure_topic(&kafka, &topic)
         .await
         .with_context(|| format!("creating topic {topic} at {}", kafka.brokers))?;

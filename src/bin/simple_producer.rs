@@ -9,25 +9,14 @@ use clap::Parser;
 use prost::Message;
 use rand::RngCore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tail_sampling_selector::ingest::client;
+use tail_sampling_selector::ingest::{self, client};
 use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send seed OTLP traces to the selector's Kafka topic")]
 struct Args {
-    /// The selector's config file: its `[kafka]` section (brokers, topic,
-    /// TLS, SASL, properties) is used, with `TSS__KAFKA__…` overrides.
-    #[arg(long, value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
-    /// Overrides `kafka.brokers` (default 127.0.0.1:9092).
-    #[arg(long)]
-    brokers: Option<String>,
-    /// Overrides `kafka.topic` (default otel-traces-raw).
-    #[arg(long)]
-    topic: Option<String>,
-    /// A librdkafka property, `-X security.protocol=ssl`; repeatable.
-    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
-    properties: Vec<String>,
+    #[command(flatten)]
+    kafka: ingest::client::ToolArgs,
     /// Number of traces to send.
     #[arg(long, default_value_t = 10)]
     count: usize,
@@ -49,8 +38,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let kafka = client::tool_config(args.config.as_deref(), args.brokers.as_deref(), &args.properties)?;
-    let topic = args.topic.clone().unwrap_or_else(|| kafka.topic.clone());
+    let (kafka, topic) = args.kafka.resolve()?;
     let producer: FutureProducer = client::client_config(&kafka)
         .set("message.timeout.ms", "15000")
         .create()

@@ -43,10 +43,38 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The `[kafka]` settings of a command-line tool (`simple_producer`,
-/// `load_generator`): the defaults, `--config FILE` and `TSS__…` variables as
-/// the selector layers them, then `--brokers` and `-X key=value` properties
-/// on top, so a tool reaches a secured cluster exactly as the selector does.
+/// The Kafka options of the command-line tools (`simple_producer`,
+/// `load_generator`), flattened into each tool's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ToolArgs {
+    /// The selector's config file: its `[kafka]` section (brokers, topic,
+    /// TLS, SASL, properties) is used, with `TSS__KAFKA__…` overrides.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Overrides `kafka.brokers` (default 127.0.0.1:9092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Overrides `kafka.topic` (default otel-traces-raw).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// A librdkafka property, `-X security.protocol=ssl`; repeatable.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+}
+
+impl ToolArgs {
+    /// The settings and the topic these options name.
+    pub fn resolve(&self) -> Result<(KafkaConfig, String), ConfigError> {
+        let cfg = tool_config(self.config.as_deref(), self.brokers.as_deref(), &self.properties)?;
+        let topic = self.topic.clone().unwrap_or_else(|| cfg.topic.clone());
+        Ok((cfg, topic))
+    }
+}
+
+/// The `[kafka]` settings of a command-line tool: the defaults, `--config
+/// FILE` and `TSS__…` variables as the selector layers them, then
+/// `--brokers` and `-X key=value` properties on top, so a tool reaches a
+/// secured cluster exactly as the selector does.
 pub fn tool_config(
     file: Option<&std::path::Path>,
     brokers: Option<&str>,
