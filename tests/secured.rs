@@ -68,6 +68,37 @@ async fn a_ca_that_does_not_sign_the_broker_stops_startup() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_client_certificate() {
+    let broker = TlsBroker::start_with(true);
+    let (addr, ca) = (broker.brokers(), broker.certs.path("ca.pem"));
+    let (cert, key) = (broker.certs.path("client.pem"), broker.certs.path("client.key"));
+    let mut settings = tls_kafka(&addr, &ca);
+    settings.extend([
+        ("TSS__KAFKA__SSL_CERTIFICATE_LOCATION", cert.as_str()),
+        ("TSS__KAFKA__SSL_KEY_LOCATION", key.as_str()),
+    ]);
+    let s = Selector::start("mtls", &settings).await;
+    common::produce_seed_traces_with(
+        &s.topic,
+        &[
+            "--brokers", &addr,
+            "-X", "security.protocol=ssl",
+            "-X", &format!("ssl.ca.location={ca}"),
+            "-X", &format!("ssl.certificate.location={cert}"),
+            "-X", &format!("ssl.key.location={key}"),
+        ],
+    );
+    s.wait_exported(12.0).await;
+    assert_eq!(s.count("SELECT count(DISTINCT trace_id) FROM spans").await, 4);
+
+    // Without the client certificate the broker's side refuses the handshake.
+    let (code, log) = common::start_expecting_failure(&tls_kafka(&addr, &ca), Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("kafka rejected the connection"), "{log}");
+    assert!(log.contains("certificate required"), "librdkafka's reason is shown\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn settings_librdkafka_rejects_stop_startup_naming_them() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[("TSS__KAFKA__PROPERTIES__NO_SUCH_SETTING", "1")], "no.such.setting"),

@@ -183,9 +183,21 @@ pub fn is_security_error(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Whether a transport failure is the broker refusing the TLS handshake with
+/// an alert (`certificate required`, `unknown ca`, `bad certificate`, …),
+/// which librdkafka reports as a transport failure, not as an SSL error.
+/// A `close notify` (alert 0) is an ordinary close.
+pub fn is_tls_alert(code: RDKafkaErrorCode, reason: &str) -> bool {
+    code == RDKafkaErrorCode::BrokerTransportFailure
+        && reason.contains("SSL alert number")
+        && !reason.contains("SSL alert number 0)")
+        && !reason.contains("SSL alert number 0 ")
+}
+
 impl ClientContext for SecurityWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code().is_some_and(is_security_error) {
+        let code = error.rdkafka_error_code();
+        if code.is_some_and(|c| is_security_error(c) || is_tls_alert(c, reason)) {
             let mut fatal = self.fatal.lock();
             if fatal.is_none() {
                 *fatal = Some(reason.to_string());
@@ -284,5 +296,10 @@ mod tests {
         assert!(is_security_error(RDKafkaErrorCode::Authentication));
         assert!(!is_security_error(RDKafkaErrorCode::BrokerTransportFailure));
         assert!(!is_security_error(RDKafkaErrorCode::AllBrokersDown));
+        let alert = "ssl://h:9093/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert \
+                     certificate required: SSL alert number 116 (after 1ms in state APIVERSION_QUERY)";
+        assert!(is_tls_alert(RDKafkaErrorCode::BrokerTransportFailure, alert));
+        assert!(!is_tls_alert(RDKafkaErrorCode::BrokerTransportFailure, "Connection refused"));
+        assert!(!is_tls_alert(RDKafkaErrorCode::AllBrokersDown, alert));
     }
 }

@@ -661,6 +661,12 @@ pub struct TlsBroker {
 
 impl TlsBroker {
     pub fn start() -> TlsBroker {
+        Self::start_with(false)
+    }
+
+    /// With `client_auth`, stunnel asks every client for a certificate
+    /// signed by the test CA (mutual TLS).
+    pub fn start_with(client_auth: bool) -> TlsBroker {
         let tansu_bin = required_env("TSS_TEST_TANSU");
         let stunnel_bin = required_env("TSS_TEST_STUNNEL");
         let certs = Certs::generate();
@@ -688,10 +694,15 @@ impl TlsBroker {
         std::fs::write(
             &conf,
             format!(
-                "foreground = yes\npid =\noutput = {log}\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n",
+                "foreground = yes\npid =\noutput = {log}\n[kafka]\naccept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n{verify}",
                 log = stunnel_log.display(),
                 cert = certs.path("server.pem"),
                 key = certs.path("server.key"),
+                verify = if client_auth {
+                    format!("verify = 2\nCAfile = {}\n", certs.path("ca.pem"))
+                } else {
+                    String::new()
+                },
             ),
         )
         .expect("stunnel.conf");
