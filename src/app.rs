@@ -72,7 +72,11 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let redis = Arc::new(LazyRedis::new(&settings.redis)?);
     spawn_redis_probe(redis.clone(), health.clone());
     let rule_store = Arc::new(RuleStore::new(redis.clone()));
-    let decisions = Arc::new(DecisionCache::new(redis, settings.sampling.decision_ttl_secs));
+    let decisions = Arc::new(DecisionCache::new(
+        redis,
+        settings.sampling.decision_ttl_secs,
+        metrics.decision_cache_short_replies_total.clone(),
+    ));
     let live_rules = Arc::new(LiveRules::default());
     tokio::spawn(run_sync(
         rule_store.clone(),

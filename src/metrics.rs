@@ -30,6 +30,7 @@ pub struct Metrics {
     pub held_spans: IntGauge,
     pub consumer_paused: IntGauge,
     pub assigned_partitions: IntGauge,
+    pub decision_cache_short_replies_total: IntCounter,
     pub decision_latency_seconds: Histogram,
     pub iceberg_commit_duration_seconds: Histogram,
 }
@@ -149,6 +150,10 @@ impl Metrics {
             assigned_partitions: gauge(
                 "assigned_partitions",
                 "Partitions of the topic this instance owns in its consumer group",
+            )?,
+            decision_cache_short_replies_total: counter(
+                "decision_cache_short_replies_total",
+                "Decision-cache reads whose reply did not answer every key (those traces were decided afresh)",
             )?,
             consumer_lag_messages,
             registry,

@@ -375,6 +375,11 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     assert_eq!(status, 408, "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     assert_eq!(s.count("SELECT count(*) FROM generate_series(1, 10)").await, 10);
+    // EXPLAIN ANALYZE runs the query and shows the plan with its metrics.
+    let analyzed = s.query("EXPLAIN ANALYZE SELECT count(*) FROM generate_series(1, 1000)").await;
+    assert!(analyzed.to_string().contains("output_rows"), "{analyzed}");
+    let explained = s.query("EXPLAIN SELECT count(*) FROM spans").await;
+    assert!(explained["row_count"].as_i64().unwrap_or_default() >= 1, "{explained}");
     let desc = s.query("DESCRIBE spans").await;
     assert!(desc["row_count"].as_i64().unwrap_or_default() >= 19, "{desc}");
     let (status, health) = s.get("/health").await;

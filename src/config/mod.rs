@@ -549,6 +549,26 @@ pub struct QueryConfig {
     pub timeout_secs: f64,
 }
 
+/// The longest duration any `_secs` key accepts: a week. Longer values are
+/// mistakes, and absurd ones would overflow `Duration`.
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The longest lifetime `rules.max_duration_secs` may allow: a year, so that
+/// `created_at + duration` in milliseconds can never overflow.
+const MAX_RULE_SECONDS: i64 = 365 * 24 * 3600;
+
+/// A positive, finite number of seconds of at most [`MAX_SECONDS`].
+fn seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be a positive number of seconds, at most {MAX_SECONDS}"),
+        ))
+    }
+}
+
 impl Settings {
     /// Loads the layered configuration from the real process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -607,16 +627,18 @@ impl Settings {
         if self.kafka.commit_interval_ms == 0 {
             return Err(invalid("kafka.commit_interval_ms", "must be positive"));
         }
-        if !(s.inactivity_timeout_secs.is_finite() && s.inactivity_timeout_secs > 0.0) {
+        seconds("sampling.inactivity_timeout_secs", s.inactivity_timeout_secs)?;
+        seconds("sampling.max_trace_duration_secs", s.max_trace_duration_secs)?;
+        if !(1..=MAX_SECONDS as u64).contains(&s.decision_ttl_secs) {
             return Err(invalid(
-                "sampling.inactivity_timeout_secs",
-                "must be a positive number of seconds",
+                "sampling.decision_ttl_secs",
+                format!("must be between 1 and {MAX_SECONDS} seconds (Redis refuses a zero expiry)"),
             ));
         }
-        if !(s.max_trace_duration_secs.is_finite() && s.max_trace_duration_secs > 0.0) {
+        if matches!(&self.kafka.dead_letter_topic, Some(t) if t.trim().is_empty()) {
             return Err(invalid(
-                "sampling.max_trace_duration_secs",
-                "must be a positive number of seconds",
+                "kafka.dead_letter_topic",
+                "must not be empty when set; leave it out to disable dead-lettering",
             ));
         }
         if !(1000..=3_600_000).contains(&self.kafka.session_timeout_ms) {
@@ -634,12 +656,7 @@ impl Settings {
         if !(self.buffer.resume_ratio > 0.0 && self.buffer.resume_ratio < 1.0) {
             return Err(invalid("buffer.resume_ratio", "must be between 0 and 1, exclusive"));
         }
-        if !(self.server.shutdown_timeout_secs.is_finite() && self.server.shutdown_timeout_secs > 0.0) {
-            return Err(invalid(
-                "server.shutdown_timeout_secs",
-                "must be a positive number of seconds",
-            ));
-        }
+        seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
         if s.max_spans_per_trace == 0 {
             return Err(invalid("sampling.max_spans_per_trace", "must be at least 1"));
         }
@@ -658,19 +675,16 @@ impl Settings {
         if s.workers > 1024 {
             return Err(invalid("sampling.workers", "must be at most 1024"));
         }
-        if self.rules.max_duration_secs < 1 {
-            return Err(invalid("rules.max_duration_secs", "must be at least 1"));
+        if !(1..=MAX_RULE_SECONDS).contains(&self.rules.max_duration_secs) {
+            return Err(invalid(
+                "rules.max_duration_secs",
+                format!("must be between 1 and {MAX_RULE_SECONDS} (a year)"),
+            ));
         }
         if self.storage.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));
         }
-        if !(self.storage.flush_interval_secs.is_finite() && self.storage.flush_interval_secs > 0.0)
-        {
-            return Err(invalid(
-                "storage.flush_interval_secs",
-                "must be a positive number of seconds",
-            ));
-        }
+        seconds("storage.flush_interval_secs", self.storage.flush_interval_secs)?;
         let ice = &self.storage.iceberg;
         if ice.namespace.trim().is_empty() {
             return Err(invalid("storage.iceberg.namespace", "must not be empty"));
@@ -687,9 +701,7 @@ impl Settings {
         if self.query.max_rows == 0 {
             return Err(invalid("query.max_rows", "must be at least 1"));
         }
-        if !(self.query.timeout_secs.is_finite() && self.query.timeout_secs > 0.0) {
-            return Err(invalid("query.timeout_secs", "must be a positive number of seconds"));
-        }
+        seconds("query.timeout_secs", self.query.timeout_secs)?;
         if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
             return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
@@ -766,6 +778,13 @@ mod tests {
             ("TSS__SERVER__ADMIN_ADDR", "not-an-addr", "admin_addr"),
             ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "hive", "catalog_type"),
             ("TSS__KAFKA__TOPIC_PARTITIONS", "0", "kafka.topic_partitions"),
+            ("TSS__SAMPLING__DECISION_TTL_SECS", "0", "sampling.decision_ttl_secs"),
+            ("TSS__KAFKA__DEAD_LETTER_TOPIC", "", "kafka.dead_letter_topic"),
+            ("TSS__RULES__MAX_DURATION_SECS", "9223372036854775807", "rules.max_duration_secs"),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "1e300", "sampling.inactivity_timeout_secs"),
+            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "-1", "storage.flush_interval_secs"),
+            ("TSS__QUERY__TIMEOUT_SECS", "NaN", "query.timeout_secs"),
+            ("TSS__SERVER__SHUTDOWN_TIMEOUT_SECS", "0", "server.shutdown_timeout_secs"),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load_with_env(None, env(&[(k, v)]))

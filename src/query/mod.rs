@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
     Int8Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
@@ -105,9 +106,18 @@ impl QueryEngine {
                 .await
                 .map_err(|e| QueryError::BadRequest(e.to_string()))?;
             // One row more than the cap tells whether the result was cut.
-            let df = df
-                .limit(0, Some(max_rows + 1))
-                .map_err(|e| QueryError::BadRequest(e.to_string()))?;
+            // `EXPLAIN [ANALYZE]` must stay the root of its plan (DataFusion
+            // refuses a limit above it), and its output is small anyway.
+            let explains = matches!(
+                df.logical_plan(),
+                LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)
+            );
+            let df = if explains {
+                df
+            } else {
+                df.limit(0, Some(max_rows + 1))
+                    .map_err(|e| QueryError::BadRequest(e.to_string()))?
+            };
             df.collect()
                 .await
                 .map_err(|e| QueryError::Execution(e.to_string()))

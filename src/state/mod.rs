@@ -126,14 +126,17 @@ impl LazyRedis {
 pub struct DecisionCache {
     redis: Arc<LazyRedis>,
     ttl_secs: u64,
+    short_replies: prometheus::IntCounter,
     failed_at: Mutex<Option<Instant>>,
 }
 
 impl DecisionCache {
-    pub fn new(redis: Arc<LazyRedis>, ttl_secs: u64) -> Self {
+    /// `short_replies` counts MGET replies whose length didn't match the keys.
+    pub fn new(redis: Arc<LazyRedis>, ttl_secs: u64, short_replies: prometheus::IntCounter) -> Self {
         Self {
             redis,
             ttl_secs,
+            short_replies,
             failed_at: Mutex::new(None),
         }
     }
@@ -168,10 +171,23 @@ impl DecisionCache {
         }
         .await;
         match result {
-            Ok(values) => {
-                self.record(true, "read", None);
-                values.iter().map(|v| v.as_deref().and_then(decode)).collect()
-            }
+            Ok(values) => match decisions_for(ids.len(), &values) {
+                Some(decisions) => {
+                    self.record(true, "read", None);
+                    decisions
+                }
+                None => {
+                    // A reply that doesn't answer every key can't be matched
+                    // to the traces: decide them all afresh instead.
+                    self.short_replies.inc();
+                    tracing::warn!(
+                        asked = ids.len(),
+                        answered = values.len(),
+                        "decision cache read answered a different number of keys; deciding these traces locally"
+                    );
+                    vec![None; ids.len()]
+                }
+            },
             Err(e) => {
                 self.record(false, "read", Some(&e));
                 vec![None; ids.len()]
@@ -198,6 +214,13 @@ impl DecisionCache {
             Err(e) => self.record(false, "write", Some(&e)),
         }
     }
+}
+
+/// The decisions of an MGET reply, one per key asked; `None` when the reply
+/// has another length, so that no trace is ever paired with another's entry
+/// (or left without one).
+fn decisions_for(asked: usize, values: &[Option<String>]) -> Option<Vec<Option<Decision>>> {
+    (values.len() == asked).then(|| values.iter().map(|v| v.as_deref().and_then(decode)).collect())
 }
 
 impl DecisionCache {
@@ -261,5 +284,14 @@ mod tests {
         }
         assert_eq!(decode("keep:bogus"), None);
         assert_eq!(decode("garbage"), None);
+    }
+
+    #[test]
+    fn a_reply_of_another_length_is_not_used() {
+        let values = vec![Some("drop".to_string()), None];
+        let decided = decisions_for(2, &values).expect("same length");
+        assert_eq!(decided, vec![Some(Decision::Drop), None]);
+        assert_eq!(decisions_for(3, &values), None, "short reply");
+        assert_eq!(decisions_for(1, &values), None, "long reply");
     }
 }
