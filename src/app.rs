@@ -109,6 +109,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let limits = QueryLimits {
         max_rows: settings.query.max_rows,
         timeout: Duration::from_secs_f64(settings.query.timeout_secs),
+        max_memory_bytes: settings.query.max_memory_bytes,
     };
     match QueryEngine::new(&table, limits).await {
         Ok(engine) => {

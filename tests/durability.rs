@@ -444,7 +444,7 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let rss_kib = rss_kib(s.pid());
+    let rss_kib = common::rss_kib(s.pid());
     relay.set_down(false);
     producing.await.expect("producer task");
     let o = settle(&s, &cases, Duration::from_secs(150)).await;
@@ -464,16 +464,4 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
     assert_nothing_lost(&s, &o);
     let (status, _) = s.get("/health/ready").await;
     assert_eq!(status, 200, "ready again after the outage");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -388,6 +388,34 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     assert_eq!(health["kafka"]["status"], "ok");
 }
 
+/// A query that needs more than `query.max_memory_bytes` fails with 503 and
+/// says why, the process stays within the pool plus its usual footprint, and
+/// the next query runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_over_its_memory_pool_fails_and_the_selector_goes_on() {
+    const POOL: u64 = 64 << 20;
+    let pool = POOL.to_string();
+    let s = Selector::start(
+        "sql-memory",
+        &[("TSS__QUERY__MAX_MEMORY_BYTES", pool.as_str()), ("TSS__QUERY__TIMEOUT_SECS", "120")],
+    )
+    .await;
+    let before_kib = common::rss_kib(s.pid());
+    // 200 million distinct groups: far more than 64 MiB of hash table.
+    let (status, body) = s
+        .query_raw("SELECT v % 200000000 AS k, count(*) FROM generate_series(1, 200000000) AS t(v) GROUP BY 1 ORDER BY 2 DESC")
+        .await;
+    let after_kib = common::rss_kib(s.pid());
+    println!("memory pool {POOL} B: status {status}, RSS {before_kib} KiB before, {after_kib} KiB after");
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("query.max_memory_bytes"), "{body}");
+    assert!(after_kib * 1024 < POOL + 400 * (1 << 20), "RSS {after_kib} KiB");
+    assert_eq!(s.count("SELECT count(*) FROM generate_series(1, 10)").await, 10);
+    let (status, _) = s.get("/health/ready").await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn late_spans_get_their_trace_decision() {
     let s = Selector::start("late", &[]).await;

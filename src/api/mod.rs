@@ -132,7 +132,7 @@ fn query_error(e: QueryError) -> Response {
         QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
         QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Unavailable(_) | QueryError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }

@@ -547,6 +547,9 @@ impl std::fmt::Debug for AdminConfig {
 pub struct QueryConfig {
     pub max_rows: usize,
     pub timeout_secs: f64,
+    /// Memory all running SQL queries may hold together. A query that needs
+    /// more fails (503) instead of growing the process; nothing spills to disk.
+    pub max_memory_bytes: usize,
 }
 
 /// The longest duration any `_secs` key accepts: a week. Longer values are
@@ -702,6 +705,9 @@ impl Settings {
             return Err(invalid("query.max_rows", "must be at least 1"));
         }
         seconds("query.timeout_secs", self.query.timeout_secs)?;
+        if self.query.max_memory_bytes < 1 << 20 {
+            return Err(invalid("query.max_memory_bytes", "must be at least 1048576 (1 MiB)"));
+        }
         if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
             return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
@@ -748,6 +754,7 @@ mod tests {
         assert!(s.admin.auth_token.is_none());
         assert_eq!(s.query.max_rows, 10000);
         assert_eq!(s.query.timeout_secs, 30.0);
+        assert_eq!(s.query.max_memory_bytes, 512 << 20);
     }
 
     #[test]

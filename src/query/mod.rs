@@ -7,6 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
@@ -41,6 +44,9 @@ pub enum QueryError {
     Execution(String),
     #[error("query engine unavailable: {0}")]
     Unavailable(String),
+    /// The query needed more memory than the pool has left.
+    #[error("the query needs more memory than query.max_memory_bytes ({limit} bytes, shared by running queries) allows; narrow it with filters, fewer groups or a LIMIT: {reason}")]
+    OutOfMemory { limit: usize, reason: String },
 }
 
 /// The `/admin/query` response body.
@@ -57,6 +63,8 @@ pub struct QueryResult {
 pub struct QueryLimits {
     pub max_rows: usize,
     pub timeout: Duration,
+    /// The memory pool all running queries share.
+    pub max_memory_bytes: usize,
 }
 
 /// A SQL engine over the table. Each query plans against the latest snapshot,
@@ -71,7 +79,14 @@ impl QueryEngine {
     /// Registers the table as `spans`. The table must exist already.
     pub async fn new(table: &TableHandle, limits: QueryLimits) -> Result<Self, QueryError> {
         let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        // A bounded pool and no spilling: a query that needs more memory fails
+        // instead of growing the process (or filling the disk).
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.max_memory_bytes, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         let view = catalog::SingleTableCatalog::new(table.catalog.clone(), table.ident.clone());
         let provider = IcebergCatalogProvider::try_new(std::sync::Arc::new(view))
             .await
@@ -99,6 +114,7 @@ impl QueryEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let max_rows = self.limits.max_rows;
+        let max_memory = self.limits.max_memory_bytes;
         let run = async {
             let df = self
                 .ctx
@@ -118,9 +134,7 @@ impl QueryEngine {
                 df.limit(0, Some(max_rows + 1))
                     .map_err(|e| QueryError::BadRequest(e.to_string()))?
             };
-            df.collect()
-                .await
-                .map_err(|e| QueryError::Execution(e.to_string()))
+            df.collect().await.map_err(|e| execution_error(e, max_memory))
         };
         // Dropping the future on timeout cancels every stream of the plan.
         let batches = tokio::time::timeout(self.limits.timeout, run)
@@ -129,6 +143,17 @@ impl QueryEngine {
         let mut result = to_json(&batches, max_rows)?;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(result)
+    }
+}
+
+/// Tells a query that ran out of its memory pool from other failures.
+fn execution_error(e: DataFusionError, limit: usize) -> QueryError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(reason) => QueryError::OutOfMemory {
+            limit,
+            reason: reason.clone(),
+        },
+        _ => QueryError::Execution(e.to_string()),
     }
 }
 
