@@ -33,7 +33,60 @@ pub struct AppState {
 
 /// A JSON error body: `{"error": "..."}` with the given status.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    ApiError::new(status, message).into_response()
+}
+
+/// Every error an admin handler answers with: a status and a JSON body
+/// `{"error": "…"}`, plus `"field"` for a request body that names what is
+/// wrong. Handlers return `Result<Response, ApiError>` and use `?`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400 for a request body, naming the field at fault.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(field) => json!({ "error": self.message, "field": field }),
+            None => json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = match &e {
+            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            QueryError::Unavailable(_) | QueryError::OutOfMemory { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
 }
 
 /// The admin router: `/health*` open, `/admin/*` behind the token when set.
@@ -118,80 +171,56 @@ struct QueryRequest {
     sql: String,
 }
 
-fn engine(state: &AppState) -> Result<&QueryEngine, Response> {
+fn engine(state: &AppState) -> Result<&QueryEngine, ApiError> {
     state.query.get().ok_or_else(|| {
-        error(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the table is not available yet; see /health",
         )
     })
 }
 
-fn query_error(e: QueryError) -> Response {
-    let status = match &e {
-        QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-        QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        QueryError::Unavailable(_) | QueryError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.to_string())
-}
-
 async fn query(
     State(state): State<AppState>,
     body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
-    };
-    let engine = match engine(&state) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
-    match engine.query(&req.sql).await {
-        Ok(result) => Json(result).into_response(),
-        Err(e) => {
-            tracing::info!(error = %e, "query rejected or failed");
-            query_error(e)
-        }
-    }
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let result = engine(&state)?.query(&req.sql).await.inspect_err(|e| {
+        tracing::info!(error = %e, "query rejected or failed");
+    })?;
+    Ok(Json(result).into_response())
 }
 
-async fn trace(State(state): State<AppState>, Path(trace_id): Path<String>) -> Response {
+async fn trace(
+    State(state): State<AppState>,
+    Path(trace_id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = trace_id.to_ascii_lowercase();
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "trace_id must be 32 hexadecimal characters",
-        );
+        ));
     }
-    let engine = match engine(&state) {
-        Ok(e) => e,
-        Err(r) => return r,
-    };
     // The id is validated as hex above, so it is safe to inline.
     let sql = format!("SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time, span_id");
-    match engine.query(&sql).await {
-        Ok(result) if result.row_count == 0 => {
-            error(StatusCode::NOT_FOUND, format!("no stored spans for trace {id}"))
-        }
-        Ok(result) => {
-            let spans: Vec<Value> = result
-                .rows
-                .into_iter()
-                .map(|row| {
-                    Value::Object(result.columns.iter().cloned().zip(row).collect::<Map<_, _>>())
-                })
-                .collect();
-            Json(json!({
-                "trace_id": id,
-                "span_count": spans.len(),
-                "truncated": result.truncated,
-                "spans": spans,
-            }))
-            .into_response()
-        }
-        Err(e) => query_error(e),
+    let result = engine(&state)?.query(&sql).await?;
+    if result.row_count == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no stored spans for trace {id}"),
+        ));
     }
+    let spans: Vec<Value> = result
+        .rows
+        .into_iter()
+        .map(|row| Value::Object(result.columns.iter().cloned().zip(row).collect::<Map<_, _>>()))
+        .collect();
+    Ok(Json(json!({
+        "trace_id": id,
+        "span_count": spans.len(),
+        "truncated": result.truncated,
+        "spans": spans,
+    }))
+    .into_response())
 }

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{error, AppState};
+use super::{ApiError, AppState};
 use crate::rules::store::{RuleStore, StoreError, StoredRule};
-use crate::rules::RuleSpec;
+use crate::rules::{RuleError, RuleSpec};
 
 /// Largest rule body accepted.
 pub const MAX_RULE_BODY_BYTES: usize = 64 * 1024;
@@ -23,116 +23,90 @@ pub struct RulesApi {
     pub max_duration_secs: i64,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": message.into(), "field": field })),
-    )
-        .into_response()
-}
-
-fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::Unavailable(reason) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("force rules are unavailable while Redis is unreachable: {reason}"),
-        ),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("force rules are unavailable while Redis is unreachable: {reason}"),
+            ),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
     }
 }
 
-fn api(state: &AppState) -> Result<&RulesApi, Response> {
-    state
-        .rules
-        .as_ref()
-        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "force rules are not configured"))
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+fn api(state: &AppState) -> Result<&RulesApi, ApiError> {
+    state.rules.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "force rules are not configured")
+    })
 }
 
 /// Parses and validates a rule body; the error names the offending field.
-pub fn parse_rule(body: &[u8], max_duration_secs: i64) -> Result<RuleSpec, (String, String)> {
+pub fn parse_rule(body: &[u8], max_duration_secs: i64) -> Result<RuleSpec, RuleError> {
     if body.len() > MAX_RULE_BODY_BYTES {
-        return Err((
-            "body".into(),
-            format!("body of {} bytes exceeds {MAX_RULE_BODY_BYTES} bytes", body.len()),
-        ));
+        return Err(RuleError {
+            field: "body".into(),
+            message: format!("body of {} bytes exceeds {MAX_RULE_BODY_BYTES} bytes", body.len()),
+        });
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let spec: RuleSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        (field, e.inner().to_string())
+        RuleError {
+            field: if path == "." { "body".to_string() } else { path },
+            message: e.inner().to_string(),
+        }
     })?;
-    spec.compile("validation".into(), max_duration_secs)
-        .map_err(|e| (e.field, e.message))?;
+    spec.compile("validation".into(), max_duration_secs)?;
     Ok(spec)
 }
 
-pub async fn create(State(state): State<AppState>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
-    let api = match api(&state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return invalid("body", e.body_text()),
-    };
-    let spec = match parse_rule(&body, api.max_duration_secs) {
-        Ok(s) => s,
-        Err((field, message)) => return invalid(&field, message),
-    };
-    match api.store.create(spec).await {
-        Ok(rule) => {
-            tracing::info!(rule = %rule.id, action = ?rule.spec.action, priority = rule.spec.priority, "force rule created");
-            (StatusCode::CREATED, Json(rule_json(&rule, None))).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let api = api(&state)?;
+    let body = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let spec = parse_rule(&body, api.max_duration_secs)?;
+    let rule = api.store.create(spec).await?;
+    tracing::info!(rule = %rule.id, action = ?rule.spec.action, priority = rule.spec.priority, "force rule created");
+    Ok((StatusCode::CREATED, Json(rule_json(&rule, None))).into_response())
 }
 
-pub async fn list(State(state): State<AppState>) -> Response {
-    let api = match api(&state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let (rules, counts) = match tokio::try_join!(api.store.list(), api.store.match_counts()) {
-        Ok(v) => v,
-        Err(e) => return store_error(e),
-    };
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let api = api(&state)?;
+    let (rules, counts) = tokio::try_join!(api.store.list(), api.store.match_counts())?;
     let rules: Vec<Value> = rules
         .iter()
         .map(|r| rule_json(r, Some(counts.get(&r.id).copied().unwrap_or(0))))
         .collect();
-    Json(json!({ "rules": rules, "count": rules.len() })).into_response()
+    Ok(Json(json!({ "rules": rules, "count": rules.len() })).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let api = match api(&state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    match api.store.get(&id).await {
-        Ok(Some(rule)) => {
-            let matched = api.store.match_counts().await.ok().and_then(|c| c.get(&id).copied());
-            Json(rule_json(&rule, Some(matched.unwrap_or(0)))).into_response()
-        }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no force rule {id}")),
-        Err(e) => store_error(e),
-    }
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let api = api(&state)?;
+    let rule = api
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no force rule {id}")))?;
+    let matched = api.store.match_counts().await.ok().and_then(|c| c.get(&id).copied());
+    Ok(Json(rule_json(&rule, Some(matched.unwrap_or(0)))).into_response())
 }
 
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    let api = match api(&state) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    match api.store.delete(&id).await {
-        Ok(true) => {
-            tracing::info!(rule = %id, "force rule deleted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no force rule {id}")),
-        Err(e) => store_error(e),
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let api = api(&state)?;
+    if !api.store.delete(&id).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no force rule {id}")));
     }
+    tracing::info!(rule = %id, "force rule deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn rule_json(rule: &StoredRule, matched: Option<u64>) -> Value {
@@ -169,10 +143,10 @@ mod tests {
             (r#"not json"#, "body"),
         ];
         for (body, field) in cases {
-            let (got, msg) = parse_rule(body.as_bytes(), 3600).expect_err(body);
-            assert_eq!(got, field, "{body}: {msg}");
+            let e = parse_rule(body.as_bytes(), 3600).expect_err(body);
+            assert_eq!(e.field, field, "{body}: {}", e.message);
         }
         let big = format!(r#"{{"description":"{}"}}"#, "x".repeat(MAX_RULE_BODY_BYTES));
-        assert_eq!(parse_rule(big.as_bytes(), 3600).expect_err("big").0, "body");
+        assert_eq!(parse_rule(big.as_bytes(), 3600).expect_err("big").field, "body");
     }
 }
