@@ -78,10 +78,10 @@ impl IntoResponse for ApiError {
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         let status = match &e {
-            QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            QueryError::BadRequest(_) | QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            QueryError::Unavailable(_) | QueryError::OutOfMemory { .. } => {
+            QueryError::Unavailable(_) | QueryError::Catalog(_) | QueryError::OutOfMemory { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };

@@ -35,15 +35,22 @@ pub const TABLE_NAME: &str = "spans";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// The statement is not allowed or not valid; the client should fix it.
+    /// The statement is not allowed; the client should fix it.
     #[error("{0}")]
     BadRequest(String),
+    /// The engine could not parse or plan the statement (400, with the
+    /// engine's own message).
+    #[error("{0}")]
+    Invalid(#[source] DataFusionError),
     #[error("query exceeded the {0:?} time limit and was cancelled")]
     Timeout(Duration),
     #[error("query failed: {0}")]
-    Execution(String),
+    Execution(#[source] DataFusionError),
     #[error("query engine unavailable: {0}")]
     Unavailable(String),
+    /// The catalog or table could not be registered with the engine.
+    #[error("query engine unavailable: {0}")]
+    Catalog(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The query needed more memory than the pool has left.
     #[error("the query needs more memory than query.max_memory_bytes ({limit} bytes, shared by running queries) allows; narrow it with filters, fewer groups or a LIMIT: {reason}")]
     OutOfMemory { limit: usize, reason: String },
@@ -85,12 +92,12 @@ impl QueryEngine {
             .with_memory_limit(limits.max_memory_bytes, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let view = catalog::SingleTableCatalog::new(table.catalog.clone(), table.ident.clone());
         let provider = IcebergCatalogProvider::try_new(std::sync::Arc::new(view))
             .await
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         let ns = table.ident.namespace().to_url_string();
         let schema = provider
             .schema(&ns)
@@ -98,10 +105,10 @@ impl QueryEngine {
         let spans = schema
             .table(table.ident.name())
             .await
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?
+            .map_err(|e| QueryError::Catalog(Box::new(e)))?
             .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
         ctx.register_table(TABLE_NAME, spans)
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         Ok(Self { ctx, limits })
     }
 
@@ -120,7 +127,7 @@ impl QueryEngine {
                 .ctx
                 .sql_with_options(sql, options)
                 .await
-                .map_err(|e| QueryError::BadRequest(e.to_string()))?;
+                .map_err(QueryError::Invalid)?;
             // One row more than the cap tells whether the result was cut.
             // `EXPLAIN [ANALYZE]` must stay the root of its plan (DataFusion
             // refuses a limit above it), and its output is small anyway.
@@ -132,7 +139,7 @@ impl QueryEngine {
                 df
             } else {
                 df.limit(0, Some(max_rows + 1))
-                    .map_err(|e| QueryError::BadRequest(e.to_string()))?
+                    .map_err(QueryError::Invalid)?
             };
             df.collect().await.map_err(|e| execution_error(e, max_memory))
         };
@@ -153,13 +160,13 @@ fn execution_error(e: DataFusionError, limit: usize) -> QueryError {
             limit,
             reason: reason.clone(),
         },
-        _ => QueryError::Execution(e.to_string()),
+        _ => QueryError::Execution(e),
     }
 }
 
 /// Accepts exactly one `SELECT`/`WITH`/`EXPLAIN`/`SHOW`/`DESCRIBE` statement.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Invalid(e.into()))?;
     if statements.len() != 1 {
         return Err(QueryError::BadRequest(format!(
             "exactly one statement is allowed, got {}",
@@ -263,7 +270,7 @@ fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
     }
     let options = FormatOptions::default().with_null("");
     let formatter = ArrayFormatter::try_new(array, &options)
-        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        .map_err(|e| QueryError::Execution(e.into()))?;
     Ok((0..array.len())
         .map(|i| {
             if array.is_null(i) {

@@ -35,15 +35,13 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis is unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored rule `{id}` is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
-}
-
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
+    Unavailable(#[from] redis::RedisError),
+    #[error("stored rule `{id}` is corrupt: {source}")]
+    Corrupt {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// A rule as stored and as the API returns it.
@@ -85,9 +83,9 @@ impl RuleStore {
             expires_at: created_at + spec.duration_secs * 1000,
             spec,
         };
-        let json = serde_json::to_string(&rule).map_err(|e| StoreError::Corrupt {
+        let json = serde_json::to_string(&rule).map_err(|source| StoreError::Corrupt {
             id: rule.id.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let mut c = self.conn().await?;
         let _: () = redis::pipe()
@@ -167,9 +165,9 @@ impl RuleStore {
 }
 
 fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
         id: id.to_string(),
-        reason: e.to_string(),
+        source,
     })
 }
 
