@@ -78,15 +78,12 @@ pub enum DecodeError {
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("invalid OTLP protobuf: {0}")]
-    Protobuf(String),
+    Protobuf(#[from] WireError),
     #[error("invalid OTLP JSON: {0}")]
-    Json(String),
-}
-
-impl From<WireError> for DecodeError {
-    fn from(e: WireError) -> Self {
-        DecodeError::Protobuf(e.0)
-    }
+    Json(#[from] serde_json::Error),
+    /// Valid JSON whose protobuf re-encoding the scan still refused.
+    #[error("invalid OTLP JSON: the re-encoded request is invalid: {0}")]
+    JsonReencoded(#[source] WireError),
 }
 
 impl DecodeError {
@@ -96,7 +93,7 @@ impl DecodeError {
             DecodeError::Empty => "empty",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Protobuf(_) => "protobuf",
-            DecodeError::Json(_) => "json",
+            DecodeError::Json(_) | DecodeError::JsonReencoded(_) => "json",
         }
     }
 }
@@ -121,10 +118,11 @@ pub fn decode_message(payload: Bytes, max_bytes: usize) -> Result<DecodedMessage
     }
     let first = payload.iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first == Some(b'{') {
-        let request: ExportTraceServiceRequest =
-            serde_json::from_slice(&payload).map_err(|e| DecodeError::Json(e.to_string()))?;
-        return scan_request(Bytes::from(request.encode_to_vec()))
-            .map_err(|e| DecodeError::Json(format!("re-encoded request is invalid: {e}")));
+        let request: ExportTraceServiceRequest = serde_json::from_slice(&payload)?;
+        return scan_request(Bytes::from(request.encode_to_vec())).map_err(|e| match e {
+            DecodeError::Protobuf(wire) => DecodeError::JsonReencoded(wire),
+            other => other,
+        });
     }
     scan_request(payload)
 }

@@ -5,13 +5,36 @@
 //! OTLP messages with it instead of building prost's owned object tree: the
 //! tree costs dozens of allocations per span, the walk none.
 
-/// A malformed protobuf message.
+/// A malformed protobuf message: what is wrong, as data. Only the error
+/// path builds one, so the walk itself allocates nothing.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct WireError(pub String);
+pub enum WireError {
+    #[error("truncated varint")]
+    TruncatedVarint,
+    #[error("varint longer than 10 bytes")]
+    VarintTooLong,
+    #[error("field runs past the end of its message")]
+    PastEnd,
+    #[error("invalid field key {0}")]
+    InvalidKey(u64),
+    #[error("length overflows")]
+    LengthOverflow,
+    #[error("unsupported wire type {wire_type} for field {field}")]
+    UnsupportedWireType { wire_type: u64, field: u32 },
+    #[error("field {field} is not {expected}")]
+    WrongType { field: u32, expected: &'static str },
+    #[error("string field is not UTF-8: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// Found by a check over several strings at once, which has no position.
+    #[error("a string field is not UTF-8")]
+    StringsNotUtf8,
+    /// A nested value decoded with prost.
+    #[error("{0}")]
+    Prost(#[from] prost::DecodeError),
+}
 
-fn err<T>(msg: impl Into<String>) -> Result<T, WireError> {
-    Err(WireError(msg.into()))
+fn err<T>(e: WireError) -> Result<T, WireError> {
+    Err(e)
 }
 
 /// A field's value as the wire format gives it. `Len` is a byte range.
@@ -52,8 +75,11 @@ impl Field {
         }
     }
 
-    fn mismatch<T>(&self, expected: &str) -> Result<T, WireError> {
-        err(format!("field {} is not {expected}", self.number))
+    fn mismatch<T>(&self, expected: &'static str) -> Result<T, WireError> {
+        err(WireError::WrongType {
+            field: self.number,
+            expected,
+        })
     }
 }
 
@@ -100,7 +126,7 @@ impl<'a> Fields<'a> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return err("truncated varint");
+                return err(WireError::TruncatedVarint);
             };
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << shift;
@@ -108,7 +134,7 @@ impl<'a> Fields<'a> {
                 return Ok(value);
             }
         }
-        err("varint longer than 10 bytes")
+        err(WireError::VarintTooLong)
     }
 
     #[inline]
@@ -119,7 +145,7 @@ impl<'a> Fields<'a> {
                 self.pos = end;
                 Ok((start, end))
             }
-            _ => err("field runs past the end of its message"),
+            _ => err(WireError::PastEnd),
         }
     }
 
@@ -128,7 +154,7 @@ impl<'a> Fields<'a> {
         let key = self.varint()?;
         let number = (key >> 3) as u32;
         if number == 0 || key > u64::from(u32::MAX) {
-            return err(format!("invalid field key {key}"));
+            return err(WireError::InvalidKey(key));
         }
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
@@ -138,7 +164,7 @@ impl<'a> Fields<'a> {
             }
             2 => {
                 let Ok(len) = usize::try_from(self.varint()?) else {
-                    return err("length overflows");
+                    return err(WireError::LengthOverflow);
                 };
                 Value::Len(self.take(len)?)
             }
@@ -146,7 +172,12 @@ impl<'a> Fields<'a> {
                 let (s, _) = self.take(4)?;
                 Value::Fixed32(u32::from_le_bytes(self.array(s)))
             }
-            other => return err(format!("unsupported wire type {other} for field {number}")),
+            other => {
+                return err(WireError::UnsupportedWireType {
+                    wire_type: other,
+                    field: number,
+                })
+            }
         };
         Ok(Field { number, value })
     }
@@ -178,7 +209,7 @@ impl Iterator for Fields<'_> {
 
 /// The UTF-8 text of a string field.
 pub fn text(buf: &[u8], (start, end): (usize, usize)) -> Result<&str, WireError> {
-    std::str::from_utf8(&buf[start..end]).or_else(|_| err("string field is not UTF-8"))
+    Ok(std::str::from_utf8(&buf[start..end])?)
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ impl SpanRows {
             && self.span_attributes.utf8_since(mark.span_attributes)
             && self.events.utf8_since(mark.events);
         if !utf8 {
-            return Err(WireError("string field is not UTF-8".into()));
+            return Err(WireError::StringsNotUtf8);
         }
         Ok(span)
     }
@@ -358,10 +358,8 @@ fn read_status(buf: &[u8], range: (usize, usize), span: &mut SpanFields) -> Resu
 }
 
 fn check_text(buf: &[u8], (start, end): (usize, usize)) -> Result<(), WireError> {
-    match std::str::from_utf8(&buf[start..end]) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(WireError("string field is not UTF-8".into())),
-    }
+    std::str::from_utf8(&buf[start..end])?;
+    Ok(())
 }
 
 /// A trace or span id as lowercase hex, without allocating.
@@ -460,7 +458,7 @@ fn append_any_value(out: &mut StrColumn, buf: &[u8], range: (usize, usize)) -> R
             out.extend(b"\"");
         }
         AttrValue::Nested => {
-            let decoded = AnyValue::decode(&buf[range.0..range.1]).map_err(|e| WireError(e.to_string()))?;
+            let decoded = AnyValue::decode(&buf[range.0..range.1])?;
             out.extend(any_value_string(decoded).as_bytes());
         }
     }
