@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::buffer::worker::{self, WorkerContext};
@@ -70,7 +72,10 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let query_cell: Arc<OnceCell<QueryEngine>> = Arc::new(OnceCell::new());
 
     let redis = Arc::new(LazyRedis::new(&settings.redis)?);
-    spawn_redis_probe(redis.clone(), health.clone());
+    // Background tasks that live as long as the service; stopped at the end.
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    background.spawn(redis_probe(redis.clone(), health.clone(), stop_background.clone()));
     let rule_store = Arc::new(RuleStore::new(redis.clone()));
     let decisions = Arc::new(DecisionCache::new(
         redis,
@@ -78,10 +83,11 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         metrics.decision_cache_short_replies_total.clone(),
     ));
     let live_rules = Arc::new(LiveRules::default());
-    tokio::spawn(run_sync(
+    background.spawn(run_sync(
         rule_store.clone(),
         live_rules.clone(),
         settings.rules.max_duration_secs,
+        stop_background.clone(),
     ));
 
     let admin_addr = effective_admin_addr(&settings);
@@ -104,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
 
     let table = open_table_with_retry(&settings, &health, shutdown.clone()).await;
     let Some(table) = table else {
+        stop_tasks(background, stop_background).await;
         return Ok(());
     };
     let limits = QueryLimits {
@@ -117,11 +124,17 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         }
         Err(e) => {
             tracing::error!(error = %e, "query engine unavailable; retrying in the background");
-            spawn_query_engine(table.clone(), limits, query_cell.clone(), shutdown.clone());
+            background.spawn(query_engine_with_retry(
+                table.clone(),
+                limits,
+                query_cell.clone(),
+                shutdown.clone(),
+            ));
         }
     }
 
     if !ensure_topics_with_retry(&settings, &health, shutdown.clone()).await? {
+        stop_tasks(background, stop_background).await;
         return Ok(());
     }
     let consumer = Arc::new(ingest::create_consumer(
@@ -233,31 +246,39 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     let closing = tokio::task::spawn_blocking(move || drop(consumer));
     let _ = tokio::time::timeout(Duration::from_secs(10), closing).await;
     servers.abort_all();
+    stop_tasks(background, stop_background).await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Cancels the background tasks and waits briefly for them to end.
+async fn stop_tasks(tasks: TaskTracker, stop: CancellationToken) {
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within 2 s");
+    }
+}
+
 /// Registers the table with DataFusion, retrying until it works, so that a
 /// passing catalog error at startup does not leave SQL unavailable.
-fn spawn_query_engine(
+async fn query_engine_with_retry(
     table: TableHandle,
     limits: QueryLimits,
     cell: Arc<OnceCell<QueryEngine>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    tokio::spawn(async move {
-        let engine = retry(
-            shutdown,
-            || QueryEngine::new(&table, limits),
-            |e, backoff| {
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "query engine unavailable")
-            },
-        )
-        .await;
-        if let Some(engine) = engine {
-            let _ = cell.set(engine);
-        }
-    });
+    let engine = retry(
+        shutdown,
+        || QueryEngine::new(&table, limits),
+        |e, backoff| {
+            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "query engine unavailable")
+        },
+    )
+    .await;
+    if let Some(engine) = engine {
+        let _ = cell.set(engine);
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
@@ -360,14 +381,15 @@ async fn ensure_topics_with_retry(
     Ok(created.is_some())
 }
 
-/// Probes Redis every few seconds for `/health`, from startup on.
-fn spawn_redis_probe(redis: Arc<LazyRedis>, health: Health) {
-    tokio::spawn(async move {
-        loop {
-            health.set_redis(redis.ping().await.map_err(|e| e.to_string()));
-            tokio::time::sleep(PROBE_INTERVAL).await;
+/// Probes Redis every few seconds for `/health`, from startup until `stop`.
+async fn redis_probe(redis: Arc<LazyRedis>, health: Health, stop: CancellationToken) {
+    loop {
+        health.set_redis(redis.ping().await.map_err(|e| e.to_string()));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
         }
-    });
+    }
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);

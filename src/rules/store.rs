@@ -216,10 +216,30 @@ impl ForceRules for LiveRules {
 }
 
 /// Keeps `live` in step with Redis: reload on every pub/sub message and every
-/// `RESYNC_INTERVAL`; report match counts as it goes. Runs forever.
-pub async fn run_sync(store: Arc<RuleStore>, live: Arc<LiveRules>, max_duration_secs: i64) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    tokio::spawn(listen(store.redis.client().clone(), store.redis.key(CHANNEL), tx));
+/// `RESYNC_INTERVAL`; report match counts as it goes. Runs until `stop` is
+/// cancelled; the pub/sub listener runs inside it, so nothing outlives it.
+pub async fn run_sync(
+    store: Arc<RuleStore>,
+    live: Arc<LiveRules>,
+    max_duration_secs: i64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(16);
+    let listener = listen(store.redis.client().clone(), store.redis.key(CHANNEL), tx);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = listener => {}
+        _ = resync(&store, &live, max_duration_secs, rx) => {}
+    }
+}
+
+/// Reloads the rules on every notification and every `RESYNC_INTERVAL`.
+async fn resync(
+    store: &RuleStore,
+    live: &LiveRules,
+    max_duration_secs: i64,
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) {
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
