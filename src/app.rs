@@ -15,6 +15,7 @@ use crate::buffer::{BufferLimits, HeldSpans};
 use crate::config::Settings;
 use crate::health::Health;
 use crate::ingest::offsets::{Assignments, CommitGate, OffsetTracker};
+use crate::ingest::ownership::OwnershipWatch;
 use crate::ingest::{self, IngestError, Source};
 use crate::metrics::Metrics;
 use crate::query::{QueryEngine, QueryLimits};
@@ -150,7 +151,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         health.clone(),
         table.clone(),
         consumer.clone(),
-        OwnershipWatch::new(assignments.clone(), &settings),
+        OwnershipWatch::new(assignments.clone(), &settings.kafka),
     );
 
     let (kept_tx, kept_rx) = mpsc::unbounded_channel();
@@ -364,12 +365,11 @@ async fn ensure_topics_with_retry(
     let kafka = &settings.kafka;
     let created = retry_unless(
         shutdown,
-        || async {
-            ingest::ensure_topic(kafka, &kafka.topic).await?;
-            if let Some(dlq) = &kafka.dead_letter_topic {
-                ingest::ensure_topic(kafka, dlq).await?;
-            }
-            Ok::<(), IngestError>(())
+        || {
+            let topics: Vec<&str> = std::iter::once(kafka.topic.as_str())
+                .chain(kafka.dead_letter_topic.as_deref())
+                .collect();
+            async move { ingest::ensure_topics(kafka, &topics).await }
         },
         |e, backoff| {
             tracing::error!(error = %e, brokers = %kafka.brokers, retry_in_ms = backoff.as_millis() as u64, "cannot reach Kafka");
@@ -434,59 +434,4 @@ fn spawn_probes(
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     })
-}
-
-/// Tells an operator when this instance has owned no partition for longer
-/// than the session timeout while the group still has messages to read: a
-/// member that should be working is not (on a broker that is slow to evict a
-/// dead member, for example; static membership avoids that).
-struct OwnershipWatch {
-    assignments: Arc<Assignments>,
-    patience: Duration,
-    empty_since: Option<std::time::Instant>,
-    last_warning: Option<std::time::Instant>,
-}
-
-impl OwnershipWatch {
-    /// Repeats the warning at most this often while the situation lasts.
-    const WARN_EVERY: Duration = Duration::from_secs(60);
-
-    fn new(assignments: Arc<Assignments>, settings: &Settings) -> Self {
-        Self {
-            assignments,
-            patience: Duration::from_millis(settings.kafka.session_timeout_ms),
-            empty_since: None,
-            last_warning: None,
-        }
-    }
-
-    async fn check(&mut self, consumer: &Arc<ingest::SelectorConsumer>, topic: &str) {
-        if self.assignments.count() > 0 {
-            self.empty_since = None;
-            return;
-        }
-        let since = *self.empty_since.get_or_insert_with(std::time::Instant::now);
-        let due = self.last_warning.is_none_or(|t| t.elapsed() >= Self::WARN_EVERY);
-        if since.elapsed() < self.patience || !due {
-            return;
-        }
-        let (c, t) = (consumer.clone(), topic.to_string());
-        let lag = tokio::task::spawn_blocking(move || {
-            ingest::group_lag(c.as_ref(), &t, Duration::from_secs(3))
-        })
-        .await;
-        if let Ok(Ok(lag)) = lag {
-            // Partitions may have come while the lag was being read.
-            if lag > 0 && self.assignments.count() == 0 {
-                tracing::warn!(
-                    owned_none_for_secs = since.elapsed().as_secs(),
-                    group_lag_messages = lag,
-                    "this instance owns no partition while its group has unread messages; \
-                     if no other member is consuming, a dead member may still hold them \
-                     (set kafka.group_instance_id for static membership)"
-                );
-                self.last_warning = Some(std::time::Instant::now());
-            }
-        }
-    }
 }

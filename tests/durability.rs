@@ -167,7 +167,12 @@ const FAST: &[(&str, &str)] = &[
 /// member needs no short session; Tansu also pauses 3 s in each static
 /// JoinGroup and SyncGroup without counting them as contact, so a session
 /// shorter than both would evict a member that is still joining.
-const STATIC_MEMBER: &[(&str, &str)] = &[("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000")];
+fn static_member(instance: &str) -> [(&str, &str); 2] {
+    [
+        ("TSS__KAFKA__GROUP_INSTANCE_ID", instance),
+        ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
+    ]
+}
 
 /// Produces 2,000 traces while stopping the selector at 5 random moments,
 /// with SIGKILL or SIGTERM, restarting it each time. Kafka offsets are
@@ -191,8 +196,7 @@ async fn stop_and_restart_with(
         .iter()
         .copied()
         .chain([("TSS__KAFKA__COMMIT_INTERVAL_MS", "3000")])
-        .chain(if graceful { vec![] } else { STATIC_MEMBER.to_vec() })
-        .chain(if graceful { None } else { Some(("TSS__KAFKA__GROUP_INSTANCE_ID", instance.as_str())) })
+        .chain(static_member(&instance).into_iter().filter(|_| !graceful))
         .chain(extra.iter().copied())
         .collect();
     let mut s = Selector::start(name, &overrides).await;
@@ -271,9 +275,8 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
         .copied()
         .chain([
             ("TSS__KAFKA__COMMIT_INTERVAL_MS", "3000"),
-            ("TSS__KAFKA__GROUP_INSTANCE_ID", instance.as_str()),
         ])
-        .chain(STATIC_MEMBER.iter().copied())
+        .chain(static_member(&instance))
         .collect();
     let mut s = Selector::start("crash-loop", &overrides).await;
     s.wait_metric("tail_sampling_assigned_partitions", 4.0, Duration::from_secs(60)).await;

@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut kafka, topic) = args.kafka.resolve()?;
     kafka.topic_partitions = args.partitions;
-    ingest::ensure_topic(&kafka, &topic)
+    ingest::ensure_topics(&kafka, &[&topic])
         .await
         .with_context(|| format!("creating topic {topic} at {}", kafka.brokers))?;
 

@@ -149,7 +149,8 @@ pub enum HandshakeError {
     /// The broker refused the client's TLS or SASL settings.
     #[error("{0}")]
     Rejected(String),
-    #[error("no broker answered: {0}")]
+    /// No broker answered within the timeout.
+    #[error("{0}")]
     Unreachable(String),
 }
 

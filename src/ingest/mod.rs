@@ -3,6 +3,7 @@
 pub mod client;
 pub mod decode;
 pub mod offsets;
+pub mod ownership;
 pub mod wire;
 
 use std::sync::Arc;
@@ -42,6 +43,17 @@ pub enum IngestError {
     /// fix it, so startup stops.
     #[error("kafka rejected the connection (check kafka.security_protocol, kafka.ssl_* and kafka.sasl_*): {0}")]
     Security(String),
+    #[error("no Kafka broker answered: {0}")]
+    Unreachable(String),
+}
+
+impl From<client::HandshakeError> for IngestError {
+    fn from(e: client::HandshakeError) -> Self {
+        match e {
+            client::HandshakeError::Rejected(reason) => IngestError::Security(reason),
+            client::HandshakeError::Unreachable(reason) => IngestError::Unreachable(reason),
+        }
+    }
 }
 
 impl IngestError {
@@ -51,31 +63,24 @@ impl IngestError {
     }
 }
 
-/// Creates the topic with `topic_partitions` partitions unless it exists.
-/// Needed because some brokers (Tansu) do not auto-create topics.
-/// A broker that rejects the client's TLS or SASL settings ends the call
-/// with [`IngestError::Security`], which retrying can't fix.
-pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str) -> Result<(), IngestError> {
+/// Creates the topics with `topic_partitions` partitions unless they exist.
+/// Needed because some brokers (Tansu) do not auto-create topics. It first
+/// connects once: a broker that rejects the client's TLS or SASL settings
+/// ends the call with [`IngestError::Security`], which retrying can't fix.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), IngestError> {
     let probe_cfg = cfg.clone();
     tokio::task::spawn_blocking(move || client::handshake(&probe_cfg, Duration::from_secs(10)))
         .await
-        .map_err(|e| IngestError::CreateTopic {
-            topic: topic.to_string(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| match e {
-            client::HandshakeError::Rejected(reason) => IngestError::Security(reason),
-            client::HandshakeError::Unreachable(reason) => IngestError::CreateTopic {
-                topic: topic.to_string(),
-                reason,
-            },
-        })?;
+        .map_err(|e| IngestError::Unreachable(e.to_string()))??;
     let admin: AdminClient<DefaultClientContext> = client::client_config(cfg).create()?;
-    let new_topic = NewTopic::new(topic, cfg.topic_partitions, TopicReplication::Fixed(1));
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&new_topic], &opts).await?;
+    let results = admin.create_topics(&new_topics, &opts).await?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic"),
@@ -182,34 +187,6 @@ pub fn create_consumer(
         })?;
     consumer.subscribe(&[cfg.topic.as_str()])?;
     Ok(consumer)
-}
-
-/// Messages of `topic` that the group has not committed yet, over all its
-/// partitions: each high watermark minus the group's committed offset (the
-/// low watermark where the group has none). Blocking: call it off the runtime.
-pub fn group_lag<C: Consumer<X>, X: ConsumerContext>(
-    consumer: &C,
-    topic: &str,
-    timeout: Duration,
-) -> Result<i64, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition(topic, p.id());
-        }
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    let mut lag = 0;
-    for e in committed.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
-        let from = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lag += (high - from).max(0);
-    }
-    Ok(lag)
 }
 
 /// Commits every watermark that moved. Returns how many partitions moved.

@@ -33,10 +33,6 @@ pub enum WireError {
     Prost(#[from] prost::DecodeError),
 }
 
-fn err<T>(e: WireError) -> Result<T, WireError> {
-    Err(e)
-}
-
 /// A field's value as the wire format gives it. `Len` is a byte range.
 #[derive(Debug, Clone, Copy)]
 pub enum Value {
@@ -76,7 +72,7 @@ impl Field {
     }
 
     fn mismatch<T>(&self, expected: &'static str) -> Result<T, WireError> {
-        err(WireError::WrongType {
+        Err(WireError::WrongType {
             field: self.number,
             expected,
         })
@@ -126,7 +122,7 @@ impl<'a> Fields<'a> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return err(WireError::TruncatedVarint);
+                return Err(WireError::TruncatedVarint);
             };
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << shift;
@@ -134,7 +130,7 @@ impl<'a> Fields<'a> {
                 return Ok(value);
             }
         }
-        err(WireError::VarintTooLong)
+        Err(WireError::VarintTooLong)
     }
 
     #[inline]
@@ -145,7 +141,7 @@ impl<'a> Fields<'a> {
                 self.pos = end;
                 Ok((start, end))
             }
-            _ => err(WireError::PastEnd),
+            _ => Err(WireError::PastEnd),
         }
     }
 
@@ -154,7 +150,7 @@ impl<'a> Fields<'a> {
         let key = self.varint()?;
         let number = (key >> 3) as u32;
         if number == 0 || key > u64::from(u32::MAX) {
-            return err(WireError::InvalidKey(key));
+            return Err(WireError::InvalidKey(key));
         }
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
@@ -164,7 +160,7 @@ impl<'a> Fields<'a> {
             }
             2 => {
                 let Ok(len) = usize::try_from(self.varint()?) else {
-                    return err(WireError::LengthOverflow);
+                    return Err(WireError::LengthOverflow);
                 };
                 Value::Len(self.take(len)?)
             }
@@ -173,7 +169,7 @@ impl<'a> Fields<'a> {
                 Value::Fixed32(u32::from_le_bytes(self.array(s)))
             }
             other => {
-                return err(WireError::UnsupportedWireType {
+                return Err(WireError::UnsupportedWireType {
                     wire_type: other,
                     field: number,
                 })

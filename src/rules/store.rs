@@ -72,7 +72,7 @@ impl RuleStore {
     }
 
     fn rule_key(&self, id: &str) -> String {
-        self.redis.key(&format!("{RULE_KEYS}{id}"))
+        self.redis.key(format_args!("{RULE_KEYS}{id}"))
     }
 
     pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {

@@ -84,7 +84,7 @@ impl LazyRedis {
 
     /// `redis.key_prefix` followed by `name`: every key and channel the
     /// selector uses is made here.
-    pub fn key(&self, name: &str) -> String {
+    pub fn key(&self, name: impl std::fmt::Display) -> String {
         format!("{}{name}", self.prefix)
     }
 
@@ -225,7 +225,7 @@ fn decisions_for(asked: usize, values: &[Option<String>]) -> Option<Vec<Option<D
 
 impl DecisionCache {
     fn key(&self, id: &TraceId) -> String {
-        self.redis.key(&format!("{DECISION_KEYS}{}", hex::encode(id)))
+        self.redis.key(format_args!("{DECISION_KEYS}{}", hex::encode(id)))
     }
 }
 

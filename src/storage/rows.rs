@@ -26,7 +26,7 @@ use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, Pac
 use super::schema::{any_value_string, kind_name, status_name, RowError};
 use crate::buffer::worker::KeptTrace;
 use crate::ingest::decode::Origin;
-use crate::ingest::wire::{Fields, WireError};
+use crate::ingest::wire::{text, Fields, WireError};
 
 /// Columns of kept spans, filled row by row and turned into one RecordBatch.
 #[derive(Default)]
@@ -194,7 +194,10 @@ impl SpanRows {
                     field.len()?;
                 }
                 2 => span.span_id = field.len()?,
-                3 => check_text(buf, field.len()?)?,
+                // trace_state: only checked to be UTF-8.
+                3 => {
+                    text(buf, field.len()?)?;
+                }
                 4 => span.parent_span_id = field.len()?,
                 5 => span.name = field.len()?,
                 6 => span.kind = field.varint()? as i32,
@@ -354,11 +357,6 @@ fn read_status(buf: &[u8], range: (usize, usize), span: &mut SpanFields) -> Resu
             _ => {}
         }
     }
-    Ok(())
-}
-
-fn check_text(buf: &[u8], (start, end): (usize, usize)) -> Result<(), WireError> {
-    std::str::from_utf8(&buf[start..end])?;
     Ok(())
 }
 

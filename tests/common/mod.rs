@@ -312,22 +312,15 @@ fn test_env(
 /// Starts a selector that must refuse to start: waits for it to exit within
 /// `timeout` and returns its exit code and log.
 pub fn start_expecting_failure(overrides: &[(&str, &str)], timeout: Duration) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let topic = format!("tss-it-fail-{}", uuid::Uuid::new_v4().simple());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let env = test_env(&topic, dir.path(), &admin, &metrics, overrides);
-    let mut child = spawn_selector(&env, dir.path());
+    let mut s = Selector::launch(&topic, overrides);
     let started = Instant::now();
-    let log = || std::fs::read_to_string(dir.path().join("selector.log")).unwrap_or_default();
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return (status.code(), log());
+        if let Ok(Some(status)) = s.child.try_wait() {
+            return (status.code(), s.log());
         }
         if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the selector was still running {timeout:?} after its start\n{}", log());
+            panic!("the selector was still running {timeout:?} after its start\n{}", s.log());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
