@@ -25,7 +25,8 @@ COPY --from=planner /src/recipe.json recipe.json
 # Dependencies only: this layer is reused until Cargo.toml or Cargo.lock change.
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bins \
+# simple_producer, shipped beside the selector, needs the test-traffic feature.
+RUN cargo build --release --locked --bins --features testkit \
  && install -m 0755 target/release/tail-sampling-selector target/release/simple_producer /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime

@@ -10,16 +10,15 @@
 //!    from its last span being produced to its rows being visible in SQL.
 //!
 //! The selector runs with a 2 s inactivity timeout and a 2 s flush interval
-//! (`--inactivity-secs`, `--flush-secs`). Needs the local stack
-//! (`scripts/stack.sh up`):
+//! (`--inactivity-secs`, `--flush-secs`), started and read through the
+//! integration tests' harness. Needs the local stack (`scripts/stack.sh up`):
 //!
 //!   cargo bench --bench end_to_end -- --spans 2000000
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rdkafka::config::ClientConfig;
@@ -28,8 +27,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use tail_sampling_selector::loadgen::{Scenario, TraceGenerator};
-use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
+use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
+
+#[path = "../tests/it/harness.rs"]
+mod harness;
+
+use harness::{now_nanos, Selector};
 
 struct Options {
     spans: u64,
@@ -58,13 +62,6 @@ fn options() -> Options {
         }
     }
     o
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -157,79 +154,6 @@ async fn baseline(o: &Options, topic: &str, messages: u64) -> f64 {
     rate
 }
 
-struct Selector {
-    child: Child,
-    admin: String,
-    metrics: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Selector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn start_selector(o: &Options, topic: &str) -> Selector {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.path().join("selector.log")).expect("log");
-    let env: HashMap<&str, String> = HashMap::from([
-        ("TSS__KAFKA__BROKERS", o.brokers.clone()),
-        ("TSS__KAFKA__TOPIC", topic.to_string()),
-        ("TSS__KAFKA__GROUP_ID", format!("{topic}-selector")),
-        ("TSS__REDIS__URL", o.redis.clone()),
-        ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", o.inactivity_secs.to_string()),
-        ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.08".into()),
-        // Draining a backlog opens traces as fast as they are read; each
-        // stays open for the inactivity timeout, so the limit must hold
-        // about rate × timeout spans or consumption pauses.
-        ("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000".into()),
-        ("TSS__STORAGE__FLUSH_INTERVAL_SECS", o.flush_secs.to_string()),
-        ("TSS__STORAGE__ICEBERG__CATALOG_URI", format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display())),
-        ("TSS__STORAGE__ICEBERG__WAREHOUSE", dir.path().join("warehouse").display().to_string()),
-        ("TSS__SERVER__ADMIN_ADDR", admin.clone()),
-        ("TSS__SERVER__METRICS_ADDR", metrics.clone()),
-    ]);
-    let child = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
-        .envs(env)
-        .env("RUST_LOG", "warn")
-        .current_dir(dir.path())
-        .stdout(Stdio::from(log.try_clone().expect("log")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("selector");
-    Selector {
-        child,
-        admin,
-        metrics,
-        _dir: dir,
-    }
-}
-
-async fn metrics(http: &reqwest::Client, s: &Selector) -> HashMap<String, f64> {
-    let text = match http.get(format!("http://{}/metrics", s.metrics)).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -243,12 +167,35 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The release selector on `topic`, with the bench's timeouts and a buffer
+/// large enough to drain a backlog.
+fn start_selector(o: &Options, topic: &str) -> Selector {
+    let (inactivity, flush) = (o.inactivity_secs.to_string(), o.flush_secs.to_string());
+    Selector::launch(
+        topic,
+        &[
+            ("TSS__KAFKA__BROKERS", &o.brokers),
+            ("TSS__KAFKA__TOPIC_PARTITIONS", "8"),
+            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
+            ("TSS__REDIS__URL", &o.redis),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", &inactivity),
+            ("TSS__SAMPLING__WORKERS", "0"),
+            ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.08"),
+            // Draining a backlog opens traces as fast as they are read; each
+            // stays open for the inactivity timeout, so the limit must hold
+            // about rate × timeout spans or consumption pauses.
+            ("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000"),
+            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", &flush),
+        ],
+    )
+}
+
 /// Phase 3: returns messages/s.
-async fn selector_drain(http: &reqwest::Client, s: &Selector, messages: u64) -> f64 {
+async fn selector_drain(s: &Selector, messages: u64) -> f64 {
     let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
     let mut first = None;
     loop {
-        let m = metrics(http, s).await;
+        let m = s.metrics().await;
         let consumed = get(&m, "tail_sampling_messages_consumed_total");
         if consumed > 0.0 && first.is_none() {
             first = Some((Instant::now(), consumed));
@@ -261,18 +208,18 @@ async fn selector_drain(http: &reqwest::Client, s: &Selector, messages: u64) -> 
     let (t0, c0) = first.expect("consumption started");
     let secs = t0.elapsed().as_secs_f64();
     let rate = (messages as f64 - c0) / secs;
-    let m = metrics(http, s).await;
+    let m = s.metrics().await;
     println!(
         "selector:  drained {messages} messages in {secs:.2} s ({rate:.0} messages/s, {:.0} spans/s), peak RSS {:.0} MiB so far",
         // Spans at the same share of the run as the messages counted.
         get(&m, "tail_sampling_spans_ingested_total") / messages as f64 * rate,
-        peak_rss_mib(s.child.id())
+        peak_rss_mib(s.pid())
     );
     rate
 }
 
 /// Phase 4: live traffic plus probes; returns the sorted probe latencies.
-async fn decision_latency(o: &Options, http: &reqwest::Client, s: &Selector, topic: &str) -> Vec<f64> {
+async fn decision_latency(o: &Options, s: &Selector, topic: &str) -> Vec<f64> {
     let probes: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
     let sender = {
         let (brokers, topic, probes) = (o.brokers.clone(), topic.to_string(), probes.clone());
@@ -291,15 +238,7 @@ async fn decision_latency(o: &Options, http: &reqwest::Client, s: &Selector, top
         }
         if !pending.is_empty() {
             let sql = format!("SELECT DISTINCT trace_id FROM spans WHERE trace_id IN ({})", pending.join(","));
-            let body: serde_json::Value = match http
-                .post(format!("http://{}/admin/query", s.admin))
-                .json(&serde_json::json!({ "sql": sql }))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
-            };
+            let (_, body) = s.query_raw(&sql).await;
             let now = Instant::now();
             let sent: HashMap<String, Instant> = probes.lock().map(|p| p.iter().cloned().collect()).unwrap_or_default();
             for row in body["rows"].as_array().into_iter().flatten() {
@@ -382,12 +321,13 @@ async fn main() {
     let (messages, _) = fill(&o, &topic);
     let base = baseline(&o, &topic, messages).await;
 
-    let http = reqwest::Client::new();
+    // The selector logs warnings only, so logging costs nothing measurable.
+    std::env::set_var("TSS_TEST_RUST_LOG", "warn");
     let s = start_selector(&o, &topic);
-    let rate = selector_drain(&http, &s, messages).await;
+    let rate = selector_drain(&s, messages).await;
     println!("ratio:     selector drains at {:.0}% of the plain consumer's rate", 100.0 * rate / base);
 
-    let lat = decision_latency(&o, &http, &s, &topic).await;
+    let lat = decision_latency(&o, &s, &topic).await;
     let bound = o.inactivity_secs + o.flush_secs + 2.0;
     println!(
         "latency:   last span → visible in SQL: p50 {:.2} s, p99 {:.2} s, max {:.2} s (inactivity {} s + flush {} s + 2 s = {bound} s)",
@@ -397,5 +337,5 @@ async fn main() {
         o.inactivity_secs,
         o.flush_secs
     );
-    println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.child.id()));
+    println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.pid()));
 }

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prost::Message;
-use tail_sampling_selector::buffer::worker::KeptTrace;
-use tail_sampling_selector::buffer::{BufferLimits, TraceBuffer};
-use tail_sampling_selector::ingest::decode::decode_message;
-use tail_sampling_selector::ingest::offsets::{MsgRef, OffsetTracker};
-use tail_sampling_selector::loadgen::{Scenario, TraceGenerator};
-use tail_sampling_selector::sampling::{Decision, NoForceRules, PolicySet};
+use tail_sampling_selector::model::KeptTrace;
+use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
+use tail_sampling_selector::otlp::decode::decode_message;
+use tail_sampling_selector::ack::{MsgRef, OffsetTracker};
+use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
+use tail_sampling_selector::{decide::policy::PolicySet, model::{Decision, NoForceRules}};
 use tail_sampling_selector::storage::rows::SpanRows;
-use tail_sampling_selector::storage::schema::table_schema;
+use tail_sampling_selector::table::schema::table_schema;
 
 /// Counts live heap bytes, to measure what buffered spans cost.
 struct Counting;
@@ -134,7 +134,7 @@ struct FullRound {
 
 /// The whole path, as one worker runs it.
 fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arrow::datatypes::Schema>) -> FullRound {
-    let limits = BufferLimits {
+    let limits = CompletionLimits {
         inactivity_timeout: Duration::from_secs(60),
         max_trace_duration: Duration::from_secs(300),
         max_spans_per_trace: 10_000,
@@ -153,7 +153,7 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
             epoch: 1,
         };
         let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
-        tracker.register(msg, 1);
+        tracker.register(msg, 1, 1);
         spans += decoded.spans.len();
         let outcome = buffer.push_message(decoded.spans, msg, now, &mut due);
         tracker.adjust(msg, outcome.refs - 1);

@@ -10,5 +10,5 @@ ensure_build_deps
 "$ROOT/scripts/stack.sh" up
 [ -x "$CACHE_DIR/venv/bin/python" ] || die "run scripts/test.sh once first: it prepares $CACHE_DIR/venv"
 export_test_env
-cargo test --manifest-path "$ROOT/Cargo.toml" --test durability -- --nocapture --test-threads 1 2>&1 \
+cargo test --manifest-path "$ROOT/Cargo.toml" --test it -- durability:: --nocapture --test-threads 1 2>&1 \
   | grep -E '^(test |[a-z-]+: traces=|[a-z-]+: replayed|test result)|panicked|lost='

@@ -10,7 +10,8 @@ ensure_build_deps
 # many minutes: run them side by side.
 start_tansu_install
 log "building (dev profile, shared target in $CARGO_TARGET_DIR)"
-cargo build --manifest-path "$ROOT/Cargo.toml" --bins
+# The producer tools need the test-traffic feature.
+cargo build --manifest-path "$ROOT/Cargo.toml" --bins --features testkit
 wait_tansu_install
 "$ROOT/scripts/stack.sh" up
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tail_sampling_selector::{app, config::Settings};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Tail sampling for OpenTelemetry traces: Kafka in, Apache Iceberg out.
@@ -39,13 +39,14 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let settings = Settings::load(args.config.as_deref()).context("invalid configuration")?;
     tracing::info!(?settings, "starting");
-    let (tx, rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested");
-        let _ = tx.send(true);
+        on_signal.cancel();
     });
-    app::run(settings, rx).await?;
+    app::run(settings, shutdown).await?;
     Ok(())
 }
 

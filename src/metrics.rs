@@ -28,6 +28,7 @@ pub struct Metrics {
     pub consumer_lag_messages: IntGaugeVec,
     pub replayed_spans_skipped_total: IntCounter,
     pub held_spans: IntGauge,
+    pub held_bytes: IntGauge,
     pub consumer_paused: IntGauge,
     pub assigned_partitions: IntGauge,
     pub decision_cache_short_replies_total: IntCounter,
@@ -143,9 +144,13 @@ impl Metrics {
                 "held_spans",
                 "Spans in memory: buffered, or decided and not yet committed",
             )?,
+            held_bytes: gauge(
+                "held_bytes",
+                "Bytes of the Kafka messages that held spans keep alive",
+            )?,
             consumer_paused: gauge(
                 "consumer_paused",
-                "1 while the consumer pauses its partitions at buffer.max_buffered_spans",
+                "1 while the consumer pauses its partitions at buffer.max_buffered_spans or buffer.max_buffered_bytes",
             )?,
             assigned_partitions: gauge(
                 "assigned_partitions",
@@ -161,7 +166,7 @@ impl Metrics {
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);
         }
-        for reason in crate::sampling::SamplingReason::ALL {
+        for reason in crate::model::SamplingReason::ALL {
             m.traces_sampled_total.with_label_values(&[reason.as_str()]);
         }
         Ok(m)

@@ -20,7 +20,7 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tail_sampling_selector::ingest;
-use tail_sampling_selector::loadgen::{ErrorBurst, LatencySpike, Scenario, TraceGenerator};
+use tail_sampling_selector::testkit::loadgen::{ErrorBurst, LatencySpike, Scenario, TraceGenerator};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send realistic OTLP trace traffic to a Kafka topic")]

@@ -10,7 +10,7 @@ use prost::Message;
 use rand::RngCore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tail_sampling_selector::ingest::{self, client};
-use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send seed OTLP traces to the selector's Kafka topic")]

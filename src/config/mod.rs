@@ -10,6 +10,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod duration;
+pub use duration::{ConfigDuration, Milliseconds, Seconds};
+
 /// The defaults, compiled in so the binary runs from any working directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -42,7 +45,9 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub sampling: SamplingConfig,
-    pub buffer: BufferConfig,
+    /// Backpressure: how much the pipeline may hold before the consumer
+    /// pauses. The section keeps its historical name, `[buffer]`.
+    pub buffer: BackpressureConfig,
     pub rules: RulesConfig,
     pub storage: StorageConfig,
     pub server: ServerConfig,
@@ -61,7 +66,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
     pub max_message_bytes: usize,
-    pub commit_interval_ms: u64,
+    pub commit_interval_ms: Milliseconds,
     /// librdkafka's `partition.assignment.strategy`.
     pub partition_assignment_strategy: String,
     /// librdkafka's `session.timeout.ms`: how soon a crashed member's
@@ -196,6 +201,34 @@ impl KafkaConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("kafka.brokers", &self.brokers),
+            ("kafka.topic", &self.topic),
+            ("kafka.group_id", &self.group_id),
+            ("kafka.partition_assignment_strategy", &self.partition_assignment_strategy),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if self.topic_partitions < 1 {
+            return Err(invalid("kafka.topic_partitions", "must be at least 1"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
+        }
+        if self.commit_interval_ms.duration().is_zero() {
+            return Err(invalid("kafka.commit_interval_ms", "must be positive"));
+        }
+        if !(1000..=3_600_000).contains(&self.session_timeout_ms) {
+            return Err(invalid("kafka.session_timeout_ms", "must be between 1000 and 3600000"));
+        }
+        if matches!(&self.dead_letter_topic, Some(t) if t.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.dead_letter_topic",
+                "must not be empty when set; leave it out to disable dead-lettering",
+            ));
+        }
         for (key, why) in RESERVED_KAFKA_PROPERTIES {
             if self.properties.contains_key(key) {
                 return Err(invalid_owned(
@@ -324,12 +357,34 @@ mod properties {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BufferConfig {
+pub struct BackpressureConfig {
     /// Spans held in memory at most: buffered, decided and not yet committed.
     /// At the limit the consumer pauses its partitions; it resumes below
     /// `resume_ratio` of the limit. Nothing is dropped to make room.
     pub max_buffered_spans: usize,
+    /// Bytes of Kafka messages the held spans keep alive, at most: a span is
+    /// a slice of its message, so one held span keeps the whole message. The
+    /// consumer pauses at this limit too.
+    pub max_buffered_bytes: u64,
     pub resume_ratio: f64,
+}
+
+impl BackpressureConfig {
+    fn validate(&self, max_spans_per_trace: usize) -> Result<(), ConfigError> {
+        if self.max_buffered_spans < max_spans_per_trace {
+            return Err(invalid(
+                "buffer.max_buffered_spans",
+                "must be at least sampling.max_spans_per_trace",
+            ));
+        }
+        if self.max_buffered_bytes < 1 << 20 {
+            return Err(invalid("buffer.max_buffered_bytes", "must be at least 1048576 (1 MiB)"));
+        }
+        if !(self.resume_ratio > 0.0 && self.resume_ratio < 1.0) {
+            return Err(invalid("buffer.resume_ratio", "must be between 0 and 1, exclusive"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -395,11 +450,11 @@ impl std::fmt::Debug for RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
-    pub inactivity_timeout_secs: f64,
-    pub max_trace_duration_secs: f64,
+    pub inactivity_timeout_secs: Seconds,
+    pub max_trace_duration_secs: Seconds,
     pub max_spans_per_trace: usize,
     pub always_sample_errors: bool,
-    pub latency_threshold_ms: f64,
+    pub latency_threshold_ms: Milliseconds,
     pub baseline_sample_rate: f64,
     pub decision_ttl_secs: u64,
     /// 0 picks one worker per CPU.
@@ -434,7 +489,7 @@ pub enum StorageType {
 pub struct StorageConfig {
     pub storage_type: StorageType,
     pub flush_max_rows: usize,
-    pub flush_interval_secs: f64,
+    pub flush_interval_secs: Seconds,
     pub iceberg: IcebergConfig,
 }
 
@@ -524,7 +579,7 @@ pub struct ServerConfig {
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     /// How long a graceful shutdown may take before the process exits anyway.
-    pub shutdown_timeout_secs: f64,
+    pub shutdown_timeout_secs: Seconds,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -546,7 +601,7 @@ impl std::fmt::Debug for AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     pub max_rows: usize,
-    pub timeout_secs: f64,
+    pub timeout_secs: Seconds,
     /// Memory all running SQL queries may hold together. A query that needs
     /// more fails (503) instead of growing the process; nothing spills to disk.
     pub max_memory_bytes: usize,
@@ -560,9 +615,10 @@ const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 /// `created_at + duration` in milliseconds can never overflow.
 const MAX_RULE_SECONDS: i64 = 365 * 24 * 3600;
 
-/// A positive, finite number of seconds of at most [`MAX_SECONDS`].
-fn seconds(key: &'static str, value: f64) -> Result<(), ConfigError> {
-    if value.is_finite() && value > 0.0 && value <= MAX_SECONDS {
+/// A positive duration of at most [`MAX_SECONDS`].
+fn seconds(key: &'static str, value: Seconds) -> Result<(), ConfigError> {
+    let value = value.get();
+    if value > 0.0 && value <= MAX_SECONDS {
         Ok(())
     } else {
         Err(invalid(
@@ -602,93 +658,79 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env_map)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        // The path of a value that does not parse names its key.
+        let settings: Settings = serde_path_to_error::deserialize(builder.build()?).map_err(|e| {
+            invalid_owned(e.path().to_string(), e.into_inner().to_string())
+        })?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks the ranges that types alone cannot express.
+    /// Checks the ranges that types alone cannot express, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.sampling;
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(invalid("kafka.brokers", "must not be empty"));
-        }
-        if self.kafka.topic.trim().is_empty() {
-            return Err(invalid("kafka.topic", "must not be empty"));
-        }
-        if self.kafka.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "must not be empty"));
-        }
-        if self.kafka.topic_partitions < 1 {
-            return Err(invalid("kafka.topic_partitions", "must be at least 1"));
-        }
-        if self.kafka.max_message_bytes < 1024 {
-            return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
-        }
         self.kafka.validate()?;
         self.redis.validate()?;
-        if self.kafka.commit_interval_ms == 0 {
-            return Err(invalid("kafka.commit_interval_ms", "must be positive"));
+        self.sampling.validate()?;
+        self.buffer.validate(self.sampling.max_spans_per_trace)?;
+        self.rules.validate()?;
+        self.storage.validate()?;
+        seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
+        self.query.validate()?;
+        if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
+            return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
-        seconds("sampling.inactivity_timeout_secs", s.inactivity_timeout_secs)?;
-        seconds("sampling.max_trace_duration_secs", s.max_trace_duration_secs)?;
-        if !(1..=MAX_SECONDS as u64).contains(&s.decision_ttl_secs) {
+        Ok(())
+    }
+}
+
+impl SamplingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        seconds("sampling.inactivity_timeout_secs", self.inactivity_timeout_secs)?;
+        seconds("sampling.max_trace_duration_secs", self.max_trace_duration_secs)?;
+        if !(1..=MAX_SECONDS as u64).contains(&self.decision_ttl_secs) {
             return Err(invalid(
                 "sampling.decision_ttl_secs",
                 format!("must be between 1 and {MAX_SECONDS} seconds (Redis refuses a zero expiry)"),
             ));
         }
-        if matches!(&self.kafka.dead_letter_topic, Some(t) if t.trim().is_empty()) {
-            return Err(invalid(
-                "kafka.dead_letter_topic",
-                "must not be empty when set; leave it out to disable dead-lettering",
-            ));
-        }
-        if !(1000..=3_600_000).contains(&self.kafka.session_timeout_ms) {
-            return Err(invalid("kafka.session_timeout_ms", "must be between 1000 and 3600000"));
-        }
-        if self.kafka.partition_assignment_strategy.trim().is_empty() {
-            return Err(invalid("kafka.partition_assignment_strategy", "must not be empty"));
-        }
-        if self.buffer.max_buffered_spans < s.max_spans_per_trace {
-            return Err(invalid(
-                "buffer.max_buffered_spans",
-                "must be at least sampling.max_spans_per_trace",
-            ));
-        }
-        if !(self.buffer.resume_ratio > 0.0 && self.buffer.resume_ratio < 1.0) {
-            return Err(invalid("buffer.resume_ratio", "must be between 0 and 1, exclusive"));
-        }
-        seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
-        if s.max_spans_per_trace == 0 {
+        if self.max_spans_per_trace == 0 {
             return Err(invalid("sampling.max_spans_per_trace", "must be at least 1"));
         }
-        if !(s.latency_threshold_ms.is_finite() && s.latency_threshold_ms >= 0.0) {
+        if self.latency_threshold_ms.get() > MAX_SECONDS * 1000.0 {
             return Err(invalid(
                 "sampling.latency_threshold_ms",
-                "must be zero or a positive number of milliseconds",
+                format!("must be at most {} (a week)", MAX_SECONDS * 1000.0),
             ));
         }
-        if !(0.0..=1.0).contains(&s.baseline_sample_rate) {
-            return Err(invalid(
-                "sampling.baseline_sample_rate",
-                "must be between 0.0 and 1.0",
-            ));
+        if !(0.0..=1.0).contains(&self.baseline_sample_rate) {
+            return Err(invalid("sampling.baseline_sample_rate", "must be between 0.0 and 1.0"));
         }
-        if s.workers > 1024 {
+        if self.workers > 1024 {
             return Err(invalid("sampling.workers", "must be at most 1024"));
         }
-        if !(1..=MAX_RULE_SECONDS).contains(&self.rules.max_duration_secs) {
+        Ok(())
+    }
+}
+
+impl RulesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_RULE_SECONDS).contains(&self.max_duration_secs) {
             return Err(invalid(
                 "rules.max_duration_secs",
                 format!("must be between 1 and {MAX_RULE_SECONDS} (a year)"),
             ));
         }
-        if self.storage.flush_max_rows == 0 {
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));
         }
-        seconds("storage.flush_interval_secs", self.storage.flush_interval_secs)?;
-        let ice = &self.storage.iceberg;
+        seconds("storage.flush_interval_secs", self.flush_interval_secs)?;
+        let ice = &self.iceberg;
         if ice.namespace.trim().is_empty() {
             return Err(invalid("storage.iceberg.namespace", "must not be empty"));
         }
@@ -701,15 +743,18 @@ impl Settings {
         if ice.warehouse.trim().is_empty() {
             return Err(invalid("storage.iceberg.warehouse", "must not be empty"));
         }
-        if self.query.max_rows == 0 {
+        Ok(())
+    }
+}
+
+impl QueryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_rows == 0 {
             return Err(invalid("query.max_rows", "must be at least 1"));
         }
-        seconds("query.timeout_secs", self.query.timeout_secs)?;
-        if self.query.max_memory_bytes < 1 << 20 {
+        seconds("query.timeout_secs", self.timeout_secs)?;
+        if self.max_memory_bytes < 1 << 20 {
             return Err(invalid("query.max_memory_bytes", "must be at least 1048576 (1 MiB)"));
-        }
-        if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
-            return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
         Ok(())
     }

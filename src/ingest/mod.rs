@@ -1,10 +1,7 @@
 //! The Kafka source: topic setup, the consumer loop and offset commits.
 
 pub mod client;
-pub mod decode;
-pub mod offsets;
 pub mod ownership;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +17,16 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::buffer::worker::{shard_of, ShardBatch};
-use crate::buffer::HeldSpans;
-use crate::config::{BufferConfig, KafkaConfig};
+use crate::ack::{Acks, MsgRef, OffsetTracker};
+use crate::config::{BackpressureConfig, KafkaConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use decode::{decode_message, TraceId};
-use offsets::{Assignments, CommitGate, MsgRef, OffsetTracker};
+use crate::model::{shard_of, ShardBatch, TraceId};
+use crate::otlp::decode::decode_message;
 
 /// How long a revocation waits for a running Iceberg commit to finish.
 const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(60);
@@ -102,9 +100,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Ing
 /// spans are dropped (workers and writer check the leases); the next owner
 /// re-reads those messages from the committed offset.
 pub struct SelectorContext {
-    tracker: Arc<OffsetTracker>,
-    assignments: Arc<Assignments>,
-    gate: Arc<CommitGate>,
+    acks: Acks,
     topic: String,
     assigned_partitions: prometheus::IntGauge,
 }
@@ -116,24 +112,24 @@ impl ConsumerContext for SelectorContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
-                self.assignments.assign(&assigned);
-                self.assigned_partitions.set(self.assignments.count() as i64);
-                tracing::info!(partitions = ?assigned, owned = self.assignments.count(), "partitions assigned");
+                self.acks.assignments.assign(&assigned);
+                self.assigned_partitions.set(self.acks.assignments.count() as i64);
+                tracing::info!(partitions = ?assigned, owned = self.acks.assignments.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 let revoked = partitions_of(tpl);
-                self.assignments.revoke(&revoked);
-                let finished = block_briefly(|| self.gate.wait_free(REVOKE_COMMIT_WAIT));
+                self.acks.assignments.revoke(&revoked);
+                let finished = block_briefly(|| self.acks.gate.wait_free(REVOKE_COMMIT_WAIT));
                 if !finished {
                     tracing::warn!(
                         partitions = ?revoked,
                         "an Iceberg commit is still running after {REVOKE_COMMIT_WAIT:?}; giving the partitions up anyway"
                     );
                 }
-                commit_watermarks(consumer, &self.tracker, &self.topic, CommitMode::Sync);
-                self.tracker.forget(&revoked);
-                self.assigned_partitions.set(self.assignments.count() as i64);
-                tracing::info!(partitions = ?revoked, owned = self.assignments.count(), "partitions revoked");
+                commit_watermarks(consumer, &self.acks.tracker, &self.topic, CommitMode::Sync);
+                self.acks.tracker.forget(&revoked);
+                self.assigned_partitions.set(self.acks.assignments.count() as i64);
+                tracing::info!(partitions = ?revoked, owned = self.acks.assignments.count(), "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -158,11 +154,9 @@ pub type SelectorConsumer = StreamConsumer<SelectorContext>;
 
 /// A group member with auto-commit off: offsets are committed only from the
 /// watermarks of the offset tracker.
-pub fn create_consumer(
+fn create_consumer(
     cfg: &KafkaConfig,
-    tracker: Arc<OffsetTracker>,
-    assignments: Arc<Assignments>,
-    gate: Arc<CommitGate>,
+    acks: Acks,
     assigned_partitions: prometheus::IntGauge,
 ) -> Result<SelectorConsumer, IngestError> {
     let mut config = client::client_config(cfg);
@@ -179,9 +173,7 @@ pub fn create_consumer(
         .set("partition.assignment.strategy", &cfg.partition_assignment_strategy)
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .create_with_context(SelectorContext {
-            tracker,
-            assignments,
-            gate,
+            acks,
             topic: cfg.topic.clone(),
             assigned_partitions,
         })?;
@@ -214,18 +206,99 @@ pub fn commit_watermarks<C: Consumer<X>, X: ConsumerContext>(
     commits.len()
 }
 
-/// Everything the consumer loop needs.
-pub struct Source {
-    pub consumer: Arc<SelectorConsumer>,
-    pub shards: Vec<mpsc::Sender<ShardBatch>>,
-    pub tracker: Arc<OffsetTracker>,
-    pub assignments: Arc<Assignments>,
-    pub held: Arc<HeldSpans>,
-    pub limits: BufferConfig,
+/// What the Kafka side shares with the rest of the pipeline.
+#[derive(Clone)]
+pub struct IngestContext {
+    pub acks: Acks,
     pub metrics: Metrics,
     pub health: Health,
-    pub dead_letter: Option<(FutureProducer, String)>,
-    pub max_message_bytes: usize,
+}
+
+/// The running Kafka side: the consumer loop and the offset committer.
+pub struct Ingest {
+    /// Shared with the health probes; closed last, which leaves the group.
+    pub consumer: Arc<SelectorConsumer>,
+    source: JoinHandle<()>,
+    committer: JoinHandle<()>,
+    stop_committer: CancellationToken,
+}
+
+/// Starts the Kafka side: joins the group, then reads messages into `shards`
+/// until `shutdown`, while committing watermarks every
+/// `kafka.commit_interval_ms`. The topics must exist (see [`ensure_topics`]).
+pub fn start(
+    cfg: &KafkaConfig,
+    backpressure: BackpressureConfig,
+    ctx: IngestContext,
+    shards: Vec<mpsc::Sender<ShardBatch>>,
+    shutdown: CancellationToken,
+) -> Result<Ingest, IngestError> {
+    let acks = &ctx.acks;
+    let consumer = Arc::new(create_consumer(
+        cfg,
+        acks.clone(),
+        ctx.metrics.assigned_partitions.clone(),
+    )?);
+    let stop_committer = CancellationToken::new();
+    let committer = tokio::spawn(run_committer(
+        consumer.clone(),
+        acks.tracker.clone(),
+        cfg.topic.clone(),
+        ctx.metrics.clone(),
+        cfg.commit_interval_ms.duration(),
+        stop_committer.clone(),
+    ));
+    let source = Source {
+        consumer: consumer.clone(),
+        shards,
+        limits: backpressure,
+        dead_letter: dead_letter_producer(cfg)?,
+        max_message_bytes: cfg.max_message_bytes,
+        ctx,
+    };
+    tracing::info!(topic = %cfg.topic, group = %cfg.group_id, "consuming");
+    let source = tokio::spawn(source.run(shutdown));
+    Ok(Ingest {
+        consumer,
+        source,
+        committer,
+        stop_committer,
+    })
+}
+
+impl Ingest {
+    /// Waits for the consumer loop, which ends at shutdown and then drops the
+    /// shard senders, so the deciding stage stops after it.
+    pub async fn stopped_reading(&mut self) {
+        let _ = (&mut self.source).await;
+    }
+
+    /// Makes the last watermark commit and stops committing. Call it after
+    /// storage has stopped, so the commit covers its final flush.
+    pub async fn stop_committing(&mut self) {
+        self.stop_committer.cancel();
+        let _ = (&mut self.committer).await;
+    }
+}
+
+/// Leaves the group: the partitions move to other members at once instead
+/// of after the session timeout. The revoke callback commits the last
+/// watermarks. Every other holder of the consumer must have let it go.
+pub async fn close(consumer: Arc<SelectorConsumer>) {
+    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    if tokio::time::timeout(Duration::from_secs(10), closing).await.is_err() {
+        tracing::warn!("leaving the consumer group took more than 10 s");
+    }
+}
+
+/// The consumer loop.
+struct Source {
+    consumer: Arc<SelectorConsumer>,
+    shards: Vec<mpsc::Sender<ShardBatch>>,
+    limits: BackpressureConfig,
+    dead_letter: Option<(FutureProducer, String)>,
+    max_message_bytes: usize,
+    ctx: IngestContext,
 }
 
 /// While paused, how often the limit is looked at again.
@@ -234,23 +307,23 @@ const PAUSE_CHECK: Duration = Duration::from_millis(100);
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl Source {
-    /// Reads messages until `shutdown` turns true, pausing the partitions
-    /// while the held spans are at `buffer.max_buffered_spans`.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Reads messages until `shutdown`, pausing the partitions while the
+    /// held spans or bytes are at their limits.
+    async fn run(self, shutdown: CancellationToken) {
         let mut paused = false;
         loop {
             paused = self.apply_backpressure(paused);
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = shutdown.cancelled() => break,
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {
-                        self.health.set_kafka(Ok(()));
+                        self.ctx.health.set_kafka(Ok(()));
                         self.handle(&m).await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consumer error");
-                        self.health.set_kafka(Err(e.to_string()));
+                        self.ctx.health.set_kafka(Err(e.to_string()));
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },
@@ -261,41 +334,59 @@ impl Source {
         }
     }
 
-    /// Pauses every assigned partition at the limit and resumes them below
-    /// `resume_ratio` of it. Returns whether the consumer is paused.
+    /// Pauses every assigned partition at either limit and resumes them when
+    /// both are below `resume_ratio` of their limit. Returns whether the
+    /// consumer is paused.
     fn apply_backpressure(&self, paused: bool) -> bool {
-        let held = self.held.get();
-        self.metrics.held_spans.set(held);
-        let max = self.limits.max_buffered_spans as i64;
-        let resume_below = (max as f64 * self.limits.resume_ratio) as i64;
-        let pause = if paused { held > resume_below } else { held >= max };
+        let held = self.ctx.acks.held.get();
+        let bytes = self.ctx.acks.tracker.pending_bytes() as i64;
+        self.ctx.metrics.held_spans.set(held);
+        self.ctx.metrics.held_bytes.set(bytes);
+        let limits = [
+            (held, self.limits.max_buffered_spans as i64),
+            (bytes, self.limits.max_buffered_bytes as i64),
+        ];
+        let ratio = self.limits.resume_ratio;
+        let pause = if paused {
+            limits.iter().any(|&(v, max)| v > (max as f64 * ratio) as i64)
+        } else {
+            limits.iter().any(|&(v, max)| v >= max)
+        };
         if pause {
             // Partitions assigned since the last call are paused too.
             if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.pause(&a)) {
                 tracing::warn!(error = %e, "pausing the consumer failed");
             }
             if !paused {
-                tracing::warn!(held_spans = held, limit = max, "buffer full: pausing consumption until storage catches up");
-                self.health.set_backpressure(Some(format!(
-                    "{held} spans held, limit buffer.max_buffered_spans = {max}; consumption paused"
+                let (max_spans, max_bytes) = (limits[0].1, limits[1].1);
+                tracing::warn!(
+                    held_spans = held,
+                    held_bytes = bytes,
+                    max_spans,
+                    max_bytes,
+                    "buffer full: pausing consumption until storage catches up"
+                );
+                self.ctx.health.set_backpressure(Some(format!(
+                    "{held} spans and {bytes} bytes held, limits buffer.max_buffered_spans = {max_spans} \
+                     and buffer.max_buffered_bytes = {max_bytes}; consumption paused"
                 )));
-                self.metrics.consumer_paused.set(1);
+                self.ctx.metrics.consumer_paused.set(1);
             }
         } else if paused {
             if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.resume(&a)) {
                 tracing::warn!(error = %e, "resuming the consumer failed");
                 return true;
             }
-            tracing::info!(held_spans = held, "buffer drained: consumption resumed");
-            self.health.set_backpressure(None);
-            self.metrics.consumer_paused.set(0);
+            tracing::info!(held_spans = held, held_bytes = bytes, "buffer drained: consumption resumed");
+            self.ctx.health.set_backpressure(None);
+            self.ctx.metrics.consumer_paused.set(0);
         }
         pause
     }
 
     async fn handle(&self, m: &BorrowedMessage<'_>) {
-        self.metrics.messages_consumed_total.inc();
-        let Some(lease) = self.assignments.lease(m.partition()) else {
+        self.ctx.metrics.messages_consumed_total.inc();
+        let Some(lease) = self.ctx.acks.assignments.lease(m.partition()) else {
             // Read just before its partition was revoked: the next owner reads it.
             return;
         };
@@ -305,10 +396,11 @@ impl Source {
             epoch: lease.epoch,
         };
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let payload_len = payload.len();
         let decoded = match decode_message(payload, self.max_message_bytes) {
             Ok(d) => d,
             Err(e) => {
-                self.metrics
+                self.ctx.metrics
                     .messages_invalid_total
                     .with_label_values(&[e.reason()])
                     .inc();
@@ -321,7 +413,7 @@ impl Source {
                     "skipping undecodable message"
                 );
                 self.dead_letter(m, e.reason()).await;
-                self.tracker.register(msg, 0);
+                self.ctx.acks.tracker.register(msg, 0, 0);
                 return;
             }
         };
@@ -337,7 +429,7 @@ impl Source {
             decoded.invalid_timestamp_spans,
             "skipped spans with absurd start or end times",
         );
-        self.held.add(decoded.spans.len());
+        self.ctx.acks.held.add(decoded.spans.len());
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<(TraceId, _)>> = (0..n).map(|_| Vec::new()).collect();
         for (trace_id, mut span) in decoded.spans {
@@ -345,7 +437,7 @@ impl Source {
             per_shard[shard_of(&trace_id, n)].push((trace_id, span));
         }
         let tickets = per_shard.iter().filter(|s| !s.is_empty()).count();
-        self.tracker.register(msg, tickets as i64);
+        self.ctx.acks.tracker.register(msg, tickets as i64, payload_len);
         for (shard, spans) in per_shard.into_iter().enumerate() {
             if spans.is_empty() {
                 continue;
@@ -353,7 +445,7 @@ impl Source {
             // Workers never wait on storage, so a full channel clears quickly.
             let n = spans.len();
             if self.shards[shard].send(ShardBatch { msg, spans }).await.is_err() {
-                self.held.release(n);
+                self.ctx.acks.held.release(n);
                 tracing::warn!("worker stopped; message stays uncommitted");
             }
         }
@@ -364,7 +456,7 @@ impl Source {
         if spans == 0 {
             return;
         }
-        self.metrics
+        self.ctx.metrics
             .spans_invalid_total
             .with_label_values(&[reason])
             .inc_by(spans as u64);
@@ -414,19 +506,19 @@ impl Source {
 }
 
 /// Commits watermarks every `interval` and exports the consumer lag.
-pub async fn run_committer(
+async fn run_committer(
     consumer: Arc<SelectorConsumer>,
     tracker: Arc<OffsetTracker>,
     topic: String,
     metrics: Metrics,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
+            _ = stop.cancelled() => break,
         }
         commit_watermarks(consumer.as_ref(), &tracker, &topic, CommitMode::Async);
         for (p, lag) in tracker.lag() {
@@ -440,7 +532,7 @@ pub async fn run_committer(
 }
 
 /// A producer for the dead-letter topic, when one is configured.
-pub fn dead_letter_producer(cfg: &KafkaConfig) -> Result<Option<(FutureProducer, String)>, IngestError> {
+fn dead_letter_producer(cfg: &KafkaConfig) -> Result<Option<(FutureProducer, String)>, IngestError> {
     let Some(topic) = cfg.dead_letter_topic.clone().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };

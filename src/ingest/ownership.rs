@@ -8,7 +8,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::offsets::Assignments;
+use crate::ack::Assignments;
 use super::SelectorConsumer;
 use crate::config::KafkaConfig;
 

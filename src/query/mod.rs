@@ -26,7 +26,7 @@ use iceberg_datafusion::IcebergCatalogProvider;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::storage::TableHandle;
+use crate::table::TableHandle;
 
 pub mod catalog;
 

@@ -12,9 +12,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::sampling::{ForceRules, ForceVerdict};
-use crate::storage::schema::{any_value_string, kind_name, status_name};
+use crate::model::{ForceRules, ForceVerdict, SpanRecord, TraceId};
+use crate::otlp::format::{any_value_string, kind_name, status_name};
 
 /// A condition operator. The last four compare numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,8 +366,8 @@ impl ForceRules for RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::decode_message;
-    use crate::synth::{kv, request, trace, ResourceDef, TraceSpec};
+    use crate::otlp::decode::decode_message;
+    use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
     use bytes::Bytes;
 
     fn spec(json: &str) -> RuleSpec {

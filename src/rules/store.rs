@@ -17,9 +17,8 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, RuleSet, RuleSpec};
-use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::sampling::{ForceRules, ForceVerdict};
-use crate::state::LazyRedis;
+use crate::model::{ForceRules, ForceVerdict, SpanRecord, TraceId};
+use crate::redis_client::LazyRedis;
 
 /// Key names under `redis.key_prefix`.
 const RULE_KEYS: &str = "rule:";

@@ -14,7 +14,7 @@ use arrow_array::{ArrayRef, ListArray, MapArray, StringArray, StructArray, Times
 use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
 
-use super::schema::RowError;
+use super::rows::RowError;
 
 /// A `Utf8` column: concatenated values, row offsets and the rows that are
 /// null. Nulls are rare, so they are listed instead of flagging every row.

@@ -26,9 +26,9 @@ use iceberg::spec::Datum;
 use iceberg::table::Table;
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::worker::KeptTrace;
-use crate::ingest::decode::TraceId;
-use crate::ingest::offsets::Assignments;
+use crate::model::KeptTrace;
+use crate::model::TraceId;
+use crate::ack::Assignments;
 
 /// Snapshot-summary key holding the Kafka offsets a snapshot covers.
 pub const SNAPSHOT_KAFKA_OFFSETS_KEY: &str = "tail-sampling.kafka-offsets";
@@ -207,8 +207,8 @@ fn string_column<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::offsets::MsgRef;
-    use crate::sampling::SamplingReason;
+    use crate::ack::MsgRef;
+    use crate::model::SamplingReason;
     use std::time::SystemTime;
 
     fn kept(msgs: Vec<MsgRef>) -> KeptTrace {

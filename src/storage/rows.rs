@@ -23,10 +23,19 @@ use prost::Message;
 use rustc_hash::FxHashMap;
 
 use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, Packed, StrColumn};
-use super::schema::{any_value_string, kind_name, status_name, RowError};
-use crate::buffer::worker::KeptTrace;
-use crate::ingest::decode::Origin;
-use crate::ingest::wire::{text, Fields, WireError};
+use crate::model::KeptTrace;
+use crate::model::Origin;
+use crate::otlp::format::{any_value_string, kind_name, status_name};
+use crate::otlp::wire::{text, Fields, WireError};
+
+/// Why kept spans could not be turned into Arrow rows.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("the table has column `{0}` of an unexpected type")]
+    UnexpectedColumn(String),
+}
 
 /// Columns of kept spans, filled row by row and turned into one RecordBatch.
 #[derive(Default)]
@@ -495,10 +504,10 @@ fn micros(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::decode_message;
-    use crate::sampling::SamplingReason;
-    use crate::storage::schema::table_schema;
-    use crate::synth::{kv, kv_int, request, span, trace, ResourceDef, TraceSpec};
+    use crate::otlp::decode::decode_message;
+    use crate::model::SamplingReason;
+    use crate::table::schema::table_schema;
+    use crate::testkit::synth::{kv, kv_int, request, span, trace, ResourceDef, TraceSpec};
     use arrow_array::{Array, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray};
     use opentelemetry_proto::tonic::common::v1::{any_value, ArrayValue, KeyValue, KeyValueList};
     use opentelemetry_proto::tonic::trace::v1::{span::Event, Span};

@@ -31,11 +31,11 @@ use tokio::sync::mpsc;
 
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::SpanRows;
-use super::{StorageError, TableHandle};
-use crate::buffer::worker::KeptTrace;
-use crate::buffer::{retain_current, HeldSpans};
+use super::StorageError;
+use crate::table::TableHandle;
+use crate::model::KeptTrace;
+use crate::ack::{retain_current, Acks, CommitGate};
 use crate::health::Health;
-use crate::ingest::offsets::{Assignments, CommitGate, OffsetTracker};
 use crate::metrics::Metrics;
 
 /// Tunables of the writer, from `[storage]`.
@@ -48,10 +48,7 @@ pub struct WriterConfig {
 /// What the writer shares with the rest of the pipeline.
 #[derive(Clone)]
 pub struct WriterContext {
-    pub tracker: Arc<OffsetTracker>,
-    pub assignments: Arc<Assignments>,
-    pub gate: Arc<CommitGate>,
-    pub held: Arc<HeldSpans>,
+    pub acks: Acks,
     pub metrics: Metrics,
     pub health: Health,
     /// The Kafka topic, recorded in each snapshot summary.
@@ -165,10 +162,10 @@ impl IcebergWriter {
     async fn commit(&mut self, batch: &mut Vec<KeptTrace>) -> Result<(), StorageError> {
         let started = Instant::now();
         let table = self.table.load().await?;
-        let assignments = self.ctx.assignments.clone();
+        let assignments = self.ctx.acks.assignments.clone();
         // Entering the gate and dropping revoked spans is one step with
         // respect to a rebalance: see `CommitGate`.
-        let revoked_spans = self.ctx.gate.enter(|| {
+        let revoked_spans = self.ctx.acks.gate.enter(|| {
             let current = assignments.snapshot();
             let mut n = 0;
             for t in batch.iter_mut() {
@@ -176,9 +173,9 @@ impl IcebergWriter {
             }
             n
         });
-        let _gate = GateGuard(&self.ctx.gate);
+        let _gate = GateGuard(&self.ctx.acks.gate);
         batch.retain(|t| !t.spans.is_empty());
-        self.ctx.held.release(revoked_spans);
+        self.ctx.acks.held.release(revoked_spans);
 
         let foreign_high = self.replay.foreign_high(&table, &self.ctx.topic, &assignments);
         let replayed: Vec<&KeptTrace> = batch
@@ -221,9 +218,9 @@ impl IcebergWriter {
         let mut spans = 0;
         for trace in batch.drain(..) {
             spans += trace.spans.len();
-            self.ctx.tracker.release(&trace.msgs);
+            self.ctx.acks.tracker.release(&trace.msgs);
         }
-        self.ctx.held.release(spans);
+        self.ctx.acks.held.release(spans);
         tracing::debug!(rows = row_count, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch");
         Ok(())
     }

@@ -1,78 +1,8 @@
 //! Sampling policies, evaluated in the order DESIGN.md fixes; the first that
 //! decides wins: force rules, error, latency, baseline, then drop.
 
-use std::fmt;
-use std::sync::Arc;
-
 use crate::config::SamplingConfig;
-use crate::ingest::decode::{SpanRecord, TraceId};
-
-/// Why a trace was kept; stored in the `sampling_reason` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SamplingReason {
-    ForceRule,
-    Error,
-    Latency,
-    Baseline,
-}
-
-impl SamplingReason {
-    pub const ALL: [SamplingReason; 4] = [
-        SamplingReason::ForceRule,
-        SamplingReason::Error,
-        SamplingReason::Latency,
-        SamplingReason::Baseline,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SamplingReason::ForceRule => "force_rule",
-            SamplingReason::Error => "error",
-            SamplingReason::Latency => "latency",
-            SamplingReason::Baseline => "baseline",
-        }
-    }
-}
-
-impl fmt::Display for SamplingReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The outcome for one trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Keep {
-        reason: SamplingReason,
-        /// Set when a force rule decided.
-        rule_id: Option<Arc<str>>,
-    },
-    Drop,
-}
-
-/// What a force rule said about a trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ForceVerdict {
-    Keep { rule_id: Arc<str> },
-    Drop { rule_id: Arc<str> },
-}
-
-/// The slot for force rules: the first policy, consulted before the others.
-/// Implementations must answer from local state; evaluation never waits on I/O.
-pub trait ForceRules: Send + Sync {
-    fn evaluate(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict>;
-}
-
-/// No force rules: every trace falls through to the other policies.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoForceRules;
-
-impl ForceRules for NoForceRules {
-    fn evaluate(&self, _: &TraceId, _: &[SpanRecord]) -> Option<ForceVerdict> {
-        None
-    }
-}
+use crate::model::{trace_hash, Decision, ForceRules, ForceVerdict, SamplingReason, SpanRecord, TraceId};
 
 /// The policy thresholds, taken from `[sampling]`.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +25,7 @@ impl PolicySet {
     pub fn from_config(cfg: &SamplingConfig) -> Self {
         Self::new(
             cfg.always_sample_errors,
-            cfg.latency_threshold_ms,
+            cfg.latency_threshold_ms.get(),
             cfg.baseline_sample_rate,
         )
     }
@@ -127,7 +57,7 @@ impl PolicySet {
         if trace_duration_nanos(spans) >= self.latency_threshold_nanos {
             return keep(SamplingReason::Latency);
         }
-        if baseline_hash(trace_id) < self.baseline_bound {
+        if trace_hash(trace_id) < self.baseline_bound {
             return keep(SamplingReason::Baseline);
         }
         Decision::Drop
@@ -156,33 +86,16 @@ fn baseline_bound(rate: f64) -> u64 {
     }
 }
 
-/// A stable, well-mixed 64-bit hash of the trace id (SplitMix64 finaliser over
-/// both halves). Fixed forever: changing it would change which traces every
-/// instance keeps, so instances of different versions would disagree.
-pub fn baseline_hash(trace_id: &TraceId) -> u64 {
-    let mut hi = [0u8; 8];
-    let mut lo = [0u8; 8];
-    hi.copy_from_slice(&trace_id[..8]);
-    lo.copy_from_slice(&trace_id[8..]);
-    mix(mix(u64::from_be_bytes(hi)) ^ u64::from_be_bytes(lo))
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Whether the baseline policy alone would keep this trace at `rate`.
 pub fn baseline_keeps(trace_id: &TraceId, rate: f64) -> bool {
-    baseline_hash(trace_id) < baseline_bound(rate)
+    trace_hash(trace_id) < baseline_bound(rate)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::Origin;
+    use crate::model::{NoForceRules, Origin};
+    use std::sync::Arc;
     use bytes::Bytes;
 
     fn rec(start_ms: u64, end_ms: u64, err: bool) -> SpanRecord {
@@ -285,7 +198,7 @@ mod tests {
                 p.decide(&id(n), &spans, &NoForceRules),
                 p.decide(&id(n), &spans, &NoForceRules)
             );
-            assert_eq!(baseline_keeps(&id(n), 0.5), baseline_hash(&id(n)) < u64::MAX / 2 + 1);
+            assert_eq!(baseline_keeps(&id(n), 0.5), trace_hash(&id(n)) < u64::MAX / 2 + 1);
         }
         let none = PolicySet::new(true, 5000.0, 0.0);
         let all = PolicySet::new(true, 5000.0, 1.0);

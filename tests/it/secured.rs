@@ -3,12 +3,10 @@
 //! over TLS with an ACL user and a client certificate, and two pipelines that
 //! share one Redis under different key prefixes.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Selector, TlsBroker, TlsRedis};
+use crate::harness::{Selector, TlsBroker, TlsRedis};
 use serde_json::{json, Value};
 
 /// Settings that reach `broker` over TLS, trusting `ca`.
@@ -27,7 +25,7 @@ async fn the_selector_and_the_tools_use_kafka_over_tls() {
     let s = Selector::start("tls", &tls_kafka(&addr, &ca)).await;
 
     // simple_producer over TLS, with librdkafka properties given as -X.
-    common::produce_seed_traces_with(
+    crate::harness::produce_seed_traces_with(
         &s.topic,
         &["--brokers", &addr, "-X", "security.protocol=ssl", "-X", &format!("ssl.ca.location={ca}")],
     );
@@ -60,7 +58,7 @@ async fn a_ca_that_does_not_sign_the_broker_stops_startup() {
     let broker = TlsBroker::start();
     let (addr, wrong) = (broker.brokers(), broker.certs.path("other-ca.pem"));
     let started = Instant::now();
-    let (code, log) = common::start_expecting_failure(&tls_kafka(&addr, &wrong), Duration::from_secs(60));
+    let (code, log) = crate::harness::start_expecting_failure(&tls_kafka(&addr, &wrong), Duration::from_secs(60));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
     assert!(log.contains("certificate verify failed"), "librdkafka's reason is shown\n{log}");
@@ -78,7 +76,7 @@ async fn mutual_tls_with_a_client_certificate() {
         ("TSS__KAFKA__SSL_KEY_LOCATION", key.as_str()),
     ]);
     let s = Selector::start("mtls", &settings).await;
-    common::produce_seed_traces_with(
+    crate::harness::produce_seed_traces_with(
         &s.topic,
         &[
             "--brokers", &addr,
@@ -92,7 +90,7 @@ async fn mutual_tls_with_a_client_certificate() {
     assert_eq!(s.count("SELECT count(DISTINCT trace_id) FROM spans").await, 4);
 
     // Without the client certificate the broker's side refuses the handshake.
-    let (code, log) = common::start_expecting_failure(&tls_kafka(&addr, &ca), Duration::from_secs(60));
+    let (code, log) = crate::harness::start_expecting_failure(&tls_kafka(&addr, &ca), Duration::from_secs(60));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
     assert!(log.contains("certificate required"), "librdkafka's reason is shown\n{log}");
@@ -114,7 +112,7 @@ async fn settings_librdkafka_rejects_stop_startup_naming_them() {
         ),
     ];
     for (overrides, needle) in cases {
-        let (code, log) = common::start_expecting_failure(overrides, Duration::from_secs(30));
+        let (code, log) = crate::harness::start_expecting_failure(overrides, Duration::from_secs(30));
         assert_ne!(code, Some(0), "{overrides:?}\n{log}");
         assert!(log.contains(needle), "{overrides:?}: the log does not name `{needle}`\n{log}");
     }
@@ -130,7 +128,7 @@ async fn sasl_against_a_broker_without_sasl_stops_startup() {
         ("TSS__KAFKA__SASL_USERNAME", "selector"),
         ("TSS__KAFKA__SASL_PASSWORD", "sasl-password-never-logged"),
     ];
-    let (code, log) = common::start_expecting_failure(&overrides, Duration::from_secs(60));
+    let (code, log) = crate::harness::start_expecting_failure(&overrides, Duration::from_secs(60));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
     assert!(log.contains("SASL"), "{log}");
@@ -176,9 +174,9 @@ async fn rule_ids(s: &Selector) -> Vec<String> {
 
 /// Sends 10 error-free traces of `service`; only a force rule keeps them.
 fn produce_service(s: &Selector, service: &str) {
-    common::produce_seed_traces_with(
+    crate::harness::produce_seed_traces_with(
         &s.topic,
-        &["--brokers", &common::brokers(), "--service-name", service, "--error-every", "0"],
+        &["--brokers", &crate::harness::brokers(), "--service-name", service, "--error-every", "0"],
     );
 }
 
@@ -186,7 +184,7 @@ fn produce_service(s: &Selector, service: &str) {
 async fn redis_over_tls_with_an_acl_user_and_a_client_certificate() {
     let redis = TlsRedis::start();
     let settings = tls_redis_settings(&redis);
-    let s = Selector::start("redis-tls", &common::pairs(&settings)).await;
+    let s = Selector::start("redis-tls", &crate::harness::pairs(&settings)).await;
     let (_, health) = s.get("/health").await;
     assert_eq!(health["redis"]["status"], "ok", "{health}");
 
@@ -209,7 +207,7 @@ async fn redis_over_tls_with_an_acl_user_and_a_client_certificate() {
     let no_cert: Vec<(String, String)> =
         settings.iter().filter(|(k, _)| !k.contains("TLS_CERTIFICATE") && !k.contains("TLS_KEY")).cloned().collect();
     let topic = format!("tss-it-redis-nocert-{}", uuid::Uuid::new_v4().simple());
-    let unready = Selector::launch(&topic, &common::pairs(&no_cert));
+    let unready = Selector::launch(&topic, &crate::harness::pairs(&no_cert));
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
         let body = unready.try_get("/health").await.map(|(_, b)| b).unwrap_or_default();
@@ -267,7 +265,7 @@ async fn pipelines_with_different_key_prefixes_do_not_see_each_other() {
     assert_eq!(b.metric("tail_sampling_traces_force_sampled_total").await, 0.0);
 
     // Each pipeline's decisions live under its own prefix only.
-    let client = redis::Client::open(common::redis_url()).expect("redis client");
+    let client = redis::Client::open(crate::harness::redis_url()).expect("redis client");
     let keys_a = redis_keys(&client, &format!("{prefix_a}decision:*")).await;
     let keys_b = redis_keys(&client, &format!("{prefix_b}decision:*")).await;
     assert_eq!(keys_a.len(), 10, "{keys_a:?}");

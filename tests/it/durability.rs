@@ -6,17 +6,15 @@
 //!
 //! `scripts/durability.sh` runs these tests alone and shows the figures.
 
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{now_nanos, producer, send, trace_id, Selector};
+use crate::harness::{now_nanos, producer, send, trace_id, Selector};
 use prost::Message;
 use rand::Rng;
-use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
 const SPANS_PER_TRACE: usize = 3;
 
@@ -256,10 +254,10 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_on_the_rest_catalog_and_s3_loses_and_duplicates_nothing() {
-    let weed = common::Seaweed::from_env();
+    let weed = crate::harness::Seaweed::from_env();
     let namespace = format!("it_crash_{}", uuid::Uuid::new_v4().simple());
     let rest = weed.rest_catalog(&namespace);
-    stop_and_restart_with("crash-sigkill-rest", 50_000_000, false, 40, &common::pairs(&rest)).await;
+    stop_and_restart_with("crash-sigkill-rest", 50_000_000, false, 40, &crate::harness::pairs(&rest)).await;
 }
 
 /// A crash loop: SIGKILL five times at random 1–6 s intervals, restarting at
@@ -410,7 +408,7 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_outage_pauses_consumption_and_loses_nothing() {
-    let s3 = common::Seaweed::from_env();
+    let s3 = crate::harness::Seaweed::from_env();
     let relay = Relay::start(s3.port()).await;
     let bucket = format!("tss-outage-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket(&bucket);
@@ -447,7 +445,7 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let rss_kib = common::rss_kib(s.pid());
+    let rss_kib = crate::harness::rss_kib(s.pid());
     relay.set_down(false);
     producing.await.expect("producer task");
     let o = settle(&s, &cases, Duration::from_secs(150)).await;

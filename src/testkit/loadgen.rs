@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Deserialize;
 
-use crate::synth::{kv, kv_int};
+use crate::testkit::synth::{kv, kv_int};
 
 /// What a service is: an HTTP service, or a database reached by its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

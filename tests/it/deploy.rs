@@ -4,8 +4,6 @@
 //! metrics the selector exports, and `Dockerfile.local` refuses binaries that
 //! cannot run in its Linux image.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -18,8 +16,8 @@ fn root() -> &'static Path {
 }
 
 fn check_deploy() -> Value {
-    common::run_python(
-        &common::python_script("check_deploy.py"),
+    crate::harness::run_python(
+        &crate::harness::python_script("check_deploy.py"),
         &[root().display().to_string()],
     )
 }

@@ -1,4 +1,10 @@
-//! Per-partition offset watermarks: Kafka is the write-ahead log.
+//! Acknowledgements: what tracks a Kafka message from the moment it is read
+//! until its offset may be committed. Kafka is the write-ahead log.
+//!
+//! Part of the shared core, like Vector's event finalization: the consumer
+//! registers messages, the deciding stage and the storage writer return their
+//! references, and the committer reads the watermarks. No stage owns it.
+//!
 //!
 //! A message is "pending" while any trace it fed is undecided, or decided as
 //! kept but not yet committed to Iceberg. The committable offset of a partition
@@ -18,7 +24,8 @@
 //! those messages from the committed offset.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -139,6 +146,18 @@ impl CurrentLeases {
     }
 }
 
+/// The acknowledgement state of one selector, shared by its stages: the
+/// consumer registers messages and stamps leases, the deciding stage and the
+/// storage writer return references and held spans, the committer and the
+/// rebalance callback read watermarks and wait for the commit gate.
+#[derive(Debug, Clone, Default)]
+pub struct Acks {
+    pub tracker: Arc<OffsetTracker>,
+    pub assignments: Arc<Assignments>,
+    pub gate: Arc<CommitGate>,
+    pub held: Arc<HeldSpans>,
+}
+
 /// Keeps an Iceberg commit and a partition revocation from overlapping.
 ///
 /// The writer enters the gate after dropping spans of revoked leases and
@@ -179,10 +198,21 @@ impl CommitGate {
     }
 }
 
+/// A message that still holds the watermark back.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Outstanding references.
+    refs: i64,
+    /// The message's size: its spans keep the whole message alive.
+    bytes: usize,
+}
+
 #[derive(Debug, Default)]
 struct PartitionState {
-    /// Offset → outstanding references.
-    pending: BTreeMap<i64, i64>,
+    /// Offset → the pending message.
+    pending: BTreeMap<i64, Pending>,
+    /// The bytes of the pending messages.
+    pending_bytes: usize,
     /// One past the highest offset registered.
     next_offset: i64,
     /// The last watermark handed out for commit.
@@ -203,9 +233,10 @@ impl OffsetTracker {
         Self::default()
     }
 
-    /// Records a consumed message with `tickets` outstanding references.
-    /// The first message of a new lease starts the partition afresh.
-    pub fn register(&self, msg: MsgRef, tickets: i64) {
+    /// Records a consumed message of `bytes` bytes with `tickets`
+    /// outstanding references. The first message of a new lease starts the
+    /// partition afresh.
+    pub fn register(&self, msg: MsgRef, tickets: i64, bytes: usize) {
         let mut parts = self.partitions.lock();
         let fresh = || PartitionState {
             next_offset: msg.offset,
@@ -219,7 +250,12 @@ impl OffsetTracker {
         }
         state.next_offset = state.next_offset.max(msg.offset + 1);
         if tickets != 0 {
-            *state.pending.entry(msg.offset).or_default() += tickets;
+            let pending = state.pending.entry(msg.offset).or_default();
+            pending.refs += tickets;
+            if pending.bytes == 0 {
+                pending.bytes = bytes;
+                state.pending_bytes += bytes;
+            }
         }
     }
 
@@ -232,10 +268,12 @@ impl OffsetTracker {
         let Some(state) = parts.get_mut(&msg.partition).filter(|s| s.epoch == msg.epoch) else {
             return; // The lease ended; the partition's next owner re-reads the message.
         };
-        let count = state.pending.entry(msg.offset).or_default();
-        *count += delta;
-        if *count <= 0 {
+        let pending = state.pending.entry(msg.offset).or_default();
+        pending.refs += delta;
+        if pending.refs <= 0 {
+            let bytes = pending.bytes;
             state.pending.remove(&msg.offset);
+            state.pending_bytes -= bytes;
         }
     }
 
@@ -303,6 +341,13 @@ impl OffsetTracker {
     pub fn pending_messages(&self) -> usize {
         self.partitions.lock().values().map(|s| s.pending.len()).sum()
     }
+
+    /// The bytes of the pending messages, over all partitions: what the
+    /// spans held anywhere in the pipeline keep alive, since a span is a
+    /// slice of its message. The consumer pauses at `buffer.max_buffered_bytes`.
+    pub fn pending_bytes(&self) -> usize {
+        self.partitions.lock().values().map(|s| s.pending_bytes).sum()
+    }
 }
 
 fn watermark(state: &PartitionState) -> i64 {
@@ -312,6 +357,40 @@ fn watermark(state: &PartitionState) -> i64 {
         .next()
         .copied()
         .unwrap_or(state.next_offset)
+}
+
+/// Spans held in memory anywhere in the pipeline: from the moment the
+/// consumer hands them to a worker until they are dropped, committed to the
+/// table, or given up with a revoked partition. The consumer pauses at
+/// `buffer.max_buffered_spans`.
+#[derive(Debug, Default)]
+pub struct HeldSpans(AtomicI64);
+
+impl HeldSpans {
+    pub fn add(&self, spans: usize) {
+        self.0.fetch_add(spans as i64, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, spans: usize) {
+        self.0.fetch_sub(spans as i64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps the spans and message references of current leases; returns how
+/// many spans were removed.
+pub fn retain_current(
+    spans: &mut Vec<crate::model::SpanRecord>,
+    msgs: &mut Vec<MsgRef>,
+    is_current: impl Fn(Lease) -> bool,
+) -> usize {
+    let before = spans.len();
+    spans.retain(|s| is_current(s.lease));
+    msgs.retain(|m| is_current(m.lease()));
+    before - spans.len()
 }
 
 #[cfg(test)]
@@ -329,9 +408,9 @@ mod tests {
     #[test]
     fn watermark_waits_for_the_lowest_pending_message() {
         let t = OffsetTracker::new();
-        t.register(m(0, 10), 1);
-        t.register(m(0, 11), 1);
-        t.register(m(0, 12), 0); // undecodable: nothing to wait for
+        t.register(m(0, 10), 1, 100);
+        t.register(m(0, 11), 1, 100);
+        t.register(m(0, 12), 0, 100); // undecodable: nothing to wait for
         assert!(t.take_commits().is_empty(), "offset 10 is still pending");
         // Offset 11's shard took two trace refs and returned its ticket.
         t.adjust(m(0, 11), 2 - 1);
@@ -345,10 +424,25 @@ mod tests {
     }
 
     #[test]
+    fn pending_bytes_follow_the_messages_still_held() {
+        let t = OffsetTracker::new();
+        t.register(m(0, 1), 2, 1_000);
+        t.register(m(0, 2), 0, 5_000); // undecodable: holds nothing
+        t.register(m(1, 1), 1, 300);
+        assert_eq!(t.pending_bytes(), 1_300);
+        t.release(&[m(0, 1)]);
+        assert_eq!(t.pending_bytes(), 1_300, "one reference left on 0/1");
+        t.release(&[m(0, 1)]);
+        assert_eq!(t.pending_bytes(), 300);
+        t.forget(&[1]);
+        assert_eq!(t.pending_bytes(), 0, "a revoked partition's messages are re-read elsewhere");
+    }
+
+    #[test]
     fn partitions_are_independent_and_can_be_forgotten() {
         let t = OffsetTracker::new();
-        t.register(m(0, 5), 1);
-        t.register(m(1, 7), 0);
+        t.register(m(0, 5), 1, 100);
+        t.register(m(1, 7), 0, 100);
         assert_eq!(t.take_commits(), vec![(1, 8)]);
         t.forget(&[0]);
         t.release(&[m(0, 5)]);
@@ -359,9 +453,9 @@ mod tests {
     #[test]
     fn a_new_lease_starts_the_partition_afresh() {
         let t = OffsetTracker::new();
-        t.register(m(0, 5), 1);
+        t.register(m(0, 5), 1, 100);
         let later = MsgRef { epoch: 2, ..m(0, 3) };
-        t.register(later, 0);
+        t.register(later, 0, 100);
         // The old lease's pending message no longer holds the watermark, and
         // releasing it does nothing to the new lease.
         assert_eq!(t.take_commits(), vec![(0, 4)]);

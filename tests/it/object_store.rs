@@ -4,12 +4,10 @@
 //! full path: Kafka, the selector, Parquet objects, then SQL, and readers no
 //! one here wrote (pyiceberg, DuckDB) read the same table back.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Seaweed, Selector};
+use crate::harness::{Seaweed, Selector};
 use serde_json::Value;
 
 fn trace_ids(rows: &Value, column: usize) -> BTreeSet<String> {
@@ -36,7 +34,7 @@ fn ids_of(scan: &Value, field: &str) -> BTreeSet<String> {
 /// Produces the seed traces and waits until the 4 error traces (12 spans)
 /// are committed; returns the kept trace ids as SQL sees them.
 async fn seed_and_wait(s: &Selector) -> BTreeSet<String> {
-    common::produce_seed_traces(&s.topic);
+    crate::harness::produce_seed_traces(&s.topic);
     s.wait_metric("tail_sampling_traces_dropped_total", 6.0, Duration::from_secs(60))
         .await;
     s.wait_exported(12.0).await;
@@ -53,12 +51,12 @@ async fn rest_catalog_with_s3_warehouse_round_trip() {
     let weed = Seaweed::from_env();
     let namespace = format!("it_rest_{}", uuid::Uuid::new_v4().simple());
     let settings = weed.rest_catalog(&namespace);
-    let s = Selector::start("rest", &common::pairs(&settings)).await;
+    let s = Selector::start("rest", &crate::harness::pairs(&settings)).await;
     let sql_ids = seed_and_wait(&s).await;
 
     // pyiceberg and DuckDB, through the same catalog and S3, read the rows SQL saw.
-    let scan = common::run_python(
-        &common::python_script("scan_table.py"),
+    let scan = crate::harness::run_python(
+        &crate::harness::python_script("scan_table.py"),
         &weed.scan_args(&format!("{namespace}.spans")),
     );
     assert_eq!(scan["rows"], 12, "{scan}");
@@ -84,7 +82,7 @@ async fn rest_catalog_with_s3_warehouse_round_trip() {
 
     // A restarted selector finds the table in the catalog and serves it.
     drop(s);
-    let again = Selector::start("rest2", &common::pairs(&settings)).await;
+    let again = Selector::start("rest2", &crate::harness::pairs(&settings)).await;
     assert!(!again.log().contains("created table"), "the existing table must be reused");
     assert_eq!(again.count("SELECT count(*) FROM spans").await, 12);
 }
@@ -129,8 +127,8 @@ async fn s3_warehouse_round_trip() {
     );
 
     // pyiceberg, with the same S3 settings, reads the same rows.
-    let scan = common::run_python(
-        &common::python_script("scan_table.py"),
+    let scan = crate::harness::run_python(
+        &crate::harness::python_script("scan_table.py"),
         &[
             "--catalog-uri".into(),
             format!("sqlite:///{}", s.catalog_path().display()),
@@ -181,8 +179,8 @@ async fn postgres_sql_catalog_round_trip() {
     let s = Selector::start("pg", &overrides).await;
     let sql_ids = seed_and_wait(&s).await;
 
-    let scan = common::run_python(
-        &common::python_script("scan_table.py"),
+    let scan = crate::harness::run_python(
+        &crate::harness::python_script("scan_table.py"),
         &[
             "--catalog-uri".into(),
             base.replacen("postgres://", "postgresql+psycopg2://", 1),

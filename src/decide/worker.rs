@@ -6,54 +6,29 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{BufferLimits, CompleteTrace, HeldSpans, TraceBuffer};
-use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::ingest::offsets::{Assignments, MsgRef, OffsetTracker};
+use super::completion::{CompleteTrace, CompletionLimits, TraceBuffer};
+use super::decision_cache::DecisionCache;
+use super::policy::PolicySet;
+use crate::ack::Acks;
 use crate::metrics::Metrics;
-use crate::sampling::{Decision, ForceRules, PolicySet, SamplingReason};
-use crate::state::DecisionCache;
-
-/// The spans of one Kafka message that belong to this worker's shard.
-#[derive(Debug)]
-pub struct ShardBatch {
-    pub msg: MsgRef,
-    pub spans: Vec<(TraceId, SpanRecord)>,
-}
-
-/// A trace the policies kept, on its way to the table.
-#[derive(Debug)]
-pub struct KeptTrace {
-    pub trace_id: TraceId,
-    pub spans: Vec<SpanRecord>,
-    pub reason: SamplingReason,
-    pub rule_id: Option<Arc<str>>,
-    pub msgs: Vec<MsgRef>,
-    pub decided_at: SystemTime,
-}
+use crate::model::{Decision, ForceRules, KeptTrace, SamplingReason, ShardBatch};
 
 /// Everything a worker shares with the rest of the pipeline.
 #[derive(Clone)]
 pub struct WorkerContext {
-    pub limits: BufferLimits,
+    pub limits: CompletionLimits,
     pub policies: PolicySet,
     pub force_rules: Arc<dyn ForceRules>,
     /// Earlier decisions, so late spans and other instances agree.
     pub decisions: Arc<DecisionCache>,
-    pub tracker: Arc<OffsetTracker>,
-    /// The partition leases; spans of a revoked one are purged.
-    pub assignments: Arc<Assignments>,
-    pub held: Arc<HeldSpans>,
+    /// The partition leases (spans of a revoked one are purged), the message
+    /// references and the held spans.
+    pub acks: Acks,
     pub metrics: Metrics,
     /// Unbounded: memory is bounded by `held` and the consumer's pause.
     pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
     /// How often due traces are looked for.
     pub tick: Duration,
-}
-
-/// Picks the worker for a trace. The trace id's last bytes are random in every
-/// W3C-conformant id, but mixing the whole id keeps skewed ids balanced too.
-pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
-    (crate::sampling::baseline_hash(trace_id).rotate_left(17) % shards as u64) as usize
 }
 
 /// Runs until the input channel closes. Open traces are then dropped undecided:
@@ -63,7 +38,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         buffer: TraceBuffer::new(ctx.limits),
         reported_traces: 0,
         reported_spans: 0,
-        seen_revocations: ctx.assignments.revocations(),
+        seen_revocations: ctx.acks.assignments.revocations(),
         ctx,
     };
     let mut tick = tokio::time::interval(state.ctx.tick);
@@ -90,10 +65,8 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         state.report_gauges();
     }
     let abandoned = state.buffer.drain();
-    state
-        .ctx
-        .held
-        .release(abandoned.iter().map(|t| t.spans.len()).sum());
+    let abandoned_spans = abandoned.iter().map(|t| t.spans.len()).sum();
+    state.ctx.acks.held.release(abandoned_spans);
     state.report_gauges();
     tracing::info!(
         traces = abandoned.len(),
@@ -112,14 +85,14 @@ struct Worker {
 impl Worker {
     /// After a revocation, drops what was read under the ended leases.
     fn purge_revoked(&mut self) {
-        let now = self.ctx.assignments.revocations();
+        let now = self.ctx.acks.assignments.revocations();
         if now == self.seen_revocations {
             return;
         }
         self.seen_revocations = now;
-        let current = self.ctx.assignments.snapshot();
+        let current = self.ctx.acks.assignments.snapshot();
         let dropped = self.buffer.purge(|l| current.contains(l));
-        self.ctx.held.release(dropped);
+        self.ctx.acks.held.release(dropped);
         if dropped > 0 {
             tracing::info!(spans = dropped, "dropped buffered spans of revoked partitions; their next owner re-reads them");
         }
@@ -127,9 +100,9 @@ impl Worker {
 
     /// Buffers a batch; traces it completes (at `max_spans_per_trace`) go to `due`.
     fn ingest(&mut self, batch: ShardBatch, due: &mut Vec<CompleteTrace>) {
-        if !self.ctx.assignments.is_current(batch.msg.lease()) {
+        if !self.ctx.acks.assignments.is_current(batch.msg.lease()) {
             // Queued before its partition was revoked; the next owner reads it.
-            self.ctx.held.release(batch.spans.len());
+            self.ctx.acks.held.release(batch.spans.len());
             return;
         }
         self.ctx.metrics.spans_ingested_total.inc_by(batch.spans.len() as u64);
@@ -137,7 +110,7 @@ impl Worker {
         self.ctx.metrics.traces_ingested_total.inc_by(outcome.opened);
         // The batch's ticket is returned only after its references are counted,
         // so the message cannot look finished in between.
-        self.ctx.tracker.adjust(batch.msg, outcome.refs - 1);
+        self.ctx.acks.tracker.adjust(batch.msg, outcome.refs - 1);
     }
 
     /// Decides every due trace. A trace decided before (its spans arrived
@@ -199,8 +172,8 @@ impl Worker {
     /// Releases a dropped trace's messages, or hands a kept one to storage.
     fn route(&mut self, trace: CompleteTrace, decision: Decision) {
         let Decision::Keep { reason, rule_id } = decision else {
-            self.ctx.tracker.release(&trace.msgs);
-            self.ctx.held.release(trace.spans.len());
+            self.ctx.acks.tracker.release(&trace.msgs);
+            self.ctx.acks.held.release(trace.spans.len());
             return;
         };
         let kept = KeptTrace {
@@ -212,7 +185,7 @@ impl Worker {
             decided_at: SystemTime::now(),
         };
         if let Err(e) = self.ctx.kept_tx.send(kept) {
-            self.ctx.held.release(e.0.spans.len());
+            self.ctx.acks.held.release(e.0.spans.len());
             tracing::warn!(
                 trace_id = %hex::encode(e.0.trace_id),
                 "storage has stopped; the kept trace stays uncommitted in Kafka"

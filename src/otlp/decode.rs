@@ -10,35 +10,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::offsets::Lease;
 use super::wire::{Fields, Value, WireError};
+use crate::ack::Lease;
+use crate::model::{Origin, SpanRecord, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-
-/// The 16-byte W3C trace id.
-pub type TraceId = [u8; 16];
-
-/// The resource and instrumentation scope shared by the spans of one `ScopeSpans`.
-#[derive(Debug, Default)]
-pub struct Origin {
-    /// Encoded `opentelemetry.proto.resource.v1.Resource`, empty when absent.
-    pub resource: Bytes,
-    /// Encoded `opentelemetry.proto.common.v1.InstrumentationScope`, empty when absent.
-    pub scope: Bytes,
-}
-
-/// One buffered span: the encoded bytes plus the few fields the policies read.
-#[derive(Debug, Clone)]
-pub struct SpanRecord {
-    /// Encoded `opentelemetry.proto.trace.v1.Span`, a slice of the Kafka message.
-    pub bytes: Bytes,
-    pub origin: Arc<Origin>,
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
-    pub is_error: bool,
-    /// The partition lease the span was read under; set by the consumer.
-    pub lease: Lease,
-}
 
 /// A decoded message: every span with its trace id, in message order.
 #[derive(Debug, Default)]
@@ -248,7 +224,7 @@ fn status_is_error(msg: &Bytes, range: (usize, usize)) -> Result<bool, DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{request, span, ResourceDef};
+    use crate::testkit::synth::{request, span, ResourceDef};
 
     const LIMIT: usize = 1 << 20;
 
@@ -264,7 +240,7 @@ mod tests {
         assert_eq!(ids, vec![1, 2, 1]);
         let (_, second) = &decoded.spans[1];
         assert!(second.is_error);
-        let epoch_ns = crate::synth::SPAN_EPOCH_MS * 1_000_000;
+        let epoch_ns = crate::testkit::synth::SPAN_EPOCH_MS * 1_000_000;
         assert_eq!(second.start_unix_nano, epoch_ns + 5_000_000);
         assert_eq!(second.end_unix_nano, epoch_ns + 7_000_000);
         // The kept bytes are a complete span that prost decodes on its own.

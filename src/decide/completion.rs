@@ -1,4 +1,5 @@
-//! Per-trace span buffers for one worker shard.
+//! Trace completion: per-trace span buffers for one worker shard, and when
+//! a trace counts as complete.
 //!
 //! Each worker owns one `TraceBuffer` outright, so nothing here is locked. Expiry
 //! uses two FIFO queues instead of scanning the map: because every trace in a
@@ -6,42 +7,18 @@
 //! tick pops only what is due. A queue entry carries the trace's generation, so
 //! entries made stale by a newer span are skipped in O(1).
 
-pub mod worker;
-
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::ingest::decode::{SpanRecord, TraceId};
-use crate::ingest::offsets::{Lease, MsgRef};
-
-/// Spans held in memory anywhere in the pipeline: from the moment the
-/// consumer hands them to a worker until they are dropped, committed to the
-/// table, or given up with a revoked partition. The consumer pauses at
-/// `buffer.max_buffered_spans`.
-#[derive(Debug, Default)]
-pub struct HeldSpans(AtomicI64);
-
-impl HeldSpans {
-    pub fn add(&self, spans: usize) {
-        self.0.fetch_add(spans as i64, Ordering::Relaxed);
-    }
-
-    pub fn release(&self, spans: usize) {
-        self.0.fetch_sub(spans as i64, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+use crate::ack::{retain_current, Lease, MsgRef};
+use crate::model::{SpanRecord, TraceId};
 
 /// When a trace counts as complete.
 #[derive(Debug, Clone, Copy)]
-pub struct BufferLimits {
+pub struct CompletionLimits {
     pub inactivity_timeout: Duration,
     pub max_trace_duration: Duration,
     pub max_spans_per_trace: usize,
@@ -99,7 +76,7 @@ struct OpenTrace {
 
 #[derive(Debug)]
 pub struct TraceBuffer {
-    limits: BufferLimits,
+    limits: CompletionLimits,
     traces: FxHashMap<TraceId, OpenTrace>,
     /// (deadline, trace, generation) in deadline order.
     idle_queue: VecDeque<(Instant, TraceId, u32)>,
@@ -110,7 +87,7 @@ pub struct TraceBuffer {
 }
 
 impl TraceBuffer {
-    pub fn new(limits: BufferLimits) -> Self {
+    pub fn new(limits: CompletionLimits) -> Self {
         Self {
             limits,
             traces: FxHashMap::default(),
@@ -290,28 +267,15 @@ impl TraceBuffer {
     }
 }
 
-/// Keeps the spans and message references of current leases; returns how
-/// many spans were removed.
-pub fn retain_current(
-    spans: &mut Vec<SpanRecord>,
-    msgs: &mut Vec<MsgRef>,
-    is_current: impl Fn(Lease) -> bool,
-) -> usize {
-    let before = spans.len();
-    spans.retain(|s| is_current(s.lease));
-    msgs.retain(|m| is_current(m.lease()));
-    before - spans.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::Origin;
+    use crate::model::Origin;
     use bytes::Bytes;
     use std::sync::Arc;
 
-    fn limits() -> BufferLimits {
-        BufferLimits {
+    fn limits() -> CompletionLimits {
+        CompletionLimits {
             inactivity_timeout: Duration::from_secs(10),
             max_trace_duration: Duration::from_secs(60),
             max_spans_per_trace: 5,
@@ -364,7 +328,7 @@ mod tests {
     #[test]
     fn max_duration_decides_a_trace_that_never_goes_quiet() {
         let t0 = Instant::now();
-        let mut b = TraceBuffer::new(BufferLimits {
+        let mut b = TraceBuffer::new(CompletionLimits {
             max_spans_per_trace: 1000,
             ..limits()
         });

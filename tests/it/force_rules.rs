@@ -1,11 +1,9 @@
 //! Force rules end to end: the API on a real selector, rules in the real Redis.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Selector;
+use crate::harness::Selector;
 use serde_json::{json, Value};
 
 async fn post_rule(s: &Selector, body: &Value) -> (u16, Value) {
@@ -31,7 +29,7 @@ async fn delete_rule(s: &Selector, id: &str) -> u16 {
 
 fn produce(s: &Selector, service: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &common::brokers(), "--topic", &s.topic, "--service-name", service])
+        .args(["--brokers", &crate::harness::brokers(), "--topic", &s.topic, "--service-name", service])
         .output()
         .expect("simple_producer");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -186,7 +184,7 @@ async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
     // The contract: every instance applies it within 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &common::brokers(), "--topic", &topic, "--service-name", &service, "--count", "40"])
+        .args(["--brokers", &crate::harness::brokers(), "--topic", &topic, "--service-name", &service, "--count", "40"])
         .output()
         .expect("simple_producer");
     assert!(out.status.success());
@@ -209,7 +207,7 @@ async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_goes_on_while_redis_is_down() {
-    let mut redis = common::OwnRedis::start();
+    let mut redis = crate::harness::OwnRedis::start();
     let url = redis.url();
     let s = Selector::start("redis-down", &[("TSS__REDIS__URL", url.as_str())]).await;
     let service = format!("outage-{}", uuid::Uuid::new_v4().simple());

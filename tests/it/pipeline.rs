@@ -1,19 +1,17 @@
 //! End-to-end tests: real broker, real Redis, a real selector process, the
 //! real Iceberg table, and pyiceberg reading what the selector wrote.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{producer, send, Selector};
+use crate::harness::{producer, send, Selector};
 use prost::Message;
-use tail_sampling_selector::sampling::baseline_keeps;
-use tail_sampling_selector::synth::{self, ResourceDef, TraceSpec};
+use tail_sampling_selector::decide::policy::baseline_keeps;
+use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
-use common::{now_nanos, trace_id};
+use crate::harness::{now_nanos, trace_id};
 
 fn spec(seed: u64, spans: usize, error: bool, duration_ms: u64) -> TraceSpec {
     TraceSpec {
@@ -34,7 +32,7 @@ fn encode(spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>) -> Vec<u8> {
 async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
     let s = Selector::start("seed", &[]).await;
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &common::brokers(), "--topic", &s.topic])
+        .args(["--brokers", &crate::harness::brokers(), "--topic", &s.topic])
         .output()
         .expect("simple_producer runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -76,7 +74,7 @@ async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
     assert_eq!(s.get(&format!("/admin/traces/{}", "0".repeat(32))).await.0, 404);
 
     // A standard reader loads and scans the same table.
-    let scan = common::run_python(
+    let scan = crate::harness::run_python(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/scan_table.py")),
         &[
             "--catalog-uri".into(),
@@ -279,7 +277,7 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
 
     // Every undecodable message went to the dead-letter topic, byte for byte,
     // with headers naming the reason and the source.
-    let dead = common::consume_all(&dlq, 5, Duration::from_secs(30)).await;
+    let dead = crate::harness::consume_all(&dlq, 5, Duration::from_secs(30)).await;
     let mut reasons: Vec<String> = dead.iter().map(|d| d.header("tss.reason")).collect();
     reasons.sort();
     assert_eq!(reasons, ["empty", "json", "protobuf", "protobuf", "too_large"], "{reasons:?}");
@@ -400,12 +398,12 @@ async fn a_query_over_its_memory_pool_fails_and_the_selector_goes_on() {
         &[("TSS__QUERY__MAX_MEMORY_BYTES", pool.as_str()), ("TSS__QUERY__TIMEOUT_SECS", "120")],
     )
     .await;
-    let before_kib = common::rss_kib(s.pid());
+    let before_kib = crate::harness::rss_kib(s.pid());
     // 200 million distinct groups: far more than 64 MiB of hash table.
     let (status, body) = s
         .query_raw("SELECT v % 200000000 AS k, count(*) FROM generate_series(1, 200000000) AS t(v) GROUP BY 1 ORDER BY 2 DESC")
         .await;
-    let after_kib = common::rss_kib(s.pid());
+    let after_kib = crate::harness::rss_kib(s.pid());
     println!("memory pool {POOL} B: status {status}, RSS {before_kib} KiB before, {after_kib} KiB after");
     assert_eq!(status, 503, "{body}");
     let error = body["error"].as_str().unwrap_or_default();

@@ -1,0 +1,160 @@
+//! The start-up path: builds the shared core, starts the stages in order and
+//! drains them in order at shutdown. Reads as the list of what it starts.
+
+mod pipeline;
+mod probes;
+mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::rules::RulesApi;
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::health::Health;
+use crate::ingest::{self, IngestError};
+use crate::metrics::Metrics;
+use crate::query::QueryEngine;
+use crate::redis_client::{LazyRedis, RedisSetupError};
+use crate::rules::store::{run_sync, LiveRules, RuleStore};
+use pipeline::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the selector until `shutdown` is cancelled, then drains in order:
+/// stop fetching, let workers finish, flush storage, commit the watermarks.
+/// The drain takes at most `server.shutdown_timeout_secs`; whatever it did
+/// not finish stays uncommitted in Kafka and is read again.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+    // Settings librdkafka rejects stop startup here, before any retry loop.
+    ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
+    let metrics = Metrics::new()?;
+    let health = Health::default();
+    let background = Background::default();
+    let redis = Arc::new(LazyRedis::new(&settings.redis)?);
+    background.spawn(|stop| probes::redis(redis.clone(), health.clone(), stop));
+    let rule_store = Arc::new(RuleStore::new(redis.clone()));
+    let live_rules = Arc::new(LiveRules::default());
+    let max_rule_secs = settings.rules.max_duration_secs;
+    let (store, live) = (rule_store.clone(), live_rules.clone());
+    background.spawn(move |stop| run_sync(store, live, max_rule_secs, stop));
+    let query = Arc::new(OnceCell::new());
+    let state = AppState {
+        health: health.clone(),
+        query: query.clone(),
+        auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
+        rules: Some(RulesApi { store: rule_store, max_duration_secs: max_rule_secs }),
+    };
+    let mut servers = serve_http(&settings, state, &metrics).await?;
+
+    let started = async {
+        let Some(table) = retry::open_table(&settings, &health, &shutdown).await else {
+            return Ok(None);
+        };
+        retry::start_query_engine(&settings, &table, query, &background).await;
+        if !retry::ensure_topics(&settings, &health, &shutdown).await? {
+            return Ok(None);
+        }
+        let inputs = pipeline::Inputs { table, live_rules, redis, metrics, health };
+        Pipeline::start(&settings, inputs, shutdown.clone()).map(Some)
+    };
+    let outcome = match started.await {
+        Ok(Some(pipeline)) => {
+            shutdown.cancelled().await;
+            pipeline.drain(settings.server.shutdown_timeout_secs.duration()).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    servers.abort_all();
+    background.stop().await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The admin address actually used: loopback only when no token protects it.
+pub fn effective_admin_addr(settings: &Settings) -> SocketAddr {
+    let addr = settings.server.admin_addr;
+    if settings.admin.auth_token.is_some() || addr.ip().is_loopback() {
+        return addr;
+    }
+    tracing::warn!(
+        configured = %addr,
+        "admin.auth_token is unset: the admin API binds to loopback only; set a token to expose it"
+    );
+    SocketAddr::from(([127, 0, 0, 1], addr.port()))
+}
+
+/// Binds the admin and metrics ports and serves them until aborted.
+async fn serve_http(
+    settings: &Settings,
+    state: AppState,
+    metrics: &Metrics,
+) -> Result<JoinSet<std::io::Result<()>>, AppError> {
+    let admin_addr = effective_admin_addr(settings);
+    let admin_listener = bind(admin_addr).await?;
+    let metrics_listener = bind(settings.server.metrics_addr).await?;
+    let mut servers = JoinSet::new();
+    let admin = api::admin_router(state);
+    servers.spawn(async move { axum::serve(admin_listener, admin).await });
+    let metrics_router = api::metrics_router(metrics.clone());
+    servers.spawn(async move { axum::serve(metrics_listener, metrics_router).await });
+    tracing::info!(admin = %admin_addr, metrics = %settings.server.metrics_addr, "HTTP listening");
+    Ok(servers)
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Tasks that live as long as the service (probes, the rule sync, the query
+/// engine's retry): tracked, and stopped together at the end.
+#[derive(Default)]
+struct Background {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Background {
+    fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.stop.clone()));
+    }
+
+    /// Cancels the tasks and waits briefly for them to end.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        let limit = std::time::Duration::from_secs(2);
+        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop within 2 s");
+        }
+    }
+}
+
+// The query engine is set once; the API answers 503 until then.
+type QueryCell = Arc<OnceCell<QueryEngine>>;

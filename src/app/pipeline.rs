@@ -1,0 +1,117 @@
+//! The data path: ingest → decide → storage, started together and drained
+//! in the order that keeps the no-loss guarantee.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::probes;
+use super::AppError;
+use crate::ack::Acks;
+use crate::config::Settings;
+use crate::decide::decision_cache::DecisionCache;
+use crate::decide::{self, DecideInputs, Deciders};
+use crate::health::Health;
+use crate::ingest::ownership::OwnershipWatch;
+use crate::ingest::{self, Ingest, IngestContext};
+use crate::metrics::Metrics;
+use crate::model::ForceRules;
+use crate::redis_client::LazyRedis;
+use crate::rules::store::LiveRules;
+use crate::storage::{self, writer::WriterContext};
+use crate::table::TableHandle;
+
+/// What the data path is started with.
+pub(super) struct Inputs {
+    pub table: TableHandle,
+    pub live_rules: Arc<LiveRules>,
+    pub redis: Arc<LazyRedis>,
+    pub metrics: Metrics,
+    pub health: Health,
+}
+
+/// The running data path.
+pub(super) struct Pipeline {
+    ingest: Ingest,
+    deciders: Deciders,
+    writer: JoinHandle<()>,
+    probes: JoinHandle<()>,
+    stop_probes: CancellationToken,
+}
+
+impl Pipeline {
+    /// Starts storage, then the deciding workers, then the Kafka side, so
+    /// each stage's consumer exists before its producer. The consumer loop
+    /// stops at `shutdown`.
+    pub fn start(settings: &Settings, inputs: Inputs, shutdown: CancellationToken) -> Result<Self, AppError> {
+        let acks = Acks::default();
+        let Inputs { table, live_rules, redis, metrics, health } = inputs;
+        let (kept_tx, writer) = storage::start(
+            table.clone(),
+            &settings.storage,
+            WriterContext {
+                acks: acks.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                topic: settings.kafka.topic.clone(),
+            },
+        );
+        let decisions = DecisionCache::new(
+            redis,
+            settings.sampling.decision_ttl_secs,
+            metrics.decision_cache_short_replies_total.clone(),
+        );
+        let force_rules: Arc<dyn ForceRules> = live_rules;
+        let inputs = DecideInputs {
+            force_rules,
+            decisions: Arc::new(decisions),
+            acks: acks.clone(),
+            metrics: metrics.clone(),
+            kept_tx,
+        };
+        let (shards, deciders) = decide::start(&settings.sampling, inputs);
+        let ownership = OwnershipWatch::new(acks.assignments.clone(), &settings.kafka);
+        let ctx = IngestContext { acks, metrics, health: health.clone() };
+        let ingest = ingest::start(&settings.kafka, settings.buffer.clone(), ctx, shards, shutdown)?;
+        let stop_probes = CancellationToken::new();
+        let probes = tokio::spawn(probes::kafka_and_catalog(
+            settings.kafka.topic.clone(),
+            health,
+            table,
+            ingest.consumer.clone(),
+            ownership,
+            stop_probes.clone(),
+        ));
+        Ok(Self { ingest, deciders, writer, probes, stop_probes })
+    }
+
+    /// Drains in order, within `limit`: the consumer loop stops and drops
+    /// the shard senders, so the workers stop (open traces stay undecided
+    /// and uncommitted); the workers drop the kept-trace senders, so the
+    /// writer makes its last flush; then the committer commits the final
+    /// watermarks, which cover that flush. Whatever did not finish in time
+    /// stays uncommitted in Kafka and is read again. Last, the consumer
+    /// leaves the group, handing its partitions over at once.
+    pub async fn drain(self, limit: Duration) {
+        let Self { mut ingest, deciders, writer, probes, stop_probes } = self;
+        let consumer = ingest.consumer.clone();
+        let in_order = async {
+            ingest.stopped_reading().await;
+            deciders.join().await;
+            let _ = writer.await;
+            ingest.stop_committing().await;
+        };
+        if tokio::time::timeout(limit, in_order).await.is_err() {
+            tracing::warn!(
+                timeout_secs = limit.as_secs_f64(),
+                "shutdown did not finish in time; what was not committed is read again on restart"
+            );
+        }
+        stop_probes.cancel();
+        let _ = probes.await;
+        drop(ingest);
+        ingest::close(consumer).await;
+    }
+}

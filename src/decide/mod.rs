@@ -1,0 +1,87 @@
+//! The deciding stage: sharded workers group spans into traces until they
+//! are complete ([`completion`]), decide them with the policies ([`policy`])
+//! and force rules, remember the decision ([`decision_cache`]), release the
+//! dropped ones and hand the kept ones to storage.
+
+pub mod completion;
+pub mod decision_cache;
+pub mod policy;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::ack::Acks;
+use crate::config::SamplingConfig;
+use crate::metrics::Metrics;
+use crate::model::{ForceRules, KeptTrace, ShardBatch};
+use completion::CompletionLimits;
+use decision_cache::DecisionCache;
+use policy::PolicySet;
+use worker::WorkerContext;
+
+/// Capacity of each worker's input channel, in Kafka messages.
+const SHARD_CHANNEL_CAPACITY: usize = 1024;
+
+/// What the deciding stage needs from outside: force rules, the decision
+/// cache, the acknowledgement state, metrics, and where kept traces go.
+pub struct DecideInputs {
+    pub force_rules: Arc<dyn ForceRules>,
+    pub decisions: Arc<DecisionCache>,
+    pub acks: Acks,
+    pub metrics: Metrics,
+    /// Unbounded: memory is bounded by the held spans and bytes, at which
+    /// the consumer pauses.
+    pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
+}
+
+/// The running workers.
+pub struct Deciders {
+    workers: JoinSet<()>,
+}
+
+/// Starts `sampling.workers` workers. Returns the sender of each shard: the
+/// consumer routes a span by its trace id ([`crate::model::shard_of`]).
+/// Workers stop when their sender is dropped.
+pub fn start(cfg: &SamplingConfig, inputs: DecideInputs) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
+    let ctx = WorkerContext {
+        limits: CompletionLimits {
+            inactivity_timeout: cfg.inactivity_timeout_secs.duration(),
+            max_trace_duration: cfg.max_trace_duration_secs.duration(),
+            max_spans_per_trace: cfg.max_spans_per_trace,
+        },
+        policies: PolicySet::from_config(cfg),
+        force_rules: inputs.force_rules,
+        decisions: inputs.decisions,
+        acks: inputs.acks,
+        metrics: inputs.metrics,
+        kept_tx: inputs.kept_tx,
+        tick: tick_for(cfg.inactivity_timeout_secs.duration()),
+    };
+    let mut workers = JoinSet::new();
+    let shards = (0..cfg.worker_count())
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(SHARD_CHANNEL_CAPACITY);
+            workers.spawn(worker::run(ctx.clone(), rx));
+            tx
+        })
+        .collect();
+    (shards, Deciders { workers })
+}
+
+impl Deciders {
+    /// Waits for every worker to stop. Open traces are not decided early:
+    /// their messages stay uncommitted and are read again.
+    pub async fn join(mut self) {
+        while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Expiry checks ten times per timeout, at most every second: the tick adds
+/// up to its length to every decision's latency.
+fn tick_for(inactivity: Duration) -> Duration {
+    (inactivity / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}

@@ -1,0 +1,287 @@
+//! The spans table: the catalog connection, the table's schema, and its
+//! creation when missing.
+//!
+//! Part of the shared core: the storage writer appends to the table, the
+//! query engine reads it, and both reach it through [`TableHandle`].
+
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use iceberg::io::{
+    LocalFsStorageFactory, StorageFactory, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS,
+    S3_REGION, S3_SECRET_ACCESS_KEY,
+};
+use iceberg::memory::{MemoryCatalogBuilder, MEMORY_CATALOG_WAREHOUSE};
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE};
+use iceberg_catalog_sql::{
+    SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI,
+    SQL_CATALOG_PROP_WAREHOUSE,
+};
+use iceberg_storage_opendal::OpenDalStorageFactory;
+
+use crate::config::{CatalogType, IcebergConfig};
+
+/// The catalog name the selector registers under. A SQL catalog stores it in
+/// every row, so other readers (pyiceberg's `SqlCatalog`) must use the same name.
+pub const CATALOG_NAME: &str = "tail_sampling";
+
+/// Errors opening the catalog or the table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    #[error("warehouse `{path}`: {source}")]
+    Warehouse {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The catalog and the identity of the spans table.
+#[derive(Clone)]
+pub struct TableHandle {
+    pub catalog: Arc<dyn Catalog>,
+    pub ident: TableIdent,
+}
+
+impl TableHandle {
+    /// Connects to the catalog, then creates the namespace and table if missing.
+    pub async fn open(cfg: &IcebergConfig) -> Result<Self, TableError> {
+        let catalog = connect_catalog(cfg).await?;
+        let namespace = NamespaceIdent::from_strs(cfg.namespace.split('.'))?;
+        let ident = TableIdent::new(namespace, cfg.table_name.clone());
+        let handle = Self { catalog, ident };
+        handle.ensure_table().await?;
+        Ok(handle)
+    }
+
+    pub async fn load(&self) -> Result<Table, TableError> {
+        Ok(self.catalog.load_table(&self.ident).await?)
+    }
+
+    async fn ensure_table(&self) -> Result<(), TableError> {
+        let ns = self.ident.namespace();
+        if !self.catalog.namespace_exists(ns).await? {
+            match self.catalog.create_namespace(ns, HashMap::new()).await {
+                Ok(_) => tracing::info!(namespace = ?ns, "created namespace"),
+                // Another instance may have created it in the meantime.
+                Err(e) if self.catalog.namespace_exists(ns).await.unwrap_or(false) => {
+                    tracing::debug!(error = %e, "namespace appeared concurrently")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.catalog.table_exists(&self.ident).await? {
+            return Ok(());
+        }
+        let creation = TableCreation::builder()
+            .name(self.ident.name().to_string())
+            .schema(schema::table_schema()?)
+            .partition_spec(schema::partition_spec()?)
+            .properties([
+                (
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ),
+                ("write.format.default".to_string(), "parquet".to_string()),
+            ])
+            .build();
+        match self.catalog.create_table(ns, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %self.ident, location = %t.metadata().location(), "created table");
+                Ok(())
+            }
+            Err(e) if self.catalog.table_exists(&self.ident).await.unwrap_or(false) => {
+                tracing::debug!(error = %e, "table appeared concurrently");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Builds the configured catalog with the storage backend its warehouse needs.
+pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, TableError> {
+    let (factory, mut props) = storage_for(cfg)?;
+    let catalog: Arc<dyn Catalog> = match cfg.catalog_type {
+        CatalogType::Memory => {
+            props.insert(MEMORY_CATALOG_WAREHOUSE.into(), warehouse_uri(&cfg.warehouse)?);
+            Arc::new(
+                MemoryCatalogBuilder::default()
+                    .with_storage_factory(factory)
+                    .load(CATALOG_NAME, props)
+                    .await?,
+            )
+        }
+        CatalogType::Sql => {
+            let bind = if cfg.catalog_uri.starts_with("postgres") {
+                SqlBindStyle::DollarNumeric
+            } else {
+                SqlBindStyle::QMark
+            };
+            props.insert(SQL_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
+            props.insert(SQL_CATALOG_PROP_WAREHOUSE.into(), warehouse_uri(&cfg.warehouse)?);
+            props.insert(SQL_CATALOG_PROP_BIND_STYLE.into(), bind.to_string());
+            prepare_sqlite_dir(&cfg.catalog_uri)?;
+            Arc::new(
+                SqlCatalogBuilder::default()
+                    .with_storage_factory(factory)
+                    .load(CATALOG_NAME, props)
+                    .await?,
+            )
+        }
+        CatalogType::Rest => {
+            props.extend(rest_props(cfg));
+            Arc::new(
+                RestCatalogBuilder::default()
+                    .with_storage_factory(factory)
+                    .load(CATALOG_NAME, props)
+                    .await?,
+            )
+        }
+    };
+    Ok(catalog)
+}
+
+/// The REST catalog's properties, as iceberg-rust's `RestCatalogBuilder`
+/// reads them: every `header.*` key becomes a request header (Lakekeeper's
+/// project), `credential` is exchanged for a token, `token` is sent as is.
+pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
+    let mut props = HashMap::from([
+        (REST_CATALOG_PROP_URI.to_string(), cfg.catalog_uri.clone()),
+        (REST_CATALOG_PROP_WAREHOUSE.to_string(), cfg.warehouse.clone()),
+    ]);
+    let optional = [
+        ("header.x-project-id", &cfg.project_id),
+        ("credential", &cfg.credential),
+        ("token", &cfg.token),
+        ("oauth2-server-uri", &cfg.oauth2_server_uri),
+        ("scope", &cfg.scope),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            props.insert(key.to_string(), v.clone());
+        }
+    }
+    props
+}
+
+/// S3 when an endpoint or an `s3://` warehouse is configured, local files otherwise.
+fn storage_for(
+    cfg: &IcebergConfig,
+) -> Result<(Arc<dyn StorageFactory>, HashMap<String, String>), TableError> {
+    let mut props = HashMap::new();
+    let s3 = cfg.s3_endpoint.is_some()
+        || cfg.warehouse.starts_with("s3://")
+        || cfg.catalog_type == CatalogType::Rest;
+    if !s3 {
+        return Ok((Arc::new(LocalFsStorageFactory), props));
+    }
+    if let Some(endpoint) = &cfg.s3_endpoint {
+        props.insert(S3_ENDPOINT.into(), endpoint.clone());
+    }
+    if let Some(key) = &cfg.s3_access_key_id {
+        props.insert(S3_ACCESS_KEY_ID.into(), key.clone());
+    }
+    if let Some(secret) = &cfg.s3_secret_access_key {
+        props.insert(S3_SECRET_ACCESS_KEY.into(), secret.clone());
+    }
+    props.insert(S3_REGION.into(), cfg.s3_region.clone());
+    props.insert(S3_PATH_STYLE_ACCESS.into(), cfg.s3_path_style.to_string());
+    Ok((
+        Arc::new(OpenDalStorageFactory::S3 {
+            customized_credential_load: None,
+        }),
+        props,
+    ))
+}
+
+/// A local warehouse path becomes an absolute `file://` URI (created if
+/// missing), so that every reader resolves it the same way; URIs pass through.
+pub fn warehouse_uri(warehouse: &str) -> Result<String, TableError> {
+    if warehouse.contains("://") {
+        return Ok(warehouse.to_string());
+    }
+    let path = Path::new(warehouse);
+    std::fs::create_dir_all(path).map_err(|source| TableError::Warehouse {
+        path: warehouse.to_string(),
+        source,
+    })?;
+    let abs = std::fs::canonicalize(path).map_err(|source| TableError::Warehouse {
+        path: warehouse.to_string(),
+        source,
+    })?;
+    Ok(format!("file://{}", abs.display()))
+}
+
+/// SQLite creates its file with `mode=rwc` but not the directory holding it.
+fn prepare_sqlite_dir(uri: &str) -> Result<(), TableError> {
+    let Some(rest) = uri.strip_prefix("sqlite:") else {
+        return Ok(());
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| TableError::Warehouse {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn iceberg(env: &[(&str, &str)]) -> IcebergConfig {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(None, env).expect("settings").storage.iceberg
+    }
+
+    #[test]
+    fn lakekeeper_settings_become_rest_properties() {
+        let cfg = iceberg(&[
+            ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "rest"),
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", "http://lakekeeper:8181/catalog"),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", "traces"),
+            ("TSS__STORAGE__ICEBERG__PROJECT_ID", "00000000-0000-0000-0000-000000000000"),
+            ("TSS__STORAGE__ICEBERG__CREDENTIAL", "client:secret"),
+            ("TSS__STORAGE__ICEBERG__SCOPE", "lakekeeper"),
+        ]);
+        let props = rest_props(&cfg);
+        assert_eq!(props["uri"], "http://lakekeeper:8181/catalog");
+        assert_eq!(props["warehouse"], "traces");
+        assert_eq!(props["header.x-project-id"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(props["credential"], "client:secret");
+        assert_eq!(props["scope"], "lakekeeper");
+        assert!(!props.contains_key("token"));
+    }
+
+    #[test]
+    fn s3_settings_become_file_io_properties() {
+        let cfg = iceberg(&[
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", "s3://bucket/wh"),
+            ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", "http://minio:9000"),
+            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", "key"),
+            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", "secret"),
+        ]);
+        let (_, props) = storage_for(&cfg).expect("storage");
+        assert_eq!(props[S3_ENDPOINT], "http://minio:9000");
+        assert_eq!(props[S3_ACCESS_KEY_ID], "key");
+        assert_eq!(props[S3_SECRET_ACCESS_KEY], "secret");
+        assert_eq!(props[S3_REGION], "us-east-1");
+        assert_eq!(props[S3_PATH_STYLE_ACCESS], "true");
+        let (_, local) = storage_for(&iceberg(&[])).expect("storage");
+        assert!(local.is_empty(), "the embedded default uses local files");
+    }
+}

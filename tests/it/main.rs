@@ -1,0 +1,13 @@
+//! The integration tests, in one binary: each module tests one concern
+//! against real services (the local Kafka-API broker, Redis, SeaweedFS,
+//! PostgreSQL, pyiceberg, DuckDB), through the one shared [`harness`].
+//! Nothing skips: a missing service fails the test.
+
+mod harness;
+
+mod deploy;
+mod durability;
+mod force_rules;
+mod object_store;
+mod pipeline;
+mod secured;
