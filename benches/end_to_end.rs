@@ -155,16 +155,7 @@ async fn baseline(o: &Options, topic: &str, messages: u64) -> f64 {
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    harness::peak_rss_kib(pid) as f64 / 1024.0
 }
 
 /// The release selector on `topic`, with the bench's timeouts and a buffer

@@ -8,6 +8,7 @@ mod harness;
 mod deploy;
 mod durability;
 mod force_rules;
+mod memory;
 mod object_store;
 mod pipeline;
 mod secured;
