@@ -847,6 +847,35 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_numbers_in_their_unit_or_strings_with_units() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2m"),
+                ("TSS__SAMPLING__LATENCY_THRESHOLD_MS", "1.5s"),
+                ("TSS__KAFKA__COMMIT_INTERVAL_MS", "250"),
+                ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "0.5"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.sampling.inactivity_timeout_secs.duration(), std::time::Duration::from_secs(120));
+        assert_eq!(s.sampling.latency_threshold_ms, 1500.0);
+        assert_eq!(s.kafka.commit_interval_ms.duration(), std::time::Duration::from_millis(250));
+        assert_eq!(s.storage.flush_interval_secs.duration(), std::time::Duration::from_millis(500));
+        for (k, v, needle) in [
+            ("TSS__SAMPLING__MAX_TRACE_DURATION_SECS", "2 weeks", "sampling.max_trace_duration_secs"),
+            ("TSS__KAFKA__COMMIT_INTERVAL_MS", "soon", "kafka.commit_interval_ms"),
+            ("TSS__STORAGE__STORAGE_TYPE", "parquet", "storage.storage_type"),
+            ("TSS__BUFFER__MAX_BUFFERED_BYTES", "1000", "buffer.max_buffered_bytes"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(k, v)]))
+                .expect_err(&format!("{k}={v} must be rejected"))
+                .to_string();
+            assert!(err.contains(needle), "{k}={v}: `{err}` does not name `{needle}`");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Settings::load_with_env(None, env(&[("TSS__KAFKA__BROKER", "x")]))
             .expect_err("typo must fail")
