@@ -14,6 +14,13 @@
 //! integration tests' harness. Needs the local stack (`scripts/stack.sh up`):
 //!
 //!   cargo bench --bench end_to_end -- --spans 2000000
+//!
+//! `--backlog-secs N` makes the topic a backlog instead: every trace and
+//! message stamped as if produced over the last N seconds, drained with the
+//! default inactivity timeout (60 s) and the default buffer limit, as after
+//! an outage; phase 4 is skipped:
+//!
+//!   cargo bench --bench end_to_end -- --spans 3000000 --backlog-secs 1800
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +48,8 @@ struct Options {
     redis: String,
     inactivity_secs: f64,
     flush_secs: f64,
+    /// Stamp the topic as the traffic of the last N seconds.
+    backlog_secs: Option<f64>,
 }
 
 fn options() -> Options {
@@ -50,6 +59,7 @@ fn options() -> Options {
         redis: std::env::var("TSS_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         inactivity_secs: 2.0,
         flush_secs: 2.0,
+        backlog_secs: None,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -58,6 +68,7 @@ fn options() -> Options {
             "--brokers" => o.brokers = w[1].clone(),
             "--inactivity-secs" => o.inactivity_secs = w[1].parse().unwrap_or(o.inactivity_secs),
             "--flush-secs" => o.flush_secs = w[1].parse().unwrap_or(o.flush_secs),
+            "--backlog-secs" => o.backlog_secs = w[1].parse().ok(),
             _ => {}
         }
     }
@@ -91,7 +102,15 @@ fn producer(brokers: &str) -> (ThreadedProducer<Ctx>, Arc<Delivered>) {
 }
 
 fn send(p: &ThreadedProducer<Ctx>, topic: &str, key: &str, payload: &[u8]) {
+    send_at(p, topic, key, payload, None)
+}
+
+/// [`send`] with the message's timestamp (Unix milliseconds), when given.
+fn send_at(p: &ThreadedProducer<Ctx>, topic: &str, key: &str, payload: &[u8], timestamp: Option<i64>) {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(ts) = timestamp {
+        record = record.timestamp(ts);
+    }
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -110,12 +129,19 @@ fn fill(o: &Options, topic: &str) -> (u64, u64) {
     let mut g = TraceGenerator::new(Scenario::demo(), 5);
     let (mut messages, mut spans) = (0u64, 0u64);
     let started = Instant::now();
+    let now = now_nanos();
     while spans < o.spans {
         let root = g.pick_root();
-        let t = g.trace(root, now_nanos(), 0.0);
+        // A backlog spreads the traces evenly over its period, by progress.
+        let end = match o.backlog_secs {
+            Some(secs) => now - ((1.0 - spans as f64 / o.spans as f64) * secs * 1e9) as u64,
+            None => now_nanos(),
+        };
+        let t = g.trace(root, end, 0.0);
         spans += t.span_count() as u64;
         let key = hex::encode(t.trace_id);
-        send(&p, topic, &key, &g.request(vec![t]).encode_to_vec());
+        let timestamp = o.backlog_secs.map(|_| (end / 1_000_000) as i64);
+        send_at(&p, topic, &key, &g.request(vec![t]).encode_to_vec(), timestamp);
         messages += 1;
     }
     p.flush(Duration::from_secs(120)).expect("flush");
@@ -162,23 +188,23 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// large enough to drain a backlog.
 fn start_selector(o: &Options, topic: &str) -> Selector {
     let (inactivity, flush) = (o.inactivity_secs.to_string(), o.flush_secs.to_string());
-    Selector::launch(
-        topic,
-        &[
-            ("TSS__KAFKA__BROKERS", &o.brokers),
-            ("TSS__KAFKA__TOPIC_PARTITIONS", "8"),
-            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
-            ("TSS__REDIS__URL", &o.redis),
-            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", &inactivity),
-            ("TSS__SAMPLING__WORKERS", "0"),
-            ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.08"),
-            // Draining a backlog opens traces as fast as they are read; each
-            // stays open for the inactivity timeout, so the limit must hold
-            // about rate × timeout spans or consumption pauses.
-            ("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000"),
-            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", &flush),
-        ],
-    )
+    let mut settings = vec![
+        ("TSS__KAFKA__BROKERS", o.brokers.as_str()),
+        ("TSS__KAFKA__TOPIC_PARTITIONS", "8"),
+        ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
+        ("TSS__REDIS__URL", o.redis.as_str()),
+        ("TSS__SAMPLING__WORKERS", "0"),
+        ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.08"),
+        ("TSS__STORAGE__FLUSH_INTERVAL_SECS", flush.as_str()),
+    ];
+    if o.backlog_secs.is_none() {
+        // Live mode: a short timeout, and a buffer that holds what the drain
+        // of a freshly written topic opens within it.
+        settings.push(("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", inactivity.as_str()));
+        settings.push(("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000"));
+    }
+    // A backlog runs on the defaults: 60 s inactivity, 1,000,000 spans.
+    Selector::launch(topic, &settings)
 }
 
 /// Phase 3: returns messages/s.
@@ -318,6 +344,10 @@ async fn main() {
     let rate = selector_drain(&s, messages).await;
     println!("ratio:     selector drains at {:.0}% of the plain consumer's rate", 100.0 * rate / base);
 
+    if o.backlog_secs.is_some() {
+        println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.pid()));
+        return;
+    }
     let lat = decision_latency(&o, &s, &topic).await;
     let bound = o.inactivity_secs + o.flush_secs + 2.0;
     println!(

@@ -23,6 +23,10 @@ pub struct HealthReport {
     pub storage_writes: ComponentStatus,
     /// Down while the consumer is paused because the buffer is full.
     pub buffer: ComponentStatus,
+    /// How far stream time trails the wall clock while a backlog is read;
+    /// absent when the selector is caught up. Not a reason to be unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catching_up: Option<String>,
 }
 
 #[derive(Debug)]
@@ -32,6 +36,7 @@ struct State {
     redis: ComponentStatus,
     storage_error: Option<String>,
     backpressure: Option<String>,
+    catching_up: Option<String>,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -49,6 +54,7 @@ impl Default for Health {
                 redis: ComponentStatus::Unknown,
                 storage_error: None,
                 backpressure: None,
+                catching_up: None,
             })),
         }
     }
@@ -84,6 +90,17 @@ impl Health {
         self.state.write().backpressure = reason;
     }
 
+    /// How far behind the stream is while a backlog is read, or `None` once
+    /// the selector is caught up.
+    pub fn set_catching_up(&self, detail: Option<String>) {
+        self.state.write().catching_up = detail;
+    }
+
+    /// The catch-up detail, for the readiness answer.
+    pub fn catching_up(&self) -> Option<String> {
+        self.state.read().catching_up.clone()
+    }
+
     pub fn report(&self) -> HealthReport {
         let s = self.state.read();
         let down_if = |reason: &Option<String>| match reason {
@@ -104,6 +121,7 @@ impl Health {
             redis: s.redis.clone(),
             storage_writes,
             buffer,
+            catching_up: s.catching_up.clone(),
         }
     }
 

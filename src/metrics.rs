@@ -29,6 +29,7 @@ pub struct Metrics {
     pub replayed_spans_skipped_total: IntCounter,
     pub held_spans: IntGauge,
     pub held_bytes: IntGauge,
+    pub watermark_lag_seconds: prometheus::Gauge,
     pub consumer_paused: IntGauge,
     pub assigned_partitions: IntGauge,
     pub decision_cache_short_replies_total: IntCounter,
@@ -144,6 +145,14 @@ impl Metrics {
                 "held_spans",
                 "Spans in memory: buffered, or decided and not yet committed",
             )?,
+            watermark_lag_seconds: {
+                let g = prometheus::Gauge::with_opts(opts(
+                    "watermark_lag_seconds",
+                    "Wall clock minus the stream-time watermark: how far behind the backlog being read is",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             held_bytes: gauge(
                 "held_bytes",
                 "Bytes of the Kafka messages that held spans keep alive",

@@ -42,6 +42,16 @@ pub struct SpanRecord {
 pub struct ShardBatch {
     pub msg: MsgRef,
     pub spans: Vec<(TraceId, SpanRecord)>,
+    /// The stream time the message was read at (its partition's clock),
+    /// in Unix milliseconds.
+    pub seen_ms: i64,
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A trace the policies kept, on its way to the table.

@@ -30,6 +30,9 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+mod clock;
+pub use clock::{StreamClock, IDLE_AFTER};
+
 /// One ownership of one partition by this instance: the partition and the
 /// epoch at which it was assigned. Epochs never repeat within a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -156,6 +159,8 @@ pub struct Acks {
     pub assignments: Arc<Assignments>,
     pub gate: Arc<CommitGate>,
     pub held: Arc<HeldSpans>,
+    /// Stream time: the consumer moves it, the workers complete traces by it.
+    pub clock: Arc<StreamClock>,
 }
 
 /// Keeps an Iceberg commit and a partition revocation from overlapping.

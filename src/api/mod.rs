@@ -157,7 +157,10 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn ready(State(state): State<AppState>) -> Response {
     match state.health.ready() {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(()) => match state.health.catching_up() {
+            None => Json(json!({ "status": "ready" })).into_response(),
+            Some(detail) => Json(json!({ "status": "ready", "catching_up": detail })).into_response(),
+        },
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": reason })),

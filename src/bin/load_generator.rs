@@ -6,6 +6,12 @@
 //! `partition_traces_by_id` writes it. The rate is held by a ticker; the
 //! achieved rate is printed every few seconds. `--rate 0` sends as fast as
 //! the broker takes it.
+//!
+//! `--backlog-secs N` writes a backlog instead: the traffic of the last N
+//! seconds at `--rate`, every trace and every message timestamp stamped as if
+//! it had been produced then, sent as fast as the broker takes it. The traces
+//! depend only on the seed, so the same seed gives the same traces live and
+//! as a backlog.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +70,9 @@ struct Args {
     compression: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Write the traffic of the last N seconds at --rate as a backlog.
+    #[arg(long, value_name = "N")]
+    backlog_secs: Option<f64>,
 }
 
 /// Counts deliveries from librdkafka's delivery reports.
@@ -142,6 +151,14 @@ async fn main() -> anyhow::Result<()> {
     let rate = args.rate.unwrap_or_else(|| scenario.total_rate());
     anyhow::ensure!(rate >= 0.0, "--rate must not be negative");
     anyhow::ensure!(args.traces_per_message >= 1, "--traces-per-message must be at least 1");
+    let backlog = match args.backlog_secs {
+        Some(secs) => {
+            anyhow::ensure!(secs > 0.0 && rate > 0.0, "--backlog-secs needs a positive N and a positive --rate");
+            let count = ((secs * rate) as u64).min(args.count.unwrap_or(u64::MAX));
+            Some(Backlog { start_nanos: now_nanos().saturating_sub((secs * 1e9) as u64), rate, count })
+        }
+        None => None,
+    };
 
     let (mut kafka, topic) = args.kafka.resolve()?;
     kafka.topic_partitions = args.partitions;
@@ -170,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
         args.count.map(|c| format!(", {c} traces")).unwrap_or_default(),
     );
 
+    if let Some(backlog) = backlog {
+        return send_backlog(&producer, &topic, &mut generator, &backlog, &args, &delivery).await;
+    }
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -234,10 +254,81 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The traffic of a past period, at a steady rate.
+struct Backlog {
+    start_nanos: u64,
+    rate: f64,
+    count: u64,
+}
+
+impl Backlog {
+    /// When trace `n` ends: its place in the period.
+    fn end_nanos(&self, n: u64) -> u64 {
+        self.start_nanos + (n as f64 / self.rate * 1e9) as u64
+    }
+}
+
+/// Writes the backlog as fast as the broker takes it. Each message carries the
+/// timestamp its traces would have been produced at, and each trace's time
+/// in the period drives the scenario's error burst, so the traces depend only
+/// on the seed.
+async fn send_backlog(
+    producer: &ThreadedProducer<Counting>,
+    topic: &str,
+    generator: &mut TraceGenerator,
+    backlog: &Backlog,
+    args: &Args,
+    delivery: &Delivery,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut spans, mut messages) = (0u64, 0u64);
+    let mut n = 0u64;
+    while n < backlog.count {
+        let mut batch = Vec::with_capacity(args.traces_per_message);
+        while batch.len() < args.traces_per_message && n < backlog.count {
+            let root = generator.pick_root();
+            let t = generator.trace(root, backlog.end_nanos(n), n as f64 / backlog.rate);
+            spans += t.span_count() as u64;
+            batch.push(t);
+            n += 1;
+        }
+        let key = hex::encode(batch[0].trace_id);
+        let timestamp_ms = (backlog.end_nanos(n - 1) / 1_000_000) as i64;
+        let payload = generator.request(batch).encode_to_vec();
+        send_at(producer, topic, &key, payload, Some(timestamp_ms)).await;
+        messages += 1;
+    }
+    producer.flush(Duration::from_secs(120)).context("flushing the producer")?;
+    let failed = delivery.failed.load(Ordering::Relaxed);
+    println!(
+        "done: backlog of {} traces, {spans} spans, {messages} messages, stamped over {:.0} s, written in {:.1} s; {} delivered, {failed} failed",
+        backlog.count,
+        backlog.count as f64 / backlog.rate,
+        started.elapsed().as_secs_f64(),
+        delivery.ok.load(Ordering::Relaxed),
+    );
+    anyhow::ensure!(failed == 0, "{failed} messages were not delivered");
+    Ok(())
+}
+
 /// Enqueues one message, waiting while librdkafka's queue is full.
 async fn send(producer: &ThreadedProducer<Counting>, topic: &str, key: &str, payload: Vec<u8>) {
+    send_at(producer, topic, key, payload, None).await
+}
+
+/// [`send`] with the message's timestamp (Unix milliseconds), when given.
+async fn send_at(
+    producer: &ThreadedProducer<Counting>,
+    topic: &str,
+    key: &str,
+    payload: Vec<u8>,
+    timestamp_ms: Option<i64>,
+) {
     let size = Box::new(payload.len());
     let mut record = BaseRecord::with_opaque_to(topic, size).key(key).payload(&payload);
+    if let Some(ts) = timestamp_ms {
+        record = record.timestamp(ts);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => return,

@@ -1,20 +1,58 @@
 //! Trace completion: per-trace span buffers for one worker shard, and when
 //! a trace counts as complete.
 //!
-//! Each worker owns one `TraceBuffer` outright, so nothing here is locked. Expiry
-//! uses two FIFO queues instead of scanning the map: because every trace in a
-//! queue has the same timeout, the queues stay sorted by deadline, and each
-//! tick pops only what is due. A queue entry carries the trace's generation, so
-//! entries made stale by a newer span are skipped in O(1).
+//! Completion runs on stream time (see [`crate::ack::StreamClock`]): a trace
+//! is complete when the watermark has passed its newest span's stream time by
+//! `inactivity_timeout`, or its first span's by `max_trace_duration`. On live
+//! traffic stream time is the wall clock, so this is the familiar rule; on a
+//! backlog it runs as fast as the backlog is read. The wall clock still bounds
+//! the wait at twice each timeout, so a partition whose stream time stands
+//! still (a stuck fetch) cannot hold traces forever.
+//!
+//! Each worker owns one `TraceBuffer` outright, so nothing here is locked.
+//! Stream deadlines of traces from different partitions interleave, so they
+//! sit in min-heaps; the wall-clock bounds use FIFO queues, which stay sorted
+//! because every entry of a queue has the same timeout. An entry carries the
+//! trace's generation, so entries made stale by a newer span are skipped in O(1).
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 
 use crate::ack::{retain_current, Lease, MsgRef};
 use crate::model::{SpanRecord, TraceId};
+
+/// How much longer than its timeout a trace may wait, in wall time, for
+/// stream time to reach it.
+const WALL_BOUND_FACTOR: u32 = 2;
+
+/// A moment on both clocks: the wall clock, and stream time in Unix
+/// milliseconds (for `expire`, the watermark; `i64::MIN` when unknown).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub wall: Instant,
+    pub stream_ms: i64,
+}
+
+/// Live traffic: stream time is the wall clock.
+impl From<Instant> for Stamp {
+    fn from(wall: Instant) -> Self {
+        static BASE: OnceLock<(Instant, i64)> = OnceLock::new();
+        let (base, base_ms) = *BASE.get_or_init(|| {
+            let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            (Instant::now(), ms)
+        });
+        let stream_ms = match wall.checked_duration_since(base) {
+            Some(after) => base_ms + after.as_millis() as i64,
+            None => base_ms - base.duration_since(wall).as_millis() as i64,
+        };
+        Stamp { wall, stream_ms }
+    }
+}
 
 /// When a trace counts as complete.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +77,7 @@ pub struct CompleteTrace {
     pub spans: Vec<SpanRecord>,
     pub msgs: Vec<MsgRef>,
     pub completion: Completion,
-    /// When the trace's newest span arrived.
+    /// When the trace's newest span arrived, on the wall clock.
     pub last_seen: Instant,
 }
 
@@ -69,19 +107,29 @@ struct OpenTrace {
     msgs: Vec<MsgRef>,
     /// Bumped on every push; matches only the newest idle-queue entry.
     generation: u32,
-    /// The generation at which the trace was opened; matches its age-queue entry.
+    /// The generation at which the trace was opened; matches its age entries.
     opened: u32,
     last_seen: Instant,
+    /// The newest span's stream time; a span of a slower partition may come
+    /// later with an earlier stream time, so this is a maximum.
+    last_stream_ms: i64,
 }
+
+/// A min-heap of (stream deadline, trace, generation).
+type StreamQueue = BinaryHeap<Reverse<(i64, TraceId, u32)>>;
 
 #[derive(Debug)]
 pub struct TraceBuffer {
     limits: CompletionLimits,
     traces: FxHashMap<TraceId, OpenTrace>,
-    /// (deadline, trace, generation) in deadline order.
+    /// Wall-clock bound of inactivity: (deadline, trace, generation) in deadline order.
     idle_queue: VecDeque<(Instant, TraceId, u32)>,
-    /// (deadline, trace, opening generation) in deadline order; one per opening.
+    /// Wall-clock bound of age: (deadline, trace, opening generation); one per opening.
     age_queue: VecDeque<(Instant, TraceId, u32)>,
+    /// Inactivity by stream time.
+    idle_stream: StreamQueue,
+    /// Age by stream time; one per opening.
+    age_stream: StreamQueue,
     buffered_spans: usize,
     next_generation: u32,
 }
@@ -93,6 +141,8 @@ impl TraceBuffer {
             traces: FxHashMap::default(),
             idle_queue: VecDeque::new(),
             age_queue: VecDeque::new(),
+            idle_stream: BinaryHeap::new(),
+            age_stream: BinaryHeap::new(),
             buffered_spans: 0,
             next_generation: 0,
         }
@@ -115,8 +165,10 @@ impl TraceBuffer {
         trace_id: TraceId,
         spans: impl IntoIterator<Item = SpanRecord>,
         msg: MsgRef,
-        now: Instant,
+        at: impl Into<Stamp>,
     ) -> PushOutcome {
+        let at = at.into();
+        let now = at.wall;
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let (trace, opened) = match self.traces.entry(trace_id) {
@@ -128,12 +180,15 @@ impl TraceBuffer {
                     generation,
                     opened: generation,
                     last_seen: now,
+                    last_stream_ms: at.stream_ms,
                 }),
                 true,
             ),
         };
         trace.generation = generation;
         trace.last_seen = now;
+        trace.last_stream_ms = trace.last_stream_ms.max(at.stream_ms);
+        let idle_stream_deadline = trace.last_stream_ms.saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
         let n_before = trace.spans.len();
         trace.spans.extend(spans);
         let added = trace.spans.len() - n_before;
@@ -144,14 +199,18 @@ impl TraceBuffer {
         }
         let full = trace.spans.len() >= self.limits.max_spans_per_trace;
         if opened {
+            let age = self.limits.max_trace_duration;
             self.age_queue
-                .push_back((now + self.limits.max_trace_duration, trace_id, generation));
+                .push_back((now + age * WALL_BOUND_FACTOR, trace_id, generation));
+            let deadline = at.stream_ms.saturating_add(age.as_millis() as i64);
+            self.age_stream.push(Reverse((deadline, trace_id, generation)));
         }
         let complete = if full {
             self.take(&trace_id, Completion::MaxSpans)
         } else {
             self.idle_queue
-                .push_back((now + self.limits.inactivity_timeout, trace_id, generation));
+                .push_back((now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR, trace_id, generation));
+            self.idle_stream.push(Reverse((idle_stream_deadline, trace_id, generation)));
             None
         };
         PushOutcome {
@@ -169,16 +228,17 @@ impl TraceBuffer {
         &mut self,
         spans: Vec<(TraceId, SpanRecord)>,
         msg: MsgRef,
-        now: Instant,
+        at: impl Into<Stamp>,
         due: &mut Vec<CompleteTrace>,
     ) -> MessageOutcome {
+        let at = at.into();
         let mut outcome = MessageOutcome::default();
         let mut spans = spans.into_iter();
         while let Some((trace_id, first)) = spans.next() {
             // The run's exact length lets the trace's span list grow once.
             let run = spans.as_slice().iter().take_while(|(next, _)| *next == trace_id).count();
             let rest = spans.by_ref().take(run).map(|(_, s)| s);
-            let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, now);
+            let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, at);
             outcome.refs += i64::from(pushed.took_ref);
             outcome.opened += u64::from(pushed.opened);
             due.extend(pushed.complete);
@@ -186,8 +246,28 @@ impl TraceBuffer {
         outcome
     }
 
-    /// Moves every trace that is due at `now` into `out`.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<CompleteTrace>) {
+    /// Moves every trace that is due at `now` into `out`: by the watermark
+    /// (`now.stream_ms`), or by the wall-clock bound.
+    pub fn expire(&mut self, now: impl Into<Stamp>, out: &mut Vec<CompleteTrace>) {
+        let Stamp { wall: now, stream_ms: watermark } = now.into();
+        while let Some(&Reverse((deadline, id, generation))) = self.idle_stream.peek() {
+            if deadline > watermark {
+                break;
+            }
+            self.idle_stream.pop();
+            if self.traces.get(&id).is_some_and(|t| t.generation == generation) {
+                out.extend(self.take(&id, Completion::Inactive));
+            }
+        }
+        while let Some(&Reverse((deadline, id, opened_generation))) = self.age_stream.peek() {
+            if deadline > watermark {
+                break;
+            }
+            self.age_stream.pop();
+            if self.traces.get(&id).is_some_and(|t| t.opened == opened_generation) {
+                out.extend(self.take(&id, Completion::MaxDuration));
+            }
+        }
         while let Some(&(deadline, id, generation)) = self.idle_queue.front() {
             if deadline > now {
                 break;
@@ -230,6 +310,8 @@ impl TraceBuffer {
     pub fn drain(&mut self) -> Vec<CompleteTrace> {
         self.idle_queue.clear();
         self.age_queue.clear();
+        self.idle_stream.clear();
+        self.age_stream.clear();
         self.buffered_spans = 0;
         self.traces
             .drain()
@@ -259,10 +341,13 @@ impl TraceBuffer {
     /// much larger than the live set so memory stays proportional to it.
     fn compact_queues(&mut self) {
         let live = self.traces.len().max(1024);
+        let traces = &self.traces;
+        let current = |id: &TraceId, g: &u32| traces.get(id).is_some_and(|t| t.generation == *g);
         if self.idle_queue.len() > live * 8 {
-            let traces = &self.traces;
-            self.idle_queue
-                .retain(|(_, id, g)| traces.get(id).is_some_and(|t| t.generation == *g));
+            self.idle_queue.retain(|(_, id, g)| current(id, g));
+        }
+        if self.idle_stream.len() > live * 8 {
+            self.idle_stream.retain(|Reverse((_, id, g))| current(id, g));
         }
     }
 }
@@ -305,6 +390,51 @@ mod tests {
             offset,
             epoch: 1,
         }
+    }
+
+    #[test]
+    fn a_backlog_completes_by_stream_time_not_by_arrival() {
+        let mut b = TraceBuffer::new(limits());
+        let wall = Instant::now();
+        let at = |stream_ms| Stamp { wall, stream_ms };
+        // Read within the same instant, stamped an hour ago and 5 s apart.
+        b.push(id(1), [rec()], m(0), at(1_000_000));
+        b.push(id(2), [rec()], m(1), at(1_005_000));
+        let mut out = Vec::new();
+        b.expire(at(1_009_999), &mut out);
+        assert!(out.is_empty(), "the watermark has not passed 10 s of inactivity");
+        b.expire(at(1_010_000), &mut out);
+        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(1)]);
+        b.expire(at(1_015_000), &mut out);
+        assert_eq!(out.len(), 2, "no wall time passed, yet both are complete");
+    }
+
+    #[test]
+    fn a_span_from_a_slower_partition_does_not_make_a_trace_look_older() {
+        let mut b = TraceBuffer::new(limits());
+        let wall = Instant::now();
+        let at = |stream_ms| Stamp { wall, stream_ms };
+        b.push(id(1), [rec()], m(0), at(50_000));
+        b.push(id(1), [rec()], m(1), at(20_000));
+        let mut out = Vec::new();
+        b.expire(at(59_999), &mut out);
+        assert!(out.is_empty(), "the newest span's stream time counts");
+        b.expire(at(60_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn the_wall_clock_bounds_a_stream_that_stands_still() {
+        let mut b = TraceBuffer::new(limits());
+        let t0 = Instant::now();
+        b.push(id(1), [rec()], m(0), Stamp { wall: t0, stream_ms: 1_000 });
+        let mut out = Vec::new();
+        let stuck = |wall| Stamp { wall, stream_ms: 1_000 };
+        b.expire(stuck(t0 + Duration::from_secs(19)), &mut out);
+        assert!(out.is_empty(), "within twice the inactivity timeout");
+        b.expire(stuck(t0 + Duration::from_secs(20)), &mut out);
+        assert_eq!(out.len(), 1, "decided at the wall-clock bound");
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::completion::{CompleteTrace, CompletionLimits, TraceBuffer};
+use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
 use super::policy::PolicySet;
 use crate::ack::Acks;
 use crate::metrics::Metrics;
-use crate::model::{Decision, ForceRules, KeptTrace, SamplingReason, ShardBatch};
+use crate::model::{unix_now_ms, Decision, ForceRules, KeptTrace, SamplingReason, ShardBatch};
 
 /// Everything a worker shares with the rest of the pipeline.
 #[derive(Clone)]
@@ -58,7 +58,9 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
             },
             _ = tick.tick() => {
                 state.purge_revoked();
-                state.buffer.expire(Instant::now(), &mut due);
+                let watermark = state.ctx.acks.clock.watermark(unix_now_ms());
+                let now = Stamp { wall: Instant::now(), stream_ms: watermark.unwrap_or(i64::MIN) };
+                state.buffer.expire(now, &mut due);
                 state.decide_all(&mut due).await;
             }
         }
@@ -106,7 +108,8 @@ impl Worker {
             return;
         }
         self.ctx.metrics.spans_ingested_total.inc_by(batch.spans.len() as u64);
-        let outcome = self.buffer.push_message(batch.spans, batch.msg, Instant::now(), due);
+        let at = Stamp { wall: Instant::now(), stream_ms: batch.seen_ms };
+        let outcome = self.buffer.push_message(batch.spans, batch.msg, at, due);
         self.ctx.metrics.traces_ingested_total.inc_by(outcome.opened);
         // The batch's ticket is returned only after its references are counted,
         // so the message cannot look finished in between.

@@ -25,7 +25,7 @@ use crate::ack::{Acks, MsgRef, OffsetTracker};
 use crate::config::{BackpressureConfig, KafkaConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{shard_of, ShardBatch, TraceId};
+use crate::model::{shard_of, unix_now_ms, ShardBatch, TraceId};
 use crate::otlp::decode::decode_message;
 
 /// How long a revocation waits for a running Iceberg commit to finish.
@@ -113,12 +113,15 @@ impl ConsumerContext for SelectorContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
                 self.acks.assignments.assign(&assigned);
+                let leases: Vec<_> = assigned.iter().filter_map(|p| self.acks.assignments.lease(*p)).collect();
+                self.acks.clock.assign(&leases);
                 self.assigned_partitions.set(self.acks.assignments.count() as i64);
                 tracing::info!(partitions = ?assigned, owned = self.acks.assignments.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 let revoked = partitions_of(tpl);
                 self.acks.assignments.revoke(&revoked);
+                self.acks.clock.revoke(&revoked);
                 let finished = block_briefly(|| self.acks.gate.wait_free(REVOKE_COMMIT_WAIT));
                 if !finished {
                     tracing::warn!(
@@ -301,6 +304,8 @@ struct Source {
     ctx: IngestContext,
 }
 
+/// From how far behind the wall clock stream time counts as catching up.
+const CATCHING_UP_AFTER_SECS: f64 = 10.0;
 /// While paused, how often the limit is looked at again.
 const PAUSE_CHECK: Duration = Duration::from_millis(100);
 /// While idle, how often the held-spans gauge is refreshed.
@@ -313,6 +318,7 @@ impl Source {
         let mut paused = false;
         loop {
             paused = self.apply_backpressure(paused);
+            self.report_stream_time();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -332,6 +338,20 @@ impl Source {
                 _ = tokio::time::sleep(if paused { PAUSE_CHECK } else { IDLE_CHECK }) => {}
             }
         }
+    }
+
+    /// Exports how far stream time trails the wall clock, and says so in
+    /// `/health` while a backlog is read.
+    fn report_stream_time(&self) {
+        let now = unix_now_ms();
+        let Some(watermark) = self.ctx.acks.clock.watermark(now) else {
+            return;
+        };
+        let lag = (now - watermark).max(0) as f64 / 1000.0;
+        self.ctx.metrics.watermark_lag_seconds.set(lag);
+        let detail = (lag >= CATCHING_UP_AFTER_SECS)
+            .then(|| format!("reading a backlog: stream time is {lag:.0} s behind the wall clock"));
+        self.ctx.health.set_catching_up(detail);
     }
 
     /// Pauses every assigned partition at either limit and resumes them when
@@ -371,6 +391,7 @@ impl Source {
                      and buffer.max_buffered_bytes = {max_bytes}; consumption paused"
                 )));
                 self.ctx.metrics.consumer_paused.set(1);
+                self.ctx.acks.clock.set_paused(true);
             }
         } else if paused {
             if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.resume(&a)) {
@@ -380,6 +401,7 @@ impl Source {
             tracing::info!(held_spans = held, held_bytes = bytes, "buffer drained: consumption resumed");
             self.ctx.health.set_backpressure(None);
             self.ctx.metrics.consumer_paused.set(0);
+            self.ctx.acks.clock.set_paused(false);
         }
         pause
     }
@@ -395,6 +417,7 @@ impl Source {
             offset: m.offset(),
             epoch: lease.epoch,
         };
+        let seen_ms = self.ctx.acks.clock.observe(lease, m.timestamp().to_millis(), unix_now_ms());
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let payload_len = payload.len();
         let decoded = match decode_message(payload, self.max_message_bytes) {
@@ -444,7 +467,7 @@ impl Source {
             }
             // Workers never wait on storage, so a full channel clears quickly.
             let n = spans.len();
-            if self.shards[shard].send(ShardBatch { msg, spans }).await.is_err() {
+            if self.shards[shard].send(ShardBatch { msg, spans, seen_ms }).await.is_err() {
                 self.ctx.acks.held.release(n);
                 tracing::warn!("worker stopped; message stays uncommitted");
             }

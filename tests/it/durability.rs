@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{now_nanos, producer, send, trace_id, Selector};
+use crate::harness::{create_topic, now_nanos, producer, send, send_at, trace_id, Selector};
 use prost::Message;
 use rand::Rng;
 use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
@@ -222,6 +222,57 @@ async fn stop_and_restart_with(
         "restarts=5".to_string()
     };
     report(name, &cases, &o, &format!("{extra} {}", replay_figures(&s.log())));
+    assert_nothing_lost(&s, &o);
+}
+
+/// Writes the workload as a backlog: the traffic of the last ten minutes,
+/// each message stamped as if produced then, interleaved as [`produce`] does.
+async fn produce_backlog(topic: &str, cases: &[Case]) {
+    const LAG: usize = 10;
+    let p = producer();
+    let step_ms = 600_000 / cases.len().max(1) as i64;
+    let start_ms = (now_nanos() / 1_000_000) as i64 - 600_000;
+    for i in 0..cases.len() + LAG {
+        let ts = start_ms + i as i64 * step_ms;
+        if let Some(c) = cases.get(i) {
+            send_at(&p, topic, &hex::encode(c.id), &c.first, ts).await;
+        }
+        if let Some(c) = i.checked_sub(LAG).and_then(|j| cases.get(j)) {
+            send_at(&p, topic, &hex::encode(c.id), &c.second, ts).await;
+        }
+    }
+}
+
+/// A backlog of 2,000 traces, stamped over the last ten minutes, is decided
+/// by stream time while the selector is killed three times in the middle of
+/// draining it: nothing kept is lost, nothing is stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_draining_a_backlog_loses_and_duplicates_nothing() {
+    let name = "backlog-kill";
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (topic, instance) = (format!("tss-it-{name}-{run}"), format!("{name}-{run}"));
+    create_topic(&topic, 4).await;
+    let cases = workload(900_000_000, 2_000);
+    produce_backlog(&topic, &cases).await;
+    let overrides: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([("TSS__KAFKA__COMMIT_INTERVAL_MS", "1500")])
+        .chain(static_member(&instance))
+        .collect();
+    let mut s = Selector::start_on(&topic, &overrides).await;
+    let mut rng = rand::rng();
+    let mut stored_at_kill = Vec::new();
+    for _ in 0..3 {
+        // Right after readiness, while the backlog is being read and decided.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1_500))).await;
+        stored_at_kill.push(outcome(&s, &cases).await.rows);
+        s.kill();
+        s.restart().await;
+    }
+    let o = settle(&s, &cases, Duration::from_secs(120)).await;
+    let extra = format!("restarts=3 rows_stored_at_each_kill={stored_at_kill:?} {}", replay_figures(&s.log()));
+    report(name, &cases, &o, &extra);
     assert_nothing_lost(&s, &o);
 }
 

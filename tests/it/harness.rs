@@ -382,12 +382,46 @@ pub fn producer() -> FutureProducer {
         .expect("producer")
 }
 
+/// Creates a topic with `partitions` partitions on the test broker.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+}
+
+/// Runs `load_generator` against the test broker; panics with its output
+/// when it fails.
+pub fn load_generator(topic: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_load_generator"))
+        .args(["--brokers", &brokers(), "--topic", topic])
+        .args(args)
+        .output()
+        .expect("load_generator");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    send_record(producer, topic, FutureRecord::to(topic).key(key).payload(payload)).await
+}
+
+/// [`send`] with the message's timestamp, in Unix milliseconds.
+pub async fn send_at(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8], timestamp_ms: i64) {
+    let record = FutureRecord::to(topic).key(key).payload(payload).timestamp(timestamp_ms);
+    send_record(producer, topic, record).await
+}
+
+async fn send_record(producer: &FutureProducer, topic: &str, record: FutureRecord<'_, str, [u8]>) {
     producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(15),
-        )
+        .send(record, Duration::from_secs(15))
         .await
         .map_err(|(e, _)| e)
         .unwrap_or_else(|e| panic!("producing to {topic} at {} failed: {e}", brokers()));

@@ -12,3 +12,4 @@ mod memory;
 mod object_store;
 mod pipeline;
 mod secured;
+mod stream_time;

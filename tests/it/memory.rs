@@ -3,13 +3,13 @@
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tail_sampling_selector::testkit::synth::{self, kv, ResourceDef, TraceSpec};
 
-use crate::harness::{brokers, now_nanos, peak_rss_kib, rss_kib, trace_id, Selector};
+use crate::harness::{brokers, create_topic, now_nanos, peak_rss_kib, rss_kib, trace_id, Selector};
 
 const MIB: u64 = 1 << 20;
 /// Trace-id seeds of this module: decisions live in the shared Redis, so the
@@ -31,21 +31,10 @@ fn big_trace(seed: u64) -> Vec<u8> {
     synth::request(vec![ResourceDef::new("big", spans)]).encode_to_vec()
 }
 
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client")
-}
-
 /// Writes `count` traces of 1 MiB to a new topic, uncompressed, as the
 /// Collector's Kafka exporter does by default.
 async fn fill(topic: &str, count: u64) {
-    let created = admin()
-        .create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .expect("create topic");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_topic(topic, 4).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("message.max.bytes", (4 * MIB).to_string())
@@ -109,7 +98,9 @@ async fn held_bytes_bound_memory_with_large_spans() {
     let peak_kib = peak_rss_kib(s.pid());
     drop(s);
     // A broker that keeps topics in memory may give the 2 GiB back.
-    let _ = admin().delete_topics(&[topic.as_str()], &AdminOptions::new()).await;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let _ = admin.delete_topics(&[topic.as_str()], &AdminOptions::new()).await;
     let bound_kib = ready_kib + (LIMIT + OVERHEAD) / 1024;
     println!(
         "memory: ready {} MiB, peak {} MiB, bound {} MiB, largest held {:.0} MiB",

@@ -1,0 +1,181 @@
+//! Stream time: how far the selector has read into each partition, by the
+//! timestamps of the Kafka messages, so that trace completion runs as fast
+//! as a backlog is read and, on live traffic, as the wall clock.
+//!
+//! Each partition's clock is the newest message timestamp read from it. A
+//! timestamp ahead of the wall clock (a producer whose clock runs fast) is
+//! clamped to the moment the message was read. A partition that has
+//! delivered nothing for [`IDLE_AFTER`] while the consumer is not paused has
+//! nothing left to read: it is *idle*, and its clock is the wall clock, as
+//! Flink's source idleness does. The watermark is the minimum over the
+//! assigned partitions, so a trace whose spans are spread over partitions is
+//! complete only when every partition has passed it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::Lease;
+
+/// How long a partition may deliver nothing before it counts as idle.
+pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct PartitionClock {
+    epoch: u32,
+    /// The newest (clamped) message timestamp, in Unix milliseconds.
+    newest_ms: Option<i64>,
+    /// When the partition last delivered a message, or was assigned.
+    last_delivery: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    partitions: HashMap<i32, PartitionClock>,
+    /// While the consumer is paused no partition delivers, and none of them
+    /// is idle for that: their clocks stand still.
+    paused_since: Option<Instant>,
+}
+
+/// Shared by the consumer, which moves the clocks, and the deciding workers,
+/// which read the watermark.
+#[derive(Debug, Default)]
+pub struct StreamClock {
+    state: Mutex<State>,
+}
+
+impl StreamClock {
+    /// Records a message read under `lease` with timestamp `ts_ms` (None when
+    /// the message has none), read at wall time `now_ms`. Returns the stream
+    /// time the message is seen at: its partition's clock after the message.
+    pub fn observe(&self, lease: Lease, ts_ms: Option<i64>, now_ms: i64) -> i64 {
+        let now = Instant::now();
+        let ts = ts_ms.filter(|t| *t > 0).map_or(now_ms, |t| t.min(now_ms));
+        let mut state = self.state.lock();
+        let clock = state.partitions.entry(lease.partition).or_insert(PartitionClock {
+            epoch: lease.epoch,
+            newest_ms: None,
+            last_delivery: now,
+        });
+        if clock.epoch != lease.epoch {
+            *clock = PartitionClock {
+                epoch: lease.epoch,
+                newest_ms: None,
+                last_delivery: now,
+            };
+        }
+        clock.last_delivery = now;
+        let newest = clock.newest_ms.map_or(ts, |n| n.max(ts));
+        clock.newest_ms = Some(newest);
+        newest
+    }
+
+    /// Starts the clocks of newly assigned partitions: until they deliver,
+    /// or turn idle, they hold the watermark back.
+    pub fn assign(&self, leases: &[Lease]) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        for lease in leases {
+            state.partitions.insert(
+                lease.partition,
+                PartitionClock {
+                    epoch: lease.epoch,
+                    newest_ms: None,
+                    last_delivery: now,
+                },
+            );
+        }
+    }
+
+    /// Forgets revoked partitions.
+    pub fn revoke(&self, partitions: &[i32]) {
+        let mut state = self.state.lock();
+        for p in partitions {
+            state.partitions.remove(p);
+        }
+    }
+
+    /// The consumer paused (true) or resumed (false) its partitions. Time
+    /// spent paused does not count towards idleness.
+    pub fn set_paused(&self, paused: bool) {
+        let mut state = self.state.lock();
+        match (paused, state.paused_since) {
+            (true, None) => state.paused_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                let pause = since.elapsed();
+                for clock in state.partitions.values_mut() {
+                    clock.last_delivery += pause;
+                }
+                state.paused_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The watermark at wall time `now_ms`: the minimum of the partition
+    /// clocks, or `now_ms` when no partition is assigned. `None` while a
+    /// partition has neither delivered nor turned idle yet.
+    pub fn watermark(&self, now_ms: i64) -> Option<i64> {
+        let state = self.state.lock();
+        // Silence while paused does not count: measure up to the pause.
+        let until = state.paused_since.unwrap_or_else(Instant::now);
+        let mut min = now_ms;
+        for clock in state.partitions.values() {
+            let idle = until.saturating_duration_since(clock.last_delivery) >= IDLE_AFTER;
+            let at = match (idle, clock.newest_ms) {
+                (true, _) => now_ms,
+                (false, Some(newest)) => newest,
+                (false, None) => return None,
+            };
+            min = min.min(at);
+        }
+        Some(min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(partition: i32) -> Lease {
+        Lease { partition, epoch: 1 }
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_partition() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        assert_eq!(c.watermark(10_000), None, "partition 1 has not delivered yet");
+        assert_eq!(c.observe(lease(0), Some(5_000), 10_000), 5_000);
+        assert_eq!(c.observe(lease(1), Some(2_000), 10_000), 2_000);
+        assert_eq!(c.watermark(10_000), Some(2_000));
+        // Clocks never go back; a later, older timestamp is seen at the clock.
+        assert_eq!(c.observe(lease(1), Some(1_000), 10_000), 2_000);
+        assert_eq!(c.observe(lease(1), Some(7_000), 10_000), 7_000);
+        assert_eq!(c.watermark(10_000), Some(5_000));
+    }
+
+    #[test]
+    fn timestamps_from_the_future_are_clamped_to_the_read_time() {
+        let c = StreamClock::default();
+        assert_eq!(c.observe(lease(0), Some(99_000), 10_000), 10_000);
+        assert_eq!(c.observe(lease(0), None, 11_000), 11_000, "no timestamp: the read time");
+    }
+
+    #[test]
+    fn an_idle_partition_runs_on_the_wall_clock_unless_paused() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        c.observe(lease(0), Some(5_000), 10_000);
+        c.set_paused(true);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(c.watermark(20_000), None, "paused: partition 1 is not idle, only held back");
+        c.set_paused(false);
+        assert_eq!(c.watermark(20_000), None, "the pause does not count towards idleness");
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(c.watermark(20_000), Some(20_000), "both partitions are idle now");
+        c.revoke(&[0, 1]);
+        assert_eq!(c.watermark(30_000), Some(30_000));
+    }
+}
