@@ -341,6 +341,7 @@ async fn main() {
     // The selector logs warnings only, so logging costs nothing measurable.
     std::env::set_var("TSS_TEST_RUST_LOG", "warn");
     let s = start_selector(&o, &topic);
+    s.wait_ready().await;
     let rate = selector_drain(&s, messages).await;
     println!("ratio:     selector drains at {:.0}% of the plain consumer's rate", 100.0 * rate / base);
 

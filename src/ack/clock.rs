@@ -7,7 +7,11 @@
 //! clamped to the moment the message was read. A partition that has
 //! delivered nothing for [`IDLE_AFTER`] while the consumer is not paused has
 //! nothing left to read: it is *idle*, and its clock is the wall clock, as
-//! Flink's source idleness does. The watermark is the minimum over the
+//! Flink's source idleness does. A partition whose newest timestamp is within
+//! [`LIVE_WITHIN`] of the wall clock is live, and runs on the wall clock too:
+//! its messages come as they are produced, and the broker's fetch batching
+//! (up to `fetch.wait.max.ms`) must not hold the watermark back by that much
+//! on live traffic. The watermark is the minimum over the
 //! assigned partitions, so a trace whose spans are spread over partitions is
 //! complete only when every partition has passed it.
 
@@ -20,6 +24,8 @@ use super::Lease;
 
 /// How long a partition may deliver nothing before it counts as idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How close to the wall clock a partition's newest timestamp makes it live.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct PartitionClock {
@@ -123,8 +129,10 @@ impl StreamClock {
         let mut min = now_ms;
         for clock in state.partitions.values() {
             let idle = until.saturating_duration_since(clock.last_delivery) >= IDLE_AFTER;
+            let live_since = now_ms - LIVE_WITHIN.as_millis() as i64;
             let at = match (idle, clock.newest_ms) {
                 (true, _) => now_ms,
+                (false, Some(newest)) if newest >= live_since => now_ms,
                 (false, Some(newest)) => newest,
                 (false, None) => return None,
             };
@@ -154,6 +162,16 @@ mod tests {
         assert_eq!(c.observe(lease(1), Some(1_000), 10_000), 2_000);
         assert_eq!(c.observe(lease(1), Some(7_000), 10_000), 7_000);
         assert_eq!(c.watermark(10_000), Some(5_000));
+    }
+
+    #[test]
+    fn a_partition_close_to_the_wall_clock_is_live() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        c.observe(lease(0), Some(9_500), 10_000);
+        c.observe(lease(1), Some(9_200), 10_000);
+        assert_eq!(c.watermark(10_000), Some(10_000), "both within a second of the wall clock");
+        assert_eq!(c.watermark(10_400), Some(9_200), "partition 1 is 1.2 s behind now");
     }
 
     #[test]

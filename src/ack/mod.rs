@@ -31,7 +31,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 mod clock;
-pub use clock::{StreamClock, IDLE_AFTER};
+pub use clock::{StreamClock, IDLE_AFTER, LIVE_WITHIN};
 
 /// One ownership of one partition by this instance: the partition and the
 /// epoch at which it was assigned. Epochs never repeat within a process.

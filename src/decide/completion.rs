@@ -10,10 +10,12 @@
 //! still (a stuck fetch) cannot hold traces forever.
 //!
 //! Each worker owns one `TraceBuffer` outright, so nothing here is locked.
-//! Stream deadlines of traces from different partitions interleave, so they
-//! sit in min-heaps; the wall-clock bounds use FIFO queues, which stay sorted
-//! because every entry of a queue has the same timeout. An entry carries the
-//! trace's generation, so entries made stale by a newer span are skipped in O(1).
+//! Stream deadlines come in order on live traffic and go to FIFO queues;
+//! those of a slower partition's spans, which come out of order, go to a
+//! min-heap beside them. The wall-clock bounds use FIFO queues, which stay
+//! sorted because every entry of a queue has the same timeout. An entry
+//! carries the trace's generation, so entries made stale by a newer span are
+//! skipped in O(1).
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -115,8 +117,51 @@ struct OpenTrace {
     last_stream_ms: i64,
 }
 
-/// A min-heap of (stream deadline, trace, generation).
-type StreamQueue = BinaryHeap<Reverse<(i64, TraceId, u32)>>;
+/// Stream deadlines: (deadline, generation, trace). Deadlines mostly come in
+/// order (live traffic, one partition), and those go to a FIFO queue; one
+/// earlier than the FIFO's newest (a slower partition's span) goes to a
+/// min-heap. Ties break on the generation, which is unique, so trace ids
+/// are never compared.
+#[derive(Debug, Default)]
+struct StreamQueue {
+    in_order: VecDeque<(i64, u32, TraceId)>,
+    out_of_order: BinaryHeap<Reverse<(i64, u32, TraceId)>>,
+}
+
+impl StreamQueue {
+    fn push(&mut self, deadline: i64, generation: u32, id: TraceId) {
+        match self.in_order.back() {
+            Some(&(last, _, _)) if deadline < last => self.out_of_order.push(Reverse((deadline, generation, id))),
+            _ => self.in_order.push_back((deadline, generation, id)),
+        }
+    }
+
+    /// The earliest entry due at `watermark`, removed.
+    fn pop_due(&mut self, watermark: i64) -> Option<(u32, TraceId)> {
+        let fifo = self.in_order.front().map(|e| e.0).filter(|d| *d <= watermark);
+        let heap = self.out_of_order.peek().map(|e| e.0 .0).filter(|d| *d <= watermark);
+        match (fifo, heap) {
+            (Some(f), Some(h)) if h < f => self.out_of_order.pop().map(|Reverse((_, g, id))| (g, id)),
+            (Some(_), _) => self.in_order.pop_front().map(|(_, g, id)| (g, id)),
+            (None, Some(_)) => self.out_of_order.pop().map(|Reverse((_, g, id))| (g, id)),
+            (None, None) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.in_order.len() + self.out_of_order.len()
+    }
+
+    fn clear(&mut self) {
+        self.in_order.clear();
+        self.out_of_order.clear();
+    }
+
+    fn retain(&mut self, keep: impl Fn(&TraceId, &u32) -> bool) {
+        self.in_order.retain(|(_, g, id)| keep(id, g));
+        self.out_of_order.retain(|Reverse((_, g, id))| keep(id, g));
+    }
+}
 
 #[derive(Debug)]
 pub struct TraceBuffer {
@@ -141,8 +186,8 @@ impl TraceBuffer {
             traces: FxHashMap::default(),
             idle_queue: VecDeque::new(),
             age_queue: VecDeque::new(),
-            idle_stream: BinaryHeap::new(),
-            age_stream: BinaryHeap::new(),
+            idle_stream: StreamQueue::default(),
+            age_stream: StreamQueue::default(),
             buffered_spans: 0,
             next_generation: 0,
         }
@@ -203,14 +248,14 @@ impl TraceBuffer {
             self.age_queue
                 .push_back((now + age * WALL_BOUND_FACTOR, trace_id, generation));
             let deadline = at.stream_ms.saturating_add(age.as_millis() as i64);
-            self.age_stream.push(Reverse((deadline, trace_id, generation)));
+            self.age_stream.push(deadline, generation, trace_id);
         }
         let complete = if full {
             self.take(&trace_id, Completion::MaxSpans)
         } else {
             self.idle_queue
                 .push_back((now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR, trace_id, generation));
-            self.idle_stream.push(Reverse((idle_stream_deadline, trace_id, generation)));
+            self.idle_stream.push(idle_stream_deadline, generation, trace_id);
             None
         };
         PushOutcome {
@@ -250,20 +295,12 @@ impl TraceBuffer {
     /// (`now.stream_ms`), or by the wall-clock bound.
     pub fn expire(&mut self, now: impl Into<Stamp>, out: &mut Vec<CompleteTrace>) {
         let Stamp { wall: now, stream_ms: watermark } = now.into();
-        while let Some(&Reverse((deadline, id, generation))) = self.idle_stream.peek() {
-            if deadline > watermark {
-                break;
-            }
-            self.idle_stream.pop();
+        while let Some((generation, id)) = self.idle_stream.pop_due(watermark) {
             if self.traces.get(&id).is_some_and(|t| t.generation == generation) {
                 out.extend(self.take(&id, Completion::Inactive));
             }
         }
-        while let Some(&Reverse((deadline, id, opened_generation))) = self.age_stream.peek() {
-            if deadline > watermark {
-                break;
-            }
-            self.age_stream.pop();
+        while let Some((opened_generation, id)) = self.age_stream.pop_due(watermark) {
             if self.traces.get(&id).is_some_and(|t| t.opened == opened_generation) {
                 out.extend(self.take(&id, Completion::MaxDuration));
             }
@@ -347,7 +384,7 @@ impl TraceBuffer {
             self.idle_queue.retain(|(_, id, g)| current(id, g));
         }
         if self.idle_stream.len() > live * 8 {
-            self.idle_stream.retain(|Reverse((_, id, g))| current(id, g));
+            self.idle_stream.retain(current);
         }
     }
 }
@@ -422,6 +459,21 @@ mod tests {
         b.expire(at(60_000), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn traces_of_a_slower_partition_complete_in_stream_order() {
+        let mut b = TraceBuffer::new(limits());
+        let wall = Instant::now();
+        let at = |stream_ms| Stamp { wall, stream_ms };
+        b.push(id(1), [rec()], m(0), at(50_000));
+        b.push(id(2), [rec()], m(1), at(20_000));
+        b.push(id(3), [rec()], m(2), at(55_000));
+        let mut out = Vec::new();
+        b.expire(at(30_000), &mut out);
+        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(2)]);
+        b.expire(at(65_000), &mut out);
+        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(2), id(1), id(3)]);
     }
 
     #[test]
