@@ -173,6 +173,7 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
             Decision::Keep { reason, rule_id } => kept.push(KeptTrace {
                 trace_id: trace.trace_id,
                 spans: trace.spans,
+                sample_rate: policies.sample_rate(reason),
                 reason,
                 rule_id,
                 msgs: trace.msgs,

@@ -61,6 +61,9 @@ pub struct KeptTrace {
     pub spans: Vec<SpanRecord>,
     pub reason: SamplingReason,
     pub rule_id: Option<Arc<str>>,
+    /// How many traces this one stands for: 1, or 1/rate when a sampling
+    /// rate kept it. Stored as `sample_rate`.
+    pub sample_rate: f64,
     pub msgs: Vec<MsgRef>,
     pub decided_at: SystemTime,
 }

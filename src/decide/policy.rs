@@ -11,6 +11,7 @@ pub struct PolicySet {
     pub latency_threshold_nanos: u64,
     /// Traces whose hash is below this are kept by the baseline policy.
     baseline_bound: u64,
+    baseline_rate: f64,
 }
 
 impl PolicySet {
@@ -19,6 +20,17 @@ impl PolicySet {
             always_sample_errors,
             latency_threshold_nanos: (latency_threshold_ms * 1_000_000.0) as u64,
             baseline_bound: baseline_bound(baseline_rate),
+            baseline_rate,
+        }
+    }
+
+    /// How many traces a trace kept for `reason` stands for: 1/rate for the
+    /// baseline sample, 1 for everything kept whole (force rules, errors,
+    /// latency).
+    pub fn sample_rate(&self, reason: SamplingReason) -> f64 {
+        match reason {
+            SamplingReason::Baseline if self.baseline_rate > 0.0 => 1.0 / self.baseline_rate.min(1.0),
+            _ => 1.0,
         }
     }
 
@@ -121,6 +133,16 @@ mod tests {
         fn evaluate(&self, _: &TraceId, _: &[SpanRecord]) -> Option<ForceVerdict> {
             Some(self.0.clone())
         }
+    }
+
+    #[test]
+    fn a_kept_trace_stands_for_one_over_the_rate_that_kept_it() {
+        let p = PolicySet::new(true, 5000.0, 0.25);
+        assert_eq!(p.sample_rate(SamplingReason::Baseline), 4.0);
+        for whole in [SamplingReason::Error, SamplingReason::Latency, SamplingReason::ForceRule] {
+            assert_eq!(p.sample_rate(whole), 1.0, "{whole}");
+        }
+        assert_eq!(PolicySet::new(true, 5000.0, 1.0).sample_rate(SamplingReason::Baseline), 1.0);
     }
 
     #[test]

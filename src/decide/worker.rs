@@ -182,6 +182,7 @@ impl Worker {
         let kept = KeptTrace {
             trace_id: trace.trace_id,
             spans: trace.spans,
+            sample_rate: self.ctx.policies.sample_rate(reason),
             reason,
             rule_id,
             msgs: trace.msgs,

@@ -217,6 +217,7 @@ mod tests {
             spans: vec![],
             reason: SamplingReason::Error,
             rule_id: None,
+            sample_rate: 1.0,
             msgs,
             decided_at: SystemTime::now(),
         }

@@ -59,6 +59,7 @@ pub struct SpanRows {
     sampling_reason: StrColumn,
     sampling_rule_id: StrColumn,
     sampled_at_us: Vec<i64>,
+    sample_rate: Vec<f64>,
     origins: Origins,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
@@ -123,6 +124,7 @@ impl SpanRows {
             sampling_reason: strings(8),
             sampling_rule_id: strings(0),
             sampled_at_us: Vec::with_capacity(spans),
+            sample_rate: Vec::with_capacity(spans),
             ..Self::default()
         }
     }
@@ -170,6 +172,7 @@ impl SpanRows {
             self.sampling_reason.push(trace.reason.as_str().as_bytes());
             self.sampling_rule_id.push_option(trace.rule_id.as_deref());
             self.sampled_at_us.push(sampled_at);
+            self.sample_rate.push(trace.sample_rate);
         }
         skipped
     }
@@ -282,6 +285,7 @@ impl SpanRows {
 
     /// Builds the batch in the column order and types of `schema`.
     pub fn into_batch(mut self, schema: Arc<ArrowSchema>) -> Result<RecordBatch, RowError> {
+        let rows = self.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for field in schema.fields() {
             let dt = field.data_type();
@@ -305,6 +309,10 @@ impl SpanRows {
                 "sampling_reason" => Arc::new(self.sampling_reason.finish()?),
                 "sampling_rule_id" => Arc::new(self.sampling_rule_id.finish()?),
                 "sampled_at" => timestamps(std::mem::take(&mut self.sampled_at_us), dt)?,
+                "sample_rate" => Arc::new(Float64Array::from(std::mem::take(&mut self.sample_rate))),
+                // A column a newer version added: null, so that instances of
+                // two versions can share the table during a rolling upgrade.
+                _ if field.is_nullable() => arrow_array::new_null_array(dt, rows),
                 other => return Err(RowError::UnexpectedColumn(other.to_string())),
             };
             columns.push(col);
@@ -524,6 +532,7 @@ mod tests {
             spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
             reason: SamplingReason::Error,
             rule_id: Some("rule-1".into()),
+            sample_rate: 1.0,
             msgs: vec![],
             decided_at: SystemTime::now(),
         }
@@ -789,6 +798,7 @@ mod tests {
             spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
             reason: SamplingReason::Error,
             rule_id: None,
+            sample_rate: 1.0,
             msgs: vec![],
             decided_at: SystemTime::now(),
         };

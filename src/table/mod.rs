@@ -16,6 +16,7 @@ use iceberg::io::{
 };
 use iceberg::memory::{MemoryCatalogBuilder, MEMORY_CATALOG_WAREHOUSE};
 use iceberg::table::Table;
+use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE};
 use iceberg_catalog_sql::{
@@ -77,7 +78,7 @@ impl TableHandle {
             }
         }
         if self.catalog.table_exists(&self.ident).await? {
-            return Ok(());
+            return self.evolve().await;
         }
         let creation = TableCreation::builder()
             .name(self.ident.name().to_string())
@@ -102,6 +103,43 @@ impl TableHandle {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl TableHandle {
+    /// Adds the columns a table made by an older version lacks (Iceberg
+    /// schema evolution: new optional columns, no data rewritten, older rows
+    /// read null). Another instance may evolve it at the same time: a failed
+    /// commit is checked against the reloaded table and retried once.
+    async fn evolve(&self) -> Result<(), TableError> {
+        for attempt in 0..2 {
+            let table = self.load().await?;
+            let schema = table.metadata().current_schema();
+            let missing: Vec<_> = schema::added_columns()
+                .into_iter()
+                .filter(|(name, _)| schema.field_by_name(name).is_none())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let names: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
+            let tx = Transaction::new(&table);
+            let action = missing
+                .into_iter()
+                .fold(tx.update_schema(), |a, (name, ty)| a.add_column(AddColumn::optional(name, ty)));
+            let committed = action.apply(tx)?.commit(self.catalog.as_ref()).await;
+            match committed {
+                Ok(_) => {
+                    tracing::info!(table = %self.ident, columns = ?names, "added columns to the table");
+                    return Ok(());
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::debug!(error = %e, "schema evolution raced another instance; checking again")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 

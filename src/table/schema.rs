@@ -61,8 +61,24 @@ pub fn table_schema() -> iceberg::Result<Schema> {
             NestedField::required(17, "sampling_reason", string()).into(),
             NestedField::optional(18, "sampling_rule_id", string()).into(),
             NestedField::required(19, "sampled_at", timestamptz()).into(),
+            sample_rate_field(30).into(),
         ])
         .build()
+}
+
+/// `sample_rate`: how many traces a kept trace stands for, so that
+/// `sum(sample_rate)` estimates the traffic before sampling. Optional, so that
+/// it can be added to a table made before it existed; those rows read null.
+pub const SAMPLE_RATE: &str = "sample_rate";
+
+fn sample_rate_field(id: i32) -> NestedField {
+    NestedField::optional(id, SAMPLE_RATE, Type::Primitive(PrimitiveType::Double))
+}
+
+/// The columns added since the first schema, for schema evolution of older
+/// tables: (name, type).
+pub fn added_columns() -> Vec<(&'static str, Type)> {
+    vec![(SAMPLE_RATE, Type::Primitive(PrimitiveType::Double))]
 }
 
 /// `day(start_time)`.

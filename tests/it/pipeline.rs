@@ -456,3 +456,90 @@ async fn late_spans_get_their_trace_decision() {
         0
     );
 }
+
+/// The table as the first version created it: every column but `sample_rate`.
+async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
+    use iceberg::spec::Schema;
+    use iceberg::{NamespaceIdent, TableCreation};
+    use tail_sampling_selector::table::{connect_catalog, schema};
+    let settings = tail_sampling_selector::config::Settings::load_with_env(
+        None,
+        [
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI".to_string(), uri.to_string()),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE".to_string(), warehouse.to_string()),
+        ],
+    )
+    .expect("settings");
+    let catalog = connect_catalog(&settings.storage.iceberg).await.expect("catalog");
+    let current = schema::table_schema().expect("schema");
+    let fields = current
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| f.name != schema::SAMPLE_RATE)
+        .cloned()
+        .collect::<Vec<_>>();
+    let old = Schema::builder().with_schema_id(0).with_fields(fields).build().expect("old schema");
+    let ns = NamespaceIdent::new("default".into());
+    catalog.create_namespace(&ns, Default::default()).await.expect("namespace");
+    let creation = TableCreation::builder()
+        .name("spans".into())
+        .schema(old)
+        .partition_spec(schema::partition_spec().expect("spec"))
+        .build();
+    catalog.create_table(&ns, creation).await.expect("old table");
+}
+
+/// A table made before `sample_rate` existed gains the column when the
+/// selector opens it (schema evolution, no rewrite). Kept traces then record
+/// how many traces they stand for: 1 for errors, 1/rate for the baseline,
+/// and `sum(sample_rate)` reads the same in SQL, pyiceberg and DuckDB.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_table_gains_sample_rate_and_every_reader_sees_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = format!("sqlite:{}/catalog.db?mode=rwc", dir.path().display());
+    let warehouse = dir.path().join("warehouse").display().to_string();
+    create_table_without_sample_rate(&uri, &warehouse).await;
+    let s = Selector::start(
+        "evolve",
+        &[
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", &uri),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", &warehouse),
+            ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0.5"),
+        ],
+    )
+    .await;
+    assert!(s.log().contains("added columns to the table"), "{}", s.log());
+    let p = producer();
+    let errors: Vec<u64> = (0..5).map(|n| 700_000_000 + n).collect();
+    let fast: Vec<u64> = (5..45).map(|n| 700_000_000 + n).collect();
+    for seed in errors.iter().chain(&fast) {
+        let error = errors.contains(seed);
+        send(&p, &s.topic, &hex::encode(trace_id(*seed)), &encode(synth::trace(&spec(*seed, 2, error, 10)))).await;
+    }
+    let baseline = fast.iter().filter(|n| baseline_keeps(&trace_id(**n), 0.5)).count();
+    s.wait_exported(((errors.len() + baseline) * 2) as f64).await;
+    let body = s
+        .query("SELECT sampling_reason, min(sample_rate), max(sample_rate), count(*) FROM spans GROUP BY 1 ORDER BY 1")
+        .await;
+    let rows = body["rows"].as_array().expect("rows");
+    assert_eq!(rows[0][0], "baseline", "{body}");
+    assert_eq!((rows[0][1].as_f64(), rows[0][2].as_f64()), (Some(2.0), Some(2.0)), "{body}");
+    assert_eq!(rows[1][0], "error", "{body}");
+    assert_eq!((rows[1][1].as_f64(), rows[1][2].as_f64()), (Some(1.0), Some(1.0)), "{body}");
+    let total = s.query("SELECT sum(sample_rate) FROM spans").await["rows"][0][0].as_f64().expect("sum");
+    assert_eq!(total, (errors.len() * 2 + baseline * 2 * 2) as f64);
+    let scan = crate::harness::run_python(
+        &crate::harness::python_script("scan_table.py"),
+        &[
+            "--catalog-uri".into(),
+            format!("sqlite:///{}/catalog.db", dir.path().display()),
+            "--warehouse".into(),
+            format!("file://{warehouse}"),
+            "--duckdb".into(),
+        ],
+    );
+    assert_eq!(scan["sample_rate_sum"].as_f64(), Some(total), "{scan}");
+    assert_eq!(scan["duckdb_sample_rate_sum"].as_f64(), Some(total), "{scan}");
+    assert_eq!(scan["sample_rate_nulls"], 0, "{scan}");
+}

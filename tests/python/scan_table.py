@@ -4,8 +4,9 @@ reads the same snapshot too, through its Iceberg extension.
 Works for a SQL catalog (SQLite or PostgreSQL) and for a REST catalog (give
 --catalog-type rest and --credential), and for a warehouse on local files or
 on S3 (give the --s3-* options). Prints one JSON object: the row count, the
-distinct trace ids, the partition spec, the column names, and, with --duckdb,
-DuckDB's row count and trace ids.
+distinct trace ids, the partition spec, the column names, the sum and null
+count of `sample_rate` when the table has it, and, with --duckdb, DuckDB's
+figures for the same.
 """
 import argparse
 import glob
@@ -56,6 +57,11 @@ out = {
     "location": table.location(),
     "metadata_location": table.metadata_location,
 }
+has_sample_rate = "sample_rate" in arrow.schema.names
+if has_sample_rate:
+    rates = arrow.column("sample_rate").to_pylist()
+    out["sample_rate_sum"] = sum(r for r in rates if r is not None)
+    out["sample_rate_nulls"] = sum(1 for r in rates if r is None)
 
 
 def load_extension(con, name):
@@ -88,5 +94,12 @@ if args.duckdb:
     ids = con.execute(f"SELECT DISTINCT trace_id FROM iceberg_scan('{location}') ORDER BY 1").fetchall()
     out["duckdb_rows"] = rows
     out["duckdb_trace_ids"] = [r[0] for r in ids]
+    if has_sample_rate:
+        total, nulls = con.execute(
+            f"SELECT coalesce(sum(sample_rate), 0), count(*) FILTER (WHERE sample_rate IS NULL) "
+            f"FROM iceberg_scan('{location}')"
+        ).fetchone()
+        out["duckdb_sample_rate_sum"] = total
+        out["duckdb_sample_rate_nulls"] = nulls
 
 print(json.dumps(out))
