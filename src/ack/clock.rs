@@ -36,6 +36,17 @@ struct PartitionClock {
     last_delivery: Instant,
 }
 
+impl PartitionClock {
+    /// A lease's clock, before its first message.
+    fn start(epoch: u32, now: Instant) -> Self {
+        Self {
+            epoch,
+            newest_ms: None,
+            last_delivery: now,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     partitions: HashMap<i32, PartitionClock>,
@@ -59,17 +70,12 @@ impl StreamClock {
         let now = Instant::now();
         let ts = ts_ms.filter(|t| *t > 0).map_or(now_ms, |t| t.min(now_ms));
         let mut state = self.state.lock();
-        let clock = state.partitions.entry(lease.partition).or_insert(PartitionClock {
-            epoch: lease.epoch,
-            newest_ms: None,
-            last_delivery: now,
-        });
+        let clock = state
+            .partitions
+            .entry(lease.partition)
+            .or_insert_with(|| PartitionClock::start(lease.epoch, now));
         if clock.epoch != lease.epoch {
-            *clock = PartitionClock {
-                epoch: lease.epoch,
-                newest_ms: None,
-                last_delivery: now,
-            };
+            *clock = PartitionClock::start(lease.epoch, now);
         }
         clock.last_delivery = now;
         let newest = clock.newest_ms.map_or(ts, |n| n.max(ts));
@@ -83,14 +89,7 @@ impl StreamClock {
         let now = Instant::now();
         let mut state = self.state.lock();
         for lease in leases {
-            state.partitions.insert(
-                lease.partition,
-                PartitionClock {
-                    epoch: lease.epoch,
-                    newest_ms: None,
-                    last_delivery: now,
-                },
-            );
+            state.partitions.insert(lease.partition, PartitionClock::start(lease.epoch, now));
         }
     }
 

@@ -21,12 +21,12 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
 use crate::ack::{retain_current, Lease, MsgRef};
-use crate::model::{SpanRecord, TraceId};
+use crate::model::{unix_now_ms, SpanRecord, TraceId};
 
 /// How much longer than its timeout a trace may wait, in wall time, for
 /// stream time to reach it.
@@ -44,10 +44,7 @@ pub struct Stamp {
 impl From<Instant> for Stamp {
     fn from(wall: Instant) -> Self {
         static BASE: OnceLock<(Instant, i64)> = OnceLock::new();
-        let (base, base_ms) = *BASE.get_or_init(|| {
-            let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            (Instant::now(), ms)
-        });
+        let (base, base_ms) = *BASE.get_or_init(|| (Instant::now(), unix_now_ms()));
         let stream_ms = match wall.checked_duration_since(base) {
             Some(after) => base_ms + after.as_millis() as i64,
             None => base_ms - base.duration_since(wall).as_millis() as i64,

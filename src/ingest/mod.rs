@@ -245,9 +245,8 @@ pub fn start(
     let stop_committer = CancellationToken::new();
     let committer = tokio::spawn(run_committer(
         consumer.clone(),
-        acks.tracker.clone(),
+        ctx.clone(),
         cfg.topic.clone(),
-        ctx.metrics.clone(),
         cfg.commit_interval_ms.duration(),
         stop_committer.clone(),
     ));
@@ -318,7 +317,6 @@ impl Source {
         let mut paused = false;
         loop {
             paused = self.apply_backpressure(paused);
-            self.report_stream_time();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -338,20 +336,6 @@ impl Source {
                 _ = tokio::time::sleep(if paused { PAUSE_CHECK } else { IDLE_CHECK }) => {}
             }
         }
-    }
-
-    /// Exports how far stream time trails the wall clock, and says so in
-    /// `/health` while a backlog is read.
-    fn report_stream_time(&self) {
-        let now = unix_now_ms();
-        let Some(watermark) = self.ctx.acks.clock.watermark(now) else {
-            return;
-        };
-        let lag = (now - watermark).max(0) as f64 / 1000.0;
-        self.ctx.metrics.watermark_lag_seconds.set(lag);
-        let detail = (lag >= CATCHING_UP_AFTER_SECS)
-            .then(|| format!("reading a backlog: stream time is {lag:.0} s behind the wall clock"));
-        self.ctx.health.set_catching_up(detail);
     }
 
     /// Pauses every assigned partition at either limit and resumes them when
@@ -528,30 +512,46 @@ impl Source {
     }
 }
 
-/// Commits watermarks every `interval` and exports the consumer lag.
+/// Commits watermarks every `interval` and exports the consumer lag and
+/// the watermark lag.
 async fn run_committer(
     consumer: Arc<SelectorConsumer>,
-    tracker: Arc<OffsetTracker>,
+    ctx: IngestContext,
     topic: String,
-    metrics: Metrics,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let tracker = &ctx.acks.tracker;
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        commit_watermarks(consumer.as_ref(), &tracker, &topic, CommitMode::Async);
+        commit_watermarks(consumer.as_ref(), tracker, &topic, CommitMode::Async);
         for (p, lag) in tracker.lag() {
-            metrics
+            ctx.metrics
                 .consumer_lag_messages
                 .with_label_values(&[&p.to_string()])
                 .set(lag);
         }
+        report_stream_time(&ctx);
     }
-    commit_watermarks(consumer.as_ref(), &tracker, &topic, CommitMode::Sync);
+    commit_watermarks(consumer.as_ref(), tracker, &topic, CommitMode::Sync);
+}
+
+/// Exports how far stream time trails the wall clock, and says so in
+/// `/health` while a backlog is read.
+fn report_stream_time(ctx: &IngestContext) {
+    let now = unix_now_ms();
+    let Some(watermark) = ctx.acks.clock.watermark(now) else {
+        return;
+    };
+    let lag = (now - watermark).max(0) as f64 / 1000.0;
+    ctx.metrics.watermark_lag_seconds.set(lag);
+    let detail = (lag >= CATCHING_UP_AFTER_SECS)
+        .then(|| format!("reading a backlog: stream time is {lag:.0} s behind the wall clock"));
+    ctx.health.set_catching_up(detail);
 }
 
 /// A producer for the dead-letter topic, when one is configured.
