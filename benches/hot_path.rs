@@ -170,10 +170,10 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
     for trace in due {
         match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
             Decision::Drop => tracker.release(&trace.msgs),
-            Decision::Keep { reason, rule_id } => kept.push(KeptTrace {
+            Decision::Keep { reason, rule_id, sample_rate } => kept.push(KeptTrace {
                 trace_id: trace.trace_id,
                 spans: trace.spans,
-                sample_rate: policies.sample_rate(reason),
+                sample_rate,
                 reason,
                 rule_id,
                 msgs: trace.msgs,

@@ -5,14 +5,15 @@
 //! spans into traces and decides them (with force rules from [`rules`]),
 //! [`storage`] writes the kept ones to the table, and [`query`] serves SQL
 //! over it. Stages import only the shared core — [`model`], [`ack`],
-//! [`otlp`], [`table`], [`redis_client`], [`config`], [`metrics`] and
-//! [`health`] — never each other. [`api`] and [`app`] sit on top: the HTTP
+//! [`otlp`], [`matching`], [`table`], [`redis_client`], [`config`],
+//! [`metrics`] and [`health`] — never each other. [`api`] and [`app`] sit on top: the HTTP
 //! surface and the start-up path that wires the stages together.
 
 // The shared core.
 pub mod ack;
 pub mod config;
 pub mod health;
+pub mod matching;
 pub mod metrics;
 pub mod model;
 pub mod otlp;
@@ -43,7 +44,7 @@ mod layering {
     use std::collections::BTreeSet;
     use std::path::Path;
 
-    const CORE: &[&str] = &["ack", "config", "health", "metrics", "model", "otlp", "redis_client", "table"];
+    const CORE: &[&str] = &["ack", "config", "health", "matching", "metrics", "model", "otlp", "redis_client", "table"];
     const STAGES: &[&str] = &["decide", "ingest", "query", "rules", "storage"];
 
     /// The top-level modules a module may name with `crate::`.
@@ -54,7 +55,7 @@ mod layering {
             m if STAGES.contains(&m) => {
                 ok.extend(STAGES.iter().copied().filter(|s| *s == m));
             }
-            "api" => ok.extend(["api", "query", "rules"]),
+            "api" => ok.extend(["api", "decide", "query", "rules"]),
             "app" => return None,
             other => panic!("module `{other}` is in no layer: add it to CORE, STAGES or the edges"),
         }

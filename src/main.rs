@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         on_signal.cancel();
     });
-    app::run(settings, shutdown).await?;
+    app::run(settings, args.config, shutdown).await?;
     Ok(())
 }
 

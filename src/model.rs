@@ -22,19 +22,53 @@ pub struct Origin {
     pub resource: Bytes,
     /// Encoded `opentelemetry.proto.common.v1.InstrumentationScope`, empty when absent.
     pub scope: Bytes,
+    /// The resource's `service.name`, read once by the ingest scan (empty
+    /// when absent): the RED metrics and most conditions need nothing else
+    /// of the resource.
+    pub service_name: Box<str>,
 }
 
-/// One buffered span: the encoded bytes plus the few fields the policies read.
-#[derive(Debug, Clone)]
+/// One buffered span: the encoded bytes plus the few fields the policies
+/// and the RED metrics read, so that neither decodes the span.
+#[derive(Debug, Clone, Default)]
 pub struct SpanRecord {
     /// Encoded `opentelemetry.proto.trace.v1.Span`, a slice of the Kafka message.
     pub bytes: Bytes,
     pub origin: Arc<Origin>,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
-    pub is_error: bool,
+    /// Where the span's name lies in `bytes` (start, end).
+    pub name_range: (u32, u32),
+    /// OTLP `SpanKind` (0 unspecified … 5 consumer).
+    pub kind: u8,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    pub status_code: u8,
+    /// No parent span id: the trace's root.
+    pub is_root: bool,
     /// The partition lease the span was read under; set by the consumer.
     pub lease: Lease,
+}
+
+/// OTLP status code ERROR.
+pub const STATUS_ERROR: u8 = 2;
+
+impl SpanRecord {
+    pub fn is_error(&self) -> bool {
+        self.status_code == STATUS_ERROR
+    }
+
+    /// The span's name, read from its bytes without decoding them.
+    pub fn name(&self) -> &str {
+        let (start, end) = (self.name_range.0 as usize, self.name_range.1 as usize);
+        self.bytes
+            .get(start..end)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
 }
 
 /// The spans of one Kafka message that belong to this worker's shard.
@@ -72,14 +106,17 @@ pub struct KeptTrace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SamplingReason {
     ForceRule,
+    /// A `[[sampling.policies]]` entry; its name is the rule id.
+    Policy,
     Error,
     Latency,
     Baseline,
 }
 
 impl SamplingReason {
-    pub const ALL: [SamplingReason; 4] = [
+    pub const ALL: [SamplingReason; 5] = [
         SamplingReason::ForceRule,
+        SamplingReason::Policy,
         SamplingReason::Error,
         SamplingReason::Latency,
         SamplingReason::Baseline,
@@ -88,6 +125,7 @@ impl SamplingReason {
     pub fn as_str(self) -> &'static str {
         match self {
             SamplingReason::ForceRule => "force_rule",
+            SamplingReason::Policy => "policy",
             SamplingReason::Error => "error",
             SamplingReason::Latency => "latency",
             SamplingReason::Baseline => "baseline",
@@ -102,14 +140,23 @@ impl fmt::Display for SamplingReason {
 }
 
 /// The outcome for one trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Keep {
         reason: SamplingReason,
-        /// Set when a force rule decided.
+        /// The force rule's id or the policy's name, when one decided.
         rule_id: Option<Arc<str>>,
+        /// How many traces this one stands for (1, or 1/rate).
+        sample_rate: f64,
     },
     Drop,
+}
+
+impl Decision {
+    /// A keep for a reason that keeps traces whole (sample rate 1).
+    pub fn keep(reason: SamplingReason, rule_id: Option<Arc<str>>) -> Self {
+        Decision::Keep { reason, rule_id, sample_rate: 1.0 }
+    }
 }
 
 /// What a force rule said about a trace.
@@ -123,6 +170,12 @@ pub enum ForceVerdict {
 /// Implementations must answer from local state; evaluation never waits on I/O.
 pub trait ForceRules: Send + Sync {
     fn evaluate(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict>;
+
+    /// The same answer, without counting a match: for explaining a decision
+    /// that is not being made.
+    fn peek(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        self.evaluate(trace_id, spans)
+    }
 }
 
 /// No force rules: every trace falls through to the other policies.
@@ -144,6 +197,12 @@ pub fn trace_hash(trace_id: &TraceId) -> u64 {
     hi.copy_from_slice(&trace_id[..8]);
     lo.copy_from_slice(&trace_id[8..]);
     mix(mix(u64::from_be_bytes(hi)) ^ u64::from_be_bytes(lo))
+}
+
+/// [`trace_hash`] mixed with a salt: an independent uniform hash per salt,
+/// so that two sampling policies do not keep the same traces.
+pub fn salted_trace_hash(trace_id: &TraceId, salt: u64) -> u64 {
+    mix(trace_hash(trace_id) ^ salt)
 }
 
 fn mix(mut z: u64) -> u64 {

@@ -1,6 +1,7 @@
 //! The admin API (health, SQL, traces, force rules) and the Prometheus endpoint.
 
 pub mod rules;
+pub mod sampling;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub struct AppState {
     pub query: Arc<OnceCell<QueryEngine>>,
     pub auth_token: Option<Arc<str>>,
     pub rules: Option<rules::RulesApi>,
+    pub sampling: Option<sampling::SamplingApi>,
 }
 
 /// A JSON error body: `{"error": "..."}` with the given status.
@@ -94,6 +96,7 @@ pub fn admin_router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/query", post(query))
         .route("/admin/traces/{trace_id}", get(trace))
+        .route("/admin/sampling/explain", post(sampling::explain))
         .route("/admin/force-rules", post(rules::create).get(rules::list))
         .route(
             "/admin/force-rules/{id}",

@@ -3,9 +3,11 @@
 
 mod pipeline;
 mod probes;
+mod reload;
 mod retry;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
@@ -14,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::rules::RulesApi;
+use crate::api::sampling::SamplingApi;
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::decide::policy::PolicySet;
+use crate::model::ForceRules;
 use crate::health::Health;
 use crate::ingest::{self, IngestError};
 use crate::metrics::Metrics;
@@ -32,6 +37,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
+    #[error("invalid sampling policy: {0}")]
+    Policy(#[from] crate::matching::FieldError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -42,11 +49,14 @@ pub enum AppError {
 /// Runs the selector until `shutdown` is cancelled, then drains in order:
 /// stop fetching, let workers finish, flush storage, commit the watermarks.
 /// The drain takes at most `server.shutdown_timeout_secs`; whatever it did
-/// not finish stays uncommitted in Kafka and is read again.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+/// not finish stays uncommitted in Kafka and is read again. `config_file`
+/// is where the settings came from; the policy list reloads from it.
+pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: CancellationToken) -> Result<(), AppError> {
     // Settings librdkafka rejects stop startup here, before any retry loop.
     ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::with_max_series(settings.metrics.max_series)?;
+    let policies = PolicySet::shared(&settings.sampling)?;
+    metrics.policies_loaded.set(policies.load().len() as i64);
     let health = Health::default();
     let background = Background::default();
     let redis = Arc::new(LazyRedis::new(&settings.redis)?);
@@ -56,12 +66,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let max_rule_secs = settings.rules.max_duration_secs;
     let (store, live) = (rule_store.clone(), live_rules.clone());
     background.spawn(move |stop| run_sync(store, live, max_rule_secs, stop));
+    let reloader = reload::Reloader {
+        file: config_file,
+        interval: settings.sampling.policy_watch_interval_secs.duration(),
+        policies: policies.clone(),
+        metrics: metrics.clone(),
+    };
+    background.spawn(move |stop| reloader.run(stop));
+    let force_rules: Arc<dyn ForceRules> = live_rules.clone();
     let query = Arc::new(OnceCell::new());
     let state = AppState {
         health: health.clone(),
         query: query.clone(),
         auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
         rules: Some(RulesApi { store: rule_store, max_duration_secs: max_rule_secs }),
+        sampling: Some(SamplingApi { policies: policies.clone(), force_rules }),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
 
@@ -73,7 +92,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         if !retry::ensure_topics(&settings, &health, &shutdown).await? {
             return Ok(None);
         }
-        let inputs = pipeline::Inputs { table, live_rules, redis, metrics, health };
+        let inputs = pipeline::Inputs { table, live_rules, policies, redis, metrics, health };
         Pipeline::start(&settings, inputs, shutdown.clone()).map(Some)
     };
     let outcome = match started.await {

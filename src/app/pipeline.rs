@@ -12,6 +12,7 @@ use super::AppError;
 use crate::ack::Acks;
 use crate::config::Settings;
 use crate::decide::decision_cache::DecisionCache;
+use crate::decide::policy::SharedPolicies;
 use crate::decide::{self, DecideInputs, Deciders};
 use crate::health::Health;
 use crate::ingest::ownership::OwnershipWatch;
@@ -27,6 +28,7 @@ use crate::table::TableHandle;
 pub(super) struct Inputs {
     pub table: TableHandle,
     pub live_rules: Arc<LiveRules>,
+    pub policies: SharedPolicies,
     pub redis: Arc<LazyRedis>,
     pub metrics: Metrics,
     pub health: Health,
@@ -47,7 +49,7 @@ impl Pipeline {
     /// stops at `shutdown`.
     pub fn start(settings: &Settings, inputs: Inputs, shutdown: CancellationToken) -> Result<Self, AppError> {
         let acks = Acks::default();
-        let Inputs { table, live_rules, redis, metrics, health } = inputs;
+        let Inputs { table, live_rules, policies, redis, metrics, health } = inputs;
         let (kept_tx, writer) = storage::start(
             table.clone(),
             &settings.storage,
@@ -69,6 +71,7 @@ impl Pipeline {
             decisions: Arc::new(decisions),
             acks: acks.clone(),
             metrics: metrics.clone(),
+            policies,
             kept_tx,
         };
         let (shards, deciders) = decide::start(&settings.sampling, inputs);

@@ -11,7 +11,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod duration;
+pub mod policy;
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
+pub use policy::{PolicyAction, PolicySpec};
 
 /// The defaults, compiled in so the binary runs from any working directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -54,6 +56,15 @@ pub struct Settings {
     #[serde(default)]
     pub admin: AdminConfig,
     pub query: QueryConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label sets (service, span name, kind, status) the RED metrics keep
+    /// at most; past it, new ones share one `other` series.
+    pub max_series: usize,
 }
 
 #[derive(Clone, Deserialize)]
@@ -459,6 +470,13 @@ pub struct SamplingConfig {
     pub decision_ttl_secs: u64,
     /// 0 picks one worker per CPU.
     pub workers: usize,
+    /// `[[sampling.policies]]`: after force rules and before the error,
+    /// latency and baseline settings; the first that decides wins. They
+    /// reload on SIGHUP and when the config file changes.
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+    /// How often the config file is checked for a changed policy list.
+    pub policy_watch_interval_secs: Seconds,
 }
 
 impl SamplingConfig {
@@ -676,6 +694,9 @@ impl Settings {
         self.storage.validate()?;
         seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
         self.query.validate()?;
+        if !(1..=1_000_000).contains(&self.metrics.max_series) {
+            return Err(invalid("metrics.max_series", "must be between 1 and 1000000"));
+        }
         if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
             return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
@@ -708,7 +729,8 @@ impl SamplingConfig {
         if self.workers > 1024 {
             return Err(invalid("sampling.workers", "must be at most 1024"));
         }
-        Ok(())
+        seconds("sampling.policy_watch_interval_secs", self.policy_watch_interval_secs)?;
+        policy::validate_all(&self.policies).map_err(|e| invalid_owned(e.field, e.message))
     }
 }
 

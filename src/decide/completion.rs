@@ -407,8 +407,7 @@ mod tests {
             origin: Arc::new(Origin::default()),
             start_unix_nano: 0,
             end_unix_nano: 0,
-            is_error: false,
-            lease: Default::default(),
+            ..Default::default()
         }
     }
 

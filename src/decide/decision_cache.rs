@@ -123,15 +123,24 @@ impl DecisionCache {
     }
 }
 
-/// `drop`, or `keep:<reason>[:<rule id>]`.
+/// `drop`, or `keep:<reason>[:<rule id>][@<sample rate>]`; the rate is left
+/// out when it is 1, so the entries of traces kept whole read as before.
+/// Rule ids are UUIDs and policy names have no `@`.
 pub fn encode(d: &Decision) -> String {
     match d {
         Decision::Drop => "drop".into(),
-        Decision::Keep { reason, rule_id: None } => format!("keep:{reason}"),
-        Decision::Keep {
-            reason,
-            rule_id: Some(id),
-        } => format!("keep:{reason}:{id}"),
+        Decision::Keep { reason, rule_id, sample_rate } => {
+            let mut s = format!("keep:{reason}");
+            if let Some(id) = rule_id {
+                s.push(':');
+                s.push_str(id);
+            }
+            if *sample_rate != 1.0 {
+                s.push('@');
+                s.push_str(&sample_rate.to_string());
+            }
+            s
+        }
     }
 }
 
@@ -140,6 +149,10 @@ pub fn decode(s: &str) -> Option<Decision> {
         return Some(Decision::Drop);
     }
     let rest = s.strip_prefix("keep:")?;
+    let (rest, sample_rate) = match rest.rsplit_once('@') {
+        Some((r, rate)) => (r, rate.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 1.0)?),
+        None => (rest, 1.0),
+    };
     let (reason, rule_id) = match rest.split_once(':') {
         Some((r, id)) => (r, Some(Arc::from(id))),
         None => (rest, None),
@@ -147,7 +160,7 @@ pub fn decode(s: &str) -> Option<Decision> {
     let reason = SamplingReason::ALL
         .into_iter()
         .find(|r| r.as_str() == reason)?;
-    Some(Decision::Keep { reason, rule_id })
+    Some(Decision::Keep { reason, rule_id, sample_rate })
 }
 
 #[cfg(test)]
@@ -158,17 +171,18 @@ mod tests {
     fn decisions_round_trip() {
         for d in [
             Decision::Drop,
-            Decision::Keep {
-                reason: SamplingReason::Latency,
-                rule_id: None,
-            },
-            Decision::Keep {
-                reason: SamplingReason::ForceRule,
-                rule_id: Some("0190-abc".into()),
-            },
+            Decision::keep(SamplingReason::Latency, None),
+            Decision::keep(SamplingReason::ForceRule, Some("0190-abc".into())),
+            Decision::Keep { reason: SamplingReason::Baseline, rule_id: None, sample_rate: 4.0 },
+            Decision::Keep { reason: SamplingReason::Policy, rule_id: Some("per-endpoint".into()), sample_rate: 11.0 },
         ] {
             assert_eq!(decode(&encode(&d)), Some(d));
         }
+        // Entries written before sample rates were stored read as whole.
+        assert_eq!(decode("keep:error"), Some(Decision::keep(SamplingReason::Error, None)));
+        assert_eq!(encode(&Decision::keep(SamplingReason::Error, None)), "keep:error");
+        assert_eq!(encode(&Decision::Keep { reason: SamplingReason::Baseline, rule_id: None, sample_rate: 2.0 }), "keep:baseline@2");
+        assert_eq!(decode("keep:policy:p@nan"), None);
         assert_eq!(decode("keep:bogus"), None);
         assert_eq!(decode("garbage"), None);
     }

@@ -6,6 +6,7 @@
 pub mod completion;
 pub mod decision_cache;
 pub mod policy;
+pub mod samplers;
 pub mod worker;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::model::{ForceRules, KeptTrace, ShardBatch};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;
-use policy::PolicySet;
+use policy::SharedPolicies;
 use worker::WorkerContext;
 
 /// Capacity of each worker's input channel, in Kafka messages.
@@ -33,6 +34,8 @@ pub struct DecideInputs {
     pub decisions: Arc<DecisionCache>,
     pub acks: Acks,
     pub metrics: Metrics,
+    /// The policies, compiled at start-up and swapped on reload.
+    pub policies: SharedPolicies,
     /// Unbounded: memory is bounded by the held spans and bytes, at which
     /// the consumer pauses.
     pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
@@ -53,7 +56,7 @@ pub fn start(cfg: &SamplingConfig, inputs: DecideInputs) -> (Vec<mpsc::Sender<Sh
             max_trace_duration: cfg.max_trace_duration_secs.duration(),
             max_spans_per_trace: cfg.max_spans_per_trace,
         },
-        policies: PolicySet::from_config(cfg),
+        policies: inputs.policies,
         force_rules: inputs.force_rules,
         decisions: inputs.decisions,
         acks: inputs.acks,

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 
 use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
-use super::policy::PolicySet;
+use super::policy::SharedPolicies;
 use crate::ack::Acks;
+use crate::metrics::red::RedRecorder;
 use crate::metrics::Metrics;
 use crate::model::{unix_now_ms, Decision, ForceRules, KeptTrace, SamplingReason, ShardBatch};
 
@@ -17,7 +18,8 @@ use crate::model::{unix_now_ms, Decision, ForceRules, KeptTrace, SamplingReason,
 #[derive(Clone)]
 pub struct WorkerContext {
     pub limits: CompletionLimits,
-    pub policies: PolicySet,
+    /// Swapped whole when the policy list reloads.
+    pub policies: SharedPolicies,
     pub force_rules: Arc<dyn ForceRules>,
     /// Earlier decisions, so late spans and other instances agree.
     pub decisions: Arc<DecisionCache>,
@@ -39,6 +41,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         reported_traces: 0,
         reported_spans: 0,
         seen_revocations: ctx.acks.assignments.revocations(),
+        red: RedRecorder::new(ctx.metrics.red.clone()),
         ctx,
     };
     let mut tick = tokio::time::interval(state.ctx.tick);
@@ -62,10 +65,12 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
                 let now = Stamp { wall: Instant::now(), stream_ms: watermark.unwrap_or(i64::MIN) };
                 state.buffer.expire(now, &mut due);
                 state.decide_all(&mut due).await;
+                state.red.flush();
             }
         }
         state.report_gauges();
     }
+    state.red.flush();
     let abandoned = state.buffer.drain();
     let abandoned_spans = abandoned.iter().map(|t| t.spans.len()).sum();
     state.ctx.acks.held.release(abandoned_spans);
@@ -82,6 +87,8 @@ struct Worker {
     reported_traces: i64,
     reported_spans: i64,
     seen_revocations: u64,
+    /// RED metrics of every decided span, kept or dropped.
+    red: RedRecorder,
 }
 
 impl Worker {
@@ -126,11 +133,13 @@ impl Worker {
         let ids: Vec<_> = due.iter().map(|t| t.trace_id).collect();
         let prior = self.ctx.decisions.lookup(&ids).await;
         let mut fresh = Vec::new();
+        let policies = self.ctx.policies.load();
         for (trace, prior) in due.drain(..).zip(prior) {
             self.ctx
                 .metrics
                 .decision_latency_seconds
                 .observe(trace.last_seen.elapsed().as_secs_f64());
+            self.red.record(&trace.spans);
             match prior {
                 Some(decision) => {
                     let label = if decision == Decision::Drop { "dropped" } else { "kept" };
@@ -142,7 +151,7 @@ impl Worker {
                     self.route(trace, decision);
                 }
                 None => {
-                    let decision = self.ctx.policies.decide(
+                    let decision = policies.decide(
                         &trace.trace_id,
                         &trace.spans,
                         self.ctx.force_rules.as_ref(),
@@ -174,7 +183,7 @@ impl Worker {
 
     /// Releases a dropped trace's messages, or hands a kept one to storage.
     fn route(&mut self, trace: CompleteTrace, decision: Decision) {
-        let Decision::Keep { reason, rule_id } = decision else {
+        let Decision::Keep { reason, rule_id, sample_rate } = decision else {
             self.ctx.acks.tracker.release(&trace.msgs);
             self.ctx.acks.held.release(trace.spans.len());
             return;
@@ -182,7 +191,7 @@ impl Worker {
         let kept = KeptTrace {
             trace_id: trace.trace_id,
             spans: trace.spans,
-            sample_rate: self.ctx.policies.sample_rate(reason),
+            sample_rate,
             reason,
             rule_id,
             msgs: trace.msgs,

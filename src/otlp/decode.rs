@@ -74,9 +74,6 @@ impl DecodeError {
     }
 }
 
-/// OTLP status code ERROR.
-const STATUS_CODE_ERROR: u64 = 2;
-
 /// Decodes one message, in protobuf or OTLP JSON.
 ///
 /// JSON is recognised by its first non-blank byte, `{`. That byte can never start
@@ -158,6 +155,7 @@ fn scan_scope_spans(
         return Ok(());
     }
     let origin = Arc::new(Origin {
+        service_name: service_name(resource)?.into(),
         resource: resource.clone(),
         scope,
     });
@@ -181,14 +179,22 @@ fn scan_span(
     let mut trace_id: Option<TraceId> = None;
     let mut start = 0u64;
     let mut end = 0u64;
-    let mut is_error = false;
+    let mut status_code = 0u8;
+    let mut kind = 0u8;
+    let mut name_range = (0u32, 0u32);
+    let mut is_root = true;
+    // Offsets into the span's own slice.
+    let local = |r: (usize, usize)| ((r.0 - range.0) as u32, (r.1 - range.0) as u32);
     for field in Fields::range(msg, range) {
         let field = field?;
         match (field.number, field.value) {
             (1, Value::Len(r)) => trace_id = msg[r.0..r.1].try_into().ok(),
+            (4, Value::Len(r)) => is_root = r.0 == r.1,
+            (5, Value::Len(r)) => name_range = local(r),
+            (6, Value::Varint(v)) => kind = v.min(u8::MAX as u64) as u8,
             (7, Value::Fixed64(v)) => start = v,
             (8, Value::Fixed64(v)) => end = v,
-            (15, Value::Len(r)) => is_error = status_is_error(msg, r)?,
+            (15, Value::Len(r)) => status_code = status_code_of(msg, r)?,
             _ => {}
         }
     }
@@ -203,22 +209,54 @@ fn scan_span(
         origin: Arc::clone(origin),
         start_unix_nano: start,
         end_unix_nano: end,
-        is_error,
+        name_range,
+        kind,
+        status_code,
+        is_root,
         lease: Lease::default(),
     };
     Ok(Scanned::Span(trace_id, record))
 }
 
-fn status_is_error(msg: &Bytes, range: (usize, usize)) -> Result<bool, DecodeError> {
+/// `Status.code`, clamped to the three codes OTLP defines (anything else
+/// reads as unset).
+fn status_code_of(msg: &Bytes, range: (usize, usize)) -> Result<u8, DecodeError> {
     for field in Fields::range(msg, range) {
         if let (3, Value::Varint(code)) = {
             let f = field?;
             (f.number, f.value)
         } {
-            return Ok(code == STATUS_CODE_ERROR);
+            return Ok(if code <= 2 { code as u8 } else { 0 });
         }
     }
-    Ok(false)
+    Ok(0)
+}
+
+/// The `service.name` string attribute of an encoded `Resource`, or empty.
+fn service_name(resource: &Bytes) -> Result<String, DecodeError> {
+    for field in Fields::new(resource) {
+        let field = field?;
+        let (1, Value::Len(kv)) = (field.number, field.value) else { continue };
+        let mut key = None;
+        let mut value = None;
+        for f in Fields::range(resource, kv) {
+            match f? {
+                super::wire::Field { number: 1, value: Value::Len(r) } => key = Some(r),
+                super::wire::Field { number: 2, value: Value::Len(r) } => value = Some(r),
+                _ => {}
+            }
+        }
+        if key.is_some_and(|r| &resource[r.0..r.1] == b"service.name") {
+            let Some(v) = value else { return Ok(String::new()) };
+            for f in Fields::range(resource, v) {
+                if let super::wire::Field { number: 1, value: Value::Len(r) } = f? {
+                    return Ok(std::str::from_utf8(&resource[r.0..r.1]).map_err(WireError::from)?.to_string());
+                }
+            }
+            return Ok(String::new());
+        }
+    }
+    Ok(String::new())
 }
 
 #[cfg(test)]
@@ -239,7 +277,9 @@ mod tests {
         let ids: Vec<u8> = decoded.spans.iter().map(|(t, _)| t[15]).collect();
         assert_eq!(ids, vec![1, 2, 1]);
         let (_, second) = &decoded.spans[1];
-        assert!(second.is_error);
+        assert!(second.is_error());
+        assert_eq!(second.origin.service_name.as_ref(), "a");
+        assert_eq!(decoded.spans[2].1.origin.service_name.as_ref(), "b");
         let epoch_ns = crate::testkit::synth::SPAN_EPOCH_MS * 1_000_000;
         assert_eq!(second.start_unix_nano, epoch_ns + 5_000_000);
         assert_eq!(second.end_unix_nano, epoch_ns + 7_000_000);
@@ -265,7 +305,11 @@ mod tests {
         let (trace_id, rec) = &decoded.spans[0];
         assert_eq!(hex::encode(trace_id), "5b8efff798038103d269b633813fc60c");
         assert_eq!(rec.start_unix_nano, 1_544_712_660_000_000_000);
-        assert!(rec.is_error);
+        assert!(rec.is_error());
+        assert_eq!(rec.name(), "GET /");
+        assert_eq!(rec.kind, 2);
+        assert!(rec.is_root);
+        assert_eq!(rec.origin.service_name.as_ref(), "json-svc");
     }
 
     #[test]
@@ -348,8 +392,10 @@ mod sdk_fixture_tests {
         let ok = of(expected["ok_trace_id"].as_str().expect("id"));
         assert_eq!(err.len() as u64, expected["error_trace_spans"].as_u64().expect("n"));
         assert_eq!(ok.len() as u64, expected["ok_trace_spans"].as_u64().expect("n"));
-        assert!(err.iter().any(|s| s.is_error));
-        assert!(ok.iter().all(|s| !s.is_error));
+        assert!(err.iter().any(|s| s.is_error()));
+        assert!(ok.iter().all(|s| !s.is_error()));
+        assert!(err.iter().all(|s| !s.name().is_empty()));
+        assert_eq!(err.iter().filter(|s| s.is_root).count(), 1, "one root per trace");
         assert!(err.iter().all(|s| s.end_unix_nano >= s.start_unix_nano && s.start_unix_nano > 0));
     }
 }

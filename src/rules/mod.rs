@@ -1,5 +1,6 @@
 //! Force rules as data: the stored JSON shape, its validation, and the
-//! compiled form that sampling evaluates without any I/O.
+//! compiled form that sampling evaluates without any I/O. Conditions are the
+//! shared language of [`crate::matching`].
 
 pub mod store;
 
@@ -7,52 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::matching::{reject, CompiledMatch, TraceView};
+pub use crate::matching::{Condition, FieldError as RuleError, MatchSpec, Op};
 use crate::model::{ForceRules, ForceVerdict, SpanRecord, TraceId};
-use crate::otlp::format::{any_value_string, kind_name, status_name};
-
-/// A condition operator. The last four compare numerically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    Eq,
-    Ne,
-    Contains,
-    StartsWith,
-    EndsWith,
-    Regex,
-    Exists,
-    Gt,
-    Gte,
-    Lt,
-    Lte,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     ForceKeep,
     ForceDrop,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Condition {
-    pub key: String,
-    pub op: Op,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MatchSpec {
-    #[serde(default)]
-    pub resource: Vec<Condition>,
-    #[serde(default)]
-    pub span: Vec<Condition>,
 }
 
 /// The body of `POST /admin/force-rules`.
@@ -68,33 +34,6 @@ pub struct RuleSpec {
     pub action: Action,
 }
 
-/// A rejected rule; `field` is the JSON path of the offending field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct RuleError {
-    pub field: String,
-    pub message: String,
-}
-
-fn reject(field: impl Into<String>, message: impl Into<String>) -> RuleError {
-    RuleError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-enum Matcher {
-    Text(Op, String),
-    Regex(regex::Regex),
-    Exists,
-    Number(Op, f64),
-}
-
-struct CompiledCondition {
-    key: String,
-    matcher: Matcher,
-}
-
 /// A validated rule, compiled once (regexes included).
 pub struct CompiledRule {
     pub id: Arc<str>,
@@ -102,8 +41,7 @@ pub struct CompiledRule {
     pub action: Action,
     /// Unix milliseconds after which the rule no longer matches.
     pub expires_at: i64,
-    resource: Vec<CompiledCondition>,
-    span: Vec<CompiledCondition>,
+    match_: CompiledMatch,
     /// Traces matched since the counts were last taken.
     matches: AtomicU64,
 }
@@ -120,129 +58,18 @@ impl RuleSpec {
                 format!("must be at most {max_duration_secs}"),
             ));
         }
-        if self.match_.resource.is_empty() && self.match_.span.is_empty() {
-            return Err(reject("match", "needs at least one resource or span condition"));
+        if self.match_.is_empty() {
+            return Err(reject("match", "needs at least one resource, span or trace condition"));
         }
-        let compile_all = |conds: &[Condition], path: &str| {
-            conds
-                .iter()
-                .enumerate()
-                .map(|(i, c)| compile_condition(c, &format!("match.{path}[{i}]")))
-                .collect::<Result<Vec<_>, _>>()
-        };
         Ok(CompiledRule {
             id,
             priority: self.priority,
             action: self.action,
             expires_at: i64::MAX,
-            resource: compile_all(&self.match_.resource, "resource")?,
-            span: compile_all(&self.match_.span, "span")?,
+            match_: self.match_.compile("match")?,
             matches: AtomicU64::new(0),
         })
     }
-}
-
-fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, RuleError> {
-    if c.key.trim().is_empty() {
-        return Err(reject(format!("{path}.key"), "must not be empty"));
-    }
-    let value_field = format!("{path}.value");
-    let text = || -> Result<String, RuleError> {
-        match &c.value {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-            Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
-            Some(_) => Err(reject(&value_field, "must be a string, number or boolean")),
-            None => Err(reject(&value_field, format!("is required for op `{:?}`", c.op).to_lowercase())),
-        }
-    };
-    let matcher = match c.op {
-        Op::Exists => Matcher::Exists,
-        Op::Regex => Matcher::Regex(
-            regex::Regex::new(&text()?)
-                .map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
-        ),
-        Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
-            let n = text()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|n| n.is_finite())
-                .ok_or_else(|| reject(&value_field, "must be numeric for gt, gte, lt and lte"))?;
-            Matcher::Number(c.op, n)
-        }
-        op => Matcher::Text(op, text()?),
-    };
-    Ok(CompiledCondition {
-        key: c.key.clone(),
-        matcher,
-    })
-}
-
-impl CompiledCondition {
-    fn matches(&self, value: Option<&str>) -> bool {
-        let Some(v) = value else {
-            // Only `ne` holds for an absent attribute.
-            return matches!(self.matcher, Matcher::Text(Op::Ne, _));
-        };
-        match &self.matcher {
-            Matcher::Exists => true,
-            Matcher::Regex(r) => r.is_match(v),
-            Matcher::Number(op, n) => v.trim().parse::<f64>().is_ok_and(|x| match op {
-                Op::Gt => x > *n,
-                Op::Gte => x >= *n,
-                Op::Lt => x < *n,
-                _ => x <= *n,
-            }),
-            Matcher::Text(op, t) => match op {
-                Op::Eq => v == t,
-                Op::Ne => v != t,
-                Op::Contains => v.contains(t.as_str()),
-                Op::StartsWith => v.starts_with(t.as_str()),
-                _ => v.ends_with(t.as_str()),
-            },
-        }
-    }
-}
-
-/// A span's fields and attributes as the conditions see them.
-struct SpanView {
-    span: Span,
-    resource: Resource,
-}
-
-impl SpanView {
-    fn span_value(&self, key: &str) -> Option<String> {
-        match key {
-            "name" => return Some(self.span.name.clone()),
-            "kind" => return Some(kind_name(self.span.kind).to_string()),
-            "status_code" => {
-                return Some(status_name(self.span.status.as_ref().map_or(0, |s| s.code)).to_string())
-            }
-            "duration_ms" => {
-                let d = self
-                    .span
-                    .end_time_unix_nano
-                    .saturating_sub(self.span.start_time_unix_nano);
-                return Some((d as f64 / 1e6).to_string());
-            }
-            _ => {}
-        }
-        attribute(&self.span.attributes, key)
-    }
-
-    fn resource_value(&self, key: &str) -> Option<String> {
-        attribute(&self.resource.attributes, key)
-    }
-}
-
-fn attribute(
-    kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
-    key: &str,
-) -> Option<String> {
-    kvs.iter()
-        .find(|kv| kv.key == key)
-        .map(|kv| kv.value.clone().map(any_value_string).unwrap_or_default())
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -279,18 +106,8 @@ impl CompiledRule {
         }
     }
 
-    /// True when one span satisfies every span condition and its resource
-    /// satisfies every resource condition.
-    fn matches(&self, spans: &[SpanView]) -> bool {
-        spans.iter().any(|s| {
-            self.resource
-                .iter()
-                .all(|c| c.matches(s.resource_value(&c.key).as_deref()))
-                && self
-                    .span
-                    .iter()
-                    .all(|c| c.matches(s.span_value(&c.key).as_deref()))
-        })
+    fn matches(&self, view: &TraceView<'_>) -> bool {
+        self.match_.matches(view)
     }
 }
 
@@ -333,33 +150,30 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Decodes a trace's spans once for all rules.
-fn views(spans: &[SpanRecord]) -> Vec<SpanView> {
-    spans
-        .iter()
-        .filter_map(|r| {
-            Some(SpanView {
-                span: Span::decode(r.bytes.clone()).ok()?,
-                resource: Resource::decode(r.origin.resource.clone()).unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-impl ForceRules for RuleSet {
-    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+impl RuleSet {
+    /// The first live rule that matches, highest priority first.
+    fn first_match(&self, spans: &[SpanRecord]) -> Option<&CompiledRule> {
         if self.rules.is_empty() {
             return None;
         }
         let now = now_ms();
-        let views = views(spans);
-        let hit = self
-            .rules
+        let view = TraceView::new(spans);
+        self.rules
             .iter()
             .filter(|r| r.expires_at > now)
-            .find(|r| r.matches(&views))?;
+            .find(|r| r.matches(&view))
+    }
+}
+
+impl ForceRules for RuleSet {
+    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        let hit = self.first_match(spans)?;
         hit.matches.fetch_add(1, Ordering::Relaxed);
         Some(hit.verdict())
+    }
+
+    fn peek(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        self.first_match(spans).map(CompiledRule::verdict)
     }
 }
 
@@ -369,6 +183,7 @@ mod tests {
     use crate::otlp::decode::decode_message;
     use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
     use bytes::Bytes;
+    use prost::Message;
 
     fn spec(json: &str) -> RuleSpec {
         serde_json::from_str(json).expect("rule json")

@@ -212,6 +212,11 @@ impl ForceRules for LiveRules {
         let rules = self.current.read().clone();
         rules.evaluate(trace_id, spans)
     }
+
+    fn peek(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+        let rules = self.current.read().clone();
+        rules.peek(trace_id, spans)
+    }
 }
 
 /// Keeps `live` in step with Redis: reload on every pub/sub message and every

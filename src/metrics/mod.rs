@@ -1,5 +1,9 @@
 //! Prometheus metrics, named as DESIGN.md fixes them (prefix `tail_sampling_`).
 
+pub mod red;
+
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -35,7 +39,14 @@ pub struct Metrics {
     pub decision_cache_short_replies_total: IntCounter,
     pub decision_latency_seconds: Histogram,
     pub iceberg_commit_duration_seconds: Histogram,
+    /// The RED metrics of every span; workers record into it.
+    pub red: Arc<red::RedSeries>,
+    pub policy_reloads_total: IntCounterVec,
+    pub policies_loaded: IntGauge,
 }
+
+/// `metrics.max_series` where no config is at hand (tests, benchmarks).
+pub const DEFAULT_MAX_SERIES: usize = 5000;
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
@@ -43,6 +54,11 @@ fn opts(name: &str, help: &str) -> Opts {
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_max_series(DEFAULT_MAX_SERIES)
+    }
+
+    /// `max_series` caps the RED metrics' label sets (`metrics.max_series`).
+    pub fn with_max_series(max_series: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
             let c = IntCounter::with_opts(opts(name, help))?;
@@ -169,9 +185,27 @@ impl Metrics {
                 "decision_cache_short_replies_total",
                 "Decision-cache reads whose reply did not answer every key (those traces were decided afresh)",
             )?,
+            red: {
+                let overflow = counter(
+                    "span_metrics_overflow_spans_total",
+                    "Spans counted in the `other` RED series because metrics.max_series label sets exist",
+                )?;
+                let series = Arc::new(red::RedSeries::new(max_series, overflow)?);
+                registry.register(Box::new(SharedCollector(series.clone())))?;
+                series
+            },
+            policy_reloads_total: counter_vec(
+                "policy_reloads_total",
+                "Reloads of the sampling policy list, by result (ok, error)",
+                "result",
+            )?,
+            policies_loaded: gauge("policies_loaded", "Sampling policies in force")?,
             consumer_lag_messages,
             registry,
         };
+        for result in ["ok", "error"] {
+            m.policy_reloads_total.with_label_values(&[result]);
+        }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);
         }
@@ -189,6 +223,19 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Registers a collector that is also used elsewhere.
+struct SharedCollector<C>(Arc<C>);
+
+impl<C: prometheus::core::Collector> prometheus::core::Collector for SharedCollector<C> {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }
 

@@ -1,0 +1,165 @@
+//! `[[sampling.policies]]`: sampling policies as data. Each entry has a
+//! `name`, a `match` (the condition language of force rules, plus trace
+//! fields) and an `action` with the action's own keys. They are checked here,
+//! when the config loads (and reloads), so that a bad entry is refused with
+//! the path of its field; `decide::policy` compiles them into samplers.
+
+use serde::{Deserialize, Serialize};
+
+use super::Seconds;
+use crate::matching::{reject, FieldError, MatchSpec};
+
+/// What a policy does with a trace it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyAction {
+    /// Keep it whole (sample rate 1).
+    Keep,
+    /// Drop it.
+    Drop,
+    /// Keep `rate` of the matching traces, deterministically by trace id.
+    Sample,
+    /// Keep at most `traces_per_sec`, per value of `key_fields` if given.
+    RateLimit,
+    /// Refinery's EMA dynamic sampler: rare `key_fields` values are kept at
+    /// a high rate, frequent ones sampled so the average meets `goal_rate`.
+    Dynamic,
+}
+
+impl PolicyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyAction::Keep => "keep",
+            PolicyAction::Drop => "drop",
+            PolicyAction::Sample => "sample",
+            PolicyAction::RateLimit => "rate_limit",
+            PolicyAction::Dynamic => "dynamic",
+        }
+    }
+}
+
+/// One `[[sampling.policies]]` entry as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Stored in `sampling_rule_id` of the traces it keeps.
+    pub name: String,
+    /// Empty matches every trace.
+    #[serde(rename = "match", default)]
+    pub match_: MatchSpec,
+    pub action: PolicyAction,
+    /// `sample`: the fraction kept, in (0, 1].
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// `rate_limit`: traces kept per second, per key.
+    #[serde(default)]
+    pub traces_per_sec: Option<f64>,
+    /// `dynamic`: the average fraction kept, in (0, 1] (Refinery's
+    /// `GoalSampleRate` N is 1/N here).
+    #[serde(default)]
+    pub goal_rate: Option<f64>,
+    /// `rate_limit` and `dynamic`: the fields whose values make the key.
+    #[serde(default)]
+    pub key_fields: Vec<String>,
+    /// `dynamic`: how often sample rates are recomputed (default 15 s).
+    #[serde(default)]
+    pub adjustment_interval_secs: Option<Seconds>,
+    /// `rate_limit` and `dynamic`: distinct keys tracked; further keys
+    /// share one `other` key (default 10,000).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+}
+
+/// Default for `adjustment_interval_secs`, as Refinery's.
+pub const DEFAULT_ADJUSTMENT_INTERVAL_SECS: f64 = 15.0;
+/// Default for `max_keys`.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+impl PolicySpec {
+    /// Checks one entry; `path` is `sampling.policies[i]`.
+    pub fn validate(&self, path: &str) -> Result<(), FieldError> {
+        let field = |name: &str| format!("{path}.{name}");
+        let named = |m: &str| format!("policy `{}`: {m}", self.name);
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(reject(field("name"), "must be non-empty letters, digits, `-`, `_` or `.`"));
+        }
+        self.match_.compile(&field("match"))?;
+        let action = self.action;
+        let allowed: &[&str] = match action {
+            PolicyAction::Keep | PolicyAction::Drop => &[],
+            PolicyAction::Sample => &["rate"],
+            PolicyAction::RateLimit => &["traces_per_sec", "key_fields", "max_keys"],
+            PolicyAction::Dynamic => &["goal_rate", "key_fields", "adjustment_interval_secs", "max_keys"],
+        };
+        for (key, set) in [
+            ("rate", self.rate.is_some()),
+            ("traces_per_sec", self.traces_per_sec.is_some()),
+            ("goal_rate", self.goal_rate.is_some()),
+            ("key_fields", !self.key_fields.is_empty()),
+            ("adjustment_interval_secs", self.adjustment_interval_secs.is_some()),
+            ("max_keys", self.max_keys.is_some()),
+        ] {
+            if set && !allowed.contains(&key) {
+                return Err(reject(field(key), named(&format!("is not a setting of action `{}`", action.as_str()))));
+            }
+        }
+        let fraction = |key: &str, v: Option<f64>| match v {
+            None => Err(reject(field(key), named(&format!("is required for action `{}`", action.as_str())))),
+            Some(r) if r > 0.0 && r <= 1.0 => Ok(()),
+            Some(_) => Err(reject(field(key), named("must be greater than 0 and at most 1"))),
+        };
+        match action {
+            PolicyAction::Sample => fraction("rate", self.rate)?,
+            PolicyAction::Dynamic => {
+                fraction("goal_rate", self.goal_rate)?;
+                if self.key_fields.is_empty() {
+                    return Err(reject(field("key_fields"), named("is required for action `dynamic`")));
+                }
+            }
+            PolicyAction::RateLimit => match self.traces_per_sec {
+                Some(t) if t > 0.0 && t <= 1e6 => {}
+                Some(_) => return Err(reject(field("traces_per_sec"), named("must be greater than 0 and at most 1000000"))),
+                None => return Err(reject(field("traces_per_sec"), named("is required for action `rate_limit`"))),
+            },
+            PolicyAction::Keep | PolicyAction::Drop => {}
+        }
+        if let Some(i) = self.key_fields.iter().position(|k| k.trim().is_empty()) {
+            return Err(reject(format!("{path}.key_fields[{i}]"), named("must not be empty")));
+        }
+        if let Some(s) = self.adjustment_interval_secs {
+            if !(s.get() >= 0.1 && s.get() <= 3600.0) {
+                return Err(reject(field("adjustment_interval_secs"), named("must be between 0.1 and 3600 seconds")));
+            }
+        }
+        if matches!(self.max_keys, Some(0)) {
+            return Err(reject(field("max_keys"), named("must be at least 1")));
+        }
+        Ok(())
+    }
+
+    pub fn adjustment_interval_secs(&self) -> f64 {
+        self.adjustment_interval_secs
+            .map_or(DEFAULT_ADJUSTMENT_INTERVAL_SECS, |s| s.get())
+    }
+
+    pub fn max_keys(&self) -> usize {
+        self.max_keys.unwrap_or(DEFAULT_MAX_KEYS)
+    }
+}
+
+/// Checks the whole list: every entry, and that names are unique.
+pub fn validate_all(policies: &[PolicySpec]) -> Result<(), FieldError> {
+    for (i, p) in policies.iter().enumerate() {
+        let path = format!("sampling.policies[{i}]");
+        p.validate(&path)?;
+        if policies[..i].iter().any(|q| q.name == p.name) {
+            return Err(reject(format!("{path}.name"), format!("policy `{}` is defined twice", p.name)));
+        }
+    }
+    Ok(())
+}

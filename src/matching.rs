@@ -1,0 +1,441 @@
+//! The condition language that force rules and sampling policies share:
+//! resource, span and trace-level conditions, their validation, and a view
+//! of one trace that answers them while decoding as little as it can.
+//!
+//! Part of the shared core: `rules` (force rules) and `decide` (policies)
+//! both compile their `match` with it, so the two can never drift apart.
+//!
+//! What each condition list sees:
+//! - `resource`: resource attributes (`service.name` is read without
+//!   decoding the resource);
+//! - `span`: span attributes and the span's own fields `name`, `kind`,
+//!   `status_code` and `duration_ms` (the fields without decoding the span);
+//! - `trace`: `trace.duration_ms` (earliest start to latest end),
+//!   `trace.span_count`, `trace.has_error` and `trace.root.name` (the root
+//!   span's name; empty when the root has not arrived).
+//!
+//! A match holds when the trace conditions hold and one span satisfies every
+//! span condition while its resource satisfies every resource condition.
+
+use std::cell::OnceCell;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::model::SpanRecord;
+use crate::otlp::format::{any_value_string, kind_name, status_name};
+
+/// A condition operator. The last four compare numerically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Regex,
+    Exists,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub key: String,
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// The `match` of a force rule or a policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub span: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<Condition>,
+}
+
+/// A rejected condition or setting; `field` is the path of the offending
+/// field (`match.span[0].value`, `sampling.policies[2].rate`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+pub fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The trace-level fields a `trace` condition or a sampler key may name.
+pub const TRACE_FIELDS: [&str; 4] = ["trace.duration_ms", "trace.span_count", "trace.has_error", "trace.root.name"];
+
+enum Matcher {
+    Text(Op, String),
+    Regex(regex::Regex),
+    Exists,
+    Number(Op, f64),
+}
+
+struct CompiledCondition {
+    key: String,
+    matcher: Matcher,
+}
+
+/// A validated `match`, compiled once (regexes included).
+#[derive(Default)]
+pub struct CompiledMatch {
+    resource: Vec<CompiledCondition>,
+    span: Vec<CompiledCondition>,
+    trace: Vec<CompiledCondition>,
+}
+
+impl MatchSpec {
+    pub fn is_empty(&self) -> bool {
+        self.resource.is_empty() && self.span.is_empty() && self.trace.is_empty()
+    }
+
+    /// Validates and compiles; `path` prefixes the field of any error
+    /// (`match`, or `sampling.policies[0].match`).
+    pub fn compile(&self, path: &str) -> Result<CompiledMatch, FieldError> {
+        let all = |conds: &[Condition], list: &str| {
+            conds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| compile_condition(c, &format!("{path}.{list}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        for (i, c) in self.trace.iter().enumerate() {
+            if !TRACE_FIELDS.contains(&c.key.as_str()) {
+                return Err(reject(
+                    format!("{path}.trace[{i}].key"),
+                    format!("`{}` is not a trace field; use one of {}", c.key, TRACE_FIELDS.join(", ")),
+                ));
+            }
+        }
+        Ok(CompiledMatch {
+            resource: all(&self.resource, "resource")?,
+            span: all(&self.span, "span")?,
+            trace: all(&self.trace, "trace")?,
+        })
+    }
+}
+
+fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, FieldError> {
+    if c.key.trim().is_empty() {
+        return Err(reject(format!("{path}.key"), "must not be empty"));
+    }
+    let value_field = format!("{path}.value");
+    let text = || -> Result<String, FieldError> {
+        match &c.value {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+            Some(_) => Err(reject(&value_field, "must be a string, number or boolean")),
+            None => Err(reject(&value_field, format!("is required for op `{:?}`", c.op).to_lowercase())),
+        }
+    };
+    let matcher = match c.op {
+        Op::Exists => Matcher::Exists,
+        Op::Regex => Matcher::Regex(
+            regex::Regex::new(&text()?).map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
+        ),
+        Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
+            let n = text()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| reject(&value_field, "must be numeric for gt, gte, lt and lte"))?;
+            Matcher::Number(c.op, n)
+        }
+        op => Matcher::Text(op, text()?),
+    };
+    Ok(CompiledCondition {
+        key: c.key.clone(),
+        matcher,
+    })
+}
+
+impl CompiledCondition {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let Some(v) = value else {
+            // Only `ne` holds for an absent attribute.
+            return matches!(self.matcher, Matcher::Text(Op::Ne, _));
+        };
+        match &self.matcher {
+            Matcher::Exists => true,
+            Matcher::Regex(r) => r.is_match(v),
+            Matcher::Number(op, n) => v.trim().parse::<f64>().is_ok_and(|x| match op {
+                Op::Gt => x > *n,
+                Op::Gte => x >= *n,
+                Op::Lt => x < *n,
+                _ => x <= *n,
+            }),
+            Matcher::Text(op, t) => match op {
+                Op::Eq => v == t,
+                Op::Ne => v != t,
+                Op::Contains => v.contains(t.as_str()),
+                Op::StartsWith => v.starts_with(t.as_str()),
+                _ => v.ends_with(t.as_str()),
+            },
+        }
+    }
+}
+
+impl CompiledMatch {
+    /// True when the trace conditions hold and one span satisfies every span
+    /// condition while its resource satisfies every resource condition. An
+    /// empty match holds for every trace.
+    pub fn matches(&self, view: &TraceView<'_>) -> bool {
+        if !self
+            .trace
+            .iter()
+            .all(|c| c.matches(view.trace_value(&c.key).as_deref()))
+        {
+            return false;
+        }
+        if self.resource.is_empty() && self.span.is_empty() {
+            return true;
+        }
+        (0..view.len()).any(|i| {
+            self.resource
+                .iter()
+                .all(|c| c.matches(view.resource_value(i, &c.key).as_deref()))
+                && self
+                    .span
+                    .iter()
+                    .all(|c| c.matches(view.span_value(i, &c.key).as_deref()))
+        })
+    }
+}
+
+/// One trace as conditions see it. Spans and resources are decoded on first
+/// use, once, and only when a condition names an attribute: `service.name`,
+/// the span fields and the trace fields come from what the ingest scan read.
+pub struct TraceView<'a> {
+    spans: &'a [SpanRecord],
+    decoded: Vec<OnceCell<Option<Span>>>,
+    resources: Vec<OnceCell<Resource>>,
+}
+
+impl<'a> TraceView<'a> {
+    pub fn new(spans: &'a [SpanRecord]) -> Self {
+        Self {
+            spans,
+            decoded: (0..spans.len()).map(|_| OnceCell::new()).collect(),
+            resources: (0..spans.len()).map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn spans(&self) -> &'a [SpanRecord] {
+        self.spans
+    }
+
+    /// From the earliest span start to the latest span end; 0 for an empty
+    /// or inverted trace.
+    pub fn duration_nanos(&self) -> u64 {
+        trace_duration_nanos(self.spans)
+    }
+
+    pub fn has_error(&self) -> bool {
+        self.spans.iter().any(SpanRecord::is_error)
+    }
+
+    /// The root span (no parent), or the earliest span when the root has not
+    /// arrived.
+    pub fn root_index(&self) -> Option<usize> {
+        self.spans.iter().position(|s| s.is_root).or_else(|| {
+            (0..self.spans.len()).min_by_key(|&i| self.spans[i].start_unix_nano)
+        })
+    }
+
+    /// A trace field (`trace.duration_ms`, …) as text.
+    pub fn trace_value(&self, key: &str) -> Option<String> {
+        match key {
+            "trace.duration_ms" => Some((self.duration_nanos() as f64 / 1e6).to_string()),
+            "trace.span_count" => Some(self.spans.len().to_string()),
+            "trace.has_error" => Some(self.has_error().to_string()),
+            "trace.root.name" => Some(
+                self.spans
+                    .iter()
+                    .find(|s| s.is_root)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A span field or attribute of span `i`.
+    pub fn span_value(&self, i: usize, key: &str) -> Option<String> {
+        let s = &self.spans[i];
+        match key {
+            "name" => Some(s.name().to_string()),
+            "kind" => Some(kind_name(s.kind as i32).to_string()),
+            "status_code" => Some(status_name(s.status_code as i32).to_string()),
+            "duration_ms" => Some((s.duration_nanos() as f64 / 1e6).to_string()),
+            _ => {
+                let span = self.decoded[i]
+                    .get_or_init(|| Span::decode(s.bytes.clone()).ok())
+                    .as_ref()?;
+                attribute(&span.attributes, key)
+            }
+        }
+    }
+
+    /// A resource attribute of span `i`'s resource.
+    pub fn resource_value(&self, i: usize, key: &str) -> Option<String> {
+        let s = &self.spans[i];
+        if key == "service.name" && !s.origin.service_name.is_empty() {
+            return Some(s.origin.service_name.to_string());
+        }
+        let resource = self.resources[i]
+            .get_or_init(|| Resource::decode(s.origin.resource.clone()).unwrap_or_default());
+        attribute(&resource.attributes, key)
+    }
+
+    /// A sampler key field: a trace field, a field or attribute of the root
+    /// span, or else an attribute of the root's resource. Empty when absent.
+    pub fn key_value(&self, key: &str) -> String {
+        if key.starts_with("trace.") {
+            return self.trace_value(key).unwrap_or_default();
+        }
+        let Some(root) = self.root_index() else {
+            return String::new();
+        };
+        self.span_value(root, key)
+            .or_else(|| self.resource_value(root, key))
+            .unwrap_or_default()
+    }
+}
+
+fn attribute(kvs: &[KeyValue], key: &str) -> Option<String> {
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.clone().map(any_value_string).unwrap_or_default())
+}
+
+/// From the earliest span start to the latest span end; 0 for an empty or
+/// inverted trace.
+pub fn trace_duration_nanos(spans: &[SpanRecord]) -> u64 {
+    let start = spans.iter().map(|s| s.start_unix_nano).min();
+    let end = spans.iter().map(|s| s.end_unix_nano).max();
+    match (start, end) {
+        (Some(s), Some(e)) => e.saturating_sub(s),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::decode::decode_message;
+    use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
+    use bytes::Bytes;
+
+    fn spans(service: &str, error: bool, n: usize, duration_ms: u64) -> Vec<SpanRecord> {
+        let t = TraceSpec {
+            trace_id: [9; 16],
+            service: service.into(),
+            spans: n,
+            error,
+            start_unix_nano: 1_700_000_000_000_000_000,
+            duration_ms,
+        };
+        let mut s = trace(&t);
+        s[0].attributes.push(kv("tenant", "acme-prod"));
+        let req = request(vec![ResourceDef::new(service, s)]);
+        decode_message(Bytes::from(req.encode_to_vec()), 1 << 20)
+            .expect("decode")
+            .spans
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    fn compiled(json: &str) -> CompiledMatch {
+        serde_json::from_str::<MatchSpec>(json).expect("match json").compile("match").expect("valid")
+    }
+
+    #[test]
+    fn trace_fields_read_the_whole_trace() {
+        let data = spans("svc", true, 4, 1200);
+        let view = TraceView::new(&data);
+        assert_eq!(view.trace_value("trace.span_count").as_deref(), Some("4"));
+        assert_eq!(view.trace_value("trace.has_error").as_deref(), Some("true"));
+        let root = view.trace_value("trace.root.name").expect("root name");
+        assert!(!root.is_empty());
+        assert_eq!(view.key_value("name"), root, "a key field reads the root span");
+        assert_eq!(view.key_value("service.name"), "svc", "then the root's resource");
+        let cases = [
+            (r#"{"trace":[{"key":"trace.duration_ms","op":"gte","value":1200}]}"#, true),
+            (r#"{"trace":[{"key":"trace.duration_ms","op":"gt","value":1200}]}"#, false),
+            (r#"{"trace":[{"key":"trace.span_count","op":"gt","value":3}]}"#, true),
+            (r#"{"trace":[{"key":"trace.span_count","op":"lt","value":4}]}"#, false),
+            (r#"{"trace":[{"key":"trace.has_error","op":"eq","value":true}]}"#, true),
+            (r#"{"trace":[{"key":"trace.has_error","op":"eq","value":"false"}]}"#, false),
+            (&format!(r#"{{"trace":[{{"key":"trace.root.name","op":"eq","value":"{root}"}}]}}"#), true),
+            (r#"{"trace":[{"key":"trace.root.name","op":"eq","value":"nope"}]}"#, false),
+            (r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
+                "resource":[{"key":"service.name","op":"eq","value":"svc"}]}"#, true),
+            (r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
+                "resource":[{"key":"service.name","op":"eq","value":"other"}]}"#, false),
+            ("{}", true),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(compiled(json).matches(&view), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_trace_without_its_root_has_an_empty_root_name() {
+        let data: Vec<_> = spans("svc", false, 3, 10).into_iter().filter(|s| !s.is_root).collect();
+        assert_eq!(data.len(), 2);
+        let view = TraceView::new(&data);
+        assert_eq!(view.trace_value("trace.root.name").as_deref(), Some(""));
+        assert!(view.root_index().is_some(), "keys fall back to the earliest span");
+    }
+
+    #[test]
+    fn span_attributes_decode_only_when_named() {
+        let data = spans("svc", false, 3, 10);
+        let view = TraceView::new(&data);
+        assert!(compiled(r#"{"span":[{"key":"kind","op":"eq","value":"SERVER"}]}"#).matches(&view));
+        assert!(view.decoded.iter().all(|c| c.get().is_none()), "fields need no decode");
+        assert!(compiled(r#"{"span":[{"key":"tenant","op":"eq","value":"acme-prod"}]}"#).matches(&view));
+        assert!(view.decoded.iter().any(|c| c.get().is_some()));
+    }
+
+    #[test]
+    fn unknown_trace_fields_are_refused_by_path() {
+        let spec: MatchSpec =
+            serde_json::from_str(r#"{"trace":[{"key":"trace.bogus","op":"exists"}]}"#).expect("json");
+        let err = spec.compile("sampling.policies[1].match").err().expect("refused");
+        assert_eq!(err.field, "sampling.policies[1].match.trace[0].key");
+        assert!(serde_json::from_str::<MatchSpec>(r#"{"spans":[]}"#).is_err(), "unknown list");
+    }
+}

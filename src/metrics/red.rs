@@ -1,0 +1,347 @@
+//! RED metrics (rate, errors, duration) of every span, kept or dropped:
+//! `tail_sampling_span_calls_total` and `tail_sampling_span_duration_seconds`
+//! by service, span name, span kind and status code.
+//!
+//! They cost little on the hot path: each worker adds a span to a local
+//! series found through two string-keyed maps (service, then span name),
+//! reading only what the ingest scan read, and merges its local series into
+//! the shared ones once per tick. No atomic or lock is taken per span.
+//!
+//! At most `metrics.max_series` label sets exist; spans of further ones go
+//! to one series whose labels are all `other`, and
+//! `tail_sampling_span_metrics_overflow_spans_total` counts them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::IntCounter;
+
+use crate::model::SpanRecord;
+use crate::otlp::format::{kind_name, status_name};
+
+/// Grafana Tempo's span-metrics buckets, in seconds.
+pub const DURATION_BUCKETS_SECS: [f64; 14] = [
+    0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384,
+];
+
+const LABELS: [&str; 4] = ["service", "span_name", "span_kind", "status_code"];
+/// The kind and status of the `other` series.
+const OTHER: u8 = u8::MAX;
+/// Span kinds (0 to 5) times status codes (0 to 2): the slots per name.
+const SLOTS: usize = 18;
+
+/// One label set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    pub service: Box<str>,
+    pub span_name: Box<str>,
+    pub kind: u8,
+    pub status: u8,
+}
+
+impl SeriesKey {
+    fn other() -> Self {
+        Self { service: "other".into(), span_name: "other".into(), kind: OTHER, status: OTHER }
+    }
+
+    fn labels(&self) -> [&str; 4] {
+        let (kind, status) = if self.kind == OTHER {
+            ("other", "other")
+        } else {
+            (kind_name(self.kind as i32), status_name(self.status as i32))
+        };
+        [&self.service, &self.span_name, kind, status]
+    }
+}
+
+/// Counts and a histogram; buckets are not cumulative here.
+#[derive(Debug, Clone, Copy, Default)]
+struct Accum {
+    count: u64,
+    sum_secs: f64,
+    buckets: [u64; DURATION_BUCKETS_SECS.len()],
+}
+
+impl Accum {
+    fn observe(&mut self, secs: f64) {
+        self.count += 1;
+        self.sum_secs += secs;
+        if let Some(i) = DURATION_BUCKETS_SECS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    fn merge(&mut self, o: &Accum) {
+        self.count += o.count;
+        self.sum_secs += o.sum_secs;
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+    }
+}
+
+/// The shared series, registered with the metrics registry as a collector.
+pub struct RedSeries {
+    max_series: usize,
+    series: Mutex<HashMap<SeriesKey, Accum>>,
+    overflow_spans: IntCounter,
+    descs: [Desc; 2],
+}
+
+const CALLS: &str = "tail_sampling_span_calls_total";
+const DURATION: &str = "tail_sampling_span_duration_seconds";
+
+impl RedSeries {
+    pub fn new(max_series: usize, overflow_spans: IntCounter) -> Result<Self, prometheus::Error> {
+        let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
+        let desc = |name: &str, help: &str| Desc::new(name.into(), help.into(), labels.clone(), HashMap::new());
+        Ok(Self {
+            max_series,
+            series: Mutex::new(HashMap::new()),
+            overflow_spans,
+            descs: [
+                desc(CALLS, "Spans read, kept or dropped, by service, span name, kind and status")?,
+                desc(DURATION, "Durations of the spans read, kept or dropped, by service, span name, kind and status")?,
+            ],
+        })
+    }
+
+    /// The key itself while there is room, else the `other` key.
+    fn admit(&self, key: SeriesKey) -> SeriesKey {
+        let mut series = self.series.lock();
+        if series.contains_key(&key) || series.len() < self.max_series {
+            series.entry(key.clone()).or_default();
+            key
+        } else {
+            SeriesKey::other()
+        }
+    }
+
+    fn merge(&self, local: &mut [(SeriesKey, Accum)], overflowed: u64) {
+        let mut series = self.series.lock();
+        for (key, acc) in local.iter_mut().filter(|(_, a)| a.count > 0) {
+            series.entry(key.clone()).or_default().merge(acc);
+            *acc = Accum::default();
+        }
+        drop(series);
+        self.overflow_spans.inc_by(overflowed);
+    }
+
+    /// Label sets in use, the `other` one included.
+    pub fn series_count(&self) -> usize {
+        self.series.lock().len()
+    }
+}
+
+impl Collector for RedSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.lock();
+        let mut calls = Vec::with_capacity(series.len());
+        let mut durations = Vec::with_capacity(series.len());
+        for (key, acc) in series.iter() {
+            let labels: Vec<LabelPair> = LABELS
+                .iter()
+                .zip(key.labels())
+                .map(|(name, value)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(name.to_string());
+                    l.set_value(value.to_string());
+                    l
+                })
+                .collect();
+            let mut counter = Counter::default();
+            counter.set_value(acc.count as f64);
+            let mut m = Metric::from_label(labels.clone());
+            m.set_counter(counter);
+            calls.push(m);
+            let mut h = Histogram::default();
+            h.set_sample_count(acc.count);
+            h.set_sample_sum(acc.sum_secs);
+            let mut cumulative = 0;
+            h.set_bucket(
+                DURATION_BUCKETS_SECS
+                    .iter()
+                    .zip(acc.buckets)
+                    .map(|(bound, n)| {
+                        cumulative += n;
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(*bound);
+                        b.set_cumulative_count(cumulative);
+                        b
+                    })
+                    .collect(),
+            );
+            let mut m = Metric::from_label(labels);
+            m.set_histogram(h);
+            durations.push(m);
+        }
+        let family = |name: &str, help: &str, kind, metrics| {
+            let mut f = MetricFamily::default();
+            f.set_name(name.into());
+            f.set_help(help.into());
+            f.set_field_type(kind);
+            f.set_metric(metrics);
+            f
+        };
+        vec![
+            family(CALLS, self.descs[0].help.as_str(), MetricType::COUNTER, calls),
+            family(DURATION, self.descs[1].help.as_str(), MetricType::HISTOGRAM, durations),
+        ]
+    }
+}
+
+/// One worker's local series. `record` on every decided trace, `flush` on
+/// every tick and at the end.
+pub struct RedRecorder {
+    shared: Arc<RedSeries>,
+    /// service → span name → slot (kind × status) → index + 1 into `series`.
+    index: HashMap<Box<str>, HashMap<Box<str>, [u32; SLOTS]>>,
+    series: Vec<(SeriesKey, Accum)>,
+    positions: HashMap<SeriesKey, u32>,
+    other: Option<u32>,
+    overflowed: u64,
+}
+
+impl RedRecorder {
+    pub fn new(shared: Arc<RedSeries>) -> Self {
+        Self {
+            shared,
+            index: HashMap::new(),
+            series: Vec::new(),
+            positions: HashMap::new(),
+            other: None,
+            overflowed: 0,
+        }
+    }
+
+    pub fn record(&mut self, spans: &[SpanRecord]) {
+        for s in spans {
+            let i = self.slot(s);
+            if Some(i) == self.other {
+                self.overflowed += 1;
+            }
+            self.series[i as usize].1.observe(s.duration_nanos() as f64 / 1e9);
+        }
+    }
+
+    fn slot(&mut self, s: &SpanRecord) -> u32 {
+        let slot = (s.kind.min(5) as usize) * 3 + s.status_code.min(2) as usize;
+        let service: &str = &s.origin.service_name;
+        if let Some(i) = self.index.get(service).and_then(|n| n.get(s.name())).map(|slots| slots[slot]) {
+            if i > 0 {
+                return i - 1;
+            }
+        }
+        let key = SeriesKey {
+            service: service.into(),
+            span_name: s.name().into(),
+            kind: s.kind.min(5),
+            status: s.status_code.min(2),
+        };
+        let admitted = self.shared.admit(key);
+        let is_other = admitted.kind == OTHER;
+        let i = match self.positions.get(&admitted) {
+            Some(i) => *i,
+            None => {
+                let i = self.series.len() as u32;
+                self.series.push((admitted.clone(), Accum::default()));
+                self.positions.insert(admitted, i);
+                i
+            }
+        };
+        if is_other {
+            self.other = Some(i);
+        }
+        self.index
+            .entry(service.into())
+            .or_default()
+            .entry(s.name().into())
+            .or_insert([0; SLOTS])[slot] = i + 1;
+        i
+    }
+
+    /// Merges what was recorded since the last flush into the shared series.
+    pub fn flush(&mut self) {
+        self.shared.merge(&mut self.series, self.overflowed);
+        self.overflowed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Origin;
+    use bytes::Bytes;
+
+    fn span(service: &str, name: &str, status: u8, ms: u64) -> SpanRecord {
+        let mut bytes = vec![0u8; 2];
+        bytes.extend_from_slice(name.as_bytes());
+        SpanRecord {
+            bytes: Bytes::from(bytes),
+            origin: Arc::new(Origin { service_name: service.into(), ..Default::default() }),
+            start_unix_nano: 1_000_000_000,
+            end_unix_nano: 1_000_000_000 + ms * 1_000_000,
+            name_range: (2, 2 + name.len() as u32),
+            kind: 2,
+            status_code: status,
+            ..Default::default()
+        }
+    }
+
+    fn text(series: RedSeries) -> String {
+        let registry = prometheus::Registry::new();
+        registry.register(Box::new(series)).expect("register");
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf).expect("encode");
+        String::from_utf8(buf).expect("utf8")
+    }
+
+    #[test]
+    fn counts_and_durations_by_label_set_across_workers() {
+        let overflow = IntCounter::new("o", "o").expect("counter");
+        let shared = Arc::new(RedSeries::new(10, overflow.clone()).expect("series"));
+        let mut a = RedRecorder::new(shared.clone());
+        let mut b = RedRecorder::new(shared.clone());
+        a.record(&[span("cart", "GET /cart", 0, 3), span("cart", "GET /cart", 2, 300)]);
+        b.record(&[span("cart", "GET /cart", 0, 5)]);
+        a.flush();
+        b.flush();
+        a.flush(); // nothing new: nothing doubles
+        assert_eq!(overflow.get(), 0);
+        drop((a, b));
+        let shared = Arc::try_unwrap(shared).ok().expect("sole owner");
+        let t = text(shared);
+        let ok = r#"service="cart",span_name="GET /cart",span_kind="SERVER",status_code="UNSET""#;
+        let err = r#"service="cart",span_name="GET /cart",span_kind="SERVER",status_code="ERROR""#;
+        assert!(t.contains(&format!("tail_sampling_span_calls_total{{{ok}}} 2")), "{t}");
+        assert!(t.contains(&format!("tail_sampling_span_calls_total{{{err}}} 1")), "{t}");
+        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.004\"}} 1")), "{t}");
+        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.008\"}} 2")), "{t}");
+        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_count{{{err}}} 1")), "{t}");
+    }
+
+    #[test]
+    fn past_the_cap_new_label_sets_share_the_other_series() {
+        let overflow = IntCounter::new("o", "o").expect("counter");
+        let shared = Arc::new(RedSeries::new(2, overflow.clone()).expect("series"));
+        let mut r = RedRecorder::new(shared.clone());
+        let spans: Vec<_> = (0..5).map(|i| span("svc", &format!("op-{i}"), 0, 1)).collect();
+        r.record(&spans);
+        r.record(&spans[..1]);
+        r.flush();
+        assert_eq!(overflow.get(), 3, "op-2, op-3 and op-4 went to `other`");
+        assert_eq!(shared.series_count(), 3, "two label sets and `other`");
+        drop(r);
+        let shared = Arc::try_unwrap(shared).ok().expect("sole owner");
+        let t = text(shared);
+        assert!(t.contains(r#"tail_sampling_span_calls_total{service="other",span_name="other",span_kind="other",status_code="other"} 3"#), "{t}");
+        assert!(t.contains(r#"tail_sampling_span_calls_total{service="svc",span_name="op-0",span_kind="SERVER",status_code="UNSET"} 2"#), "{t}");
+    }
+}
