@@ -333,6 +333,9 @@ impl Drop for Selector {
     }
 }
 
+/// An override with this key passes its value as `--config FILE`.
+pub const CONFIG_FILE: &str = "TSS_TEST_CONFIG_FILE";
+
 fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
     // Appends, so the log of every incarnation stays readable.
     let log = std::fs::OpenOptions::new()
@@ -340,8 +343,12 @@ fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
         .append(true)
         .open(dir.join("selector.log"))
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"))
-        .envs(env)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"));
+    // A config file, as `--config` (see `CONFIG_FILE`).
+    if let Some(file) = env.get(CONFIG_FILE) {
+        cmd.arg("--config").arg(file);
+    }
+    cmd.envs(env)
         // TSS_TEST_RUST_LOG widens it, e.g. `info,librdkafka=debug` together
         // with TSS__KAFKA__PROPERTIES__DEBUG=cgrp to follow the group protocol.
         .env(

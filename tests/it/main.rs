@@ -11,5 +11,6 @@ mod force_rules;
 mod memory;
 mod object_store;
 mod pipeline;
+mod policies;
 mod secured;
 mod stream_time;
