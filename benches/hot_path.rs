@@ -2,7 +2,9 @@
 //! decide → Arrow encoding of the kept spans, over pre-encoded OTLP messages
 //! of realistic size (about 70 spans per message, 8 to 15 attributes per
 //! span). Prints spans/s for the whole path and for decoding alone, and the
-//! memory a buffered span costs next to its encoded size.
+//! memory a buffered span costs next to its encoded size; then the whole
+//! path again with ten sampling policies and the RED metrics on, against
+//! the same path without them.
 //!
 //!   cargo bench --bench hot_path            # or: -- --messages 4000 --rounds 7
 
@@ -19,6 +21,8 @@ use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::ack::{MsgRef, OffsetTracker};
 use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
 use tail_sampling_selector::{decide::policy::PolicySet, model::{Decision, NoForceRules}};
+use tail_sampling_selector::config::Settings;
+use tail_sampling_selector::metrics::red::{RedRecorder, RedSeries};
 use tail_sampling_selector::storage::rows::SpanRows;
 use tail_sampling_selector::table::schema::table_schema;
 
@@ -132,8 +136,76 @@ struct FullRound {
     buffered_spans: usize,
 }
 
-/// The whole path, as one worker runs it.
-fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arrow::datatypes::Schema>) -> FullRound {
+/// Ten policies as a team might write them: drops and keeps on service,
+/// operation and trace fields, a span attribute, a regex, samples, a rate
+/// limit and a dynamic sampler at the end that every other trace reaches.
+/// With the errors and a baseline of 8% after them, as the plain run has.
+const TEN_POLICIES: &str = r#"
+[sampling]
+baseline_sample_rate = 0.08
+[[sampling.policies]]
+name = "drop-health"
+match = { trace = [{ key = "trace.root.name", op = "eq", value = "GET /healthz" }] }
+action = "drop"
+[[sampling.policies]]
+name = "keep-errors"
+match = { trace = [{ key = "trace.has_error", op = "eq", value = true }] }
+action = "keep"
+[[sampling.policies]]
+name = "keep-slow"
+match = { trace = [{ key = "trace.duration_ms", op = "gte", value = 2000 }] }
+action = "keep"
+[[sampling.policies]]
+name = "keep-big"
+match = { trace = [{ key = "trace.span_count", op = "gte", value = 200 }] }
+action = "keep"
+[[sampling.policies]]
+name = "drop-internal"
+match = { resource = [{ key = "deployment.environment", op = "eq", value = "internal" }] }
+action = "drop"
+[[sampling.policies]]
+name = "payments-500"
+match = { resource = [{ key = "service.name", op = "eq", value = "payments" }], span = [{ key = "http.response.status_code", op = "gte", value = 500 }] }
+action = "keep"
+[[sampling.policies]]
+name = "admin-routes"
+match = { span = [{ key = "name", op = "regex", value = "^(GET|POST) /admin" }] }
+action = "keep"
+[[sampling.policies]]
+name = "mobile-tenth"
+match = { trace = [{ key = "trace.root.name", op = "starts_with", value = "GET /v1/" }] }
+action = "sample"
+rate = 0.1
+[[sampling.policies]]
+name = "checkout-limit"
+match = { resource = [{ key = "service.name", op = "eq", value = "checkout" }], span = [{ key = "kind", op = "eq", value = "CLIENT" }] }
+action = "rate_limit"
+traces_per_sec = 1000000
+[[sampling.policies]]
+name = "per-endpoint"
+action = "dynamic"
+goal_rate = 0.08
+key_fields = ["trace.root.name", "trace.has_error"]
+"#;
+
+fn ten_policies() -> PolicySet {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("policies.toml");
+    std::fs::write(&path, TEN_POLICIES).expect("write");
+    let settings = Settings::load_with_env(Some(&path), std::iter::empty()).expect("ten policies");
+    let set = PolicySet::build(&settings.sampling, None).expect("compile");
+    assert_eq!(set.len(), 10);
+    set
+}
+
+/// The whole path, as one worker runs it; `red` records RED metrics of
+/// every decided trace, as workers do.
+fn full_path(
+    msgs: &[Vec<u8>],
+    policies: &PolicySet,
+    arrow: &Arc<datafusion::arrow::datatypes::Schema>,
+    mut red: Option<&mut RedRecorder>,
+) -> FullRound {
     let limits = CompletionLimits {
         inactivity_timeout: Duration::from_secs(60),
         max_trace_duration: Duration::from_secs(300),
@@ -168,6 +240,9 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
     let decided_at = SystemTime::now();
     let mut kept = Vec::new();
     for trace in due {
+        if let Some(r) = red.as_deref_mut() {
+            r.record(&trace.spans);
+        }
         match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
             Decision::Drop => tracker.release(&trace.msgs),
             Decision::Keep { reason, rule_id, sample_rate } => kept.push(KeptTrace {
@@ -180,6 +255,9 @@ fn full_path(msgs: &[Vec<u8>], policies: &PolicySet, arrow: &Arc<datafusion::arr
                 decided_at,
             }),
         }
+    }
+    if let Some(r) = red {
+        r.flush();
     }
     let decided = resumed.elapsed() - expired;
     let encoding = Instant::now();
@@ -249,9 +327,24 @@ fn main() {
         decode_rates.push(n as f64 / t.as_secs_f64());
         let (n, t) = decode_held(&msgs);
         held_rates.push(n as f64 / t.as_secs_f64());
-        let r = full_path(&msgs, &policies, &arrow);
+        let r = full_path(&msgs, &policies, &arrow, None);
         full_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
         last = Some(r);
+    }
+    // The same path with ten policies and RED metrics, rounds interleaved
+    // with plain ones so that both see the same machine.
+    let ten = ten_policies();
+    let overflow = prometheus::IntCounter::new("overflow", "overflow").expect("counter");
+    let series = Arc::new(RedSeries::new(5000, overflow).expect("series"));
+    let mut red = RedRecorder::new(series.clone());
+    let (mut plain_rates, mut policy_rates) = (Vec::new(), Vec::new());
+    let mut kept_with_policies = 0.0;
+    for _ in 0..o.rounds {
+        let r = full_path(&msgs, &policies, &arrow, None);
+        plain_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
+        let r = full_path(&msgs, &ten, &arrow, Some(&mut red));
+        policy_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
+        kept_with_policies = 100.0 * r.kept_spans as f64 / r.spans as f64;
     }
     let Some(r) = last else { return };
     let decode = median(decode_rates);
@@ -274,6 +367,15 @@ fn main() {
         ms(r.phases[2]),
         ms(r.phases[3])
     );
+    let (plain, with) = (median(plain_rates), median(policy_rates));
+    println!(
+        "policies:     {:>12.0} spans/s with ten policies and RED metrics ({:.1}% of spans kept, {} RED series), {:.0} spans/s without",
+        with,
+        kept_with_policies,
+        series.series_count(),
+        plain
+    );
+    println!("              {:>12.1}% of the throughput without them (goal: at least 85%)", 100.0 * with / plain);
     let per_span = r.buffered_heap_bytes as f64 / r.buffered_spans as f64;
     let encoded_per_span = encoded as f64 / spans_per_round as f64;
     println!(

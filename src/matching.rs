@@ -17,16 +17,14 @@
 //! A match holds when the trace conditions hold and one span satisfies every
 //! span condition while its resource satisfies every resource condition.
 
-use std::cell::OnceCell;
-
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::model::SpanRecord;
-use crate::otlp::format::{any_value_string, kind_name, status_name};
+use crate::otlp::format::{find_attribute, kind_name, status_name};
+
+/// `Span.attributes` and `Resource.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
+const RESOURCE_ATTRIBUTES: u32 = 1;
 
 /// A condition operator. The last four compare numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,22 +223,17 @@ impl CompiledMatch {
     }
 }
 
-/// One trace as conditions see it. Spans and resources are decoded on first
-/// use, once, and only when a condition names an attribute: `service.name`,
-/// the span fields and the trace fields come from what the ingest scan read.
+/// One trace as conditions see it. Nothing is decoded: `service.name`, the
+/// span fields and the trace fields come from what the ingest scan read, and
+/// an attribute is found by a walk over the span's (or resource's) bytes
+/// that decodes only the value asked for.
 pub struct TraceView<'a> {
     spans: &'a [SpanRecord],
-    decoded: Vec<OnceCell<Option<Span>>>,
-    resources: Vec<OnceCell<Resource>>,
 }
 
 impl<'a> TraceView<'a> {
     pub fn new(spans: &'a [SpanRecord]) -> Self {
-        Self {
-            spans,
-            decoded: (0..spans.len()).map(|_| OnceCell::new()).collect(),
-            resources: (0..spans.len()).map(|_| OnceCell::new()).collect(),
-        }
+        Self { spans }
     }
 
     pub fn len(&self) -> usize {
@@ -298,12 +291,7 @@ impl<'a> TraceView<'a> {
             "kind" => Some(kind_name(s.kind as i32).to_string()),
             "status_code" => Some(status_name(s.status_code as i32).to_string()),
             "duration_ms" => Some((s.duration_nanos() as f64 / 1e6).to_string()),
-            _ => {
-                let span = self.decoded[i]
-                    .get_or_init(|| Span::decode(s.bytes.clone()).ok())
-                    .as_ref()?;
-                attribute(&span.attributes, key)
-            }
+            _ => find_attribute(&s.bytes, SPAN_ATTRIBUTES, key),
         }
     }
 
@@ -313,9 +301,7 @@ impl<'a> TraceView<'a> {
         if key == "service.name" && !s.origin.service_name.is_empty() {
             return Some(s.origin.service_name.to_string());
         }
-        let resource = self.resources[i]
-            .get_or_init(|| Resource::decode(s.origin.resource.clone()).unwrap_or_default());
-        attribute(&resource.attributes, key)
+        find_attribute(&s.origin.resource, RESOURCE_ATTRIBUTES, key)
     }
 
     /// A sampler key field: a trace field, a field or attribute of the root
@@ -331,12 +317,6 @@ impl<'a> TraceView<'a> {
             .or_else(|| self.resource_value(root, key))
             .unwrap_or_default()
     }
-}
-
-fn attribute(kvs: &[KeyValue], key: &str) -> Option<String> {
-    kvs.iter()
-        .find(|kv| kv.key == key)
-        .map(|kv| kv.value.clone().map(any_value_string).unwrap_or_default())
 }
 
 /// From the earliest span start to the latest span end; 0 for an empty or
@@ -356,6 +336,7 @@ mod tests {
     use crate::otlp::decode::decode_message;
     use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
     use bytes::Bytes;
+    use prost::Message;
 
     fn spans(service: &str, error: bool, n: usize, duration_ms: u64) -> Vec<SpanRecord> {
         let t = TraceSpec {
@@ -421,13 +402,27 @@ mod tests {
     }
 
     #[test]
-    fn span_attributes_decode_only_when_named() {
+    fn attributes_read_off_the_wire_match_what_prost_decodes() {
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        use crate::otlp::format::any_value_string;
         let data = spans("svc", false, 3, 10);
         let view = TraceView::new(&data);
-        assert!(compiled(r#"{"span":[{"key":"kind","op":"eq","value":"SERVER"}]}"#).matches(&view));
-        assert!(view.decoded.iter().all(|c| c.get().is_none()), "fields need no decode");
+        for (i, s) in data.iter().enumerate() {
+            let span = Span::decode(s.bytes.clone()).expect("span");
+            for kv in &span.attributes {
+                let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
+                assert_eq!(view.span_value(i, &kv.key), Some(expected), "{}", kv.key);
+            }
+            let resource = Resource::decode(s.origin.resource.clone()).expect("resource");
+            for kv in &resource.attributes {
+                let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
+                assert_eq!(view.resource_value(i, &kv.key), Some(expected), "{}", kv.key);
+            }
+            assert_eq!(view.span_value(i, "no.such.key"), None);
+        }
         assert!(compiled(r#"{"span":[{"key":"tenant","op":"eq","value":"acme-prod"}]}"#).matches(&view));
-        assert!(view.decoded.iter().any(|c| c.get().is_some()));
+        assert!(compiled(r#"{"span":[{"key":"kind","op":"eq","value":"SERVER"}]}"#).matches(&view));
     }
 
     #[test]

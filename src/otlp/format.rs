@@ -1,6 +1,9 @@
 //! How OTLP values become the strings the table stores and rules match.
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
+use prost::Message;
+
+use super::wire::{Fields, Value};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
 /// OTLP span kind as the name the table stores.
@@ -81,4 +84,29 @@ mod tests {
         };
         assert_eq!(any_value_string(b), "true");
     }
+}
+
+/// The value of attribute `key`, as [`any_value_string`] formats it, in the
+/// `repeated KeyValue` field number `field` of an encoded message (9 in a
+/// `Span`, 1 in a `Resource`). A walk over the wire format: only the value
+/// found is decoded. `None` when the key is absent or the bytes are
+/// malformed.
+pub fn find_attribute(msg: &[u8], field: u32, key: &str) -> Option<String> {
+    for f in Fields::new(msg) {
+        let f = f.ok()?;
+        let (true, Value::Len(kv)) = (f.number == field, f.value) else { continue };
+        let (mut k, mut v) = (None, None);
+        for g in Fields::range(msg, kv) {
+            match g.ok()? {
+                super::wire::Field { number: 1, value: Value::Len(r) } => k = Some(r),
+                super::wire::Field { number: 2, value: Value::Len(r) } => v = Some(r),
+                _ => {}
+            }
+        }
+        if k.is_some_and(|r| &msg[r.0..r.1] == key.as_bytes()) {
+            let Some(r) = v else { return Some(String::new()) };
+            return AnyValue::decode(&msg[r.0..r.1]).ok().map(any_value_string);
+        }
+    }
+    None
 }
