@@ -27,6 +27,10 @@ pub struct HealthReport {
     /// absent when the selector is caught up. Not a reason to be unready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catching_up: Option<String>,
+    /// The last table-maintenance run on this instance: unknown before the
+    /// first, down after a failed one. Not a reason to be unready: the
+    /// pipeline keeps its guarantees while maintenance falls behind.
+    pub maintenance: ComponentStatus,
 }
 
 #[derive(Debug)]
@@ -37,6 +41,7 @@ struct State {
     storage_error: Option<String>,
     backpressure: Option<String>,
     catching_up: Option<String>,
+    maintenance: ComponentStatus,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -55,6 +60,7 @@ impl Default for Health {
                 storage_error: None,
                 backpressure: None,
                 catching_up: None,
+                maintenance: ComponentStatus::Unknown,
             })),
         }
     }
@@ -74,6 +80,10 @@ impl Health {
 
     pub fn set_catalog(&self, r: Result<(), String>) {
         self.state.write().catalog = status(r);
+    }
+
+    pub fn set_maintenance(&self, r: Result<(), String>) {
+        self.state.write().maintenance = status(r);
     }
 
     pub fn set_redis(&self, r: Result<(), String>) {
@@ -122,6 +132,7 @@ impl Health {
             storage_writes,
             buffer,
             catching_up: s.catching_up.clone(),
+            maintenance: s.maintenance.clone(),
         }
     }
 
@@ -172,5 +183,8 @@ mod tests {
         assert!(h.ready().unwrap_err().contains("buffer: paused"));
         h.set_backpressure(None);
         assert!(h.ready().is_ok());
+        h.set_maintenance(Err("compaction failed".into()));
+        assert!(h.ready().is_ok(), "maintenance never makes the selector unready");
+        assert!(matches!(h.report().maintenance, ComponentStatus::Down { .. }));
     }
 }

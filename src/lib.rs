@@ -3,8 +3,8 @@
 //!
 //! The stages, in data-flow order: [`ingest`] reads Kafka, [`decide`] groups
 //! spans into traces and decides them (with force rules from [`rules`]),
-//! [`storage`] writes the kept ones to the table, and [`query`] serves SQL
-//! over it. Stages import only the shared core — [`model`], [`ack`],
+//! [`storage`] writes the kept ones to the table, [`query`] serves SQL
+//! over it, and [`maintenance`] keeps the table fast as it ages. Stages import only the shared core — [`model`], [`ack`],
 //! [`otlp`], [`matching`], [`table`], [`redis_client`], [`config`],
 //! [`metrics`] and [`health`] — never each other. [`api`] and [`app`] sit on top: the HTTP
 //! surface and the start-up path that wires the stages together.
@@ -23,6 +23,7 @@ pub mod table;
 // The stages.
 pub mod decide;
 pub mod ingest;
+pub mod maintenance;
 pub mod query;
 pub mod rules;
 pub mod storage;
@@ -45,7 +46,7 @@ mod layering {
     use std::path::Path;
 
     const CORE: &[&str] = &["ack", "config", "health", "matching", "metrics", "model", "otlp", "redis_client", "table"];
-    const STAGES: &[&str] = &["decide", "ingest", "query", "rules", "storage"];
+    const STAGES: &[&str] = &["decide", "ingest", "maintenance", "query", "rules", "storage"];
 
     /// The top-level modules a module may name with `crate::`.
     fn allowed(module: &str) -> Option<BTreeSet<&'static str>> {

@@ -18,6 +18,15 @@ struct Args {
     /// Log format: `json` (for containers) or `text`.
     #[arg(long, env = "TSS_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run table maintenance (compaction) once, print what it did and exit;
+    /// the service must not be told to: it runs maintenance on its schedule.
+    Maintenance,
 }
 
 fn init_logging(format: &str) {
@@ -38,6 +47,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     let settings = Settings::load(args.config.as_deref()).context("invalid configuration")?;
+    if let Some(Command::Maintenance) = args.command {
+        let outcome = app::maintain_once(&settings).await.context("table maintenance failed")?;
+        println!("{outcome}");
+        return Ok(());
+    }
     tracing::info!(?settings, "starting");
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

@@ -31,6 +31,8 @@ pub struct AppState {
     pub auth_token: Option<Arc<str>>,
     pub rules: Option<rules::RulesApi>,
     pub sampling: Option<sampling::SamplingApi>,
+    /// Trace lookups count what they skipped here.
+    pub metrics: Option<Metrics>,
 }
 
 /// A JSON error body: `{"error": "..."}` with the given status.
@@ -208,9 +210,18 @@ async fn trace(
             "trace_id must be 32 hexadecimal characters",
         ));
     }
-    // The id is validated as hex above, so it is safe to inline.
-    let sql = format!("SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time, span_id");
-    let result = engine(&state)?.query(&sql).await?;
+    let (result, scan) = engine(&state)?.find_trace(&id).await?;
+    if let Some(m) = &state.metrics {
+        m.trace_lookups_total.inc();
+        m.trace_lookup_files_total.with_label_values(&["read"]).inc_by(scan.files_read as u64);
+        m.trace_lookup_files_total
+            .with_label_values(&["skipped_by_bloom"])
+            .inc_by(scan.files_skipped_by_bloom as u64);
+        m.trace_lookup_row_groups_total.with_label_values(&["planned"]).inc_by(scan.row_groups as u64);
+        m.trace_lookup_row_groups_total
+            .with_label_values(&["skipped_by_bloom"])
+            .inc_by(scan.row_groups_skipped_by_bloom as u64);
+    }
     if result.row_count == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -226,6 +237,8 @@ async fn trace(
         "trace_id": id,
         "span_count": spans.len(),
         "truncated": result.truncated,
+        "elapsed_ms": result.elapsed_ms,
+        "scan": scan,
         "spans": spans,
     }))
     .into_response())

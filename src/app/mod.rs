@@ -20,6 +20,7 @@ use crate::api::sampling::SamplingApi;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::decide::policy::PolicySet;
+use crate::maintenance::Maintainer;
 use crate::model::ForceRules;
 use crate::health::Health;
 use crate::ingest::{self, IngestError};
@@ -81,6 +82,7 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
         auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
         rules: Some(RulesApi { store: rule_store, max_duration_secs: max_rule_secs }),
         sampling: Some(SamplingApi { policies: policies.clone(), force_rules }),
+        metrics: Some(metrics.clone()),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
 
@@ -89,6 +91,7 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
             return Ok(None);
         };
         retry::start_query_engine(&settings, &table, query, &background).await;
+        start_maintenance(&settings, &table, &metrics, &health, &redis, &background).await;
         if !retry::ensure_topics(&settings, &health, &shutdown).await? {
             return Ok(None);
         }
@@ -108,6 +111,44 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
     background.stop().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// One maintenance run from the command line: opens the table, runs every
+/// step once and says what it did.
+pub async fn maintain_once(settings: &Settings) -> Result<String, crate::maintenance::MaintenanceError> {
+    let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
+    let metrics = Metrics::new().map_err(|e| crate::maintenance::MaintenanceError::Catalog(e.to_string()))?;
+    let m = Maintainer::new(settings, table, metrics, Health::default()).await?;
+    let o = m.run_once().await?;
+    Ok(format!(
+        "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases",
+        o.files_removed, o.bytes_removed, o.files_added, o.bytes_added, o.rows, o.manifests_before, o.manifests_after, o.rebases
+    ))
+}
+
+/// Table maintenance on its schedule, when `maintenance.enabled`. A catalog
+/// it cannot commit to is reported in `/health`; the pipeline runs anyway.
+async fn start_maintenance(
+    settings: &Settings,
+    table: &crate::table::TableHandle,
+    metrics: &Metrics,
+    health: &Health,
+    redis: &Arc<LazyRedis>,
+    background: &Background,
+) {
+    if !settings.maintenance.enabled {
+        return;
+    }
+    match Maintainer::new(settings, table.clone(), metrics.clone(), health.clone()).await {
+        Ok(m) => {
+            let redis = redis.clone();
+            background.spawn(move |stop| m.run_scheduled(redis, stop));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "table maintenance is off");
+            health.set_maintenance(Err(format!("off: {e}")));
+        }
+    }
 }
 
 /// The admin address actually used: loopback only when no token protects it.

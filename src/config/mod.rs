@@ -57,6 +57,25 @@ pub struct Settings {
     pub admin: AdminConfig,
     pub query: QueryConfig,
     pub metrics: MetricsConfig,
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `[maintenance]`: keeping the table fast as it ages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Run on a schedule (one instance at a time, by a Redis lease).
+    pub enabled: bool,
+    /// How often a run starts.
+    pub interval_secs: Seconds,
+    /// How long the lease lasts without renewal: a crashed holder's lease
+    /// runs out after this.
+    pub lease_ttl_secs: Seconds,
+    /// Compaction writes files of about this size; files under three
+    /// quarters of it are candidates.
+    pub target_file_bytes: u64,
+    /// A day partition is compacted once it has this many small files.
+    pub min_files_to_compact: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -508,6 +527,11 @@ pub struct StorageConfig {
     pub storage_type: StorageType,
     pub flush_max_rows: usize,
     pub flush_interval_secs: Seconds,
+    /// Rows per Parquet row group: the unit a trace lookup skips or reads.
+    pub parquet_row_group_rows: usize,
+    /// False-positive probability of the bloom filter on `trace_id` in every
+    /// row group.
+    pub trace_id_bloom_fpp: f64,
     pub iceberg: IcebergConfig,
 }
 
@@ -694,6 +718,14 @@ impl Settings {
         self.storage.validate()?;
         seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
         self.query.validate()?;
+        seconds("maintenance.interval_secs", self.maintenance.interval_secs)?;
+        seconds("maintenance.lease_ttl_secs", self.maintenance.lease_ttl_secs)?;
+        if self.maintenance.target_file_bytes < 1 << 20 {
+            return Err(invalid("maintenance.target_file_bytes", "must be at least 1 MiB (1048576)"));
+        }
+        if self.maintenance.min_files_to_compact < 2 {
+            return Err(invalid("maintenance.min_files_to_compact", "must be at least 2"));
+        }
         if !(1..=1_000_000).contains(&self.metrics.max_series) {
             return Err(invalid("metrics.max_series", "must be between 1 and 1000000"));
         }
@@ -747,11 +779,25 @@ impl RulesConfig {
 }
 
 impl StorageConfig {
+    /// The layout of the Parquet files the selector writes.
+    pub fn parquet_layout(&self) -> crate::table::layout::ParquetLayout {
+        crate::table::layout::ParquetLayout {
+            row_group_rows: self.parquet_row_group_rows,
+            bloom_fpp: self.trace_id_bloom_fpp,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));
         }
         seconds("storage.flush_interval_secs", self.flush_interval_secs)?;
+        if !(1024..=1 << 24).contains(&self.parquet_row_group_rows) {
+            return Err(invalid("storage.parquet_row_group_rows", "must be between 1024 and 16777216"));
+        }
+        if !(self.trace_id_bloom_fpp > 0.0 && self.trace_id_bloom_fpp < 0.5) {
+            return Err(invalid("storage.trace_id_bloom_fpp", "must be greater than 0 and less than 0.5"));
+        }
         let ice = &self.iceberg;
         if ice.namespace.trim().is_empty() {
             return Err(invalid("storage.iceberg.namespace", "must not be empty"));

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub red: Arc<red::RedSeries>,
     pub policy_reloads_total: IntCounterVec,
     pub policies_loaded: IntGauge,
+    pub maintenance_runs_total: IntCounterVec,
+    pub maintenance_duration_seconds: prometheus::HistogramVec,
+    pub maintenance_files_rewritten_total: IntCounter,
+    pub maintenance_files_written_total: IntCounter,
+    pub maintenance_bytes_rewritten_total: IntCounter,
+    pub maintenance_commit_rebases_total: IntCounter,
+    pub maintenance_last_success_timestamp_seconds: prometheus::GaugeVec,
+    pub trace_lookups_total: IntCounter,
+    pub trace_lookup_files_total: IntCounterVec,
+    pub trace_lookup_row_groups_total: IntCounterVec,
 }
 
 /// `metrics.max_series` where no config is at hand (tests, benchmarks).
@@ -200,11 +210,62 @@ impl Metrics {
                 "result",
             )?,
             policies_loaded: gauge("policies_loaded", "Sampling policies in force")?,
+            maintenance_runs_total: {
+                let c = IntCounterVec::new(
+                    opts("maintenance_runs_total", "Table-maintenance steps run, by step and result (ok, error)"),
+                    &["step", "result"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            maintenance_duration_seconds: {
+                let h = prometheus::HistogramVec::new(
+                    HistogramOpts::new("maintenance_duration_seconds", "Duration of each table-maintenance step")
+                        .namespace(NAMESPACE)
+                        .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0]),
+                    &["step"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            maintenance_files_rewritten_total: counter(
+                "maintenance_files_rewritten_total",
+                "Data files compaction removed (their rows rewritten into larger files)",
+            )?,
+            maintenance_files_written_total: counter("maintenance_files_written_total", "Data files compaction wrote")?,
+            maintenance_bytes_rewritten_total: counter(
+                "maintenance_bytes_rewritten_total",
+                "Bytes of the data files compaction rewrote",
+            )?,
+            maintenance_commit_rebases_total: counter(
+                "maintenance_commit_rebases_total",
+                "Maintenance commits rebuilt because an append committed first",
+            )?,
+            maintenance_last_success_timestamp_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    opts("maintenance_last_success_timestamp_seconds", "When each maintenance step last succeeded (Unix seconds)"),
+                    &["step"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            trace_lookups_total: counter("trace_lookups_total", "GET /admin/traces/{id} lookups")?,
+            trace_lookup_files_total: counter_vec(
+                "trace_lookup_files_total",
+                "Data files trace lookups planned, by outcome: read, or skipped_by_bloom (no row group's trace_id bloom filter holds the id)",
+                "outcome",
+            )?,
+            trace_lookup_row_groups_total: counter_vec(
+                "trace_lookup_row_groups_total",
+                "Row groups in the files trace lookups planned (planned), and those their trace_id bloom filter ruled out (skipped_by_bloom)",
+                "outcome",
+            )?,
             consumer_lag_messages,
             registry,
         };
         for result in ["ok", "error"] {
             m.policy_reloads_total.with_label_values(&[result]);
+            m.maintenance_runs_total.with_label_values(&["compaction", result]);
         }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);

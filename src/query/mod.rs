@@ -29,6 +29,7 @@ use serde_json::Value;
 use crate::table::TableHandle;
 
 pub mod catalog;
+pub mod lookup;
 
 /// Name under which the table is visible to SQL.
 pub const TABLE_NAME: &str = "spans";
@@ -80,6 +81,7 @@ pub struct QueryLimits {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    table: TableHandle,
 }
 
 impl QueryEngine {
@@ -109,7 +111,27 @@ impl QueryEngine {
             .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
         ctx.register_table(TABLE_NAME, spans)
             .map_err(|e| QueryError::Catalog(Box::new(e)))?;
-        Ok(Self { ctx, limits })
+        Ok(Self { ctx, limits, table: table.clone() })
+    }
+
+    /// The spans of one trace (lowercase hex id), within the row and time
+    /// limits, skipping files by their `trace_id` bloom filters
+    /// ([`lookup`]).
+    pub async fn find_trace(&self, trace_id: &str) -> Result<(QueryResult, lookup::LookupStats), QueryError> {
+        let started = Instant::now();
+        let run = async {
+            let table = self
+                .table
+                .load()
+                .await
+                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            lookup::find_trace(&table, trace_id, self.limits.max_rows).await
+        };
+        let (mut result, stats) = tokio::time::timeout(self.limits.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        result.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok((result, stats))
     }
 
     /// Runs one read-only statement within the row and time limits.

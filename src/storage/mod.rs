@@ -41,6 +41,7 @@ pub fn start(
         WriterConfig {
             flush_max_rows: cfg.flush_max_rows,
             flush_interval: cfg.flush_interval_secs.duration(),
+            layout: cfg.parquet_layout(),
         },
         ctx,
     );

@@ -13,36 +13,32 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
-use iceberg::spec::DataFileFormat;
-use iceberg::table::Table;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::TableProperties;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::partitioning::PartitioningWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::SpanRows;
 use super::StorageError;
-use crate::table::TableHandle;
-use crate::model::KeptTrace;
 use crate::ack::{retain_current, Acks, CommitGate};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::model::KeptTrace;
+use crate::table::layout::ParquetLayout;
+use crate::table::write::write_data_files;
+use crate::table::TableHandle;
+
+/// Flushes roll files at iceberg's default target; compaction merges them.
+const FLUSH_FILE_TARGET_BYTES: u64 = TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT as u64;
 
 /// Tunables of the writer, from `[storage]`.
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     pub flush_max_rows: usize,
     pub flush_interval: Duration,
+    /// Row groups and the `trace_id` bloom filter of every file written.
+    pub layout: ParquetLayout,
 }
 
 /// What the writer shares with the rest of the pipeline.
@@ -195,7 +191,7 @@ impl IcebergWriter {
         self.report_skips(&rows, skipped, replayed.len());
         let row_count = rows.len();
         if row_count > 0 {
-            let files = write_data_files(&table, rows.into_batch(arrow_schema)?).await?;
+            let files = write_data_files(&table, rows.into_batch(arrow_schema)?, &self.cfg.layout, FLUSH_FILE_TARGET_BYTES).await?;
             let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
             let tx = Transaction::new(&table);
             let tx = tx
@@ -245,36 +241,3 @@ impl IcebergWriter {
     }
 }
 
-/// Writes one batch as Parquet data files, split by `day(start_time)`.
-async fn write_data_files(
-    table: &Table,
-    batch: arrow_array::RecordBatch,
-) -> Result<Vec<iceberg::spec::DataFile>, StorageError> {
-    let metadata = table.metadata();
-    let schema = metadata.current_schema().clone();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        .build();
-    // A fresh UUIDv7 prefix per batch: the file-name counter restarts at 0, and
-    // a reused prefix would overwrite earlier data files.
-    let names = DefaultFileNameGenerator::new(
-        uuid::Uuid::now_v7().to_string(),
-        None,
-        DataFileFormat::Parquet,
-    );
-    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-        ParquetWriterBuilder::new(props, schema.clone()),
-        table.file_io().clone(),
-        DefaultLocationGenerator::new(metadata)?,
-        names,
-    );
-    let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-        schema,
-        metadata.default_partition_spec().clone(),
-    )?;
-    for (key, part) in splitter.split(&batch)? {
-        writer.write(key, part).await?;
-    }
-    Ok(writer.close().await?)
-}

@@ -4,7 +4,9 @@
 //! Part of the shared core: the storage writer appends to the table, the
 //! query engine reads it, and both reach it through [`TableHandle`].
 
+pub mod layout;
 pub mod schema;
+pub mod write;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -76,6 +76,17 @@ impl Selector {
         }
     }
 
+    /// The selector binary with this selector's settings and working
+    /// directory, for running a subcommand against the same table.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tail-sampling-selector"));
+        if let Some(file) = self.env.get(CONFIG_FILE) {
+            cmd.arg("--config").arg(file);
+        }
+        cmd.envs(&self.env).env("RUST_LOG", "info").current_dir(self.dir.path());
+        cmd
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -371,6 +382,17 @@ pub fn now_nanos() -> u64 {
 
 /// Trace ids unique to this test run: decisions stay in the shared Redis for
 /// `decision_ttl_secs`, and a reused id would count as a late span.
+/// A trace id as an SDK makes one: random-looking in every byte, so that
+/// the ids of one batch spread over the whole range (as [`trace_id`]'s,
+/// whose first half counts up, do not).
+pub fn random_trace_id(seed: u64) -> [u8; 16] {
+    let mut id = trace_id(seed);
+    let high = u64::from_be_bytes(id[..8].try_into().unwrap_or_default());
+    id[..8].copy_from_slice(&high.wrapping_mul(0xd6e8_feb8_6659_fd93).rotate_left(29).to_be_bytes());
+    id[0] |= 1;
+    id
+}
+
 pub fn trace_id(seed: u64) -> [u8; 16] {
     static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let salt = *SALT.get_or_init(|| now_nanos().wrapping_mul(0x2545_f491_4f6c_dd1d));

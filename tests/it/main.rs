@@ -8,6 +8,8 @@ mod harness;
 mod deploy;
 mod durability;
 mod force_rules;
+mod lookup;
+mod maintenance;
 mod memory;
 mod object_store;
 mod pipeline;

@@ -1,0 +1,362 @@
+//! Compaction: per day partition, many small data files rewritten into few
+//! large ones, rows sorted by `trace_id` then `start_time`, committed as one
+//! `replace` snapshot that removes the old files and adds the new ones.
+//!
+//! The commit also rewrites every data manifest into one, so the manifest
+//! list stops growing by one entry per append. An append that commits in
+//! between is not lost: the commit fails its compare-and-set, and is rebuilt
+//! on the new metadata (the rewritten files are reused, not written again).
+//! Rows are neither lost nor doubled: the old files leave in the same
+//! snapshot the new ones arrive in, and a rebase checks that every file it
+//! removes is still live.
+//!
+//! The compaction snapshot carries no Kafka offsets: the replay check reads
+//! the offsets of every snapshot in the table's metadata, and a rewrite
+//! stores no new span.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use futures::{stream, TryStreamExt};
+use iceberg::arrow::ArrowReaderBuilder;
+use iceberg::Runtime;
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{
+    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, MAIN_BRANCH,
+};
+use iceberg::table::Table;
+use iceberg::{TableRequirement, TableUpdate};
+
+use super::commit::Committer;
+use super::MaintenanceError;
+use crate::table::layout::{ParquetLayout, TRACE_ID_COLUMN};
+use crate::table::write::write_data_files;
+use crate::table::TableHandle;
+
+/// A live data file as the planner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    pub path: String,
+    pub size_bytes: u64,
+    /// The partition, as text: files are only ever merged with their own.
+    pub partition: String,
+}
+
+/// Groups of small files to rewrite, each into about `target_bytes`: per
+/// partition, the files under three quarters of the target, smallest first,
+/// packed into bins of at most the target; a partition with fewer than
+/// `min_files` small files is left alone, and so is a bin of one file.
+pub fn plan(files: &[FileInfo], target_bytes: u64, min_files: usize) -> Vec<Vec<FileInfo>> {
+    let mut by_partition: BTreeMap<&str, Vec<&FileInfo>> = BTreeMap::new();
+    for f in files.iter().filter(|f| f.size_bytes < target_bytes / 4 * 3) {
+        by_partition.entry(&f.partition).or_default().push(f);
+    }
+    let mut groups = Vec::new();
+    for (_, mut small) in by_partition {
+        if small.len() < min_files.max(2) {
+            continue;
+        }
+        small.sort_by_key(|f| f.size_bytes);
+        let mut bin: Vec<FileInfo> = Vec::new();
+        let mut bytes = 0;
+        for f in small {
+            if !bin.is_empty() && bytes + f.size_bytes > target_bytes {
+                groups.push(std::mem::take(&mut bin));
+                bytes = 0;
+            }
+            bytes += f.size_bytes;
+            bin.push(f.clone());
+        }
+        groups.push(bin);
+    }
+    groups.retain(|g| g.len() >= 2);
+    groups
+}
+
+/// What one compaction run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionOutcome {
+    pub files_removed: u64,
+    pub files_added: u64,
+    pub bytes_removed: u64,
+    pub bytes_added: u64,
+    pub rows: u64,
+    /// Manifests in the current snapshot before and after.
+    pub manifests_before: u64,
+    pub manifests_after: u64,
+    /// Commits that lost a race and were rebuilt.
+    pub rebases: u64,
+}
+
+/// Attempts at committing one rewrite before giving up.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// One compaction run over the whole table.
+pub async fn compact(
+    handle: &TableHandle,
+    committer: &Committer,
+    layout: &ParquetLayout,
+    target_bytes: u64,
+    min_files: usize,
+) -> Result<CompactionOutcome, MaintenanceError> {
+    let table = handle.load().await?;
+    if table.metadata().format_version() != FormatVersion::V2 {
+        return Err(MaintenanceError::Unsupported("compaction rewrites format-version 2 tables only".into()));
+    }
+    let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
+        return Ok(CompactionOutcome::default());
+    };
+    let live = live_files(&table, &snapshot).await?;
+    let infos: Vec<FileInfo> = live
+        .values()
+        .map(|e| FileInfo {
+            path: e.data_file.file_path().to_string(),
+            size_bytes: e.data_file.file_size_in_bytes(),
+            partition: format!("{:?}", e.data_file.partition()),
+        })
+        .collect();
+    let mut outcome = CompactionOutcome::default();
+    let groups = plan(&infos, target_bytes, min_files);
+    if groups.is_empty() {
+        return Ok(outcome);
+    }
+    let tasks = scan_tasks(&table).await?;
+    let mut removed: HashSet<String> = HashSet::new();
+    let mut added: Vec<DataFile> = Vec::new();
+    for group in &groups {
+        let paths: HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
+        let batch = read_sorted(&table, tasks.iter().filter(|t| paths.contains(t.data_file_path.as_str())).cloned().collect()).await?;
+        outcome.rows += batch.num_rows() as u64;
+        let files = write_data_files(&table, batch, layout, target_bytes).await?;
+        outcome.bytes_removed += group.iter().map(|f| f.size_bytes).sum::<u64>();
+        outcome.bytes_added += files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
+        removed.extend(group.iter().map(|f| f.path.clone()));
+        added.extend(files);
+    }
+    outcome.files_removed = removed.len() as u64;
+    outcome.files_added = added.len() as u64;
+    let mut table = table;
+    for attempt in 0..MAX_ATTEMPTS {
+        match commit_rewrite(&table, committer, &removed, &added).await {
+            Ok((before, after)) => {
+                outcome.manifests_before = before;
+                outcome.manifests_after = after;
+                return Ok(outcome);
+            }
+            Err(MaintenanceError::Conflict(why)) if attempt + 1 < MAX_ATTEMPTS => {
+                tracing::info!(reason = %why, attempt, "compaction commit lost a race; rebuilding it on the new snapshot");
+                outcome.rebases += 1;
+                table = handle.load().await?;
+            }
+            Err(e) => {
+                // Never committed: the new files are orphans nobody references.
+                for f in &added {
+                    let _ = table.file_io().delete(f.file_path()).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Err(MaintenanceError::Conflict("compaction kept losing races with appends".into()))
+}
+
+/// A live entry with the sequence numbers it must keep.
+struct LiveEntry {
+    data_file: DataFile,
+    snapshot_id: i64,
+    sequence_number: i64,
+    file_sequence_number: Option<i64>,
+}
+
+/// Every live data file of `snapshot`, by path.
+async fn live_files(table: &Table, snapshot: &Arc<Snapshot>) -> Result<HashMap<String, LiveEntry>, MaintenanceError> {
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut live = HashMap::new();
+    for manifest in list.entries() {
+        if manifest.content != ManifestContentType::Data {
+            return Err(MaintenanceError::Unsupported("the table has delete files; compaction does not rewrite them".into()));
+        }
+        let m = manifest.load_manifest(table.file_io()).await?;
+        for e in m.entries().iter().filter(|e| e.is_alive()) {
+            if e.content_type() != DataContentType::Data {
+                return Err(MaintenanceError::Unsupported("the table has delete files".into()));
+            }
+            live.insert(
+                e.file_path().to_string(),
+                LiveEntry {
+                    data_file: e.data_file().clone(),
+                    snapshot_id: e.snapshot_id().unwrap_or(snapshot.snapshot_id()),
+                    sequence_number: e.sequence_number().unwrap_or(0),
+                    file_sequence_number: e.file_sequence_number,
+                },
+            );
+        }
+    }
+    Ok(live)
+}
+
+async fn scan_tasks(table: &Table) -> Result<Vec<FileScanTask>, MaintenanceError> {
+    let scan = table.scan().select_all().build()?;
+    Ok(scan.plan_files().await?.try_collect().await?)
+}
+
+/// The rows of these files, in the table's current schema, sorted by
+/// `trace_id` then `start_time`.
+async fn read_sorted(table: &Table, tasks: Vec<FileScanTask>) -> Result<RecordBatch, MaintenanceError> {
+    let reader = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current()).build();
+    let batches: Vec<RecordBatch> = reader
+        .read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))?
+        .stream()
+        .try_collect()
+        .await?;
+    let Some(first) = batches.first() else {
+        return Err(MaintenanceError::Catalog("a planned file read no rows".into()));
+    };
+    let schema = first.schema();
+    let all = concat_batches(&schema, &batches)?;
+    let column = |name: &str| {
+        all.column_by_name(name)
+            .cloned()
+            .ok_or_else(|| MaintenanceError::Catalog(format!("the table has no column `{name}`")))
+    };
+    let order = lexsort_to_indices(
+        &[
+            SortColumn { values: column(TRACE_ID_COLUMN)?, options: None },
+            SortColumn { values: column("start_time")?, options: None },
+        ],
+        None,
+    )?;
+    Ok(take_record_batch(&all, &order)?)
+}
+
+/// Builds and commits the replace snapshot on `table`'s current snapshot.
+/// Returns the manifest counts before and after.
+async fn commit_rewrite(
+    table: &Table,
+    committer: &Committer,
+    removed: &HashSet<String>,
+    added: &[DataFile],
+) -> Result<(u64, u64), MaintenanceError> {
+    let metadata = table.metadata();
+    let parent = metadata
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| MaintenanceError::Conflict("the table lost its snapshot".into()))?;
+    let manifests_before = table.manifest_list_reader(&parent).load().await?.entries().len() as u64;
+    let live = live_files(table, &parent).await?;
+    if let Some(gone) = removed.iter().find(|p| !live.contains_key(*p)) {
+        return Err(MaintenanceError::Aborted(format!("{gone} is no longer live; another rewrite removed it")));
+    }
+    let snapshot_id = new_snapshot_id(table);
+    let sequence_number = metadata.next_sequence_number();
+    let schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec().clone();
+    let location = metadata.location();
+    let commit = uuid::Uuid::now_v7();
+    let manifest_path = format!("{location}/metadata/{commit}-m0.avro");
+    let mut writer = ManifestWriterBuilder::new(
+        table.file_io().new_output(&manifest_path)?,
+        Some(snapshot_id),
+        schema.clone(),
+        spec.as_ref().clone(),
+    )
+    .build_v2_data();
+    let mut summary = SnapshotSummaryCollector::default();
+    let (mut total_files, mut total_records, mut total_bytes) = (0u64, 0u64, 0u64);
+    for (path, e) in &live {
+        if removed.contains(path) {
+            summary.remove_file(&e.data_file, schema.clone(), spec.clone());
+            writer.add_delete_file(e.data_file.clone(), e.sequence_number, e.file_sequence_number)?;
+        } else {
+            total_files += 1;
+            total_records += e.data_file.record_count();
+            total_bytes += e.data_file.file_size_in_bytes();
+            writer.add_existing_file(e.data_file.clone(), e.snapshot_id, e.sequence_number, e.file_sequence_number)?;
+        }
+    }
+    for f in added {
+        total_files += 1;
+        total_records += f.record_count();
+        total_bytes += f.file_size_in_bytes();
+        summary.add_file(f, schema.clone(), spec.clone());
+        writer.add_file(f.clone(), sequence_number)?;
+    }
+    let manifest = writer.write_manifest_file().await?;
+    let list_path = format!("{location}/metadata/snap-{snapshot_id}-0-{commit}.avro");
+    let mut list = ManifestListWriter::v2(
+        table.file_io().new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        Some(parent.snapshot_id()),
+        sequence_number,
+    );
+    list.add_manifests(std::iter::once(manifest))?;
+    list.close().await?;
+    let mut properties = summary.build();
+    properties.insert("total-data-files".into(), total_files.to_string());
+    properties.insert("total-records".into(), total_records.to_string());
+    properties.insert("total-files-size".into(), total_bytes.to_string());
+    properties.insert("total-delete-files".into(), "0".into());
+    let snapshot = Snapshot::builder()
+        .with_manifest_list(list_path)
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(parent.snapshot_id()))
+        .with_sequence_number(sequence_number)
+        .with_summary(Summary { operation: Operation::Replace, additional_properties: properties })
+        .with_schema_id(metadata.current_schema_id())
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .build();
+    let requirements = vec![
+        TableRequirement::UuidMatch { uuid: metadata.uuid() },
+        TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: Some(parent.snapshot_id()) },
+    ];
+    let updates = vec![
+        TableUpdate::AddSnapshot { snapshot },
+        TableUpdate::SetSnapshotRef {
+            ref_name: MAIN_BRANCH.to_string(),
+            reference: SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+        },
+    ];
+    committer.commit(table, requirements, updates).await?;
+    Ok((manifests_before, 1))
+}
+
+fn new_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && !table.metadata().snapshots().any(|s| s.snapshot_id() == id) {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, mib: u64, partition: &str) -> FileInfo {
+        FileInfo { path: path.into(), size_bytes: mib << 20, partition: partition.into() }
+    }
+
+    #[test]
+    fn small_files_pack_into_bins_of_the_target_per_partition() {
+        let files = vec![
+            f("a1", 10, "d1"),
+            f("a2", 60, "d1"),
+            f("a3", 50, "d1"),
+            f("a4", 20, "d1"),
+            f("big", 120, "d1"),
+            f("b1", 1, "d2"),
+            f("b2", 1, "d2"),
+            f("c1", 1, "d3"),
+        ];
+        let groups = plan(&files, 128 << 20, 2);
+        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|f| f.path.as_str()).collect()).collect();
+        // d1: 10 + 20 + 50 fit in 128, then 60 would not; 60 alone is left.
+        assert_eq!(names, vec![vec!["a1", "a4", "a3"], vec!["b1", "b2"]]);
+        assert!(plan(&files, 128 << 20, 4).iter().all(|g| g[0].partition == "d1"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The maintenance lease: one instance at a time maintains the table. A
+//! Redis key `{prefix}maintenance:{table}` holds the holder's token with a
+//! TTL; the holder renews it while it works, and a crashed holder's lease
+//! runs out after `maintenance.lease_ttl_secs`. Renewal and release only
+//! touch the key while it still holds this holder's token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{renew_every, MaintenanceError};
+use crate::redis_client::LazyRedis;
+
+/// Extends the TTL only while the key holds our token.
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Deletes the key only while it holds our token.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+#[derive(Clone)]
+pub struct Lease {
+    redis: Arc<LazyRedis>,
+    key: String,
+    token: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(redis: Arc<LazyRedis>, table: &str, ttl: Duration) -> Self {
+        let key = redis.key(format_args!("maintenance:{table}"));
+        Self { redis, key, token: uuid::Uuid::new_v4().to_string(), ttl }
+    }
+
+    /// Takes the lease when it is free (or already ours).
+    pub async fn acquire(&self) -> Result<bool, MaintenanceError> {
+        let mut c = self.redis.conn().await.map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(&self.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        if set.is_some() {
+            return Ok(true);
+        }
+        self.renew().await
+    }
+
+    async fn renew(&self) -> Result<bool, MaintenanceError> {
+        let mut c = self.redis.conn().await.map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let renewed: i64 = redis::Script::new(RENEW)
+            .key(&self.key)
+            .arg(&self.token)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        Ok(renewed == 1)
+    }
+
+    /// Renews the lease every third of its TTL until `stop` is cancelled.
+    pub fn keep_renewed(&self, stop: CancellationToken) -> CancellationToken {
+        let lease = self.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(renew_every(lease.ttl)) => {}
+                }
+                match lease.renew().await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!("the maintenance lease was lost while running"),
+                    Err(e) => tracing::warn!(error = %e, "renewing the maintenance lease failed"),
+                }
+            }
+        });
+        stop
+    }
+
+    pub async fn release(&self) {
+        let Ok(mut c) = self.redis.conn().await else { return };
+        let released: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async(&mut c)
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "releasing the maintenance lease failed; it runs out by itself");
+        }
+    }
+}
