@@ -17,10 +17,55 @@
 //! A match holds when the trace conditions hold and one span satisfies every
 //! span condition while its resource satisfies every resource condition.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::SpanRecord;
 use crate::otlp::format::{find_attribute, kind_name, status_name};
+
+/// A field's value as conditions see it: borrowed where it can be, and a
+/// number where it is one, so that matching allocates and formats nothing
+/// on the hot path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    /// Text as it lies in the span's bytes, not checked for UTF-8 (the
+    /// comparisons work on bytes).
+    Raw(&'a [u8]),
+    Text(Cow<'a, str>),
+    Number(f64),
+    Bool(bool),
+}
+
+impl FieldValue<'_> {
+    /// As the table stores it.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            FieldValue::Raw(b) => String::from_utf8_lossy(b),
+            FieldValue::Text(t) => Cow::Borrowed(t.as_ref()),
+            FieldValue::Number(n) => Cow::Owned(n.to_string()),
+            FieldValue::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        }
+    }
+
+    /// The bytes the text comparisons and regexes run on.
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            FieldValue::Raw(b) => Cow::Borrowed(b),
+            FieldValue::Text(t) => Cow::Borrowed(t.as_bytes()),
+            other => Cow::Owned(other.text().into_owned().into_bytes()),
+        }
+    }
+
+    fn number(&self) -> Option<f64> {
+        match self {
+            FieldValue::Number(n) => Some(*n),
+            FieldValue::Raw(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+            FieldValue::Text(t) => t.trim().parse().ok(),
+            FieldValue::Bool(_) => None,
+        }
+    }
+}
 
 /// `Span.attributes` and `Resource.attributes`.
 const SPAN_ATTRIBUTES: u32 = 9;
@@ -85,7 +130,8 @@ pub const TRACE_FIELDS: [&str; 4] = ["trace.duration_ms", "trace.span_count", "t
 
 enum Matcher {
     Text(Op, String),
-    Regex(regex::Regex),
+    /// On bytes: a value need not be checked for UTF-8 to be matched.
+    Regex(regex::bytes::Regex),
     Exists,
     Number(Op, f64),
 }
@@ -151,7 +197,7 @@ fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, Fie
     let matcher = match c.op {
         Op::Exists => Matcher::Exists,
         Op::Regex => Matcher::Regex(
-            regex::Regex::new(&text()?).map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
+            regex::bytes::Regex::new(&text()?).map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
         ),
         Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
             let n = text()?
@@ -171,27 +217,30 @@ fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, Fie
 }
 
 impl CompiledCondition {
-    fn matches(&self, value: Option<&str>) -> bool {
+    fn matches(&self, value: Option<FieldValue<'_>>) -> bool {
         let Some(v) = value else {
             // Only `ne` holds for an absent attribute.
             return matches!(self.matcher, Matcher::Text(Op::Ne, _));
         };
         match &self.matcher {
             Matcher::Exists => true,
-            Matcher::Regex(r) => r.is_match(v),
-            Matcher::Number(op, n) => v.trim().parse::<f64>().is_ok_and(|x| match op {
+            Matcher::Number(op, n) => v.number().is_some_and(|x| match op {
                 Op::Gt => x > *n,
                 Op::Gte => x >= *n,
                 Op::Lt => x < *n,
                 _ => x <= *n,
             }),
-            Matcher::Text(op, t) => match op {
-                Op::Eq => v == t,
-                Op::Ne => v != t,
-                Op::Contains => v.contains(t.as_str()),
-                Op::StartsWith => v.starts_with(t.as_str()),
-                _ => v.ends_with(t.as_str()),
-            },
+            Matcher::Regex(r) => r.is_match(&v.bytes()),
+            Matcher::Text(op, t) => {
+                let (v, t) = (v.bytes(), t.as_bytes());
+                match op {
+                    Op::Eq => *v == *t,
+                    Op::Ne => *v != *t,
+                    Op::Contains => memchr::memmem::find(&v, t).is_some(),
+                    Op::StartsWith => v.starts_with(t),
+                    _ => v.ends_with(t),
+                }
+            }
         }
     }
 }
@@ -201,24 +250,26 @@ impl CompiledMatch {
     /// condition while its resource satisfies every resource condition. An
     /// empty match holds for every trace.
     pub fn matches(&self, view: &TraceView<'_>) -> bool {
-        if !self
-            .trace
-            .iter()
-            .all(|c| c.matches(view.trace_value(&c.key).as_deref()))
-        {
+        if !self.trace.iter().all(|c| c.matches(view.trace_value(&c.key))) {
             return false;
         }
         if self.resource.is_empty() && self.span.is_empty() {
             return true;
         }
+        // Spans of one resource share an `Origin`: its conditions are
+        // checked once per run of spans from the same resource.
+        let mut last: Option<(*const crate::model::Origin, bool)> = None;
         (0..view.len()).any(|i| {
-            self.resource
-                .iter()
-                .all(|c| c.matches(view.resource_value(i, &c.key).as_deref()))
-                && self
-                    .span
-                    .iter()
-                    .all(|c| c.matches(view.span_value(i, &c.key).as_deref()))
+            let origin = std::sync::Arc::as_ptr(&view.spans[i].origin);
+            let resource_ok = match last {
+                Some((o, ok)) if o == origin => ok,
+                _ => {
+                    let ok = self.resource.iter().all(|c| c.matches(view.resource_value(i, &c.key)));
+                    last = Some((origin, ok));
+                    ok
+                }
+            };
+            resource_ok && self.span.iter().all(|c| c.matches(view.span_value(i, &c.key)))
         })
     }
 }
@@ -266,56 +317,58 @@ impl<'a> TraceView<'a> {
         })
     }
 
-    /// A trace field (`trace.duration_ms`, …) as text.
-    pub fn trace_value(&self, key: &str) -> Option<String> {
+    /// A trace field (`trace.duration_ms`, …).
+    pub fn trace_value(&self, key: &str) -> Option<FieldValue<'a>> {
         match key {
-            "trace.duration_ms" => Some((self.duration_nanos() as f64 / 1e6).to_string()),
-            "trace.span_count" => Some(self.spans.len().to_string()),
-            "trace.has_error" => Some(self.has_error().to_string()),
-            "trace.root.name" => Some(
-                self.spans
-                    .iter()
-                    .find(|s| s.is_root)
-                    .map(|s| s.name().to_string())
-                    .unwrap_or_default(),
-            ),
+            "trace.duration_ms" => Some(FieldValue::Number(self.duration_nanos() as f64 / 1e6)),
+            "trace.span_count" => Some(FieldValue::Number(self.spans.len() as f64)),
+            "trace.has_error" => Some(FieldValue::Bool(self.has_error())),
+            "trace.root.name" => Some(FieldValue::Raw(
+                self.spans.iter().find(|s| s.is_root).map_or(&[][..], SpanRecord::name_bytes),
+            )),
             _ => None,
         }
     }
 
     /// A span field or attribute of span `i`.
-    pub fn span_value(&self, i: usize, key: &str) -> Option<String> {
+    pub fn span_value(&self, i: usize, key: &str) -> Option<FieldValue<'a>> {
         let s = &self.spans[i];
+        let text = |t: &'static str| Some(FieldValue::Text(Cow::Borrowed(t)));
         match key {
-            "name" => Some(s.name().to_string()),
-            "kind" => Some(kind_name(s.kind as i32).to_string()),
-            "status_code" => Some(status_name(s.status_code as i32).to_string()),
-            "duration_ms" => Some((s.duration_nanos() as f64 / 1e6).to_string()),
-            _ => find_attribute(&s.bytes, SPAN_ATTRIBUTES, key),
+            "name" => Some(FieldValue::Raw(s.name_bytes())),
+            "kind" => text(kind_name(s.kind as i32)),
+            "status_code" => text(status_name(s.status_code as i32)),
+            "duration_ms" => Some(FieldValue::Number(s.duration_nanos() as f64 / 1e6)),
+            _ => find_attribute(&s.bytes, SPAN_ATTRIBUTES, key).map(attribute_value),
         }
     }
 
     /// A resource attribute of span `i`'s resource.
-    pub fn resource_value(&self, i: usize, key: &str) -> Option<String> {
+    pub fn resource_value(&self, i: usize, key: &str) -> Option<FieldValue<'a>> {
         let s = &self.spans[i];
         if key == "service.name" && !s.origin.service_name.is_empty() {
-            return Some(s.origin.service_name.to_string());
+            return Some(FieldValue::Text(Cow::Borrowed(&s.origin.service_name)));
         }
-        find_attribute(&s.origin.resource, RESOURCE_ATTRIBUTES, key)
+        find_attribute(&s.origin.resource, RESOURCE_ATTRIBUTES, key).map(attribute_value)
     }
 
     /// A sampler key field: a trace field, a field or attribute of the root
     /// span, or else an attribute of the root's resource. Empty when absent.
     pub fn key_value(&self, key: &str) -> String {
-        if key.starts_with("trace.") {
-            return self.trace_value(key).unwrap_or_default();
-        }
-        let Some(root) = self.root_index() else {
-            return String::new();
+        let value = if key.starts_with("trace.") {
+            self.trace_value(key)
+        } else {
+            self.root_index()
+                .and_then(|root| self.span_value(root, key).or_else(|| self.resource_value(root, key)))
         };
-        self.span_value(root, key)
-            .or_else(|| self.resource_value(root, key))
-            .unwrap_or_default()
+        value.map(|v| v.text().into_owned()).unwrap_or_default()
+    }
+}
+
+fn attribute_value(found: Result<&[u8], String>) -> FieldValue<'_> {
+    match found {
+        Ok(raw) => FieldValue::Raw(raw),
+        Err(formatted) => FieldValue::Text(Cow::Owned(formatted)),
     }
 }
 
@@ -366,9 +419,10 @@ mod tests {
     fn trace_fields_read_the_whole_trace() {
         let data = spans("svc", true, 4, 1200);
         let view = TraceView::new(&data);
-        assert_eq!(view.trace_value("trace.span_count").as_deref(), Some("4"));
-        assert_eq!(view.trace_value("trace.has_error").as_deref(), Some("true"));
-        let root = view.trace_value("trace.root.name").expect("root name");
+        let text = |v: Option<FieldValue<'_>>| v.map(|v| v.text().into_owned());
+        assert_eq!(text(view.trace_value("trace.span_count")).as_deref(), Some("4"));
+        assert_eq!(text(view.trace_value("trace.has_error")).as_deref(), Some("true"));
+        let root = text(view.trace_value("trace.root.name")).expect("root name");
         assert!(!root.is_empty());
         assert_eq!(view.key_value("name"), root, "a key field reads the root span");
         assert_eq!(view.key_value("service.name"), "svc", "then the root's resource");
@@ -397,7 +451,7 @@ mod tests {
         let data: Vec<_> = spans("svc", false, 3, 10).into_iter().filter(|s| !s.is_root).collect();
         assert_eq!(data.len(), 2);
         let view = TraceView::new(&data);
-        assert_eq!(view.trace_value("trace.root.name").as_deref(), Some(""));
+        assert_eq!(view.trace_value("trace.root.name"), Some(FieldValue::Raw(b"")));
         assert!(view.root_index().is_some(), "keys fall back to the earliest span");
     }
 
@@ -412,12 +466,12 @@ mod tests {
             let span = Span::decode(s.bytes.clone()).expect("span");
             for kv in &span.attributes {
                 let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
-                assert_eq!(view.span_value(i, &kv.key), Some(expected), "{}", kv.key);
+                assert_eq!(view.span_value(i, &kv.key).map(|v| v.text().into_owned()), Some(expected), "{}", kv.key);
             }
             let resource = Resource::decode(s.origin.resource.clone()).expect("resource");
             for kv in &resource.attributes {
                 let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
-                assert_eq!(view.resource_value(i, &kv.key), Some(expected), "{}", kv.key);
+                assert_eq!(view.resource_value(i, &kv.key).map(|v| v.text().into_owned()), Some(expected), "{}", kv.key);
             }
             assert_eq!(view.span_value(i, "no.such.key"), None);
         }

@@ -59,11 +59,13 @@ impl SpanRecord {
 
     /// The span's name, read from its bytes without decoding them.
     pub fn name(&self) -> &str {
+        std::str::from_utf8(self.name_bytes()).unwrap_or("")
+    }
+
+    /// The name's bytes, unchecked: for keys that only need equality.
+    pub fn name_bytes(&self) -> &[u8] {
         let (start, end) = (self.name_range.0 as usize, self.name_range.1 as usize);
-        self.bytes
-            .get(start..end)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
+        self.bytes.get(start..end).unwrap_or_default()
     }
 
     pub fn duration_nanos(&self) -> u64 {

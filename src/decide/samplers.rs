@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 /// The key that traces share once `max_keys` distinct keys are tracked.
 pub const OTHER_KEY: &str = "other";
@@ -54,7 +55,7 @@ pub fn bound(p: f64) -> u64 {
 pub struct RateLimiter {
     limit: f64,
     max_keys: usize,
-    keys: Mutex<HashMap<String, Bucket>>,
+    keys: Mutex<FxHashMap<String, Bucket>>,
 }
 
 #[derive(Clone, Copy)]
@@ -76,13 +77,12 @@ impl RateLimiter {
         Self {
             limit: traces_per_sec,
             max_keys,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(FxHashMap::default()),
         }
     }
 
     pub fn decide(&self, key: &str, hash: u64, now: Instant, mode: Mode) -> Verdict {
         let mut keys = self.keys.lock();
-        let key = admit(&mut keys, key, self.max_keys, |b| now.duration_since(b.last_used) > IDLE_KEY);
         let limit = self.limit;
         let fresh = || Bucket {
             tokens: limit,
@@ -93,12 +93,20 @@ impl RateLimiter {
             last_used: now,
         };
         if mode == Mode::Peek {
-            let mut b = keys.get(key.as_str()).copied().unwrap_or_else(fresh);
+            let key = admitted(&keys, key, self.max_keys);
+            let mut b = keys.get(key).copied().unwrap_or_else(fresh);
             b.advance(limit, now);
             b.seen_this_second += 1;
             return b.verdict(limit, hash);
         }
-        let b = keys.entry(key).or_insert_with(fresh);
+        if !keys.contains_key(key) && keys.len() >= self.max_keys {
+            keys.retain(|_, b| now.duration_since(b.last_used) <= IDLE_KEY);
+        }
+        let key = admitted(&keys, key, self.max_keys);
+        let b = match keys.get_mut(key) {
+            Some(b) => b,
+            None => keys.entry(key.to_string()).or_insert_with(fresh),
+        };
         b.advance(limit, now);
         b.seen_this_second += 1;
         b.last_used = now;
@@ -150,9 +158,9 @@ pub struct DynamicSampler {
 
 struct DynamicState {
     window_start: Option<Instant>,
-    counts: HashMap<String, f64>,
+    counts: FxHashMap<String, f64>,
     averages: HashMap<String, f64>,
-    rates: HashMap<String, u64>,
+    rates: FxHashMap<String, u64>,
 }
 
 /// Refinery's defaults: each interval weighs half, and a key whose average
@@ -168,9 +176,9 @@ impl DynamicSampler {
             max_keys,
             state: Mutex::new(DynamicState {
                 window_start: None,
-                counts: HashMap::new(),
+                counts: FxHashMap::default(),
                 averages: HashMap::new(),
-                rates: HashMap::new(),
+                rates: FxHashMap::default(),
             }),
         }
     }
@@ -189,7 +197,12 @@ impl DynamicSampler {
         };
         let rate = s.rates.get(key).copied().unwrap_or(1).max(1);
         if mode == Mode::Decide {
-            *s.counts.entry(key.to_string()).or_insert(0.0) += 1.0;
+            match s.counts.get_mut(key) {
+                Some(n) => *n += 1.0,
+                None => {
+                    s.counts.insert(key.to_string(), 1.0);
+                }
+            }
         }
         Verdict {
             keep: hash < bound(1.0 / rate as f64),
@@ -214,7 +227,7 @@ impl DynamicState {
             self.averages.entry(key).or_insert(EMA_WEIGHT * count);
         }
         self.averages.retain(|_, avg| *avg >= AGE_OUT);
-        self.rates = sample_rates(goal, &self.averages);
+        self.rates = sample_rates(goal, &self.averages).into_iter().collect();
     }
 }
 
@@ -253,18 +266,12 @@ pub fn sample_rates(goal: f64, counts: &HashMap<String, f64>) -> HashMap<String,
 }
 
 /// The key to count under: itself when known or when there is room, else
-/// [`OTHER_KEY`]. At the cap, idle keys are swept first.
-fn admit<B>(keys: &mut HashMap<String, B>, key: &str, max_keys: usize, idle: impl Fn(&B) -> bool) -> String {
-    if keys.contains_key(key) {
-        return key.to_string();
-    }
-    if keys.len() >= max_keys {
-        keys.retain(|_, b| !idle(b));
-    }
-    if keys.len() < max_keys {
-        key.to_string()
+/// [`OTHER_KEY`].
+fn admitted<'k, B>(keys: &FxHashMap<String, B>, key: &'k str, max_keys: usize) -> &'k str {
+    if keys.contains_key(key) || keys.len() < max_keys {
+        key
     } else {
-        OTHER_KEY.to_string()
+        OTHER_KEY
     }
 }
 

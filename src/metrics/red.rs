@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::IntCounter;
+use rustc_hash::FxHashMap;
 
 use crate::model::SpanRecord;
 use crate::otlp::format::{kind_name, status_name};
@@ -69,7 +70,8 @@ impl Accum {
     fn observe(&mut self, secs: f64) {
         self.count += 1;
         self.sum_secs += secs;
-        if let Some(i) = DURATION_BUCKETS_SECS.iter().position(|b| secs <= *b) {
+        let i = DURATION_BUCKETS_SECS.partition_point(|b| *b < secs);
+        if i < DURATION_BUCKETS_SECS.len() {
             self.buckets[i] += 1;
         }
     }
@@ -201,8 +203,11 @@ impl Collector for RedSeries {
 /// every tick and at the end.
 pub struct RedRecorder {
     shared: Arc<RedSeries>,
-    /// service → span name → slot (kind × status) → index + 1 into `series`.
-    index: HashMap<Box<str>, HashMap<Box<str>, [u32; SLOTS]>>,
+    /// service → its span names' index in `names`.
+    services: FxHashMap<Box<str>, usize>,
+    /// span name (its bytes: no UTF-8 check per span) → slot (kind ×
+    /// status) → index + 1 into `series`.
+    names: Vec<FxHashMap<Box<[u8]>, [u32; SLOTS]>>,
     series: Vec<(SeriesKey, Accum)>,
     positions: HashMap<SeriesKey, u32>,
     other: Option<u32>,
@@ -213,7 +218,8 @@ impl RedRecorder {
     pub fn new(shared: Arc<RedSeries>) -> Self {
         Self {
             shared,
-            index: HashMap::new(),
+            services: FxHashMap::default(),
+            names: Vec::new(),
             series: Vec::new(),
             positions: HashMap::new(),
             other: None,
@@ -222,8 +228,19 @@ impl RedRecorder {
     }
 
     pub fn record(&mut self, spans: &[SpanRecord]) {
+        // Spans of one resource share an origin: look its service up once.
+        let mut last: Option<(*const crate::model::Origin, usize)> = None;
         for s in spans {
-            let i = self.slot(s);
+            let origin = Arc::as_ptr(&s.origin);
+            let service = match last {
+                Some((o, i)) if o == origin => i,
+                _ => {
+                    let i = self.service_index(&s.origin.service_name);
+                    last = Some((origin, i));
+                    i
+                }
+            };
+            let i = self.slot(service, s);
             if Some(i) == self.other {
                 self.overflowed += 1;
             }
@@ -231,16 +248,25 @@ impl RedRecorder {
         }
     }
 
-    fn slot(&mut self, s: &SpanRecord) -> u32 {
+    fn service_index(&mut self, service: &str) -> usize {
+        if let Some(i) = self.services.get(service) {
+            return *i;
+        }
+        let i = self.names.len();
+        self.names.push(FxHashMap::default());
+        self.services.insert(service.into(), i);
+        i
+    }
+
+    fn slot(&mut self, service: usize, s: &SpanRecord) -> u32 {
         let slot = (s.kind.min(5) as usize) * 3 + s.status_code.min(2) as usize;
-        let service: &str = &s.origin.service_name;
-        if let Some(i) = self.index.get(service).and_then(|n| n.get(s.name())).map(|slots| slots[slot]) {
-            if i > 0 {
-                return i - 1;
+        if let Some(slots) = self.names[service].get(s.name_bytes()) {
+            if slots[slot] > 0 {
+                return slots[slot] - 1;
             }
         }
         let key = SeriesKey {
-            service: service.into(),
+            service: s.origin.service_name.clone(),
             span_name: s.name().into(),
             kind: s.kind.min(5),
             status: s.status_code.min(2),
@@ -259,11 +285,7 @@ impl RedRecorder {
         if is_other {
             self.other = Some(i);
         }
-        self.index
-            .entry(service.into())
-            .or_default()
-            .entry(s.name().into())
-            .or_insert([0; SLOTS])[slot] = i + 1;
+        self.names[service].entry(s.name_bytes().into()).or_insert([0; SLOTS])[slot] = i + 1;
         i
     }
 

@@ -88,10 +88,11 @@ mod tests {
 
 /// The value of attribute `key`, as [`any_value_string`] formats it, in the
 /// `repeated KeyValue` field number `field` of an encoded message (9 in a
-/// `Span`, 1 in a `Resource`). A walk over the wire format: only the value
-/// found is decoded. `None` when the key is absent or the bytes are
-/// malformed.
-pub fn find_attribute(msg: &[u8], field: u32, key: &str) -> Option<String> {
+/// `Span`, 1 in a `Resource`). A walk over the wire format: a string value
+/// is borrowed from the bytes (`Ok`, unchecked for UTF-8), any other is
+/// decoded alone and formatted (`Err`). `None` when the key is absent or the
+/// bytes are malformed.
+pub fn find_attribute<'a>(msg: &'a [u8], field: u32, key: &str) -> Option<Result<&'a [u8], String>> {
     for f in Fields::new(msg) {
         let f = f.ok()?;
         let (true, Value::Len(kv)) = (f.number == field, f.value) else { continue };
@@ -103,10 +104,18 @@ pub fn find_attribute(msg: &[u8], field: u32, key: &str) -> Option<String> {
                 _ => {}
             }
         }
-        if k.is_some_and(|r| &msg[r.0..r.1] == key.as_bytes()) {
-            let Some(r) = v else { return Some(String::new()) };
-            return AnyValue::decode(&msg[r.0..r.1]).ok().map(any_value_string);
+        if !k.is_some_and(|r| &msg[r.0..r.1] == key.as_bytes()) {
+            continue;
         }
+        let Some(r) = v else { return Some(Ok(&[])) };
+        // `AnyValue.string_value` is field 1: borrow it.
+        let mut inner = Fields::range(msg, r);
+        if let Some(Ok(super::wire::Field { number: 1, value: Value::Len(s) })) = inner.next() {
+            if inner.next().is_none() {
+                return Some(Ok(&msg[s.0..s.1]));
+            }
+        }
+        return AnyValue::decode(&msg[r.0..r.1]).ok().map(|a| Err(any_value_string(a)));
     }
     None
 }
