@@ -13,7 +13,7 @@
 //!
 //! Needs the local stack (`scripts/stack.sh up`):
 //!
-//!   cargo bench --bench sample_counts -- --traces 100000
+//!   cargo bench --bench sample_counts -- --traces 100000 --rate 2000
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -160,9 +160,16 @@ async fn main() {
         .set("compression.type", "lz4")
         .create()
         .expect("producer");
+    // Live traffic at `--rate` traces/s, so that the dynamic sampler sees
+    // many adjustment intervals, as it would in production.
+    let rate = arg("--rate", 2000) as f64;
     let started = Instant::now();
     let mut pending = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
+        if i % 100 == 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let root = g.pick_root();
         let t = g.trace(root, now_nanos(), 0.0);
         let touched: BTreeSet<usize> = t.spans_by_service.iter().map(|(svc, _)| *svc).collect();

@@ -39,6 +39,10 @@ pub struct SpanRecord {
     pub end_unix_nano: u64,
     /// Where the span's name lies in `bytes` (start, end).
     pub name_range: (u32, u32),
+    /// [`name_hash`] of the name, taken by the ingest scan while the bytes
+    /// are in cache: the RED metrics key on it without touching the bytes
+    /// again at decision time.
+    pub name_hash: u64,
     /// OTLP `SpanKind` (0 unspecified … 5 consumer).
     pub kind: u8,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
@@ -51,6 +55,15 @@ pub struct SpanRecord {
 
 /// OTLP status code ERROR.
 pub const STATUS_ERROR: u8 = 2;
+
+/// A fast hash of a span name (FxHash; not for anything adversarial: a
+/// collision would only merge two RED series).
+pub fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    h.finish()
+}
 
 impl SpanRecord {
     pub fn is_error(&self) -> bool {

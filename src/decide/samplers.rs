@@ -308,8 +308,9 @@ mod tests {
         offer(&r, "k", 1000, 1, t0, 0);
         let (kept, weight) = offer(&r, "k", 1000, 60, t0 + Duration::from_secs(1), 1_000_000);
         let per_sec = kept as f64 / 60.0;
-        assert!((90.0..=110.0).contains(&per_sec), "kept {per_sec}/s at a limit of 100/s");
         let offered = 60_000.0;
+        eprintln!("rate_limit: {per_sec:.1}/s kept at a limit of 100/s under 1000/s; sum of sample rates {weight:.0} for {offered}");
+        assert!((90.0..=110.0).contains(&per_sec), "kept {per_sec}/s at a limit of 100/s");
         assert!((weight - offered).abs() / offered < 0.1, "sum of sample rates {weight} for {offered}");
     }
 
@@ -375,6 +376,12 @@ mod tests {
             }
         }
         let kept_rate = |k: &str| seen[k].1 / seen[k].0;
+        eprintln!(
+            "dynamic: rare key kept {:.3}, frequent key {:.3} ({:.1}×)",
+            kept_rate("rare"),
+            kept_rate("frequent"),
+            kept_rate("rare") / kept_rate("frequent")
+        );
         assert!(
             kept_rate("rare") >= 5.0 * kept_rate("frequent"),
             "rare kept {:.3}, frequent {:.3}",

@@ -205,9 +205,10 @@ pub struct RedRecorder {
     shared: Arc<RedSeries>,
     /// service → its span names' index in `names`.
     services: FxHashMap<Box<str>, usize>,
-    /// span name (its bytes: no UTF-8 check per span) → slot (kind ×
-    /// status) → index + 1 into `series`.
-    names: Vec<FxHashMap<Box<[u8]>, [u32; SLOTS]>>,
+    /// span name, by the hash the ingest scan took (the name's bytes are
+    /// cold by decision time) → slot (kind × status) → index + 1 into
+    /// `series`.
+    names: Vec<FxHashMap<u64, [u32; SLOTS]>>,
     series: Vec<(SeriesKey, Accum)>,
     positions: HashMap<SeriesKey, u32>,
     other: Option<u32>,
@@ -260,7 +261,7 @@ impl RedRecorder {
 
     fn slot(&mut self, service: usize, s: &SpanRecord) -> u32 {
         let slot = (s.kind.min(5) as usize) * 3 + s.status_code.min(2) as usize;
-        if let Some(slots) = self.names[service].get(s.name_bytes()) {
+        if let Some(slots) = self.names[service].get(&s.name_hash) {
             if slots[slot] > 0 {
                 return slots[slot] - 1;
             }
@@ -285,7 +286,7 @@ impl RedRecorder {
         if is_other {
             self.other = Some(i);
         }
-        self.names[service].entry(s.name_bytes().into()).or_insert([0; SLOTS])[slot] = i + 1;
+        self.names[service].entry(s.name_hash).or_insert([0; SLOTS])[slot] = i + 1;
         i
     }
 
@@ -311,6 +312,7 @@ mod tests {
             start_unix_nano: 1_000_000_000,
             end_unix_nano: 1_000_000_000 + ms * 1_000_000,
             name_range: (2, 2 + name.len() as u32),
+            name_hash: crate::model::name_hash(name.as_bytes()),
             kind: 2,
             status_code: status,
             ..Default::default()

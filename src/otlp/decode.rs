@@ -204,12 +204,14 @@ fn scan_span(
     if !timestamps_are_sane(start, end) {
         return Ok(Scanned::InvalidTimestamp);
     }
+    let name_hash = crate::model::name_hash(&msg[range.0 + name_range.0 as usize..range.0 + name_range.1 as usize]);
     let record = SpanRecord {
         bytes: msg.slice(range.0..range.1),
         origin: Arc::clone(origin),
         start_unix_nano: start,
         end_unix_nano: end,
         name_range,
+        name_hash,
         kind,
         status_code,
         is_root,
