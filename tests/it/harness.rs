@@ -310,6 +310,9 @@ fn test_env(
         ),
         ("TSS__SERVER__ADMIN_ADDR", admin.to_string()),
         ("TSS__SERVER__METRICS_ADDR", metrics.to_string()),
+        // Scheduled maintenance would compact under other tests' feet at
+        // moments of its own; the maintenance tests switch it on.
+        ("TSS__MAINTENANCE__ENABLED", "false".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -41,12 +41,9 @@ fn scan(s: &Selector) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing() {
     let prefix = format!("tss-it-compact-{}:", uuid::Uuid::new_v4().simple());
-    // Scheduled maintenance off: the test runs it from the command line.
-    let s = Selector::start(
-        "compact",
-        &[("TSS__REDIS__KEY_PREFIX", prefix.as_str()), ("TSS__MAINTENANCE__ENABLED", "false")],
-    )
-    .await;
+    // Scheduled maintenance off (the harness's default): the test runs it
+    // from the command line.
+    let s = Selector::start("compact", &[("TSS__REDIS__KEY_PREFIX", prefix.as_str())]).await;
     const ROUNDS: u64 = 10;
     const PER_ROUND: u64 = 200;
     for round in 0..ROUNDS {
@@ -91,4 +88,71 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     let out = s.command().arg("maintenance").output().expect("maintenance runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("compaction: 0 files"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_compaction_runs_under_the_lease_while_the_selector_appends() {
+    let prefix = format!("tss-it-compact-sched-{}:", uuid::Uuid::new_v4().simple());
+    let s = Selector::start(
+        "compact-sched",
+        &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("TSS__MAINTENANCE__ENABLED", "true"),
+            ("TSS__MAINTENANCE__INTERVAL_SECS", "2"),
+            ("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "3"),
+        ],
+    )
+    .await;
+    // Appends keep coming while the schedule compacts.
+    const ROUNDS: u64 = 12;
+    const PER_ROUND: u64 = 100;
+    for round in 0..ROUNDS {
+        send_round(&s, 100 + round, PER_ROUND).await;
+        s.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
+    }
+    s.wait_metric(
+        "tail_sampling_maintenance_runs_total{result=\"ok\",step=\"compaction\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    s.wait_metric("tail_sampling_maintenance_files_rewritten_total", 3.0, std::time::Duration::from_secs(30)).await;
+    let total = (ROUNDS * PER_ROUND * 3) as i64;
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
+    assert_eq!(s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)").await, total);
+    let (_, health) = s.get("/health").await;
+    assert_eq!(health["maintenance"]["status"], "ok", "{health}");
+    assert_eq!(s.metric("tail_sampling_maintenance_runs_total{result=\"error\",step=\"compaction\"}").await, 0.0);
+    let read = scan(&s);
+    assert_eq!(read["rows"], total, "{read}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_holder_at_a_time_and_a_dead_holders_lease_runs_out() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tail_sampling_selector::config::Settings;
+    use tail_sampling_selector::maintenance::lease::Lease;
+    use tail_sampling_selector::redis_client::LazyRedis;
+
+    let prefix = format!("tss-it-lease-{}:", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("TSS__REDIS__URL".to_string(), crate::harness::redis_url()),
+        ("TSS__REDIS__KEY_PREFIX".to_string(), prefix),
+    ];
+    let settings = Settings::load_with_env(None, env).expect("settings");
+    let redis = Arc::new(LazyRedis::new(&settings.redis).expect("redis"));
+    let a = Lease::new(redis.clone(), "default.spans", Duration::from_millis(1500));
+    let b = Lease::new(redis.clone(), "default.spans", Duration::from_millis(1500));
+    assert!(a.acquire().await.expect("a"), "a free lease is taken");
+    assert!(a.acquire().await.expect("a again"), "the holder keeps it");
+    assert!(!b.acquire().await.expect("b"), "nobody else gets it");
+    a.release().await;
+    assert!(b.acquire().await.expect("b after release"), "released, it is free");
+    // b dies without releasing: after the TTL, a gets it.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(a.acquire().await.expect("a after expiry"), "a dead holder's lease runs out");
+    // b's release cannot remove a's lease.
+    b.release().await;
+    assert!(!b.acquire().await.expect("b"), "still a's");
 }
