@@ -119,11 +119,7 @@ pub async fn maintain_once(settings: &Settings) -> Result<String, crate::mainten
     let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
     let metrics = Metrics::new().map_err(|e| crate::maintenance::MaintenanceError::Catalog(e.to_string()))?;
     let m = Maintainer::new(settings, table, metrics, Health::default()).await?;
-    let o = m.run_once().await?;
-    Ok(format!(
-        "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases",
-        o.files_removed, o.bytes_removed, o.files_added, o.bytes_added, o.rows, o.manifests_before, o.manifests_after, o.rebases
-    ))
+    Ok(m.run_once().await?.to_string())
 }
 
 /// Table maintenance on its schedule, when `maintenance.enabled`. A catalog

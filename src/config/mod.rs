@@ -76,6 +76,10 @@ pub struct MaintenanceConfig {
     pub target_file_bytes: u64,
     /// A day partition is compacted once it has this many small files.
     pub min_files_to_compact: usize,
+    /// Snapshots older than this are expired (the newest
+    /// `min_snapshots_to_keep` and the current one never are).
+    pub snapshot_max_age_secs: Seconds,
+    pub min_snapshots_to_keep: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -722,6 +726,10 @@ impl Settings {
         seconds("maintenance.lease_ttl_secs", self.maintenance.lease_ttl_secs)?;
         if self.maintenance.target_file_bytes < 1 << 20 {
             return Err(invalid("maintenance.target_file_bytes", "must be at least 1 MiB (1048576)"));
+        }
+        seconds("maintenance.snapshot_max_age_secs", self.maintenance.snapshot_max_age_secs)?;
+        if self.maintenance.min_snapshots_to_keep < 1 {
+            return Err(invalid("maintenance.min_snapshots_to_keep", "must be at least 1"));
         }
         if self.maintenance.min_files_to_compact < 2 {
             return Err(invalid("maintenance.min_files_to_compact", "must be at least 2"));

@@ -1,6 +1,8 @@
 //! Table maintenance, so that the table stays fast as it ages: compaction of
-//! small files into large ones sorted by trace id ([`compaction`]), through
-//! commits the public iceberg-rust API cannot make ([`commit`]).
+//! small files into large ones sorted by trace id ([`compaction`]), then
+//! snapshot expiry and the deletion of the files only expired snapshots
+//! reached ([`expiry`]), through commits the public iceberg-rust API cannot
+//! make ([`commit`]).
 //!
 //! One instance at a time runs it: a Redis lease ([`lease`]) that its holder
 //! renews while it works and that runs out if the holder dies. It runs every
@@ -9,6 +11,7 @@
 
 pub mod commit;
 pub mod compaction;
+pub mod expiry;
 pub mod lease;
 
 use std::sync::Arc;
@@ -23,6 +26,27 @@ use crate::redis_client::LazyRedis;
 use crate::table::TableHandle;
 use commit::Committer;
 use compaction::CompactionOutcome;
+use expiry::ExpiryOutcome;
+
+/// What one maintenance run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub compaction: CompactionOutcome,
+    pub expiry: ExpiryOutcome,
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (c, e) = (&self.compaction, &self.expiry);
+        write!(
+            f,
+            "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases\n\
+             expiry: {} snapshots expired, {} unreferenced files deleted; {} rebases",
+            c.files_removed, c.bytes_removed, c.files_added, c.bytes_added, c.rows, c.manifests_before, c.manifests_after,
+            c.rebases, e.snapshots_expired, e.files_deleted, e.rebases
+        )
+    }
+}
 use lease::Lease;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,50 +98,87 @@ impl Maintainer {
         })
     }
 
-    /// One pass: compaction. Counts and times each step.
-    pub async fn run_once(&self) -> Result<CompactionOutcome, MaintenanceError> {
+    /// One pass: compaction, then expiry. Counts and times each step; a
+    /// failed step does not stop the next.
+    pub async fn run_once(&self) -> Result<RunOutcome, MaintenanceError> {
+        let compaction = self
+            .step("compaction", compaction::compact(
+                &self.table,
+                &self.committer,
+                &self.layout,
+                self.cfg.target_file_bytes,
+                self.cfg.min_files_to_compact,
+            ))
+            .await;
+        if let Ok(o) = &compaction {
+            let m = &self.metrics;
+            m.maintenance_files_rewritten_total.inc_by(o.files_removed);
+            m.maintenance_files_written_total.inc_by(o.files_added);
+            m.maintenance_bytes_rewritten_total.inc_by(o.bytes_removed);
+            m.maintenance_commit_rebases_total.inc_by(o.rebases);
+            if o.files_removed > 0 {
+                tracing::info!(
+                    files_removed = o.files_removed,
+                    files_added = o.files_added,
+                    bytes_removed = o.bytes_removed,
+                    bytes_added = o.bytes_added,
+                    rows = o.rows,
+                    manifests_before = o.manifests_before,
+                    manifests_after = o.manifests_after,
+                    rebases = o.rebases,
+                    "compaction committed"
+                );
+            }
+        }
+        let expiry = self
+            .step(
+                "expiry",
+                expiry::expire(
+                    &self.table,
+                    &self.committer,
+                    self.cfg.snapshot_max_age_secs.duration(),
+                    self.cfg.min_snapshots_to_keep,
+                ),
+            )
+            .await;
+        if let Ok(o) = &expiry {
+            let m = &self.metrics;
+            m.maintenance_snapshots_expired_total.inc_by(o.snapshots_expired);
+            m.maintenance_files_deleted_total.inc_by(o.files_deleted);
+            m.maintenance_commit_rebases_total.inc_by(o.rebases);
+            if o.snapshots_expired > 0 {
+                tracing::info!(snapshots = o.snapshots_expired, files_deleted = o.files_deleted, "expired snapshots");
+            }
+        }
+        let failed: Vec<String> = [compaction.as_ref().err(), expiry.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .map(|e| e.to_string())
+            .collect();
+        if failed.is_empty() {
+            self.health.set_maintenance(Ok(()));
+        } else {
+            self.health.set_maintenance(Err(failed.join("; ")));
+        }
+        Ok(RunOutcome { compaction: compaction?, expiry: expiry? })
+    }
+
+    /// Runs one step, timing and counting it.
+    async fn step<T>(&self, name: &str, work: impl std::future::Future<Output = Result<T, MaintenanceError>>) -> Result<T, MaintenanceError> {
         let started = Instant::now();
+        let result = work.await;
         let m = &self.metrics;
-        let result = compaction::compact(
-            &self.table,
-            &self.committer,
-            &self.layout,
-            self.cfg.target_file_bytes,
-            self.cfg.min_files_to_compact,
-        )
-        .await;
-        m.maintenance_duration_seconds
-            .with_label_values(&["compaction"])
-            .observe(started.elapsed().as_secs_f64());
+        m.maintenance_duration_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(o) => {
-                m.maintenance_runs_total.with_label_values(&["compaction", "ok"]).inc();
-                m.maintenance_files_rewritten_total.inc_by(o.files_removed);
-                m.maintenance_files_written_total.inc_by(o.files_added);
-                m.maintenance_bytes_rewritten_total.inc_by(o.bytes_removed);
-                m.maintenance_commit_rebases_total.inc_by(o.rebases);
+            Ok(_) => {
+                m.maintenance_runs_total.with_label_values(&[name, "ok"]).inc();
                 m.maintenance_last_success_timestamp_seconds
-                    .with_label_values(&["compaction"])
+                    .with_label_values(&[name])
                     .set(chrono::Utc::now().timestamp() as f64);
-                self.health.set_maintenance(Ok(()));
-                if o.files_removed > 0 {
-                    tracing::info!(
-                        files_removed = o.files_removed,
-                        files_added = o.files_added,
-                        bytes_removed = o.bytes_removed,
-                        bytes_added = o.bytes_added,
-                        rows = o.rows,
-                        manifests_before = o.manifests_before,
-                        manifests_after = o.manifests_after,
-                        rebases = o.rebases,
-                        "compaction committed"
-                    );
-                }
             }
             Err(e) => {
-                m.maintenance_runs_total.with_label_values(&["compaction", "error"]).inc();
-                self.health.set_maintenance(Err(format!("compaction failed: {e}")));
-                tracing::warn!(error = %e, "compaction failed; the table is unchanged and the next run tries again");
+                m.maintenance_runs_total.with_label_values(&[name, "error"]).inc();
+                tracing::warn!(step = name, error = %e, "table maintenance step failed; the table is unchanged and the next run tries again");
             }
         }
         result

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub maintenance_files_written_total: IntCounter,
     pub maintenance_bytes_rewritten_total: IntCounter,
     pub maintenance_commit_rebases_total: IntCounter,
+    pub maintenance_snapshots_expired_total: IntCounter,
+    pub maintenance_files_deleted_total: IntCounter,
     pub maintenance_last_success_timestamp_seconds: prometheus::GaugeVec,
     pub trace_lookups_total: IntCounter,
     pub trace_lookup_files_total: IntCounterVec,
@@ -241,6 +243,11 @@ impl Metrics {
                 "maintenance_commit_rebases_total",
                 "Maintenance commits rebuilt because an append committed first",
             )?,
+            maintenance_snapshots_expired_total: counter("maintenance_snapshots_expired_total", "Snapshots expired")?,
+            maintenance_files_deleted_total: counter(
+                "maintenance_files_deleted_total",
+                "Manifest lists, manifests and data files deleted because only expired snapshots reached them",
+            )?,
             maintenance_last_success_timestamp_seconds: {
                 let g = prometheus::GaugeVec::new(
                     opts("maintenance_last_success_timestamp_seconds", "When each maintenance step last succeeded (Unix seconds)"),
@@ -266,6 +273,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.policy_reloads_total.with_label_values(&[result]);
             m.maintenance_runs_total.with_label_values(&["compaction", result]);
+            m.maintenance_runs_total.with_label_values(&["expiry", result]);
         }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);

@@ -24,28 +24,14 @@ use futures::TryStreamExt;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::Datum;
 use iceberg::table::Table;
-use serde::{Deserialize, Serialize};
+
 
 use crate::model::KeptTrace;
 use crate::model::TraceId;
 use crate::ack::Assignments;
 
-/// Snapshot-summary key holding the Kafka offsets a snapshot covers.
-pub const SNAPSHOT_KAFKA_OFFSETS_KEY: &str = "tail-sampling.kafka-offsets";
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct OffsetsSummary {
-    pub topic: String,
-    pub partitions: BTreeMap<i32, PartitionOffsets>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct PartitionOffsets {
-    /// One past the highest offset whose kept spans the snapshot contains.
-    pub next_offset: i64,
-    /// The lease that read them, as [`Assignments::owner_token`] names it.
-    pub owner: String,
-}
+pub use crate::table::offsets::{OffsetsSummary, PartitionOffsets, SNAPSHOT_KAFKA_OFFSETS_KEY};
+use crate::table::offsets;
 
 /// The summary value for a batch of kept traces.
 pub fn offsets_summary(topic: &str, traces: &[KeptTrace], assignments: &Assignments) -> String {
@@ -85,24 +71,12 @@ impl ReplayGuard {
             if !self.seen_snapshots.insert(snapshot.snapshot_id()) {
                 continue;
             }
-            let Some(raw) = snapshot
-                .summary()
-                .additional_properties
-                .get(SNAPSHOT_KAFKA_OFFSETS_KEY)
-            else {
-                continue;
-            };
-            let Ok(summary) = serde_json::from_str::<OffsetsSummary>(raw) else {
-                continue;
-            };
-            if summary.topic != topic {
-                continue;
-            }
-            for (p, o) in summary.partitions {
-                let e = self.high.entry((p, o.owner)).or_insert(o.next_offset);
-                *e = (*e).max(o.next_offset);
+            if let Some(raw) = snapshot.summary().additional_properties.get(SNAPSHOT_KAFKA_OFFSETS_KEY) {
+                offsets::add_summary(&mut self.high, raw, topic);
             }
         }
+        // What expired snapshots recorded lives on in the checkpoint.
+        let _ = offsets::add_checkpoint;
         let mut out: HashMap<i32, i64> = HashMap::new();
         for ((p, owner), next) in &self.high {
             let mine = assignments

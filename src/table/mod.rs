@@ -5,6 +5,7 @@
 //! query engine reads it, and both reach it through [`TableHandle`].
 
 pub mod layout;
+pub mod offsets;
 pub mod schema;
 pub mod write;
 

@@ -156,3 +156,73 @@ async fn one_holder_at_a_time_and_a_dead_holders_lease_runs_out() {
     b.release().await;
     assert!(!b.acquire().await.expect("b"), "still a's");
 }
+
+/// Data files under the warehouse, on disk.
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "parquet") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_deletes_what_only_old_snapshots_reached_and_keeps_the_replay_guarantee() {
+    let prefix = format!("tss-it-expire-{}:", uuid::Uuid::new_v4().simple());
+    let mut a = Selector::start("expire", &[("TSS__REDIS__KEY_PREFIX", prefix.as_str())]).await;
+    const ROUNDS: u64 = 6;
+    const PER_ROUND: u64 = 100;
+    for round in 0..ROUNDS {
+        send_round(&a, 200 + round, PER_ROUND).await;
+        a.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
+    }
+    let total = (ROUNDS * PER_ROUND * 3) as i64;
+    assert_eq!(parquet_files(&a.warehouse_path()), ROUNDS as usize);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let out = a
+        .command()
+        .arg("maintenance")
+        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
+        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
+        .output()
+        .expect("maintenance runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // Six appends and the compaction: all but the compaction's snapshot go.
+    assert!(stdout.contains(&format!("{ROUNDS} files")), "{stdout}");
+    assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
+    assert_eq!(parquet_files(&a.warehouse_path()), 1, "the replaced small files are deleted:\n{stdout}");
+    assert_eq!(a.count("SELECT count(*) FROM spans").await, total);
+    let read = scan(&a);
+    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+
+    // Another selector, in a new consumer group, re-reads every message into
+    // the same table. Their offsets are only in the checkpoint now: every
+    // span must be found already stored, none stored again.
+    let (catalog, warehouse) = (a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").expect("uri").to_string(), a.warehouse_path());
+    let topic = a.topic.clone();
+    let group = format!("{topic}-again");
+    let fresh_prefix = format!("tss-it-expire-b-{}:", uuid::Uuid::new_v4().simple());
+    // Stopped, its directory (the catalog, the warehouse) kept.
+    a.kill();
+    let b = Selector::start_on(
+        &topic,
+        &[
+            ("TSS__KAFKA__GROUP_ID", group.as_str()),
+            ("TSS__REDIS__KEY_PREFIX", fresh_prefix.as_str()),
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", catalog.as_str()),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.to_str().expect("path")),
+        ],
+    )
+    .await;
+    b.wait_metric("tail_sampling_replayed_spans_skipped_total", total as f64, std::time::Duration::from_secs(60)).await;
+    assert_eq!(b.count("SELECT count(*) FROM spans").await, total, "nothing stored twice");
+}
