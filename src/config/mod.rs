@@ -536,6 +536,9 @@ pub struct StorageConfig {
     /// False-positive probability of the bloom filter on `trace_id` in every
     /// row group.
     pub trace_id_bloom_fpp: f64,
+    /// Day partitions older than this many days are removed by maintenance;
+    /// 0 keeps everything.
+    pub retention_days: u32,
     pub iceberg: IcebergConfig,
 }
 

@@ -140,7 +140,7 @@ pub async fn compact(
     outcome.files_added = added.len() as u64;
     let mut table = table;
     for attempt in 0..MAX_ATTEMPTS {
-        match commit_rewrite(&table, committer, &removed, &added).await {
+        match commit_rewrite(&table, committer, &removed, &added, Operation::Replace).await {
             Ok((before, after)) => {
                 outcome.manifests_before = before;
                 outcome.manifests_after = after;
@@ -164,15 +164,15 @@ pub async fn compact(
 }
 
 /// A live entry with the sequence numbers it must keep.
-struct LiveEntry {
-    data_file: DataFile,
+pub(super) struct LiveEntry {
+    pub(super) data_file: DataFile,
     snapshot_id: i64,
     sequence_number: i64,
     file_sequence_number: Option<i64>,
 }
 
 /// Every live data file of `snapshot`, by path.
-async fn live_files(table: &Table, snapshot: &Arc<Snapshot>) -> Result<HashMap<String, LiveEntry>, MaintenanceError> {
+pub(super) async fn live_files(table: &Table, snapshot: &Arc<Snapshot>) -> Result<HashMap<String, LiveEntry>, MaintenanceError> {
     let list = table.manifest_list_reader(snapshot).load().await?;
     let mut live = HashMap::new();
     for manifest in list.entries() {
@@ -232,13 +232,16 @@ async fn read_sorted(table: &Table, tasks: Vec<FileScanTask>) -> Result<RecordBa
     Ok(take_record_batch(&all, &order)?)
 }
 
-/// Builds and commits the replace snapshot on `table`'s current snapshot.
-/// Returns the manifest counts before and after.
-async fn commit_rewrite(
+/// Builds and commits a snapshot on `table`'s current snapshot that removes
+/// `removed` and adds `added` (`Replace` for a rewrite, `Delete` for
+/// retention), with every data manifest merged into one. Returns the
+/// manifest counts before and after.
+pub(super) async fn commit_rewrite(
     table: &Table,
     committer: &Committer,
     removed: &HashSet<String>,
     added: &[DataFile],
+    operation: Operation,
 ) -> Result<(u64, u64), MaintenanceError> {
     let metadata = table.metadata();
     let parent = metadata
@@ -304,7 +307,7 @@ async fn commit_rewrite(
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(parent.snapshot_id()))
         .with_sequence_number(sequence_number)
-        .with_summary(Summary { operation: Operation::Replace, additional_properties: properties })
+        .with_summary(Summary { operation, additional_properties: properties })
         .with_schema_id(metadata.current_schema_id())
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .build();

@@ -1,7 +1,8 @@
 //! Table maintenance, so that the table stays fast as it ages: compaction of
 //! small files into large ones sorted by trace id ([`compaction`]), then
-//! snapshot expiry and the deletion of the files only expired snapshots
-//! reached ([`expiry`]), through commits the public iceberg-rust API cannot
+//! retention of whole day partitions ([`retention`]), then snapshot expiry
+//! and the deletion of the files only expired snapshots reached
+//! ([`expiry`]), through commits the public iceberg-rust API cannot
 //! make ([`commit`]).
 //!
 //! One instance at a time runs it: a Redis lease ([`lease`]) that its holder
@@ -13,6 +14,7 @@ pub mod commit;
 pub mod compaction;
 pub mod expiry;
 pub mod lease;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,18 +34,21 @@ use expiry::ExpiryOutcome;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOutcome {
     pub compaction: CompactionOutcome,
+    pub retention: retention::RetentionOutcome,
     pub expiry: ExpiryOutcome,
 }
 
 impl std::fmt::Display for RunOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (c, e) = (&self.compaction, &self.expiry);
+        let (c, r, e) = (&self.compaction, &self.retention, &self.expiry);
         write!(
             f,
             "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases\n\
+             retention: {} day partitions removed ({} files, {} rows); {} rebases\n\
              expiry: {} snapshots expired, {} unreferenced files deleted; {} rebases",
             c.files_removed, c.bytes_removed, c.files_added, c.bytes_added, c.rows, c.manifests_before, c.manifests_after,
-            c.rebases, e.snapshots_expired, e.files_deleted, e.rebases
+            c.rebases, r.partitions_removed, r.files_removed, r.rows_removed, r.rebases, e.snapshots_expired, e.files_deleted,
+            e.rebases
         )
     }
 }
@@ -82,6 +87,8 @@ pub struct Maintainer {
     pub committer: Arc<Committer>,
     pub cfg: MaintenanceConfig,
     pub layout: crate::table::layout::ParquetLayout,
+    /// `storage.retention_days`.
+    pub retention_days: u32,
     pub metrics: Metrics,
     pub health: Health,
 }
@@ -93,6 +100,7 @@ impl Maintainer {
             table,
             cfg: settings.maintenance.clone(),
             layout: settings.storage.parquet_layout(),
+            retention_days: settings.storage.retention_days,
             metrics,
             health,
         })
@@ -130,6 +138,22 @@ impl Maintainer {
                 );
             }
         }
+        let retention = self
+            .step("retention", retention::apply(&self.table, &self.committer, self.retention_days))
+            .await;
+        if let Ok(o) = &retention {
+            self.metrics.maintenance_partitions_removed_total.inc_by(o.partitions_removed);
+            self.metrics.maintenance_commit_rebases_total.inc_by(o.rebases);
+            if o.partitions_removed > 0 {
+                tracing::info!(
+                    partitions = o.partitions_removed,
+                    files = o.files_removed,
+                    rows = o.rows_removed,
+                    retention_days = self.retention_days,
+                    "removed day partitions past retention"
+                );
+            }
+        }
         let expiry = self
             .step(
                 "expiry",
@@ -150,7 +174,7 @@ impl Maintainer {
                 tracing::info!(snapshots = o.snapshots_expired, files_deleted = o.files_deleted, "expired snapshots");
             }
         }
-        let failed: Vec<String> = [compaction.as_ref().err(), expiry.as_ref().err()]
+        let failed: Vec<String> = [compaction.as_ref().err(), retention.as_ref().err(), expiry.as_ref().err()]
             .into_iter()
             .flatten()
             .map(|e| e.to_string())
@@ -160,7 +184,7 @@ impl Maintainer {
         } else {
             self.health.set_maintenance(Err(failed.join("; ")));
         }
-        Ok(RunOutcome { compaction: compaction?, expiry: expiry? })
+        Ok(RunOutcome { compaction: compaction?, retention: retention?, expiry: expiry? })
     }
 
     /// Runs one step, timing and counting it.

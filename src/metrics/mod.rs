@@ -50,6 +50,7 @@ pub struct Metrics {
     pub maintenance_bytes_rewritten_total: IntCounter,
     pub maintenance_commit_rebases_total: IntCounter,
     pub maintenance_snapshots_expired_total: IntCounter,
+    pub maintenance_partitions_removed_total: IntCounter,
     pub maintenance_files_deleted_total: IntCounter,
     pub maintenance_last_success_timestamp_seconds: prometheus::GaugeVec,
     pub trace_lookups_total: IntCounter,
@@ -244,6 +245,10 @@ impl Metrics {
                 "Maintenance commits rebuilt because an append committed first",
             )?,
             maintenance_snapshots_expired_total: counter("maintenance_snapshots_expired_total", "Snapshots expired")?,
+            maintenance_partitions_removed_total: counter(
+                "maintenance_partitions_removed_total",
+                "Day partitions removed because they are past storage.retention_days",
+            )?,
             maintenance_files_deleted_total: counter(
                 "maintenance_files_deleted_total",
                 "Manifest lists, manifests and data files deleted because only expired snapshots reached them",
@@ -274,6 +279,7 @@ impl Metrics {
             m.policy_reloads_total.with_label_values(&[result]);
             m.maintenance_runs_total.with_label_values(&["compaction", result]);
             m.maintenance_runs_total.with_label_values(&["expiry", result]);
+            m.maintenance_runs_total.with_label_values(&["retention", result]);
         }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);

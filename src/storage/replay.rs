@@ -76,7 +76,7 @@ impl ReplayGuard {
             }
         }
         // What expired snapshots recorded lives on in the checkpoint.
-        let _ = offsets::add_checkpoint;
+        offsets::add_checkpoint(&mut self.high, table.metadata(), topic);
         let mut out: HashMap<i32, i64> = HashMap::new();
         for ((p, owner), next) in &self.high {
             let mine = assignments

@@ -11,13 +11,18 @@ use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 use crate::harness::{now_nanos, producer, random_trace_id as trace_id, run_python, send, Selector};
 
 async fn send_round(s: &Selector, round: u64, per_round: u64) {
+    send_round_at(s, round, per_round, now_nanos() - 10_000_000).await
+}
+
+/// A round of error traces (3 spans each) starting at `start_unix_nano`.
+async fn send_round_at(s: &Selector, round: u64, per_round: u64, start_unix_nano: u64) {
     let traces: Vec<_> = (0..per_round)
         .map(|n| TraceSpec {
             trace_id: trace_id(70_000 + round * 1000 + n),
             service: "compact-svc".into(),
             spans: 3,
             error: true,
-            start_unix_nano: now_nanos() - 10_000_000,
+            start_unix_nano,
             duration_ms: 10,
         })
         .collect();
@@ -225,4 +230,81 @@ async fn expiry_deletes_what_only_old_snapshots_reached_and_keeps_the_replay_gua
     .await;
     b.wait_metric("tail_sampling_replayed_spans_skipped_total", total as f64, std::time::Duration::from_secs(60)).await;
     assert_eq!(b.count("SELECT count(*) FROM spans").await, total, "nothing stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
+    let base = std::env::var("TSS_TEST_POSTGRES_URL").expect(
+        "TSS_TEST_POSTGRES_URL must name a PostgreSQL database; run scripts/test.sh (it starts one)",
+    );
+    let namespace = format!("it_{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("tss-it-pg-maint-{}:", uuid::Uuid::new_v4().simple());
+    let s = Selector::start(
+        "pg-maint",
+        &[
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", base.as_str()),
+            ("TSS__STORAGE__ICEBERG__NAMESPACE", namespace.as_str()),
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+        ],
+    )
+    .await;
+    const PER_ROUND: u64 = 100;
+    // Three flushes of today's traces, one of traces twenty days old.
+    for round in 0..3 {
+        send_round(&s, 300 + round, PER_ROUND).await;
+        s.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
+    }
+    let twenty_days_ago = now_nanos() - 20 * 86_400 * 1_000_000_000;
+    send_round_at(&s, 303, PER_ROUND, twenty_days_ago).await;
+    s.wait_exported((4 * PER_ROUND * 3) as f64).await;
+    let old = "start_time < now() - INTERVAL '15 days'";
+    assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE {old}")).await, (PER_ROUND * 3) as i64);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let out = s
+        .command()
+        .arg("maintenance")
+        .env("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")
+        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
+        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
+        .output()
+        .expect("maintenance runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("compaction: 3 files"), "today's three files: {stdout}");
+    assert!(stdout.contains("retention: 1 day partitions removed (1 files, 300 rows)"), "{stdout}");
+    // The four appends expire; the compaction's and the retention's
+    // snapshots are younger than a second.
+    assert!(stdout.contains("expiry: 4 snapshots expired"), "{stdout}");
+
+    let today = (3 * PER_ROUND * 3) as i64;
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
+    assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE {old}")).await, 0);
+    let read = run_python(
+        &crate::harness::python_script("scan_table.py"),
+        &[
+            "--catalog-uri".into(),
+            base.replacen("postgres://", "postgresql+psycopg2://", 1),
+            "--warehouse".into(),
+            format!("file://{}", s.warehouse_path().display()),
+            "--table".into(),
+            format!("{namespace}.spans"),
+            "--duckdb".into(),
+        ],
+    );
+    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(today), Some(today)), "{read}");
+    // The old partition's file is still reached by the compaction's snapshot.
+    assert_eq!(parquet_files(&s.warehouse_path()), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let out = s
+        .command()
+        .arg("maintenance")
+        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
+        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
+        .output()
+        .expect("maintenance runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("expiry: 1 snapshots expired"), "{stdout}");
+    assert_eq!(parquet_files(&s.warehouse_path()), 1, "only the compacted file is left: {stdout}");
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
 }
