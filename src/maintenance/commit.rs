@@ -1,11 +1,17 @@
 //! Commits that iceberg-rust 0.10's public API cannot make: a snapshot that
 //! removes files (compaction, retention). Its transaction actions are
-//! crate-private, so the commit goes through the catalog's own protocol, as
-//! iceberg-catalog-sql does it: apply the updates to the metadata, check the
-//! requirements, write the new `metadata.json`, then compare-and-set the
-//! table's `metadata_location` in `iceberg_tables`. A concurrent commit (an
-//! append by the writer) makes the compare-and-set fail; the caller rebases
-//! on the new metadata and tries again.
+//! crate-private, so the commit goes through the catalog's own protocol:
+//! - SQL (SQLite, PostgreSQL), as iceberg-catalog-sql does it: apply the
+//!   updates to the metadata, check the requirements, write the new
+//!   `metadata.json`, then compare-and-set the table's `metadata_location`
+//!   in `iceberg_tables`;
+//! - REST: `POST /v1/{prefix}/namespaces/{ns}/tables/{table}` with the
+//!   requirements and updates, as the Iceberg REST spec defines it; the
+//!   catalog checks the requirements and writes the metadata (409 when they
+//!   fail).
+//!
+//! A concurrent commit (an append by the writer) makes either fail with
+//! `Conflict`; the caller rebases on the new metadata and tries again.
 
 use std::str::FromStr;
 
@@ -23,6 +29,21 @@ use crate::table::CATALOG_NAME;
 pub enum Committer {
     /// `iceberg_tables` in SQLite or PostgreSQL.
     Sql { pool: AnyPool, dollar_binds: bool },
+    /// An Iceberg REST catalog.
+    Rest(RestCommitter),
+}
+
+/// The REST catalog's commit endpoint, with the same settings (OAuth2
+/// client credentials or a token, headers) the catalog client uses.
+pub struct RestCommitter {
+    http: reqwest_catalog::Client,
+    uri: String,
+    prefix: Option<String>,
+    headers: Vec<(String, String)>,
+    token: Option<String>,
+    credential: Option<(Option<String>, String)>,
+    token_endpoint: String,
+    scope: String,
 }
 
 impl Committer {
@@ -37,9 +58,10 @@ impl Committer {
                     .map_err(|e| MaintenanceError::Catalog(format!("connecting to the SQL catalog: {e}")))?;
                 Ok(Committer::Sql { pool, dollar_binds: cfg.catalog_uri.starts_with("postgres") })
             }
-            other => Err(MaintenanceError::Unsupported(format!(
-                "table maintenance commits through the SQL catalog only so far; catalog_type {other:?} is not supported"
-            ))),
+            CatalogType::Rest => Ok(Committer::Rest(RestCommitter::connect(cfg).await?)),
+            CatalogType::Memory => Err(MaintenanceError::Unsupported(
+                "table maintenance needs a SQL or REST catalog; the memory catalog is for tests".into(),
+            )),
         }
     }
 
@@ -51,6 +73,9 @@ impl Committer {
         requirements: Vec<TableRequirement>,
         updates: Vec<TableUpdate>,
     ) -> Result<(), MaintenanceError> {
+        if let Committer::Rest(rest) = self {
+            return rest.commit(table, requirements, updates).await;
+        }
         for r in &requirements {
             r.check(Some(table.metadata())).map_err(|e| MaintenanceError::Conflict(e.to_string()))?;
         }
@@ -88,8 +113,119 @@ impl Committer {
                     return Err(MaintenanceError::Conflict(format!("{ident} changed since it was loaded")));
                 }
             }
+            Committer::Rest(_) => unreachable!("handled above"),
         }
         Ok(())
+    }
+}
+
+fn rest_error(what: &str, e: impl std::fmt::Display) -> MaintenanceError {
+    MaintenanceError::Catalog(format!("REST catalog {what}: {e}"))
+}
+
+impl RestCommitter {
+    async fn connect(cfg: &IcebergConfig) -> Result<Self, MaintenanceError> {
+        let props = crate::table::rest_props(cfg);
+        let uri = cfg.catalog_uri.trim_end_matches('/').to_string();
+        let credential = props.get("credential").map(|c| match c.split_once(':') {
+            Some((id, secret)) => (Some(id.to_string()), secret.to_string()),
+            None => (None, c.clone()),
+        });
+        let mut rest = Self {
+            http: reqwest_catalog::Client::new(),
+            token_endpoint: props
+                .get("oauth2-server-uri")
+                .cloned()
+                .unwrap_or_else(|| format!("{uri}/v1/oauth/tokens")),
+            scope: props.get("scope").cloned().unwrap_or_else(|| "catalog".into()),
+            headers: props
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("header.")?.to_string(), v.clone())))
+                .collect(),
+            token: props.get("token").cloned(),
+            credential,
+            prefix: None,
+            uri,
+        };
+        rest.prefix = rest.load_prefix(&cfg.warehouse).await?;
+        Ok(rest)
+    }
+
+    /// A bearer token: the configured one, or one exchanged for the
+    /// client credentials (fresh per commit: maintenance commits rarely).
+    async fn bearer(&self) -> Result<Option<String>, MaintenanceError> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some((id, secret)) = &self.credential else { return Ok(None) };
+        let mut form = vec![("grant_type", "client_credentials"), ("client_secret", secret.as_str()), ("scope", self.scope.as_str())];
+        if let Some(id) = id {
+            form.push(("client_id", id.as_str()));
+        }
+        let response = self.http.post(&self.token_endpoint).form(&form).send().await.map_err(|e| rest_error("token", e))?;
+        if !response.status().is_success() {
+            return Err(rest_error("token", format!("{} from {}", response.status(), self.token_endpoint)));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| rest_error("token", e))?;
+        Ok(body["access_token"].as_str().map(str::to_string))
+    }
+
+    async fn request(&self, method: reqwest_catalog::Method, url: &str) -> Result<reqwest_catalog::RequestBuilder, MaintenanceError> {
+        let mut r = self.http.request(method, url);
+        for (k, v) in &self.headers {
+            r = r.header(k, v);
+        }
+        if let Some(t) = self.bearer().await? {
+            r = r.bearer_auth(t);
+        }
+        Ok(r)
+    }
+
+    /// The warehouse's prefix, from `GET /v1/config`.
+    async fn load_prefix(&self, warehouse: &str) -> Result<Option<String>, MaintenanceError> {
+        let url = format!("{}/v1/config", self.uri);
+        let response = self
+            .request(reqwest_catalog::Method::GET, &url)
+            .await?
+            .query(&[("warehouse", warehouse)])
+            .send()
+            .await
+            .map_err(|e| rest_error("config", e))?;
+        if !response.status().is_success() {
+            return Err(rest_error("config", response.status()));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| rest_error("config", e))?;
+        Ok(["overrides", "defaults"]
+            .iter()
+            .find_map(|k| body[k]["prefix"].as_str().map(str::to_string)))
+    }
+
+    async fn commit(&self, table: &Table, requirements: Vec<TableRequirement>, updates: Vec<TableUpdate>) -> Result<(), MaintenanceError> {
+        let ident = table.identifier();
+        let mut parts = vec![self.uri.clone(), "v1".into()];
+        parts.extend(self.prefix.clone());
+        parts.extend(["namespaces".into(), ident.namespace().to_url_string(), "tables".into(), ident.name().to_string()]);
+        let url = parts.join("/");
+        let body = serde_json::json!({
+            "identifier": { "namespace": ident.namespace().clone().inner(), "name": ident.name() },
+            "requirements": requirements,
+            "updates": updates,
+        });
+        let response = self
+            .request(reqwest_catalog::Method::POST, &url)
+            .await?
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| rest_error("commit", e))?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            reqwest_catalog::StatusCode::CONFLICT => Err(MaintenanceError::Conflict(format!("{ident}: a requirement failed"))),
+            s => {
+                let text = response.text().await.unwrap_or_default();
+                Err(rest_error("commit", format!("{s}: {text}")))
+            }
+        }
     }
 }
 

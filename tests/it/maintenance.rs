@@ -308,3 +308,45 @@ async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
     assert_eq!(parquet_files(&s.warehouse_path()), 1, "only the compacted file is left: {stdout}");
     assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_rest_catalog_and_s3_compaction_and_expiry_commit_through_the_catalog() {
+    let weed = crate::harness::Seaweed::from_env();
+    let namespace = format!("it_rest_maint_{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("tss-it-rest-maint-{}:", uuid::Uuid::new_v4().simple());
+    let mut settings = weed.rest_catalog(&namespace);
+    settings.push(("TSS__REDIS__KEY_PREFIX".into(), prefix));
+    let s = Selector::start("rest-maint", &crate::harness::pairs(&settings)).await;
+    const ROUNDS: u64 = 4;
+    const PER_ROUND: u64 = 100;
+    for round in 0..ROUNDS {
+        send_round(&s, 400 + round, PER_ROUND).await;
+        s.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let maintain = || {
+        s.command()
+            .arg("maintenance")
+            .env("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")
+            .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
+            .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
+            .output()
+            .expect("maintenance runs")
+    };
+    let out = maintain();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("compaction: {ROUNDS} files")), "{stdout}");
+    assert!(stdout.contains("into 1 files"), "{stdout}");
+    assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
+    let total = (ROUNDS * PER_ROUND * 3) as i64;
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
+    assert_eq!(s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)").await, total);
+    let read = run_python(&crate::harness::python_script("scan_table.py"), &weed.scan_args(&format!("{namespace}.spans")));
+    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+    // The replaced small files are gone from the bucket.
+    let location = read["location"].as_str().unwrap_or_default();
+    let table_prefix = location.trim_start_matches(&format!("s3://{}/", weed.warehouse));
+    let parquet = weed.list(&weed.warehouse, table_prefix).iter().filter(|k| k.ends_with(".parquet")).count();
+    assert_eq!(parquet, 1, "{stdout}");
+}
