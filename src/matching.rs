@@ -386,9 +386,7 @@ pub fn trace_duration_nanos(spans: &[SpanRecord]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::decode::decode_message;
-    use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
-    use bytes::Bytes;
+    use crate::testkit::synth::{records, TraceSpec};
     use prost::Message;
 
     fn spans(service: &str, error: bool, n: usize, duration_ms: u64) -> Vec<SpanRecord> {
@@ -400,15 +398,7 @@ mod tests {
             start_unix_nano: 1_700_000_000_000_000_000,
             duration_ms,
         };
-        let mut s = trace(&t);
-        s[0].attributes.push(kv("tenant", "acme-prod"));
-        let req = request(vec![ResourceDef::new(service, s)]);
-        decode_message(Bytes::from(req.encode_to_vec()), 1 << 20)
-            .expect("decode")
-            .spans
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect()
+        records(&t, ("tenant", "acme-prod"))
     }
 
     fn compiled(json: &str) -> CompiledMatch {

@@ -505,9 +505,7 @@ mod tests {
     mod policies {
         use super::*;
         use crate::config::Settings;
-        use crate::otlp::decode::decode_message;
-        use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
-        use prost::Message;
+        use crate::testkit::synth::{records, TraceSpec};
 
         /// A trace of `n` spans from `service`, 1.2 s long; `http.route` on its root.
         fn spans(service: &str, n: usize, error: bool, trace_id: TraceId) -> Vec<SpanRecord> {
@@ -519,15 +517,7 @@ mod tests {
                 start_unix_nano: 1_700_000_000_000_000_000,
                 duration_ms: 1200,
             };
-            let mut s = trace(&t);
-            s[0].attributes.push(kv("http.route", "/checkout"));
-            let req = request(vec![ResourceDef::new(service, s)]);
-            decode_message(Bytes::from(req.encode_to_vec()), 1 << 20)
-                .expect("decode")
-                .spans
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect()
+            records(&t, ("http.route", "/checkout"))
         }
 
         fn sampling(toml: &str) -> SamplingConfig {

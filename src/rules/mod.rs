@@ -180,10 +180,7 @@ impl ForceRules for RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::decode::decode_message;
-    use crate::testkit::synth::{kv, request, trace, ResourceDef, TraceSpec};
-    use bytes::Bytes;
-    use prost::Message;
+    use crate::testkit::synth::{records, TraceSpec};
 
     fn spec(json: &str) -> RuleSpec {
         serde_json::from_str(json).expect("rule json")
@@ -198,15 +195,7 @@ mod tests {
             start_unix_nano: 1_700_000_000_000_000_000,
             duration_ms,
         };
-        let mut s = trace(&t);
-        s[0].attributes.push(kv("tenant", "acme-prod"));
-        let req = request(vec![ResourceDef::new(service, s)]);
-        decode_message(Bytes::from(req.encode_to_vec()), 1 << 20)
-            .expect("decode")
-            .spans
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect()
+        records(&t, ("tenant", "acme-prod"))
     }
 
     fn rule(json: &str, id: &str) -> CompiledRule {

@@ -189,3 +189,16 @@ pub fn span_id_for(trace_id: &[u8; 16], index: usize) -> [u8; 8] {
     id[1] ^= ((index >> 8) as u8) | 0x80;
     id
 }
+
+/// The span records the ingest scan makes of one synthetic trace, with one
+/// more attribute on the root span: the fixture of rule and policy tests.
+pub fn records(spec: &TraceSpec, root_attribute: (&str, &str)) -> Vec<crate::model::SpanRecord> {
+    use prost::Message;
+    let mut spans = trace(spec);
+    spans[0].attributes.push(kv(root_attribute.0, root_attribute.1));
+    let req = request(vec![ResourceDef::new(&spec.service, spans)]);
+    crate::otlp::decode::decode_message(bytes::Bytes::from(req.encode_to_vec()), 1 << 20)
+        .map(|d| d.spans.into_iter().map(|(_, r)| r).collect())
+        .unwrap_or_default()
+}
+

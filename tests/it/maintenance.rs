@@ -30,6 +30,19 @@ async fn send_round_at(s: &Selector, round: u64, per_round: u64, start_unix_nano
     send(&producer(), &s.topic, &round.to_string(), &synth::request(resources).encode_to_vec()).await;
 }
 
+/// Expire anything older than a second, keep one snapshot.
+const EXPIRE_NOW: &[(&str, &str)] =
+    &[("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1"), ("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")];
+
+/// Runs `tail-sampling-selector maintenance` on the selector's table with
+/// these settings on top; returns what it printed, failing on an error.
+fn maintain(s: &Selector, env: &[(&str, &str)]) -> String {
+    let out = s.command().arg("maintenance").envs(env.iter().copied()).output().expect("maintenance runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn scan(s: &Selector) -> serde_json::Value {
     run_python(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/scan_table.py")),
@@ -59,9 +72,7 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     let (_, before) = s.get(&format!("/admin/traces/{id}")).await;
     assert!(before["scan"]["files_planned"].as_u64().expect("planned") >= ROUNDS, "{before}");
 
-    let out = s.command().arg("maintenance").output().expect("maintenance runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = maintain(&s, &[]);
     assert!(stdout.contains(&format!("{ROUNDS} files")), "{stdout}");
     assert!(stdout.contains("into 1 files"), "{stdout}");
     assert!(stdout.contains(&format!("{} rows", ROUNDS * PER_ROUND * 3)), "{stdout}");
@@ -90,8 +101,7 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     assert_eq!(read["trace_ids"].as_array().map(|a| a.len()), Some(((ROUNDS + 1) * PER_ROUND) as usize));
 
     // A second run finds too few small files (one compacted, one appended).
-    let out = s.command().arg("maintenance").output().expect("maintenance runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = maintain(&s, &[]);
     assert!(stdout.contains("compaction: 0 files"), "{stdout}");
 }
 
@@ -192,15 +202,7 @@ async fn expiry_deletes_what_only_old_snapshots_reached_and_keeps_the_replay_gua
     let total = (ROUNDS * PER_ROUND * 3) as i64;
     assert_eq!(parquet_files(&a.warehouse_path()), ROUNDS as usize);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let out = a
-        .command()
-        .arg("maintenance")
-        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
-        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
-        .output()
-        .expect("maintenance runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = maintain(&a, EXPIRE_NOW);
     // Six appends and the compaction: all but the compaction's snapshot go.
     assert!(stdout.contains(&format!("{ROUNDS} files")), "{stdout}");
     assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
@@ -261,16 +263,7 @@ async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
     assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE {old}")).await, (PER_ROUND * 3) as i64);
 
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let out = s
-        .command()
-        .arg("maintenance")
-        .env("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")
-        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
-        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
-        .output()
-        .expect("maintenance runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = maintain(&s, &[EXPIRE_NOW, &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")]].concat());
     assert!(stdout.contains("compaction: 3 files"), "today's three files: {stdout}");
     assert!(stdout.contains("retention: 1 day partitions removed (1 files, 300 rows)"), "{stdout}");
     // The four appends expire; the compaction's and the retention's
@@ -296,14 +289,7 @@ async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
     // The old partition's file is still reached by the compaction's snapshot.
     assert_eq!(parquet_files(&s.warehouse_path()), 2);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let out = s
-        .command()
-        .arg("maintenance")
-        .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
-        .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
-        .output()
-        .expect("maintenance runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = maintain(&s, EXPIRE_NOW);
     assert!(stdout.contains("expiry: 1 snapshots expired"), "{stdout}");
     assert_eq!(parquet_files(&s.warehouse_path()), 1, "only the compacted file is left: {stdout}");
     assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
@@ -324,18 +310,7 @@ async fn on_the_rest_catalog_and_s3_compaction_and_expiry_commit_through_the_cat
         s.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let maintain = || {
-        s.command()
-            .arg("maintenance")
-            .env("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")
-            .env("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1")
-            .env("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")
-            .output()
-            .expect("maintenance runs")
-    };
-    let out = maintain();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = maintain(&s, &[EXPIRE_NOW, &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")]].concat());
     assert!(stdout.contains(&format!("compaction: {ROUNDS} files")), "{stdout}");
     assert!(stdout.contains("into 1 files"), "{stdout}");
     assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
