@@ -73,50 +73,55 @@ impl Committer {
         requirements: Vec<TableRequirement>,
         updates: Vec<TableUpdate>,
     ) -> Result<(), MaintenanceError> {
-        if let Committer::Rest(rest) = self {
-            return rest.commit(table, requirements, updates).await;
-        }
-        for r in &requirements {
-            r.check(Some(table.metadata())).map_err(|e| MaintenanceError::Conflict(e.to_string()))?;
-        }
-        let current = table
-            .metadata_location()
-            .ok_or_else(|| MaintenanceError::Catalog("the table has no metadata location".into()))?
-            .to_string();
-        let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
-        for u in updates {
-            builder = u.apply(builder)?;
-        }
-        let metadata: TableMetadata = builder.build()?.metadata;
-        let location = MetadataLocation::from_str(&current)?
-            .with_next_version()
-            .with_new_metadata(&metadata);
-        metadata.write_to(table.file_io(), &location).await?;
-        let new = location.to_string();
         match self {
-            Committer::Sql { pool, dollar_binds } => {
-                let sql = swap_sql(*dollar_binds);
-                let ident = table.identifier();
-                let done = sqlx::query(&sql)
-                    .bind(&new)
-                    .bind(&current)
-                    .bind(CATALOG_NAME)
-                    .bind(ident.name())
-                    .bind(ident.namespace().join("."))
-                    .bind(&current)
-                    .execute(pool)
-                    .await
-                    .map_err(|e| MaintenanceError::Catalog(format!("committing: {e}")))?;
-                if done.rows_affected() == 0 {
-                    // Never published: nobody reads it.
-                    let _ = table.file_io().delete(&new).await;
-                    return Err(MaintenanceError::Conflict(format!("{ident} changed since it was loaded")));
-                }
-            }
-            Committer::Rest(_) => unreachable!("handled above"),
+            Committer::Sql { pool, dollar_binds } => commit_sql(pool, *dollar_binds, table, requirements, updates).await,
+            Committer::Rest(rest) => rest.commit(table, requirements, updates).await,
         }
-        Ok(())
     }
+}
+
+/// Applies, checks, writes the metadata, then compare-and-sets it.
+async fn commit_sql(
+    pool: &AnyPool,
+    dollar_binds: bool,
+    table: &Table,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+) -> Result<(), MaintenanceError> {
+    for r in &requirements {
+        r.check(Some(table.metadata())).map_err(|e| MaintenanceError::Conflict(e.to_string()))?;
+    }
+    let current = table
+        .metadata_location()
+        .ok_or_else(|| MaintenanceError::Catalog("the table has no metadata location".into()))?
+        .to_string();
+    let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
+    for u in updates {
+        builder = u.apply(builder)?;
+    }
+    let metadata: TableMetadata = builder.build()?.metadata;
+    let location = MetadataLocation::from_str(&current)?
+        .with_next_version()
+        .with_new_metadata(&metadata);
+    metadata.write_to(table.file_io(), &location).await?;
+    let new = location.to_string();
+    let ident = table.identifier();
+    let done = sqlx::query(&swap_sql(dollar_binds))
+        .bind(&new)
+        .bind(&current)
+        .bind(CATALOG_NAME)
+        .bind(ident.name())
+        .bind(ident.namespace().join("."))
+        .bind(&current)
+        .execute(pool)
+        .await
+        .map_err(|e| MaintenanceError::Catalog(format!("committing: {e}")))?;
+    if done.rows_affected() == 0 {
+        // Never published: nobody reads it.
+        let _ = table.file_io().delete(&new).await;
+        return Err(MaintenanceError::Conflict(format!("{ident} changed since it was loaded")));
+    }
+    Ok(())
 }
 
 fn rest_error(what: &str, e: impl std::fmt::Display) -> MaintenanceError {
