@@ -46,7 +46,9 @@ async fn a_lookup_reads_only_the_file_that_holds_the_trace() {
     assert_eq!(body["span_count"], 3, "{body}");
     let scan = &body["scan"];
     let planned = scan["files_planned"].as_u64().expect("planned");
-    assert!(planned >= ROUNDS, "one file per flush at least: {scan}");
+    // Random ids give every file nearly the whole id range: manifest pruning
+    // by bounds drops a few files at most, the bloom filters the rest.
+    assert!(planned >= 2, "{scan}");
     // A bloom filter at 1% false positives: the file holding the trace,
     // and rarely another.
     assert!(scan["files_read"].as_u64().expect("read") <= 2, "{scan}");
