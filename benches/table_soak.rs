@@ -59,40 +59,17 @@ fn traffic(topic: String, rate: u64, stop: Arc<AtomicBool>) -> std::thread::Join
     })
 }
 
-/// The newest `*.metadata.json` under `dir`, in bytes.
+/// The newest `*.metadata.json` under `dir` (the highest version), in bytes.
 fn newest_metadata_bytes(dir: &Path) -> u64 {
-    let mut best: Option<(String, u64)> = None;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()).filter(|n| n.ends_with(".metadata.json")) {
-                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                if best.as_ref().is_none_or(|(b, _)| name > b.as_str()) {
-                    best = Some((name.to_string(), size));
-                }
-            }
-        }
-    }
-    best.map_or(0, |(_, s)| s)
+    harness::files_under(dir, ".metadata.json")
+        .into_iter()
+        .max_by(|a, b| a.file_name().cmp(&b.file_name()))
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len())
 }
 
 fn files_with(dir: &Path, ext: &str) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                n += 1;
-            }
-        }
-    }
-    n
+    harness::files_under(dir, &format!(".{ext}")).len()
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {

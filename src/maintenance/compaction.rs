@@ -109,7 +109,7 @@ pub async fn compact(
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(CompactionOutcome::default());
     };
-    let live = live_files(&table, &snapshot).await?;
+    let (live, _) = live_files(&table, &snapshot).await?;
     let infos: Vec<FileInfo> = live
         .values()
         .map(|e| FileInfo {
@@ -171,8 +171,12 @@ pub(super) struct LiveEntry {
     file_sequence_number: Option<i64>,
 }
 
-/// Every live data file of `snapshot`, by path.
-pub(super) async fn live_files(table: &Table, snapshot: &Arc<Snapshot>) -> Result<HashMap<String, LiveEntry>, MaintenanceError> {
+/// Every live data file of `snapshot`, by path, and how many manifests list
+/// them.
+pub(super) async fn live_files(
+    table: &Table,
+    snapshot: &Arc<Snapshot>,
+) -> Result<(HashMap<String, LiveEntry>, u64), MaintenanceError> {
     let list = table.manifest_list_reader(snapshot).load().await?;
     let mut live = HashMap::new();
     for manifest in list.entries() {
@@ -195,7 +199,7 @@ pub(super) async fn live_files(table: &Table, snapshot: &Arc<Snapshot>) -> Resul
             );
         }
     }
-    Ok(live)
+    Ok((live, list.entries().len() as u64))
 }
 
 async fn scan_tasks(table: &Table) -> Result<Vec<FileScanTask>, MaintenanceError> {
@@ -248,8 +252,7 @@ pub(super) async fn commit_rewrite(
         .current_snapshot()
         .cloned()
         .ok_or_else(|| MaintenanceError::Conflict("the table lost its snapshot".into()))?;
-    let manifests_before = table.manifest_list_reader(&parent).load().await?.entries().len() as u64;
-    let live = live_files(table, &parent).await?;
+    let (live, manifests_before) = live_files(table, &parent).await?;
     if let Some(gone) = removed.iter().find(|p| !live.contains_key(*p)) {
         return Err(MaintenanceError::Aborted(format!("{gone} is no longer live; another rewrite removed it")));
     }

@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{renew_every, MaintenanceError};
+use super::MaintenanceError;
 use crate::redis_client::LazyRedis;
 
 /// Extends the TTL only while the key holds our token.
 const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// Deletes the key only while it holds our token.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// How often a holder renews: every third of the TTL.
+fn renew_every(ttl: Duration) -> Duration {
+    ttl / 3
+}
 
 #[derive(Clone)]
 pub struct Lease {

@@ -17,7 +17,7 @@ pub mod lease;
 pub mod retention;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -237,9 +237,4 @@ impl Maintainer {
             lease.release().await;
         }
     }
-}
-
-/// How long a run may hold the lease between renewals.
-pub fn renew_every(ttl: Duration) -> Duration {
-    ttl / 3
 }

@@ -38,7 +38,7 @@ pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: 
     for attempt in 0..MAX_ATTEMPTS {
         let table = handle.load().await?;
         let Some(snapshot) = table.metadata().current_snapshot().cloned() else { return Ok(outcome) };
-        let live = live_files(&table, &snapshot).await?;
+        let (live, _) = live_files(&table, &snapshot).await?;
         let mut days = HashSet::new();
         let mut removed = HashSet::new();
         let mut rows = 0;

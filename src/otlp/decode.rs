@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::format::find_attribute;
 use super::wire::{Fields, Value, WireError};
+
+/// `Resource.attributes`.
+const RESOURCE_ATTRIBUTES: u32 = 1;
 use crate::ack::Lease;
 use crate::model::{Origin, SpanRecord, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -129,8 +133,15 @@ fn scan_resource_spans(
             _ => {}
         }
     }
+    // Once per resource, for every scope under it. A resource that does not
+    // parse has no service name; the spans are still read, as before.
+    let service_name: Box<str> = match find_attribute(&resource, RESOURCE_ATTRIBUTES, "service.name") {
+        Some(Ok(raw)) => String::from_utf8_lossy(raw).into(),
+        Some(Err(formatted)) => formatted.into(),
+        None => "".into(),
+    };
     for scope_range in scopes {
-        scan_scope_spans(msg, scope_range, &resource, out)?;
+        scan_scope_spans(msg, scope_range, &resource, &service_name, out)?;
     }
     Ok(())
 }
@@ -139,6 +150,7 @@ fn scan_scope_spans(
     msg: &Bytes,
     range: (usize, usize),
     resource: &Bytes,
+    service_name: &str,
     out: &mut DecodedMessage,
 ) -> Result<(), DecodeError> {
     let mut scope = Bytes::new();
@@ -155,7 +167,7 @@ fn scan_scope_spans(
         return Ok(());
     }
     let origin = Arc::new(Origin {
-        service_name: service_name(resource)?.into(),
+        service_name: service_name.into(),
         resource: resource.clone(),
         scope,
     });
@@ -232,33 +244,6 @@ fn status_code_of(msg: &Bytes, range: (usize, usize)) -> Result<u8, DecodeError>
         }
     }
     Ok(0)
-}
-
-/// The `service.name` string attribute of an encoded `Resource`, or empty.
-fn service_name(resource: &Bytes) -> Result<String, DecodeError> {
-    for field in Fields::new(resource) {
-        let field = field?;
-        let (1, Value::Len(kv)) = (field.number, field.value) else { continue };
-        let mut key = None;
-        let mut value = None;
-        for f in Fields::range(resource, kv) {
-            match f? {
-                super::wire::Field { number: 1, value: Value::Len(r) } => key = Some(r),
-                super::wire::Field { number: 2, value: Value::Len(r) } => value = Some(r),
-                _ => {}
-            }
-        }
-        if key.is_some_and(|r| &resource[r.0..r.1] == b"service.name") {
-            let Some(v) = value else { return Ok(String::new()) };
-            for f in Fields::range(resource, v) {
-                if let super::wire::Field { number: 1, value: Value::Len(r) } = f? {
-                    return Ok(std::str::from_utf8(&resource[r.0..r.1]).map_err(WireError::from)?.to_string());
-                }
-            }
-            return Ok(String::new());
-        }
-    }
-    Ok(String::new())
 }
 
 #[cfg(test)]

@@ -175,19 +175,7 @@ async fn one_holder_at_a_time_and_a_dead_holders_lease_runs_out() {
 
 /// Data files under the warehouse, on disk.
 fn parquet_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                n += 1;
-            }
-        }
-    }
-    n
+    crate::harness::files_under(dir, ".parquet").len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
