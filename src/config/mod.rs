@@ -76,6 +76,13 @@ pub struct MaintenanceConfig {
     pub target_file_bytes: u64,
     /// A day partition is compacted once it has this many small files.
     pub min_files_to_compact: usize,
+    /// Rows a compaction holds in memory to sort them; past this it spills
+    /// sorted runs to the temporary directory.
+    pub compaction_memory_bytes: usize,
+    /// Files under the table's location that no snapshot or metadata
+    /// references are deleted once older than this: younger ones may belong
+    /// to a commit that has not published them yet.
+    pub orphan_file_grace_secs: Seconds,
     /// Snapshots older than this are expired (the newest
     /// `min_snapshots_to_keep` and the current one never are).
     pub snapshot_max_age_secs: Seconds,
@@ -734,6 +741,10 @@ impl Settings {
         if self.maintenance.min_snapshots_to_keep < 1 {
             return Err(invalid("maintenance.min_snapshots_to_keep", "must be at least 1"));
         }
+        if self.maintenance.compaction_memory_bytes < 4 << 20 {
+            return Err(invalid("maintenance.compaction_memory_bytes", "must be at least 4 MiB (4194304)"));
+        }
+        seconds("maintenance.orphan_file_grace_secs", self.maintenance.orphan_file_grace_secs)?;
         if self.maintenance.min_files_to_compact < 2 {
             return Err(invalid("maintenance.min_files_to_compact", "must be at least 2"));
         }

@@ -17,9 +17,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
-use futures::{stream, TryStreamExt};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{col, SessionConfig, SessionContext};
+use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
@@ -33,7 +40,7 @@ use iceberg::{TableRequirement, TableUpdate};
 use super::commit::Committer;
 use super::MaintenanceError;
 use crate::table::layout::{ParquetLayout, TRACE_ID_COLUMN};
-use crate::table::write::write_data_files;
+use crate::table::write::write_batches;
 use crate::table::TableHandle;
 
 /// A live data file as the planner sees it.
@@ -101,6 +108,7 @@ pub async fn compact(
     layout: &ParquetLayout,
     target_bytes: u64,
     min_files: usize,
+    memory_bytes: usize,
 ) -> Result<CompactionOutcome, MaintenanceError> {
     let table = handle.load().await?;
     if table.metadata().format_version() != FormatVersion::V2 {
@@ -128,9 +136,16 @@ pub async fn compact(
     let mut added: Vec<DataFile> = Vec::new();
     for group in &groups {
         let paths: HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
-        let batch = read_sorted(&table, tasks.iter().filter(|t| paths.contains(t.data_file_path.as_str())).cloned().collect()).await?;
-        outcome.rows += batch.num_rows() as u64;
-        let files = write_data_files(&table, batch, layout, target_bytes).await?;
+        let group_tasks = tasks.iter().filter(|t| paths.contains(t.data_file_path.as_str())).cloned().collect();
+        let sorted = read_sorted(&table, group_tasks, memory_bytes).await?;
+        let rows = std::sync::atomic::AtomicU64::new(0);
+        let counted = sorted
+            .inspect_ok(|b| {
+                rows.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+            })
+            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::Unexpected, "sorting rows for compaction").with_source(e));
+        let files = write_batches(&table, counted, layout, target_bytes).await?;
+        outcome.rows += rows.into_inner();
         outcome.bytes_removed += group.iter().map(|f| f.size_bytes).sum::<u64>();
         outcome.bytes_added += files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
         removed.extend(group.iter().map(|f| f.path.clone()));
@@ -207,33 +222,70 @@ async fn scan_tasks(table: &Table) -> Result<Vec<FileScanTask>, MaintenanceError
     Ok(scan.plan_files().await?.try_collect().await?)
 }
 
-/// The rows of these files, in the table's current schema, sorted by
-/// `trace_id` then `start_time`.
-async fn read_sorted(table: &Table, tasks: Vec<FileScanTask>) -> Result<RecordBatch, MaintenanceError> {
+/// The rows of these files, in the table's current schema, as a stream
+/// sorted by `trace_id` then `start_time`. DataFusion's external sort holds
+/// at most `memory_bytes` of rows and spills sorted runs to the temporary
+/// directory past that, so a group's size does not set the process's memory.
+async fn read_sorted(
+    table: &Table,
+    tasks: Vec<FileScanTask>,
+    memory_bytes: usize,
+) -> Result<SendableRecordBatchStream, MaintenanceError> {
     let reader = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current()).build();
-    let batches: Vec<RecordBatch> = reader
-        .read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))?
-        .stream()
-        .try_collect()
-        .await?;
-    let Some(first) = batches.first() else {
+    let mut input = reader.read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))?.stream();
+    // The reader's batches carry the schema it projects to; take it from the
+    // first one rather than assume it.
+    let Some(first) = input.try_next().await? else {
         return Err(MaintenanceError::Catalog("a planned file read no rows".into()));
     };
     let schema = first.schema();
-    let all = concat_batches(&schema, &batches)?;
-    let column = |name: &str| {
-        all.column_by_name(name)
-            .cloned()
-            .ok_or_else(|| MaintenanceError::Catalog(format!("the table has no column `{name}`")))
+    let rows = stream::iter([Ok(first)])
+        .chain(input)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+    let source = OneShot {
+        schema: schema.clone(),
+        stream: std::sync::Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(schema.clone(), rows)))),
     };
-    let order = lexsort_to_indices(
-        &[
-            SortColumn { values: column(TRACE_ID_COLUMN)?, options: None },
-            SortColumn { values: column("start_time")?, options: None },
-        ],
-        None,
-    )?;
-    Ok(take_record_batch(&all, &order)?)
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+        .with_disk_manager_builder(DiskManagerBuilder::default())
+        .build_arc()?;
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    // What a sort keeps back for merging its spilled runs.
+    config.options_mut().execution.sort_spill_reservation_bytes = memory_bytes / 8;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])?;
+    let sorted = ctx
+        .read_table(Arc::new(provider))?
+        .sort(vec![col(TRACE_ID_COLUMN).sort(true, false), col("start_time").sort(true, false)])?;
+    Ok(sorted.execute_stream().await?)
+}
+
+/// A stream as a DataFusion partition, read once.
+struct OneShot {
+    schema: SchemaRef,
+    stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneShot")
+    }
+}
+
+impl PartitionStream for OneShot {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        taken.unwrap_or_else(|| {
+            // Planned twice: the second reader sees no rows rather than the
+            // first one's.
+            Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream::empty()))
+        })
+    }
 }
 
 /// Builds and commits a snapshot on `table`'s current snapshot that removes

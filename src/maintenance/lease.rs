@@ -1,13 +1,12 @@
 //! The maintenance lease: one instance at a time maintains the table. A
 //! Redis key `{prefix}maintenance:{table}` holds the holder's token with a
-//! TTL; the holder renews it while it works, and a crashed holder's lease
-//! runs out after `maintenance.lease_ttl_secs`. Renewal and release only
+//! TTL; the holder renews it while it lives, between runs too, so the same
+//! instance keeps maintaining until it stops or dies, and a crashed holder's
+//! lease runs out after `maintenance.lease_ttl_secs`. Renewal and release only
 //! touch the key while it still holds this holder's token.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use super::MaintenanceError;
 use crate::redis_client::LazyRedis;
@@ -54,7 +53,8 @@ impl Lease {
         self.renew().await
     }
 
-    async fn renew(&self) -> Result<bool, MaintenanceError> {
+    /// Extends the lease if it is still ours; `false` when it is not.
+    pub async fn renew(&self) -> Result<bool, MaintenanceError> {
         let mut c = self.redis.conn().await.map_err(|e| MaintenanceError::Redis(e.to_string()))?;
         let renewed: i64 = redis::Script::new(RENEW)
             .key(&self.key)
@@ -66,24 +66,10 @@ impl Lease {
         Ok(renewed == 1)
     }
 
-    /// Renews the lease every third of its TTL until `stop` is cancelled.
-    pub fn keep_renewed(&self, stop: CancellationToken) -> CancellationToken {
-        let lease = self.clone();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(renew_every(lease.ttl)) => {}
-                }
-                match lease.renew().await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!("the maintenance lease was lost while running"),
-                    Err(e) => tracing::warn!(error = %e, "renewing the maintenance lease failed"),
-                }
-            }
-        });
-        stop
+    /// How often the holder renews: every third of the TTL, so that two
+    /// renewals can fail before the lease runs out.
+    pub fn renew_every(&self) -> Duration {
+        renew_every(self.ttl)
     }
 
     pub async fn release(&self) {

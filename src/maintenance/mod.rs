@@ -2,7 +2,8 @@
 //! small files into large ones sorted by trace id ([`compaction`]), then
 //! retention of whole day partitions ([`retention`]), then snapshot expiry
 //! and the deletion of the files only expired snapshots reached
-//! ([`expiry`]), through commits the public iceberg-rust API cannot
+//! ([`expiry`]), then the deletion of old files nothing references
+//! ([`orphans`]), through commits the public iceberg-rust API cannot
 //! make ([`commit`]).
 //!
 //! One instance at a time runs it: a Redis lease ([`lease`]) that its holder
@@ -14,6 +15,7 @@ pub mod commit;
 pub mod compaction;
 pub mod expiry;
 pub mod lease;
+pub mod orphans;
 pub mod retention;
 
 use std::sync::Arc;
@@ -36,19 +38,21 @@ pub struct RunOutcome {
     pub compaction: CompactionOutcome,
     pub retention: retention::RetentionOutcome,
     pub expiry: ExpiryOutcome,
+    pub orphans: orphans::OrphanOutcome,
 }
 
 impl std::fmt::Display for RunOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (c, r, e) = (&self.compaction, &self.retention, &self.expiry);
+        let (c, r, e, o) = (&self.compaction, &self.retention, &self.expiry, &self.orphans);
         write!(
             f,
             "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases\n\
              retention: {} day partitions removed ({} files, {} rows); {} rebases\n\
-             expiry: {} snapshots expired, {} unreferenced files deleted; {} rebases",
+             expiry: {} snapshots expired, {} unreferenced files deleted; {} rebases\n\
+             orphans: {} files listed, {} data files and manifests and {} metadata.json files deleted, {} younger than the grace period kept",
             c.files_removed, c.bytes_removed, c.files_added, c.bytes_added, c.rows, c.manifests_before, c.manifests_after,
             c.rebases, r.partitions_removed, r.files_removed, r.rows_removed, r.rebases, e.snapshots_expired, e.files_deleted,
-            e.rebases
+            e.rebases, o.files_listed, o.files_deleted, o.metadata_files_deleted, o.young_files_kept
         )
     }
 }
@@ -60,6 +64,8 @@ pub enum MaintenanceError {
     Iceberg(#[from] iceberg::Error),
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error(transparent)]
+    Sort(#[from] datafusion::error::DataFusionError),
     #[error("catalog: {0}")]
     Catalog(String),
     /// Another commit came first; rebuild on the new metadata.
@@ -91,6 +97,8 @@ pub struct Maintainer {
     pub retention_days: u32,
     pub metrics: Metrics,
     pub health: Health,
+    /// The storage settings, for listing the table's location.
+    pub storage: crate::config::IcebergConfig,
 }
 
 impl Maintainer {
@@ -103,6 +111,7 @@ impl Maintainer {
             retention_days: settings.storage.retention_days,
             metrics,
             health,
+            storage: settings.storage.iceberg.clone(),
         })
     }
 
@@ -116,6 +125,7 @@ impl Maintainer {
                 &self.layout,
                 self.cfg.target_file_bytes,
                 self.cfg.min_files_to_compact,
+                self.cfg.compaction_memory_bytes,
             ))
             .await;
         if let Ok(o) = &compaction {
@@ -174,7 +184,23 @@ impl Maintainer {
                 tracing::info!(snapshots = o.snapshots_expired, files_deleted = o.files_deleted, "expired snapshots");
             }
         }
-        let failed: Vec<String> = [compaction.as_ref().err(), retention.as_ref().err(), expiry.as_ref().err()]
+        let orphans = self.step("orphans", self.remove_orphans()).await;
+        if let Ok(o) = &orphans {
+            let m = &self.metrics.maintenance_orphan_files_deleted_total;
+            m.with_label_values(&["data"]).inc_by(o.files_deleted);
+            m.with_label_values(&["metadata"]).inc_by(o.metadata_files_deleted);
+            if o.files_deleted + o.metadata_files_deleted > 0 {
+                tracing::info!(
+                    listed = o.files_listed,
+                    data_files_and_manifests = o.files_deleted,
+                    metadata_files = o.metadata_files_deleted,
+                    young_kept = o.young_files_kept,
+                    "deleted orphan files"
+                );
+            }
+        }
+        let failed: Vec<String> =
+            [compaction.as_ref().err(), retention.as_ref().err(), expiry.as_ref().err(), orphans.as_ref().err()]
             .into_iter()
             .flatten()
             .map(|e| e.to_string())
@@ -184,7 +210,13 @@ impl Maintainer {
         } else {
             self.health.set_maintenance(Err(failed.join("; ")));
         }
-        Ok(RunOutcome { compaction: compaction?, retention: retention?, expiry: expiry? })
+        Ok(RunOutcome { compaction: compaction?, retention: retention?, expiry: expiry?, orphans: orphans? })
+    }
+
+    async fn remove_orphans(&self) -> Result<orphans::OrphanOutcome, MaintenanceError> {
+        let table = self.table.load().await?;
+        let listing = crate::table::Listing::for_location(&self.storage, table.metadata().location())?;
+        orphans::remove_orphans(&table, &listing, self.cfg.orphan_file_grace_secs.duration()).await
     }
 
     /// Runs one step, timing and counting it.
@@ -209,32 +241,89 @@ impl Maintainer {
     }
 
     /// Runs every `interval_secs` while this instance holds the lease, until
-    /// `stop`.
+    /// `stop`. The lease is kept between runs and renewed every third of its
+    /// TTL, from this task, so the same instance maintains until it stops (and
+    /// releases it) or dies (and it runs out). A run cut short by `stop` is
+    /// safe to drop: each commit lands whole or not at all, and files it wrote
+    /// without committing are orphans for a later run's cleanup.
     pub async fn run_scheduled(self, redis: Arc<LazyRedis>, stop: CancellationToken) {
         let lease = Lease::new(redis, &self.table.ident.to_string(), self.cfg.lease_ttl_secs.duration());
-        let mut tick = tokio::time::interval(self.cfg.interval_secs.duration());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first tick is immediate: let the writer start first
+        let mut runs = tokio::time::interval(self.cfg.interval_secs.duration());
+        runs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        runs.tick().await; // the first tick is immediate: let the writer start first
+        let mut renewals = tokio::time::interval(lease.renew_every());
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut holding = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match lease.acquire().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!("another instance holds the maintenance lease");
-                    continue;
+                _ = renewals.tick(), if holding => holding = self.keep(&lease).await,
+                _ = runs.tick() => {
+                    holding = self.take(&lease, holding).await;
+                    if holding {
+                        let run = self.run_once();
+                        tokio::pin!(run);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = &mut run => break,
+                                _ = renewals.tick() => {
+                                    // Lost: the new holder does the work.
+                                    holding = self.keep(&lease).await;
+                                    if !holding {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "maintenance lease unavailable; skipping this run");
-                    continue;
-                }
             }
-            let renew = lease.keep_renewed(stop.child_token());
-            let _ = self.run_once().await;
-            renew.cancel();
+        }
+        if holding {
             lease.release().await;
         }
+        self.metrics.maintenance_lease_held.set(0);
+    }
+
+    /// Takes the lease, or keeps it; whether this instance holds it now.
+    async fn take(&self, lease: &Lease, holding: bool) -> bool {
+        let held = match lease.acquire().await {
+            Ok(true) => {
+                if !holding {
+                    tracing::info!(table = %self.table.ident, "took the maintenance lease; this instance maintains the table");
+                }
+                true
+            }
+            Ok(false) => {
+                tracing::debug!("another instance holds the maintenance lease");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance lease unavailable; skipping this run");
+                false
+            }
+        };
+        self.metrics.maintenance_lease_held.set(i64::from(held));
+        held
+    }
+
+    /// Renews the lease; whether it is still ours. A failed renewal keeps it
+    /// until the next run's acquire tells.
+    async fn keep(&self, lease: &Lease) -> bool {
+        let held = match lease.renew().await {
+            Ok(held) => {
+                if !held {
+                    tracing::warn!("the maintenance lease ran out and another instance took it");
+                }
+                held
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the maintenance lease failed");
+                true
+            }
+        };
+        self.metrics.maintenance_lease_held.set(i64::from(held));
+        held
     }
 }

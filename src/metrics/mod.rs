@@ -52,6 +52,8 @@ pub struct Metrics {
     pub maintenance_snapshots_expired_total: IntCounter,
     pub maintenance_partitions_removed_total: IntCounter,
     pub maintenance_files_deleted_total: IntCounter,
+    pub maintenance_orphan_files_deleted_total: IntCounterVec,
+    pub maintenance_lease_held: IntGauge,
     pub maintenance_last_success_timestamp_seconds: prometheus::GaugeVec,
     pub trace_lookups_total: IntCounter,
     pub trace_lookup_files_total: IntCounterVec,
@@ -164,7 +166,7 @@ impl Metrics {
             iceberg_commit_duration_seconds: histogram(
                 "iceberg_commit_duration_seconds",
                 "Writing data files and committing one Iceberg snapshot",
-                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                vec![0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )?,
             replayed_spans_skipped_total: counter(
                 "replayed_spans_skipped_total",
@@ -253,6 +255,15 @@ impl Metrics {
                 "maintenance_files_deleted_total",
                 "Manifest lists, manifests and data files deleted because only expired snapshots reached them",
             )?,
+            maintenance_lease_held: gauge(
+                "maintenance_lease_held",
+                "1 while this instance holds the maintenance lease (it maintains the table), 0 otherwise",
+            )?,
+            maintenance_orphan_files_deleted_total: counter_vec(
+                "maintenance_orphan_files_deleted_total",
+                "Unreferenced files under the table's location deleted past orphan_file_grace_secs, by kind: data (data files and manifests) or metadata (metadata.json)",
+                "kind",
+            )?,
             maintenance_last_success_timestamp_seconds: {
                 let g = prometheus::GaugeVec::new(
                     opts("maintenance_last_success_timestamp_seconds", "When each maintenance step last succeeded (Unix seconds)"),
@@ -280,6 +291,10 @@ impl Metrics {
             m.maintenance_runs_total.with_label_values(&["compaction", result]);
             m.maintenance_runs_total.with_label_values(&["expiry", result]);
             m.maintenance_runs_total.with_label_values(&["retention", result]);
+            m.maintenance_runs_total.with_label_values(&["orphans", result]);
+        }
+        for kind in ["data", "metadata"] {
+            m.maintenance_orphan_files_deleted_total.with_label_values(&[kind]);
         }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);

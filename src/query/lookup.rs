@@ -15,7 +15,7 @@
 //! show it and the metrics count it.
 
 use futures::{stream, StreamExt, TryStreamExt};
-use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder};
+use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, ScanResult};
 use iceberg::expr::Reference;
 use iceberg::io::FileMetadata;
 use iceberg::Runtime;
@@ -53,13 +53,31 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
 
 /// The spans of `trace_id` (lowercase hex), ordered by start time and span id.
 pub async fn find_trace(table: &Table, trace_id: &str, max_rows: usize) -> Result<(QueryResult, LookupStats), QueryError> {
+    let (tasks, stats) = plan_trace(table, trace_id, None).await?;
+    let batches: Vec<_> = read_tasks(table, tasks)?
+        .stream()
+        .try_collect()
+        .await
+        .map_err(|e| failed("reading", e))?;
+    let mut result = to_json(&batches, max_rows)?;
+    sort_rows(&mut result);
+    Ok((result, stats))
+}
+
+/// The files that may hold `trace_id`, with `columns` (all when `None`)
+/// and the id as their row filter: Iceberg's plan after manifest pruning,
+/// less the files whose bloom filters rule the id out in every row group.
+pub async fn plan_trace(
+    table: &Table,
+    trace_id: &str,
+    columns: Option<Vec<String>>,
+) -> Result<(Vec<FileScanTask>, LookupStats), QueryError> {
     let predicate = Reference::new(TRACE_ID_COLUMN).equal_to(Datum::string(trace_id));
-    let scan = table
-        .scan()
-        .select_all()
-        .with_filter(predicate)
-        .build()
-        .map_err(|e| failed("planning", e))?;
+    let scan = match columns {
+        Some(columns) => table.scan().select(columns),
+        None => table.scan().select_all(),
+    };
+    let scan = scan.with_filter(predicate).build().map_err(|e| failed("planning", e))?;
     let tasks: Vec<FileScanTask> = scan
         .plan_files()
         .await
@@ -87,17 +105,17 @@ pub async fn find_trace(table: &Table, trace_id: &str, max_rows: usize) -> Resul
         }
     }
     stats.files_read = keep.len();
+    Ok((keep, stats))
+}
+
+/// The rows of planned files, in the table's current schema (older files
+/// read null in newer columns), row groups skipped by their statistics and
+/// rows filtered by each task's predicate.
+pub fn read_tasks(table: &Table, tasks: Vec<FileScanTask>) -> Result<ScanResult, QueryError> {
     let reader = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current()).build();
-    let batches: Vec<_> = reader
-        .read(Box::pin(stream::iter(keep.into_iter().map(Ok))))
-        .map_err(|e| failed("reading", e))?
-        .stream()
-        .try_collect()
-        .await
-        .map_err(|e| failed("reading", e))?;
-    let mut result = to_json(&batches, max_rows)?;
-    sort_rows(&mut result);
-    Ok((result, stats))
+    reader
+        .read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))
+        .map_err(|e| failed("reading", e))
 }
 
 /// Row groups in the file, and how many of them the `trace_id` bloom filter

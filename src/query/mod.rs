@@ -30,6 +30,7 @@ use crate::table::TableHandle;
 
 pub mod catalog;
 pub mod lookup;
+pub mod spans_table;
 
 /// Name under which the table is visible to SQL.
 pub const TABLE_NAME: &str = "spans";
@@ -109,6 +110,7 @@ impl QueryEngine {
             .await
             .map_err(|e| QueryError::Catalog(Box::new(e)))?
             .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
+        let spans = std::sync::Arc::new(spans_table::SpansTable::new(spans, table.clone()));
         ctx.register_table(TABLE_NAME, spans)
             .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         Ok(Self { ctx, limits, table: table.clone() })

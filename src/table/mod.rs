@@ -242,6 +242,66 @@ fn storage_for(
     ))
 }
 
+/// What lists the files under a table's location: iceberg's `FileIO` reads,
+/// writes and deletes, but cannot list.
+pub struct Listing {
+    pub operator: opendal::Operator,
+    /// The location as a path of the operator, ending in `/`.
+    pub prefix: String,
+    /// What turns a listed path back into the URI the table's metadata uses.
+    pub uri_base: String,
+}
+
+impl Listing {
+    /// A listing of `location` (`file://…`, `s3://…` or `s3a://…`) with the
+    /// storage settings the table's `FileIO` gets.
+    pub fn for_location(cfg: &IcebergConfig, location: &str) -> Result<Listing, TableError> {
+        let unsupported = |why: &str| {
+            TableError::Iceberg(iceberg::Error::new(
+                iceberg::ErrorKind::FeatureUnsupported,
+                format!("listing `{location}`: {why}"),
+            ))
+        };
+        let opendal_error = |e: opendal::Error| unsupported(&e.to_string());
+        let (scheme, rest) = location.split_once("://").ok_or_else(|| unsupported("not a URI"))?;
+        match scheme {
+            "file" => {
+                let operator = opendal::Operator::new(opendal::services::Fs::default().root("/"))
+                    .map_err(opendal_error)?
+                    .finish();
+                Ok(Listing {
+                    operator,
+                    prefix: format!("{}/", rest.trim_matches('/')),
+                    uri_base: "file:///".into(),
+                })
+            }
+            "s3" | "s3a" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                let mut s3 = opendal::services::S3::default().bucket(bucket).region(&cfg.s3_region);
+                if let Some(endpoint) = &cfg.s3_endpoint {
+                    s3 = s3.endpoint(endpoint);
+                }
+                if let Some(key) = &cfg.s3_access_key_id {
+                    s3 = s3.access_key_id(key);
+                }
+                if let Some(secret) = &cfg.s3_secret_access_key {
+                    s3 = s3.secret_access_key(secret);
+                }
+                if !cfg.s3_path_style {
+                    s3 = s3.enable_virtual_host_style();
+                }
+                let operator = opendal::Operator::new(s3).map_err(opendal_error)?.finish();
+                Ok(Listing {
+                    operator,
+                    prefix: format!("{}/", key.trim_matches('/')),
+                    uri_base: format!("{scheme}://{bucket}/"),
+                })
+            }
+            other => Err(unsupported(&format!("the `{other}` scheme cannot be listed"))),
+        }
+    }
+}
+
 /// A local warehouse path becomes an absolute `file://` URI (created if
 /// missing), so that every reader resolves it the same way; URIs pass through.
 pub fn warehouse_uri(warehouse: &str) -> Result<String, TableError> {

@@ -22,9 +22,22 @@ pub async fn write_data_files(
     layout: &ParquetLayout,
     target_file_bytes: u64,
 ) -> iceberg::Result<Vec<DataFile>> {
+    write_batches(table, futures::stream::iter([Ok(batch)]), layout, target_file_bytes).await
+}
+
+/// Writes a stream of batches as data files of at most about
+/// `target_file_bytes`, holding one batch at a time (and each open file's
+/// current row group), so that a rewrite of gigabytes needs megabytes.
+pub async fn write_batches(
+    table: &Table,
+    batches: impl futures::Stream<Item = iceberg::Result<arrow_array::RecordBatch>>,
+    layout: &ParquetLayout,
+    target_file_bytes: u64,
+) -> iceberg::Result<Vec<DataFile>> {
+    use futures::TryStreamExt;
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
-    // A fresh UUIDv7 prefix per batch: the file-name counter restarts at 0, and
+    // A fresh UUIDv7 prefix per call: the file-name counter restarts at 0, and
     // a reused prefix would overwrite earlier data files.
     let names = DefaultFileNameGenerator::new(uuid::Uuid::now_v7().to_string(), None, DataFileFormat::Parquet);
     let rolling = RollingFileWriterBuilder::new(
@@ -37,8 +50,11 @@ pub async fn write_data_files(
     let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
     let splitter =
         RecordBatchPartitionSplitter::try_new_with_computed_values(schema, metadata.default_partition_spec().clone())?;
-    for (key, part) in splitter.split(&batch)? {
-        writer.write(key, part).await?;
+    let mut batches = std::pin::pin!(batches);
+    while let Some(batch) = batches.try_next().await? {
+        for (key, part) in splitter.split(&batch)? {
+            writer.write(key, part).await?;
+        }
     }
     writer.close().await
 }

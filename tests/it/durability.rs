@@ -188,7 +188,7 @@ async fn stop_and_restart_with(
     graceful: bool,
     per_sec: u64,
     extra: &[(&str, &str)],
-) {
+) -> String {
     let instance = format!("{name}-{}", uuid::Uuid::new_v4().simple());
     let overrides: Vec<(&str, &str)> = FAST
         .iter()
@@ -223,6 +223,7 @@ async fn stop_and_restart_with(
     };
     report(name, &cases, &o, &format!("{extra} {}", replay_figures(&s.log())));
     assert_nothing_lost(&s, &o);
+    s.log()
 }
 
 /// Writes the workload as a backlog: the traffic of the last ten minutes,
@@ -301,6 +302,29 @@ fn replay_figures(log: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     stop_and_restart("crash-sigkill", 10_000_000, false, 40).await;
+}
+
+/// The same SIGKILLs while table maintenance runs every second against the
+/// live traffic: compaction rewrites the small files, expiry removes every
+/// snapshot older than a second (so the replay check reads the offsets
+/// checkpoint), and orphan cleanup deletes what the kills left behind.
+/// Kills land in the middle of rewrites and expiries too.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_compaction_and_expiry_run_loses_and_duplicates_nothing() {
+    let maintenance = [
+        ("TSS__MAINTENANCE__ENABLED", "true"),
+        ("TSS__MAINTENANCE__INTERVAL_SECS", "1"),
+        ("TSS__MAINTENANCE__LEASE_TTL_SECS", "2"),
+        ("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2"),
+        ("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1"),
+        ("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1"),
+        ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "30"),
+    ];
+    let log = stop_and_restart_with("crash-sigkill-maintained", 80_000_000, false, 40, &maintenance).await;
+    let compactions = log.lines().filter(|l| l.contains("compaction committed")).count();
+    let expiries = log.lines().filter(|l| l.contains("expired snapshots")).count();
+    println!("crash-sigkill-maintained: compactions={compactions} expiries={expiries}");
+    assert!(compactions > 0 && expiries > 0, "maintenance did not run: {compactions} compactions, {expiries} expiries");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -65,6 +65,28 @@ async fn a_lookup_reads_only_the_file_that_holds_the_trace() {
     let by_lookup: Vec<Value> = body["spans"].as_array().expect("spans").iter().map(|s| s["span_id"].clone()).collect();
     assert_eq!(by_lookup, by_sql);
     assert!(body["spans"][0]["sample_rate"].is_number(), "every column is there: {}", body["spans"][0]);
+    // SQL with `trace_id = '…'` plans through the same lookup: EXPLAIN
+    // ANALYZE shows what the bloom filters skipped.
+    let (status, explained) = s
+        .query_raw(&format!("EXPLAIN ANALYZE SELECT span_id, name FROM spans WHERE trace_id = '{wanted}' AND duration_ms >= 0"))
+        .await;
+    assert_eq!(status, 200, "{explained}");
+    let plan: String = explained["rows"].as_array().expect("rows").iter().map(|r| r[1].as_str().unwrap_or("").to_string()).collect();
+    let figure = |name: &str| -> u64 {
+        plan.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the plan:\n{plan}"))
+    };
+    assert!(plan.contains("TraceLookupExec"), "{plan}");
+    assert_eq!(figure("files_planned"), planned, "{plan}");
+    assert_eq!(figure("files_skipped_by_bloom"), scan["files_skipped_by_bloom"].as_u64().expect("n"), "{plan}");
+    assert!(figure("files_read") <= 2 && figure("bytes_read") > 0, "{plan}");
+    assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{wanted}'")).await, 3);
+    // Another condition on trace_id is not a lookup: Iceberg's own scan.
+    let (_, other) = s.query_raw(&format!("EXPLAIN SELECT span_id FROM spans WHERE trace_id > '{wanted}'")).await;
+    assert!(!other.to_string().contains("TraceLookupExec"), "{other}");
     let m = s.metrics().await;
     assert_eq!(m["tail_sampling_trace_lookups_total"], 1.0);
     assert_eq!(

@@ -314,3 +314,146 @@ async fn on_the_rest_catalog_and_s3_compaction_and_expiry_commit_through_the_cat
     let parquet = weed.list(&weed.warehouse, table_prefix).iter().filter(|k| k.ends_with(".parquet")).count();
     assert_eq!(parquet, 1, "{stdout}");
 }
+
+/// Over a hundred commits, so that the metadata log (100 previous versions)
+/// lets older `metadata.json` files go; an orphan data file and manifest as
+/// a crash between writing and committing leaves them; a file of someone
+/// else's. Cleanup deletes the orphans and the old metadata files once past
+/// the grace period, keeps the young and the foreign, and every reader
+/// still reads every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothing_referenced_does() {
+    let prefix = format!("tss-it-orphans-{}:", uuid::Uuid::new_v4().simple());
+    let s = Selector::start(
+        "orphans",
+        &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "100ms"),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    // One round every 60 ms: nearly every flush has something to commit.
+    const ROUNDS: u64 = 300;
+    const PER_ROUND: u64 = 2;
+    for round in 0..ROUNDS {
+        send_round(&s, 500 + round, PER_ROUND).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    let total = (ROUNDS * PER_ROUND * 3) as i64;
+    s.wait_exported(total as f64).await;
+    let commits = s.metric("tail_sampling_iceberg_commits_total").await;
+    assert!(commits > 110.0, "too few commits for the metadata log to roll over: {commits}");
+    let warehouse = s.warehouse_path();
+    let metadata_before = crate::harness::files_under(&warehouse, ".metadata.json").len();
+    assert!(metadata_before > 110, "{metadata_before} metadata.json files after {commits} commits");
+
+    let data_dir = crate::harness::files_under(&warehouse, ".parquet")[0].parent().expect("a data directory").to_path_buf();
+    let table_dir = crate::harness::files_under(&warehouse, ".metadata.json")[0]
+        .parent()
+        .and_then(Path::parent)
+        .expect("the table's directory")
+        .to_path_buf();
+    let orphan_data = data_dir.join("00000-0-orphan-from-a-crash.parquet");
+    let orphan_manifest = table_dir.join("metadata").join("orphan-from-a-crash-m0.avro");
+    let foreign = table_dir.join("README.txt");
+    for f in [&orphan_data, &orphan_manifest, &foreign] {
+        std::fs::write(f, b"not referenced by any snapshot").expect("write a stray file");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    // Written just now: well inside the grace period.
+    let young = data_dir.join("00000-0-young-in-flight.parquet");
+    std::fs::write(&young, b"a commit in flight").expect("write");
+
+    let stdout = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "10")]);
+    assert!(!orphan_data.exists() && !orphan_manifest.exists(), "the old orphans are deleted:\n{stdout}");
+    assert!(young.exists(), "a file younger than the grace period is kept:\n{stdout}");
+    assert!(foreign.exists(), "a file that is not Iceberg's is left alone:\n{stdout}");
+    let metadata_after = crate::harness::files_under(&warehouse, ".metadata.json").len();
+    // The current version and the 100 in its log.
+    assert_eq!(metadata_after, 101, "{stdout}");
+    assert!(!stdout.contains("and 0 metadata.json files deleted"), "{stdout}");
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
+    let read = scan(&s);
+    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+
+    // The same run again deletes nothing: everything left is referenced or
+    // foreign (the young file, aging meanwhile, is taken out first).
+    std::fs::remove_file(&young).expect("remove");
+    let again = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "10")]);
+    assert!(again.contains(" 0 data files and manifests and 0 metadata.json files deleted"), "{again}");
+}
+
+async fn runs(s: &Selector) -> f64 {
+    s.metric("tail_sampling_maintenance_runs_total{result=\"ok\",step=\"compaction\"}").await
+}
+
+/// Two selectors on one topic and one table, maintenance every second: one
+/// takes the lease and keeps it, the other never runs; SIGKILL the holder
+/// and, once its lease runs out, the other takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
+    use std::time::{Duration, Instant};
+    let prefix = format!("tss-it-two-{}:", uuid::Uuid::new_v4().simple());
+    let scheduled = [
+        ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+        ("TSS__MAINTENANCE__ENABLED", "true"),
+        ("TSS__MAINTENANCE__INTERVAL_SECS", "1"),
+        ("TSS__MAINTENANCE__LEASE_TTL_SECS", "3"),
+        ("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2"),
+    ];
+    let mut a = Selector::start("two-maintainers", &scheduled).await;
+    let (catalog, warehouse) = (
+        a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").expect("uri").to_string(),
+        a.env("TSS__STORAGE__ICEBERG__WAREHOUSE").expect("warehouse").to_string(),
+    );
+    let shared: Vec<(&str, &str)> = scheduled
+        .iter()
+        .copied()
+        .chain([("TSS__STORAGE__ICEBERG__CATALOG_URI", catalog.as_str()), ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str())])
+        .collect();
+    let b = Selector::start_on(&a.topic, &shared).await;
+    // Some appends for compaction to find, while both run; the group
+    // shares the partitions between the two.
+    for round in 0..4 {
+        send_round(&a, 600 + round, 50).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.metric("tail_sampling_spans_exported_total").await + b.metric("tail_sampling_spans_exported_total").await < 600.0 {
+        assert!(Instant::now() < deadline, "the spans were not stored\n{}\n{}", a.log(), b.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = (a.metric("tail_sampling_maintenance_lease_held").await, b.metric("tail_sampling_maintenance_lease_held").await);
+    let (ran_a, ran_b) = (runs(&a).await, runs(&b).await);
+    assert_eq!(held.0 + held.1, 1.0, "exactly one holds the lease: {held:?}");
+    let (holder, other_ran) = if held.0 == 1.0 { (ran_a, ran_b) } else { (ran_b, ran_a) };
+    assert!(holder >= 3.0, "the holder runs every second: {holder} runs");
+    assert_eq!(other_ran, 0.0, "the other never runs while the holder lives");
+
+    // Kill the holder without a word: its lease runs out after 3 s.
+    let survivor = if held.0 == 1.0 {
+        a.kill();
+        &b
+    } else {
+        drop(b);
+        &a
+    };
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while survivor.metric("tail_sampling_maintenance_lease_held").await != 1.0 {
+        assert!(Instant::now() < deadline, "nobody took the lease over\n{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took_over = killed.elapsed();
+    assert!(took_over >= Duration::from_millis(1500), "the lease was taken before it ran out: {took_over:?}");
+    let before = runs(survivor).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runs(survivor).await < before + 2.0 {
+        assert!(Instant::now() < deadline, "the new holder does not run\n{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("lease handed over {} ms after the holder's SIGKILL", took_over.as_millis());
+    assert!(survivor.log().contains("took the maintenance lease"), "{}", survivor.log());
+}
