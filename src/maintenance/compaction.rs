@@ -250,9 +250,10 @@ async fn read_sorted(
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
         .with_disk_manager_builder(DiskManagerBuilder::default())
         .build_arc()?;
-    let mut config = SessionConfig::new().with_target_partitions(1);
+    // Small batches: merging spilled runs holds one batch of each run.
+    let mut config = SessionConfig::new().with_target_partitions(1).with_batch_size(SORT_BATCH_ROWS);
     // What a sort keeps back for merging its spilled runs.
-    config.options_mut().execution.sort_spill_reservation_bytes = memory_bytes / 8;
+    config.options_mut().execution.sort_spill_reservation_bytes = memory_bytes / 4;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])?;
     let sorted = ctx
@@ -260,6 +261,11 @@ async fn read_sorted(
         .sort(vec![col(TRACE_ID_COLUMN).sort(true, false), col("start_time").sort(true, false)])?;
     Ok(sorted.execute_stream().await?)
 }
+
+/// Rows per batch in compaction's sort: a span row decodes to a few hundred
+/// bytes, so a batch is a few hundred KiB, and a merge of many spilled runs
+/// fits a small memory budget.
+const SORT_BATCH_ROWS: usize = 1024;
 
 /// A stream as a DataFusion partition, read once.
 struct OneShot {

@@ -649,6 +649,11 @@ impl Seaweed {
         self.tool(&["create-bucket", bucket]);
     }
 
+    /// Writes a small object at `key`, with boto3.
+    pub fn put(&self, bucket: &str, key: &str) {
+        self.tool(&["put", bucket, key]);
+    }
+
     /// Every object key under `prefix`, listed with boto3.
     pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let listing = self.tool(&["list", bucket, prefix]);

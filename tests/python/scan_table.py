@@ -57,6 +57,16 @@ out = {
     "location": table.location(),
     "metadata_location": table.metadata_location,
 }
+# Whether each live data file's rows are in (trace_id, start_time) order, as
+# compaction writes them; read straight from the Parquet file, in file order.
+import pyarrow.parquet as pq
+files_sorted = []
+for task in table.scan().plan_files():
+    with table.io.new_input(task.file.file_path).open() as f:
+        t = pq.read_table(f, columns=["trace_id", "start_time"])
+    keys = list(zip(t.column("trace_id").to_pylist(), t.column("start_time").to_pylist()))
+    files_sorted.append(all(a <= b for a, b in zip(keys, keys[1:])))
+out["files_sorted"] = files_sorted
 has_sample_rate = "sample_rate" in arrow.schema.names
 if has_sample_rate:
     rates = arrow.column("sample_rate").to_pylist()
