@@ -80,6 +80,7 @@ async fn a_lookup_reads_only_the_file_that_holds_the_trace() {
             .unwrap_or_else(|| panic!("no {name} in the plan:\n{plan}"))
     };
     assert!(plan.contains("TraceLookupExec"), "{plan}");
+    println!("{}", plan.lines().find(|l| l.contains("TraceLookupExec")).unwrap_or_default().trim());
     assert_eq!(figure("files_planned"), planned, "{plan}");
     assert_eq!(figure("files_skipped_by_bloom"), scan["files_skipped_by_bloom"].as_u64().expect("n"), "{plan}");
     assert!(figure("files_read") <= 2 && figure("bytes_read") > 0, "{plan}");
