@@ -377,12 +377,18 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
     for f in [&orphan_data, &orphan_manifest, &foreign] {
         std::fs::write(f, b"not referenced by any snapshot").expect("write a stray file");
     }
-    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
-    // Written just now: well inside the grace period.
+    // The table ages two hours: every file under it, the strays too.
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for f in crate::harness::files_under(&warehouse, "") {
+        let file = std::fs::File::options().write(true).open(&f).expect("open");
+        file.set_modified(two_hours_ago).expect("set the modification time");
+    }
+    // Written just now: well inside a grace period of an hour, however long
+    // the run takes.
     let young = data_dir.join("00000-0-young-in-flight.parquet");
     std::fs::write(&young, b"a commit in flight").expect("write");
 
-    let stdout = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "10")]);
+    let stdout = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600")]);
     assert!(!orphan_data.exists() && !orphan_manifest.exists(), "the old orphans are deleted:\n{stdout}");
     assert!(young.exists(), "a file younger than the grace period is kept:\n{stdout}");
     assert!(foreign.exists(), "a file that is not Iceberg's is left alone:\n{stdout}");
@@ -394,10 +400,9 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
     let read = scan(&s);
     assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
 
-    // The same run again deletes nothing: everything left is referenced or
-    // foreign (the young file, aging meanwhile, is taken out first).
-    std::fs::remove_file(&young).expect("remove");
-    let again = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "10")]);
+    // The same run again deletes nothing: everything left is referenced,
+    // young or foreign.
+    let again = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600")]);
     assert!(again.contains(" 0 data files and manifests and 0 metadata.json files deleted"), "{again}");
 }
 
