@@ -5,7 +5,10 @@
 //! The commit also rewrites every data manifest into one, so the manifest
 //! list stops growing by one entry per append. An append that commits in
 //! between is not lost: the commit fails its compare-and-set, and is rebuilt
-//! on the new metadata (the rewritten files are reused, not written again).
+//! on the new metadata (the rewritten files are reused, not written again,
+//! and only the manifests added since are read). Within one process the
+//! writer's appends wait while the rewrite commits (`TableHandle::commits`),
+//! so a writer that flushes several times a second cannot starve it.
 //! Rows are neither lost nor doubled: the old files leave in the same
 //! snapshot the new ones arrive in, and a rebase checks that every file it
 //! removes is still live.
@@ -117,7 +120,8 @@ pub async fn compact(
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(CompactionOutcome::default());
     };
-    let (live, _) = live_files(&table, &snapshot).await?;
+    let mut cache = ManifestCache::default();
+    let (live, _) = live_files(&table, &snapshot, &mut cache).await?;
     let infos: Vec<FileInfo> = live
         .values()
         .map(|e| FileInfo {
@@ -153,9 +157,12 @@ pub async fn compact(
     }
     outcome.files_removed = removed.len() as u64;
     outcome.files_added = added.len() as u64;
-    let mut table = table;
+    // Appends committed while the rows were rewritten: rebuild on the
+    // newest snapshot, with this process's writer waiting its turn.
+    let _turn = handle.commits.lock().await;
+    let mut table = handle.load().await?;
     for attempt in 0..MAX_ATTEMPTS {
-        match commit_rewrite(&table, committer, &removed, &added, Operation::Replace).await {
+        match commit_rewrite(&table, committer, &removed, &added, Operation::Replace, &mut cache).await {
             Ok((before, after)) => {
                 outcome.manifests_before = before;
                 outcome.manifests_after = after;
@@ -179,6 +186,7 @@ pub async fn compact(
 }
 
 /// A live entry with the sequence numbers it must keep.
+#[derive(Clone)]
 pub(super) struct LiveEntry {
     pub(super) data_file: DataFile,
     snapshot_id: i64,
@@ -186,34 +194,58 @@ pub(super) struct LiveEntry {
     file_sequence_number: Option<i64>,
 }
 
+/// The live entries of each manifest read so far, by manifest path. A
+/// manifest never changes once written, and an append only adds manifests
+/// to the list: a commit rebuilt after losing a race reads just the
+/// manifests the appends in between added, so its window stays short while
+/// the writer commits several times a second.
+#[derive(Default)]
+pub(super) struct ManifestCache {
+    entries: HashMap<String, Arc<Vec<LiveEntry>>>,
+}
+
 /// Every live data file of `snapshot`, by path, and how many manifests list
 /// them.
 pub(super) async fn live_files(
     table: &Table,
     snapshot: &Arc<Snapshot>,
+    cache: &mut ManifestCache,
 ) -> Result<(HashMap<String, LiveEntry>, u64), MaintenanceError> {
     let list = table.manifest_list_reader(snapshot).load().await?;
     let mut live = HashMap::new();
+    let mut listed = HashSet::new();
     for manifest in list.entries() {
         if manifest.content != ManifestContentType::Data {
             return Err(MaintenanceError::Unsupported("the table has delete files; compaction does not rewrite them".into()));
         }
-        let m = manifest.load_manifest(table.file_io()).await?;
-        for e in m.entries().iter().filter(|e| e.is_alive()) {
-            if e.content_type() != DataContentType::Data {
-                return Err(MaintenanceError::Unsupported("the table has delete files".into()));
+        listed.insert(manifest.manifest_path.clone());
+        let entries = match cache.entries.get(&manifest.manifest_path) {
+            Some(entries) => entries.clone(),
+            None => {
+                let m = manifest.load_manifest(table.file_io()).await?;
+                let mut entries = Vec::new();
+                for e in m.entries().iter().filter(|e| e.is_alive()) {
+                    if e.content_type() != DataContentType::Data {
+                        return Err(MaintenanceError::Unsupported("the table has delete files".into()));
+                    }
+                    entries.push(LiveEntry {
+                        data_file: e.data_file().clone(),
+                        snapshot_id: e.snapshot_id().unwrap_or(snapshot.snapshot_id()),
+                        sequence_number: e.sequence_number().unwrap_or(0),
+                        file_sequence_number: e.file_sequence_number,
+                    });
+                }
+                let entries = Arc::new(entries);
+                cache.entries.insert(manifest.manifest_path.clone(), entries.clone());
+                entries
             }
-            live.insert(
-                e.file_path().to_string(),
-                LiveEntry {
-                    data_file: e.data_file().clone(),
-                    snapshot_id: e.snapshot_id().unwrap_or(snapshot.snapshot_id()),
-                    sequence_number: e.sequence_number().unwrap_or(0),
-                    file_sequence_number: e.file_sequence_number,
-                },
-            );
+        };
+        for e in entries.iter() {
+            live.insert(e.data_file.file_path().to_string(), e.clone());
         }
     }
+    // Manifests a later commit merged away are not needed again.
+    cache.entries.retain(|path, _| listed.contains(path));
     Ok((live, list.entries().len() as u64))
 }
 
@@ -304,13 +336,14 @@ pub(super) async fn commit_rewrite(
     removed: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
+    cache: &mut ManifestCache,
 ) -> Result<(u64, u64), MaintenanceError> {
     let metadata = table.metadata();
     let parent = metadata
         .current_snapshot()
         .cloned()
         .ok_or_else(|| MaintenanceError::Conflict("the table lost its snapshot".into()))?;
-    let (live, manifests_before) = live_files(table, &parent).await?;
+    let (live, manifests_before) = live_files(table, &parent, cache).await?;
     if let Some(gone) = removed.iter().find(|p| !live.contains_key(*p)) {
         return Err(MaintenanceError::Aborted(format!("{gone} is no longer live; another rewrite removed it")));
     }

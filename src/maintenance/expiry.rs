@@ -57,6 +57,7 @@ pub async fn expire(
     keep: usize,
 ) -> Result<ExpiryOutcome, MaintenanceError> {
     let mut outcome = ExpiryOutcome::default();
+    let turn = handle.commits.lock().await;
     for attempt in 0..MAX_ATTEMPTS {
         let table = handle.load().await?;
         let metadata = table.metadata();
@@ -79,6 +80,7 @@ pub async fn expire(
         ];
         match committer.commit(&table, requirements, updates).await {
             Ok(()) => {
+                drop(turn);
                 outcome.snapshots_expired = ids.len() as u64;
                 let after = handle.load().await?;
                 outcome.files_deleted = cleanup(&after, &removed).await?;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use iceberg::spec::{Literal, Operation, PrimitiveLiteral};
 
 use super::commit::Committer;
-use super::compaction::{commit_rewrite, live_files};
+use super::compaction::{commit_rewrite, live_files, ManifestCache};
 use super::MaintenanceError;
 use crate::table::TableHandle;
 
@@ -35,10 +35,12 @@ pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: 
         return Ok(outcome);
     }
     let today = (chrono::Utc::now().timestamp().div_euclid(86_400)) as i32;
+    let mut cache = ManifestCache::default();
+    let _turn = handle.commits.lock().await;
     for attempt in 0..MAX_ATTEMPTS {
         let table = handle.load().await?;
         let Some(snapshot) = table.metadata().current_snapshot().cloned() else { return Ok(outcome) };
-        let (live, _) = live_files(&table, &snapshot).await?;
+        let (live, _) = live_files(&table, &snapshot, &mut cache).await?;
         let mut days = HashSet::new();
         let mut removed = HashSet::new();
         let mut rows = 0;
@@ -56,7 +58,7 @@ pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: 
         if removed.is_empty() {
             return Ok(outcome);
         }
-        match commit_rewrite(&table, committer, &removed, &[], Operation::Delete).await {
+        match commit_rewrite(&table, committer, &removed, &[], Operation::Delete, &mut cache).await {
             Ok(_) => {
                 outcome.partitions_removed = days.len() as u64;
                 outcome.files_removed = removed.len() as u64;

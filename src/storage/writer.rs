@@ -203,7 +203,10 @@ impl IcebergWriter {
                     offsets,
                 )]))
                 .apply(tx)?;
-            tx.commit(self.table.catalog.as_ref()).await?;
+            {
+                let _turn = self.table.commits.lock().await;
+                tx.commit(self.table.catalog.as_ref()).await?;
+            }
             self.ctx.metrics.iceberg_commits_total.inc();
             self.ctx.metrics.spans_exported_total.inc_by(row_count as u64);
             self.ctx

@@ -51,6 +51,12 @@ pub enum TableError {
 pub struct TableHandle {
     pub catalog: Arc<dyn Catalog>,
     pub ident: TableIdent,
+    /// Held while this process commits to the table: the writer's appends
+    /// and maintenance's rewrites in one process take turns instead of
+    /// racing. A rewrite that lost the race to an append has to be rebuilt;
+    /// with flushes several times a second it could lose every time. Other
+    /// processes still race, and the catalog's compare-and-set settles it.
+    pub commits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl TableHandle {
@@ -59,7 +65,7 @@ impl TableHandle {
         let catalog = connect_catalog(cfg).await?;
         let namespace = NamespaceIdent::from_strs(cfg.namespace.split('.'))?;
         let ident = TableIdent::new(namespace, cfg.table_name.clone());
-        let handle = Self { catalog, ident };
+        let handle = Self { catalog, ident, commits: Arc::default() };
         handle.ensure_table().await?;
         Ok(handle)
     }
