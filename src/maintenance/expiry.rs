@@ -96,8 +96,22 @@ pub async fn expire(
     Err(MaintenanceError::Conflict("snapshot expiry kept losing races with appends".into()))
 }
 
-/// Every manifest list, manifest and live data file the snapshots reach.
-async fn reach(table: &Table, snapshots: &[Arc<Snapshot>]) -> Result<(HashSet<String>, HashSet<String>, HashSet<String>), MaintenanceError> {
+/// Which data files of a manifest [`reach`] counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Entries {
+    /// Those the snapshot has live (added or existing).
+    Live,
+    /// Every file a manifest names, the ones it records as deleted too.
+    All,
+}
+
+/// Every manifest list, manifest and data file (of `entries`) the snapshots
+/// reach.
+pub(super) async fn reach(
+    table: &Table,
+    snapshots: &[Arc<Snapshot>],
+    entries: Entries,
+) -> Result<(HashSet<String>, HashSet<String>, HashSet<String>), MaintenanceError> {
     let (mut lists, mut manifests, mut data) = (HashSet::new(), HashSet::new(), HashSet::new());
     for s in snapshots {
         lists.insert(s.manifest_list().to_string());
@@ -107,7 +121,8 @@ async fn reach(table: &Table, snapshots: &[Arc<Snapshot>]) -> Result<(HashSet<St
                 continue; // loaded already: the same manifest, the same files
             }
             let manifest = m.load_manifest(table.file_io()).await?;
-            data.extend(manifest.entries().iter().filter(|e| e.is_alive()).map(|e| e.file_path().to_string()));
+            let counted = manifest.entries().iter().filter(|e| entries == Entries::All || e.is_alive());
+            data.extend(counted.map(|e| e.file_path().to_string()));
         }
     }
     Ok((lists, manifests, data))
@@ -116,8 +131,8 @@ async fn reach(table: &Table, snapshots: &[Arc<Snapshot>]) -> Result<(HashSet<St
 /// Deletes what the removed snapshots reached and no kept one does.
 async fn cleanup(table: &Table, removed: &[Arc<Snapshot>]) -> Result<u64, MaintenanceError> {
     let kept: Vec<Arc<Snapshot>> = table.metadata().snapshots().cloned().collect();
-    let (kept_lists, kept_manifests, kept_data) = reach(table, &kept).await?;
-    let (lists, manifests, data) = reach(table, removed).await?;
+    let (kept_lists, kept_manifests, kept_data) = reach(table, &kept, Entries::Live).await?;
+    let (lists, manifests, data) = reach(table, removed, Entries::Live).await?;
     let doomed: Vec<String> = lists
         .difference(&kept_lists)
         .chain(manifests.difference(&kept_manifests))

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use iceberg::table::Table;
 
+use super::expiry::{reach, Entries};
 use super::MaintenanceError;
 use crate::table::Listing;
 
@@ -49,19 +50,9 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, MaintenanceError> 
     if let Some(current) = table.metadata_location() {
         keep.insert(key(current));
     }
-    let mut manifests = HashSet::new();
-    for snapshot in metadata.snapshots() {
-        keep.insert(key(snapshot.manifest_list()));
-        let list = table.manifest_list_reader(snapshot).load().await?;
-        for m in list.entries() {
-            if !manifests.insert(m.manifest_path.clone()) {
-                continue;
-            }
-            keep.insert(key(&m.manifest_path));
-            let manifest = m.load_manifest(table.file_io()).await?;
-            keep.extend(manifest.entries().iter().map(|e| key(e.file_path())));
-        }
-    }
+    let snapshots: Vec<_> = metadata.snapshots().cloned().collect();
+    let (lists, manifests, data) = reach(table, &snapshots, Entries::All).await?;
+    keep.extend(lists.iter().chain(&manifests).chain(&data).map(|p| key(p)));
     Ok(keep)
 }
 
