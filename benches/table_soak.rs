@@ -41,11 +41,13 @@ fn arg(name: &str, default: u64) -> u64 {
 type Sent = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
 
 /// Demo traffic at `rate` traces/s until `stop`.
-fn traffic(topic: String, rate: u64, stop: Arc<AtomicBool>, ids: Sent) -> std::thread::JoinHandle<u64> {
+/// `linger_ms` batches the messages of each partition, as an exporter does;
+/// it also keeps the broker's record batches few (see `Options::linger_ms`).
+fn traffic(topic: String, rate: u64, linger_ms: u64, stop: Arc<AtomicBool>, ids: Sent) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", harness::brokers())
-            .set("linger.ms", "5")
+            .set("linger.ms", linger_ms.to_string())
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer");
@@ -141,16 +143,38 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
-async fn checkpoint(s: &Selector, last: &mut Vec<(f64, f64)>, ids: &Sent, lookups: usize) {
+/// The readings of the previous checkpoint.
+struct Last {
+    buckets: Vec<(f64, f64)>,
+    commits: f64,
+    spans: f64,
+    at: Instant,
+}
+
+async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     let m = s.metrics().await;
     let commits = m.get("tail_sampling_iceberg_commits_total").copied().unwrap_or(0.0);
+    let spans = m.get("tail_sampling_spans_exported_total").copied().unwrap_or(0.0);
+    let lag = m.get("tail_sampling_watermark_lag_seconds").copied().unwrap_or(f64::NAN);
     let buckets = commit_buckets(&m);
-    let (p50, p99) = (histogram_quantile(last, &buckets, 0.5) * 1e3, histogram_quantile(last, &buckets, 0.99) * 1e3);
-    *last = buckets;
+    let (p50, p99) = (histogram_quantile(&last.buckets, &buckets, 0.5) * 1e3, histogram_quantile(&last.buckets, &buckets, 0.99) * 1e3);
+    // The commit rate and batch size of the stretch: a falling rate with
+    // growing batches means the input comes in bursts, not that commits slowed.
+    let rate = (commits - last.commits) / last.at.elapsed().as_secs_f64();
+    let rows_per_commit = (spans - last.spans) / (commits - last.commits).max(1.0);
+    *last = Last { buckets, commits, spans, at: Instant::now() };
+    // Before this checkpoint's own queries and lookups.
+    let rss_mib = harness::rss_kib(s.pid()) / 1024;
     let started = Instant::now();
     let rows = s.count("SELECT count(*) FROM spans").await;
     let count_ms = started.elapsed().as_secs_f64() * 1e3;
-    let days = s.count("SELECT count(DISTINCT date_trunc('day', start_time)) FROM spans").await;
+    // Day partitions with files on disk, from the partition directories: a
+    // query for them would scan the whole table in the process measured.
+    let days = harness::files_under(&s.warehouse_path(), ".parquet")
+        .iter()
+        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let candidates: Vec<String> = ids
         .lock()
         .map(|v| v.iter().filter(|(at, _)| at.elapsed() > Duration::from_secs(10)).map(|(_, id)| id.clone()).collect())
@@ -171,17 +195,52 @@ async fn checkpoint(s: &Selector, last: &mut Vec<(f64, f64)>, ids: &Sent, lookup
     let warehouse = s.warehouse_path();
     let (metadata_bytes, live) = newest_metadata(&warehouse);
     println!(
-        "  {commits:>6.0} commits | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} in {days} day partitions | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
+        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5}, day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
         metadata_bytes as f64 / 1024.0,
         files_with(&warehouse, "parquet"),
         quantile(&times, 0.5),
         quantile(&times, 0.99),
         times.len(),
-        harness::rss_kib(s.pid()) / 1024,
+        rss_mib,
     );
 }
 
-async fn soak(maintenance: bool, commits: u64, flush_ms: u64, rate: u64, lookups: usize) {
+/// The benchmark's settings, from its arguments.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    commits: u64,
+    commits_off: u64,
+    flush_ms: u64,
+    rate: u64,
+    lookups: usize,
+    lookups_off: usize,
+    /// The producer's `linger.ms`. Tansu's memory storage lists every record
+    /// batch of a partition on each fetch, so at 5 ms (a batch per message
+    /// or two) its fetches slow down as the topic grows, and the selector
+    /// receives, decides and commits in ever larger bursts: the commit rate
+    /// fell from 7 to 1.3 a second within 1,500 commits while each commit
+    /// stayed fast. At 100 ms the broker holds a twentieth of the batches.
+    linger_ms: u64,
+}
+
+impl Options {
+    fn parse() -> Self {
+        Self {
+            commits: arg("--commits", 20_000),
+            commits_off: arg("--commits-off", 1_000),
+            flush_ms: arg("--flush-ms", 100),
+            rate: arg("--rate", 600),
+            lookups: arg("--lookups", 200) as usize,
+            // Without maintenance a lookup opens every file: fewer of them.
+            lookups_off: arg("--lookups-off", 20) as usize,
+            linger_ms: arg("--linger-ms", 100),
+        }
+    }
+}
+
+async fn soak(maintenance: bool, o: Options) {
+    let (commits, flush_ms, rate) = (if maintenance { o.commits } else { o.commits_off }, o.flush_ms, o.rate);
+    let lookups = if maintenance { o.lookups } else { o.lookups_off };
     let topic = format!("tss-bench-soak-{}", uuid::Uuid::new_v4().simple());
     let prefix = format!("tss-bench-soak-{}:", uuid::Uuid::new_v4().simple());
     let flush = format!("{}ms", flush_ms);
@@ -203,8 +262,8 @@ async fn soak(maintenance: bool, commits: u64, flush_ms: u64, rate: u64, lookups
     println!("maintenance {}:", if maintenance { "on" } else { "off" });
     let stop = Arc::new(AtomicBool::new(false));
     let ids: Sent = Arc::default();
-    let sender = traffic(topic.clone(), rate, stop.clone(), ids.clone());
-    let mut last = Vec::new();
+    let sender = traffic(topic.clone(), rate, o.linger_ms, stop.clone(), ids.clone());
+    let mut last = Last { buckets: Vec::new(), commits: 0.0, spans: 0.0, at: Instant::now() };
     for divisor in [40, 10, 4, 2, 1] {
         let target = (commits / divisor) as f64;
         s.wait_metric("tail_sampling_iceberg_commits_total", target, Duration::from_secs(4 * 3600)).await;
@@ -217,15 +276,12 @@ async fn soak(maintenance: bool, commits: u64, flush_ms: u64, rate: u64, lookups
 
 #[tokio::main]
 async fn main() {
-    let commits = arg("--commits", 20_000);
-    let commits_off = arg("--commits-off", 1_000);
-    let flush_ms = arg("--flush-ms", 100);
-    let rate = arg("--rate", 600);
-    let lookups = arg("--lookups", 200) as usize;
-    // Without maintenance a lookup opens every file: fewer of them.
-    let lookups_off = arg("--lookups-off", 20) as usize;
-    if commits_off > 0 {
-        soak(false, commits_off, flush_ms, rate, lookups_off).await;
+    let o = Options::parse();
+    println!("{o:?}");
+    if o.commits_off > 0 {
+        soak(false, o).await;
     }
-    soak(true, commits, flush_ms, rate, lookups).await;
+    if o.commits > 0 {
+        soak(true, o).await;
+    }
 }

@@ -8,6 +8,13 @@ use tail_sampling_selector::{app, config::Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, with its background threads purging freed pages. Under glibc's
+/// malloc the selector's RSS grew with every maintenance run while in-use
+/// heap stayed flat: large Arrow and Parquet buffers, freed on one of many
+/// threads, stayed in that thread's arena (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tail sampling for OpenTelemetry traces: Kafka in, Apache Iceberg out.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -158,6 +158,7 @@ impl IcebergWriter {
     async fn commit(&mut self, batch: &mut Vec<KeptTrace>) -> Result<(), StorageError> {
         let started = Instant::now();
         let table = self.table.load().await?;
+        let loaded = started.elapsed();
         let assignments = self.ctx.acks.assignments.clone();
         // Entering the gate and dropping revoked spans is one step with
         // respect to a rebalance: see `CommitGate`.
@@ -190,7 +191,9 @@ impl IcebergWriter {
         }
         self.report_skips(&rows, skipped, replayed.len());
         let row_count = rows.len();
+        let (mut written, mut turn_waited, mut catalog) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         if row_count > 0 {
+            let writing = Instant::now();
             let files = write_data_files(&table, rows.into_batch(arrow_schema)?, &self.cfg.layout, FLUSH_FILE_TARGET_BYTES).await?;
             let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
             let tx = Transaction::new(&table);
@@ -203,9 +206,14 @@ impl IcebergWriter {
                     offsets,
                 )]))
                 .apply(tx)?;
+            written = writing.elapsed();
             {
+                let waiting = Instant::now();
                 let _turn = self.table.commits.lock().await;
+                turn_waited = waiting.elapsed();
+                let committing = Instant::now();
                 tx.commit(self.table.catalog.as_ref()).await?;
+                catalog = committing.elapsed();
             }
             self.ctx.metrics.iceberg_commits_total.inc();
             self.ctx.metrics.spans_exported_total.inc_by(row_count as u64);
@@ -220,7 +228,18 @@ impl IcebergWriter {
             self.ctx.acks.tracker.release(&trace.msgs);
         }
         self.ctx.acks.held.release(spans);
-        tracing::debug!(rows = row_count, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch");
+        // Where a commit's time goes: loading the table, writing the files,
+        // waiting for a maintenance commit, and the catalog commit itself.
+        tracing::debug!(
+            rows = row_count,
+            skipped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            load_ms = loaded.as_millis() as u64,
+            write_ms = written.as_millis() as u64,
+            turn_wait_ms = turn_waited.as_millis() as u64,
+            catalog_ms = catalog.as_millis() as u64,
+            "committed batch"
+        );
         Ok(())
     }
 
