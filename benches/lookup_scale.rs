@@ -151,7 +151,7 @@ async fn main() {
 
     let mut rng = rand::rng();
     let mut times = Vec::new();
-    let (mut planned, mut read, mut groups, mut groups_skipped) = (0, 0, 0, 0);
+    let (mut planned, mut read, mut groups, mut by_bloom, mut by_statistics) = (0, 0, 0, 0, 0);
     for _ in 0..lookups {
         let (id, expected) = ids.choose(&mut rng).expect("ids written");
         let started = Instant::now();
@@ -163,11 +163,12 @@ async fn main() {
         planned = planned.max(scan["files_planned"].as_u64().unwrap_or(0));
         read = read.max(scan["files_read"].as_u64().unwrap_or(0));
         groups += scan["row_groups"].as_u64().unwrap_or(0);
-        groups_skipped += scan["row_groups_skipped_by_bloom"].as_u64().unwrap_or(0);
+        by_bloom += scan["row_groups_skipped_by_bloom"].as_u64().unwrap_or(0);
+        by_statistics += scan["row_groups_skipped_by_statistics"].as_u64().unwrap_or(0);
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "lookups: {} of {} found with every span | p50 {:.0} ms p99 {:.0} ms max {:.0} ms | ≤ {planned} files planned, ≤ {read} read | row groups skipped by bloom {groups_skipped} of {groups}",
+        "lookups: {} of {} found with every span | p50 {:.0} ms p99 {:.0} ms max {:.0} ms | ≤ {planned} files planned, ≤ {read} read | of {groups} row groups, {by_statistics} skipped by min/max and {by_bloom} by bloom filter",
         times.len(),
         lookups,
         quantile(&times, 0.5),

@@ -1,16 +1,18 @@
 //! The table as it ages: a release selector commits every `--flush-ms`
 //! (100) under steady demo traffic (`--rate` traces/s, 600, every trace
-//! kept), first with maintenance off until `--commits-off` (1,000)
-//! snapshots, then with maintenance on until `--commits` (20,000): every
-//! 30 s compaction into 128 MiB files, retention, expiry of snapshots older
-//! than 30 s keeping 10, and orphan cleanup. At checkpoints (1/40, 1/10,
-//! 1/4, 1/2 and all of the commits) it prints the commit p50 and p99 of the
-//! stretch since the last one (interpolated in the commit histogram's
-//! buckets), the newest `metadata.json`'s size, the live data files of the
-//! current snapshot and the day partitions they span, the Parquet files on
-//! disk, `count(*)` latency, the p50 and p99 of `--lookups` (200; with
-//! maintenance off `--lookups-off`, 20) lookups of trace ids sent at least
-//! 10 s before, chosen at random, and RSS.
+//! kept, produced with `--linger-ms` 100), first with maintenance off until
+//! `--commits-off` (1,000) snapshots, then with maintenance on until
+//! `--commits` (20,000): every 30 s compaction into 128 MiB files,
+//! retention, expiry of snapshots older than 30 s keeping 10, and orphan
+//! cleanup. At checkpoints (1/40, 1/10, 1/4, 1/2 and all of the commits) it
+//! prints, for the stretch since the last one, the commit rate, rows per
+//! commit and the commit p50 and p99 (interpolated in the commit
+//! histogram's buckets); then the watermark lag, RSS, the newest
+//! `metadata.json`'s size, the live data files of the current snapshot and
+//! of the newest compaction snapshot, the day partitions and Parquet files
+//! on disk, `count(*)` latency, and the p50 and p99 of `--lookups` (200;
+//! with maintenance off `--lookups-off`, 20) lookups of trace ids sent at
+//! least 10 s before, chosen at random.
 //!
 //! Needs the local stack (`scripts/stack.sh up`):
 //!
@@ -76,24 +78,34 @@ fn traffic(topic: String, rate: u64, linger_ms: u64, stop: Arc<AtomicBool>, ids:
     })
 }
 
-/// The newest `*.metadata.json` under `dir` (the highest version): its size
-/// in bytes and its current snapshot's `total-data-files`.
-fn newest_metadata(dir: &Path) -> (u64, u64) {
+/// What the newest `*.metadata.json` under `dir` (the highest version) says.
+#[derive(Debug, Default)]
+struct MetadataReading {
+    bytes: u64,
+    /// The current snapshot's `total-data-files`.
+    live: u64,
+    /// `total-data-files` of the newest compaction (`replace`) snapshot: what
+    /// compaction left, before the flushes since added theirs.
+    after_compaction: Option<u64>,
+}
+
+fn newest_metadata(dir: &Path) -> MetadataReading {
     let Some(path) = harness::files_under(dir, ".metadata.json").into_iter().max_by(|a, b| a.file_name().cmp(&b.file_name()))
     else {
-        return (0, 0);
+        return MetadataReading::default();
     };
     let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
     let json: serde_json::Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let snapshots: Vec<&serde_json::Value> = json["snapshots"].as_array().into_iter().flatten().collect();
+    let files = |s: &serde_json::Value| s["summary"]["total-data-files"].as_str()?.parse().ok();
     let current = &json["current-snapshot-id"];
-    let live = json["snapshots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| &s["snapshot-id"] == current)
-        .and_then(|s| s["summary"]["total-data-files"].as_str()?.parse().ok())
-        .unwrap_or(0);
-    (bytes, live)
+    let live = snapshots.iter().find(|s| &s["snapshot-id"] == current).and_then(|s| files(s)).unwrap_or(0);
+    let after_compaction = snapshots
+        .iter()
+        .filter(|s| s["summary"]["operation"] == "replace")
+        .max_by_key(|s| s["sequence-number"].as_u64())
+        .and_then(|s| files(s));
+    MetadataReading { bytes, live, after_compaction }
 }
 
 /// The `q` quantile of the observations between two readings of a histogram
@@ -193,9 +205,10 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     }
     times.sort_by(f64::total_cmp);
     let warehouse = s.warehouse_path();
-    let (metadata_bytes, live) = newest_metadata(&warehouse);
+    let MetadataReading { bytes: metadata_bytes, live, after_compaction } = newest_metadata(&warehouse);
+    let after_compaction = after_compaction.map_or("-".to_string(), |n| n.to_string());
     println!(
-        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5}, day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
+        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
         metadata_bytes as f64 / 1024.0,
         files_with(&warehouse, "parquet"),
         quantile(&times, 0.5),

@@ -217,10 +217,16 @@ async fn trace(
         m.trace_lookup_files_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.files_skipped_by_bloom as u64);
+        m.trace_lookup_files_total
+            .with_label_values(&["skipped_by_statistics"])
+            .inc_by(scan.files_skipped_by_statistics as u64);
         m.trace_lookup_row_groups_total.with_label_values(&["planned"]).inc_by(scan.row_groups as u64);
         m.trace_lookup_row_groups_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.row_groups_skipped_by_bloom as u64);
+        m.trace_lookup_row_groups_total
+            .with_label_values(&["skipped_by_statistics"])
+            .inc_by(scan.row_groups_skipped_by_statistics as u64);
     }
     if result.row_count == 0 {
         return Err(ApiError::new(

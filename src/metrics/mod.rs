@@ -275,12 +275,12 @@ impl Metrics {
             trace_lookups_total: counter("trace_lookups_total", "GET /admin/traces/{id} lookups")?,
             trace_lookup_files_total: counter_vec(
                 "trace_lookup_files_total",
-                "Data files trace lookups planned, by outcome: read, or skipped_by_bloom (no row group's trace_id bloom filter holds the id)",
+                "Data files trace lookups planned, by outcome: read, skipped_by_statistics (no row group's trace_id min/max covers the id) or skipped_by_bloom (the rest ruled out by trace_id bloom filters)",
                 "outcome",
             )?,
             trace_lookup_row_groups_total: counter_vec(
                 "trace_lookup_row_groups_total",
-                "Row groups in the files trace lookups planned (planned), and those their trace_id bloom filter ruled out (skipped_by_bloom)",
+                "Row groups in the files trace lookups planned (planned), those their trace_id min/max ruled out (skipped_by_statistics), and those their trace_id bloom filter ruled out (skipped_by_bloom)",
                 "outcome",
             )?,
             consumer_lag_messages,

@@ -6,7 +6,9 @@
 //!
 //! What the lookup skipped shows in `EXPLAIN ANALYZE` as the metrics of
 //! `TraceLookupExec`: `files_planned`, `files_skipped_by_bloom`,
-//! `files_read`, `row_groups`, `row_groups_skipped_by_bloom`, `bytes_read`.
+//! `files_skipped_by_statistics`, `files_read`, `row_groups`,
+//! `row_groups_skipped_by_bloom`, `row_groups_skipped_by_statistics`,
+//! `bytes_read`.
 //! The other conditions are still applied above it: every filter is pushed
 //! down as inexact, as Iceberg's provider does.
 //!
@@ -261,9 +263,11 @@ impl ExecutionPlan for TraceLookupExec {
         let counters = [
             counter("files_planned"),
             counter("files_skipped_by_bloom"),
+            counter("files_skipped_by_statistics"),
             counter("files_read"),
             counter("row_groups"),
             counter("row_groups_skipped_by_bloom"),
+            counter("row_groups_skipped_by_statistics"),
         ];
         let bytes_read = MetricBuilder::new(&self.metrics).global_counter("bytes_read");
         let (handle, trace_id, columns) = (self.table.clone(), self.trace_id.clone(), self.columns.clone());
@@ -274,9 +278,11 @@ impl ExecutionPlan for TraceLookupExec {
             let figures = [
                 stats.files_planned,
                 stats.files_skipped_by_bloom,
+                stats.files_skipped_by_statistics,
                 stats.files_read,
                 stats.row_groups,
                 stats.row_groups_skipped_by_bloom,
+                stats.row_groups_skipped_by_statistics,
             ];
             for (c, n) in counters.iter().zip(figures) {
                 c.add(n);
