@@ -107,9 +107,10 @@ fn maintain(s: &Selector) {
         let out = s.command().arg("maintenance").output().expect("maintenance runs");
         assert!(out.status.success(), "maintenance failed: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let first = text.lines().next().unwrap_or_default().to_string();
-        println!("maintenance run {run} ({:.0} s): {first}", started.elapsed().as_secs_f64());
-        if first.starts_with("compaction: 0 files") {
+        // The summary's first line; log lines may come before it.
+        let compaction = text.lines().find(|l| l.starts_with("compaction:")).unwrap_or_default().to_string();
+        println!("maintenance run {run} ({:.0} s): {compaction}", started.elapsed().as_secs_f64());
+        if compaction.starts_with("compaction: 0 files") {
             return;
         }
     }
