@@ -147,10 +147,6 @@ fn commit_buckets(m: &std::collections::HashMap<String, f64>) -> Vec<(f64, f64)>
     b
 }
 
-fn files_with(dir: &Path, ext: &str) -> usize {
-    harness::files_under(dir, &format!(".{ext}")).len()
-}
-
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
@@ -180,13 +176,11 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     let started = Instant::now();
     let rows = s.count("SELECT count(*) FROM spans").await;
     let count_ms = started.elapsed().as_secs_f64() * 1e3;
+    let warehouse = s.warehouse_path();
+    let parquet = harness::files_under(&warehouse, ".parquet");
     // Day partitions with files on disk, from the partition directories: a
     // query for them would scan the whole table in the process measured.
-    let days = harness::files_under(&s.warehouse_path(), ".parquet")
-        .iter()
-        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
-        .collect::<std::collections::HashSet<_>>()
-        .len();
+    let days = parquet.iter().filter_map(|p| p.parent()).collect::<std::collections::HashSet<_>>().len();
     let candidates: Vec<String> = ids
         .lock()
         .map(|v| v.iter().filter(|(at, _)| at.elapsed() > Duration::from_secs(10)).map(|(_, id)| id.clone()).collect())
@@ -204,13 +198,12 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
         read = read.max(body["scan"]["files_read"].as_u64().unwrap_or(0));
     }
     times.sort_by(f64::total_cmp);
-    let warehouse = s.warehouse_path();
     let MetadataReading { bytes: metadata_bytes, live, after_compaction } = newest_metadata(&warehouse);
     let after_compaction = after_compaction.map_or("-".to_string(), |n| n.to_string());
     println!(
         "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
         metadata_bytes as f64 / 1024.0,
-        files_with(&warehouse, "parquet"),
+        parquet.len(),
         quantile(&times, 0.5),
         quantile(&times, 0.99),
         times.len(),
@@ -252,8 +245,8 @@ impl Options {
 }
 
 async fn soak(maintenance: bool, o: Options) {
-    let (commits, flush_ms, rate) = (if maintenance { o.commits } else { o.commits_off }, o.flush_ms, o.rate);
-    let lookups = if maintenance { o.lookups } else { o.lookups_off };
+    let (commits, lookups) = if maintenance { (o.commits, o.lookups) } else { (o.commits_off, o.lookups_off) };
+    let (flush_ms, rate) = (o.flush_ms, o.rate);
     let topic = format!("tss-bench-soak-{}", uuid::Uuid::new_v4().simple());
     let prefix = format!("tss-bench-soak-{}:", uuid::Uuid::new_v4().simple());
     let flush = format!("{}ms", flush_ms);
