@@ -198,10 +198,11 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
         read = read.max(body["scan"]["files_read"].as_u64().unwrap_or(0));
     }
     times.sort_by(f64::total_cmp);
+    let search = search_times(s).await;
     let MetadataReading { bytes: metadata_bytes, live, after_compaction } = newest_metadata(&warehouse);
     let after_compaction = after_compaction.map_or("-".to_string(), |n| n.to_string());
     println!(
-        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | RSS {:>4} MiB",
+        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | search by service, last hour: {search} | RSS {:>4} MiB",
         metadata_bytes as f64 / 1024.0,
         parquet.len(),
         quantile(&times, 0.5),
@@ -209,6 +210,26 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
         times.len(),
         rss_mib,
     );
+}
+
+/// `GET /admin/traces` by service over the last hour, as the UI's search
+/// page asks it: the busiest entry service and a downstream one, 3 times
+/// each, the first 20 traces.
+async fn search_times(s: &Selector) -> String {
+    let mut times = Vec::new();
+    let mut found = 0;
+    for service in ["frontend", "payments"] {
+        for _ in 0..3 {
+            let now = chrono::Utc::now().timestamp_millis();
+            let started = Instant::now();
+            let (status, body) = s.get(&format!("/admin/traces?service={service}&from={}&to={now}&limit=20", now - 3_600_000)).await;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(status, 200, "{body}");
+            found += body["count"].as_u64().unwrap_or(0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    format!("p50 {:>4.0} ms max {:>4.0} ms ({found} traces)", quantile(&times, 0.5), times.last().copied().unwrap_or(f64::NAN))
 }
 
 /// The benchmark's settings, from its arguments.

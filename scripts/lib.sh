@@ -97,6 +97,17 @@ wait_tansu_install() {
   TANSU_INSTALL_PID=""
 }
 
+# playwright-core for the browser tests, as tests/browser/package-lock.json
+# pins it; does nothing when that version is installed.
+ensure_browser_tests() {
+  local dir="$ROOT/tests/browser"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json" 2>/dev/null; then
+    log "installing the browser tests' packages (npm ci in tests/browser)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
+  fi
+}
+
 # A small Python environment for the stack's own tools (SeaweedFS's `weed`).
 TOOLS_VENV="$CACHE_DIR/tools"
 weed_bin() { echo "$TOOLS_VENV/bin/weed"; }

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and integration tests against the real
 # local broker (Tansu, also behind TLS), Redis (also over TLS), SeaweedFS (S3
-# and an Iceberg REST catalog), PostgreSQL, pyiceberg, DuckDB and the
-# OpenTelemetry Python SDK.
+# and an Iceberg REST catalog), PostgreSQL, pyiceberg, DuckDB, the
+# OpenTelemetry Python SDK, and the web UI in headless Chromium (Playwright).
 source "$(dirname "$0")/lib.sh"
 
 ensure_build_deps
 # TLS in front of the broker and certificates for the TLS tests.
 ensure_apt stunnel4 openssl redis-server
+# The web UI's browser tests: Debian's Chromium, driven by npm's
+# playwright-core (which downloads no browser of its own).
+ensure_apt chromium
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_apt nodejs npm
+ensure_browser_tests
 # The broker's install, the Python environment and the build are independent:
 # on a fresh machine, run them side by side.
 start_tansu_install
@@ -37,6 +42,7 @@ wait_tansu_install
 "$ROOT/scripts/stack.sh" up
 "$ROOT/scripts/stack.sh" postgres
 export_test_env
+export TSS_UI_SCREENSHOTS="$STATE_DIR/screenshots"
 
 # Bytes freshly encoded by the OpenTelemetry Python SDK, for the decode test.
 FIXTURE_DIR="$STATE_DIR/sdk-fixture"

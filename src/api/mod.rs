@@ -1,7 +1,11 @@
-//! The admin API (health, SQL, traces, force rules) and the Prometheus endpoint.
+//! The admin API (health, SQL, trace search and lookup, force rules, the
+//! pipeline overview), the web UI at `/`, and the Prometheus endpoint.
 
+pub mod overview;
 pub mod rules;
 pub mod sampling;
+pub mod search;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -93,11 +97,15 @@ impl From<QueryError> for ApiError {
     }
 }
 
-/// The admin router: `/health*` open, `/admin/*` behind the token when set.
+/// The admin router: `/health*` and the UI's assets open, `/admin/*` behind
+/// the token when set.
 pub fn admin_router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/query", post(query))
+        .route("/admin/traces", get(search::traces))
         .route("/admin/traces/{trace_id}", get(trace))
+        .route("/admin/services", get(search::services))
+        .route("/admin/overview", get(overview::get))
         .route("/admin/sampling/explain", post(sampling::explain))
         .route("/admin/force-rules", post(rules::create).get(rules::list))
         .route(
@@ -110,6 +118,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
         .merge(admin)
+        .merge(ui::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

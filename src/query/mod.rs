@@ -30,6 +30,7 @@ use crate::table::TableHandle;
 
 pub mod catalog;
 pub mod lookup;
+pub mod search;
 pub mod spans_table;
 
 /// Name under which the table is visible to SQL.
@@ -64,6 +65,14 @@ pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
     pub row_count: usize,
+    pub truncated: bool,
+    pub elapsed_ms: u64,
+}
+
+/// What [`QueryEngine::search`] found.
+#[derive(Debug, Serialize)]
+pub struct SearchResult {
+    pub traces: Vec<search::TraceSummary>,
     pub truncated: bool,
     pub elapsed_ms: u64,
 }
@@ -134,6 +143,35 @@ impl QueryEngine {
             .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((result, stats))
+    }
+
+    /// The traces matching `q` ([`search`]), newest or longest first, within
+    /// the time limit; `truncated` when their spans exceeded the row limit.
+    pub async fn search(&self, q: &search::TraceSearch) -> Result<SearchResult, QueryError> {
+        let started = Instant::now();
+        let run = async {
+            let ids = search::matching_ids(&self.ctx, q).await?;
+            search::summaries(&self.ctx, q, &ids, self.limits.max_rows).await
+        };
+        let (traces, truncated) = self.within_limits(run).await?;
+        Ok(SearchResult { traces, truncated, elapsed_ms: started.elapsed().as_millis() as u64 })
+    }
+
+    /// The services and their span names with spans starting in `[from, to)`
+    /// (Unix microseconds).
+    pub async fn services(&self, from_micros: i64, to_micros: i64) -> Result<Vec<search::ServiceNames>, QueryError> {
+        let run = search::service_names(&self.ctx, from_micros, to_micros, self.limits.max_rows);
+        Ok(self.within_limits(run).await?.0)
+    }
+
+    /// Runs `work` within the time limit, telling memory exhaustion apart.
+    async fn within_limits<T>(&self, work: impl std::future::Future<Output = Result<T, QueryError>>) -> Result<T, QueryError> {
+        let limit = self.limits.max_memory_bytes;
+        match tokio::time::timeout(self.limits.timeout, work).await {
+            Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
+            Ok(Err(QueryError::Execution(e))) => Err(execution_error(e, limit)),
+            Ok(other) => other,
+        }
     }
 
     /// Runs one read-only statement within the row and time limits.
@@ -269,8 +307,9 @@ macro_rules! numbers {
     };
 }
 
-/// Numbers, booleans and strings map to JSON natively; every other type
-/// (timestamps, maps, lists) is rendered as Arrow displays it.
+/// Numbers, booleans and strings map to JSON natively, maps, lists and
+/// structs to objects and arrays ([`nested_values`]); every other type
+/// (timestamps, dates, binary) is rendered as Arrow displays it.
 fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
     let native: Option<Vec<Value>> = match array.data_type() {
         DataType::Int8 => numbers!(array, Int8Array),
@@ -292,6 +331,9 @@ fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
     if let Some(values) = native {
         return Ok(values);
     }
+    if let Some(values) = nested_values(array)? {
+        return Ok(values);
+    }
     let options = FormatOptions::default().with_null("");
     let formatter = ArrayFormatter::try_new(array, &options)
         .map_err(|e| QueryError::Execution(e.into()))?;
@@ -304,6 +346,59 @@ fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
             }
         })
         .collect())
+}
+
+/// Maps as JSON objects (keys as text), lists as arrays and structs as
+/// objects, recursively: attributes and events read as data, not as Arrow's
+/// display text. `None` for other types.
+fn nested_values(array: &dyn Array) -> Result<Option<Vec<Value>>, QueryError> {
+    let rows = |value: &dyn Fn(usize) -> Result<Value, QueryError>| {
+        (0..array.len())
+            .map(|i| if array.is_null(i) { Ok(Value::Null) } else { value(i) })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let values = match array.data_type() {
+        DataType::Map(_, _) => {
+            let map = array.as_map();
+            rows(&|i| {
+                let entries = map.value(i);
+                let keys = column_values(entries.column(0).as_ref())?;
+                let values = column_values(entries.column(1).as_ref())?;
+                Ok(Value::Object(
+                    keys.into_iter()
+                        .map(|k| match k {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        })
+                        .zip(values)
+                        .collect(),
+                ))
+            })?
+        }
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            rows(&|i| Ok(Value::Array(column_values(list.value(i).as_ref())?)))?
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            rows(&|i| Ok(Value::Array(column_values(list.value(i).as_ref())?)))?
+        }
+        DataType::Struct(fields) => {
+            let st = array.as_struct();
+            let columns: Vec<Vec<Value>> = st
+                .columns()
+                .iter()
+                .map(|c| column_values(c.as_ref()))
+                .collect::<Result<_, _>>()?;
+            rows(&|i| {
+                Ok(Value::Object(
+                    fields.iter().zip(&columns).map(|(f, c)| (f.name().clone(), c[i].clone())).collect(),
+                ))
+            })?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(values))
 }
 
 fn strings<'a>(it: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> {

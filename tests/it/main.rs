@@ -1,6 +1,6 @@
 //! The integration tests, in one binary: each module tests one concern
 //! against real services (the local Kafka-API broker, Redis, SeaweedFS,
-//! PostgreSQL, pyiceberg, DuckDB), through the one shared [`harness`].
+//! PostgreSQL, pyiceberg, DuckDB, Chromium), through the one shared [`harness`].
 //! Nothing skips: a missing service fails the test.
 
 mod harness;
@@ -16,3 +16,4 @@ mod pipeline;
 mod policies;
 mod secured;
 mod stream_time;
+mod ui;

@@ -1,0 +1,156 @@
+//! `GET /admin/overview`: the pipeline's state in one small JSON document,
+//! read from the same registry `/metrics` serves, for the web UI's overview
+//! page (which computes rates from two readings).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus::core::Collector;
+use prometheus::proto::Histogram;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, AppState};
+use crate::metrics::Metrics;
+
+/// A labelled family as `{label value: value}`, summed over other labels.
+fn by_label(collector: &dyn Collector, label: &str) -> Map<String, Value> {
+    let mut out: Map<String, Value> = Map::new();
+    for family in collector.collect() {
+        for m in family.get_metric() {
+            let key = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == label)
+                .map_or_else(String::new, |l| l.value().to_string());
+            let value = m.get_counter().get_value() + m.get_gauge().get_value();
+            let sum = out.get(&key).and_then(Value::as_f64).unwrap_or(0.0) + value;
+            out.insert(key, json!(sum));
+        }
+    }
+    out
+}
+
+/// The `q` quantile of a histogram by linear interpolation within its
+/// bucket, as PromQL's `histogram_quantile` does; `None` without samples.
+pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
+    let total = h.get_sample_count() as f64;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for b in h.get_bucket() {
+        let count = b.cumulative_count() as f64;
+        if count >= rank {
+            let upper = b.upper_bound();
+            let width = count - below;
+            return Some(if width > 0.0 { lower + (upper - lower) * (rank - below) / width } else { upper });
+        }
+        (lower, below) = (b.upper_bound(), count);
+    }
+    // Beyond the last bound: the last bound is the best known.
+    Some(lower)
+}
+
+fn histogram(collector: &dyn Collector) -> Value {
+    let families = collector.collect();
+    let Some(h) = families.first().and_then(|f| f.get_metric().first()).map(|m| m.get_histogram().clone()) else {
+        return Value::Null;
+    };
+    json!({
+        "count": h.get_sample_count(),
+        "sum_seconds": h.get_sample_sum(),
+        "p50_seconds": quantile(&h, 0.5),
+        "p99_seconds": quantile(&h, 0.99),
+    })
+}
+
+/// The document: counters as totals since start, gauges as they are now.
+pub fn overview(m: &Metrics) -> Value {
+    let lag = by_label(&m.consumer_lag_messages, "partition");
+    let lag_total: f64 = lag.values().filter_map(Value::as_f64).sum();
+    json!({
+        "at_unix_ms": chrono::Utc::now().timestamp_millis(),
+        "ingest": {
+            "messages_total": m.messages_consumed_total.get(),
+            "spans_total": m.spans_ingested_total.get(),
+            "traces_total": m.traces_ingested_total.get(),
+            "invalid_messages_total": by_label(&m.messages_invalid_total, "reason"),
+        },
+        "decisions": {
+            "kept_by_reason": by_label(&m.traces_sampled_total, "reason"),
+            "dropped_total": m.traces_dropped_total.get(),
+            "latency_seconds": histogram(&m.decision_latency_seconds),
+        },
+        "buffer": {
+            "traces": m.buffered_traces.get(),
+            "spans": m.buffered_spans.get(),
+            "held_spans": m.held_spans.get(),
+        },
+        "consumer": {
+            "lag_messages": lag_total,
+            "lag_by_partition": lag,
+            "assigned_partitions": m.assigned_partitions.get(),
+            "paused": m.consumer_paused.get() != 0,
+            "watermark_lag_seconds": m.watermark_lag_seconds.get(),
+        },
+        "iceberg": {
+            "commits_total": m.iceberg_commits_total.get(),
+            "commit_failures_total": m.iceberg_commit_failures_total.get(),
+            "spans_written_total": m.spans_exported_total.get(),
+            "commit_duration": histogram(&m.iceberg_commit_duration_seconds),
+        },
+    })
+}
+
+/// `GET /admin/overview`.
+pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let m = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are not available"))?;
+    let mut doc = overview(m);
+    if let Value::Object(map) = &mut doc {
+        map.insert("health".into(), json!(state.health.report()));
+    }
+    Ok(Json(doc).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("h", "h").buckets(vec![0.1, 0.2, 0.4]),
+        )
+        .expect("histogram");
+        assert_eq!(quantile(&h.collect()[0].get_metric()[0].get_histogram().clone(), 0.5), None);
+        for v in [0.05, 0.15, 0.15, 0.3] {
+            h.observe(v);
+        }
+        let proto = h.collect()[0].get_metric()[0].get_histogram().clone();
+        let p50 = quantile(&proto, 0.5).expect("samples");
+        assert!((p50 - 0.15).abs() < 1e-9, "rank 2 of 4 is half way into (0.1, 0.2]: {p50}");
+        let p99 = quantile(&proto, 0.99).expect("samples");
+        assert!(p99 > 0.2 && p99 <= 0.4, "{p99}");
+    }
+
+    #[test]
+    fn the_document_reads_the_registry() {
+        let m = Metrics::new().expect("metrics");
+        m.traces_sampled_total.with_label_values(&["error"]).inc_by(4);
+        m.traces_dropped_total.inc_by(6);
+        m.consumer_lag_messages.with_label_values(&["0"]).set(3);
+        m.consumer_lag_messages.with_label_values(&["1"]).set(2);
+        m.buffered_traces.set(7);
+        let doc = overview(&m);
+        assert_eq!(doc["decisions"]["kept_by_reason"]["error"], json!(4.0));
+        assert_eq!(doc["decisions"]["dropped_total"], json!(6));
+        assert_eq!(doc["consumer"]["lag_messages"], json!(5.0));
+        assert_eq!(doc["buffer"]["traces"], json!(7));
+        assert_eq!(doc["iceberg"]["commit_duration"]["count"], json!(0));
+    }
+}

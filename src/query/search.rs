@@ -1,0 +1,410 @@
+//! Trace search: the kept traces of a time range, filtered and summarised one
+//! row per trace, for `GET /admin/traces` and the web UI's search page.
+//!
+//! As in Jaeger, every condition applies to one span: a trace matches when
+//! one of its spans, starting within the range, satisfies them all (service,
+//! span name, status, reason, duration, attributes).
+//!
+//! Two passes keep the work proportional to the page, not to the range:
+//! 1. The matching spans are grouped by `trace_id` and only the `limit`
+//!    newest (or longest) traces kept. `max(…) ORDER BY … DESC LIMIT n` is the
+//!    shape DataFusion's top-k aggregation runs without sorting every group.
+//! 2. The spans of those traces alone are read back and summarised here:
+//!    root span, start, duration, span and error counts, sampling reason.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::prelude::{cast, col, lit, DataFrame, Expr, SessionContext};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{to_json, QueryError, TABLE_NAME};
+
+/// Spans of a matched trace are gathered this far either side of the search
+/// range: far enough for any trace a tail sampler completes, near enough to
+/// prune the table's day partitions.
+pub const TRACE_WINDOW_MICROS: i64 = 3_600 * 1_000_000;
+
+/// The order of the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchOrder {
+    /// Newest first, by the latest matching span's start.
+    #[default]
+    Start,
+    /// Longest first, by the longest matching span.
+    Duration,
+}
+
+/// A span status to match, as stored in `status_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Error,
+    Ok,
+    Unset,
+}
+
+impl StatusFilter {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "error" => Some(Self::Error),
+            "ok" => Some(Self::Ok),
+            "unset" => Some(Self::Unset),
+            _ => None,
+        }
+    }
+
+    fn stored(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Ok => "OK",
+            Self::Unset => "UNSET",
+        }
+    }
+}
+
+/// What to search for. Times are Unix microseconds, `[from, to)`.
+#[derive(Debug, Clone, Default)]
+pub struct TraceSearch {
+    pub from_micros: i64,
+    pub to_micros: i64,
+    pub service: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<StatusFilter>,
+    pub reason: Option<String>,
+    pub min_duration_ms: Option<f64>,
+    pub max_duration_ms: Option<f64>,
+    /// `key=value` pairs a span attribute or its resource must have.
+    pub attributes: Vec<(String, String)>,
+    pub limit: usize,
+    pub order: SearchOrder,
+}
+
+/// One trace of the results.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// The root span's service and name: the span without a parent, or else
+    /// the earliest span whose parent is not stored.
+    pub root_service: Option<String>,
+    pub root_name: Option<String>,
+    /// Unix milliseconds of the earliest span's start.
+    pub start_unix_ms: f64,
+    pub start_time: String,
+    /// From the earliest start to the latest end.
+    pub duration_ms: f64,
+    pub span_count: u64,
+    pub error_count: u64,
+    pub services: Vec<String>,
+    pub sampling_reason: Option<String>,
+    pub sampling_rule_id: Option<String>,
+}
+
+/// A service and the span names it has in the range.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceNames {
+    pub service: String,
+    pub names: Vec<String>,
+    pub span_count: u64,
+}
+
+fn timestamp(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("+00:00".into())))
+}
+
+fn in_range(from_micros: i64, to_micros: i64) -> Expr {
+    col("start_time")
+        .gt_eq(timestamp(from_micros))
+        .and(col("start_time").lt(timestamp(to_micros)))
+}
+
+impl TraceSearch {
+    /// The condition one span must satisfy.
+    fn span_condition(&self) -> Expr {
+        let mut all = vec![in_range(self.from_micros, self.to_micros)];
+        let mut eq = |column: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                all.push(col(column).eq(lit(v.clone())));
+            }
+        };
+        eq("service_name", &self.service);
+        eq("name", &self.name);
+        eq("sampling_reason", &self.reason);
+        if let Some(status) = self.status {
+            all.push(col("status_code").eq(lit(status.stored())));
+        }
+        if let Some(min) = self.min_duration_ms {
+            all.push(col("duration_ms").gt_eq(lit(min)));
+        }
+        if let Some(max) = self.max_duration_ms {
+            all.push(col("duration_ms").lt_eq(lit(max)));
+        }
+        for (key, value) in &self.attributes {
+            let on = |map: &str| get_field(col(map), key.as_str()).eq(lit(value.clone()));
+            all.push(on("span_attributes").or(on("resource_attributes")));
+        }
+        all.into_iter().reduce(Expr::and).unwrap_or_else(|| lit(true))
+    }
+}
+
+/// Pass 1: the ids of the `limit` newest (or longest) matching traces.
+pub(super) async fn matching_ids(ctx: &SessionContext, q: &TraceSearch) -> Result<Vec<String>, QueryError> {
+    let key = match q.order {
+        SearchOrder::Start => max(col("start_time")),
+        SearchOrder::Duration => max(col("duration_ms")),
+    };
+    let df = spans(ctx)
+        .await?
+        .filter(q.span_condition())
+        .and_then(|df| df.aggregate(vec![col("trace_id")], vec![key.alias("sort_key")]))
+        .and_then(|df| df.sort(vec![col("sort_key").sort(false, false)]))
+        .and_then(|df| df.limit(0, Some(q.limit)))
+        .and_then(|df| df.select(vec![col("trace_id")]))
+        .map_err(QueryError::Invalid)?;
+    let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, q.limit)?;
+    Ok(result
+        .rows
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().and_then(|v| v.as_str().map(str::to_string)))
+        .collect())
+}
+
+/// The stored columns pass 2 reads, in the order [`SpanRow::from_json`]
+/// expects; the start and end follow as Unix microseconds.
+const SUMMARY_COLUMNS: [&str; 8] = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "service_name",
+    "name",
+    "status_code",
+    "sampling_reason",
+    "sampling_rule_id",
+];
+
+/// Pass 2: every span of these traces near the range, summarised per trace
+/// in the order of `ids`.
+pub(super) async fn summaries(
+    ctx: &SessionContext,
+    q: &TraceSearch,
+    ids: &[String],
+    max_rows: usize,
+) -> Result<(Vec<TraceSummary>, bool), QueryError> {
+    if ids.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let list: Vec<Expr> = ids.iter().map(|id| lit(id.clone())).collect();
+    let mut columns: Vec<Expr> = SUMMARY_COLUMNS.iter().map(|c| col(*c)).collect();
+    columns.push(cast(col("start_time"), DataType::Int64).alias("start_micros"));
+    columns.push(cast(col("end_time"), DataType::Int64).alias("end_micros"));
+    let window = in_range(
+        q.from_micros.saturating_sub(TRACE_WINDOW_MICROS),
+        q.to_micros.saturating_add(TRACE_WINDOW_MICROS),
+    );
+    let df = spans(ctx)
+        .await?
+        .filter(window.and(col("trace_id").in_list(list, false)))
+        .and_then(|df| df.select(columns))
+        .and_then(|df| df.limit(0, Some(max_rows + 1)))
+        .map_err(QueryError::Invalid)?;
+    let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, max_rows)?;
+    let mut by_trace: HashMap<String, Vec<SpanRow>> = HashMap::new();
+    for row in result.rows {
+        if let Some(span) = SpanRow::from_json(row) {
+            by_trace.entry(span.trace_id.clone()).or_default().push(span);
+        }
+    }
+    let found = ids
+        .iter()
+        .filter_map(|id| by_trace.remove(id).map(|spans| summarise(id, &spans)))
+        .collect();
+    Ok((found, result.truncated))
+}
+
+async fn spans(ctx: &SessionContext) -> Result<DataFrame, QueryError> {
+    ctx.table(TABLE_NAME).await.map_err(QueryError::Invalid)
+}
+
+/// The services and span names with spans starting in `[from, to)`.
+pub(super) async fn service_names(
+    ctx: &SessionContext,
+    from_micros: i64,
+    to_micros: i64,
+    max_rows: usize,
+) -> Result<(Vec<ServiceNames>, bool), QueryError> {
+    let df = spans(ctx)
+        .await?
+        .filter(in_range(from_micros, to_micros))
+        .and_then(|df| {
+            df.aggregate(
+                vec![col("service_name"), col("name")],
+                vec![count(lit(1)).alias("spans")],
+            )
+        })
+        .and_then(|df| df.sort(vec![col("service_name").sort(true, true), col("name").sort(true, true)]))
+        .and_then(|df| df.limit(0, Some(max_rows + 1)))
+        .map_err(QueryError::Invalid)?;
+    let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, max_rows)?;
+    let mut services: Vec<ServiceNames> = Vec::new();
+    for row in result.rows {
+        let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
+        let service = text(0).unwrap_or_default();
+        let Some(name) = text(1) else { continue };
+        let spans = row.get(2).and_then(Value::as_u64).unwrap_or(0);
+        match services.last_mut() {
+            Some(last) if last.service == service => {
+                last.names.push(name);
+                last.span_count += spans;
+            }
+            _ => services.push(ServiceNames { service, names: vec![name], span_count: spans }),
+        }
+    }
+    Ok((services, result.truncated))
+}
+
+/// One span as pass 2 reads it.
+#[derive(Debug, Clone, Default)]
+struct SpanRow {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: Option<String>,
+    service_name: Option<String>,
+    name: String,
+    status_code: String,
+    sampling_reason: Option<String>,
+    sampling_rule_id: Option<String>,
+    start_micros: i64,
+    end_micros: i64,
+}
+
+impl SpanRow {
+    fn from_json(row: Vec<Value>) -> Option<Self> {
+        let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
+        let int = |i: usize| row.get(i).and_then(Value::as_i64);
+        Some(Self {
+            trace_id: text(0)?,
+            span_id: text(1)?,
+            parent_span_id: text(2),
+            service_name: text(3),
+            name: text(4).unwrap_or_default(),
+            status_code: text(5).unwrap_or_default(),
+            sampling_reason: text(6),
+            sampling_rule_id: text(7),
+            start_micros: int(8)?,
+            end_micros: int(9)?,
+        })
+    }
+}
+
+/// One trace's summary from its spans (at least one).
+fn summarise(trace_id: &str, spans: &[SpanRow]) -> TraceSummary {
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let start = spans.iter().map(|s| s.start_micros).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end_micros).max().unwrap_or(start);
+    // The span without a parent; else the earliest whose parent is missing.
+    let root = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_none())
+        .min_by_key(|s| s.start_micros)
+        .or_else(|| {
+            spans
+                .iter()
+                .filter(|s| s.parent_span_id.as_deref().is_some_and(|p| !ids.contains(p)))
+                .min_by_key(|s| s.start_micros)
+        });
+    let mut services: Vec<String> = spans.iter().filter_map(|s| s.service_name.clone()).collect();
+    services.sort();
+    services.dedup();
+    let first = spans.first();
+    TraceSummary {
+        trace_id: trace_id.to_string(),
+        root_service: root.and_then(|r| r.service_name.clone()),
+        root_name: root.map(|r| r.name.clone()),
+        start_unix_ms: start as f64 / 1e3,
+        start_time: chrono::DateTime::from_timestamp_micros(start)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default(),
+        duration_ms: (end - start).max(0) as f64 / 1e3,
+        span_count: spans.len() as u64,
+        error_count: spans.iter().filter(|s| s.status_code == "ERROR").count() as u64,
+        services,
+        sampling_reason: first.and_then(|s| s.sampling_reason.clone()),
+        sampling_rule_id: spans.iter().find_map(|s| s.sampling_rule_id.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, service: &str, start: i64, end: i64, status: &str) -> SpanRow {
+        SpanRow {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.map(str::to_string),
+            service_name: Some(service.into()),
+            name: format!("op-{id}"),
+            status_code: status.into(),
+            sampling_reason: Some("error".into()),
+            sampling_rule_id: None,
+            start_micros: start,
+            end_micros: end,
+        }
+    }
+
+    #[test]
+    fn the_summary_covers_every_span() {
+        let spans = [
+            span("b", Some("a"), "db", 2_000, 3_000, "OK"),
+            span("a", None, "web", 1_000, 9_000, "ERROR"),
+            span("c", Some("b"), "db", 2_500, 12_000, "ERROR"),
+        ];
+        let s = summarise("t", &spans);
+        assert_eq!(s.root_name.as_deref(), Some("op-a"));
+        assert_eq!(s.root_service.as_deref(), Some("web"));
+        assert_eq!(s.duration_ms, 11.0, "earliest start to latest end");
+        assert_eq!(s.start_unix_ms, 1.0);
+        assert_eq!((s.span_count, s.error_count), (3, 2));
+        assert_eq!(s.services, vec!["db".to_string(), "web".to_string()]);
+        assert_eq!(s.start_time, "1970-01-01T00:00:00.001000Z");
+    }
+
+    #[test]
+    fn without_a_parentless_span_the_earliest_orphan_is_the_root() {
+        let spans = [
+            span("c", Some("b"), "db", 2_500, 3_000, "OK"),
+            span("b", Some("gone"), "api", 2_000, 4_000, "OK"),
+        ];
+        let s = summarise("t", &spans);
+        assert_eq!(s.root_name.as_deref(), Some("op-b"), "its parent is not stored");
+        assert_eq!(s.error_count, 0);
+    }
+
+    #[test]
+    fn statuses_parse_in_any_case() {
+        assert_eq!(StatusFilter::parse("ERROR"), Some(StatusFilter::Error));
+        assert_eq!(StatusFilter::parse("ok"), Some(StatusFilter::Ok));
+        assert_eq!(StatusFilter::parse("Unset"), Some(StatusFilter::Unset));
+        assert_eq!(StatusFilter::parse("failed"), None);
+    }
+
+    #[test]
+    fn every_condition_applies_to_the_same_span() {
+        let q = TraceSearch {
+            from_micros: 0,
+            to_micros: 10,
+            service: Some("web".into()),
+            status: Some(StatusFilter::Error),
+            attributes: vec![("http.route".into(), "/x".into())],
+            ..Default::default()
+        };
+        let text = q.span_condition().to_string();
+        for part in ["service_name = Utf8(\"web\")", "status_code = Utf8(\"ERROR\")", "http.route", "resource_attributes"] {
+            assert!(text.contains(part), "{part} missing from {text}");
+        }
+        assert!(!text.contains("sampling_reason"), "no reason asked: {text}");
+    }
+}
