@@ -87,4 +87,5 @@ print("(%d rows, %d ms)" % (r["row_count"], r["elapsed_ms"]))'
 
 log "metrics:"
 curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total|iceberg_commits_total) '
+log "the web UI: open http://$ADMIN/ to search the kept traces and see their waterfalls"
 log "the selector keeps running (log: $RUN_DIR/selector.log); stop everything with scripts/stack.sh down"

@@ -185,8 +185,8 @@ const SUMMARY_COLUMNS: [&str; 8] = [
     "sampling_rule_id",
 ];
 
-/// Pass 2: every span of these traces near the range, summarised per trace
-/// in the order of `ids`.
+/// Pass 2: every span of these traces near the range, summarised per trace,
+/// newest or longest first.
 pub(super) async fn summaries(
     ctx: &SessionContext,
     q: &TraceSearch,
@@ -217,10 +217,16 @@ pub(super) async fn summaries(
             by_trace.entry(span.trace_id.clone()).or_default().push(span);
         }
     }
-    let found = ids
+    let mut found: Vec<TraceSummary> = ids
         .iter()
         .filter_map(|id| by_trace.remove(id).map(|spans| summarise(id, &spans)))
         .collect();
+    // Pass 1 chose the traces by their matching spans; the page is ordered
+    // by what it shows, the whole trace's start or duration.
+    match q.order {
+        SearchOrder::Start => found.sort_by(|a, b| b.start_unix_ms.total_cmp(&a.start_unix_ms)),
+        SearchOrder::Duration => found.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms)),
+    }
     Ok((found, result.truncated))
 }
 

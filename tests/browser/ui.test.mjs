@@ -32,25 +32,27 @@ const PRODUCE = JSON.parse(required('TSS_UI_PRODUCE'));
 const SHOTS = required('TSS_UI_SCREENSHOTS');
 const BROWSER = process.env.TSS_TEST_CHROMIUM || '/usr/bin/chromium';
 
-let browser, context, page;
+let context, page;
 const consoleErrors = [];
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
-  browser = await chromium.launch({
+  // A fresh, empty profile; no network but localhost's is needed.
+  context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tss-ui-')), {
     executablePath: BROWSER,
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', `--user-data-dir=${mkdtempSync(join(tmpdir(), 'tss-ui-'))}`],
+      '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1400, height: 900 },
+    acceptDownloads: true,
   });
-  context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
-  page = await context.newPage();
+  page = context.pages()[0] || await context.newPage();
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
   page.on('console', (m) => { if (m.type() === 'error' && !/401|400|404/.test(m.text())) consoleErrors.push(m.text()); });
 });
 
 after(async () => {
-  await browser?.close();
+  await context?.close();
 });
 
 async function searchByService(service, extra = {}) {

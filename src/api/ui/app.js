@@ -431,7 +431,7 @@ async function showRule(panel, ruleId) {
     const rule = await api('GET', '/admin/force-rules/' + encodeURIComponent(ruleId));
     slot.replaceChildren(h('p', {}, 'Force rule ', h('code', {}, rule.id), rule.description ? ` \u201c${rule.description}\u201d` : '',
       ` (${rule.action}, priority ${rule.priority}, ${fmtSecs(rule.remaining_secs)} left)`),
-    h('pre', { class: 'mono' }, JSON.stringify(rule.match, null, 1)));
+    h('p', {}, 'Match: ', h('code', {}, JSON.stringify(rule.match))));
   } catch (e) {
     slot.replaceChildren(h('p', {}, 'Force rule ', h('code', {}, ruleId), e.status === 404 ? ' (expired or deleted since)' : ': ' + e.message));
   }
@@ -675,7 +675,7 @@ async function renderOverview() {
     const h0 = doc.health || {};
     health.replaceChildren(h('h2', {}, 'Health: ' + (h0.ready ? 'ready' : 'not ready')),
       h('table', { class: 'kv' }, h('tbody', {}, Object.entries(h0).filter(([k]) => k !== 'ready').map(([k, v]) =>
-        h('tr', {}, h('td', {}, k), h('td', { class: v && v.status === 'ok' ? '' : 'error' }, v && v.status ? v.status + (v.reason ? ': ' + v.reason : '') : JSON.stringify(v)))))));
+        h('tr', {}, h('td', {}, k), h('td', { class: v && v.status === 'down' ? 'error' : v && v.status === 'ok' ? '' : 'muted' }, v && v.status ? v.status + (v.reason ? ': ' + v.reason : '') : JSON.stringify(v)))))));
     stamp.textContent = 'Updated ' + new Date(doc.at_unix_ms).toLocaleTimeString(undefined, { hour12: false }) + ' · every 3 s';
     prev = doc;
   };
