@@ -84,6 +84,7 @@ const REASONS = {
   latency: 'The trace lasted longer than the latency threshold.',
   force_rule: 'A force rule matched it.',
   baseline: 'Kept by the baseline sample rate.',
+  policy: 'A sampling policy kept it.',
 };
 
 // ---------- The API, with the token ----------
@@ -412,14 +413,15 @@ async function renderTrace(id) {
         h('div', { class: 'wf-axis' }, h('div', { class: 'wf-label muted' }, 'Service and span'), h('div', { class: 'wf-ticks' }, ticks)),
         rows),
       detail));
-  if (root.rule) showRule(kept, root.rule);
+  // `sampling_rule_id` names a force rule, or for `policy` the policy.
+  if (root.rule && root.reason === 'force_rule') showRule(kept, root.rule);
 }
 
 function keptText(root) {
   return [
     h('h2', {}, 'Why it was kept'),
     h('p', {}, h('span', { class: 'badge reason', id: 'kept-reason-code' }, root.reason || '?'), ' ',
-      REASONS[root.reason] || `The sampling policy \u201c${root.reason}\u201d kept it.`,
+      root.reason === 'policy' && root.rule ? `The sampling policy \u201c${root.rule}\u201d kept it.` : REASONS[root.reason] || `Kept as \u201c${root.reason}\u201d.`,
       root.sampleRate && root.sampleRate > 1 ? ` It stands for ${fmtNum(root.sampleRate, 1)} traces of its kind.` : ''),
   ];
 }
