@@ -448,6 +448,35 @@ mod tests {
     }
 
     #[test]
+    fn maps_lists_and_structs_read_as_json() {
+        use datafusion::arrow::array::{ListBuilder, MapBuilder, StringBuilder, StructBuilder};
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        map.keys().append_value("http.route");
+        map.values().append_value("/checkout");
+        map.append(true).expect("entry");
+        map.append(false).expect("null map");
+        let maps = map.finish();
+        assert_eq!(
+            column_values(&maps).expect("maps"),
+            vec![serde_json::json!({"http.route": "/checkout"}), Value::Null]
+        );
+
+        let fields = vec![Field::new("name", DataType::Utf8, true)];
+        let mut list = ListBuilder::new(StructBuilder::from_fields(fields, 2));
+        let events = list.values();
+        events.field_builder::<StringBuilder>(0).expect("name").append_value("exception");
+        events.append(true);
+        list.append(true);
+        list.append(true);
+        let lists = list.finish();
+        assert_eq!(
+            column_values(&lists).expect("lists"),
+            vec![serde_json::json!([{"name": "exception"}]), serde_json::json!([])]
+        );
+    }
+
+    #[test]
     fn syntax_errors_carry_the_parser_message() {
         let err = check_read_only("SELEC * FROM spans").unwrap_err().to_string();
         assert!(err.contains("SELEC"), "{err}");
