@@ -75,6 +75,10 @@ pub struct SearchResult {
     pub traces: Vec<search::TraceSummary>,
     pub truncated: bool,
     pub elapsed_ms: u64,
+    /// Of which finding the matching traces (pass 1) …
+    pub match_ms: u64,
+    /// … and reading their spans back (pass 2).
+    pub summarise_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,12 +153,15 @@ impl QueryEngine {
     /// the time limit; `truncated` when their spans exceeded the row limit.
     pub async fn search(&self, q: &search::TraceSearch) -> Result<SearchResult, QueryError> {
         let started = Instant::now();
+        let mut match_ms = 0;
         let run = async {
             let ids = search::matching_ids(&self.ctx, q).await?;
+            match_ms = started.elapsed().as_millis() as u64;
             search::summaries(&self.ctx, q, &ids, self.limits.max_rows).await
         };
         let (traces, truncated) = self.within_limits(run).await?;
-        Ok(SearchResult { traces, truncated, elapsed_ms: started.elapsed().as_millis() as u64 })
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(SearchResult { traces, truncated, elapsed_ms, match_ms, summarise_ms: elapsed_ms.saturating_sub(match_ms) })
     }
 
     /// The services and their span names with spans starting in `[from, to)`
