@@ -21,7 +21,7 @@
 
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, ScanResult};
-use iceberg::expr::Reference;
+use iceberg::expr::{Bind, Predicate, Reference};
 use iceberg::io::FileMetadata;
 use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
@@ -58,12 +58,16 @@ pub struct LookupStats {
     pub row_groups_skipped_by_statistics: usize,
 }
 
-/// What a file's row groups say about one trace id.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a file's row groups say about the trace ids looked up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct FileCheck {
     row_groups: usize,
+    /// Row groups whose min/max covers none of the ids.
     by_statistics: usize,
+    /// Row groups left whose bloom filter rules out every id they cover.
     by_bloom: usize,
+    /// The ids some row group may hold.
+    ids: Vec<String>,
 }
 
 impl FileCheck {
@@ -98,7 +102,31 @@ pub async fn plan_trace(
     trace_id: &str,
     columns: Option<Vec<String>>,
 ) -> Result<(Vec<FileScanTask>, LookupStats), QueryError> {
-    let predicate = Reference::new(TRACE_ID_COLUMN).equal_to(Datum::string(trace_id));
+    plan_traces(table, &[trace_id.to_string()], columns).await
+}
+
+/// The row filter of a set of trace ids.
+fn ids_predicate(ids: &[String]) -> Predicate {
+    let column = Reference::new(TRACE_ID_COLUMN);
+    match ids {
+        [one] => column.equal_to(Datum::string(one)),
+        many => column.is_in(many.iter().map(|id| Datum::string(id))),
+    }
+}
+
+/// [`plan_trace`] for several traces at once (the pages of a trace search):
+/// one plan and one footer read per file for them all. Each file kept
+/// filters its rows by only the ids its row groups may hold, so that
+/// Iceberg's reader skips, by statistics, the row groups of the others.
+pub async fn plan_traces(
+    table: &Table,
+    trace_ids: &[String],
+    columns: Option<Vec<String>>,
+) -> Result<(Vec<FileScanTask>, LookupStats), QueryError> {
+    if trace_ids.is_empty() {
+        return Ok((Vec::new(), LookupStats::default()));
+    }
+    let predicate = ids_predicate(trace_ids);
     let scan = match columns {
         Some(columns) => table.scan().select(columns),
         None => table.scan().select_all(),
@@ -114,7 +142,7 @@ pub async fn plan_trace(
     let mut stats = LookupStats { files_planned: tasks.len(), ..Default::default() };
     let checked: Vec<(FileScanTask, FileCheck)> = stream::iter(tasks)
         .map(|task| async move {
-            let check = row_group_check(table, &task, trace_id).await?;
+            let check = row_group_check(table, &task, trace_ids).await?;
             Ok::<_, QueryError>((task, check))
         })
         .buffer_unordered(FOOTER_CONCURRENCY)
@@ -126,7 +154,7 @@ pub async fn plan_trace(
         stats.row_groups_skipped_by_statistics += check.by_statistics;
         stats.row_groups_skipped_by_bloom += check.by_bloom;
         if check.may_hold() {
-            keep.push(task);
+            keep.push(narrowed(task, &check.ids, trace_ids)?);
         } else if check.by_bloom > 0 {
             stats.files_skipped_by_bloom += 1;
         } else {
@@ -135,6 +163,20 @@ pub async fn plan_trace(
     }
     stats.files_read = keep.len();
     Ok((keep, stats))
+}
+
+/// The task with its row filter narrowed to `may_hold`, when that is fewer
+/// ids than were looked up (and not none: a file without statistics or
+/// filters may hold any).
+fn narrowed(mut task: FileScanTask, may_hold: &[String], all: &[String]) -> Result<FileScanTask, QueryError> {
+    if may_hold.is_empty() || may_hold.len() == all.len() {
+        return Ok(task);
+    }
+    let bound = ids_predicate(may_hold)
+        .bind(task.schema.clone(), true)
+        .map_err(|e| failed("planning", e))?;
+    task.predicate = Some(bound);
+    Ok(task)
 }
 
 /// The rows of planned files, in the table's current schema (older files
@@ -147,11 +189,11 @@ pub fn read_tasks(table: &Table, tasks: Vec<FileScanTask>) -> Result<ScanResult,
         .map_err(|e| failed("reading", e))
 }
 
-/// Which row groups of the file may hold `trace_id`: first by the column's
-/// min/max statistics, then, for the row groups left, by the bloom filter. A
-/// row group without statistics or a filter (a file written before they
-/// were) may hold anything.
-async fn row_group_check(table: &Table, task: &FileScanTask, trace_id: &str) -> Result<FileCheck, QueryError> {
+/// Which row groups of the file may hold which of `trace_ids`: first by the
+/// column's min/max statistics, then, for the ids a row group's range
+/// covers, by its bloom filter. A row group without statistics or a filter
+/// (a file written before they were) may hold anything.
+async fn row_group_check(table: &Table, task: &FileScanTask, trace_ids: &[String]) -> Result<FileCheck, QueryError> {
     let input = table
         .file_io()
         .new_input(&task.data_file_path)
@@ -170,10 +212,16 @@ async fn row_group_check(table: &Table, task: &FileScanTask, trace_id: &str) -> 
         .iter()
         .position(|c| c.path().string() == TRACE_ID_COLUMN)
     else {
+        check.ids = trace_ids.to_vec();
         return Ok(check);
     };
+    let mut may_hold = vec![false; trace_ids.len()];
     for (group, row_group) in metadata.row_groups().iter().enumerate() {
-        if !covers(row_group.column(column).statistics(), trace_id.as_bytes()) {
+        let statistics = row_group.column(column).statistics();
+        let covered: Vec<usize> = (0..trace_ids.len())
+            .filter(|&i| covers(statistics, trace_ids[i].as_bytes()))
+            .collect();
+        if covered.is_empty() {
             check.by_statistics += 1;
             continue;
         }
@@ -181,10 +229,18 @@ async fn row_group_check(table: &Table, task: &FileScanTask, trace_id: &str) -> 
             .get_row_group_column_bloom_filter(group, column)
             .await
             .map_err(|e| failed(&task.data_file_path, e))?;
-        if filter.is_some_and(|f| !f.check(trace_id)) {
+        let passed: Vec<usize> = covered
+            .into_iter()
+            .filter(|&i| filter.as_ref().is_none_or(|f| f.check(trace_ids[i].as_str())))
+            .collect();
+        if passed.is_empty() {
             check.by_bloom += 1;
         }
+        for i in passed {
+            may_hold[i] = true;
+        }
     }
+    check.ids = trace_ids.iter().zip(may_hold).filter(|(_, m)| *m).map(|(id, _)| id.clone()).collect();
     Ok(check)
 }
 
@@ -235,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_file_is_skipped_when_every_row_group_is_ruled_out() {
-        let file = |row_groups, by_statistics, by_bloom| FileCheck { row_groups, by_statistics, by_bloom };
+        let file = |row_groups, by_statistics, by_bloom| FileCheck { row_groups, by_statistics, by_bloom, ids: Vec::new() };
         assert!(!file(100, 99, 1).may_hold());
         assert!(!file(3, 3, 0).may_hold());
         assert!(file(100, 99, 0).may_hold());

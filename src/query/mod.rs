@@ -157,7 +157,8 @@ impl QueryEngine {
         let run = async {
             let ids = search::matching_ids(&self.ctx, q).await?;
             match_ms = started.elapsed().as_millis() as u64;
-            search::summaries(&self.ctx, q, &ids, self.limits.max_rows).await
+            let table = self.table.load().await.map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            search::summaries(&table, &ids, q.order, self.limits.max_rows).await
         };
         let (traces, truncated) = self.within_limits(run).await?;
         let elapsed_ms = started.elapsed().as_millis() as u64;

@@ -9,25 +9,22 @@
 //! 1. The matching spans are grouped by `trace_id` and only the `limit`
 //!    newest (or longest) traces kept. `max(…) ORDER BY … DESC LIMIT n` is the
 //!    shape DataFusion's top-k aggregation runs without sorting every group.
-//! 2. The spans of those traces alone are read back and summarised here:
-//!    root span, start, duration, span and error counts, sampling reason.
+//! 2. The spans of those traces alone are read back, by the trace lookup's
+//!    bloom filters and min/max ([`lookup::plan_traces`]), and summarised
+//!    here: root span, start, duration, span and error counts, reason.
 
 use std::collections::HashMap;
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::prelude::{cast, col, lit, DataFrame, Expr, SessionContext};
+use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
+use futures::TryStreamExt;
+use iceberg::table::Table;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{to_json, QueryError, TABLE_NAME};
-
-/// Spans of a matched trace are gathered this far either side of the search
-/// range: far enough for any trace a tail sampler completes, near enough to
-/// prune the table's day partitions.
-pub const TRACE_WINDOW_MICROS: i64 = 3_600 * 1_000_000;
+use super::{lookup, to_json, QueryError, TABLE_NAME};
 
 /// The order of the results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,9 +169,8 @@ pub(super) async fn matching_ids(ctx: &SessionContext, q: &TraceSearch) -> Resul
         .collect())
 }
 
-/// The stored columns pass 2 reads, in the order [`SpanRow::from_json`]
-/// expects; the start and end follow as Unix microseconds.
-const SUMMARY_COLUMNS: [&str; 8] = [
+/// The columns pass 2 reads.
+const SUMMARY_COLUMNS: [&str; 10] = [
     "trace_id",
     "span_id",
     "parent_span_id",
@@ -183,37 +179,38 @@ const SUMMARY_COLUMNS: [&str; 8] = [
     "status_code",
     "sampling_reason",
     "sampling_rule_id",
+    "start_time",
+    "end_time",
 ];
 
-/// Pass 2: every span of these traces near the range, summarised per trace,
-/// newest or longest first.
+/// Pass 2: every stored span of these traces, found as `GET
+/// /admin/traces/{id}` finds one trace (by bloom filter and min/max, one
+/// footer read per file for all of them), summarised per trace, newest or
+/// longest first.
 pub(super) async fn summaries(
-    ctx: &SessionContext,
-    q: &TraceSearch,
+    table: &Table,
     ids: &[String],
+    order: SearchOrder,
     max_rows: usize,
 ) -> Result<(Vec<TraceSummary>, bool), QueryError> {
     if ids.is_empty() {
         return Ok((Vec::new(), false));
     }
-    let list: Vec<Expr> = ids.iter().map(|id| lit(id.clone())).collect();
-    let mut columns: Vec<Expr> = SUMMARY_COLUMNS.iter().map(|c| col(*c)).collect();
-    columns.push(cast(col("start_time"), DataType::Int64).alias("start_micros"));
-    columns.push(cast(col("end_time"), DataType::Int64).alias("end_micros"));
-    let window = in_range(
-        q.from_micros.saturating_sub(TRACE_WINDOW_MICROS),
-        q.to_micros.saturating_add(TRACE_WINDOW_MICROS),
-    );
-    let df = spans(ctx)
-        .await?
-        .filter(window.and(col("trace_id").in_list(list, false)))
-        .and_then(|df| df.select(columns))
-        .and_then(|df| df.limit(0, Some(max_rows + 1)))
-        .map_err(QueryError::Invalid)?;
-    let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, max_rows)?;
+    let columns = SUMMARY_COLUMNS.iter().map(|c| c.to_string()).collect();
+    let (tasks, _) = lookup::plan_traces(table, ids, Some(columns)).await?;
+    let batches: Vec<_> = lookup::read_tasks(table, tasks)?
+        .stream()
+        .try_collect()
+        .await
+        .map_err(|e| QueryError::Unavailable(format!("trace search: reading: {e}")))?;
+    let result = to_json(&batches, max_rows)?;
+    let at: Vec<Option<usize>> = SUMMARY_COLUMNS
+        .iter()
+        .map(|name| result.columns.iter().position(|c| c == name))
+        .collect();
     let mut by_trace: HashMap<String, Vec<SpanRow>> = HashMap::new();
     for row in result.rows {
-        if let Some(span) = SpanRow::from_json(row) {
+        if let Some(span) = SpanRow::from_json(&row, &at) {
             by_trace.entry(span.trace_id.clone()).or_default().push(span);
         }
     }
@@ -223,7 +220,7 @@ pub(super) async fn summaries(
         .collect();
     // Pass 1 chose the traces by their matching spans; the page is ordered
     // by what it shows, the whole trace's start or duration.
-    match q.order {
+    match order {
         SearchOrder::Start => found.sort_by(|a, b| b.start_unix_ms.total_cmp(&a.start_unix_ms)),
         SearchOrder::Duration => found.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms)),
     }
@@ -287,9 +284,11 @@ struct SpanRow {
 }
 
 impl SpanRow {
-    fn from_json(row: Vec<Value>) -> Option<Self> {
-        let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
-        let int = |i: usize| row.get(i).and_then(Value::as_i64);
+    /// A row of [`SUMMARY_COLUMNS`], found at `at` (by name: the reader's
+    /// column order is its own).
+    fn from_json(row: &[Value], at: &[Option<usize>]) -> Option<Self> {
+        let text = |i: usize| at.get(i).copied().flatten().and_then(|i| row.get(i)).and_then(Value::as_str).map(str::to_string);
+        let micros = |i: usize| text(i).and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp_micros());
         Some(Self {
             trace_id: text(0)?,
             span_id: text(1)?,
@@ -299,8 +298,8 @@ impl SpanRow {
             status_code: text(5).unwrap_or_default(),
             sampling_reason: text(6),
             sampling_rule_id: text(7),
-            start_micros: int(8)?,
-            end_micros: int(9)?,
+            start_micros: micros(8)?,
+            end_micros: micros(9)?,
         })
     }
 }

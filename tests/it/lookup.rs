@@ -105,4 +105,13 @@ async fn a_lookup_reads_only_the_file_that_holds_the_trace() {
     // A trace that is not there: every file skipped, 404.
     let (status, _) = s.get(&format!("/admin/traces/{}", hex::encode(trace_id(1)))).await;
     assert_eq!(status, 404);
+    // A search page reads its traces back through the same filters, all at
+    // once: every trace of the page whole, from twelve files.
+    let (status, page) = s.get("/admin/traces?service=lookup-svc&limit=50&sort=duration").await;
+    assert_eq!(status, 200, "{page}");
+    let traces = page["traces"].as_array().expect("traces");
+    assert_eq!(traces.len(), 50, "{page}");
+    assert!(traces.iter().all(|t| t["span_count"] == 3 && t["error_count"] == 2), "{page}");
+    let ids: std::collections::HashSet<&str> = traces.iter().filter_map(|t| t["trace_id"].as_str()).collect();
+    assert_eq!(ids.len(), 50, "no trace twice");
 }
