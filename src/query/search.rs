@@ -7,18 +7,19 @@
 //!
 //! Two passes keep the work proportional to the page, not to the range:
 //! 1. The matching spans are grouped by `trace_id` and only the `limit`
-//!    newest (or longest) traces kept. `max(…) ORDER BY … DESC LIMIT n` is the
-//!    shape DataFusion's top-k aggregation runs without sorting every group.
+//!    newest (or longest) traces kept, newest first scanning back from the
+//!    end of the range in growing windows ([`matching_ids`]).
 //! 2. The spans of those traces alone are read back, by the trace lookup's
 //!    bloom filters and min/max ([`lookup::plan_traces`]), and summarised
 //!    here: root span, start, duration, span and error counts, reason.
 
 use std::collections::HashMap;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
+use datafusion::prelude::{cast, col, lit, DataFrame, Expr, SessionContext};
 use futures::TryStreamExt;
 use iceberg::table::Table;
 use serde::Serialize;
@@ -119,9 +120,9 @@ fn in_range(from_micros: i64, to_micros: i64) -> Expr {
 }
 
 impl TraceSearch {
-    /// The condition one span must satisfy.
-    fn span_condition(&self) -> Expr {
-        let mut all = vec![in_range(self.from_micros, self.to_micros)];
+    /// The condition one span starting in `[from, to)` must satisfy.
+    fn span_condition(&self, from_micros: i64, to_micros: i64) -> Expr {
+        let mut all = vec![in_range(from_micros, to_micros)];
         let mut eq = |column: &str, value: &Option<String>| {
             if let Some(v) = value {
                 all.push(col(column).eq(lit(v.clone())));
@@ -148,24 +149,76 @@ impl TraceSearch {
 }
 
 /// Pass 1: the ids of the `limit` newest (or longest) matching traces.
+///
+/// Newest first, the range is scanned in windows back from `to`, each four
+/// times the last ([`windows`]), until `limit` traces are found: every trace
+/// not found yet has its latest matching span before the windows scanned,
+/// so it cannot be newer than those found. Data files cover a stretch of
+/// time each (a flush, or the flushes compaction merged), so Iceberg plans
+/// only the files of a window, and a busy service's page costs about a
+/// minute of the table however wide the range. Longest first has no such
+/// bound and scans the whole range.
 pub(super) async fn matching_ids(ctx: &SessionContext, q: &TraceSearch) -> Result<Vec<String>, QueryError> {
-    let key = match q.order {
-        SearchOrder::Start => max(col("start_time")),
-        SearchOrder::Duration => max(col("duration_ms")),
+    let ranges = match q.order {
+        SearchOrder::Start => windows(q.from_micros, q.to_micros),
+        SearchOrder::Duration => vec![(q.from_micros, q.to_micros)],
+    };
+    let mut best: HashMap<String, f64> = HashMap::new();
+    for (from, to) in ranges {
+        for (id, key) in top_traces(ctx, q, from, to).await? {
+            let entry = best.entry(id).or_insert(key);
+            *entry = entry.max(key);
+        }
+        if best.len() >= q.limit {
+            break;
+        }
+    }
+    let mut found: Vec<(String, f64)> = best.into_iter().collect();
+    found.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    found.truncate(q.limit);
+    Ok(found.into_iter().map(|(id, _)| id).collect())
+}
+
+/// The first window of a newest-first search: a 64th of the range, at
+/// least a minute.
+const FIRST_WINDOW_MICROS: i64 = 60 * 1_000_000;
+
+/// `[from, to)` cut into adjacent windows, newest first, each four times
+/// as wide as the one before.
+fn windows(from: i64, to: i64) -> Vec<(i64, i64)> {
+    let mut width = ((to - from) / 64).max(FIRST_WINDOW_MICROS);
+    let (mut upper, mut out) = (to, Vec::new());
+    while upper > from {
+        let lower = upper.saturating_sub(width).max(from);
+        out.push((lower, upper));
+        upper = lower;
+        width = width.saturating_mul(4);
+    }
+    out
+}
+
+/// The `limit` traces of `[from, to)` with the latest start (or longest
+/// span) among their matching spans, with that key. `max(…) ORDER BY …
+/// DESC LIMIT n` is the shape DataFusion's top-k aggregation runs without
+/// sorting every group.
+async fn top_traces(ctx: &SessionContext, q: &TraceSearch, from: i64, to: i64) -> Result<Vec<(String, f64)>, QueryError> {
+    let (key, as_number) = match q.order {
+        SearchOrder::Start => (max(col("start_time")), cast(col("sort_key"), DataType::Int64)),
+        SearchOrder::Duration => (max(col("duration_ms")), col("sort_key")),
     };
     let df = spans(ctx)
         .await?
-        .filter(q.span_condition())
+        .filter(q.span_condition(from, to))
         .and_then(|df| df.aggregate(vec![col("trace_id")], vec![key.alias("sort_key")]))
         .and_then(|df| df.sort(vec![col("sort_key").sort(false, false)]))
         .and_then(|df| df.limit(0, Some(q.limit)))
-        .and_then(|df| df.select(vec![col("trace_id")]))
+        .and_then(|df| df.select(vec![col("trace_id"), as_number.alias("key")]))
         .map_err(QueryError::Invalid)?;
     let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, q.limit)?;
     Ok(result
         .rows
         .into_iter()
-        .filter_map(|row| row.into_iter().next().and_then(|v| v.as_str().map(str::to_string)))
+        .filter_map(|row| Some((row.first()?.as_str()?.to_string(), row.get(1)?.as_f64()?)))
         .collect())
 }
 
@@ -389,6 +442,22 @@ mod tests {
     }
 
     #[test]
+    fn windows_cover_the_range_newest_first_and_grow() {
+        let hour = 3_600 * 1_000_000;
+        let w = windows(0, hour);
+        assert_eq!(w.first().map(|w| w.1), Some(hour), "newest first");
+        assert_eq!(w.last().map(|w| w.0), Some(0), "down to from");
+        assert!(w.windows(2).all(|p| p[0].0 == p[1].1), "adjacent, no gap or overlap: {w:?}");
+        assert_eq!(w[0].1 - w[0].0, FIRST_WINDOW_MICROS, "a 64th of an hour is less than a minute");
+        assert_eq!(w[1].1 - w[1].0, 4 * FIRST_WINDOW_MICROS);
+        assert_eq!(w.len(), 4, "1, 4, 16 minutes, then the rest: {w:?}");
+        let week = 7 * 24 * hour;
+        assert_eq!(windows(0, week)[0].1 - windows(0, week)[0].0, week / 64);
+        assert_eq!(windows(5, 6), vec![(5, 6)], "a range narrower than a window");
+        assert!(windows(6, 6).is_empty());
+    }
+
+    #[test]
     fn statuses_parse_in_any_case() {
         assert_eq!(StatusFilter::parse("ERROR"), Some(StatusFilter::Error));
         assert_eq!(StatusFilter::parse("ok"), Some(StatusFilter::Ok));
@@ -406,7 +475,7 @@ mod tests {
             attributes: vec![("http.route".into(), "/x".into())],
             ..Default::default()
         };
-        let text = q.span_condition().to_string();
+        let text = q.span_condition(q.from_micros, q.to_micros).to_string();
         for part in ["service_name = Utf8(\"web\")", "status_code = Utf8(\"ERROR\")", "http.route", "resource_attributes"] {
             assert!(text.contains(part), "{part} missing from {text}");
         }

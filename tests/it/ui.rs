@@ -56,6 +56,22 @@ async fn orphan_trace(s: &Selector, service: &str) -> String {
     hex::encode(id)
 }
 
+/// An error trace of 3 spans of `service` that started `ago_secs` ago.
+async fn error_trace_ago(s: &Selector, service: &str, ago_secs: u64) -> String {
+    let id = random_trace_id(rand::random());
+    let spans = synth::trace(&TraceSpec {
+        trace_id: id,
+        service: service.into(),
+        spans: 3,
+        error: true,
+        start_unix_nano: now_nanos() - ago_secs * 1_000_000_000,
+        duration_ms: 30,
+    });
+    let body = synth::request(vec![ResourceDef::new(service, spans)]).encode_to_vec();
+    send(&producer(), &s.topic, &hex::encode(id), &body).await;
+    hex::encode(id)
+}
+
 async fn search(s: &Selector, query: &str) -> (u16, Value) {
     s.get(&format!("/admin/traces?{query}")).await
 }
@@ -76,7 +92,19 @@ async fn search_services_and_overview_answer_over_http() {
     seed(&s, &shop);
     seed(&s, &other);
     let orphan = orphan_trace(&s, &other).await;
-    s.wait_exported((4 * 3 * 2 + 4) as f64).await;
+    // Older traces of a third service: 10 and 40 minutes ago, beyond the
+    // first windows a newest-first search scans.
+    let old_service = unique("old");
+    let ten = error_trace_ago(&s, &old_service, 600).await;
+    let forty = error_trace_ago(&s, &old_service, 2_400).await;
+    let fresh = error_trace_ago(&s, &old_service, 1).await;
+    s.wait_exported((4 * 3 * 2 + 4 + 3 * 3) as f64).await;
+    let (_, body) = search(&s, &format!("service={old_service}&limit=2")).await;
+    assert_eq!(ids(&body), vec![fresh.clone(), ten.clone()], "the two newest: {body}");
+    let (_, body) = search(&s, &format!("service={old_service}")).await;
+    assert_eq!(ids(&body), vec![fresh.clone(), ten.clone(), forty.clone()], "{body}");
+    let (_, body) = search(&s, &format!("service={old_service}&sort=duration&limit=3")).await;
+    assert_eq!(body["count"], 3, "{body}");
 
     let (status, body) = search(&s, &format!("service={shop}")).await;
     assert_eq!(status, 200, "{body}");
@@ -151,7 +179,7 @@ async fn search_services_and_overview_answer_over_http() {
 
     let (status, doc) = s.get("/admin/overview").await;
     assert_eq!(status, 200, "{doc}");
-    assert_eq!(doc["decisions"]["kept_by_reason"]["error"], 9.0, "{doc}");
+    assert_eq!(doc["decisions"]["kept_by_reason"]["error"], 12.0, "{doc}");
     assert_eq!(doc["decisions"]["dropped_total"], 12, "{doc}");
     assert!(doc["iceberg"]["commits_total"].as_u64().is_some_and(|n| n >= 1), "{doc}");
     assert!(doc["iceberg"]["commit_duration"]["p99_seconds"].as_f64().is_some(), "{doc}");
