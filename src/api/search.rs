@@ -144,7 +144,10 @@ pub async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
         "limit": q.limit,
         "truncated": result.truncated,
         "elapsed_ms": result.elapsed_ms,
-        "timing": { "match_ms": result.match_ms, "summarise_ms": result.summarise_ms },
+        "timing": {
+            "match_ms": result.match_ms,
+            "summarise_ms": result.elapsed_ms.saturating_sub(result.match_ms),
+        },
         "traces": result.traces,
     }))
     .into_response())

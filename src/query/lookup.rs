@@ -83,15 +83,26 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
 
 /// The spans of `trace_id` (lowercase hex), ordered by start time and span id.
 pub async fn find_trace(table: &Table, trace_id: &str, max_rows: usize) -> Result<(QueryResult, LookupStats), QueryError> {
-    let (tasks, stats) = plan_trace(table, trace_id, None).await?;
+    let (mut result, stats) = find_traces(table, &[trace_id.to_string()], None, max_rows).await?;
+    sort_rows(&mut result);
+    Ok((result, stats))
+}
+
+/// The spans of several traces at once ([`plan_traces`]), with `columns`
+/// (all when `None`), at most `max_rows` of them, in the order read.
+pub async fn find_traces(
+    table: &Table,
+    trace_ids: &[String],
+    columns: Option<Vec<String>>,
+    max_rows: usize,
+) -> Result<(QueryResult, LookupStats), QueryError> {
+    let (tasks, stats) = plan_traces(table, trace_ids, columns).await?;
     let batches: Vec<_> = read_tasks(table, tasks)?
         .stream()
         .try_collect()
         .await
         .map_err(|e| failed("reading", e))?;
-    let mut result = to_json(&batches, max_rows)?;
-    sort_rows(&mut result);
-    Ok((result, stats))
+    Ok((to_json(&batches, max_rows)?, stats))
 }
 
 /// The files that may hold `trace_id`, with `columns` (all when `None`)

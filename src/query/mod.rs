@@ -75,10 +75,9 @@ pub struct SearchResult {
     pub traces: Vec<search::TraceSummary>,
     pub truncated: bool,
     pub elapsed_ms: u64,
-    /// Of which finding the matching traces (pass 1) …
+    /// Of which finding the matching traces (pass 1); the rest is reading
+    /// their spans back (pass 2).
     pub match_ms: u64,
-    /// … and reading their spans back (pass 2).
-    pub summarise_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,9 +141,7 @@ impl QueryEngine {
                 .map_err(|e| QueryError::Catalog(Box::new(e)))?;
             lookup::find_trace(&table, trace_id, self.limits.max_rows).await
         };
-        let (mut result, stats) = tokio::time::timeout(self.limits.timeout, run)
-            .await
-            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        let (mut result, stats) = self.within_limits(run).await?;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((result, stats))
     }
@@ -161,8 +158,7 @@ impl QueryEngine {
             search::summaries(&table, &ids, q.order, self.limits.max_rows).await
         };
         let (traces, truncated) = self.within_limits(run).await?;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        Ok(SearchResult { traces, truncated, elapsed_ms, match_ms, summarise_ms: elapsed_ms.saturating_sub(match_ms) })
+        Ok(SearchResult { traces, truncated, elapsed_ms: started.elapsed().as_millis() as u64, match_ms })
     }
 
     /// The services and their span names with spans starting in `[from, to)`
@@ -172,7 +168,9 @@ impl QueryEngine {
         Ok(self.within_limits(run).await?.0)
     }
 
-    /// Runs `work` within the time limit, telling memory exhaustion apart.
+    /// Runs `work` within the time limit, telling memory exhaustion apart
+    /// from other execution failures. Dropping the future on timeout
+    /// cancels every stream of its plans.
     async fn within_limits<T>(&self, work: impl std::future::Future<Output = Result<T, QueryError>>) -> Result<T, QueryError> {
         let limit = self.limits.max_memory_bytes;
         match tokio::time::timeout(self.limits.timeout, work).await {
@@ -191,7 +189,6 @@ impl QueryEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let max_rows = self.limits.max_rows;
-        let max_memory = self.limits.max_memory_bytes;
         let run = async {
             let df = self
                 .ctx
@@ -211,12 +208,9 @@ impl QueryEngine {
                 df.limit(0, Some(max_rows + 1))
                     .map_err(QueryError::Invalid)?
             };
-            df.collect().await.map_err(|e| execution_error(e, max_memory))
+            df.collect().await.map_err(QueryError::Execution)
         };
-        // Dropping the future on timeout cancels every stream of the plan.
-        let batches = tokio::time::timeout(self.limits.timeout, run)
-            .await
-            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        let batches = self.within_limits(run).await?;
         let mut result = to_json(&batches, max_rows)?;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(result)

@@ -20,7 +20,6 @@ use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::prelude::{cast, col, lit, DataFrame, Expr, SessionContext};
-use futures::TryStreamExt;
 use iceberg::table::Table;
 use serde::Serialize;
 use serde_json::Value;
@@ -250,13 +249,7 @@ pub(super) async fn summaries(
         return Ok((Vec::new(), false));
     }
     let columns = SUMMARY_COLUMNS.iter().map(|c| c.to_string()).collect();
-    let (tasks, _) = lookup::plan_traces(table, ids, Some(columns)).await?;
-    let batches: Vec<_> = lookup::read_tasks(table, tasks)?
-        .stream()
-        .try_collect()
-        .await
-        .map_err(|e| QueryError::Unavailable(format!("trace search: reading: {e}")))?;
-    let result = to_json(&batches, max_rows)?;
+    let (result, _) = lookup::find_traces(table, ids, Some(columns), max_rows).await?;
     let at: Vec<Option<usize>> = SUMMARY_COLUMNS
         .iter()
         .map(|name| result.columns.iter().position(|c| c == name))

@@ -76,6 +76,15 @@ async fn search(s: &Selector, query: &str) -> (u16, Value) {
     s.get(&format!("/admin/traces?{query}")).await
 }
 
+fn durations_of(body: &Value) -> Vec<f64> {
+    body["traces"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|t| t["duration_ms"].as_f64().expect("duration"))
+        .collect()
+}
+
 fn ids(body: &Value) -> Vec<String> {
     body["traces"]
         .as_array()
@@ -141,9 +150,9 @@ async fn search_services_and_overview_answer_over_http() {
     assert_eq!(body["count"], 0, "{body}");
     let (_, longest) = search(&s, &format!("service={shop}&sort=duration&limit=2")).await;
     assert_eq!(longest["count"], 2, "{longest}");
-    let durations: Vec<f64> = longest["traces"].as_array().expect("traces").iter().map(|t| t["duration_ms"].as_f64().expect("d")).collect();
+    let durations = durations_of(&longest);
     let (_, all) = search(&s, &format!("service={shop}")).await;
-    let mut every: Vec<f64> = all["traces"].as_array().expect("traces").iter().map(|t| t["duration_ms"].as_f64().expect("d")).collect();
+    let mut every = durations_of(&all);
     every.sort_by(|a, b| b.total_cmp(a));
     assert_eq!(durations, every[..2].to_vec(), "the two longest, longest first");
     let (_, body) = search(&s, &format!("service={shop}&min_duration_ms={}", every[0] + 1.0)).await;
