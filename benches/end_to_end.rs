@@ -56,7 +56,8 @@ fn options() -> Options {
     let mut o = Options {
         spans: 2_000_000,
         brokers: std::env::var("TSS_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
-        redis: std::env::var("TSS_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        redis: std::env::var("TSS_BENCH_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         inactivity_secs: 2.0,
         flush_secs: 2.0,
         backlog_secs: None,
@@ -106,7 +107,13 @@ fn send(p: &ThreadedProducer<Ctx>, topic: &str, key: &str, payload: &[u8]) {
 }
 
 /// [`send`] with the message's timestamp (Unix milliseconds), when given.
-fn send_at(p: &ThreadedProducer<Ctx>, topic: &str, key: &str, payload: &[u8], timestamp: Option<i64>) {
+fn send_at(
+    p: &ThreadedProducer<Ctx>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    timestamp: Option<i64>,
+) {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
     if let Some(ts) = timestamp {
         record = record.timestamp(ts);
@@ -141,7 +148,13 @@ fn fill(o: &Options, topic: &str) -> (u64, u64) {
         spans += t.span_count() as u64;
         let key = hex::encode(t.trace_id);
         let timestamp = o.backlog_secs.map(|_| (end / 1_000_000) as i64);
-        send_at(&p, topic, &key, &g.request(vec![t]).encode_to_vec(), timestamp);
+        send_at(
+            &p,
+            topic,
+            &key,
+            &g.request(vec![t]).encode_to_vec(),
+            timestamp,
+        );
         messages += 1;
     }
     p.flush(Duration::from_secs(120)).expect("flush");
@@ -200,7 +213,10 @@ fn start_selector(o: &Options, topic: &str) -> Selector {
     if o.backlog_secs.is_none() {
         // Live mode: a short timeout, and a buffer that holds what the drain
         // of a freshly written topic opens within it.
-        settings.push(("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", inactivity.as_str()));
+        settings.push((
+            "TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS",
+            inactivity.as_str(),
+        ));
         settings.push(("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000"));
     }
     // A backlog runs on the defaults: 60 s inactivity, 1,000,000 spans.
@@ -243,24 +259,41 @@ async fn decision_latency(o: &Options, s: &Selector, topic: &str) -> Vec<f64> {
         std::thread::spawn(move || send_live(&brokers, &topic, &probes))
     };
     let mut visible: HashMap<String, f64> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(30.0 + o.inactivity_secs + o.flush_secs + 60.0);
+    let deadline =
+        Instant::now() + Duration::from_secs_f64(30.0 + o.inactivity_secs + o.flush_secs + 60.0);
     loop {
         let pending: Vec<String> = probes
             .lock()
-            .map(|p| p.iter().filter(|(id, _)| !visible.contains_key(id)).map(|(id, _)| format!("'{id}'")).collect())
+            .map(|p| {
+                p.iter()
+                    .filter(|(id, _)| !visible.contains_key(id))
+                    .map(|(id, _)| format!("'{id}'"))
+                    .collect()
+            })
             .unwrap_or_default();
         let done = sender.is_finished();
         if (done && pending.is_empty()) || Instant::now() > deadline {
             break;
         }
         if !pending.is_empty() {
-            let sql = format!("SELECT DISTINCT trace_id FROM spans WHERE trace_id IN ({})", pending.join(","));
+            let sql = format!(
+                "SELECT DISTINCT trace_id FROM spans WHERE trace_id IN ({})",
+                pending.join(",")
+            );
             let (_, body) = s.query_raw(&sql).await;
             let now = Instant::now();
-            let sent: HashMap<String, Instant> = probes.lock().map(|p| p.iter().cloned().collect()).unwrap_or_default();
+            let sent: HashMap<String, Instant> = probes
+                .lock()
+                .map(|p| p.iter().cloned().collect())
+                .unwrap_or_default();
             for row in body["rows"].as_array().into_iter().flatten() {
-                if let Some((id, at)) = row[0].as_str().and_then(|id| sent.get(id).map(|at| (id, at))) {
-                    visible.entry(id.to_string()).or_insert((now - *at).as_secs_f64());
+                if let Some((id, at)) = row[0]
+                    .as_str()
+                    .and_then(|id| sent.get(id).map(|at| (id, at)))
+                {
+                    visible
+                        .entry(id.to_string())
+                        .or_insert((now - *at).as_secs_f64());
                 }
             }
         }
@@ -269,7 +302,10 @@ async fn decision_latency(o: &Options, s: &Selector, topic: &str) -> Vec<f64> {
     let sent = probes.lock().map(|p| p.len()).unwrap_or_default();
     let mut latencies: Vec<f64> = visible.into_values().collect();
     latencies.sort_by(f64::total_cmp);
-    println!("latency:   {} of {sent} probes visible in SQL", latencies.len());
+    println!(
+        "latency:   {} of {sent} probes visible in SQL",
+        latencies.len()
+    );
     latencies
 }
 
@@ -285,7 +321,12 @@ fn send_live(brokers: &str, topic: &str, probes: &std::sync::Mutex<Vec<(String, 
         while sent < due {
             let root = g.pick_root();
             let t = g.trace(root, now_nanos(), 0.0);
-            send(&p, topic, &hex::encode(t.trace_id), &g.request(vec![t]).encode_to_vec());
+            send(
+                &p,
+                topic,
+                &hex::encode(t.trace_id),
+                &g.request(vec![t]).encode_to_vec(),
+            );
             sent += 1;
         }
         if started.elapsed().as_millis() as u64 / 500 >= seq {
@@ -326,10 +367,17 @@ async fn main() {
     let topic = format!("tss-bench-{}", uuid::Uuid::new_v4().simple());
     let partitions = 8;
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &o.brokers).create().expect("admin");
+        ClientConfig::new()
+            .set("bootstrap.servers", &o.brokers)
+            .create()
+            .expect("admin");
     admin
         .create_topics(
-            [&rdkafka::admin::NewTopic::new(&topic, partitions, rdkafka::admin::TopicReplication::Fixed(1))],
+            [&rdkafka::admin::NewTopic::new(
+                &topic,
+                partitions,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
             &rdkafka::admin::AdminOptions::new(),
         )
         .await
@@ -343,10 +391,16 @@ async fn main() {
     let s = start_selector(&o, &topic);
     s.wait_ready().await;
     let rate = selector_drain(&s, messages).await;
-    println!("ratio:     selector drains at {:.0}% of the plain consumer's rate", 100.0 * rate / base);
+    println!(
+        "ratio:     selector drains at {:.0}% of the plain consumer's rate",
+        100.0 * rate / base
+    );
 
     if o.backlog_secs.is_some() {
-        println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.pid()));
+        println!(
+            "memory:    selector peak RSS {:.0} MiB",
+            peak_rss_mib(s.pid())
+        );
         return;
     }
     let lat = decision_latency(&o, &s, &topic).await;
@@ -359,5 +413,8 @@ async fn main() {
         o.inactivity_secs,
         o.flush_secs
     );
-    println!("memory:    selector peak RSS {:.0} MiB", peak_rss_mib(s.pid()));
+    println!(
+        "memory:    selector peak RSS {:.0} MiB",
+        peak_rss_mib(s.pid())
+    );
 }

@@ -15,16 +15,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prost::Message;
-use tail_sampling_selector::model::KeptTrace;
-use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
-use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::ack::{MsgRef, OffsetTracker};
-use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
-use tail_sampling_selector::{decide::policy::PolicySet, model::{Decision, NoForceRules}};
 use tail_sampling_selector::config::Settings;
+use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
 use tail_sampling_selector::metrics::red::{RedRecorder, RedSeries};
+use tail_sampling_selector::model::KeptTrace;
+use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
 use tail_sampling_selector::table::schema::table_schema;
+use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
+use tail_sampling_selector::{
+    decide::policy::PolicySet,
+    model::{Decision, NoForceRules},
+};
 
 /// Counts live heap bytes, to measure what buffered spans cost.
 struct Counting;
@@ -41,7 +44,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -102,7 +108,8 @@ fn decode_only(msgs: &[Vec<u8>]) -> (usize, Duration) {
     let mut spans = 0;
     for m in msgs {
         // The consumer copies each payload out of librdkafka's buffer too.
-        let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        let decoded =
+            decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
         spans += decoded.spans.len();
         std::hint::black_box(&decoded);
     }
@@ -117,7 +124,8 @@ fn decode_held(msgs: &[Vec<u8>]) -> (usize, Duration) {
     let mut held = Vec::with_capacity(msgs.len());
     let mut spans = 0;
     for m in msgs {
-        let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        let decoded =
+            decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
         spans += decoded.spans.len();
         held.push(decoded);
     }
@@ -251,7 +259,8 @@ fn full_path(
             offset: offset as i64,
             epoch: 1,
         };
-        let decoded = decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        let decoded =
+            decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
         tracker.register(msg, 1, 1);
         spans += decoded.spans.len();
         let outcome = buffer.push_message(decoded.spans, msg, now, &mut due);
@@ -262,7 +271,10 @@ fn full_path(
     let buffered_spans = buffer.span_count();
 
     let resumed = Instant::now();
-    buffer.expire(now + limits.inactivity_timeout + Duration::from_secs(1), &mut due);
+    buffer.expire(
+        now + limits.inactivity_timeout + Duration::from_secs(1),
+        &mut due,
+    );
     let expired = resumed.elapsed();
     let decided_at = SystemTime::now();
     let mut kept = Vec::new();
@@ -272,7 +284,11 @@ fn full_path(
         }
         match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
             Decision::Drop => tracker.release(&trace.msgs),
-            Decision::Keep { reason, rule_id, sample_rate } => kept.push(KeptTrace {
+            Decision::Keep {
+                reason,
+                rule_id,
+                sample_rate,
+            } => kept.push(KeptTrace {
                 trace_id: trace.trace_id,
                 spans: trace.spans,
                 sample_rate,
@@ -342,7 +358,8 @@ fn main() {
     // Errors (about 2% of traces here) plus an 8% baseline: about 10% kept.
     let policies = PolicySet::new(true, 5_000.0, 0.08);
     let arrow = Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(&table_schema().expect("schema")).expect("arrow schema"),
+        iceberg::arrow::schema_to_arrow_schema(&table_schema().expect("schema"))
+            .expect("arrow schema"),
     );
 
     let mut decode_rates = Vec::new();
@@ -382,15 +399,27 @@ fn main() {
     let decode = median(decode_rates);
     let held = median(held_rates);
     let full = median(full_rates);
-    println!("decode only:  {:>12.0} spans/s (one core, median of {} rounds)", decode, o.rounds);
-    println!("decode, held: {:>12.0} spans/s (decode only, every message kept until the end)", held);
+    println!(
+        "decode only:  {:>12.0} spans/s (one core, median of {} rounds)",
+        decode, o.rounds
+    );
+    println!(
+        "decode, held: {:>12.0} spans/s (decode only, every message kept until the end)",
+        held
+    );
     println!(
         "full path:    {:>12.0} spans/s (decode → buffer → decide → Arrow, {:.1}% of spans kept)",
         full,
         100.0 * r.kept_spans as f64 / r.spans as f64
     );
-    println!("ratio:        {:>12.1}% of decode-only throughput", 100.0 * full / decode);
-    println!("              {:>12.1}% of decode-held throughput", 100.0 * full / held);
+    println!(
+        "ratio:        {:>12.1}% of decode-only throughput",
+        100.0 * full / decode
+    );
+    println!(
+        "              {:>12.1}% of decode-held throughput",
+        100.0 * full / held
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "last round:   decode+buffer {:.1} ms, expire {:.1} ms, decide+drop {:.1} ms, Arrow encoding of kept {:.1} ms",
@@ -407,7 +436,10 @@ fn main() {
         series.series_count(),
         plain
     );
-    println!("              {:>12.1}% of the throughput without them (goal: at least 85%)", 100.0 * with / plain);
+    println!(
+        "              {:>12.1}% of the throughput without them (goal: at least 85%)",
+        100.0 * with / plain
+    );
     // Each on its own, to tell their costs apart.
     let (mut red_only, mut policies_only) = (Vec::new(), Vec::new());
     for _ in 0..o.rounds {

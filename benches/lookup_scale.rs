@@ -37,7 +37,10 @@ use harness::{now_nanos, Selector};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
 }
 
 /// One generated trace, decoded as the consumer decodes it.
@@ -46,7 +49,11 @@ fn kept_trace(g: &mut TraceGenerator, end_unix_nano: u64) -> KeptTrace {
     let t = g.trace(root, end_unix_nano, 0.0);
     let payload = Bytes::from(g.request(vec![t]).encode_to_vec());
     let decoded = decode_message(payload, 16 << 20).expect("generated traces decode");
-    let trace_id = decoded.spans.first().map(|(id, _)| *id).expect("a trace has spans");
+    let trace_id = decoded
+        .spans
+        .first()
+        .map(|(id, _)| *id)
+        .expect("a trace has spans");
     KeptTrace {
         trace_id,
         spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
@@ -60,7 +67,12 @@ fn kept_trace(g: &mut TraceGenerator, end_unix_nano: u64) -> KeptTrace {
 
 /// Writes `spans` spans in commits of `commit_rows`; returns the trace ids
 /// with their span counts.
-async fn fill(table: &TableHandle, settings: &Settings, spans: u64, commit_rows: u64) -> Vec<(String, usize)> {
+async fn fill(
+    table: &TableHandle,
+    settings: &Settings,
+    spans: u64,
+    commit_rows: u64,
+) -> Vec<(String, usize)> {
     let layout = settings.storage.parquet_layout();
     let mut g = TraceGenerator::new(Scenario::demo(), 7);
     let mut ids = Vec::new();
@@ -78,25 +90,44 @@ async fn fill(table: &TableHandle, settings: &Settings, spans: u64, commit_rows:
             batch.push(t);
         }
         let loaded = table.load().await.expect("table loads");
-        let schema = Arc::new(schema_to_arrow_schema(loaded.metadata().current_schema()).expect("arrow schema"));
+        let schema = Arc::new(
+            schema_to_arrow_schema(loaded.metadata().current_schema()).expect("arrow schema"),
+        );
         let mut span_rows = SpanRows::for_traces(&batch);
         for t in &batch {
             span_rows.push_trace(t, |_| false);
             ids.push((hex::encode(t.trace_id), t.spans.len()));
         }
-        let files = write_data_files(&loaded, span_rows.into_batch(schema).expect("batch"), &layout, 512 << 20)
-            .await
-            .expect("data files written");
+        let files = write_data_files(
+            &loaded,
+            span_rows.into_batch(schema).expect("batch"),
+            &layout,
+            512 << 20,
+        )
+        .await
+        .expect("data files written");
         let tx = Transaction::new(&loaded);
-        let tx = tx.fast_append().with_check_duplicate(false).add_data_files(files).apply(tx).expect("append");
+        let tx = tx
+            .fast_append()
+            .with_check_duplicate(false)
+            .add_data_files(files)
+            .apply(tx)
+            .expect("append");
         tx.commit(table.catalog.as_ref()).await.expect("commit");
         written += rows;
         commits += 1;
         if commits % 20 == 0 {
-            println!("  written {written} spans in {commits} commits ({:.0} s)", started.elapsed().as_secs_f64());
+            println!(
+                "  written {written} spans in {commits} commits ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
-    println!("written {written} spans of {} traces in {commits} commits, {:.0} s", ids.len(), started.elapsed().as_secs_f64());
+    println!(
+        "written {written} spans of {} traces in {commits} commits, {:.0} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
     ids
 }
 
@@ -104,12 +135,27 @@ async fn fill(table: &TableHandle, settings: &Settings, spans: u64, commit_rows:
 fn maintain(s: &Selector) {
     for run in 1..=20 {
         let started = Instant::now();
-        let out = s.command().arg("maintenance").output().expect("maintenance runs");
-        assert!(out.status.success(), "maintenance failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = s
+            .command()
+            .arg("maintenance")
+            .output()
+            .expect("maintenance runs");
+        assert!(
+            out.status.success(),
+            "maintenance failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         // The summary's first line; log lines may come before it.
-        let compaction = text.lines().find(|l| l.starts_with("compaction:")).unwrap_or_default().to_string();
-        println!("maintenance run {run} ({:.0} s): {compaction}", started.elapsed().as_secs_f64());
+        let compaction = text
+            .lines()
+            .find(|l| l.starts_with("compaction:"))
+            .unwrap_or_default()
+            .to_string();
+        println!(
+            "maintenance run {run} ({:.0} s): {compaction}",
+            started.elapsed().as_secs_f64()
+        );
         if compaction.starts_with("compaction: 0 files") {
             return;
         }
@@ -117,7 +163,10 @@ fn maintain(s: &Selector) {
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main]
@@ -138,11 +187,17 @@ async fn main() {
     .filter_map(|k| Some((k.to_string(), s.env(k)?.to_string())))
     .collect();
     let settings = Settings::load_with_env(None, env).expect("settings");
-    let table = TableHandle::open(&settings.storage.iceberg).await.expect("table opens");
+    let table = TableHandle::open(&settings.storage.iceberg)
+        .await
+        .expect("table opens");
     let ids = fill(&table, &settings, spans, commit_rows).await;
     maintain(&s);
     let parquet: Vec<_> = harness::files_under(&s.warehouse_path(), ".parquet");
-    let bytes: u64 = parquet.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let bytes: u64 = parquet
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     let rows = s.count("SELECT count(*) FROM spans").await;
     println!(
         "table: {rows} rows; {} Parquet files on disk, {:.1} GiB",
@@ -159,13 +214,19 @@ async fn main() {
         let (status, body) = s.get(&format!("/admin/traces/{id}")).await;
         times.push(started.elapsed().as_secs_f64() * 1e3);
         assert_eq!(status, 200, "lookup of {id}: {body}");
-        assert_eq!(body["span_count"].as_u64(), Some(*expected as u64), "lookup of {id}: {body}");
+        assert_eq!(
+            body["span_count"].as_u64(),
+            Some(*expected as u64),
+            "lookup of {id}: {body}"
+        );
         let scan = &body["scan"];
         planned = planned.max(scan["files_planned"].as_u64().unwrap_or(0));
         read = read.max(scan["files_read"].as_u64().unwrap_or(0));
         groups += scan["row_groups"].as_u64().unwrap_or(0);
         by_bloom += scan["row_groups_skipped_by_bloom"].as_u64().unwrap_or(0);
-        by_statistics += scan["row_groups_skipped_by_statistics"].as_u64().unwrap_or(0);
+        by_statistics += scan["row_groups_skipped_by_statistics"]
+            .as_u64()
+            .unwrap_or(0);
     }
     times.sort_by(f64::total_cmp);
     println!(

@@ -56,8 +56,18 @@ const LIMIT_PER_SEC: u64 = 20;
 /// Traces kept and decided so far.
 async fn decided(s: &Selector) -> (f64, f64) {
     let m = s.metrics().await;
-    let kept: f64 = m.iter().filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{")).map(|(_, v)| v).sum();
-    (kept, kept + m.get("tail_sampling_traces_dropped_total").copied().unwrap_or(0.0))
+    let kept: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    (
+        kept,
+        kept + m
+            .get("tail_sampling_traces_dropped_total")
+            .copied()
+            .unwrap_or(0.0),
+    )
 }
 
 /// A `rate_limit` of 20/s under 200 traces/s of live traffic.
@@ -73,7 +83,10 @@ async fn rate_limit(secs: u64) {
     let prefix = format!("tss-bench-{}:", uuid::Uuid::new_v4().simple());
     let s = Selector::start_on(
         &topic,
-        &[(CONFIG_FILE, config.to_str().expect("path")), ("TSS__REDIS__KEY_PREFIX", prefix.as_str())],
+        &[
+            (CONFIG_FILE, config.to_str().expect("path")),
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+        ],
     )
     .await;
     let p: FutureProducer = ClientConfig::new()
@@ -94,10 +107,13 @@ async fn rate_limit(secs: u64) {
             let t = g.trace(root, now_nanos(), 0.0);
             let key = hex::encode(t.trace_id);
             let payload = g.request(vec![t]).encode_to_vec();
-            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produce");
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
             sent += 1;
         }
         if window_start.is_none() && started.elapsed() > Duration::from_secs(5) {
@@ -111,7 +127,11 @@ async fn rate_limit(secs: u64) {
     // Wait for the rest to be decided and stored.
     let deadline = Instant::now() + Duration::from_secs(60);
     while decided(&s).await.1 < sent as f64 {
-        assert!(Instant::now() < deadline, "not every trace was decided\n{}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "not every trace was decided\n{}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let kept = decided(&s).await.0;
@@ -151,7 +171,12 @@ async fn main() {
 
     // The truth: traces per service (a trace counts once for each service it touches).
     let mut g = TraceGenerator::new(Scenario::demo(), 17);
-    let names: Vec<String> = g.scenario().services.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = g
+        .scenario()
+        .services
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     let mut truth: BTreeMap<String, u64> = BTreeMap::new();
     let (mut errors, mut spans) = (0u64, 0u64);
     let p: FutureProducer = ClientConfig::new()
@@ -183,10 +208,13 @@ async fn main() {
         let p = p.clone();
         let topic = topic.clone();
         pending.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
         }));
         if pending.len() >= 2000 {
             for h in pending.drain(..) {
@@ -206,15 +234,27 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(600);
     let kept = loop {
         let m = s.metrics().await;
-        let kept: f64 = m.iter().filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{")).map(|(_, v)| v).sum();
-        let dropped = m.get("tail_sampling_traces_dropped_total").copied().unwrap_or(0.0);
+        let kept: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        let dropped = m
+            .get("tail_sampling_traces_dropped_total")
+            .copied()
+            .unwrap_or(0.0);
         if kept + dropped >= n as f64 {
             let stored = s.count("SELECT count(DISTINCT trace_id) FROM spans").await;
             if stored as f64 >= kept {
                 break kept;
             }
         }
-        assert!(Instant::now() < deadline, "decided {} of {n}\n{}", kept + dropped, s.log());
+        assert!(
+            Instant::now() < deadline,
+            "decided {} of {n}\n{}",
+            kept + dropped,
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     println!("kept:      {kept} traces ({:.1}%)", 100.0 * kept / n as f64);
@@ -225,7 +265,10 @@ async fn main() {
              (SELECT DISTINCT trace_id, service_name, sample_rate FROM spans) GROUP BY 1 ORDER BY 1",
         )
         .await;
-    println!("{:<12} {:>9} {:>9} {:>11} {:>8}", "service", "traces", "kept", "estimate", "error");
+    println!(
+        "{:<12} {:>9} {:>9} {:>11} {:>8}",
+        "service", "traces", "kept", "estimate", "error"
+    );
     let mut worst: f64 = 0.0;
     for row in body["rows"].as_array().expect("rows") {
         let service = row[0].as_str().unwrap_or("");
@@ -234,7 +277,10 @@ async fn main() {
         let actual = truth.get(service).copied().unwrap_or(0) as f64;
         let err = (estimate - actual) / actual;
         worst = worst.max(err.abs());
-        println!("{service:<12} {actual:>9} {kept:>9} {estimate:>11.0} {:>7.2}%", 100.0 * err);
+        println!(
+            "{service:<12} {actual:>9} {kept:>9} {estimate:>11.0} {:>7.2}%",
+            100.0 * err
+        );
     }
     let rates = s
         .query(
@@ -243,9 +289,18 @@ async fn main() {
         )
         .await;
     for row in rates["rows"].as_array().expect("rows") {
-        println!("policy:    {} root error={} kept {} mean sample_rate {:.2}", row[0], row[1], row[2], row[3].as_f64().unwrap_or(0.0));
+        println!(
+            "policy:    {} root error={} kept {} mean sample_rate {:.2}",
+            row[0],
+            row[1],
+            row[2],
+            row[3].as_f64().unwrap_or(0.0)
+        );
     }
-    println!("worst per-service error of sum(sample_rate): {:.2}% (goal: within 5%)", 100.0 * worst);
+    println!(
+        "worst per-service error of sum(sample_rate): {:.2}% (goal: within 5%)",
+        100.0 * worst
+    );
     drop(s);
     rate_limit(arg("--limit-secs", 30)).await;
 }

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
 use rand::seq::IndexedRandom;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
 
 #[path = "../tests/it/harness.rs"]
@@ -36,7 +36,10 @@ use harness::{now_nanos, Selector};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
 }
 
 /// Trace ids sent, with when: every 16th trace's.
@@ -45,7 +48,13 @@ type Sent = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
 /// Demo traffic at `rate` traces/s until `stop`.
 /// `linger_ms` batches the messages of each partition, as an exporter does;
 /// it also keeps the broker's record batches few (see `Options::linger_ms`).
-fn traffic(topic: String, rate: u64, linger_ms: u64, stop: Arc<AtomicBool>, ids: Sent) -> std::thread::JoinHandle<u64> {
+fn traffic(
+    topic: String,
+    rate: u64,
+    linger_ms: u64,
+    stop: Arc<AtomicBool>,
+    ids: Sent,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", harness::brokers())
@@ -90,22 +99,36 @@ struct MetadataReading {
 }
 
 fn newest_metadata(dir: &Path) -> MetadataReading {
-    let Some(path) = harness::files_under(dir, ".metadata.json").into_iter().max_by(|a, b| a.file_name().cmp(&b.file_name()))
+    let Some(path) = harness::files_under(dir, ".metadata.json")
+        .into_iter()
+        .max_by(|a, b| a.file_name().cmp(&b.file_name()))
     else {
         return MetadataReading::default();
     };
     let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-    let json: serde_json::Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let snapshots: Vec<&serde_json::Value> = json["snapshots"].as_array().into_iter().flatten().collect();
+    let json: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let snapshots: Vec<&serde_json::Value> =
+        json["snapshots"].as_array().into_iter().flatten().collect();
     let files = |s: &serde_json::Value| s["summary"]["total-data-files"].as_str()?.parse().ok();
     let current = &json["current-snapshot-id"];
-    let live = snapshots.iter().find(|s| &s["snapshot-id"] == current).and_then(|s| files(s)).unwrap_or(0);
+    let live = snapshots
+        .iter()
+        .find(|s| &s["snapshot-id"] == current)
+        .and_then(|s| files(s))
+        .unwrap_or(0);
     let after_compaction = snapshots
         .iter()
         .filter(|s| s["summary"]["operation"] == "replace")
         .max_by_key(|s| s["sequence-number"].as_u64())
         .and_then(|s| files(s));
-    MetadataReading { bytes, live, after_compaction }
+    MetadataReading {
+        bytes,
+        live,
+        after_compaction,
+    }
 }
 
 /// The `q` quantile of the observations between two readings of a histogram
@@ -113,7 +136,15 @@ fn newest_metadata(dir: &Path) -> MetadataReading {
 fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let counts: Vec<(f64, f64)> = after
         .iter()
-        .map(|(le, n)| (*le, n - before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, m)| *m)))
+        .map(|(le, n)| {
+            (
+                *le,
+                n - before
+                    .iter()
+                    .find(|(b, _)| b == le)
+                    .map_or(0.0, |(_, m)| *m),
+            )
+        })
         .collect();
     let total = counts.last().map_or(0.0, |(_, n)| *n);
     if total <= 0.0 {
@@ -140,7 +171,14 @@ fn commit_buckets(m: &std::collections::HashMap<String, f64>) -> Vec<(f64, f64)>
         .iter()
         .filter_map(|(k, v)| {
             let le = k.strip_prefix(prefix)?.strip_suffix("\"}")?;
-            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, *v))
+            Some((
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                },
+                *v,
+            ))
         })
         .collect();
     b.sort_by(|x, y| x.0.total_cmp(&y.0));
@@ -148,7 +186,10 @@ fn commit_buckets(m: &std::collections::HashMap<String, f64>) -> Vec<(f64, f64)>
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// The readings of the previous checkpoint.
@@ -161,16 +202,33 @@ struct Last {
 
 async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     let m = s.metrics().await;
-    let commits = m.get("tail_sampling_iceberg_commits_total").copied().unwrap_or(0.0);
-    let spans = m.get("tail_sampling_spans_exported_total").copied().unwrap_or(0.0);
-    let lag = m.get("tail_sampling_watermark_lag_seconds").copied().unwrap_or(f64::NAN);
+    let commits = m
+        .get("tail_sampling_iceberg_commits_total")
+        .copied()
+        .unwrap_or(0.0);
+    let spans = m
+        .get("tail_sampling_spans_exported_total")
+        .copied()
+        .unwrap_or(0.0);
+    let lag = m
+        .get("tail_sampling_watermark_lag_seconds")
+        .copied()
+        .unwrap_or(f64::NAN);
     let buckets = commit_buckets(&m);
-    let (p50, p99) = (histogram_quantile(&last.buckets, &buckets, 0.5) * 1e3, histogram_quantile(&last.buckets, &buckets, 0.99) * 1e3);
+    let (p50, p99) = (
+        histogram_quantile(&last.buckets, &buckets, 0.5) * 1e3,
+        histogram_quantile(&last.buckets, &buckets, 0.99) * 1e3,
+    );
     // The commit rate and batch size of the stretch: a falling rate with
     // growing batches means the input comes in bursts, not that commits slowed.
     let rate = (commits - last.commits) / last.at.elapsed().as_secs_f64();
     let rows_per_commit = (spans - last.spans) / (commits - last.commits).max(1.0);
-    *last = Last { buckets, commits, spans, at: Instant::now() };
+    *last = Last {
+        buckets,
+        commits,
+        spans,
+        at: Instant::now(),
+    };
     // Before this checkpoint's own queries and lookups.
     let rss_mib = harness::rss_kib(s.pid()) / 1024;
     let started = Instant::now();
@@ -180,16 +238,27 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     let parquet = harness::files_under(&warehouse, ".parquet");
     // Day partitions with files on disk, from the partition directories: a
     // query for them would scan the whole table in the process measured.
-    let days = parquet.iter().filter_map(|p| p.parent()).collect::<std::collections::HashSet<_>>().len();
+    let days = parquet
+        .iter()
+        .filter_map(|p| p.parent())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let candidates: Vec<String> = ids
         .lock()
-        .map(|v| v.iter().filter(|(at, _)| at.elapsed() > Duration::from_secs(10)).map(|(_, id)| id.clone()).collect())
+        .map(|v| {
+            v.iter()
+                .filter(|(at, _)| at.elapsed() > Duration::from_secs(10))
+                .map(|(_, id)| id.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let mut rng = rand::rng();
     let mut times = Vec::new();
     let (mut found, mut planned, mut read) = (0, 0, 0);
     for _ in 0..lookups {
-        let Some(id) = candidates.choose(&mut rng) else { break };
+        let Some(id) = candidates.choose(&mut rng) else {
+            break;
+        };
         let started = Instant::now();
         let (_, body) = s.get(&format!("/admin/traces/{id}")).await;
         times.push(started.elapsed().as_secs_f64() * 1e3);
@@ -199,7 +268,11 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     }
     times.sort_by(f64::total_cmp);
     let search = search_times(s).await;
-    let MetadataReading { bytes: metadata_bytes, live, after_compaction } = newest_metadata(&warehouse);
+    let MetadataReading {
+        bytes: metadata_bytes,
+        live,
+        after_compaction,
+    } = newest_metadata(&warehouse);
     let after_compaction = after_compaction.map_or("-".to_string(), |n| n.to_string());
     println!(
         "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | search by service, last hour: {search} | RSS {:>4} MiB",
@@ -222,7 +295,12 @@ async fn search_times(s: &Selector) -> String {
         for _ in 0..3 {
             let now = chrono::Utc::now().timestamp_millis();
             let started = Instant::now();
-            let (status, body) = s.get(&format!("/admin/traces?service={service}&from={}&to={now}&limit=20", now - 3_600_000)).await;
+            let (status, body) = s
+                .get(&format!(
+                    "/admin/traces?service={service}&from={}&to={now}&limit=20",
+                    now - 3_600_000
+                ))
+                .await;
             times.push(started.elapsed().as_secs_f64() * 1e3);
             assert_eq!(status, 200, "{body}");
             found += body["count"].as_u64().unwrap_or(0);
@@ -272,7 +350,11 @@ impl Options {
 }
 
 async fn soak(maintenance: bool, o: Options) {
-    let (commits, lookups) = if maintenance { (o.commits, o.lookups) } else { (o.commits_off, o.lookups_off) };
+    let (commits, lookups) = if maintenance {
+        (o.commits, o.lookups)
+    } else {
+        (o.commits_off, o.lookups_off)
+    };
     let (flush_ms, rate) = (o.flush_ms, o.rate);
     let topic = format!("tss-bench-soak-{}", uuid::Uuid::new_v4().simple());
     let prefix = format!("tss-bench-soak-{}:", uuid::Uuid::new_v4().simple());
@@ -296,15 +378,28 @@ async fn soak(maintenance: bool, o: Options) {
     let stop = Arc::new(AtomicBool::new(false));
     let ids: Sent = Arc::default();
     let sender = traffic(topic.clone(), rate, o.linger_ms, stop.clone(), ids.clone());
-    let mut last = Last { buckets: Vec::new(), commits: 0.0, spans: 0.0, at: Instant::now() };
+    let mut last = Last {
+        buckets: Vec::new(),
+        commits: 0.0,
+        spans: 0.0,
+        at: Instant::now(),
+    };
     for divisor in [40, 10, 4, 2, 1] {
         let target = (commits / divisor) as f64;
-        s.wait_metric("tail_sampling_iceberg_commits_total", target, Duration::from_secs(4 * 3600)).await;
+        s.wait_metric(
+            "tail_sampling_iceberg_commits_total",
+            target,
+            Duration::from_secs(4 * 3600),
+        )
+        .await;
         checkpoint(&s, &mut last, &ids, lookups).await;
     }
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap_or(0);
-    println!("  sent {sent} traces; peak RSS {} MiB", harness::peak_rss_kib(s.pid()) / 1024);
+    println!(
+        "  sent {sent} traces; peak RSS {} MiB",
+        harness::peak_rss_kib(s.pid()) / 1024
+    );
 }
 
 #[tokio::main]

@@ -31,6 +31,9 @@ pub struct HealthReport {
     /// first, down after a failed one. Not a reason to be unready: the
     /// pipeline keeps its guarantees while maintenance falls behind.
     pub maintenance: ComponentStatus,
+    /// Down once a pipeline stage died: the process is draining and exits
+    /// non-zero, and `/health/live` answers 503.
+    pub stages: ComponentStatus,
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ struct State {
     backpressure: Option<String>,
     catching_up: Option<String>,
     maintenance: ComponentStatus,
+    dead_stage: Option<String>,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -61,6 +65,7 @@ impl Default for Health {
                 backpressure: None,
                 catching_up: None,
                 maintenance: ComponentStatus::Unknown,
+                dead_stage: None,
             })),
         }
     }
@@ -106,6 +111,19 @@ impl Health {
         self.state.write().catching_up = detail;
     }
 
+    /// A pipeline stage died: the first cause is kept.
+    pub fn set_stage_dead(&self, cause: String) {
+        self.state.write().dead_stage.get_or_insert(cause);
+    }
+
+    /// `Err` with the cause once a stage died: the process is not live.
+    pub fn live(&self) -> Result<(), String> {
+        match &self.state.read().dead_stage {
+            None => Ok(()),
+            Some(cause) => Err(cause.clone()),
+        }
+    }
+
     /// The catch-up detail, for the readiness answer.
     pub fn catching_up(&self) -> Option<String> {
         self.state.read().catching_up.clone()
@@ -121,9 +139,17 @@ impl Health {
         };
         let storage_writes = down_if(&s.storage_error);
         let buffer = down_if(&s.backpressure);
-        let ready = [&s.kafka, &s.catalog, &s.redis, &storage_writes, &buffer]
-            .iter()
-            .all(|c| **c == ComponentStatus::Ok);
+        let stages = down_if(&s.dead_stage);
+        let ready = [
+            &s.kafka,
+            &s.catalog,
+            &s.redis,
+            &storage_writes,
+            &buffer,
+            &stages,
+        ]
+        .iter()
+        .all(|c| **c == ComponentStatus::Ok);
         HealthReport {
             ready,
             kafka: s.kafka.clone(),
@@ -133,6 +159,7 @@ impl Health {
             buffer,
             catching_up: s.catching_up.clone(),
             maintenance: s.maintenance.clone(),
+            stages,
         }
     }
 
@@ -148,6 +175,7 @@ impl Health {
             ("redis", &r.redis),
             ("storage_writes", &r.storage_writes),
             ("buffer", &r.buffer),
+            ("stages", &r.stages),
         ]
         .into_iter()
         .filter_map(|(name, c)| match c {
@@ -184,7 +212,21 @@ mod tests {
         h.set_backpressure(None);
         assert!(h.ready().is_ok());
         h.set_maintenance(Err("compaction failed".into()));
-        assert!(h.ready().is_ok(), "maintenance never makes the selector unready");
-        assert!(matches!(h.report().maintenance, ComponentStatus::Down { .. }));
+        assert!(
+            h.ready().is_ok(),
+            "maintenance never makes the selector unready"
+        );
+        assert!(matches!(
+            h.report().maintenance,
+            ComponentStatus::Down { .. }
+        ));
+        assert!(h.live().is_ok());
+        h.set_stage_dead("storage writer panicked: boom".into());
+        h.set_stage_dead("a later cause".into());
+        assert_eq!(h.live().unwrap_err(), "storage writer panicked: boom");
+        assert!(h
+            .ready()
+            .unwrap_err()
+            .contains("stages: storage writer panicked"));
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod otlp;
 pub mod redis_client;
+pub mod supervise;
 pub mod table;
 
 // The stages.
@@ -45,8 +46,26 @@ mod layering {
     use std::collections::BTreeSet;
     use std::path::Path;
 
-    const CORE: &[&str] = &["ack", "config", "health", "matching", "metrics", "model", "otlp", "redis_client", "table"];
-    const STAGES: &[&str] = &["decide", "ingest", "maintenance", "query", "rules", "storage"];
+    const CORE: &[&str] = &[
+        "ack",
+        "config",
+        "health",
+        "matching",
+        "metrics",
+        "model",
+        "otlp",
+        "redis_client",
+        "supervise",
+        "table",
+    ];
+    const STAGES: &[&str] = &[
+        "decide",
+        "ingest",
+        "maintenance",
+        "query",
+        "rules",
+        "storage",
+    ];
 
     /// The top-level modules a module may name with `crate::`.
     fn allowed(module: &str) -> Option<BTreeSet<&'static str>> {
@@ -109,7 +128,11 @@ mod layering {
         for file in &files {
             let rel = file.strip_prefix(&src).expect("under src");
             let first = rel.components().next().expect("component");
-            let module = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
             if matches!(module.as_str(), "lib" | "main" | "bin") {
                 continue;
             }
@@ -118,12 +141,22 @@ mod layering {
             for (line, name) in crate_paths(&text) {
                 checked += 1;
                 if !ok.contains(name.as_str()) {
-                    violations.push(format!("src/{}:{line}: `{module}` imports `crate::{name}`", rel.display()));
+                    violations.push(format!(
+                        "src/{}:{line}: `{module}` imports `crate::{name}`",
+                        rel.display()
+                    ));
                 }
             }
         }
-        assert!(checked > 50, "found only {checked} crate paths: is the scan broken?");
-        assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+        assert!(
+            checked > 50,
+            "found only {checked} crate paths: is the scan broken?"
+        );
+        assert!(
+            violations.is_empty(),
+            "layering violations:\n{}",
+            violations.join("\n")
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,datafusion=warn"));
     // Colours only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -55,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let settings = Settings::load(args.config.as_deref()).context("invalid configuration")?;
     if let Some(Command::Maintenance) = args.command {
-        let outcome = app::maintain_once(&settings).await.context("table maintenance failed")?;
+        let outcome = app::maintain_once(&settings)
+            .await
+            .context("table maintenance failed")?;
         println!("{outcome}");
         return Ok(());
     }

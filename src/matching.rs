@@ -126,7 +126,12 @@ pub fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldErro
 }
 
 /// The trace-level fields a `trace` condition or a sampler key may name.
-pub const TRACE_FIELDS: [&str; 4] = ["trace.duration_ms", "trace.span_count", "trace.has_error", "trace.root.name"];
+pub const TRACE_FIELDS: [&str; 4] = [
+    "trace.duration_ms",
+    "trace.span_count",
+    "trace.has_error",
+    "trace.root.name",
+];
 
 enum Matcher {
     Text(Op, String),
@@ -168,7 +173,11 @@ impl MatchSpec {
             if !TRACE_FIELDS.contains(&c.key.as_str()) {
                 return Err(reject(
                     format!("{path}.trace[{i}].key"),
-                    format!("`{}` is not a trace field; use one of {}", c.key, TRACE_FIELDS.join(", ")),
+                    format!(
+                        "`{}` is not a trace field; use one of {}",
+                        c.key,
+                        TRACE_FIELDS.join(", ")
+                    ),
                 ));
             }
         }
@@ -191,13 +200,17 @@ fn compile_condition(c: &Condition, path: &str) -> Result<CompiledCondition, Fie
             Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
             Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
             Some(_) => Err(reject(&value_field, "must be a string, number or boolean")),
-            None => Err(reject(&value_field, format!("is required for op `{:?}`", c.op).to_lowercase())),
+            None => Err(reject(
+                &value_field,
+                format!("is required for op `{:?}`", c.op).to_lowercase(),
+            )),
         }
     };
     let matcher = match c.op {
         Op::Exists => Matcher::Exists,
         Op::Regex => Matcher::Regex(
-            regex::bytes::Regex::new(&text()?).map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
+            regex::bytes::Regex::new(&text()?)
+                .map_err(|e| reject(&value_field, format!("invalid regex: {e}")))?,
         ),
         Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
             let n = text()?
@@ -250,7 +263,11 @@ impl CompiledMatch {
     /// condition while its resource satisfies every resource condition. An
     /// empty match holds for every trace.
     pub fn matches(&self, view: &TraceView<'_>) -> bool {
-        if !self.trace.iter().all(|c| c.matches(view.trace_value(&c.key))) {
+        if !self
+            .trace
+            .iter()
+            .all(|c| c.matches(view.trace_value(&c.key)))
+        {
             return false;
         }
         if self.resource.is_empty() && self.span.is_empty() {
@@ -264,12 +281,19 @@ impl CompiledMatch {
             let resource_ok = match last {
                 Some((o, ok)) if o == origin => ok,
                 _ => {
-                    let ok = self.resource.iter().all(|c| c.matches(view.resource_value(i, &c.key)));
+                    let ok = self
+                        .resource
+                        .iter()
+                        .all(|c| c.matches(view.resource_value(i, &c.key)));
                     last = Some((origin, ok));
                     ok
                 }
             };
-            resource_ok && self.span.iter().all(|c| c.matches(view.span_value(i, &c.key)))
+            resource_ok
+                && self
+                    .span
+                    .iter()
+                    .all(|c| c.matches(view.span_value(i, &c.key)))
         })
     }
 }
@@ -312,9 +336,10 @@ impl<'a> TraceView<'a> {
     /// The root span (no parent), or the earliest span when the root has not
     /// arrived.
     pub fn root_index(&self) -> Option<usize> {
-        self.spans.iter().position(|s| s.is_root).or_else(|| {
-            (0..self.spans.len()).min_by_key(|&i| self.spans[i].start_unix_nano)
-        })
+        self.spans
+            .iter()
+            .position(|s| s.is_root)
+            .or_else(|| (0..self.spans.len()).min_by_key(|&i| self.spans[i].start_unix_nano))
     }
 
     /// A trace field (`trace.duration_ms`, …).
@@ -324,7 +349,10 @@ impl<'a> TraceView<'a> {
             "trace.span_count" => Some(FieldValue::Number(self.spans.len() as f64)),
             "trace.has_error" => Some(FieldValue::Bool(self.has_error())),
             "trace.root.name" => Some(FieldValue::Raw(
-                self.spans.iter().find(|s| s.is_root).map_or(&[][..], SpanRecord::name_bytes),
+                self.spans
+                    .iter()
+                    .find(|s| s.is_root)
+                    .map_or(&[][..], SpanRecord::name_bytes),
             )),
             _ => None,
         }
@@ -358,8 +386,10 @@ impl<'a> TraceView<'a> {
         let value = if key.starts_with("trace.") {
             self.trace_value(key)
         } else {
-            self.root_index()
-                .and_then(|root| self.span_value(root, key).or_else(|| self.resource_value(root, key)))
+            self.root_index().and_then(|root| {
+                self.span_value(root, key)
+                    .or_else(|| self.resource_value(root, key))
+            })
         };
         value.map(|v| v.text().into_owned()).unwrap_or_default()
     }
@@ -402,7 +432,10 @@ mod tests {
     }
 
     fn compiled(json: &str) -> CompiledMatch {
-        serde_json::from_str::<MatchSpec>(json).expect("match json").compile("match").expect("valid")
+        serde_json::from_str::<MatchSpec>(json)
+            .expect("match json")
+            .compile("match")
+            .expect("valid")
     }
 
     #[test]
@@ -410,25 +443,69 @@ mod tests {
         let data = spans("svc", true, 4, 1200);
         let view = TraceView::new(&data);
         let text = |v: Option<FieldValue<'_>>| v.map(|v| v.text().into_owned());
-        assert_eq!(text(view.trace_value("trace.span_count")).as_deref(), Some("4"));
-        assert_eq!(text(view.trace_value("trace.has_error")).as_deref(), Some("true"));
+        assert_eq!(
+            text(view.trace_value("trace.span_count")).as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            text(view.trace_value("trace.has_error")).as_deref(),
+            Some("true")
+        );
         let root = text(view.trace_value("trace.root.name")).expect("root name");
         assert!(!root.is_empty());
-        assert_eq!(view.key_value("name"), root, "a key field reads the root span");
-        assert_eq!(view.key_value("service.name"), "svc", "then the root's resource");
+        assert_eq!(
+            view.key_value("name"),
+            root,
+            "a key field reads the root span"
+        );
+        assert_eq!(
+            view.key_value("service.name"),
+            "svc",
+            "then the root's resource"
+        );
         let cases = [
-            (r#"{"trace":[{"key":"trace.duration_ms","op":"gte","value":1200}]}"#, true),
-            (r#"{"trace":[{"key":"trace.duration_ms","op":"gt","value":1200}]}"#, false),
-            (r#"{"trace":[{"key":"trace.span_count","op":"gt","value":3}]}"#, true),
-            (r#"{"trace":[{"key":"trace.span_count","op":"lt","value":4}]}"#, false),
-            (r#"{"trace":[{"key":"trace.has_error","op":"eq","value":true}]}"#, true),
-            (r#"{"trace":[{"key":"trace.has_error","op":"eq","value":"false"}]}"#, false),
-            (&format!(r#"{{"trace":[{{"key":"trace.root.name","op":"eq","value":"{root}"}}]}}"#), true),
-            (r#"{"trace":[{"key":"trace.root.name","op":"eq","value":"nope"}]}"#, false),
-            (r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
-                "resource":[{"key":"service.name","op":"eq","value":"svc"}]}"#, true),
-            (r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
-                "resource":[{"key":"service.name","op":"eq","value":"other"}]}"#, false),
+            (
+                r#"{"trace":[{"key":"trace.duration_ms","op":"gte","value":1200}]}"#,
+                true,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.duration_ms","op":"gt","value":1200}]}"#,
+                false,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.span_count","op":"gt","value":3}]}"#,
+                true,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.span_count","op":"lt","value":4}]}"#,
+                false,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.has_error","op":"eq","value":true}]}"#,
+                true,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.has_error","op":"eq","value":"false"}]}"#,
+                false,
+            ),
+            (
+                &format!(r#"{{"trace":[{{"key":"trace.root.name","op":"eq","value":"{root}"}}]}}"#),
+                true,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.root.name","op":"eq","value":"nope"}]}"#,
+                false,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
+                "resource":[{"key":"service.name","op":"eq","value":"svc"}]}"#,
+                true,
+            ),
+            (
+                r#"{"trace":[{"key":"trace.span_count","op":"eq","value":4}],
+                "resource":[{"key":"service.name","op":"eq","value":"other"}]}"#,
+                false,
+            ),
             ("{}", true),
         ];
         for (json, expected) in cases {
@@ -438,43 +515,72 @@ mod tests {
 
     #[test]
     fn a_trace_without_its_root_has_an_empty_root_name() {
-        let data: Vec<_> = spans("svc", false, 3, 10).into_iter().filter(|s| !s.is_root).collect();
+        let data: Vec<_> = spans("svc", false, 3, 10)
+            .into_iter()
+            .filter(|s| !s.is_root)
+            .collect();
         assert_eq!(data.len(), 2);
         let view = TraceView::new(&data);
-        assert_eq!(view.trace_value("trace.root.name"), Some(FieldValue::Raw(b"")));
-        assert!(view.root_index().is_some(), "keys fall back to the earliest span");
+        assert_eq!(
+            view.trace_value("trace.root.name"),
+            Some(FieldValue::Raw(b""))
+        );
+        assert!(
+            view.root_index().is_some(),
+            "keys fall back to the earliest span"
+        );
     }
 
     #[test]
     fn attributes_read_off_the_wire_match_what_prost_decodes() {
+        use crate::otlp::format::any_value_string;
         use opentelemetry_proto::tonic::resource::v1::Resource;
         use opentelemetry_proto::tonic::trace::v1::Span;
-        use crate::otlp::format::any_value_string;
         let data = spans("svc", false, 3, 10);
         let view = TraceView::new(&data);
         for (i, s) in data.iter().enumerate() {
             let span = Span::decode(s.bytes.clone()).expect("span");
             for kv in &span.attributes {
                 let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
-                assert_eq!(view.span_value(i, &kv.key).map(|v| v.text().into_owned()), Some(expected), "{}", kv.key);
+                assert_eq!(
+                    view.span_value(i, &kv.key).map(|v| v.text().into_owned()),
+                    Some(expected),
+                    "{}",
+                    kv.key
+                );
             }
             let resource = Resource::decode(s.origin.resource.clone()).expect("resource");
             for kv in &resource.attributes {
                 let expected = kv.value.clone().map(any_value_string).unwrap_or_default();
-                assert_eq!(view.resource_value(i, &kv.key).map(|v| v.text().into_owned()), Some(expected), "{}", kv.key);
+                assert_eq!(
+                    view.resource_value(i, &kv.key)
+                        .map(|v| v.text().into_owned()),
+                    Some(expected),
+                    "{}",
+                    kv.key
+                );
             }
             assert_eq!(view.span_value(i, "no.such.key"), None);
         }
-        assert!(compiled(r#"{"span":[{"key":"tenant","op":"eq","value":"acme-prod"}]}"#).matches(&view));
+        assert!(
+            compiled(r#"{"span":[{"key":"tenant","op":"eq","value":"acme-prod"}]}"#).matches(&view)
+        );
         assert!(compiled(r#"{"span":[{"key":"kind","op":"eq","value":"SERVER"}]}"#).matches(&view));
     }
 
     #[test]
     fn unknown_trace_fields_are_refused_by_path() {
         let spec: MatchSpec =
-            serde_json::from_str(r#"{"trace":[{"key":"trace.bogus","op":"exists"}]}"#).expect("json");
-        let err = spec.compile("sampling.policies[1].match").err().expect("refused");
+            serde_json::from_str(r#"{"trace":[{"key":"trace.bogus","op":"exists"}]}"#)
+                .expect("json");
+        let err = spec
+            .compile("sampling.policies[1].match")
+            .err()
+            .expect("refused");
         assert_eq!(err.field, "sampling.policies[1].match.trace[0].key");
-        assert!(serde_json::from_str::<MatchSpec>(r#"{"spans":[]}"#).is_err(), "unknown list");
+        assert!(
+            serde_json::from_str::<MatchSpec>(r#"{"spans":[]}"#).is_err(),
+            "unknown list"
+        );
     }
 }

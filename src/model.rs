@@ -170,7 +170,11 @@ pub enum Decision {
 impl Decision {
     /// A keep for a reason that keeps traces whole (sample rate 1).
     pub fn keep(reason: SamplingReason, rule_id: Option<Arc<str>>) -> Self {
-        Decision::Keep { reason, rule_id, sample_rate: 1.0 }
+        Decision::Keep {
+            reason,
+            rule_id,
+            sample_rate: 1.0,
+        }
     }
 }
 
@@ -232,4 +236,3 @@ fn mix(mut z: u64) -> u64 {
 pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
     (trace_hash(trace_id).rotate_left(17) % shards as u64) as usize
 }
-

@@ -106,9 +106,7 @@ impl LazyRedis {
             self.client.get_connection_manager_with_config(config),
         )
         .await
-        .map_err(|_| {
-            redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
-        })??;
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -120,4 +118,3 @@ fn install_crypto_provider() {
     // An error means one is installed already, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
-

@@ -4,10 +4,19 @@
 //!
 //! Each partition's clock is the newest message timestamp read from it. A
 //! timestamp ahead of the wall clock (a producer whose clock runs fast) is
-//! clamped to the moment the message was read. A partition that has
-//! delivered nothing for [`IDLE_AFTER`] while the consumer is not paused has
+//! clamped to the moment the message was read on a live partition; on a
+//! partition that lags (a backlog), it does not move the clock at all, so
+//! one bad timestamp cannot decide every open trace of that partition. A
+//! partition that has delivered nothing for [`IDLE_AFTER`] while the
+//! consumer is not paused, *and* that librdkafka's statistics report read
+//! to its end (consumer lag 0, measured after the last delivery), has
 //! nothing left to read: it is *idle*, and its clock is the wall clock, as
-//! Flink's source idleness does. A partition whose newest timestamp is within
+//! Flink's source idleness does. Silence alone is not enough: during a
+//! backlog the selector itself can stop reading for seconds (a full shard
+//! channel, a stalled Redis, a slow dead-letter send), and jumping to the
+//! wall clock then would decide every open trace of the backlog at once.
+//! Only while the statistics have not reported a partition's lag yet does
+//! silence alone make it idle. A partition whose newest timestamp is within
 //! [`LIVE_WITHIN`] of the wall clock is live, and runs on the wall clock too:
 //! its messages come as they are produced, and the broker's fetch batching
 //! (up to `fetch.wait.max.ms`) must not hold the watermark back by that much
@@ -34,6 +43,8 @@ struct PartitionClock {
     newest_ms: Option<i64>,
     /// When the partition last delivered a message, or was assigned.
     last_delivery: Instant,
+    /// The consumer lag librdkafka's statistics last reported, and when.
+    lag: Option<(i64, Instant)>,
 }
 
 impl PartitionClock {
@@ -43,6 +54,7 @@ impl PartitionClock {
             epoch,
             newest_ms: None,
             last_delivery: now,
+            lag: None,
         }
     }
 }
@@ -68,8 +80,13 @@ impl StreamClock {
     /// time the message is seen at: its partition's clock after the message.
     pub fn observe(&self, lease: Lease, ts_ms: Option<i64>, now_ms: i64) -> i64 {
         let now = Instant::now();
-        let ts = ts_ms.filter(|t| *t > 0).map_or(now_ms, |t| t.min(now_ms));
         let mut state = self.state.lock();
+        let neighbours = state
+            .partitions
+            .iter()
+            .filter(|(p, _)| **p != lease.partition)
+            .filter_map(|(_, c)| c.newest_ms)
+            .max();
         let clock = state
             .partitions
             .entry(lease.partition)
@@ -78,6 +95,20 @@ impl StreamClock {
             *clock = PartitionClock::start(lease.epoch, now);
         }
         clock.last_delivery = now;
+        let ts = match ts_ms.filter(|t| *t > 0) {
+            None => now_ms,
+            Some(t) if t <= now_ms => t,
+            // From the future: the read time on a live partition; on one
+            // that lags, no later than where it or its neighbours are.
+            Some(_) => {
+                let live_since = now_ms - LIVE_WITHIN.as_millis() as i64;
+                match clock.newest_ms {
+                    Some(n) if n < live_since => n,
+                    None => neighbours.filter(|n| *n < live_since).unwrap_or(now_ms),
+                    Some(_) => now_ms,
+                }
+            }
+        };
         let newest = clock.newest_ms.map_or(ts, |n| n.max(ts));
         clock.newest_ms = Some(newest);
         newest
@@ -89,7 +120,9 @@ impl StreamClock {
         let now = Instant::now();
         let mut state = self.state.lock();
         for lease in leases {
-            state.partitions.insert(lease.partition, PartitionClock::start(lease.epoch, now));
+            state
+                .partitions
+                .insert(lease.partition, PartitionClock::start(lease.epoch, now));
         }
     }
 
@@ -98,6 +131,16 @@ impl StreamClock {
         let mut state = self.state.lock();
         for p in partitions {
             state.partitions.remove(p);
+        }
+    }
+
+    /// The consumer lag of `partition` as librdkafka's statistics report
+    /// it (`consumer_lag`: the high watermark less the next offset the
+    /// application reads); negative when unknown.
+    pub fn report_lag(&self, partition: i32, lag: i64) {
+        let mut state = self.state.lock();
+        if let Some(clock) = state.partitions.get_mut(&partition) {
+            clock.lag = (lag >= 0).then(|| (lag, Instant::now()));
         }
     }
 
@@ -127,7 +170,12 @@ impl StreamClock {
         let until = state.paused_since.unwrap_or_else(Instant::now);
         let mut min = now_ms;
         for clock in state.partitions.values() {
-            let idle = until.saturating_duration_since(clock.last_delivery) >= IDLE_AFTER;
+            let silent = until.saturating_duration_since(clock.last_delivery) >= IDLE_AFTER;
+            let read_to_end = match clock.lag {
+                None => true,
+                Some((lag, at)) => lag == 0 && at > clock.last_delivery,
+            };
+            let idle = silent && read_to_end;
             let live_since = now_ms - LIVE_WITHIN.as_millis() as i64;
             let at = match (idle, clock.newest_ms) {
                 (true, _) => now_ms,
@@ -146,14 +194,21 @@ mod tests {
     use super::*;
 
     fn lease(partition: i32) -> Lease {
-        Lease { partition, epoch: 1 }
+        Lease {
+            partition,
+            epoch: 1,
+        }
     }
 
     #[test]
     fn the_watermark_is_the_slowest_partition() {
         let c = StreamClock::default();
         c.assign(&[lease(0), lease(1)]);
-        assert_eq!(c.watermark(10_000), None, "partition 1 has not delivered yet");
+        assert_eq!(
+            c.watermark(10_000),
+            None,
+            "partition 1 has not delivered yet"
+        );
         assert_eq!(c.observe(lease(0), Some(5_000), 10_000), 5_000);
         assert_eq!(c.observe(lease(1), Some(2_000), 10_000), 2_000);
         assert_eq!(c.watermark(10_000), Some(2_000));
@@ -169,15 +224,76 @@ mod tests {
         c.assign(&[lease(0), lease(1)]);
         c.observe(lease(0), Some(9_500), 10_000);
         c.observe(lease(1), Some(9_200), 10_000);
-        assert_eq!(c.watermark(10_000), Some(10_000), "both within a second of the wall clock");
-        assert_eq!(c.watermark(10_400), Some(9_200), "partition 1 is 1.2 s behind now");
+        assert_eq!(
+            c.watermark(10_000),
+            Some(10_000),
+            "both within a second of the wall clock"
+        );
+        assert_eq!(
+            c.watermark(10_400),
+            Some(9_200),
+            "partition 1 is 1.2 s behind now"
+        );
     }
 
     #[test]
     fn timestamps_from_the_future_are_clamped_to_the_read_time() {
         let c = StreamClock::default();
         assert_eq!(c.observe(lease(0), Some(99_000), 10_000), 10_000);
-        assert_eq!(c.observe(lease(0), None, 11_000), 11_000, "no timestamp: the read time");
+        assert_eq!(
+            c.observe(lease(0), None, 11_000),
+            11_000,
+            "no timestamp: the read time"
+        );
+    }
+
+    #[test]
+    fn a_timestamp_from_the_future_does_not_move_a_lagging_partition() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        // A backlog: both partitions an hour behind the wall clock.
+        let now = 3_600_000 + 10_000;
+        assert_eq!(c.observe(lease(0), Some(10_000), now), 10_000);
+        assert_eq!(
+            c.observe(lease(0), Some(now + 60_000), now),
+            10_000,
+            "stays where it was"
+        );
+        // A partition's first message from the future starts no later than its neighbours.
+        assert_eq!(c.observe(lease(1), Some(now + 60_000), now), 10_000);
+        assert_eq!(c.watermark(now), Some(10_000));
+        assert_eq!(
+            c.observe(lease(0), Some(12_000), now),
+            12_000,
+            "a sane timestamp moves it on"
+        );
+    }
+
+    #[test]
+    fn silence_with_messages_left_to_read_is_not_idleness() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0)]);
+        c.observe(lease(0), Some(5_000), 100_000);
+        // The selector stopped reading (a stalled stage) with a backlog left.
+        c.report_lag(0, 4_000);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(
+            c.watermark(100_000),
+            Some(5_000),
+            "silent, but 4,000 messages behind: not idle"
+        );
+        c.report_lag(0, 0);
+        assert_eq!(c.watermark(100_000), Some(100_000), "read to its end: idle");
+        // A lag of zero measured before the last delivery says nothing.
+        c.observe(lease(0), Some(6_000), 100_000);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(c.watermark(100_000), Some(6_000));
+        c.report_lag(0, -1);
+        assert_eq!(
+            c.watermark(100_000),
+            Some(100_000),
+            "unknown lag: silence alone, as before"
+        );
     }
 
     #[test]
@@ -187,11 +303,23 @@ mod tests {
         c.observe(lease(0), Some(5_000), 10_000);
         c.set_paused(true);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
-        assert_eq!(c.watermark(20_000), None, "paused: partition 1 is not idle, only held back");
+        assert_eq!(
+            c.watermark(20_000),
+            None,
+            "paused: partition 1 is not idle, only held back"
+        );
         c.set_paused(false);
-        assert_eq!(c.watermark(20_000), None, "the pause does not count towards idleness");
+        assert_eq!(
+            c.watermark(20_000),
+            None,
+            "the pause does not count towards idleness"
+        );
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
-        assert_eq!(c.watermark(20_000), Some(20_000), "both partitions are idle now");
+        assert_eq!(
+            c.watermark(20_000),
+            Some(20_000),
+            "both partitions are idle now"
+        );
         c.revoke(&[0, 1]);
         assert_eq!(c.watermark(30_000), Some(30_000));
     }

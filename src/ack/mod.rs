@@ -270,7 +270,10 @@ impl OffsetTracker {
             return;
         }
         let mut parts = self.partitions.lock();
-        let Some(state) = parts.get_mut(&msg.partition).filter(|s| s.epoch == msg.epoch) else {
+        let Some(state) = parts
+            .get_mut(&msg.partition)
+            .filter(|s| s.epoch == msg.epoch)
+        else {
             return; // The lease ended; the partition's next owner re-reads the message.
         };
         let pending = state.pending.entry(msg.offset).or_default();
@@ -344,14 +347,22 @@ impl OffsetTracker {
 
     /// Messages still pending, over all partitions.
     pub fn pending_messages(&self) -> usize {
-        self.partitions.lock().values().map(|s| s.pending.len()).sum()
+        self.partitions
+            .lock()
+            .values()
+            .map(|s| s.pending.len())
+            .sum()
     }
 
     /// The bytes of the pending messages, over all partitions: what the
     /// spans held anywhere in the pipeline keep alive, since a span is a
     /// slice of its message. The consumer pauses at `buffer.max_buffered_bytes`.
     pub fn pending_bytes(&self) -> usize {
-        self.partitions.lock().values().map(|s| s.pending_bytes).sum()
+        self.partitions
+            .lock()
+            .values()
+            .map(|s| s.pending_bytes)
+            .sum()
     }
 }
 
@@ -440,7 +451,11 @@ mod tests {
         t.release(&[m(0, 1)]);
         assert_eq!(t.pending_bytes(), 300);
         t.forget(&[1]);
-        assert_eq!(t.pending_bytes(), 0, "a revoked partition's messages are re-read elsewhere");
+        assert_eq!(
+            t.pending_bytes(),
+            0,
+            "a revoked partition's messages are re-read elsewhere"
+        );
     }
 
     #[test]
@@ -459,7 +474,10 @@ mod tests {
     fn a_new_lease_starts_the_partition_afresh() {
         let t = OffsetTracker::new();
         t.register(m(0, 5), 1, 100);
-        let later = MsgRef { epoch: 2, ..m(0, 3) };
+        let later = MsgRef {
+            epoch: 2,
+            ..m(0, 3)
+        };
         t.register(later, 0, 100);
         // The old lease's pending message no longer holds the watermark, and
         // releasing it does nothing to the new lease.
@@ -490,7 +508,10 @@ mod tests {
         let gate = std::sync::Arc::new(CommitGate::default());
         assert!(gate.wait_free(Duration::from_millis(1)));
         gate.enter(|| ());
-        assert!(!gate.wait_free(Duration::from_millis(20)), "a commit is running");
+        assert!(
+            !gate.wait_free(Duration::from_millis(20)),
+            "a commit is running"
+        );
         let g = gate.clone();
         let t = std::thread::spawn(move || g.wait_free(Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(20));

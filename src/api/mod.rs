@@ -1,6 +1,7 @@
 //! The admin API (health, SQL, trace search and lookup, force rules, the
 //! pipeline overview), the web UI at `/`, and the Prometheus endpoint.
 
+pub mod guard;
 pub mod overview;
 pub mod rules;
 pub mod sampling;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub sampling: Option<sampling::SamplingApi>,
     /// Trace lookups count what they skipped here.
     pub metrics: Option<Metrics>,
+    /// The `Host` and `Origin` values served ([`guard`]).
+    pub hosts: Arc<guard::HostPolicy>,
 }
 
 /// A JSON error body: `{"error": "..."}` with the given status.
@@ -86,12 +89,14 @@ impl IntoResponse for ApiError {
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         let status = match &e {
-            QueryError::BadRequest(_) | QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            QueryError::BadRequest(_) | QueryError::Invalid(_) | QueryError::TooLarge { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            QueryError::Unavailable(_) | QueryError::Catalog(_) | QueryError::OutOfMemory { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            QueryError::Unavailable(_)
+            | QueryError::Catalog(_)
+            | QueryError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -115,10 +120,14 @@ pub fn admin_router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
-        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .merge(admin)
         .merge(ui::router())
+        .layer(middleware::from_fn_with_state(
+            state.hosts.clone(),
+            guard::cross_site,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -169,11 +178,26 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(report)).into_response()
 }
 
+/// 200 while every pipeline stage runs; 503 once one died, so that an
+/// orchestrator restarts the process even before it exits.
+async fn live(State(state): State<AppState>) -> Response {
+    match state.health.live() {
+        Ok(()) => "ok".into_response(),
+        Err(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "dead", "reason": cause })),
+        )
+            .into_response(),
+    }
+}
+
 async fn ready(State(state): State<AppState>) -> Response {
     match state.health.ready() {
         Ok(()) => match state.health.catching_up() {
             None => Json(json!({ "status": "ready" })).into_response(),
-            Some(detail) => Json(json!({ "status": "ready", "catching_up": detail })).into_response(),
+            Some(detail) => {
+                Json(json!({ "status": "ready", "catching_up": detail })).into_response()
+            }
         },
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -222,14 +246,18 @@ async fn trace(
     let (result, scan) = engine(&state)?.find_trace(&id).await?;
     if let Some(m) = &state.metrics {
         m.trace_lookups_total.inc();
-        m.trace_lookup_files_total.with_label_values(&["read"]).inc_by(scan.files_read as u64);
+        m.trace_lookup_files_total
+            .with_label_values(&["read"])
+            .inc_by(scan.files_read as u64);
         m.trace_lookup_files_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.files_skipped_by_bloom as u64);
         m.trace_lookup_files_total
             .with_label_values(&["skipped_by_statistics"])
             .inc_by(scan.files_skipped_by_statistics as u64);
-        m.trace_lookup_row_groups_total.with_label_values(&["planned"]).inc_by(scan.row_groups as u64);
+        m.trace_lookup_row_groups_total
+            .with_label_values(&["planned"])
+            .inc_by(scan.row_groups as u64);
         m.trace_lookup_row_groups_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.row_groups_skipped_by_bloom as u64);
@@ -246,7 +274,16 @@ async fn trace(
     let spans: Vec<Value> = result
         .rows
         .into_iter()
-        .map(|row| Value::Object(result.columns.iter().cloned().zip(row).collect::<Map<_, _>>()))
+        .map(|row| {
+            Value::Object(
+                result
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row)
+                    .collect::<Map<_, _>>(),
+            )
+        })
         .collect();
     Ok(Json(json!({
         "trace_id": id,

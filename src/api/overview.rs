@@ -45,7 +45,11 @@ pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
         if count >= rank {
             let upper = b.upper_bound();
             let width = count - below;
-            return Some(if width > 0.0 { lower + (upper - lower) * (rank - below) / width } else { upper });
+            return Some(if width > 0.0 {
+                lower + (upper - lower) * (rank - below) / width
+            } else {
+                upper
+            });
         }
         (lower, below) = (b.upper_bound(), count);
     }
@@ -55,7 +59,11 @@ pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
 
 fn histogram(collector: &dyn Collector) -> Value {
     let families = collector.collect();
-    let Some(h) = families.first().and_then(|f| f.get_metric().first()).map(|m| m.get_histogram().clone()) else {
+    let Some(h) = families
+        .first()
+        .and_then(|f| f.get_metric().first())
+        .map(|m| m.get_histogram().clone())
+    else {
         return Value::Null;
     };
     json!({
@@ -106,10 +114,9 @@ pub fn overview(m: &Metrics) -> Value {
 
 /// `GET /admin/overview`.
 pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let m = state
-        .metrics
-        .as_ref()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are not available"))?;
+    let m = state.metrics.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are not available")
+    })?;
     let mut doc = overview(m);
     if let Value::Object(map) = &mut doc {
         map.insert("health".into(), json!(state.health.report()));
@@ -127,13 +134,19 @@ mod tests {
             prometheus::HistogramOpts::new("h", "h").buckets(vec![0.1, 0.2, 0.4]),
         )
         .expect("histogram");
-        assert_eq!(quantile(&h.collect()[0].get_metric()[0].get_histogram().clone(), 0.5), None);
+        assert_eq!(
+            quantile(&h.collect()[0].get_metric()[0].get_histogram().clone(), 0.5),
+            None
+        );
         for v in [0.05, 0.15, 0.15, 0.3] {
             h.observe(v);
         }
         let proto = h.collect()[0].get_metric()[0].get_histogram().clone();
         let p50 = quantile(&proto, 0.5).expect("samples");
-        assert!((p50 - 0.15).abs() < 1e-9, "rank 2 of 4 is half way into (0.1, 0.2]: {p50}");
+        assert!(
+            (p50 - 0.15).abs() < 1e-9,
+            "rank 2 of 4 is half way into (0.1, 0.2]: {p50}"
+        );
         let p99 = quantile(&proto, 0.99).expect("samples");
         assert!(p99 > 0.2 && p99 <= 0.4, "{p99}");
     }
@@ -141,7 +154,9 @@ mod tests {
     #[test]
     fn the_document_reads_the_registry() {
         let m = Metrics::new().expect("metrics");
-        m.traces_sampled_total.with_label_values(&["error"]).inc_by(4);
+        m.traces_sampled_total
+            .with_label_values(&["error"])
+            .inc_by(4);
         m.traces_dropped_total.inc_by(6);
         m.consumer_lag_messages.with_label_values(&["0"]).set(3);
         m.consumer_lag_messages.with_label_values(&["1"]).set(2);

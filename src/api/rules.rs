@@ -43,7 +43,10 @@ impl From<RuleError> for ApiError {
 
 fn api(state: &AppState) -> Result<&RulesApi, ApiError> {
     state.rules.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "force rules are not configured")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "force rules are not configured",
+        )
     })
 }
 
@@ -52,14 +55,21 @@ pub fn parse_rule(body: &[u8], max_duration_secs: i64) -> Result<RuleSpec, RuleE
     if body.len() > MAX_RULE_BODY_BYTES {
         return Err(RuleError {
             field: "body".into(),
-            message: format!("body of {} bytes exceeds {MAX_RULE_BODY_BYTES} bytes", body.len()),
+            message: format!(
+                "body of {} bytes exceeds {MAX_RULE_BODY_BYTES} bytes",
+                body.len()
+            ),
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let spec: RuleSpec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         RuleError {
-            field: if path == "." { "body".to_string() } else { path },
+            field: if path == "." {
+                "body".to_string()
+            } else {
+                path
+            },
             message: e.inner().to_string(),
         }
     })?;
@@ -89,21 +99,35 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "rules": rules, "count": rules.len() })).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let api = api(&state)?;
     let rule = api
         .store
         .get(&id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no force rule {id}")))?;
-    let matched = api.store.match_counts().await.ok().and_then(|c| c.get(&id).copied());
+    let matched = api
+        .store
+        .match_counts()
+        .await
+        .ok()
+        .and_then(|c| c.get(&id).copied());
     Ok(Json(rule_json(&rule, Some(matched.unwrap_or(0)))).into_response())
 }
 
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let api = api(&state)?;
     if !api.store.delete(&id).await? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no force rule {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no force rule {id}"),
+        ));
     }
     tracing::info!(rule = %id, "force rule deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -124,8 +148,9 @@ fn rule_json(rule: &StoredRule, matched: Option<u64>) -> Value {
 }
 
 fn iso(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+    chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |t| {
+        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    })
 }
 
 #[cfg(test)]
@@ -135,11 +160,26 @@ mod tests {
     #[test]
     fn parse_errors_name_the_field() {
         let cases = [
-            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"like","value":"x"}]},"action":"force_keep"}"#, "match.span[0].op"),
-            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"exists"}]},"action":"keep"}"#, "action"),
-            (r#"{"duration_secs":-1,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
-            (r#"{"duration_secs":"soon","match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
-            (r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#, "match"),
+            (
+                r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"like","value":"x"}]},"action":"force_keep"}"#,
+                "match.span[0].op",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"exists"}]},"action":"keep"}"#,
+                "action",
+            ),
+            (
+                r#"{"duration_secs":-1,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#,
+                "duration_secs",
+            ),
+            (
+                r#"{"duration_secs":"soon","match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#,
+                "duration_secs",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#,
+                "match",
+            ),
             (r#"not json"#, "body"),
         ];
         for (body, field) in cases {
@@ -147,6 +187,9 @@ mod tests {
             assert_eq!(e.field, field, "{body}: {}", e.message);
         }
         let big = format!(r#"{{"description":"{}"}}"#, "x".repeat(MAX_RULE_BODY_BYTES));
-        assert_eq!(parse_rule(big.as_bytes(), 3600).expect_err("big").field, "body");
+        assert_eq!(
+            parse_rule(big.as_bytes(), 3600).expect_err("big").field,
+            "body"
+        );
     }
 }

@@ -28,10 +28,17 @@ pub async fn explain(State(state): State<AppState>, body: Bytes) -> Result<Respo
         .sampling
         .as_ref()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sampling is not running"))?;
-    let decoded = decode_message(body, MAX_BODY_BYTES)
-        .map_err(|e| ApiError::invalid("body", format!("expected an OTLP ExportTraceServiceRequest (JSON or protobuf): {e}")))?;
+    let decoded = decode_message(body, MAX_BODY_BYTES).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("expected an OTLP ExportTraceServiceRequest (JSON or protobuf): {e}"),
+        )
+    })?;
     if decoded.spans.is_empty() {
-        return Err(ApiError::invalid("body", "the request holds no span with a valid trace id and times"));
+        return Err(ApiError::invalid(
+            "body",
+            "the request holds no span with a valid trace id and times",
+        ));
     }
     let policies = api.policies.load();
     let traces: Vec<Value> = group(decoded.spans)
@@ -65,7 +72,12 @@ fn describe(id: &TraceId, span_count: usize, decision: &Decision, steps: &[Step]
         "decided_by": decided_by,
         "steps": steps,
     });
-    if let Decision::Keep { reason, rule_id, sample_rate } = decision {
+    if let Decision::Keep {
+        reason,
+        rule_id,
+        sample_rate,
+    } = decision
+    {
         v["sampling_reason"] = json!(reason.as_str());
         v["sampling_rule_id"] = json!(rule_id.as_deref());
         v["sample_rate"] = json!(sample_rate);

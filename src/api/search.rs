@@ -55,13 +55,24 @@ fn parse_duration_ms(name: &str, value: &str) -> Result<f64, ApiError> {
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| ApiError::invalid(name, format!("{name}: `{value}` is not a number of milliseconds ≥ 0")))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                name,
+                format!("{name}: `{value}` is not a number of milliseconds ≥ 0"),
+            )
+        })
 }
 
 /// `[from, to)` from the parameters, `to` defaulting to now and `from` to
 /// `default_range` before it.
 fn range(pairs: &[(String, String)], default_range: i64) -> Result<(i64, i64), ApiError> {
-    let get = |k: &str| pairs.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
     let to = match get("to") {
         Some(v) => parse_time("to", v)?,
         None => chrono::Utc::now().timestamp_micros() + 1,
@@ -77,15 +88,29 @@ fn range(pairs: &[(String, String)], default_range: i64) -> Result<(i64, i64), A
 }
 
 const SEARCH_PARAMETERS: [&str; 11] = [
-    "service", "name", "status", "reason", "min_duration_ms", "max_duration_ms", "from", "to",
-    "attr", "limit", "sort",
+    "service",
+    "name",
+    "status",
+    "reason",
+    "min_duration_ms",
+    "max_duration_ms",
+    "from",
+    "to",
+    "attr",
+    "limit",
+    "sort",
 ];
 
 /// The search a query string asks for.
 pub fn parse_search(raw: Option<&str>) -> Result<TraceSearch, ApiError> {
     let pairs = parameters(raw, &SEARCH_PARAMETERS)?;
     let (from_micros, to_micros) = range(&pairs, DEFAULT_RANGE_MICROS)?;
-    let mut q = TraceSearch { from_micros, to_micros, limit: DEFAULT_LIMIT, ..Default::default() };
+    let mut q = TraceSearch {
+        from_micros,
+        to_micros,
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
     for (name, value) in pairs {
         match name.as_str() {
             "service" => q.service = Some(value),
@@ -93,30 +118,50 @@ pub fn parse_search(raw: Option<&str>) -> Result<TraceSearch, ApiError> {
             "reason" => q.reason = Some(value),
             "status" => {
                 q.status = Some(StatusFilter::parse(&value).ok_or_else(|| {
-                    ApiError::invalid("status", format!("status: `{value}` is not one of error, ok, unset"))
+                    ApiError::invalid(
+                        "status",
+                        format!("status: `{value}` is not one of error, ok, unset"),
+                    )
                 })?)
             }
-            "min_duration_ms" => q.min_duration_ms = Some(parse_duration_ms("min_duration_ms", &value)?),
-            "max_duration_ms" => q.max_duration_ms = Some(parse_duration_ms("max_duration_ms", &value)?),
+            "min_duration_ms" => {
+                q.min_duration_ms = Some(parse_duration_ms("min_duration_ms", &value)?)
+            }
+            "max_duration_ms" => {
+                q.max_duration_ms = Some(parse_duration_ms("max_duration_ms", &value)?)
+            }
             "attr" => {
                 let (key, val) = value
                     .split_once('=')
                     .filter(|(k, _)| !k.trim().is_empty())
-                    .ok_or_else(|| ApiError::invalid("attr", format!("attr: `{value}` is not key=value")))?;
-                q.attributes.push((key.trim().to_string(), val.trim().to_string()));
+                    .ok_or_else(|| {
+                        ApiError::invalid("attr", format!("attr: `{value}` is not key=value"))
+                    })?;
+                q.attributes
+                    .push((key.trim().to_string(), val.trim().to_string()));
             }
             "limit" => {
                 q.limit = value
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", format!("limit: `{value}` is not a whole number from 1 to {MAX_LIMIT}")))?
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("limit: `{value}` is not a whole number from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
             }
             "sort" => {
                 q.order = match value.as_str() {
                     "start" => SearchOrder::Start,
                     "duration" => SearchOrder::Duration,
-                    _ => return Err(ApiError::invalid("sort", format!("sort: `{value}` is not start or duration"))),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "sort",
+                            format!("sort: `{value}` is not start or duration"),
+                        ))
+                    }
                 }
             }
             _ => {}
@@ -124,14 +169,20 @@ pub fn parse_search(raw: Option<&str>) -> Result<TraceSearch, ApiError> {
     }
     if let (Some(min), Some(max)) = (q.min_duration_ms, q.max_duration_ms) {
         if min > max {
-            return Err(ApiError::invalid("min_duration_ms", "min_duration_ms must not exceed max_duration_ms"));
+            return Err(ApiError::invalid(
+                "min_duration_ms",
+                "min_duration_ms must not exceed max_duration_ms",
+            ));
         }
     }
     Ok(q)
 }
 
 /// `GET /admin/traces`: trace summaries, newest (or longest) first.
-pub async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn traces(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = parse_search(raw.as_deref())?;
     let result = engine(&state)?.search(&q).await.inspect_err(|e| {
         tracing::info!(error = %e, "trace search failed");
@@ -154,7 +205,10 @@ pub async fn traces(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
 }
 
 /// `GET /admin/services`: services and their span names in the range.
-pub async fn services(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn services(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let pairs = parameters(raw.as_deref(), &["from", "to"])?;
     let (from, to) = range(&pairs, SERVICES_DEFAULT_RANGE_MICROS)?;
     let services = engine(&state)?.services(from, to).await?;
@@ -168,7 +222,11 @@ mod tests {
     fn field(raw: &str) -> String {
         let e = parse_search(Some(raw)).expect_err(raw);
         let body = format!("{e:?}");
-        body.split("field: Some(\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string()
+        body.split("field: Some(\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("")
+            .to_string()
     }
 
     #[test]
@@ -203,11 +261,24 @@ mod tests {
         assert_eq!(q.service.as_deref(), Some("web"));
         assert_eq!(q.name.as_deref(), Some("GET /"));
         assert_eq!(q.status, Some(StatusFilter::Error));
-        assert_eq!(q.reason.as_deref(), Some("error"), "a blank repeat means any, not empty");
-        assert_eq!((q.min_duration_ms, q.max_duration_ms), (Some(1.5), Some(900.0)));
+        assert_eq!(
+            q.reason.as_deref(),
+            Some("error"),
+            "a blank repeat means any, not empty"
+        );
+        assert_eq!(
+            (q.min_duration_ms, q.max_duration_ms),
+            (Some(1.5), Some(900.0))
+        );
         assert_eq!(q.from_micros, 1_796_292_000_000_000);
         assert_eq!(q.to_micros, 1_796_295_600_000_000, "Unix milliseconds");
-        assert_eq!(q.attributes, vec![("http.route".into(), "/a=b".into()), ("k".into(), "v".into())]);
+        assert_eq!(
+            q.attributes,
+            vec![
+                ("http.route".into(), "/a=b".into()),
+                ("k".into(), "v".into())
+            ]
+        );
         assert_eq!((q.limit, q.order), (50, SearchOrder::Duration));
     }
 

@@ -20,11 +20,11 @@ use crate::api::sampling::SamplingApi;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::decide::policy::PolicySet;
-use crate::maintenance::Maintainer;
-use crate::model::ForceRules;
 use crate::health::Health;
 use crate::ingest::{self, IngestError};
+use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
+use crate::model::ForceRules;
 use crate::query::QueryEngine;
 use crate::redis_client::{LazyRedis, RedisSetupError};
 use crate::rules::store::{run_sync, LiveRules, RuleStore};
@@ -40,6 +40,9 @@ pub enum AppError {
     Redis(#[from] RedisSetupError),
     #[error("invalid sampling policy: {0}")]
     Policy(#[from] crate::matching::FieldError),
+    /// A pipeline stage died; the others were drained.
+    #[error("pipeline stage failed: {0}")]
+    StageFailed(crate::supervise::StageExit),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,7 +55,11 @@ pub enum AppError {
 /// The drain takes at most `server.shutdown_timeout_secs`; whatever it did
 /// not finish stays uncommitted in Kafka and is read again. `config_file`
 /// is where the settings came from; the policy list reloads from it.
-pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: CancellationToken) -> Result<(), AppError> {
+pub async fn run(
+    settings: Settings,
+    config_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     // Settings librdkafka rejects stop startup here, before any retry loop.
     ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
     let metrics = Metrics::with_max_series(settings.metrics.max_series)?;
@@ -80,9 +87,16 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
         health: health.clone(),
         query: query.clone(),
         auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
-        rules: Some(RulesApi { store: rule_store, max_duration_secs: max_rule_secs }),
-        sampling: Some(SamplingApi { policies: policies.clone(), force_rules }),
+        rules: Some(RulesApi {
+            store: rule_store,
+            max_duration_secs: max_rule_secs,
+        }),
+        sampling: Some(SamplingApi {
+            policies: policies.clone(),
+            force_rules,
+        }),
         metrics: Some(metrics.clone()),
+        hosts: Arc::new(api::guard::HostPolicy::new(&settings.server.allowed_hosts)),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
 
@@ -95,14 +109,35 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
         if !retry::ensure_topics(&settings, &health, &shutdown).await? {
             return Ok(None);
         }
-        let inputs = pipeline::Inputs { table, live_rules, policies, redis, metrics, health };
+        let inputs = pipeline::Inputs {
+            table,
+            live_rules,
+            policies,
+            redis,
+            metrics,
+            health: health.clone(),
+        };
         Pipeline::start(&settings, inputs, shutdown.clone()).map(Some)
     };
     let outcome = match started.await {
-        Ok(Some(pipeline)) => {
-            shutdown.cancelled().await;
-            pipeline.drain(settings.server.shutdown_timeout_secs.duration()).await;
-            Ok(())
+        Ok(Some(mut pipeline)) => {
+            let failed = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                exit = pipeline.stage_ended() => Some(exit),
+            };
+            if let Some(exit) = &failed {
+                tracing::error!(
+                    stage = exit.stage,
+                    cause = %exit.cause,
+                    "a pipeline stage died; draining the others and exiting so that the process is restarted"
+                );
+                health.set_stage_dead(exit.to_string());
+                shutdown.cancel();
+            }
+            pipeline
+                .drain(settings.server.shutdown_timeout_secs.duration())
+                .await;
+            failed.map_or(Ok(()), |exit| Err(AppError::StageFailed(exit)))
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
@@ -113,13 +148,19 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>, shutdown: Can
     outcome
 }
 
-/// One maintenance run from the command line: opens the table, runs every
+/// One maintenance run from the command line: opens the table, takes the
+/// maintenance lease (refused while a scheduled run holds it), runs every
 /// step once and says what it did.
-pub async fn maintain_once(settings: &Settings) -> Result<String, crate::maintenance::MaintenanceError> {
+pub async fn maintain_once(
+    settings: &Settings,
+) -> Result<String, crate::maintenance::MaintenanceError> {
     let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
-    let metrics = Metrics::new().map_err(|e| crate::maintenance::MaintenanceError::Catalog(e.to_string()))?;
+    let metrics =
+        Metrics::new().map_err(|e| crate::maintenance::MaintenanceError::Catalog(e.to_string()))?;
+    let redis = LazyRedis::new(&settings.redis)
+        .map_err(|e| crate::maintenance::MaintenanceError::Redis(e.to_string()))?;
     let m = Maintainer::new(settings, table, metrics, Health::default()).await?;
-    Ok(m.run_once().await?.to_string())
+    Ok(m.run_leased_once(Arc::new(redis)).await?.to_string())
 }
 
 /// Table maintenance on its schedule, when `maintenance.enabled`. A catalog
@@ -206,7 +247,10 @@ impl Background {
         self.stop.cancel();
         self.tasks.close();
         let limit = std::time::Duration::from_secs(2);
-        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background tasks did not stop within 2 s");
         }
     }

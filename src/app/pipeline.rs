@@ -22,6 +22,7 @@ use crate::model::ForceRules;
 use crate::redis_client::LazyRedis;
 use crate::rules::store::LiveRules;
 use crate::storage::{self, writer::WriterContext};
+use crate::supervise::{StageExit, StageTask};
 use crate::table::TableHandle;
 
 /// What the data path is started with.
@@ -38,7 +39,7 @@ pub(super) struct Inputs {
 pub(super) struct Pipeline {
     ingest: Ingest,
     deciders: Deciders,
-    writer: JoinHandle<()>,
+    writer: StageTask,
     probes: JoinHandle<()>,
     stop_probes: CancellationToken,
 }
@@ -47,9 +48,20 @@ impl Pipeline {
     /// Starts storage, then the deciding workers, then the Kafka side, so
     /// each stage's consumer exists before its producer. The consumer loop
     /// stops at `shutdown`.
-    pub fn start(settings: &Settings, inputs: Inputs, shutdown: CancellationToken) -> Result<Self, AppError> {
+    pub fn start(
+        settings: &Settings,
+        inputs: Inputs,
+        shutdown: CancellationToken,
+    ) -> Result<Self, AppError> {
         let acks = Acks::default();
-        let Inputs { table, live_rules, policies, redis, metrics, health } = inputs;
+        let Inputs {
+            table,
+            live_rules,
+            policies,
+            redis,
+            metrics,
+            health,
+        } = inputs;
         let (kept_tx, writer) = storage::start(
             table.clone(),
             &settings.storage,
@@ -76,8 +88,18 @@ impl Pipeline {
         };
         let (shards, deciders) = decide::start(&settings.sampling, inputs);
         let ownership = OwnershipWatch::new(acks.assignments.clone(), &settings.kafka);
-        let ctx = IngestContext { acks, metrics, health: health.clone() };
-        let ingest = ingest::start(&settings.kafka, settings.buffer.clone(), ctx, shards, shutdown)?;
+        let ctx = IngestContext {
+            acks,
+            metrics,
+            health: health.clone(),
+        };
+        let ingest = ingest::start(
+            &settings.kafka,
+            settings.buffer.clone(),
+            ctx,
+            shards,
+            shutdown,
+        )?;
         let stop_probes = CancellationToken::new();
         let probes = tokio::spawn(probes::kafka_and_catalog(
             settings.kafka.topic.clone(),
@@ -87,7 +109,24 @@ impl Pipeline {
             ownership,
             stop_probes.clone(),
         ));
-        Ok(Self { ingest, deciders, writer, probes, stop_probes })
+        Ok(Self {
+            ingest,
+            deciders,
+            writer,
+            probes,
+            stop_probes,
+        })
+    }
+
+    /// Resolves when a stage ends before the drain (a panic, or a loop that
+    /// returned): the pipeline can no longer keep its promise and must be
+    /// drained and the process restarted. Cancel-safe.
+    pub async fn stage_ended(&mut self) -> StageExit {
+        tokio::select! {
+            exit = self.ingest.ended() => exit,
+            exit = self.deciders.ended() => exit,
+            exit = self.writer.ended() => exit,
+        }
     }
 
     /// Drains in order, within `limit`: the consumer loop stops and drops
@@ -98,12 +137,18 @@ impl Pipeline {
     /// stays uncommitted in Kafka and is read again. Last, the consumer
     /// leaves the group, handing its partitions over at once.
     pub async fn drain(self, limit: Duration) {
-        let Self { mut ingest, deciders, writer, probes, stop_probes } = self;
+        let Self {
+            mut ingest,
+            deciders,
+            mut writer,
+            probes,
+            stop_probes,
+        } = self;
         let consumer = ingest.consumer.clone();
         let in_order = async {
             ingest.stopped_reading().await;
             deciders.join().await;
-            let _ = writer.await;
+            writer.join().await;
             ingest.stop_committing().await;
         };
         if tokio::time::timeout(limit, in_order).await.is_err() {

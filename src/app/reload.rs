@@ -62,17 +62,26 @@ impl Reloader {
     fn reload(&self, why: &str) {
         let outcome = Settings::load(self.file.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|s| PolicySet::build(&s.sampling, Some(&self.policies.load())).map_err(|e| e.to_string()));
+            .and_then(|s| {
+                PolicySet::build(&s.sampling, Some(&self.policies.load()))
+                    .map_err(|e| e.to_string())
+            });
         match outcome {
             Ok(set) => {
                 let names: Vec<String> = set.names().iter().map(|n| n.to_string()).collect();
                 self.metrics.policies_loaded.set(names.len() as i64);
                 self.policies.store(std::sync::Arc::new(set));
-                self.metrics.policy_reloads_total.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .policy_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
                 tracing::info!(trigger = why, policies = ?names, "sampling policies reloaded");
             }
             Err(e) => {
-                self.metrics.policy_reloads_total.with_label_values(&["error"]).inc();
+                self.metrics
+                    .policy_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::error!(trigger = why, error = %e, "sampling policies not reloaded; the previous list stays in force");
             }
         }

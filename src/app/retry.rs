@@ -86,6 +86,7 @@ pub(super) async fn start_query_engine(
         max_rows: settings.query.max_rows,
         timeout: settings.query.timeout_secs.duration(),
         max_memory_bytes: settings.query.max_memory_bytes,
+        max_result_bytes: settings.query.max_result_bytes,
     };
     match QueryEngine::new(table, limits).await {
         Ok(engine) => {

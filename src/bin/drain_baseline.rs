@@ -11,7 +11,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Drain a Kafka topic without processing, and print the rate")]
+#[command(
+    version,
+    about = "Drain a Kafka topic without processing, and print the rate"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
@@ -27,7 +30,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
-        .set("group.id", format!("drain-baseline-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("drain-baseline-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

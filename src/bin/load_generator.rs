@@ -26,7 +26,9 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tail_sampling_selector::ingest;
-use tail_sampling_selector::testkit::loadgen::{ErrorBurst, LatencySpike, Scenario, TraceGenerator};
+use tail_sampling_selector::testkit::loadgen::{
+    ErrorBurst, LatencySpike, Scenario, TraceGenerator,
+};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Send realistic OTLP trace traffic to a Kafka topic")]
@@ -108,7 +110,8 @@ impl ProducerContext for Counting {
 fn scenario(args: &Args) -> anyhow::Result<Scenario> {
     let mut s = match &args.scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             Scenario::from_toml(&text)?
         }
         None => Scenario::demo(),
@@ -150,12 +153,22 @@ async fn main() -> anyhow::Result<()> {
     let scenario = scenario(&args)?;
     let rate = args.rate.unwrap_or_else(|| scenario.total_rate());
     anyhow::ensure!(rate >= 0.0, "--rate must not be negative");
-    anyhow::ensure!(args.traces_per_message >= 1, "--traces-per-message must be at least 1");
+    anyhow::ensure!(
+        args.traces_per_message >= 1,
+        "--traces-per-message must be at least 1"
+    );
     let backlog = match args.backlog_secs {
         Some(secs) => {
-            anyhow::ensure!(secs > 0.0 && rate > 0.0, "--backlog-secs needs a positive N and a positive --rate");
+            anyhow::ensure!(
+                secs > 0.0 && rate > 0.0,
+                "--backlog-secs needs a positive N and a positive --rate"
+            );
             let count = ((secs * rate) as u64).min(args.count.unwrap_or(u64::MAX));
-            Some(Backlog { start_nanos: now_nanos().saturating_sub((secs * 1e9) as u64), rate, count })
+            Some(Backlog {
+                start_nanos: now_nanos().saturating_sub((secs * 1e9) as u64),
+                rate,
+                count,
+            })
         }
         None => None,
     };
@@ -181,23 +194,42 @@ async fn main() -> anyhow::Result<()> {
         "sending to {} topic {}: {} traces/s, {} trace(s) per message{}{}",
         kafka.brokers,
         topic,
-        if rate > 0.0 { format!("{rate:.0}") } else { "unlimited".into() },
+        if rate > 0.0 {
+            format!("{rate:.0}")
+        } else {
+            "unlimited".into()
+        },
         args.traces_per_message,
-        args.duration_secs.map(|d| format!(", for {d} s")).unwrap_or_default(),
-        args.count.map(|c| format!(", {c} traces")).unwrap_or_default(),
+        args.duration_secs
+            .map(|d| format!(", for {d} s"))
+            .unwrap_or_default(),
+        args.count
+            .map(|c| format!(", {c} traces"))
+            .unwrap_or_default(),
     );
 
     if let Some(backlog) = backlog {
-        return send_backlog(&producer, &topic, &mut generator, &backlog, &args, &delivery).await;
+        return send_backlog(
+            &producer,
+            &topic,
+            &mut generator,
+            &backlog,
+            &args,
+            &delivery,
+        )
+        .await;
     }
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (mut traces, mut spans, mut errors, mut spikes, mut messages) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut traces, mut spans, mut errors, mut spikes, mut messages) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut last_report = (Instant::now(), 0u64, 0u64);
     loop {
         let elapsed = started.elapsed().as_secs_f64();
-        if args.duration_secs.is_some_and(|d| elapsed >= d) || args.count.is_some_and(|c| traces >= c) {
+        if args.duration_secs.is_some_and(|d| elapsed >= d)
+            || args.count.is_some_and(|c| traces >= c)
+        {
             break;
         }
         // The ticker holds the rate: send what is due since the start.
@@ -217,7 +249,9 @@ async fn main() -> anyhow::Result<()> {
             batch.push(t);
             if batch.len() == args.traces_per_message || i + 1 == due {
                 let key = hex::encode(batch[0].trace_id);
-                let payload = generator.request(std::mem::take(&mut batch)).encode_to_vec();
+                let payload = generator
+                    .request(std::mem::take(&mut batch))
+                    .encode_to_vec();
                 send(&producer, &topic, &key, payload).await;
                 messages += 1;
             }
@@ -241,7 +275,9 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::yield_now().await;
         }
     }
-    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
     let secs = started.elapsed().as_secs_f64();
     let failed = delivery.failed.load(Ordering::Relaxed);
     println!(
@@ -298,7 +334,9 @@ async fn send_backlog(
         send_at(producer, topic, &key, payload, Some(timestamp_ms)).await;
         messages += 1;
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the producer")?;
     let failed = delivery.failed.load(Ordering::Relaxed);
     println!(
         "done: backlog of {} traces, {spans} spans, {messages} messages, stamped over {:.0} s, written in {:.1} s; {} delivered, {failed} failed",
@@ -325,7 +363,9 @@ async fn send_at(
     timestamp_ms: Option<i64>,
 ) {
     let size = Box::new(payload.len());
-    let mut record = BaseRecord::with_opaque_to(topic, size).key(key).payload(&payload);
+    let mut record = BaseRecord::with_opaque_to(topic, size)
+        .key(key)
+        .payload(&payload);
     if let Some(ts) = timestamp_ms {
         record = record.timestamp(ts);
     }

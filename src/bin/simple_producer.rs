@@ -50,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
         let slow = args.slow_every > 0 && (i + 1) % args.slow_every == 0;
         let mut trace_id = [0u8; 16];
         rng.fill_bytes(&mut trace_id);
-        let duration_ms = if slow { args.slow_ms } else { 20 + (i as u64 * 37) % 180 };
+        let duration_ms = if slow {
+            args.slow_ms
+        } else {
+            20 + (i as u64 * 37) % 180
+        };
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
         let spec = TraceSpec {
             trace_id,
@@ -72,7 +76,13 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|(e, _)| e)
             .with_context(|| format!("sending trace {i} to {topic} at {}", kafka.brokers))?;
         let (partition, offset) = (delivery.partition, delivery.offset);
-        let tag = if error { "ERROR" } else if slow { "SLOW" } else { "OK" };
+        let tag = if error {
+            "ERROR"
+        } else if slow {
+            "SLOW"
+        } else {
+            "OK"
+        };
         errors += usize::from(error);
         println!("[{tag}] Trace {i} -> partition {partition}, offset {offset} (trace_id {key})");
     }

@@ -110,7 +110,11 @@ impl<'de, U: Unit> Deserialize<'de> for ConfigDuration<U> {
         impl<U: Unit> Visitor<'_> for V<U> {
             type Value = ConfigDuration<U>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a number of {} or a duration string like \"90s\"", U::NAME)
+                write!(
+                    f,
+                    "a number of {} or a duration string like \"90s\"",
+                    U::NAME
+                )
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 ConfigDuration::from_number(v)
@@ -139,28 +143,51 @@ mod tests {
 
     #[test]
     fn numbers_are_read_in_the_keys_unit() {
-        assert_eq!(secs(serde_json::json!(60)).expect("int").duration(), Duration::from_secs(60));
-        assert_eq!(secs(serde_json::json!(0.5)).expect("float").duration(), Duration::from_millis(500));
+        assert_eq!(
+            secs(serde_json::json!(60)).expect("int").duration(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            secs(serde_json::json!(0.5)).expect("float").duration(),
+            Duration::from_millis(500)
+        );
         let ms: Milliseconds = serde_json::from_value(serde_json::json!(1500)).expect("ms");
         assert_eq!(ms.duration(), Duration::from_millis(1500));
         assert_eq!(ms, 1500.0);
         // Environment variables arrive as strings.
-        assert_eq!(secs(serde_json::json!("30")).expect("text").duration(), Duration::from_secs(30));
+        assert_eq!(
+            secs(serde_json::json!("30")).expect("text").duration(),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
     fn strings_with_units_are_humantime() {
-        assert_eq!(secs(serde_json::json!("90s")).expect("90s").duration(), Duration::from_secs(90));
-        assert_eq!(secs(serde_json::json!("1h 30m")).expect("1h30").duration(), Duration::from_secs(5400));
+        assert_eq!(
+            secs(serde_json::json!("90s")).expect("90s").duration(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            secs(serde_json::json!("1h 30m")).expect("1h30").duration(),
+            Duration::from_secs(5400)
+        );
         let ms: Milliseconds = serde_json::from_value(serde_json::json!("2s")).expect("2s");
         assert_eq!(ms, 2000.0);
     }
 
     #[test]
     fn nonsense_is_refused_with_a_reason() {
-        for bad in [serde_json::json!(-1), serde_json::json!(1e300), serde_json::json!("abc"), serde_json::json!("20 years")] {
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!(1e300),
+            serde_json::json!("abc"),
+            serde_json::json!("20 years"),
+        ] {
             let err = secs(bad.clone()).expect_err("refused").to_string();
-            assert!(err.contains("duration") || err.contains("ten years"), "{bad}: {err}");
+            assert!(
+                err.contains("duration") || err.contains("ten years"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct MaintenanceConfig {
     /// references are deleted once older than this: younger ones may belong
     /// to a commit that has not published them yet.
     pub orphan_file_grace_secs: Seconds,
+    /// Longest a maintenance run may take; a run still going then (a hung
+    /// catalog or store) is cancelled and the lease released.
+    pub run_timeout_secs: Seconds,
     /// Snapshots older than this are expired (the newest
     /// `min_snapshots_to_keep` and the current one never are).
     pub snapshot_max_age_secs: Seconds,
@@ -213,12 +216,27 @@ const RESERVED_KAFKA_PROPERTIES: [(&str, &str); 11] = [
     ("group.id", "set kafka.group_id"),
     ("group.instance.id", "set kafka.group_instance_id"),
     ("session.timeout.ms", "set kafka.session_timeout_ms"),
-    ("partition.assignment.strategy", "set kafka.partition_assignment_strategy"),
-    ("enable.auto.commit", "offsets are committed only once kept traces are stored"),
-    ("enable.auto.offset.store", "offsets are committed only once kept traces are stored"),
-    ("enable.partition.eof", "the consumer loop relies on it being off"),
+    (
+        "partition.assignment.strategy",
+        "set kafka.partition_assignment_strategy",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed only once kept traces are stored",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only once kept traces are stored",
+    ),
+    (
+        "enable.partition.eof",
+        "the consumer loop relies on it being off",
+    ),
     ("fetch.message.max.bytes", "set kafka.max_message_bytes"),
-    ("auto.offset.reset", "a new group must start at the earliest offset so nothing is lost"),
+    (
+        "auto.offset.reset",
+        "a new group must start at the earliest offset so nothing is lost",
+    ),
 ];
 
 impl KafkaConfig {
@@ -230,12 +248,21 @@ impl KafkaConfig {
                 out.push((key, v.to_string()));
             }
         };
-        put("security.protocol", self.security_protocol.map(SecurityProtocol::as_str));
-        put("sasl.mechanism", self.sasl_mechanism.map(SaslMechanism::as_str));
+        put(
+            "security.protocol",
+            self.security_protocol.map(SecurityProtocol::as_str),
+        );
+        put(
+            "sasl.mechanism",
+            self.sasl_mechanism.map(SaslMechanism::as_str),
+        );
         put("sasl.username", self.sasl_username.as_deref());
         put("sasl.password", self.sasl_password.as_deref());
         put("ssl.ca.location", self.ssl_ca_location.as_deref());
-        put("ssl.certificate.location", self.ssl_certificate_location.as_deref());
+        put(
+            "ssl.certificate.location",
+            self.ssl_certificate_location.as_deref(),
+        );
         put("ssl.key.location", self.ssl_key_location.as_deref());
         put("ssl.key.password", self.ssl_key_password.as_deref());
         out
@@ -246,7 +273,10 @@ impl KafkaConfig {
             ("kafka.brokers", &self.brokers),
             ("kafka.topic", &self.topic),
             ("kafka.group_id", &self.group_id),
-            ("kafka.partition_assignment_strategy", &self.partition_assignment_strategy),
+            (
+                "kafka.partition_assignment_strategy",
+                &self.partition_assignment_strategy,
+            ),
         ] {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty"));
@@ -262,7 +292,10 @@ impl KafkaConfig {
             return Err(invalid("kafka.commit_interval_ms", "must be positive"));
         }
         if !(1000..=3_600_000).contains(&self.session_timeout_ms) {
-            return Err(invalid("kafka.session_timeout_ms", "must be between 1000 and 3600000"));
+            return Err(invalid(
+                "kafka.session_timeout_ms",
+                "must be between 1000 and 3600000",
+            ));
         }
         if matches!(&self.dead_letter_topic, Some(t) if t.trim().is_empty()) {
             return Err(invalid(
@@ -282,7 +315,10 @@ impl KafkaConfig {
             if self.properties.contains_key(key) {
                 return Err(invalid_owned(
                     format!("kafka.properties.{key}"),
-                    format!("is also set by its first-class key kafka.{}; set one of them", key.replace('.', "_")),
+                    format!(
+                        "is also set by its first-class key kafka.{}; set one of them",
+                        key.replace('.', "_")
+                    ),
                 ));
             }
         }
@@ -292,7 +328,9 @@ impl KafkaConfig {
                 "kafka.sasl_username and kafka.sasl_password go together",
             ));
         }
-        let sasl = self.security_protocol.is_some_and(SecurityProtocol::uses_sasl);
+        let sasl = self
+            .security_protocol
+            .is_some_and(SecurityProtocol::uses_sasl);
         if !sasl && (self.sasl_mechanism.is_some() || self.sasl_username.is_some()) {
             return Err(invalid(
                 "kafka.security_protocol",
@@ -306,7 +344,10 @@ impl KafkaConfig {
             ));
         }
         if matches!(&self.group_instance_id, Some(id) if id.trim().is_empty()) {
-            return Err(invalid("kafka.group_instance_id", "must not be empty when set"));
+            return Err(invalid(
+                "kafka.group_instance_id",
+                "must not be empty when set",
+            ));
         }
         Ok(())
     }
@@ -314,9 +355,16 @@ impl KafkaConfig {
 
 /// True for librdkafka properties whose value is a secret.
 pub fn is_secret_property(key: &str) -> bool {
-    ["password", "secret", "jaas", "token", "ssl.key.pem", "keystore"]
-        .iter()
-        .any(|s| key.contains(s))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "ssl.key.pem",
+        "keystore",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// Hand-written so that passwords and secret properties never reach a log line.
@@ -325,7 +373,16 @@ impl std::fmt::Debug for KafkaConfig {
         let properties: std::collections::BTreeMap<&str, &str> = self
             .properties
             .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "***" } else { v.as_str() }))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_property(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
             .collect();
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
@@ -336,7 +393,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("commit_interval_ms", &self.commit_interval_ms)
-            .field("partition_assignment_strategy", &self.partition_assignment_strategy)
+            .field(
+                "partition_assignment_strategy",
+                &self.partition_assignment_strategy,
+            )
             .field("session_timeout_ms", &self.session_timeout_ms)
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
@@ -345,7 +405,10 @@ impl std::fmt::Debug for KafkaConfig {
             .field("ssl_ca_location", &self.ssl_ca_location)
             .field("ssl_certificate_location", &self.ssl_certificate_location)
             .field("ssl_key_location", &self.ssl_key_location)
-            .field("ssl_key_password", &self.ssl_key_password.as_ref().map(|_| "***"))
+            .field(
+                "ssl_key_password",
+                &self.ssl_key_password.as_ref().map(|_| "***"),
+            )
             .field("properties", &properties)
             .finish()
     }
@@ -367,7 +430,9 @@ mod properties {
         Table(BTreeMap<String, Value>),
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
         let table = BTreeMap::<String, Value>::deserialize(d)?;
         let mut out = BTreeMap::new();
         flatten("", table, &mut out);
@@ -419,10 +484,16 @@ impl BackpressureConfig {
             ));
         }
         if self.max_buffered_bytes < 1 << 20 {
-            return Err(invalid("buffer.max_buffered_bytes", "must be at least 1048576 (1 MiB)"));
+            return Err(invalid(
+                "buffer.max_buffered_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
         }
         if !(self.resume_ratio > 0.0 && self.resume_ratio < 1.0) {
-            return Err(invalid("buffer.resume_ratio", "must be between 0 and 1, exclusive"));
+            return Err(invalid(
+                "buffer.resume_ratio",
+                "must be between 0 and 1, exclusive",
+            ));
         }
         Ok(())
     }
@@ -454,16 +525,25 @@ impl RedisConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let tls = self.url.starts_with("rediss://");
         if !tls && !self.url.starts_with("redis://") && !self.url.starts_with("unix://") {
-            return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+            return Err(invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
         }
         if self.key_prefix.is_empty() || self.key_prefix.chars().any(|c| c.is_whitespace()) {
-            return Err(invalid("redis.key_prefix", "must be non-empty, without whitespace"));
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty, without whitespace",
+            ));
         }
         let any_tls_file = self.tls_ca_location.is_some()
             || self.tls_certificate_location.is_some()
             || self.tls_key_location.is_some();
         if any_tls_file && !tls {
-            return Err(invalid("redis.url", "the redis.tls_* files need a rediss:// URL"));
+            return Err(invalid(
+                "redis.url",
+                "the redis.tls_* files need a rediss:// URL",
+            ));
         }
         if self.tls_certificate_location.is_some() != self.tls_key_location.is_some() {
             return Err(invalid(
@@ -587,6 +667,9 @@ pub struct IcebergConfig {
     pub s3_secret_access_key: Option<String>,
     pub s3_region: String,
     pub s3_path_style: bool,
+    /// Longest a catalog call (load, commit, …) may take; a commit that
+    /// times out has an unknown outcome and is checked before its retry.
+    pub request_timeout_secs: Seconds,
 }
 
 /// Hand-written so that credentials never reach a log line.
@@ -604,13 +687,17 @@ impl std::fmt::Debug for IcebergConfig {
             .field("oauth2_server_uri", &self.oauth2_server_uri)
             .field("scope", &self.scope)
             .field("s3_endpoint", &self.s3_endpoint)
-            .field("s3_access_key_id", &self.s3_access_key_id.as_ref().map(|_| "***"))
+            .field(
+                "s3_access_key_id",
+                &self.s3_access_key_id.as_ref().map(|_| "***"),
+            )
             .field(
                 "s3_secret_access_key",
                 &self.s3_secret_access_key.as_ref().map(|_| "***"),
             )
             .field("s3_region", &self.s3_region)
             .field("s3_path_style", &self.s3_path_style)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .finish()
     }
 }
@@ -623,7 +710,12 @@ pub fn redact_uri(uri: &str) -> String {
     let rest = &uri[scheme_end + 3..];
     match (rest.find('@'), rest.find(':')) {
         (Some(at), Some(colon)) if colon < at => {
-            format!("{}://{}:***{}", &uri[..scheme_end], &rest[..colon], &rest[at..])
+            format!(
+                "{}://{}:***{}",
+                &uri[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            )
         }
         _ => uri.to_string(),
     }
@@ -636,6 +728,30 @@ pub struct ServerConfig {
     pub metrics_addr: SocketAddr,
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout_secs: Seconds,
+    /// Host names (`name` or `name:port`) the admin port answers besides IP
+    /// addresses and `localhost`; `*` for any. Guards against DNS rebinding.
+    /// A list, or one comma-separated string (as an environment variable).
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// A list of strings given as a TOML array or as one comma-separated string.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -661,11 +777,17 @@ pub struct QueryConfig {
     /// Memory all running SQL queries may hold together. A query that needs
     /// more fails (503) instead of growing the process; nothing spills to disk.
     pub max_memory_bytes: usize,
+    /// The largest result one query may return, in Arrow bytes (the JSON
+    /// answer is about as large again); a larger one is refused with 400.
+    pub max_result_bytes: usize,
 }
 
 /// The longest duration any `_secs` key accepts: a week. Longer values are
 /// mistakes, and absurd ones would overflow `Duration`.
 const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The shortest `maintenance.orphan_file_grace_secs` accepted: an hour.
+const MIN_ORPHAN_GRACE_SECS: f64 = 3600.0;
 
 /// The longest lifetime `rules.max_duration_secs` may allow: a year, so that
 /// `created_at + duration` in milliseconds can never overflow.
@@ -715,9 +837,8 @@ impl Settings {
                 .source(Some(env_map)),
         );
         // The path of a value that does not parse names its key.
-        let settings: Settings = serde_path_to_error::deserialize(builder.build()?).map_err(|e| {
-            invalid_owned(e.path().to_string(), e.into_inner().to_string())
-        })?;
+        let settings: Settings = serde_path_to_error::deserialize(builder.build()?)
+            .map_err(|e| invalid_owned(e.path().to_string(), e.into_inner().to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -730,26 +851,66 @@ impl Settings {
         self.buffer.validate(self.sampling.max_spans_per_trace)?;
         self.rules.validate()?;
         self.storage.validate()?;
-        seconds("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs)?;
+        seconds(
+            "server.shutdown_timeout_secs",
+            self.server.shutdown_timeout_secs,
+        )?;
         self.query.validate()?;
         seconds("maintenance.interval_secs", self.maintenance.interval_secs)?;
-        seconds("maintenance.lease_ttl_secs", self.maintenance.lease_ttl_secs)?;
+        seconds(
+            "maintenance.lease_ttl_secs",
+            self.maintenance.lease_ttl_secs,
+        )?;
         if self.maintenance.target_file_bytes < 1 << 20 {
-            return Err(invalid("maintenance.target_file_bytes", "must be at least 1 MiB (1048576)"));
+            return Err(invalid(
+                "maintenance.target_file_bytes",
+                "must be at least 1 MiB (1048576)",
+            ));
         }
-        seconds("maintenance.snapshot_max_age_secs", self.maintenance.snapshot_max_age_secs)?;
+        seconds(
+            "maintenance.snapshot_max_age_secs",
+            self.maintenance.snapshot_max_age_secs,
+        )?;
         if self.maintenance.min_snapshots_to_keep < 1 {
-            return Err(invalid("maintenance.min_snapshots_to_keep", "must be at least 1"));
+            return Err(invalid(
+                "maintenance.min_snapshots_to_keep",
+                "must be at least 1",
+            ));
         }
         if self.maintenance.compaction_memory_bytes < 4 << 20 {
-            return Err(invalid("maintenance.compaction_memory_bytes", "must be at least 4 MiB (4194304)"));
+            return Err(invalid(
+                "maintenance.compaction_memory_bytes",
+                "must be at least 4 MiB (4194304)",
+            ));
         }
-        seconds("maintenance.orphan_file_grace_secs", self.maintenance.orphan_file_grace_secs)?;
+        seconds(
+            "maintenance.orphan_file_grace_secs",
+            self.maintenance.orphan_file_grace_secs,
+        )?;
+        // Shorter than a slow commit, cleanup could delete the files of a
+        // commit in flight: a writer's or a compaction's, or one whose
+        // outcome was unknown and lands late.
+        if self.maintenance.orphan_file_grace_secs.get() < MIN_ORPHAN_GRACE_SECS {
+            return Err(invalid(
+                "maintenance.orphan_file_grace_secs",
+                format!("must be at least {MIN_ORPHAN_GRACE_SECS} (an hour): a younger unreferenced file may belong to a commit in flight"),
+            ));
+        }
+        seconds(
+            "maintenance.run_timeout_secs",
+            self.maintenance.run_timeout_secs,
+        )?;
         if self.maintenance.min_files_to_compact < 2 {
-            return Err(invalid("maintenance.min_files_to_compact", "must be at least 2"));
+            return Err(invalid(
+                "maintenance.min_files_to_compact",
+                "must be at least 2",
+            ));
         }
         if !(1..=1_000_000).contains(&self.metrics.max_series) {
-            return Err(invalid("metrics.max_series", "must be between 1 and 1000000"));
+            return Err(invalid(
+                "metrics.max_series",
+                "must be between 1 and 1000000",
+            ));
         }
         if matches!(&self.admin.auth_token, Some(t) if t.trim().is_empty()) {
             return Err(invalid("admin.auth_token", "must not be empty when set"));
@@ -760,16 +921,27 @@ impl Settings {
 
 impl SamplingConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        seconds("sampling.inactivity_timeout_secs", self.inactivity_timeout_secs)?;
-        seconds("sampling.max_trace_duration_secs", self.max_trace_duration_secs)?;
+        seconds(
+            "sampling.inactivity_timeout_secs",
+            self.inactivity_timeout_secs,
+        )?;
+        seconds(
+            "sampling.max_trace_duration_secs",
+            self.max_trace_duration_secs,
+        )?;
         if !(1..=MAX_SECONDS as u64).contains(&self.decision_ttl_secs) {
             return Err(invalid(
                 "sampling.decision_ttl_secs",
-                format!("must be between 1 and {MAX_SECONDS} seconds (Redis refuses a zero expiry)"),
+                format!(
+                    "must be between 1 and {MAX_SECONDS} seconds (Redis refuses a zero expiry)"
+                ),
             ));
         }
         if self.max_spans_per_trace == 0 {
-            return Err(invalid("sampling.max_spans_per_trace", "must be at least 1"));
+            return Err(invalid(
+                "sampling.max_spans_per_trace",
+                "must be at least 1",
+            ));
         }
         if self.latency_threshold_ms.get() > MAX_SECONDS * 1000.0 {
             return Err(invalid(
@@ -778,12 +950,18 @@ impl SamplingConfig {
             ));
         }
         if !(0.0..=1.0).contains(&self.baseline_sample_rate) {
-            return Err(invalid("sampling.baseline_sample_rate", "must be between 0.0 and 1.0"));
+            return Err(invalid(
+                "sampling.baseline_sample_rate",
+                "must be between 0.0 and 1.0",
+            ));
         }
         if self.workers > 1024 {
             return Err(invalid("sampling.workers", "must be at most 1024"));
         }
-        seconds("sampling.policy_watch_interval_secs", self.policy_watch_interval_secs)?;
+        seconds(
+            "sampling.policy_watch_interval_secs",
+            self.policy_watch_interval_secs,
+        )?;
         policy::validate_all(&self.policies).map_err(|e| invalid_owned(e.field, e.message))
     }
 }
@@ -815,12 +993,22 @@ impl StorageConfig {
         }
         seconds("storage.flush_interval_secs", self.flush_interval_secs)?;
         if !(1024..=1 << 24).contains(&self.parquet_row_group_rows) {
-            return Err(invalid("storage.parquet_row_group_rows", "must be between 1024 and 16777216"));
+            return Err(invalid(
+                "storage.parquet_row_group_rows",
+                "must be between 1024 and 16777216",
+            ));
         }
         if !(self.trace_id_bloom_fpp > 0.0 && self.trace_id_bloom_fpp < 0.5) {
-            return Err(invalid("storage.trace_id_bloom_fpp", "must be greater than 0 and less than 0.5"));
+            return Err(invalid(
+                "storage.trace_id_bloom_fpp",
+                "must be greater than 0 and less than 0.5",
+            ));
         }
         let ice = &self.iceberg;
+        seconds(
+            "storage.iceberg.request_timeout_secs",
+            ice.request_timeout_secs,
+        )?;
         if ice.namespace.trim().is_empty() {
             return Err(invalid("storage.iceberg.namespace", "must not be empty"));
         }
@@ -844,7 +1032,16 @@ impl QueryConfig {
         }
         seconds("query.timeout_secs", self.timeout_secs)?;
         if self.max_memory_bytes < 1 << 20 {
-            return Err(invalid("query.max_memory_bytes", "must be at least 1048576 (1 MiB)"));
+            return Err(invalid(
+                "query.max_memory_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.max_result_bytes < 1 << 16 {
+            return Err(invalid(
+                "query.max_result_bytes",
+                "must be at least 65536 (64 KiB)",
+            ));
         }
         Ok(())
     }
@@ -880,7 +1077,10 @@ mod tests {
         assert_eq!(s.storage.flush_max_rows, 50000);
         assert_eq!(s.storage.flush_interval_secs, 10.0);
         assert_eq!(s.storage.iceberg.catalog_type, CatalogType::Sql);
-        assert_eq!(s.storage.iceberg.catalog_uri, "sqlite:data/catalog.db?mode=rwc");
+        assert_eq!(
+            s.storage.iceberg.catalog_uri,
+            "sqlite:data/catalog.db?mode=rwc"
+        );
         assert_eq!(s.storage.iceberg.warehouse, "data/warehouse");
         assert_eq!(s.storage.iceberg.s3_region, "us-east-1");
         assert!(s.storage.iceberg.s3_path_style);
@@ -915,24 +1115,67 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "1.5", "sampling.baseline_sample_rate"),
-            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "abc", "inactivity_timeout_secs"),
+            (
+                "TSS__SAMPLING__BASELINE_SAMPLE_RATE",
+                "1.5",
+                "sampling.baseline_sample_rate",
+            ),
+            (
+                "TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS",
+                "abc",
+                "inactivity_timeout_secs",
+            ),
             ("TSS__SERVER__ADMIN_ADDR", "not-an-addr", "admin_addr"),
-            ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "hive", "catalog_type"),
-            ("TSS__KAFKA__TOPIC_PARTITIONS", "0", "kafka.topic_partitions"),
-            ("TSS__SAMPLING__DECISION_TTL_SECS", "0", "sampling.decision_ttl_secs"),
-            ("TSS__KAFKA__DEAD_LETTER_TOPIC", "", "kafka.dead_letter_topic"),
-            ("TSS__RULES__MAX_DURATION_SECS", "9223372036854775807", "rules.max_duration_secs"),
-            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "1e300", "sampling.inactivity_timeout_secs"),
-            ("TSS__STORAGE__FLUSH_INTERVAL_SECS", "-1", "storage.flush_interval_secs"),
+            (
+                "TSS__STORAGE__ICEBERG__CATALOG_TYPE",
+                "hive",
+                "catalog_type",
+            ),
+            (
+                "TSS__KAFKA__TOPIC_PARTITIONS",
+                "0",
+                "kafka.topic_partitions",
+            ),
+            (
+                "TSS__SAMPLING__DECISION_TTL_SECS",
+                "0",
+                "sampling.decision_ttl_secs",
+            ),
+            (
+                "TSS__KAFKA__DEAD_LETTER_TOPIC",
+                "",
+                "kafka.dead_letter_topic",
+            ),
+            (
+                "TSS__RULES__MAX_DURATION_SECS",
+                "9223372036854775807",
+                "rules.max_duration_secs",
+            ),
+            (
+                "TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS",
+                "1e300",
+                "sampling.inactivity_timeout_secs",
+            ),
+            (
+                "TSS__STORAGE__FLUSH_INTERVAL_SECS",
+                "-1",
+                "storage.flush_interval_secs",
+            ),
             ("TSS__QUERY__TIMEOUT_SECS", "NaN", "query.timeout_secs"),
-            ("TSS__SERVER__SHUTDOWN_TIMEOUT_SECS", "0", "server.shutdown_timeout_secs"),
+            (
+                "TSS__SERVER__SHUTDOWN_TIMEOUT_SECS",
+                "0",
+                "server.shutdown_timeout_secs",
+            ),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load_with_env(None, env(&[(k, v)]))
                 .expect_err(&format!("{k}={v} must be rejected"))
                 .to_string();
-            assert!(err.contains(needle), "{k}={v}: `{err}` does not name `{needle}`");
+            assert!(
+                err.contains(needle),
+                "{k}={v}: `{err}` does not name `{needle}`"
+            );
         }
     }
 
@@ -948,20 +1191,48 @@ mod tests {
             ]),
         )
         .expect("load");
-        assert_eq!(s.sampling.inactivity_timeout_secs.duration(), std::time::Duration::from_secs(120));
+        assert_eq!(
+            s.sampling.inactivity_timeout_secs.duration(),
+            std::time::Duration::from_secs(120)
+        );
         assert_eq!(s.sampling.latency_threshold_ms, 1500.0);
-        assert_eq!(s.kafka.commit_interval_ms.duration(), std::time::Duration::from_millis(250));
-        assert_eq!(s.storage.flush_interval_secs.duration(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            s.kafka.commit_interval_ms.duration(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            s.storage.flush_interval_secs.duration(),
+            std::time::Duration::from_millis(500)
+        );
         for (k, v, needle) in [
-            ("TSS__SAMPLING__MAX_TRACE_DURATION_SECS", "2 weeks", "sampling.max_trace_duration_secs"),
-            ("TSS__KAFKA__COMMIT_INTERVAL_MS", "soon", "kafka.commit_interval_ms"),
-            ("TSS__STORAGE__STORAGE_TYPE", "parquet", "storage.storage_type"),
-            ("TSS__BUFFER__MAX_BUFFERED_BYTES", "1000", "buffer.max_buffered_bytes"),
+            (
+                "TSS__SAMPLING__MAX_TRACE_DURATION_SECS",
+                "2 weeks",
+                "sampling.max_trace_duration_secs",
+            ),
+            (
+                "TSS__KAFKA__COMMIT_INTERVAL_MS",
+                "soon",
+                "kafka.commit_interval_ms",
+            ),
+            (
+                "TSS__STORAGE__STORAGE_TYPE",
+                "parquet",
+                "storage.storage_type",
+            ),
+            (
+                "TSS__BUFFER__MAX_BUFFERED_BYTES",
+                "1000",
+                "buffer.max_buffered_bytes",
+            ),
         ] {
             let err = Settings::load_with_env(None, env(&[(k, v)]))
                 .expect_err(&format!("{k}={v} must be rejected"))
                 .to_string();
-            assert!(err.contains(needle), "{k}={v}: `{err}` does not name `{needle}`");
+            assert!(
+                err.contains(needle),
+                "{k}={v}: `{err}` does not name `{needle}`"
+            );
         }
     }
 
@@ -980,14 +1251,23 @@ mod tests {
             env(&[
                 ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", "hunter2"),
                 ("TSS__ADMIN__AUTH_TOKEN", "tok-secret"),
-                ("TSS__STORAGE__ICEBERG__CATALOG_URI", "postgres://u:pw-secret@h/db"),
+                (
+                    "TSS__STORAGE__ICEBERG__CATALOG_URI",
+                    "postgres://u:pw-secret@h/db",
+                ),
                 ("TSS__STORAGE__ICEBERG__CREDENTIAL", "client:oauth-secret"),
                 ("TSS__STORAGE__ICEBERG__TOKEN", "bearer-secret"),
             ]),
         )
         .expect("load");
         let dump = format!("{s:?}");
-        for secret in ["hunter2", "tok-secret", "pw-secret", "oauth-secret", "bearer-secret"] {
+        for secret in [
+            "hunter2",
+            "tok-secret",
+            "pw-secret",
+            "oauth-secret",
+            "bearer-secret",
+        ] {
             assert!(!dump.contains(secret), "{secret} leaked: {dump}");
         }
     }
@@ -1004,7 +1284,10 @@ mod tests {
         let s = Settings::load_with_env(Some(&path), env(&[])).expect("load");
         let p = &s.kafka.properties;
         assert_eq!(p.get("client.id").map(String::as_str), Some("sel"));
-        assert_eq!(p.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+        assert_eq!(
+            p.get("socket.keepalive.enable").map(String::as_str),
+            Some("true")
+        );
         assert_eq!(p.get("fetch.wait.max.ms").map(String::as_str), Some("50"));
         assert_eq!(p.len(), 3, "{p:?}");
     }
@@ -1012,8 +1295,14 @@ mod tests {
     #[test]
     fn kafka_settings_that_contradict_are_named() {
         let cases = [
-            (vec![("TSS__KAFKA__PROPERTIES__GROUP_ID", "x")], "kafka.properties.group.id"),
-            (vec![("TSS__KAFKA__PROPERTIES__ENABLE_AUTO_COMMIT", "true")], "kafka.properties.enable.auto.commit"),
+            (
+                vec![("TSS__KAFKA__PROPERTIES__GROUP_ID", "x")],
+                "kafka.properties.group.id",
+            ),
+            (
+                vec![("TSS__KAFKA__PROPERTIES__ENABLE_AUTO_COMMIT", "true")],
+                "kafka.properties.enable.auto.commit",
+            ),
             (
                 vec![
                     ("TSS__KAFKA__SECURITY_PROTOCOL", "ssl"),
@@ -1021,18 +1310,36 @@ mod tests {
                 ],
                 "kafka.properties.security.protocol",
             ),
-            (vec![("TSS__KAFKA__SASL_MECHANISM", "PLAIN")], "kafka.security_protocol"),
-            (vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_tls")], "security_protocol"),
             (
-                vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"), ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-1")],
+                vec![("TSS__KAFKA__SASL_MECHANISM", "PLAIN")],
+                "kafka.security_protocol",
+            ),
+            (
+                vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_tls")],
+                "security_protocol",
+            ),
+            (
+                vec![
+                    ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                    ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-1"),
+                ],
                 "sasl_mechanism",
             ),
             (
-                vec![("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"), ("TSS__KAFKA__SASL_USERNAME", "u")],
+                vec![
+                    ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                    ("TSS__KAFKA__SASL_USERNAME", "u"),
+                ],
                 "kafka.sasl_username",
             ),
-            (vec![("TSS__KAFKA__SSL_CERTIFICATE_LOCATION", "c.pem")], "kafka.ssl_certificate_location"),
-            (vec![("TSS__KAFKA__GROUP_INSTANCE_ID", " ")], "kafka.group_instance_id"),
+            (
+                vec![("TSS__KAFKA__SSL_CERTIFICATE_LOCATION", "c.pem")],
+                "kafka.ssl_certificate_location",
+            ),
+            (
+                vec![("TSS__KAFKA__GROUP_INSTANCE_ID", " ")],
+                "kafka.group_instance_id",
+            ),
             (vec![("TSS__REDIS__KEY_PREFIX", "")], "redis.key_prefix"),
             (vec![("TSS__REDIS__URL", "http://h:6379")], "redis.url"),
             (vec![("TSS__REDIS__TLS_CA_LOCATION", "ca.pem")], "redis.url"),
@@ -1041,7 +1348,10 @@ mod tests {
             let err = Settings::load_with_env(None, env(&pairs))
                 .expect_err(&format!("{pairs:?} must be rejected"))
                 .to_string();
-            assert!(err.contains(needle), "{pairs:?}: `{err}` does not name `{needle}`");
+            assert!(
+                err.contains(needle),
+                "{pairs:?}: `{err}` does not name `{needle}`"
+            );
         }
     }
 
@@ -1055,8 +1365,14 @@ mod tests {
                 ("TSS__KAFKA__SASL_USERNAME", "selector"),
                 ("TSS__KAFKA__SASL_PASSWORD", "sasl-secret"),
                 ("TSS__KAFKA__SSL_KEY_PASSWORD", "key-secret"),
-                ("TSS__KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_SECRET", "oauth-secret"),
-                ("TSS__REDIS__URL", "rediss://alice:redis-secret@127.0.0.1:6380"),
+                (
+                    "TSS__KAFKA__PROPERTIES__SASL_OAUTHBEARER_CLIENT_SECRET",
+                    "oauth-secret",
+                ),
+                (
+                    "TSS__REDIS__URL",
+                    "rediss://alice:redis-secret@127.0.0.1:6380",
+                ),
             ]),
         )
         .expect("load");
@@ -1064,7 +1380,10 @@ mod tests {
         for secret in ["sasl-secret", "key-secret", "oauth-secret", "redis-secret"] {
             assert!(!dump.contains(secret), "{secret} leaked: {dump}");
         }
-        assert!(dump.contains("selector") && dump.contains("alice"), "{dump}");
+        assert!(
+            dump.contains("selector") && dump.contains("alice"),
+            "{dump}"
+        );
         assert_eq!(s.redis.key_prefix, "tss:");
     }
 }

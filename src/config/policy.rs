@@ -86,7 +86,10 @@ impl PolicySpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(reject(field("name"), "must be non-empty letters, digits, `-`, `_` or `.`"));
+            return Err(reject(
+                field("name"),
+                "must be non-empty letters, digits, `-`, `_` or `.`",
+            ));
         }
         self.match_.compile(&field("match"))?;
         let action = self.action;
@@ -94,46 +97,82 @@ impl PolicySpec {
             PolicyAction::Keep | PolicyAction::Drop => &[],
             PolicyAction::Sample => &["rate"],
             PolicyAction::RateLimit => &["traces_per_sec", "key_fields", "max_keys"],
-            PolicyAction::Dynamic => &["goal_rate", "key_fields", "adjustment_interval_secs", "max_keys"],
+            PolicyAction::Dynamic => &[
+                "goal_rate",
+                "key_fields",
+                "adjustment_interval_secs",
+                "max_keys",
+            ],
         };
         for (key, set) in [
             ("rate", self.rate.is_some()),
             ("traces_per_sec", self.traces_per_sec.is_some()),
             ("goal_rate", self.goal_rate.is_some()),
             ("key_fields", !self.key_fields.is_empty()),
-            ("adjustment_interval_secs", self.adjustment_interval_secs.is_some()),
+            (
+                "adjustment_interval_secs",
+                self.adjustment_interval_secs.is_some(),
+            ),
             ("max_keys", self.max_keys.is_some()),
         ] {
             if set && !allowed.contains(&key) {
-                return Err(reject(field(key), named(&format!("is not a setting of action `{}`", action.as_str()))));
+                return Err(reject(
+                    field(key),
+                    named(&format!("is not a setting of action `{}`", action.as_str())),
+                ));
             }
         }
         let fraction = |key: &str, v: Option<f64>| match v {
-            None => Err(reject(field(key), named(&format!("is required for action `{}`", action.as_str())))),
+            None => Err(reject(
+                field(key),
+                named(&format!("is required for action `{}`", action.as_str())),
+            )),
             Some(r) if r > 0.0 && r <= 1.0 => Ok(()),
-            Some(_) => Err(reject(field(key), named("must be greater than 0 and at most 1"))),
+            Some(_) => Err(reject(
+                field(key),
+                named("must be greater than 0 and at most 1"),
+            )),
         };
         match action {
             PolicyAction::Sample => fraction("rate", self.rate)?,
             PolicyAction::Dynamic => {
                 fraction("goal_rate", self.goal_rate)?;
                 if self.key_fields.is_empty() {
-                    return Err(reject(field("key_fields"), named("is required for action `dynamic`")));
+                    return Err(reject(
+                        field("key_fields"),
+                        named("is required for action `dynamic`"),
+                    ));
                 }
             }
             PolicyAction::RateLimit => match self.traces_per_sec {
                 Some(t) if t > 0.0 && t <= 1e6 => {}
-                Some(_) => return Err(reject(field("traces_per_sec"), named("must be greater than 0 and at most 1000000"))),
-                None => return Err(reject(field("traces_per_sec"), named("is required for action `rate_limit`"))),
+                Some(_) => {
+                    return Err(reject(
+                        field("traces_per_sec"),
+                        named("must be greater than 0 and at most 1000000"),
+                    ))
+                }
+                None => {
+                    return Err(reject(
+                        field("traces_per_sec"),
+                        named("is required for action `rate_limit`"),
+                    ))
+                }
             },
             PolicyAction::Keep | PolicyAction::Drop => {}
         }
         if let Some(i) = self.key_fields.iter().position(|k| k.trim().is_empty()) {
-            return Err(reject(format!("{path}.key_fields[{i}]"), named("must not be empty")));
+            return Err(reject(
+                format!("{path}.key_fields[{i}]"),
+                named("must not be empty"),
+            ));
         }
         if let Some(s) = self.adjustment_interval_secs {
             if !(s.get() >= 0.1 && s.get() <= 3600.0) {
-                return Err(reject(field("adjustment_interval_secs"), named("must be between 0.1 and 3600 seconds")));
+                return Err(reject(
+                    field("adjustment_interval_secs"),
+                    named("must be between 0.1 and 3600 seconds"),
+                ));
             }
         }
         if matches!(self.max_keys, Some(0)) {
@@ -158,7 +197,10 @@ pub fn validate_all(policies: &[PolicySpec]) -> Result<(), FieldError> {
         let path = format!("sampling.policies[{i}]");
         p.validate(&path)?;
         if policies[..i].iter().any(|q| q.name == p.name) {
-            return Err(reject(format!("{path}.name"), format!("policy `{}` is defined twice", p.name)));
+            return Err(reject(
+                format!("{path}.name"),
+                format!("policy `{}` is defined twice", p.name),
+            ));
         }
     }
     Ok(())

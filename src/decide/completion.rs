@@ -128,17 +128,29 @@ struct StreamQueue {
 impl StreamQueue {
     fn push(&mut self, deadline: i64, generation: u32, id: TraceId) {
         match self.in_order.back() {
-            Some(&(last, _, _)) if deadline < last => self.out_of_order.push(Reverse((deadline, generation, id))),
+            Some(&(last, _, _)) if deadline < last => {
+                self.out_of_order.push(Reverse((deadline, generation, id)))
+            }
             _ => self.in_order.push_back((deadline, generation, id)),
         }
     }
 
     /// The earliest entry due at `watermark`, removed.
     fn pop_due(&mut self, watermark: i64) -> Option<(u32, TraceId)> {
-        let fifo = self.in_order.front().map(|e| e.0).filter(|d| *d <= watermark);
-        let heap = self.out_of_order.peek().map(|e| e.0 .0).filter(|d| *d <= watermark);
+        let fifo = self
+            .in_order
+            .front()
+            .map(|e| e.0)
+            .filter(|d| *d <= watermark);
+        let heap = self
+            .out_of_order
+            .peek()
+            .map(|e| e.0 .0)
+            .filter(|d| *d <= watermark);
         match (fifo, heap) {
-            (Some(f), Some(h)) if h < f => self.out_of_order.pop().map(|Reverse((_, g, id))| (g, id)),
+            (Some(f), Some(h)) if h < f => {
+                self.out_of_order.pop().map(|Reverse((_, g, id))| (g, id))
+            }
             (Some(_), _) => self.in_order.pop_front().map(|(_, g, id)| (g, id)),
             (None, Some(_)) => self.out_of_order.pop().map(|Reverse((_, g, id))| (g, id)),
             (None, None) => None,
@@ -230,7 +242,9 @@ impl TraceBuffer {
         trace.generation = generation;
         trace.last_seen = now;
         trace.last_stream_ms = trace.last_stream_ms.max(at.stream_ms);
-        let idle_stream_deadline = trace.last_stream_ms.saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
+        let idle_stream_deadline = trace
+            .last_stream_ms
+            .saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
         let n_before = trace.spans.len();
         trace.spans.extend(spans);
         let added = trace.spans.len() - n_before;
@@ -250,9 +264,13 @@ impl TraceBuffer {
         let complete = if full {
             self.take(&trace_id, Completion::MaxSpans)
         } else {
-            self.idle_queue
-                .push_back((now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR, trace_id, generation));
-            self.idle_stream.push(idle_stream_deadline, generation, trace_id);
+            self.idle_queue.push_back((
+                now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR,
+                trace_id,
+                generation,
+            ));
+            self.idle_stream
+                .push(idle_stream_deadline, generation, trace_id);
             None
         };
         PushOutcome {
@@ -278,7 +296,11 @@ impl TraceBuffer {
         let mut spans = spans.into_iter();
         while let Some((trace_id, first)) = spans.next() {
             // The run's exact length lets the trace's span list grow once.
-            let run = spans.as_slice().iter().take_while(|(next, _)| *next == trace_id).count();
+            let run = spans
+                .as_slice()
+                .iter()
+                .take_while(|(next, _)| *next == trace_id)
+                .count();
             let rest = spans.by_ref().take(run).map(|(_, s)| s);
             let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, at);
             outcome.refs += i64::from(pushed.took_ref);
@@ -291,14 +313,25 @@ impl TraceBuffer {
     /// Moves every trace that is due at `now` into `out`: by the watermark
     /// (`now.stream_ms`), or by the wall-clock bound.
     pub fn expire(&mut self, now: impl Into<Stamp>, out: &mut Vec<CompleteTrace>) {
-        let Stamp { wall: now, stream_ms: watermark } = now.into();
+        let Stamp {
+            wall: now,
+            stream_ms: watermark,
+        } = now.into();
         while let Some((generation, id)) = self.idle_stream.pop_due(watermark) {
-            if self.traces.get(&id).is_some_and(|t| t.generation == generation) {
+            if self
+                .traces
+                .get(&id)
+                .is_some_and(|t| t.generation == generation)
+            {
                 out.extend(self.take(&id, Completion::Inactive));
             }
         }
         while let Some((opened_generation, id)) = self.age_stream.pop_due(watermark) {
-            if self.traces.get(&id).is_some_and(|t| t.opened == opened_generation) {
+            if self
+                .traces
+                .get(&id)
+                .is_some_and(|t| t.opened == opened_generation)
+            {
                 out.extend(self.take(&id, Completion::MaxDuration));
             }
         }
@@ -307,7 +340,11 @@ impl TraceBuffer {
                 break;
             }
             self.idle_queue.pop_front();
-            if self.traces.get(&id).is_some_and(|t| t.generation == generation) {
+            if self
+                .traces
+                .get(&id)
+                .is_some_and(|t| t.generation == generation)
+            {
                 out.extend(self.take(&id, Completion::Inactive));
             }
         }
@@ -317,7 +354,11 @@ impl TraceBuffer {
             }
             self.age_queue.pop_front();
             // A trace reopened after an earlier decision has its own, later entry.
-            if self.traces.get(&id).is_some_and(|t| t.opened == opened_generation) {
+            if self
+                .traces
+                .get(&id)
+                .is_some_and(|t| t.opened == opened_generation)
+            {
                 out.extend(self.take(&id, Completion::MaxDuration));
             }
         }
@@ -435,9 +476,15 @@ mod tests {
         b.push(id(2), [rec()], m(1), at(1_005_000));
         let mut out = Vec::new();
         b.expire(at(1_009_999), &mut out);
-        assert!(out.is_empty(), "the watermark has not passed 10 s of inactivity");
+        assert!(
+            out.is_empty(),
+            "the watermark has not passed 10 s of inactivity"
+        );
         b.expire(at(1_010_000), &mut out);
-        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(1)]);
+        assert_eq!(
+            out.iter().map(|t| t.trace_id).collect::<Vec<_>>(),
+            vec![id(1)]
+        );
         b.expire(at(1_015_000), &mut out);
         assert_eq!(out.len(), 2, "no wall time passed, yet both are complete");
     }
@@ -467,18 +514,35 @@ mod tests {
         b.push(id(3), [rec()], m(2), at(55_000));
         let mut out = Vec::new();
         b.expire(at(30_000), &mut out);
-        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(2)]);
+        assert_eq!(
+            out.iter().map(|t| t.trace_id).collect::<Vec<_>>(),
+            vec![id(2)]
+        );
         b.expire(at(65_000), &mut out);
-        assert_eq!(out.iter().map(|t| t.trace_id).collect::<Vec<_>>(), vec![id(2), id(1), id(3)]);
+        assert_eq!(
+            out.iter().map(|t| t.trace_id).collect::<Vec<_>>(),
+            vec![id(2), id(1), id(3)]
+        );
     }
 
     #[test]
     fn the_wall_clock_bounds_a_stream_that_stands_still() {
         let mut b = TraceBuffer::new(limits());
         let t0 = Instant::now();
-        b.push(id(1), [rec()], m(0), Stamp { wall: t0, stream_ms: 1_000 });
+        b.push(
+            id(1),
+            [rec()],
+            m(0),
+            Stamp {
+                wall: t0,
+                stream_ms: 1_000,
+            },
+        );
         let mut out = Vec::new();
-        let stuck = |wall| Stamp { wall, stream_ms: 1_000 };
+        let stuck = |wall| Stamp {
+            wall,
+            stream_ms: 1_000,
+        };
         b.expire(stuck(t0 + Duration::from_secs(19)), &mut out);
         assert!(out.is_empty(), "within twice the inactivity timeout");
         b.expire(stuck(t0 + Duration::from_secs(20)), &mut out);
@@ -586,10 +650,20 @@ mod tests {
     fn purge_drops_only_what_revoked_leases_read() {
         let t0 = Instant::now();
         let mut b = TraceBuffer::new(limits());
-        let owned = Lease { partition: 0, epoch: 1 };
-        let revoked = Lease { partition: 1, epoch: 2 };
+        let owned = Lease {
+            partition: 0,
+            epoch: 1,
+        };
+        let revoked = Lease {
+            partition: 1,
+            epoch: 2,
+        };
         let on = |lease: Lease| SpanRecord { lease, ..rec() };
-        let msg = |lease: Lease, offset| MsgRef { partition: lease.partition, offset, epoch: lease.epoch };
+        let msg = |lease: Lease, offset| MsgRef {
+            partition: lease.partition,
+            offset,
+            epoch: lease.epoch,
+        };
         // Trace 7 lives on the revoked partition only; trace 8 on both.
         b.push(id(7), [on(revoked), on(revoked)], msg(revoked, 0), t0);
         b.push(id(8), [on(owned)], msg(owned, 0), t0);

@@ -26,7 +26,11 @@ pub struct DecisionCache {
 
 impl DecisionCache {
     /// `short_replies` counts MGET replies whose length didn't match the keys.
-    pub fn new(redis: Arc<LazyRedis>, ttl_secs: u64, short_replies: prometheus::IntCounter) -> Self {
+    pub fn new(
+        redis: Arc<LazyRedis>,
+        ttl_secs: u64,
+        short_replies: prometheus::IntCounter,
+    ) -> Self {
         Self {
             redis,
             ttl_secs,
@@ -114,12 +118,18 @@ impl DecisionCache {
 /// has another length, so that no trace is ever paired with another's entry
 /// (or left without one).
 fn decisions_for(asked: usize, values: &[Option<String>]) -> Option<Vec<Option<Decision>>> {
-    (values.len() == asked).then(|| values.iter().map(|v| v.as_deref().and_then(decode)).collect())
+    (values.len() == asked).then(|| {
+        values
+            .iter()
+            .map(|v| v.as_deref().and_then(decode))
+            .collect()
+    })
 }
 
 impl DecisionCache {
     fn key(&self, id: &TraceId) -> String {
-        self.redis.key(format_args!("{DECISION_KEYS}{}", hex::encode(id)))
+        self.redis
+            .key(format_args!("{DECISION_KEYS}{}", hex::encode(id)))
     }
 }
 
@@ -129,7 +139,11 @@ impl DecisionCache {
 pub fn encode(d: &Decision) -> String {
     match d {
         Decision::Drop => "drop".into(),
-        Decision::Keep { reason, rule_id, sample_rate } => {
+        Decision::Keep {
+            reason,
+            rule_id,
+            sample_rate,
+        } => {
             let mut s = format!("keep:{reason}");
             if let Some(id) = rule_id {
                 s.push(':');
@@ -150,7 +164,12 @@ pub fn decode(s: &str) -> Option<Decision> {
     }
     let rest = s.strip_prefix("keep:")?;
     let (rest, sample_rate) = match rest.rsplit_once('@') {
-        Some((r, rate)) => (r, rate.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 1.0)?),
+        Some((r, rate)) => (
+            r,
+            rate.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 1.0)?,
+        ),
         None => (rest, 1.0),
     };
     let (reason, rule_id) = match rest.split_once(':') {
@@ -160,7 +179,11 @@ pub fn decode(s: &str) -> Option<Decision> {
     let reason = SamplingReason::ALL
         .into_iter()
         .find(|r| r.as_str() == reason)?;
-    Some(Decision::Keep { reason, rule_id, sample_rate })
+    Some(Decision::Keep {
+        reason,
+        rule_id,
+        sample_rate,
+    })
 }
 
 #[cfg(test)]
@@ -173,15 +196,36 @@ mod tests {
             Decision::Drop,
             Decision::keep(SamplingReason::Latency, None),
             Decision::keep(SamplingReason::ForceRule, Some("0190-abc".into())),
-            Decision::Keep { reason: SamplingReason::Baseline, rule_id: None, sample_rate: 4.0 },
-            Decision::Keep { reason: SamplingReason::Policy, rule_id: Some("per-endpoint".into()), sample_rate: 11.0 },
+            Decision::Keep {
+                reason: SamplingReason::Baseline,
+                rule_id: None,
+                sample_rate: 4.0,
+            },
+            Decision::Keep {
+                reason: SamplingReason::Policy,
+                rule_id: Some("per-endpoint".into()),
+                sample_rate: 11.0,
+            },
         ] {
             assert_eq!(decode(&encode(&d)), Some(d));
         }
         // Entries written before sample rates were stored read as whole.
-        assert_eq!(decode("keep:error"), Some(Decision::keep(SamplingReason::Error, None)));
-        assert_eq!(encode(&Decision::keep(SamplingReason::Error, None)), "keep:error");
-        assert_eq!(encode(&Decision::Keep { reason: SamplingReason::Baseline, rule_id: None, sample_rate: 2.0 }), "keep:baseline@2");
+        assert_eq!(
+            decode("keep:error"),
+            Some(Decision::keep(SamplingReason::Error, None))
+        );
+        assert_eq!(
+            encode(&Decision::keep(SamplingReason::Error, None)),
+            "keep:error"
+        );
+        assert_eq!(
+            encode(&Decision::Keep {
+                reason: SamplingReason::Baseline,
+                rule_id: None,
+                sample_rate: 2.0
+            }),
+            "keep:baseline@2"
+        );
         assert_eq!(decode("keep:policy:p@nan"), None);
         assert_eq!(decode("keep:bogus"), None);
         assert_eq!(decode("garbage"), None);

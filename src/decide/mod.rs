@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::ack::Acks;
 use crate::config::SamplingConfig;
 use crate::metrics::Metrics;
 use crate::model::{ForceRules, KeptTrace, ShardBatch};
+use crate::supervise::{StageExit, StageTasks};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;
 use policy::SharedPolicies;
@@ -43,13 +43,16 @@ pub struct DecideInputs {
 
 /// The running workers.
 pub struct Deciders {
-    workers: JoinSet<()>,
+    workers: StageTasks,
 }
 
 /// Starts `sampling.workers` workers. Returns the sender of each shard: the
 /// consumer routes a span by its trace id ([`crate::model::shard_of`]).
 /// Workers stop when their sender is dropped.
-pub fn start(cfg: &SamplingConfig, inputs: DecideInputs) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
+pub fn start(
+    cfg: &SamplingConfig,
+    inputs: DecideInputs,
+) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
     let ctx = WorkerContext {
         limits: CompletionLimits {
             inactivity_timeout: cfg.inactivity_timeout_secs.duration(),
@@ -64,7 +67,7 @@ pub fn start(cfg: &SamplingConfig, inputs: DecideInputs) -> (Vec<mpsc::Sender<Sh
         kept_tx: inputs.kept_tx,
         tick: tick_for(cfg.inactivity_timeout_secs.duration()),
     };
-    let mut workers = JoinSet::new();
+    let mut workers = StageTasks::new("decide worker");
     let shards = (0..cfg.worker_count())
         .map(|_| {
             let (tx, rx) = mpsc::channel(SHARD_CHANNEL_CAPACITY);
@@ -79,7 +82,13 @@ impl Deciders {
     /// Waits for every worker to stop. Open traces are not decided early:
     /// their messages stay uncommitted and are read again.
     pub async fn join(mut self) {
-        while self.workers.join_next().await.is_some() {}
+        self.workers.join().await;
+    }
+
+    /// Resolves when a worker ends before the drain: a dead stage.
+    /// Cancel-safe.
+    pub async fn ended(&mut self) -> StageExit {
+        self.workers.ended().await
     }
 }
 

@@ -16,7 +16,10 @@ use serde::Serialize;
 use super::samplers::{bound, DynamicSampler, Mode, RateLimiter, Verdict};
 use crate::config::{PolicyAction, PolicySpec, SamplingConfig};
 use crate::matching::{trace_duration_nanos, CompiledMatch, FieldError, TraceView};
-use crate::model::{salted_trace_hash, trace_hash, Decision, ForceRules, ForceVerdict, SamplingReason, SpanRecord, TraceId};
+use crate::model::{
+    salted_trace_hash, trace_hash, Decision, ForceRules, ForceVerdict, SamplingReason, SpanRecord,
+    TraceId,
+};
 
 /// The policies every worker reads, swapped whole when the config reloads.
 pub type SharedPolicies = Arc<ArcSwap<PolicySet>>;
@@ -36,9 +39,18 @@ struct Fallback {
 enum Action {
     Keep,
     Drop,
-    Sample { bound: u64, sample_rate: f64 },
-    RateLimit { limiter: Arc<RateLimiter>, key_fields: Vec<String> },
-    Dynamic { sampler: Arc<DynamicSampler>, key_fields: Vec<String> },
+    Sample {
+        bound: u64,
+        sample_rate: f64,
+    },
+    RateLimit {
+        limiter: Arc<RateLimiter>,
+        key_fields: Vec<String>,
+    },
+    Dynamic {
+        sampler: Arc<DynamicSampler>,
+        key_fields: Vec<String>,
+    },
 }
 
 /// One compiled `[[sampling.policies]]` entry.
@@ -76,11 +88,22 @@ pub struct Step {
 
 impl Step {
     fn new(stage: &'static str, matched: bool, detail: String) -> Self {
-        Self { stage, name: None, action: None, matched, outcome: None, detail }
+        Self {
+            stage,
+            name: None,
+            action: None,
+            matched,
+            outcome: None,
+            detail,
+        }
     }
 
     fn decided(mut self, d: &Decision) -> Self {
-        self.outcome = Some(if matches!(d, Decision::Drop) { "drop" } else { "keep" });
+        self.outcome = Some(if matches!(d, Decision::Drop) {
+            "drop"
+        } else {
+            "keep"
+        });
         self
     }
 }
@@ -111,7 +134,11 @@ impl PolicySet {
     /// Compiles `[sampling]`. A policy whose entry is unchanged from
     /// `previous` keeps its sampler's state (rates learnt, tokens left).
     pub fn build(cfg: &SamplingConfig, previous: Option<&PolicySet>) -> Result<Self, FieldError> {
-        let mut set = Self::new(cfg.always_sample_errors, cfg.latency_threshold_ms.get(), cfg.baseline_sample_rate);
+        let mut set = Self::new(
+            cfg.always_sample_errors,
+            cfg.latency_threshold_ms.get(),
+            cfg.baseline_sample_rate,
+        );
         for (i, spec) in cfg.policies.iter().enumerate() {
             let path = format!("sampling.policies[{i}]");
             spec.validate(&path)?;
@@ -152,15 +179,39 @@ impl PolicySet {
     }
 
     /// Decides one complete trace.
-    pub fn decide(&self, trace_id: &TraceId, spans: &[SpanRecord], force: &dyn ForceRules) -> Decision {
-        self.evaluate(trace_id, spans, force, Instant::now(), Mode::Decide, &mut None)
+    pub fn decide(
+        &self,
+        trace_id: &TraceId,
+        spans: &[SpanRecord],
+        force: &dyn ForceRules,
+    ) -> Decision {
+        self.evaluate(
+            trace_id,
+            spans,
+            force,
+            Instant::now(),
+            Mode::Decide,
+            &mut None,
+        )
     }
 
     /// What [`PolicySet::decide`] would say, step by step, changing nothing:
     /// no force-rule match is counted and no sampler state moves.
-    pub fn explain(&self, trace_id: &TraceId, spans: &[SpanRecord], force: &dyn ForceRules) -> (Decision, Vec<Step>) {
+    pub fn explain(
+        &self,
+        trace_id: &TraceId,
+        spans: &[SpanRecord],
+        force: &dyn ForceRules,
+    ) -> (Decision, Vec<Step>) {
         let mut steps = Vec::new();
-        let d = self.evaluate(trace_id, spans, force, Instant::now(), Mode::Peek, &mut Some(&mut steps));
+        let d = self.evaluate(
+            trace_id,
+            spans,
+            force,
+            Instant::now(),
+            Mode::Peek,
+            &mut Some(&mut steps),
+        );
         (d, steps)
     }
 
@@ -180,19 +231,25 @@ impl PolicySet {
         };
         if let Some(v) = verdict {
             let d = match v {
-                ForceVerdict::Keep { rule_id } => Decision::keep(SamplingReason::ForceRule, Some(rule_id)),
+                ForceVerdict::Keep { rule_id } => {
+                    Decision::keep(SamplingReason::ForceRule, Some(rule_id))
+                }
                 ForceVerdict::Drop { .. } => Decision::Drop,
             };
             note(steps, || {
                 let detail = match &d {
-                    Decision::Keep { rule_id: Some(id), .. } => format!("force rule {id} keeps the trace"),
+                    Decision::Keep {
+                        rule_id: Some(id), ..
+                    } => format!("force rule {id} keeps the trace"),
                     _ => "a force_drop rule drops the trace".to_string(),
                 };
                 Step::new("force_rules", true, detail).decided(&d)
             });
             return d;
         }
-        note(steps, || Step::new("force_rules", false, "no force rule matches".into()));
+        note(steps, || {
+            Step::new("force_rules", false, "no force rule matches".into())
+        });
         if !self.policies.is_empty() {
             let view = TraceView::new(spans);
             for p in &self.policies {
@@ -209,11 +266,17 @@ impl Fallback {
     fn decide(&self, trace_id: &TraceId, spans: &[SpanRecord], steps: &mut Steps<'_>) -> Decision {
         if self.always_sample_errors && spans.iter().any(SpanRecord::is_error) {
             let d = Decision::keep(SamplingReason::Error, None);
-            note(steps, || Step::new("error", true, "a span has status ERROR".into()).decided(&d));
+            note(steps, || {
+                Step::new("error", true, "a span has status ERROR".into()).decided(&d)
+            });
             return d;
         }
         note(steps, || {
-            let why = if self.always_sample_errors { "no span has status ERROR" } else { "always_sample_errors is off" };
+            let why = if self.always_sample_errors {
+                "no span has status ERROR"
+            } else {
+                "always_sample_errors is off"
+            };
             Step::new("error", false, why.into())
         });
         let duration = trace_duration_nanos(spans);
@@ -244,16 +307,24 @@ impl Fallback {
                 sample_rate: 1.0 / self.baseline_rate.min(1.0),
             };
             note(steps, || {
-                let detail = format!("the trace id falls in the kept {} (baseline_sample_rate)", self.baseline_rate);
+                let detail = format!(
+                    "the trace id falls in the kept {} (baseline_sample_rate)",
+                    self.baseline_rate
+                );
                 Step::new("baseline", true, detail).decided(&d)
             });
             return d;
         }
         note(steps, || {
-            let detail = format!("the trace id falls outside the kept {} (baseline_sample_rate)", self.baseline_rate);
+            let detail = format!(
+                "the trace id falls outside the kept {} (baseline_sample_rate)",
+                self.baseline_rate
+            );
             Step::new("baseline", false, detail)
         });
-        note(steps, || Step::new("default", true, "nothing kept the trace".into()).decided(&Decision::Drop));
+        note(steps, || {
+            Step::new("default", true, "nothing kept the trace".into()).decided(&Decision::Drop)
+        });
         Decision::Drop
     }
 }
@@ -265,10 +336,16 @@ impl Action {
             PolicyAction::Drop => Action::Drop,
             PolicyAction::Sample => {
                 let rate = spec.rate.unwrap_or(1.0);
-                Action::Sample { bound: bound(rate), sample_rate: 1.0 / rate }
+                Action::Sample {
+                    bound: bound(rate),
+                    sample_rate: 1.0 / rate,
+                }
             }
             PolicyAction::RateLimit => Action::RateLimit {
-                limiter: Arc::new(RateLimiter::new(spec.traces_per_sec.unwrap_or(1.0), spec.max_keys())),
+                limiter: Arc::new(RateLimiter::new(
+                    spec.traces_per_sec.unwrap_or(1.0),
+                    spec.max_keys(),
+                )),
                 key_fields: spec.key_fields.clone(),
             },
             PolicyAction::Dynamic => Action::Dynamic {
@@ -287,13 +364,24 @@ impl Action {
         match self {
             Action::Keep => Action::Keep,
             Action::Drop => Action::Drop,
-            Action::Sample { bound, sample_rate } => Action::Sample { bound: *bound, sample_rate: *sample_rate },
-            Action::RateLimit { limiter, key_fields } => {
-                Action::RateLimit { limiter: limiter.clone(), key_fields: key_fields.clone() }
-            }
-            Action::Dynamic { sampler, key_fields } => {
-                Action::Dynamic { sampler: sampler.clone(), key_fields: key_fields.clone() }
-            }
+            Action::Sample { bound, sample_rate } => Action::Sample {
+                bound: *bound,
+                sample_rate: *sample_rate,
+            },
+            Action::RateLimit {
+                limiter,
+                key_fields,
+            } => Action::RateLimit {
+                limiter: limiter.clone(),
+                key_fields: key_fields.clone(),
+            },
+            Action::Dynamic {
+                sampler,
+                key_fields,
+            } => Action::Dynamic {
+                sampler: sampler.clone(),
+                key_fields: key_fields.clone(),
+            },
         }
     }
 }
@@ -323,23 +411,47 @@ impl Policy {
             rule_id: Some(self.name.clone()),
             sample_rate,
         };
-        let sampled = |v: Verdict| if v.keep { keep(v.sample_rate) } else { Decision::Drop };
+        let sampled = |v: Verdict| {
+            if v.keep {
+                keep(v.sample_rate)
+            } else {
+                Decision::Drop
+            }
+        };
         let (d, detail) = match &self.action {
             Action::Keep => (keep(1.0), "keeps every matching trace".to_string()),
             Action::Drop => (Decision::Drop, "drops every matching trace".to_string()),
             Action::Sample { bound, sample_rate } => (
-                sampled(Verdict { keep: hash < *bound, sample_rate: *sample_rate }),
+                sampled(Verdict {
+                    keep: hash < *bound,
+                    sample_rate: *sample_rate,
+                }),
                 format!("keeps 1 in {sample_rate} by trace id"),
             ),
-            Action::RateLimit { limiter, key_fields } => {
+            Action::RateLimit {
+                limiter,
+                key_fields,
+            } => {
                 let key = key_of(view, key_fields);
                 let v = limiter.decide(&key, hash, now, mode);
-                (sampled(v), format!("key {key:?}: kept at 1 in {:.3} under the limit", v.sample_rate))
+                (
+                    sampled(v),
+                    format!(
+                        "key {key:?}: kept at 1 in {:.3} under the limit",
+                        v.sample_rate
+                    ),
+                )
             }
-            Action::Dynamic { sampler, key_fields } => {
+            Action::Dynamic {
+                sampler,
+                key_fields,
+            } => {
                 let key = key_of(view, key_fields);
                 let v = sampler.decide(&key, hash, now, mode);
-                (sampled(v), format!("key {key:?}: sample rate 1 in {}", v.sample_rate))
+                (
+                    sampled(v),
+                    format!("key {key:?}: sample rate 1 in {}", v.sample_rate),
+                )
             }
         };
         note(steps, || step(true, detail).decided(&d));
@@ -362,7 +474,9 @@ fn key_of(view: &TraceView<'_>, fields: &[String]) -> String {
 /// A per-policy salt, so that two sampling policies flip independent coins.
 fn name_salt(name: &str) -> u64 {
     // FNV-1a: stable across versions and platforms.
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether the baseline policy alone would keep this trace at `rate`.
@@ -374,8 +488,8 @@ pub fn baseline_keeps(trace_id: &TraceId, rate: f64) -> bool {
 mod tests {
     use super::*;
     use crate::model::{NoForceRules, Origin};
-    use std::sync::Arc;
     use bytes::Bytes;
+    use std::sync::Arc;
 
     fn rec(start_ms: u64, end_ms: u64, err: bool) -> SpanRecord {
         SpanRecord {
@@ -422,7 +536,10 @@ mod tests {
             assert_eq!(sample_rate(&p.decide(&id(1), &[whole], &NoForceRules)), 1.0);
         }
         let all = PolicySet::new(true, 5000.0, 1.0);
-        assert_eq!(sample_rate(&all.decide(&id(1), &[rec(0, 1, false)], &NoForceRules)), 1.0);
+        assert_eq!(
+            sample_rate(&all.decide(&id(1), &[rec(0, 1, false)], &NoForceRules)),
+            1.0
+        );
     }
 
     #[test]
@@ -471,9 +588,13 @@ mod tests {
     fn force_rules_come_first_both_ways() {
         let p = PolicySet::new(true, 10.0, 1.0);
         let spans = [rec(0, 1000, true)];
-        let drop = Always(ForceVerdict::Drop { rule_id: "r1".into() });
+        let drop = Always(ForceVerdict::Drop {
+            rule_id: "r1".into(),
+        });
         assert_eq!(p.decide(&id(4), &spans, &drop), Decision::Drop);
-        let keep = Always(ForceVerdict::Keep { rule_id: "r2".into() });
+        let keep = Always(ForceVerdict::Keep {
+            rule_id: "r2".into(),
+        });
         assert_eq!(
             p.decide(&id(4), &[rec(0, 1, false)], &keep),
             Decision::keep(SamplingReason::ForceRule, Some("r2".into()))
@@ -494,7 +615,10 @@ mod tests {
                 p.decide(&id(n), &spans, &NoForceRules),
                 p.decide(&id(n), &spans, &NoForceRules)
             );
-            assert_eq!(baseline_keeps(&id(n), 0.5), trace_hash(&id(n)) < u64::MAX / 2 + 1);
+            assert_eq!(
+                baseline_keeps(&id(n), 0.5),
+                trace_hash(&id(n)) < u64::MAX / 2 + 1
+            );
         }
         let none = PolicySet::new(true, 5000.0, 0.0);
         let all = PolicySet::new(true, 5000.0, 1.0);
@@ -524,7 +648,9 @@ mod tests {
             let dir = tempfile::tempdir().expect("dir");
             let path = dir.path().join("c.toml");
             std::fs::write(&path, toml).expect("write");
-            Settings::load_with_env(Some(&path), std::iter::empty()).expect("config").sampling
+            Settings::load_with_env(Some(&path), std::iter::empty())
+                .expect("config")
+                .sampling
         }
 
         fn set(toml: &str) -> PolicySet {
@@ -533,7 +659,11 @@ mod tests {
 
         fn decided_by(d: &Decision) -> Option<&str> {
             match d {
-                Decision::Keep { reason: SamplingReason::Policy, rule_id, .. } => rule_id.as_deref(),
+                Decision::Keep {
+                    reason: SamplingReason::Policy,
+                    rule_id,
+                    ..
+                } => rule_id.as_deref(),
                 _ => None,
             }
         }
@@ -568,16 +698,26 @@ mod tests {
             let decided: Vec<Decision> = (0..2000)
                 .map(|n| p.decide(&id(n), &spans("checkout", 2, true, id(n)), &NoForceRules))
                 .collect();
-            let kept = decided.iter().filter(|d| decided_by(d) == Some("checkout-tenth")).count();
+            let kept = decided
+                .iter()
+                .filter(|d| decided_by(d) == Some("checkout-tenth"))
+                .count();
             assert!((140..=260).contains(&kept), "kept {kept} of 2000 at 0.1");
-            assert!(decided.iter().all(|d| *d == Decision::Drop || sample_rate(d) == 10.0));
+            assert!(decided
+                .iter()
+                .all(|d| *d == Decision::Drop || sample_rate(d) == 10.0));
             // Nothing matches another service's error: the fallback keeps it.
             let other = p.decide(&id(3), &spans("billing", 2, true, id(3)), &NoForceRules);
             assert_eq!(other, Decision::keep(SamplingReason::Error, None));
             // Force rules still come first.
-            let keep = Always(ForceVerdict::Keep { rule_id: "r".into() });
+            let keep = Always(ForceVerdict::Keep {
+                rule_id: "r".into(),
+            });
             let forced = p.decide(&id(4), &spans("checkout", 5, false, id(4)), &keep);
-            assert_eq!(forced, Decision::keep(SamplingReason::ForceRule, Some("r".into())));
+            assert_eq!(
+                forced,
+                Decision::keep(SamplingReason::ForceRule, Some("r".into()))
+            );
         }
 
         #[test]
@@ -589,7 +729,11 @@ mod tests {
                 action = "drop"
             "#);
             let d = p.decide(&id(1), &spans("checkout", 2, true, id(1)), &NoForceRules);
-            assert_eq!(d, Decision::Drop, "the drop policy decides before the error fallback");
+            assert_eq!(
+                d,
+                Decision::Drop,
+                "the drop policy decides before the error fallback"
+            );
         }
 
         #[test]
@@ -603,10 +747,16 @@ mod tests {
                 rate = 0.5
             "#);
             let data = spans("a", 1, false, id(0));
-            let kept: Vec<bool> = (0..4000).map(|n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop).collect();
-            let again: Vec<bool> = (0..4000).map(|n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop).collect();
+            let kept: Vec<bool> = (0..4000)
+                .map(|n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop)
+                .collect();
+            let again: Vec<bool> = (0..4000)
+                .map(|n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop)
+                .collect();
             assert_eq!(kept, again);
-            let both = (0..4000).filter(|&n| kept[n as usize] && baseline_keeps(&id(n), 0.5)).count();
+            let both = (0..4000)
+                .filter(|&n| kept[n as usize] && baseline_keeps(&id(n), 0.5))
+                .count();
             // Independent coins agree on about a quarter; one coin on half.
             assert!((850..=1150).contains(&both), "{both} of 4000 kept by both");
         }
@@ -627,8 +777,13 @@ mod tests {
                 key_fields = ["trace.root.name", "service.name"]
             "#);
             let data = spans("a", 1, false, id(0));
-            let kept = (0..100).filter(|&n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop).count();
-            assert!((1..=10).contains(&kept), "rate limit kept {kept} of a burst of 100 at 5/s");
+            let kept = (0..100)
+                .filter(|&n| p.decide(&id(n), &data, &NoForceRules) != Decision::Drop)
+                .count();
+            assert!(
+                (1..=10).contains(&kept),
+                "rate limit kept {kept} of a burst of 100 at 5/s"
+            );
             let b = spans("b", 1, false, id(0));
             let first = p.decide(&id(7), &b, &NoForceRules);
             assert_eq!(decided_by(&first), Some("dyn"), "a new key is kept whole");
@@ -651,10 +806,14 @@ mod tests {
                 assert_eq!(steps[0].stage, "force_rules");
                 assert_eq!((steps[1].stage, steps[1].outcome), ("policy", Some("keep")));
             }
-            let (d, steps) = PolicySet::new(true, 5000.0, 0.0).explain(&id(1), &data, &NoForceRules);
+            let (d, steps) =
+                PolicySet::new(true, 5000.0, 0.0).explain(&id(1), &data, &NoForceRules);
             assert_eq!(d, Decision::Drop);
             let stages: Vec<_> = steps.iter().map(|s| s.stage).collect();
-            assert_eq!(stages, ["force_rules", "error", "latency", "baseline", "default"]);
+            assert_eq!(
+                stages,
+                ["force_rules", "error", "latency", "baseline", "default"]
+            );
         }
 
         #[test]
@@ -668,11 +827,18 @@ mod tests {
             let cfg = sampling(toml);
             let first = PolicySet::build(&cfg, None).expect("first");
             let data = spans("a", 1, false, id(0));
-            let spent = (0..50).filter(|&n| first.decide(&id(n), &data, &NoForceRules) != Decision::Drop).count();
+            let spent = (0..50)
+                .filter(|&n| first.decide(&id(n), &data, &NoForceRules) != Decision::Drop)
+                .count();
             assert!(spent >= 1);
             let carried = PolicySet::build(&cfg, Some(&first)).expect("reload");
-            let after = (50..100).filter(|&n| carried.decide(&id(n), &data, &NoForceRules) != Decision::Drop).count();
-            assert!(after < 2, "the bucket stays spent across the reload: {after}");
+            let after = (50..100)
+                .filter(|&n| carried.decide(&id(n), &data, &NoForceRules) != Decision::Drop)
+                .count();
+            assert!(
+                after < 2,
+                "the bucket stays spent across the reload: {after}"
+            );
             let fresh = PolicySet::build(&cfg, None).expect("fresh");
             assert!((0..50).any(|n| fresh.decide(&id(n), &data, &NoForceRules) != Decision::Drop));
         }
@@ -696,7 +862,8 @@ mod tests {
                 let dir = tempfile::tempdir().expect("dir");
                 let path = dir.path().join("c.toml");
                 std::fs::write(&path, &toml).expect("write");
-                let err = Settings::load_with_env(Some(&path), std::iter::empty()).expect_err(&toml);
+                let err =
+                    Settings::load_with_env(Some(&path), std::iter::empty()).expect_err(&toml);
                 assert!(err.to_string().contains(field), "{toml}: {err}");
             }
             // Twice the same name; an unknown action; an unknown key.

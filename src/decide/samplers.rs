@@ -124,10 +124,16 @@ impl Bucket {
         let since = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + since * limit).min(limit);
         self.refilled = now;
-        let window = now.saturating_duration_since(self.second_start).as_secs_f64();
+        let window = now
+            .saturating_duration_since(self.second_start)
+            .as_secs_f64();
         if window >= 1.0 {
             let observed = self.seen_this_second as f64 / window;
-            self.rate = if self.rate == 0.0 { observed } else { 0.5 * self.rate + 0.5 * observed };
+            self.rate = if self.rate == 0.0 {
+                observed
+            } else {
+                0.5 * self.rate + 0.5 * observed
+            };
             self.seen_this_second = 0;
             self.second_start = now;
         }
@@ -135,7 +141,11 @@ impl Bucket {
 
     fn verdict(&self, limit: f64, hash: u64) -> Verdict {
         let arrivals = self.rate.max(self.seen_this_second as f64);
-        let p = if arrivals <= limit { 1.0 } else { limit / arrivals };
+        let p = if arrivals <= limit {
+            1.0
+        } else {
+            limit / arrivals
+        };
         Verdict {
             keep: hash < bound(p) && self.tokens >= 1.0,
             sample_rate: 1.0 / p,
@@ -190,7 +200,10 @@ impl DynamicSampler {
             s.adjust(self.goal);
             s.window_start = Some(now);
         }
-        let key = if s.counts.contains_key(key) || s.averages.contains_key(key) || s.counts.len() < self.max_keys {
+        let key = if s.counts.contains_key(key)
+            || s.averages.contains_key(key)
+            || s.counts.len() < self.max_keys
+        {
             key
         } else {
             OTHER_KEY
@@ -287,7 +300,14 @@ mod tests {
     }
 
     /// Offers `per_sec` traces a second for `secs` seconds, evenly spaced.
-    fn offer(r: &RateLimiter, key: &str, per_sec: u64, secs: u64, t0: Instant, first: u64) -> (u64, f64) {
+    fn offer(
+        r: &RateLimiter,
+        key: &str,
+        per_sec: u64,
+        secs: u64,
+        t0: Instant,
+        first: u64,
+    ) -> (u64, f64) {
         let (mut kept, mut weight) = (0, 0.0);
         for i in 0..per_sec * secs {
             let at = t0 + Duration::from_secs_f64(i as f64 / per_sec as f64);
@@ -310,8 +330,14 @@ mod tests {
         let per_sec = kept as f64 / 60.0;
         let offered = 60_000.0;
         eprintln!("rate_limit: {per_sec:.1}/s kept at a limit of 100/s under 1000/s; sum of sample rates {weight:.0} for {offered}");
-        assert!((90.0..=110.0).contains(&per_sec), "kept {per_sec}/s at a limit of 100/s");
-        assert!((weight - offered).abs() / offered < 0.1, "sum of sample rates {weight} for {offered}");
+        assert!(
+            (90.0..=110.0).contains(&per_sec),
+            "kept {per_sec}/s at a limit of 100/s"
+        );
+        assert!(
+            (weight - offered).abs() / offered < 0.1,
+            "sum of sample rates {weight} for {offered}"
+        );
     }
 
     #[test]
@@ -337,21 +363,33 @@ mod tests {
             r.decide(k, 0, t0, Mode::Decide);
         }
         let keys = r.keys.lock();
-        assert_eq!(keys.len(), 3, "two keys and `other`: {:?}", keys.keys().collect::<Vec<_>>());
+        assert_eq!(
+            keys.len(),
+            3,
+            "two keys and `other`: {:?}",
+            keys.keys().collect::<Vec<_>>()
+        );
         assert!(keys.contains_key(OTHER_KEY));
     }
 
     #[test]
     fn refinerys_rates_keep_rare_keys_and_meet_the_goal() {
-        let counts: HashMap<String, f64> =
-            [("frequent".to_string(), 9900.0), ("rare".to_string(), 100.0)].into_iter().collect();
+        let counts: HashMap<String, f64> = [
+            ("frequent".to_string(), 9900.0),
+            ("rare".to_string(), 100.0),
+        ]
+        .into_iter()
+        .collect();
         let rates = sample_rates(10.0, &counts);
         // Keys go in sorted order: `frequent` takes its log share (666 of
         // the goal of 1,000) before `rare` can hand on what it leaves.
         assert_eq!(rates["rare"], 1);
         assert_eq!(rates["frequent"], 15);
         let kept: f64 = counts.iter().map(|(k, c)| c / rates[k] as f64).sum();
-        assert!((700.0..=1000.0).contains(&kept), "kept {kept} of 10000 at goal 1/10");
+        assert!(
+            (700.0..=1000.0).contains(&kept),
+            "kept {kept} of 10000 at goal 1/10"
+        );
     }
 
     #[test]
@@ -390,9 +428,18 @@ mod tests {
         );
         let total: f64 = seen.values().map(|e| e.0).sum();
         let kept: f64 = seen.values().map(|e| e.1).sum();
-        assert!(kept / total < 0.15, "average kept {:.3} for a goal of 0.1", kept / total);
+        assert!(
+            kept / total < 0.15,
+            "average kept {:.3} for a goal of 0.1",
+            kept / total
+        );
         for (k, e) in &seen {
-            assert!((e.2 - e.0).abs() / e.0 < 0.05, "{k}: sum of sample rates {} for {} traces", e.2, e.0);
+            assert!(
+                (e.2 - e.0).abs() / e.0 < 0.05,
+                "{k}: sum of sample rates {} for {} traces",
+                e.2,
+                e.0
+            );
         }
         assert_eq!(d.rate_of("rare"), 1);
         assert!(d.rate_of("frequent") > 5);

@@ -103,7 +103,10 @@ impl Worker {
         let dropped = self.buffer.purge(|l| current.contains(l));
         self.ctx.acks.held.release(dropped);
         if dropped > 0 {
-            tracing::info!(spans = dropped, "dropped buffered spans of revoked partitions; their next owner re-reads them");
+            tracing::info!(
+                spans = dropped,
+                "dropped buffered spans of revoked partitions; their next owner re-reads them"
+            );
         }
     }
 
@@ -114,10 +117,19 @@ impl Worker {
             self.ctx.acks.held.release(batch.spans.len());
             return;
         }
-        self.ctx.metrics.spans_ingested_total.inc_by(batch.spans.len() as u64);
-        let at = Stamp { wall: Instant::now(), stream_ms: batch.seen_ms };
+        self.ctx
+            .metrics
+            .spans_ingested_total
+            .inc_by(batch.spans.len() as u64);
+        let at = Stamp {
+            wall: Instant::now(),
+            stream_ms: batch.seen_ms,
+        };
         let outcome = self.buffer.push_message(batch.spans, batch.msg, at, due);
-        self.ctx.metrics.traces_ingested_total.inc_by(outcome.opened);
+        self.ctx
+            .metrics
+            .traces_ingested_total
+            .inc_by(outcome.opened);
         // The batch's ticket is returned only after its references are counted,
         // so the message cannot look finished in between.
         self.ctx.acks.tracker.adjust(batch.msg, outcome.refs - 1);
@@ -142,7 +154,11 @@ impl Worker {
             self.red.record(&trace.spans);
             match prior {
                 Some(decision) => {
-                    let label = if decision == Decision::Drop { "dropped" } else { "kept" };
+                    let label = if decision == Decision::Drop {
+                        "dropped"
+                    } else {
+                        "kept"
+                    };
                     self.ctx
                         .metrics
                         .late_spans_total
@@ -183,7 +199,12 @@ impl Worker {
 
     /// Releases a dropped trace's messages, or hands a kept one to storage.
     fn route(&mut self, trace: CompleteTrace, decision: Decision) {
-        let Decision::Keep { reason, rule_id, sample_rate } = decision else {
+        let Decision::Keep {
+            reason,
+            rule_id,
+            sample_rate,
+        } = decision
+        else {
             self.ctx.acks.tracker.release(&trace.msgs);
             self.ctx.acks.held.release(trace.spans.len());
             return;
@@ -209,8 +230,14 @@ impl Worker {
     fn report_gauges(&mut self) {
         let traces = self.buffer.trace_count() as i64;
         let spans = self.buffer.span_count() as i64;
-        self.ctx.metrics.buffered_traces.add(traces - self.reported_traces);
-        self.ctx.metrics.buffered_spans.add(spans - self.reported_spans);
+        self.ctx
+            .metrics
+            .buffered_traces
+            .add(traces - self.reported_traces);
+        self.ctx
+            .metrics
+            .buffered_spans
+            .add(spans - self.reported_spans);
         self.reported_traces = traces;
         self.reported_spans = spans;
     }

@@ -65,7 +65,11 @@ pub struct ToolArgs {
 impl ToolArgs {
     /// The settings and the topic these options name.
     pub fn resolve(&self) -> Result<(KafkaConfig, String), ConfigError> {
-        let cfg = tool_config(self.config.as_deref(), self.brokers.as_deref(), &self.properties)?;
+        let cfg = tool_config(
+            self.config.as_deref(),
+            self.brokers.as_deref(),
+            &self.properties,
+        )?;
         let topic = self.topic.clone().unwrap_or_else(|| cfg.topic.clone());
         Ok((cfg, topic))
     }
@@ -220,7 +224,9 @@ mod tests {
 
     fn kafka(env: &[(&str, &str)]) -> KafkaConfig {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Settings::load_with_env(None, env).expect("config loads").kafka
+        Settings::load_with_env(None, env)
+            .expect("config loads")
+            .kafka
     }
 
     #[test]
@@ -288,7 +294,10 @@ mod tests {
         let err = tool_config(None, None, &["linger.ms".to_string()]).expect_err("no value");
         assert!(err.to_string().contains("-X linger.ms"), "{err}");
         let err = tool_config(None, None, &["group.id=x".to_string()]).expect_err("reserved");
-        assert!(err.to_string().contains("kafka.properties.group.id"), "{err}");
+        assert!(
+            err.to_string().contains("kafka.properties.group.id"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -299,8 +308,14 @@ mod tests {
         assert!(!is_security_error(RDKafkaErrorCode::AllBrokersDown));
         let alert = "ssl://h:9093/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert \
                      certificate required: SSL alert number 116 (after 1ms in state APIVERSION_QUERY)";
-        assert!(is_tls_alert(RDKafkaErrorCode::BrokerTransportFailure, alert));
-        assert!(!is_tls_alert(RDKafkaErrorCode::BrokerTransportFailure, "Connection refused"));
+        assert!(is_tls_alert(
+            RDKafkaErrorCode::BrokerTransportFailure,
+            alert
+        ));
+        assert!(!is_tls_alert(
+            RDKafkaErrorCode::BrokerTransportFailure,
+            "Connection refused"
+        ));
         assert!(!is_tls_alert(RDKafkaErrorCode::AllBrokersDown, alert));
     }
 }

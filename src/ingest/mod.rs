@@ -18,7 +18,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{Acks, MsgRef, OffsetTracker};
@@ -27,6 +26,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{shard_of, unix_now_ms, ShardBatch, TraceId};
 use crate::otlp::decode::decode_message;
+use crate::supervise::{StageExit, StageTask};
 
 /// How long a revocation waits for a running Iceberg commit to finish.
 const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(60);
@@ -81,7 +81,9 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Ing
     let results = admin.create_topics(&new_topics, &opts).await?;
     for r in results {
         match r {
-            Ok(name) => tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(IngestError::CreateTopic {
@@ -105,7 +107,20 @@ pub struct SelectorContext {
     assigned_partitions: prometheus::IntGauge,
 }
 
-impl ClientContext for SelectorContext {}
+impl ClientContext for SelectorContext {
+    /// Each partition's consumer lag, for the stream clock's idleness: a
+    /// partition is idle only once it is read to its end.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 {
+                self.acks.clock.report_lag(*partition, p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SelectorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -113,9 +128,13 @@ impl ConsumerContext for SelectorContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
                 self.acks.assignments.assign(&assigned);
-                let leases: Vec<_> = assigned.iter().filter_map(|p| self.acks.assignments.lease(*p)).collect();
+                let leases: Vec<_> = assigned
+                    .iter()
+                    .filter_map(|p| self.acks.assignments.lease(*p))
+                    .collect();
                 self.acks.clock.assign(&leases);
-                self.assigned_partitions.set(self.acks.assignments.count() as i64);
+                self.assigned_partitions
+                    .set(self.acks.assignments.count() as i64);
                 tracing::info!(partitions = ?assigned, owned = self.acks.assignments.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
@@ -131,7 +150,8 @@ impl ConsumerContext for SelectorContext {
                 }
                 commit_watermarks(consumer, &self.acks.tracker, &self.topic, CommitMode::Sync);
                 self.acks.tracker.forget(&revoked);
-                self.assigned_partitions.set(self.acks.assignments.count() as i64);
+                self.assigned_partitions
+                    .set(self.acks.assignments.count() as i64);
                 tracing::info!(partitions = ?revoked, owned = self.acks.assignments.count(), "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -157,6 +177,9 @@ pub type SelectorConsumer = StreamConsumer<SelectorContext>;
 
 /// A group member with auto-commit off: offsets are committed only from the
 /// watermarks of the offset tracker.
+/// How often librdkafka reports its statistics (the partitions' lag).
+const STATISTICS_INTERVAL_MS: u32 = 500;
+
 fn create_consumer(
     cfg: &KafkaConfig,
     acks: Acks,
@@ -172,9 +195,17 @@ fn create_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("fetch.message.max.bytes", cfg.max_message_bytes.min(1 << 30).to_string())
-        .set("partition.assignment.strategy", &cfg.partition_assignment_strategy)
+        .set(
+            "fetch.message.max.bytes",
+            cfg.max_message_bytes.min(1 << 30).to_string(),
+        )
+        .set(
+            "partition.assignment.strategy",
+            &cfg.partition_assignment_strategy,
+        )
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        // Each partition's consumer lag, every half second: see `SelectorContext::stats`.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
         .create_with_context(SelectorContext {
             acks,
             topic: cfg.topic.clone(),
@@ -221,8 +252,8 @@ pub struct IngestContext {
 pub struct Ingest {
     /// Shared with the health probes; closed last, which leaves the group.
     pub consumer: Arc<SelectorConsumer>,
-    source: JoinHandle<()>,
-    committer: JoinHandle<()>,
+    source: StageTask,
+    committer: StageTask,
     stop_committer: CancellationToken,
 }
 
@@ -243,13 +274,16 @@ pub fn start(
         ctx.metrics.assigned_partitions.clone(),
     )?);
     let stop_committer = CancellationToken::new();
-    let committer = tokio::spawn(run_committer(
-        consumer.clone(),
-        ctx.clone(),
-        cfg.topic.clone(),
-        cfg.commit_interval_ms.duration(),
-        stop_committer.clone(),
-    ));
+    let committer = StageTask::spawn(
+        "offset committer",
+        run_committer(
+            consumer.clone(),
+            ctx.clone(),
+            cfg.topic.clone(),
+            cfg.commit_interval_ms.duration(),
+            stop_committer.clone(),
+        ),
+    );
     let source = Source {
         consumer: consumer.clone(),
         shards,
@@ -259,7 +293,7 @@ pub fn start(
         ctx,
     };
     tracing::info!(topic = %cfg.topic, group = %cfg.group_id, "consuming");
-    let source = tokio::spawn(source.run(shutdown));
+    let source = StageTask::spawn("consumer", source.run(shutdown));
     Ok(Ingest {
         consumer,
         source,
@@ -272,14 +306,23 @@ impl Ingest {
     /// Waits for the consumer loop, which ends at shutdown and then drops the
     /// shard senders, so the deciding stage stops after it.
     pub async fn stopped_reading(&mut self) {
-        let _ = (&mut self.source).await;
+        self.source.join().await;
+    }
+
+    /// Resolves when the consumer loop or the committer ends before the
+    /// drain: a dead stage. Cancel-safe.
+    pub async fn ended(&mut self) -> StageExit {
+        tokio::select! {
+            exit = self.source.ended() => exit,
+            exit = self.committer.ended() => exit,
+        }
     }
 
     /// Makes the last watermark commit and stops committing. Call it after
     /// storage has stopped, so the commit covers its final flush.
     pub async fn stop_committing(&mut self) {
         self.stop_committer.cancel();
-        let _ = (&mut self.committer).await;
+        self.committer.join().await;
     }
 }
 
@@ -288,7 +331,10 @@ impl Ingest {
 /// watermarks. Every other holder of the consumer must have let it go.
 pub async fn close(consumer: Arc<SelectorConsumer>) {
     let closing = tokio::task::spawn_blocking(move || drop(consumer));
-    if tokio::time::timeout(Duration::from_secs(10), closing).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), closing)
+        .await
+        .is_err()
+    {
         tracing::warn!("leaving the consumer group took more than 10 s");
     }
 }
@@ -352,13 +398,19 @@ impl Source {
         ];
         let ratio = self.limits.resume_ratio;
         let pause = if paused {
-            limits.iter().any(|&(v, max)| v > (max as f64 * ratio) as i64)
+            limits
+                .iter()
+                .any(|&(v, max)| v > (max as f64 * ratio) as i64)
         } else {
             limits.iter().any(|&(v, max)| v >= max)
         };
         if pause {
             // Partitions assigned since the last call are paused too.
-            if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.pause(&a)) {
+            if let Err(e) = self
+                .consumer
+                .assignment()
+                .and_then(|a| self.consumer.pause(&a))
+            {
                 tracing::warn!(error = %e, "pausing the consumer failed");
             }
             if !paused {
@@ -378,11 +430,19 @@ impl Source {
                 self.ctx.acks.clock.set_paused(true);
             }
         } else if paused {
-            if let Err(e) = self.consumer.assignment().and_then(|a| self.consumer.resume(&a)) {
+            if let Err(e) = self
+                .consumer
+                .assignment()
+                .and_then(|a| self.consumer.resume(&a))
+            {
                 tracing::warn!(error = %e, "resuming the consumer failed");
                 return true;
             }
-            tracing::info!(held_spans = held, held_bytes = bytes, "buffer drained: consumption resumed");
+            tracing::info!(
+                held_spans = held,
+                held_bytes = bytes,
+                "buffer drained: consumption resumed"
+            );
             self.ctx.health.set_backpressure(None);
             self.ctx.metrics.consumer_paused.set(0);
             self.ctx.acks.clock.set_paused(false);
@@ -401,13 +461,18 @@ impl Source {
             offset: m.offset(),
             epoch: lease.epoch,
         };
-        let seen_ms = self.ctx.acks.clock.observe(lease, m.timestamp().to_millis(), unix_now_ms());
+        let seen_ms = self
+            .ctx
+            .acks
+            .clock
+            .observe(lease, m.timestamp().to_millis(), unix_now_ms());
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let payload_len = payload.len();
         let decoded = match decode_message(payload, self.max_message_bytes) {
             Ok(d) => d,
             Err(e) => {
-                self.ctx.metrics
+                self.ctx
+                    .metrics
                     .messages_invalid_total
                     .with_label_values(&[e.reason()])
                     .inc();
@@ -444,14 +509,25 @@ impl Source {
             per_shard[shard_of(&trace_id, n)].push((trace_id, span));
         }
         let tickets = per_shard.iter().filter(|s| !s.is_empty()).count();
-        self.ctx.acks.tracker.register(msg, tickets as i64, payload_len);
+        self.ctx
+            .acks
+            .tracker
+            .register(msg, tickets as i64, payload_len);
         for (shard, spans) in per_shard.into_iter().enumerate() {
             if spans.is_empty() {
                 continue;
             }
             // Workers never wait on storage, so a full channel clears quickly.
             let n = spans.len();
-            if self.shards[shard].send(ShardBatch { msg, spans, seen_ms }).await.is_err() {
+            if self.shards[shard]
+                .send(ShardBatch {
+                    msg,
+                    spans,
+                    seen_ms,
+                })
+                .await
+                .is_err()
+            {
                 self.ctx.acks.held.release(n);
                 tracing::warn!("worker stopped; message stays uncommitted");
             }
@@ -463,7 +539,8 @@ impl Source {
         if spans == 0 {
             return;
         }
-        self.ctx.metrics
+        self.ctx
+            .metrics
             .spans_invalid_total
             .with_label_values(&[reason])
             .inc_by(spans as u64);
@@ -555,7 +632,9 @@ fn report_stream_time(ctx: &IngestContext) {
 }
 
 /// A producer for the dead-letter topic, when one is configured.
-fn dead_letter_producer(cfg: &KafkaConfig) -> Result<Option<(FutureProducer, String)>, IngestError> {
+fn dead_letter_producer(
+    cfg: &KafkaConfig,
+) -> Result<Option<(FutureProducer, String)>, IngestError> {
     let Some(topic) = cfg.dead_letter_topic.clone().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };

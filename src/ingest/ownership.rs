@@ -8,8 +8,8 @@ use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::ack::Assignments;
 use super::SelectorConsumer;
+use crate::ack::Assignments;
 use crate::config::KafkaConfig;
 
 /// Tells an operator when this instance has owned no partition for longer
@@ -44,15 +44,16 @@ impl OwnershipWatch {
             return;
         }
         let since = *self.empty_since.get_or_insert_with(Instant::now);
-        let due = self.last_warning.is_none_or(|t| t.elapsed() >= Self::WARN_EVERY);
+        let due = self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Self::WARN_EVERY);
         if since.elapsed() < self.patience || !due {
             return;
         }
         let (c, t) = (consumer.clone(), topic.to_string());
-        let lag = tokio::task::spawn_blocking(move || {
-            group_lag(c.as_ref(), &t, Duration::from_secs(3))
-        })
-        .await;
+        let lag =
+            tokio::task::spawn_blocking(move || group_lag(c.as_ref(), &t, Duration::from_secs(3)))
+                .await;
         if let Ok(Ok(lag)) = lag {
             // Partitions may have come while the lag was being read.
             if lag > 0 && self.assignments.count() == 0 {

@@ -28,7 +28,11 @@ use crate::table::CATALOG_NAME;
 /// How a catalog takes a commit.
 pub enum Committer {
     /// `iceberg_tables` in SQLite or PostgreSQL.
-    Sql { pool: AnyPool, dollar_binds: bool },
+    Sql {
+        pool: AnyPool,
+        dollar_binds: bool,
+        timeout: std::time::Duration,
+    },
     /// An Iceberg REST catalog.
     Rest(RestCommitter),
 }
@@ -53,14 +57,22 @@ impl Committer {
                 sqlx::any::install_default_drivers();
                 let pool = AnyPoolOptions::new()
                     .max_connections(2)
+                    .acquire_timeout(cfg.request_timeout_secs.duration())
                     .connect(&cfg.catalog_uri)
                     .await
-                    .map_err(|e| MaintenanceError::Catalog(format!("connecting to the SQL catalog: {e}")))?;
-                Ok(Committer::Sql { pool, dollar_binds: cfg.catalog_uri.starts_with("postgres") })
+                    .map_err(|e| {
+                        MaintenanceError::Catalog(format!("connecting to the SQL catalog: {e}"))
+                    })?;
+                Ok(Committer::Sql {
+                    pool,
+                    dollar_binds: cfg.catalog_uri.starts_with("postgres"),
+                    timeout: cfg.request_timeout_secs.duration(),
+                })
             }
             CatalogType::Rest => Ok(Committer::Rest(RestCommitter::connect(cfg).await?)),
             CatalogType::Memory => Err(MaintenanceError::Unsupported(
-                "table maintenance needs a SQL or REST catalog; the memory catalog is for tests".into(),
+                "table maintenance needs a SQL or REST catalog; the memory catalog is for tests"
+                    .into(),
             )),
         }
     }
@@ -74,7 +86,20 @@ impl Committer {
         updates: Vec<TableUpdate>,
     ) -> Result<(), MaintenanceError> {
         match self {
-            Committer::Sql { pool, dollar_binds } => commit_sql(pool, *dollar_binds, table, requirements, updates).await,
+            Committer::Sql {
+                pool,
+                dollar_binds,
+                timeout,
+            } => {
+                let commit = commit_sql(pool, *dollar_binds, table, requirements, updates);
+                match tokio::time::timeout(*timeout, commit).await {
+                    Ok(done) => done,
+                    Err(_) => Err(MaintenanceError::CommitStateUnknown(format!(
+                        "the SQL catalog did not answer within {:.0} s (storage.iceberg.request_timeout_secs)",
+                        timeout.as_secs_f64()
+                    ))),
+                }
+            }
             Committer::Rest(rest) => rest.commit(table, requirements, updates).await,
         }
     }
@@ -89,7 +114,8 @@ async fn commit_sql(
     updates: Vec<TableUpdate>,
 ) -> Result<(), MaintenanceError> {
     for r in &requirements {
-        r.check(Some(table.metadata())).map_err(|e| MaintenanceError::Conflict(e.to_string()))?;
+        r.check(Some(table.metadata()))
+            .map_err(|e| MaintenanceError::Conflict(e.to_string()))?;
     }
     let current = table
         .metadata_location()
@@ -115,11 +141,15 @@ async fn commit_sql(
         .bind(&current)
         .execute(pool)
         .await
-        .map_err(|e| MaintenanceError::Catalog(format!("committing: {e}")))?;
+        // The UPDATE may have applied before the error (a connection lost
+        // while the answer was on its way).
+        .map_err(|e| MaintenanceError::CommitStateUnknown(format!("committing: {e}")))?;
     if done.rows_affected() == 0 {
         // Never published: nobody reads it.
         let _ = table.file_io().delete(&new).await;
-        return Err(MaintenanceError::Conflict(format!("{ident} changed since it was loaded")));
+        return Err(MaintenanceError::Conflict(format!(
+            "{ident} changed since it was loaded"
+        )));
     }
     Ok(())
 }
@@ -137,12 +167,15 @@ impl RestCommitter {
             None => (None, c.clone()),
         });
         let mut rest = Self {
-            http: reqwest_catalog::Client::new(),
+            http: crate::table::rest_client(cfg)?,
             token_endpoint: props
                 .get("oauth2-server-uri")
                 .cloned()
                 .unwrap_or_else(|| format!("{uri}/v1/oauth/tokens")),
-            scope: props.get("scope").cloned().unwrap_or_else(|| "catalog".into()),
+            scope: props
+                .get("scope")
+                .cloned()
+                .unwrap_or_else(|| "catalog".into()),
             headers: props
                 .iter()
                 .filter_map(|(k, v)| Some((k.strip_prefix("header.")?.to_string(), v.clone())))
@@ -162,20 +195,39 @@ impl RestCommitter {
         if let Some(t) = &self.token {
             return Ok(Some(t.clone()));
         }
-        let Some((id, secret)) = &self.credential else { return Ok(None) };
-        let mut form = vec![("grant_type", "client_credentials"), ("client_secret", secret.as_str()), ("scope", self.scope.as_str())];
+        let Some((id, secret)) = &self.credential else {
+            return Ok(None);
+        };
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_secret", secret.as_str()),
+            ("scope", self.scope.as_str()),
+        ];
         if let Some(id) = id {
             form.push(("client_id", id.as_str()));
         }
-        let response = self.http.post(&self.token_endpoint).form(&form).send().await.map_err(|e| rest_error("token", e))?;
+        let response = self
+            .http
+            .post(&self.token_endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| rest_error("token", e))?;
         if !response.status().is_success() {
-            return Err(rest_error("token", format!("{} from {}", response.status(), self.token_endpoint)));
+            return Err(rest_error(
+                "token",
+                format!("{} from {}", response.status(), self.token_endpoint),
+            ));
         }
         let body: serde_json::Value = response.json().await.map_err(|e| rest_error("token", e))?;
         Ok(body["access_token"].as_str().map(str::to_string))
     }
 
-    async fn request(&self, method: reqwest_catalog::Method, url: &str) -> Result<reqwest_catalog::RequestBuilder, MaintenanceError> {
+    async fn request(
+        &self,
+        method: reqwest_catalog::Method,
+        url: &str,
+    ) -> Result<reqwest_catalog::RequestBuilder, MaintenanceError> {
         let mut r = self.http.request(method, url);
         for (k, v) in &self.headers {
             r = r.header(k, v);
@@ -205,11 +257,21 @@ impl RestCommitter {
             .find_map(|k| body[k]["prefix"].as_str().map(str::to_string)))
     }
 
-    async fn commit(&self, table: &Table, requirements: Vec<TableRequirement>, updates: Vec<TableUpdate>) -> Result<(), MaintenanceError> {
+    async fn commit(
+        &self,
+        table: &Table,
+        requirements: Vec<TableRequirement>,
+        updates: Vec<TableUpdate>,
+    ) -> Result<(), MaintenanceError> {
         let ident = table.identifier();
         let mut parts = vec![self.uri.clone(), "v1".into()];
         parts.extend(self.prefix.clone());
-        parts.extend(["namespaces".into(), ident.namespace().to_url_string(), "tables".into(), ident.name().to_string()]);
+        parts.extend([
+            "namespaces".into(),
+            ident.namespace().to_url_string(),
+            "tables".into(),
+            ident.name().to_string(),
+        ]);
         let url = parts.join("/");
         let body = serde_json::json!({
             "identifier": { "namespace": ident.namespace().clone().inner(), "name": ident.name() },
@@ -222,21 +284,53 @@ impl RestCommitter {
             .json(&body)
             .send()
             .await
-            .map_err(|e| rest_error("commit", e))?;
-        match response.status() {
+            .map_err(|e| {
+                // Refused before the request went out: it never reached the catalog.
+                if e.is_connect() || e.is_builder() {
+                    rest_error("commit", e)
+                } else {
+                    MaintenanceError::CommitStateUnknown(format!("REST catalog commit: {e}"))
+                }
+            })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match status {
             s if s.is_success() => Ok(()),
-            reqwest_catalog::StatusCode::CONFLICT => Err(MaintenanceError::Conflict(format!("{ident}: a requirement failed"))),
-            s => {
-                let text = response.text().await.unwrap_or_default();
-                Err(rest_error("commit", format!("{s}: {text}")))
-            }
+            reqwest_catalog::StatusCode::CONFLICT => Err(MaintenanceError::Conflict(format!(
+                "{ident}: a requirement failed"
+            ))),
+            // The Iceberg REST spec: the commit state is unknown after a
+            // 500, 502, 503 or 504 (a gateway may answer after forwarding).
+            s if s.is_server_error() => Err(MaintenanceError::CommitStateUnknown(format!(
+                "REST catalog commit: {s}: {text}"
+            ))),
+            s => Err(rest_error("commit", format!("{s}: {text}"))),
+        }
+    }
+}
+
+/// Whether the snapshot `snapshot_id` is in the table as `handle` loads it
+/// now: after a commit of unknown outcome, whether it landed. `None` when
+/// the table cannot be loaded either (then nothing may be deleted).
+pub async fn landed(handle: &crate::table::TableHandle, snapshot_id: i64) -> Option<bool> {
+    match handle.load().await {
+        Ok(table) => Some(table.metadata().snapshot_by_id(snapshot_id).is_some()),
+        Err(e) => {
+            tracing::warn!(error = %e, "reloading the table to learn a commit's outcome failed");
+            None
         }
     }
 }
 
 /// iceberg-catalog-sql's compare-and-set of `metadata_location`.
 fn swap_sql(dollar: bool) -> String {
-    let p = |n: usize| if dollar { format!("${n}") } else { "?".to_string() };
+    let p = |n: usize| {
+        if dollar {
+            format!("${n}")
+        } else {
+            "?".to_string()
+        }
+    };
     format!(
         "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {} \
          WHERE catalog_name = {} AND table_name = {} AND table_namespace = {} \
@@ -255,6 +349,9 @@ mod tests {
     #[test]
     fn the_swap_binds_in_each_dialect() {
         assert!(super::swap_sql(false).ends_with("metadata_location = ?"));
-        assert!(super::swap_sql(true).contains("metadata_location = $1") && super::swap_sql(true).ends_with("= $6"));
+        assert!(
+            super::swap_sql(true).contains("metadata_location = $1")
+                && super::swap_sql(true).ends_with("= $6")
+        );
     }
 }

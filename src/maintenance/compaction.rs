@@ -31,13 +31,14 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{col, SessionConfig, SessionContext};
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReaderBuilder;
-use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestListWriter, ManifestWriterBuilder,
-    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, MAIN_BRANCH,
+    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, MAIN_BRANCH,
 };
 use iceberg::table::Table;
+use iceberg::Runtime;
 use iceberg::{TableRequirement, TableUpdate};
 
 use super::commit::Committer;
@@ -77,7 +78,10 @@ fn tier(size_bytes: u64) -> u32 {
 pub fn plan(files: &[FileInfo], target_bytes: u64, min_files: usize) -> Vec<Vec<FileInfo>> {
     let mut by_tier: BTreeMap<(&str, u32), Vec<&FileInfo>> = BTreeMap::new();
     for f in files.iter().filter(|f| f.size_bytes < target_bytes / 4 * 3) {
-        by_tier.entry((&f.partition, tier(f.size_bytes))).or_default().push(f);
+        by_tier
+            .entry((&f.partition, tier(f.size_bytes)))
+            .or_default()
+            .push(f);
     }
     let mut groups = Vec::new();
     for (_, mut small) in by_tier {
@@ -130,7 +134,9 @@ pub async fn compact(
 ) -> Result<CompactionOutcome, MaintenanceError> {
     let table = handle.load().await?;
     if table.metadata().format_version() != FormatVersion::V2 {
-        return Err(MaintenanceError::Unsupported("compaction rewrites format-version 2 tables only".into()));
+        return Err(MaintenanceError::Unsupported(
+            "compaction rewrites format-version 2 tables only".into(),
+        ));
     }
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
         return Ok(CompactionOutcome::default());
@@ -155,14 +161,24 @@ pub async fn compact(
     let mut added: Vec<DataFile> = Vec::new();
     for group in &groups {
         let paths: HashSet<&str> = group.iter().map(|f| f.path.as_str()).collect();
-        let group_tasks = tasks.iter().filter(|t| paths.contains(t.data_file_path.as_str())).cloned().collect();
+        let group_tasks = tasks
+            .iter()
+            .filter(|t| paths.contains(t.data_file_path.as_str()))
+            .cloned()
+            .collect();
         let sorted = read_sorted(&table, group_tasks, memory_bytes).await?;
         let rows = std::sync::atomic::AtomicU64::new(0);
         let counted = sorted
             .inspect_ok(|b| {
                 rows.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
             })
-            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::Unexpected, "sorting rows for compaction").with_source(e));
+            .map_err(|e| {
+                iceberg::Error::new(
+                    iceberg::ErrorKind::Unexpected,
+                    "sorting rows for compaction",
+                )
+                .with_source(e)
+            });
         let files = write_batches(&table, counted, layout, target_bytes).await?;
         outcome.rows += rows.into_inner();
         outcome.bytes_removed += group.iter().map(|f| f.size_bytes).sum::<u64>();
@@ -177,7 +193,17 @@ pub async fn compact(
     let _turn = handle.commits.lock().await;
     let mut table = handle.load().await?;
     for attempt in 0..MAX_ATTEMPTS {
-        match commit_rewrite(&table, committer, &removed, &added, Operation::Replace, &mut cache).await {
+        match commit_rewrite(
+            handle,
+            &table,
+            committer,
+            &removed,
+            &added,
+            Operation::Replace,
+            &mut cache,
+        )
+        .await
+        {
             Ok((before, after)) => {
                 outcome.manifests_before = before;
                 outcome.manifests_after = after;
@@ -188,6 +214,10 @@ pub async fn compact(
                 outcome.rebases += 1;
                 table = handle.load().await?;
             }
+            // The commit may have landed, or may land yet: the new files may
+            // be live. Orphan cleanup deletes them once nothing references
+            // them and they are older than its grace period.
+            Err(e @ MaintenanceError::CommitStateUnknown(_)) => return Err(e),
             Err(e) => {
                 // Never committed: the new files are orphans nobody references.
                 for f in &added {
@@ -197,7 +227,9 @@ pub async fn compact(
             }
         }
     }
-    Err(MaintenanceError::Conflict("compaction kept losing races with appends".into()))
+    Err(MaintenanceError::Conflict(
+        "compaction kept losing races with appends".into(),
+    ))
 }
 
 /// A live entry with the sequence numbers it must keep.
@@ -231,7 +263,9 @@ pub(super) async fn live_files(
     let mut listed = HashSet::new();
     for manifest in list.entries() {
         if manifest.content != ManifestContentType::Data {
-            return Err(MaintenanceError::Unsupported("the table has delete files; compaction does not rewrite them".into()));
+            return Err(MaintenanceError::Unsupported(
+                "the table has delete files; compaction does not rewrite them".into(),
+            ));
         }
         listed.insert(manifest.manifest_path.clone());
         let entries = match cache.entries.get(&manifest.manifest_path) {
@@ -241,7 +275,9 @@ pub(super) async fn live_files(
                 let mut entries = Vec::new();
                 for e in m.entries().iter().filter(|e| e.is_alive()) {
                     if e.content_type() != DataContentType::Data {
-                        return Err(MaintenanceError::Unsupported("the table has delete files".into()));
+                        return Err(MaintenanceError::Unsupported(
+                            "the table has delete files".into(),
+                        ));
                     }
                     entries.push(LiveEntry {
                         data_file: e.data_file().clone(),
@@ -251,7 +287,9 @@ pub(super) async fn live_files(
                     });
                 }
                 let entries = Arc::new(entries);
-                cache.entries.insert(manifest.manifest_path.clone(), entries.clone());
+                cache
+                    .entries
+                    .insert(manifest.manifest_path.clone(), entries.clone());
                 entries
             }
         };
@@ -279,11 +317,15 @@ async fn read_sorted(
     memory_bytes: usize,
 ) -> Result<SendableRecordBatchStream, MaintenanceError> {
     let reader = ArrowReaderBuilder::new(table.file_io().clone(), Runtime::current()).build();
-    let mut input = reader.read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))?.stream();
+    let mut input = reader
+        .read(Box::pin(stream::iter(tasks.into_iter().map(Ok))))?
+        .stream();
     // The reader's batches carry the schema it projects to; take it from the
     // first one rather than assume it.
     let Some(first) = input.try_next().await? else {
-        return Err(MaintenanceError::Catalog("a planned file read no rows".into()));
+        return Err(MaintenanceError::Catalog(
+            "a planned file read no rows".into(),
+        ));
     };
     let schema = first.schema();
     let rows = stream::iter([Ok(first)])
@@ -291,21 +333,27 @@ async fn read_sorted(
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
     let source = OneShot {
         schema: schema.clone(),
-        stream: std::sync::Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(schema.clone(), rows)))),
+        stream: std::sync::Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(
+            schema.clone(),
+            rows,
+        )))),
     };
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
         .with_disk_manager_builder(DiskManagerBuilder::default())
         .build_arc()?;
     // Small batches: merging spilled runs holds one batch of each run.
-    let mut config = SessionConfig::new().with_target_partitions(1).with_batch_size(SORT_BATCH_ROWS);
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(SORT_BATCH_ROWS);
     // What a sort keeps back for merging its spilled runs.
     config.options_mut().execution.sort_spill_reservation_bytes = memory_bytes / 4;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])?;
-    let sorted = ctx
-        .read_table(Arc::new(provider))?
-        .sort(vec![col(TRACE_ID_COLUMN).sort(true, false), col("start_time").sort(true, false)])?;
+    let sorted = ctx.read_table(Arc::new(provider))?.sort(vec![
+        col(TRACE_ID_COLUMN).sort(true, false),
+        col("start_time").sort(true, false),
+    ])?;
     Ok(sorted.execute_stream().await?)
 }
 
@@ -336,7 +384,10 @@ impl PartitionStream for OneShot {
         taken.unwrap_or_else(|| {
             // Planned twice: the second reader sees no rows rather than the
             // first one's.
-            Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream::empty()))
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                stream::empty(),
+            ))
         })
     }
 }
@@ -346,6 +397,7 @@ impl PartitionStream for OneShot {
 /// retention), with every data manifest merged into one. Returns the
 /// manifest counts before and after.
 pub(super) async fn commit_rewrite(
+    handle: &TableHandle,
     table: &Table,
     committer: &Committer,
     removed: &HashSet<String>,
@@ -360,7 +412,9 @@ pub(super) async fn commit_rewrite(
         .ok_or_else(|| MaintenanceError::Conflict("the table lost its snapshot".into()))?;
     let (live, manifests_before) = live_files(table, &parent, cache).await?;
     if let Some(gone) = removed.iter().find(|p| !live.contains_key(*p)) {
-        return Err(MaintenanceError::Aborted(format!("{gone} is no longer live; another rewrite removed it")));
+        return Err(MaintenanceError::Aborted(format!(
+            "{gone} is no longer live; another rewrite removed it"
+        )));
     }
     let snapshot_id = new_snapshot_id(table);
     let sequence_number = metadata.next_sequence_number();
@@ -381,12 +435,21 @@ pub(super) async fn commit_rewrite(
     for (path, e) in &live {
         if removed.contains(path) {
             summary.remove_file(&e.data_file, schema.clone(), spec.clone());
-            writer.add_delete_file(e.data_file.clone(), e.sequence_number, e.file_sequence_number)?;
+            writer.add_delete_file(
+                e.data_file.clone(),
+                e.sequence_number,
+                e.file_sequence_number,
+            )?;
         } else {
             total_files += 1;
             total_records += e.data_file.record_count();
             total_bytes += e.data_file.file_size_in_bytes();
-            writer.add_existing_file(e.data_file.clone(), e.snapshot_id, e.sequence_number, e.file_sequence_number)?;
+            writer.add_existing_file(
+                e.data_file.clone(),
+                e.snapshot_id,
+                e.sequence_number,
+                e.file_sequence_number,
+            )?;
         }
     }
     for f in added {
@@ -416,23 +479,46 @@ pub(super) async fn commit_rewrite(
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(parent.snapshot_id()))
         .with_sequence_number(sequence_number)
-        .with_summary(Summary { operation, additional_properties: properties })
+        .with_summary(Summary {
+            operation,
+            additional_properties: properties,
+        })
         .with_schema_id(metadata.current_schema_id())
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .build();
     let requirements = vec![
-        TableRequirement::UuidMatch { uuid: metadata.uuid() },
-        TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: Some(parent.snapshot_id()) },
+        TableRequirement::UuidMatch {
+            uuid: metadata.uuid(),
+        },
+        TableRequirement::RefSnapshotIdMatch {
+            r#ref: MAIN_BRANCH.to_string(),
+            snapshot_id: Some(parent.snapshot_id()),
+        },
     ];
     let updates = vec![
         TableUpdate::AddSnapshot { snapshot },
         TableUpdate::SetSnapshotRef {
             ref_name: MAIN_BRANCH.to_string(),
-            reference: SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            reference: SnapshotReference::new(
+                snapshot_id,
+                SnapshotRetention::branch(None, None, None),
+            ),
         },
     ];
-    committer.commit(table, requirements, updates).await?;
-    Ok((manifests_before, 1))
+    match committer.commit(table, requirements, updates).await {
+        Ok(()) => Ok((manifests_before, 1)),
+        Err(MaintenanceError::CommitStateUnknown(why)) => match super::commit::landed(handle, snapshot_id).await {
+            Some(true) => {
+                tracing::warn!(reason = %why, snapshot_id, "the catalog's answer was lost, but the commit landed");
+                Ok((manifests_before, 1))
+            }
+            Some(false) => Err(MaintenanceError::CommitStateUnknown(format!(
+                "{why}; snapshot {snapshot_id} is not in the table yet, so its files are left to orphan cleanup"
+            ))),
+            None => Err(MaintenanceError::CommitStateUnknown(why)),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 fn new_snapshot_id(table: &Table) -> i64 {
@@ -450,7 +536,11 @@ mod tests {
     use super::*;
 
     fn f(path: &str, mib: u64, partition: &str) -> FileInfo {
-        FileInfo { path: path.into(), size_bytes: mib << 20, partition: partition.into() }
+        FileInfo {
+            path: path.into(),
+            size_bytes: mib << 20,
+            partition: partition.into(),
+        }
     }
 
     #[test]
@@ -467,7 +557,10 @@ mod tests {
             f("m1", 5, "d1"),
         ];
         let groups = plan(&files, 128 << 20, 2);
-        let names: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|f| f.path.as_str()).collect()).collect();
+        let names: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.path.as_str()).collect())
+            .collect();
         // d1's 16–64 MiB tier: 20 + 30 + 50 fit in 128, then 60 would not
         // (alone, it is left); the 5 MiB file has no peer in its tier, and
         // 120 MiB is past three quarters of the target.
@@ -493,7 +586,11 @@ mod tests {
         for _run in 0..600 {
             for _ in 0..300 {
                 n += 1;
-                live.push(FileInfo { path: format!("f{n}"), size_bytes: 30 << 10, partition: "d".into() });
+                live.push(FileInfo {
+                    path: format!("f{n}"),
+                    size_bytes: 30 << 10,
+                    partition: "d".into(),
+                });
                 written += 30 << 10;
             }
             for group in plan(&live, target, 4) {
@@ -501,11 +598,18 @@ mod tests {
                 rewritten += bytes;
                 live.retain(|f| !group.iter().any(|g| g.path == f.path));
                 n += 1;
-                live.push(FileInfo { path: format!("f{n}"), size_bytes: bytes, partition: "d".into() });
+                live.push(FileInfo {
+                    path: format!("f{n}"),
+                    size_bytes: bytes,
+                    partition: "d".into(),
+                });
             }
         }
         let amplification = rewritten as f64 / written as f64;
-        assert!(amplification < 6.0, "each byte rewritten {amplification:.1} times");
+        assert!(
+            amplification < 6.0,
+            "each byte rewritten {amplification:.1} times"
+        );
         assert!(live.len() <= 64, "{} live files", live.len());
     }
 }

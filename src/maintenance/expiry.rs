@@ -61,22 +61,41 @@ pub async fn expire(
     for attempt in 0..MAX_ATTEMPTS {
         let table = handle.load().await?;
         let metadata = table.metadata();
-        let Some(current) = metadata.current_snapshot_id() else { return Ok(outcome) };
+        let Some(current) = metadata.current_snapshot_id() else {
+            return Ok(outcome);
+        };
         let cutoff = chrono::Utc::now().timestamp_millis() - max_age.as_millis() as i64;
-        let all: Vec<(i64, i64)> = metadata.snapshots().map(|s| (s.snapshot_id(), s.timestamp_ms())).collect();
+        let all: Vec<(i64, i64)> = metadata
+            .snapshots()
+            .map(|s| (s.snapshot_id(), s.timestamp_ms()))
+            .collect();
         let ids = expirable(&all, current, keep.max(1), cutoff);
         if ids.is_empty() {
             return Ok(outcome);
         }
-        let removed: Vec<Arc<Snapshot>> = metadata.snapshots().filter(|s| ids.contains(&s.snapshot_id())).cloned().collect();
-        let checkpoint = serde_json::to_string(&fold(metadata)).map_err(|e| MaintenanceError::Catalog(e.to_string()))?;
+        let removed: Vec<Arc<Snapshot>> = metadata
+            .snapshots()
+            .filter(|s| ids.contains(&s.snapshot_id()))
+            .cloned()
+            .collect();
+        let checkpoint = serde_json::to_string(&fold(metadata))
+            .map_err(|e| MaintenanceError::Catalog(e.to_string()))?;
         let requirements = vec![
-            TableRequirement::UuidMatch { uuid: metadata.uuid() },
-            TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: Some(current) },
+            TableRequirement::UuidMatch {
+                uuid: metadata.uuid(),
+            },
+            TableRequirement::RefSnapshotIdMatch {
+                r#ref: MAIN_BRANCH.to_string(),
+                snapshot_id: Some(current),
+            },
         ];
         let updates = vec![
-            TableUpdate::SetProperties { updates: [(OFFSETS_CHECKPOINT_KEY.to_string(), checkpoint)].into() },
-            TableUpdate::RemoveSnapshots { snapshot_ids: ids.clone() },
+            TableUpdate::SetProperties {
+                updates: [(OFFSETS_CHECKPOINT_KEY.to_string(), checkpoint)].into(),
+            },
+            TableUpdate::RemoveSnapshots {
+                snapshot_ids: ids.clone(),
+            },
         ];
         match committer.commit(&table, requirements, updates).await {
             Ok(()) => {
@@ -93,7 +112,9 @@ pub async fn expire(
             Err(e) => return Err(e),
         }
     }
-    Err(MaintenanceError::Conflict("snapshot expiry kept losing races with appends".into()))
+    Err(MaintenanceError::Conflict(
+        "snapshot expiry kept losing races with appends".into(),
+    ))
 }
 
 /// Which data files of a manifest [`reach`] counts.
@@ -121,7 +142,10 @@ pub(super) async fn reach(
                 continue; // loaded already: the same manifest, the same files
             }
             let manifest = m.load_manifest(table.file_io()).await?;
-            let counted = manifest.entries().iter().filter(|e| entries == Entries::All || e.is_alive());
+            let counted = manifest
+                .entries()
+                .iter()
+                .filter(|e| entries == Entries::All || e.is_alive());
             data.extend(counted.map(|e| e.file_path().to_string()));
         }
     }
@@ -143,7 +167,9 @@ async fn cleanup(table: &Table, removed: &[Arc<Snapshot>]) -> Result<u64, Mainte
     for path in doomed {
         match table.file_io().delete(&path).await {
             Ok(()) => deleted += 1,
-            Err(e) => tracing::warn!(path, error = %e, "deleting an unreferenced file failed; a later run tries again"),
+            Err(e) => {
+                tracing::warn!(path, error = %e, "deleting an unreferenced file failed; a later run tries again")
+            }
         }
     }
     Ok(deleted)

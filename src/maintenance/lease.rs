@@ -32,12 +32,21 @@ pub struct Lease {
 impl Lease {
     pub fn new(redis: Arc<LazyRedis>, table: &str, ttl: Duration) -> Self {
         let key = redis.key(format_args!("maintenance:{table}"));
-        Self { redis, key, token: uuid::Uuid::new_v4().to_string(), ttl }
+        Self {
+            redis,
+            key,
+            token: uuid::Uuid::new_v4().to_string(),
+            ttl,
+        }
     }
 
     /// Takes the lease when it is free (or already ours).
     pub async fn acquire(&self) -> Result<bool, MaintenanceError> {
-        let mut c = self.redis.conn().await.map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let mut c = self
+            .redis
+            .conn()
+            .await
+            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
         let set: Option<String> = redis::cmd("SET")
             .arg(&self.key)
             .arg(&self.token)
@@ -55,7 +64,11 @@ impl Lease {
 
     /// Extends the lease if it is still ours; `false` when it is not.
     pub async fn renew(&self) -> Result<bool, MaintenanceError> {
-        let mut c = self.redis.conn().await.map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let mut c = self
+            .redis
+            .conn()
+            .await
+            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
         let renewed: i64 = redis::Script::new(RENEW)
             .key(&self.key)
             .arg(&self.token)
@@ -73,7 +86,9 @@ impl Lease {
     }
 
     pub async fn release(&self) {
-        let Ok(mut c) = self.redis.conn().await else { return };
+        let Ok(mut c) = self.redis.conn().await else {
+            return;
+        };
         let released: Result<i64, _> = redis::Script::new(RELEASE)
             .key(&self.key)
             .arg(&self.token)

@@ -43,7 +43,12 @@ pub struct RunOutcome {
 
 impl std::fmt::Display for RunOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (c, r, e, o) = (&self.compaction, &self.retention, &self.expiry, &self.orphans);
+        let (c, r, e, o) = (
+            &self.compaction,
+            &self.retention,
+            &self.expiry,
+            &self.orphans,
+        );
         write!(
             f,
             "compaction: {} files ({} bytes) rewritten into {} files ({} bytes), {} rows; manifests {} -> {}; {} rebases\n\
@@ -71,6 +76,11 @@ pub enum MaintenanceError {
     /// Another commit came first; rebuild on the new metadata.
     #[error("commit conflict: {0}")]
     Conflict(String),
+    /// The catalog may or may not have taken the commit (a 5xx, a cut or
+    /// timed-out connection after the request went out). Nothing it wrote
+    /// may be deleted until a reload tells ([`commit::landed`]).
+    #[error("commit state unknown: {0}")]
+    CommitStateUnknown(String),
     /// The work no longer applies (another run did it).
     #[error("aborted: {0}")]
     Aborted(String),
@@ -84,6 +94,14 @@ impl From<crate::table::TableError> for MaintenanceError {
     fn from(e: crate::table::TableError) -> Self {
         MaintenanceError::Catalog(e.to_string())
     }
+}
+
+/// How a run under the lease ended.
+enum RunEnd {
+    Done(Result<RunOutcome, MaintenanceError>),
+    LeaseLost,
+    TimedOut,
+    Stopped,
 }
 
 /// What maintenance works on.
@@ -102,7 +120,12 @@ pub struct Maintainer {
 }
 
 impl Maintainer {
-    pub async fn new(settings: &Settings, table: TableHandle, metrics: Metrics, health: Health) -> Result<Self, MaintenanceError> {
+    pub async fn new(
+        settings: &Settings,
+        table: TableHandle,
+        metrics: Metrics,
+        health: Health,
+    ) -> Result<Self, MaintenanceError> {
         Ok(Self {
             committer: Arc::new(Committer::connect(&settings.storage.iceberg).await?),
             table,
@@ -119,14 +142,17 @@ impl Maintainer {
     /// failed step does not stop the next.
     pub async fn run_once(&self) -> Result<RunOutcome, MaintenanceError> {
         let compaction = self
-            .step("compaction", compaction::compact(
-                &self.table,
-                &self.committer,
-                &self.layout,
-                self.cfg.target_file_bytes,
-                self.cfg.min_files_to_compact,
-                self.cfg.compaction_memory_bytes,
-            ))
+            .step(
+                "compaction",
+                compaction::compact(
+                    &self.table,
+                    &self.committer,
+                    &self.layout,
+                    self.cfg.target_file_bytes,
+                    self.cfg.min_files_to_compact,
+                    self.cfg.compaction_memory_bytes,
+                ),
+            )
             .await;
         if let Ok(o) = &compaction {
             let m = &self.metrics;
@@ -149,11 +175,18 @@ impl Maintainer {
             }
         }
         let retention = self
-            .step("retention", retention::apply(&self.table, &self.committer, self.retention_days))
+            .step(
+                "retention",
+                retention::apply(&self.table, &self.committer, self.retention_days),
+            )
             .await;
         if let Ok(o) = &retention {
-            self.metrics.maintenance_partitions_removed_total.inc_by(o.partitions_removed);
-            self.metrics.maintenance_commit_rebases_total.inc_by(o.rebases);
+            self.metrics
+                .maintenance_partitions_removed_total
+                .inc_by(o.partitions_removed);
+            self.metrics
+                .maintenance_commit_rebases_total
+                .inc_by(o.rebases);
             if o.partitions_removed > 0 {
                 tracing::info!(
                     partitions = o.partitions_removed,
@@ -177,18 +210,24 @@ impl Maintainer {
             .await;
         if let Ok(o) = &expiry {
             let m = &self.metrics;
-            m.maintenance_snapshots_expired_total.inc_by(o.snapshots_expired);
+            m.maintenance_snapshots_expired_total
+                .inc_by(o.snapshots_expired);
             m.maintenance_files_deleted_total.inc_by(o.files_deleted);
             m.maintenance_commit_rebases_total.inc_by(o.rebases);
             if o.snapshots_expired > 0 {
-                tracing::info!(snapshots = o.snapshots_expired, files_deleted = o.files_deleted, "expired snapshots");
+                tracing::info!(
+                    snapshots = o.snapshots_expired,
+                    files_deleted = o.files_deleted,
+                    "expired snapshots"
+                );
             }
         }
         let orphans = self.step("orphans", self.remove_orphans()).await;
         if let Ok(o) = &orphans {
             let m = &self.metrics.maintenance_orphan_files_deleted_total;
             m.with_label_values(&["data"]).inc_by(o.files_deleted);
-            m.with_label_values(&["metadata"]).inc_by(o.metadata_files_deleted);
+            m.with_label_values(&["metadata"])
+                .inc_by(o.metadata_files_deleted);
             if o.files_deleted + o.metadata_files_deleted > 0 {
                 tracing::info!(
                     listed = o.files_listed,
@@ -199,41 +238,61 @@ impl Maintainer {
                 );
             }
         }
-        let failed: Vec<String> =
-            [compaction.as_ref().err(), retention.as_ref().err(), expiry.as_ref().err(), orphans.as_ref().err()]
-            .into_iter()
-            .flatten()
-            .map(|e| e.to_string())
-            .collect();
+        let failed: Vec<String> = [
+            compaction.as_ref().err(),
+            retention.as_ref().err(),
+            expiry.as_ref().err(),
+            orphans.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|e| e.to_string())
+        .collect();
         if failed.is_empty() {
             self.health.set_maintenance(Ok(()));
         } else {
             self.health.set_maintenance(Err(failed.join("; ")));
         }
-        Ok(RunOutcome { compaction: compaction?, retention: retention?, expiry: expiry?, orphans: orphans? })
+        Ok(RunOutcome {
+            compaction: compaction?,
+            retention: retention?,
+            expiry: expiry?,
+            orphans: orphans?,
+        })
     }
 
     async fn remove_orphans(&self) -> Result<orphans::OrphanOutcome, MaintenanceError> {
         let table = self.table.load().await?;
-        let listing = crate::table::Listing::for_location(&self.storage, table.metadata().location())?;
+        let listing =
+            crate::table::Listing::for_location(&self.storage, table.metadata().location())?;
         orphans::remove_orphans(&table, &listing, self.cfg.orphan_file_grace_secs.duration()).await
     }
 
     /// Runs one step, timing and counting it.
-    async fn step<T>(&self, name: &str, work: impl std::future::Future<Output = Result<T, MaintenanceError>>) -> Result<T, MaintenanceError> {
+    async fn step<T>(
+        &self,
+        name: &str,
+        work: impl std::future::Future<Output = Result<T, MaintenanceError>>,
+    ) -> Result<T, MaintenanceError> {
         let started = Instant::now();
         let result = work.await;
         let m = &self.metrics;
-        m.maintenance_duration_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        m.maintenance_duration_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => {
-                m.maintenance_runs_total.with_label_values(&[name, "ok"]).inc();
+                m.maintenance_runs_total
+                    .with_label_values(&[name, "ok"])
+                    .inc();
                 m.maintenance_last_success_timestamp_seconds
                     .with_label_values(&[name])
                     .set(chrono::Utc::now().timestamp() as f64);
             }
             Err(e) => {
-                m.maintenance_runs_total.with_label_values(&[name, "error"]).inc();
+                m.maintenance_runs_total
+                    .with_label_values(&[name, "error"])
+                    .inc();
                 tracing::warn!(step = name, error = %e, "table maintenance step failed; the table is unchanged and the next run tries again");
             }
         }
@@ -247,7 +306,11 @@ impl Maintainer {
     /// safe to drop: each commit lands whole or not at all, and files it wrote
     /// without committing are orphans for a later run's cleanup.
     pub async fn run_scheduled(self, redis: Arc<LazyRedis>, stop: CancellationToken) {
-        let lease = Lease::new(redis, &self.table.ident.to_string(), self.cfg.lease_ttl_secs.duration());
+        let lease = Lease::new(
+            redis,
+            &self.table.ident.to_string(),
+            self.cfg.lease_ttl_secs.duration(),
+        );
         let mut runs = tokio::time::interval(self.cfg.interval_secs.duration());
         runs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         runs.tick().await; // the first tick is immediate: let the writer start first
@@ -261,21 +324,16 @@ impl Maintainer {
                 _ = runs.tick() => {
                     holding = self.take(&lease, holding).await;
                     if holding {
-                        let run = self.run_once();
-                        tokio::pin!(run);
-                        loop {
-                            tokio::select! {
-                                _ = stop.cancelled() => break,
-                                _ = &mut run => break,
-                                _ = renewals.tick() => {
-                                    // Lost: the new holder does the work.
-                                    holding = self.keep(&lease).await;
-                                    if !holding {
-                                        break;
-                                    }
-                                }
+                        match self.run_holding(&lease, &stop).await {
+                            RunEnd::Done(_) | RunEnd::Stopped => {}
+                            // The new holder does the work.
+                            RunEnd::LeaseLost => holding = false,
+                            RunEnd::TimedOut => {
+                                lease.release().await;
+                                holding = false;
                             }
                         }
+                        renewals.reset();
                     }
                 }
             }
@@ -284,6 +342,68 @@ impl Maintainer {
             lease.release().await;
         }
         self.metrics.maintenance_lease_held.set(0);
+    }
+
+    /// One run from the command line (`tail-sampling-selector maintenance`),
+    /// under the same lease as the scheduled runs: never two at once.
+    pub async fn run_leased_once(
+        &self,
+        redis: Arc<LazyRedis>,
+    ) -> Result<RunOutcome, MaintenanceError> {
+        let lease = Lease::new(
+            redis,
+            &self.table.ident.to_string(),
+            self.cfg.lease_ttl_secs.duration(),
+        );
+        if !lease.acquire().await? {
+            return Err(MaintenanceError::Aborted(
+                "another instance holds the maintenance lease; it maintains the table (try again later)".into(),
+            ));
+        }
+        let end = self.run_holding(&lease, &CancellationToken::new()).await;
+        lease.release().await;
+        match end {
+            RunEnd::Done(result) => result,
+            RunEnd::LeaseLost => Err(MaintenanceError::Aborted(
+                "the maintenance lease was lost during the run".into(),
+            )),
+            RunEnd::TimedOut | RunEnd::Stopped => Err(MaintenanceError::Aborted(format!(
+                "the run took longer than maintenance.run_timeout_secs ({:.0} s) and was cancelled",
+                self.cfg.run_timeout_secs.get()
+            ))),
+        }
+    }
+
+    /// One run while this instance holds `lease`, renewing it, for at most
+    /// `maintenance.run_timeout_secs`. A run cut short is dropped whole:
+    /// the commit lock it held is released, each commit landed whole or
+    /// not at all, and files it wrote without committing are orphans.
+    async fn run_holding(&self, lease: &Lease, stop: &CancellationToken) -> RunEnd {
+        let run = self.run_once();
+        tokio::pin!(run);
+        let every = lease.renew_every();
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let limit = self.cfg.run_timeout_secs.duration();
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                result = &mut run => return RunEnd::Done(result),
+                _ = stop.cancelled() => return RunEnd::Stopped,
+                _ = renewals.tick() => {
+                    if !self.keep(lease).await {
+                        return RunEnd::LeaseLost;
+                    }
+                }
+                _ = &mut deadline => {
+                    let why = format!("a run took longer than maintenance.run_timeout_secs ({:.0} s); cancelled", limit.as_secs_f64());
+                    tracing::error!(timeout_secs = limit.as_secs_f64(), "table maintenance hung; cancelled the run and released the lease");
+                    self.metrics.maintenance_runs_total.with_label_values(&["run", "timeout"]).inc();
+                    self.health.set_maintenance(Err(why));
+                    return RunEnd::TimedOut;
+                }
+            }
+        }
     }
 
     /// Takes the lease, or keeps it; whether this instance holds it now.

@@ -46,7 +46,11 @@ fn key(path: &str) -> String {
 /// What the table may still need.
 async fn referenced(table: &Table) -> Result<HashSet<String>, MaintenanceError> {
     let metadata = table.metadata();
-    let mut keep: HashSet<String> = metadata.metadata_log().iter().map(|l| key(&l.metadata_file)).collect();
+    let mut keep: HashSet<String> = metadata
+        .metadata_log()
+        .iter()
+        .map(|l| key(&l.metadata_file))
+        .collect();
     if let Some(current) = table.metadata_location() {
         keep.insert(key(current));
     }
@@ -61,11 +65,26 @@ fn candidate(path: &str) -> bool {
     path.ends_with(".parquet") || path.ends_with(".avro") || path.ends_with(".metadata.json")
 }
 
+/// The wall clock in milliseconds. A test build can set it ahead
+/// (`TSS_TESTKIT_CLOCK_AHEAD_SECS`) to age every file at once, where an
+/// object store's modification times cannot be changed.
+fn now_ms() -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    #[cfg(feature = "testkit")]
+    let now = now + crate::testkit::faults::clock_ahead_secs() * 1000;
+    now
+}
+
 /// Deletes the unreferenced files under `table`'s location older than `grace`.
-pub async fn remove_orphans(table: &Table, listing: &Listing, grace: Duration) -> Result<OrphanOutcome, MaintenanceError> {
+pub async fn remove_orphans(
+    table: &Table,
+    listing: &Listing,
+    grace: Duration,
+) -> Result<OrphanOutcome, MaintenanceError> {
     // Listed before the references are read: a file a commit publishes in
     // between is then referenced, or young.
-    let listing_error = |e: opendal::Error| MaintenanceError::Catalog(format!("listing {}: {e}", listing.prefix));
+    let listing_error =
+        |e: opendal::Error| MaintenanceError::Catalog(format!("listing {}: {e}", listing.prefix));
     let entries = listing
         .operator
         .list_with(&listing.prefix)
@@ -73,20 +92,29 @@ pub async fn remove_orphans(table: &Table, listing: &Listing, grace: Duration) -
         .await
         .map_err(listing_error)?;
     let keep = referenced(table).await?;
-    let cutoff_ms = chrono::Utc::now().timestamp_millis() - grace.as_millis() as i64;
+    let cutoff_ms = now_ms() - grace.as_millis() as i64;
     let mut outcome = OrphanOutcome::default();
     for entry in entries {
         if entry.metadata().is_dir() || !candidate(entry.path()) {
             continue;
         }
         outcome.files_listed += 1;
-        let uri = format!("{}{}", listing.uri_base, entry.path().trim_start_matches('/'));
+        let uri = format!(
+            "{}{}",
+            listing.uri_base,
+            entry.path().trim_start_matches('/')
+        );
         if keep.contains(&key(&uri)) {
             continue;
         }
         let modified = match entry.metadata().last_modified() {
             Some(t) => Some(t),
-            None => listing.operator.stat(entry.path()).await.map_err(listing_error)?.last_modified(),
+            None => listing
+                .operator
+                .stat(entry.path())
+                .await
+                .map_err(listing_error)?
+                .last_modified(),
         };
         // Unknown age counts as young: never delete what might be in flight.
         if !modified.is_some_and(|t| t.into_inner().as_millisecond() < cutoff_ms) {
@@ -96,7 +124,9 @@ pub async fn remove_orphans(table: &Table, listing: &Listing, grace: Duration) -
         match table.file_io().delete(&uri).await {
             Ok(()) if uri.ends_with(".metadata.json") => outcome.metadata_files_deleted += 1,
             Ok(()) => outcome.files_deleted += 1,
-            Err(e) => tracing::warn!(path = %uri, error = %e, "deleting an orphan file failed; a later run tries again"),
+            Err(e) => {
+                tracing::warn!(path = %uri, error = %e, "deleting an orphan file failed; a later run tries again")
+            }
         }
     }
     Ok(outcome)
@@ -112,7 +142,10 @@ mod tests {
         assert_eq!(key("file:/w/t/a.parquet"), "w/t/a.parquet");
         assert_eq!(key("/w/t/a.parquet"), "w/t/a.parquet");
         assert_eq!(key("s3://bucket/t/a.parquet"), "bucket/t/a.parquet");
-        assert_ne!(key("s3://bucket/t/a.parquet"), key("s3://other/t/a.parquet"));
+        assert_ne!(
+            key("s3://bucket/t/a.parquet"),
+            key("s3://other/t/a.parquet")
+        );
     }
 
     #[test]

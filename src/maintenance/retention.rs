@@ -29,7 +29,11 @@ pub fn past_retention(day: i32, today: i32, retention_days: u32) -> bool {
     retention_days > 0 && day < today - retention_days as i32
 }
 
-pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: u32) -> Result<RetentionOutcome, MaintenanceError> {
+pub async fn apply(
+    handle: &TableHandle,
+    committer: &Committer,
+    retention_days: u32,
+) -> Result<RetentionOutcome, MaintenanceError> {
     let mut outcome = RetentionOutcome::default();
     if retention_days == 0 {
         return Ok(outcome);
@@ -39,16 +43,23 @@ pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: 
     let _turn = handle.commits.lock().await;
     for attempt in 0..MAX_ATTEMPTS {
         let table = handle.load().await?;
-        let Some(snapshot) = table.metadata().current_snapshot().cloned() else { return Ok(outcome) };
+        let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
+            return Ok(outcome);
+        };
         let (live, _) = live_files(&table, &snapshot, &mut cache).await?;
         let mut days = HashSet::new();
         let mut removed = HashSet::new();
         let mut rows = 0;
         for (path, e) in &live {
-            let day = e.data_file.partition().fields().first().and_then(|f| match f {
-                Some(Literal::Primitive(PrimitiveLiteral::Int(d))) => Some(*d),
-                _ => None,
-            });
+            let day = e
+                .data_file
+                .partition()
+                .fields()
+                .first()
+                .and_then(|f| match f {
+                    Some(Literal::Primitive(PrimitiveLiteral::Int(d))) => Some(*d),
+                    _ => None,
+                });
             if let Some(day) = day.filter(|d| past_retention(*d, today, retention_days)) {
                 days.insert(day);
                 removed.insert(path.clone());
@@ -58,18 +69,32 @@ pub async fn apply(handle: &TableHandle, committer: &Committer, retention_days: 
         if removed.is_empty() {
             return Ok(outcome);
         }
-        match commit_rewrite(&table, committer, &removed, &[], Operation::Delete, &mut cache).await {
+        match commit_rewrite(
+            handle,
+            &table,
+            committer,
+            &removed,
+            &[],
+            Operation::Delete,
+            &mut cache,
+        )
+        .await
+        {
             Ok(_) => {
                 outcome.partitions_removed = days.len() as u64;
                 outcome.files_removed = removed.len() as u64;
                 outcome.rows_removed = rows;
                 return Ok(outcome);
             }
-            Err(MaintenanceError::Conflict(_)) if attempt + 1 < MAX_ATTEMPTS => outcome.rebases += 1,
+            Err(MaintenanceError::Conflict(_)) if attempt + 1 < MAX_ATTEMPTS => {
+                outcome.rebases += 1
+            }
             Err(e) => return Err(e),
         }
     }
-    Err(MaintenanceError::Conflict("retention kept losing races with appends".into()))
+    Err(MaintenanceError::Conflict(
+        "retention kept losing races with appends".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -80,7 +105,10 @@ mod tests {
     fn whole_days_past_the_limit_go_and_zero_keeps_everything() {
         let today = 20_000;
         assert!(past_retention(today - 15, today, 14));
-        assert!(!past_retention(today - 14, today, 14), "the 14th day back stays");
+        assert!(
+            !past_retention(today - 14, today, 14),
+            "the 14th day back stays"
+        );
         assert!(!past_retention(today, today, 14));
         assert!(!past_retention(today - 1000, today, 0));
     }

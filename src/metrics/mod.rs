@@ -5,8 +5,8 @@ pub mod red;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "tail_sampling";
@@ -288,13 +288,18 @@ impl Metrics {
         };
         for result in ["ok", "error"] {
             m.policy_reloads_total.with_label_values(&[result]);
-            m.maintenance_runs_total.with_label_values(&["compaction", result]);
-            m.maintenance_runs_total.with_label_values(&["expiry", result]);
-            m.maintenance_runs_total.with_label_values(&["retention", result]);
-            m.maintenance_runs_total.with_label_values(&["orphans", result]);
+            m.maintenance_runs_total
+                .with_label_values(&["compaction", result]);
+            m.maintenance_runs_total
+                .with_label_values(&["expiry", result]);
+            m.maintenance_runs_total
+                .with_label_values(&["retention", result]);
+            m.maintenance_runs_total
+                .with_label_values(&["orphans", result]);
         }
         for kind in ["data", "metadata"] {
-            m.maintenance_orphan_files_deleted_total.with_label_values(&[kind]);
+            m.maintenance_orphan_files_deleted_total
+                .with_label_values(&[kind]);
         }
         for decision in ["kept", "dropped"] {
             m.late_spans_total.with_label_values(&[decision]);
@@ -337,7 +342,9 @@ mod tests {
     fn names_follow_the_design() {
         let m = Metrics::new().expect("metrics");
         m.traces_sampled_total.with_label_values(&["error"]).inc();
-        m.messages_invalid_total.with_label_values(&["protobuf"]).inc();
+        m.messages_invalid_total
+            .with_label_values(&["protobuf"])
+            .inc();
         m.decision_latency_seconds.observe(0.2);
         let text = m.render();
         for name in [

@@ -25,7 +25,8 @@ use crate::otlp::format::{kind_name, status_name};
 
 /// Grafana Tempo's span-metrics buckets, in seconds.
 pub const DURATION_BUCKETS_SECS: [f64; 14] = [
-    0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384,
+    0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
+    16.384,
 ];
 
 const LABELS: [&str; 4] = ["service", "span_name", "span_kind", "status_code"];
@@ -45,7 +46,12 @@ pub struct SeriesKey {
 
 impl SeriesKey {
     fn other() -> Self {
-        Self { service: "other".into(), span_name: "other".into(), kind: OTHER, status: OTHER }
+        Self {
+            service: "other".into(),
+            span_name: "other".into(),
+            kind: OTHER,
+            status: OTHER,
+        }
     }
 
     fn labels(&self) -> [&str; 4] {
@@ -99,7 +105,9 @@ const DURATION: &str = "tail_sampling_span_duration_seconds";
 impl RedSeries {
     pub fn new(max_series: usize, overflow_spans: IntCounter) -> Result<Self, prometheus::Error> {
         let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
-        let desc = |name: &str, help: &str| Desc::new(name.into(), help.into(), labels.clone(), HashMap::new());
+        let desc = |name: &str, help: &str| {
+            Desc::new(name.into(), help.into(), labels.clone(), HashMap::new())
+        };
         Ok(Self {
             max_series,
             series: Mutex::new(HashMap::new()),
@@ -193,8 +201,18 @@ impl Collector for RedSeries {
             f
         };
         vec![
-            family(CALLS, self.descs[0].help.as_str(), MetricType::COUNTER, calls),
-            family(DURATION, self.descs[1].help.as_str(), MetricType::HISTOGRAM, durations),
+            family(
+                CALLS,
+                self.descs[0].help.as_str(),
+                MetricType::COUNTER,
+                calls,
+            ),
+            family(
+                DURATION,
+                self.descs[1].help.as_str(),
+                MetricType::HISTOGRAM,
+                durations,
+            ),
         ]
     }
 }
@@ -245,7 +263,9 @@ impl RedRecorder {
             if Some(i) == self.other {
                 self.overflowed += 1;
             }
-            self.series[i as usize].1.observe(s.duration_nanos() as f64 / 1e9);
+            self.series[i as usize]
+                .1
+                .observe(s.duration_nanos() as f64 / 1e9);
         }
     }
 
@@ -308,7 +328,10 @@ mod tests {
         bytes.extend_from_slice(name.as_bytes());
         SpanRecord {
             bytes: Bytes::from(bytes),
-            origin: Arc::new(Origin { service_name: service.into(), ..Default::default() }),
+            origin: Arc::new(Origin {
+                service_name: service.into(),
+                ..Default::default()
+            }),
             start_unix_nano: 1_000_000_000,
             end_unix_nano: 1_000_000_000 + ms * 1_000_000,
             name_range: (2, 2 + name.len() as u32),
@@ -323,7 +346,12 @@ mod tests {
         let registry = prometheus::Registry::new();
         registry.register(Box::new(series)).expect("register");
         let mut buf = Vec::new();
-        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf).expect("encode");
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut buf,
+        )
+        .expect("encode");
         String::from_utf8(buf).expect("utf8")
     }
 
@@ -333,7 +361,10 @@ mod tests {
         let shared = Arc::new(RedSeries::new(10, overflow.clone()).expect("series"));
         let mut a = RedRecorder::new(shared.clone());
         let mut b = RedRecorder::new(shared.clone());
-        a.record(&[span("cart", "GET /cart", 0, 3), span("cart", "GET /cart", 2, 300)]);
+        a.record(&[
+            span("cart", "GET /cart", 0, 3),
+            span("cart", "GET /cart", 2, 300),
+        ]);
         b.record(&[span("cart", "GET /cart", 0, 5)]);
         a.flush();
         b.flush();
@@ -344,11 +375,32 @@ mod tests {
         let t = text(shared);
         let ok = r#"service="cart",span_name="GET /cart",span_kind="SERVER",status_code="UNSET""#;
         let err = r#"service="cart",span_name="GET /cart",span_kind="SERVER",status_code="ERROR""#;
-        assert!(t.contains(&format!("tail_sampling_span_calls_total{{{ok}}} 2")), "{t}");
-        assert!(t.contains(&format!("tail_sampling_span_calls_total{{{err}}} 1")), "{t}");
-        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.004\"}} 1")), "{t}");
-        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.008\"}} 2")), "{t}");
-        assert!(t.contains(&format!("tail_sampling_span_duration_seconds_count{{{err}}} 1")), "{t}");
+        assert!(
+            t.contains(&format!("tail_sampling_span_calls_total{{{ok}}} 2")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("tail_sampling_span_calls_total{{{err}}} 1")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.004\"}} 1"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "tail_sampling_span_duration_seconds_bucket{{{ok},le=\"0.008\"}} 2"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "tail_sampling_span_duration_seconds_count{{{err}}} 1"
+            )),
+            "{t}"
+        );
     }
 
     #[test]
@@ -356,7 +408,9 @@ mod tests {
         let overflow = IntCounter::new("o", "o").expect("counter");
         let shared = Arc::new(RedSeries::new(2, overflow.clone()).expect("series"));
         let mut r = RedRecorder::new(shared.clone());
-        let spans: Vec<_> = (0..5).map(|i| span("svc", &format!("op-{i}"), 0, 1)).collect();
+        let spans: Vec<_> = (0..5)
+            .map(|i| span("svc", &format!("op-{i}"), 0, 1))
+            .collect();
         r.record(&spans);
         r.record(&spans[..1]);
         r.flush();

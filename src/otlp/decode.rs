@@ -135,11 +135,12 @@ fn scan_resource_spans(
     }
     // Once per resource, for every scope under it. A resource that does not
     // parse has no service name; the spans are still read, as before.
-    let service_name: Box<str> = match find_attribute(&resource, RESOURCE_ATTRIBUTES, "service.name") {
-        Some(Ok(raw)) => String::from_utf8_lossy(raw).into(),
-        Some(Err(formatted)) => formatted.into(),
-        None => "".into(),
-    };
+    let service_name: Box<str> =
+        match find_attribute(&resource, RESOURCE_ATTRIBUTES, "service.name") {
+            Some(Ok(raw)) => String::from_utf8_lossy(raw).into(),
+            Some(Err(formatted)) => formatted.into(),
+            None => "".into(),
+        };
     for scope_range in scopes {
         scan_scope_spans(msg, scope_range, &resource, &service_name, out)?;
     }
@@ -216,7 +217,9 @@ fn scan_span(
     if !timestamps_are_sane(start, end) {
         return Ok(Scanned::InvalidTimestamp);
     }
-    let name_hash = crate::model::name_hash(&msg[range.0 + name_range.0 as usize..range.0 + name_range.1 as usize]);
+    let name_hash = crate::model::name_hash(
+        &msg[range.0 + name_range.0 as usize..range.0 + name_range.1 as usize],
+    );
     let record = SpanRecord {
         bytes: msg.slice(range.0..range.1),
         origin: Arc::clone(origin),
@@ -313,7 +316,10 @@ mod tests {
         let req = request(vec![ResourceDef::new("a", vec![span(1, 1, 0, 10, false)])]);
         let bytes = req.encode_to_vec();
         let truncated = Bytes::copy_from_slice(&bytes[..bytes.len() - 3]);
-        assert_eq!(decode_message(truncated, LIMIT).unwrap_err().reason(), "protobuf");
+        assert_eq!(
+            decode_message(truncated, LIMIT).unwrap_err().reason(),
+            "protobuf"
+        );
     }
 
     #[test]
@@ -345,7 +351,13 @@ mod tests {
         far_future.end_time_unix_nano = MAX_START_UNIX_NANO + 1;
         let req = request(vec![ResourceDef::new(
             "a",
-            vec![zero, backwards, seconds, far_future, span(1, 5, 0, 0, false)],
+            vec![
+                zero,
+                backwards,
+                seconds,
+                far_future,
+                span(1, 5, 0, 0, false),
+            ],
         )]);
         let decoded = decode_message(Bytes::from(req.encode_to_vec()), LIMIT).expect("decode");
         assert_eq!(decoded.invalid_timestamp_spans, 4);
@@ -365,7 +377,10 @@ mod sdk_fixture_tests {
     fn decodes_what_the_python_sdk_encoded() {
         let expected: serde_json::Value = serde_json::from_str(SDK_EXPECTED).expect("json");
         let decoded = decode_message(Bytes::from_static(SDK_BYTES), 1 << 20).expect("decodes");
-        assert_eq!(decoded.spans.len() as u64, expected["span_count"].as_u64().expect("n"));
+        assert_eq!(
+            decoded.spans.len() as u64,
+            expected["span_count"].as_u64().expect("n")
+        );
         assert_eq!(decoded.invalid_trace_id_spans, 0);
         let of = |id: &str| -> Vec<&SpanRecord> {
             decoded
@@ -377,12 +392,24 @@ mod sdk_fixture_tests {
         };
         let err = of(expected["error_trace_id"].as_str().expect("id"));
         let ok = of(expected["ok_trace_id"].as_str().expect("id"));
-        assert_eq!(err.len() as u64, expected["error_trace_spans"].as_u64().expect("n"));
-        assert_eq!(ok.len() as u64, expected["ok_trace_spans"].as_u64().expect("n"));
+        assert_eq!(
+            err.len() as u64,
+            expected["error_trace_spans"].as_u64().expect("n")
+        );
+        assert_eq!(
+            ok.len() as u64,
+            expected["ok_trace_spans"].as_u64().expect("n")
+        );
         assert!(err.iter().any(|s| s.is_error()));
         assert!(ok.iter().all(|s| !s.is_error()));
         assert!(err.iter().all(|s| !s.name().is_empty()));
-        assert_eq!(err.iter().filter(|s| s.is_root).count(), 1, "one root per trace");
-        assert!(err.iter().all(|s| s.end_unix_nano >= s.start_unix_nano && s.start_unix_nano > 0));
+        assert_eq!(
+            err.iter().filter(|s| s.is_root).count(),
+            1,
+            "one root per trace"
+        );
+        assert!(err
+            .iter()
+            .all(|s| s.end_unix_nano >= s.start_unix_nano && s.start_unix_nano > 0));
     }
 }

@@ -45,9 +45,12 @@ fn any_value_json(v: Option<any_value::Value>) -> serde_json::Value {
         Some(any_value::Value::IntValue(i)) => J::from(i),
         Some(any_value::Value::DoubleValue(d)) => J::from(d),
         Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
-        Some(any_value::Value::ArrayValue(a)) => {
-            J::Array(a.values.into_iter().map(|x| any_value_json(x.value)).collect())
-        }
+        Some(any_value::Value::ArrayValue(a)) => J::Array(
+            a.values
+                .into_iter()
+                .map(|x| any_value_json(x.value))
+                .collect(),
+        ),
         Some(any_value::Value::KvlistValue(kv)) => J::Object(
             kv.values
                 .into_iter()
@@ -92,15 +95,27 @@ mod tests {
 /// is borrowed from the bytes (`Ok`, unchecked for UTF-8), any other is
 /// decoded alone and formatted (`Err`). `None` when the key is absent or the
 /// bytes are malformed.
-pub fn find_attribute<'a>(msg: &'a [u8], field: u32, key: &str) -> Option<Result<&'a [u8], String>> {
+pub fn find_attribute<'a>(
+    msg: &'a [u8],
+    field: u32,
+    key: &str,
+) -> Option<Result<&'a [u8], String>> {
     for f in Fields::new(msg) {
         let f = f.ok()?;
-        let (true, Value::Len(kv)) = (f.number == field, f.value) else { continue };
+        let (true, Value::Len(kv)) = (f.number == field, f.value) else {
+            continue;
+        };
         let (mut k, mut v) = (None, None);
         for g in Fields::range(msg, kv) {
             match g.ok()? {
-                super::wire::Field { number: 1, value: Value::Len(r) } => k = Some(r),
-                super::wire::Field { number: 2, value: Value::Len(r) } => v = Some(r),
+                super::wire::Field {
+                    number: 1,
+                    value: Value::Len(r),
+                } => k = Some(r),
+                super::wire::Field {
+                    number: 2,
+                    value: Value::Len(r),
+                } => v = Some(r),
                 _ => {}
             }
         }
@@ -110,12 +125,18 @@ pub fn find_attribute<'a>(msg: &'a [u8], field: u32, key: &str) -> Option<Result
         let Some(r) = v else { return Some(Ok(&[])) };
         // `AnyValue.string_value` is field 1: borrow it.
         let mut inner = Fields::range(msg, r);
-        if let Some(Ok(super::wire::Field { number: 1, value: Value::Len(s) })) = inner.next() {
+        if let Some(Ok(super::wire::Field {
+            number: 1,
+            value: Value::Len(s),
+        })) = inner.next()
+        {
             if inner.next().is_none() {
                 return Some(Ok(&msg[s.0..s.1]));
             }
         }
-        return AnyValue::decode(&msg[r.0..r.1]).ok().map(|a| Err(any_value_string(a)));
+        return AnyValue::decode(&msg[r.0..r.1])
+            .ok()
+            .map(|a| Err(any_value_string(a)));
     }
     None
 }

@@ -216,12 +216,16 @@ mod tests {
     fn reads_every_wire_type_and_rejects_truncation() {
         // 1: varint 150, 2: "hi", 3: fixed64 7, 4: fixed32 9
         let msg = [
-            0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i', 0x19, 7, 0, 0, 0, 0, 0, 0, 0, 0x25, 9, 0, 0, 0,
+            0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i', 0x19, 7, 0, 0, 0, 0, 0, 0, 0, 0x25, 9, 0, 0,
+            0,
         ];
         let fields: Vec<Field> = Fields::new(&msg).collect::<Result<_, _>>().expect("fields");
         assert_eq!(fields.len(), 4);
         assert_eq!(fields[0].varint().expect("varint"), 150);
-        assert_eq!(text(&msg, fields[1].len().expect("len")).expect("utf8"), "hi");
+        assert_eq!(
+            text(&msg, fields[1].len().expect("len")).expect("utf8"),
+            "hi"
+        );
         assert_eq!(fields[2].fixed64().expect("fixed64"), 7);
         assert!(matches!(fields[3].value, Value::Fixed32(9)));
         assert!(fields[0].len().is_err(), "a varint is not length-delimited");

@@ -48,7 +48,10 @@ impl SingleTableCatalog {
 
 #[async_trait]
 impl Catalog for SingleTableCatalog {
-    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> Result<Vec<NamespaceIdent>> {
         Ok(match parent {
             None => vec![self.table.namespace().clone()],
             Some(_) => vec![],

@@ -23,10 +23,10 @@ use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, ScanResult};
 use iceberg::expr::{Bind, Predicate, Reference};
 use iceberg::io::FileMetadata;
-use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::Datum;
 use iceberg::table::Table;
+use iceberg::Runtime;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::file::statistics::Statistics;
 use serde::Serialize;
@@ -82,7 +82,11 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
 }
 
 /// The spans of `trace_id` (lowercase hex), ordered by start time and span id.
-pub async fn find_trace(table: &Table, trace_id: &str, max_rows: usize) -> Result<(QueryResult, LookupStats), QueryError> {
+pub async fn find_trace(
+    table: &Table,
+    trace_id: &str,
+    max_rows: usize,
+) -> Result<(QueryResult, LookupStats), QueryError> {
     let (mut result, stats) = find_traces(table, &[trace_id.to_string()], None, max_rows).await?;
     sort_rows(&mut result);
     Ok((result, stats))
@@ -142,7 +146,10 @@ pub async fn plan_traces(
         Some(columns) => table.scan().select(columns),
         None => table.scan().select_all(),
     };
-    let scan = scan.with_filter(predicate).build().map_err(|e| failed("planning", e))?;
+    let scan = scan
+        .with_filter(predicate)
+        .build()
+        .map_err(|e| failed("planning", e))?;
     let tasks: Vec<FileScanTask> = scan
         .plan_files()
         .await
@@ -150,7 +157,10 @@ pub async fn plan_traces(
         .try_collect()
         .await
         .map_err(|e| failed("planning", e))?;
-    let mut stats = LookupStats { files_planned: tasks.len(), ..Default::default() };
+    let mut stats = LookupStats {
+        files_planned: tasks.len(),
+        ..Default::default()
+    };
     let checked: Vec<(FileScanTask, FileCheck)> = stream::iter(tasks)
         .map(|task| async move {
             let check = row_group_check(table, &task, trace_ids).await?;
@@ -179,7 +189,11 @@ pub async fn plan_traces(
 /// The task with its row filter narrowed to `may_hold`, when that is fewer
 /// ids than were looked up (and not none: a file without statistics or
 /// filters may hold any).
-fn narrowed(mut task: FileScanTask, may_hold: &[String], all: &[String]) -> Result<FileScanTask, QueryError> {
+fn narrowed(
+    mut task: FileScanTask,
+    may_hold: &[String],
+    all: &[String],
+) -> Result<FileScanTask, QueryError> {
     if may_hold.is_empty() || may_hold.len() == all.len() {
         return Ok(task);
     }
@@ -204,18 +218,33 @@ pub fn read_tasks(table: &Table, tasks: Vec<FileScanTask>) -> Result<ScanResult,
 /// column's min/max statistics, then, for the ids a row group's range
 /// covers, by its bloom filter. A row group without statistics or a filter
 /// (a file written before they were) may hold anything.
-async fn row_group_check(table: &Table, task: &FileScanTask, trace_ids: &[String]) -> Result<FileCheck, QueryError> {
+async fn row_group_check(
+    table: &Table,
+    task: &FileScanTask,
+    trace_ids: &[String],
+) -> Result<FileCheck, QueryError> {
     let input = table
         .file_io()
         .new_input(&task.data_file_path)
         .map_err(|e| failed(&task.data_file_path, e))?;
-    let reader = input.reader().await.map_err(|e| failed(&task.data_file_path, e))?;
-    let file = ArrowFileReader::new(FileMetadata { size: task.file_size_in_bytes }, reader);
+    let reader = input
+        .reader()
+        .await
+        .map_err(|e| failed(&task.data_file_path, e))?;
+    let file = ArrowFileReader::new(
+        FileMetadata {
+            size: task.file_size_in_bytes,
+        },
+        reader,
+    );
     let mut builder = ParquetRecordBatchStreamBuilder::new(file)
         .await
         .map_err(|e| failed(&task.data_file_path, e))?;
     let metadata = builder.metadata().clone();
-    let mut check = FileCheck { row_groups: metadata.num_row_groups(), ..Default::default() };
+    let mut check = FileCheck {
+        row_groups: metadata.num_row_groups(),
+        ..Default::default()
+    };
     let Some(column) = metadata
         .file_metadata()
         .schema_descr()
@@ -242,7 +271,11 @@ async fn row_group_check(table: &Table, task: &FileScanTask, trace_ids: &[String
             .map_err(|e| failed(&task.data_file_path, e))?;
         let passed: Vec<usize> = covered
             .into_iter()
-            .filter(|&i| filter.as_ref().is_none_or(|f| f.check(trace_ids[i].as_str())))
+            .filter(|&i| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| f.check(trace_ids[i].as_str()))
+            })
             .collect();
         if passed.is_empty() {
             check.by_bloom += 1;
@@ -251,7 +284,12 @@ async fn row_group_check(table: &Table, task: &FileScanTask, trace_ids: &[String
             may_hold[i] = true;
         }
     }
-    check.ids = trace_ids.iter().zip(may_hold).filter(|(_, m)| *m).map(|(id, _)| id.clone()).collect();
+    check.ids = trace_ids
+        .iter()
+        .zip(may_hold)
+        .filter(|(_, m)| *m)
+        .map(|(id, _)| id.clone())
+        .collect();
     Ok(check)
 }
 
@@ -259,7 +297,9 @@ async fn row_group_check(table: &Table, task: &FileScanTask, trace_ids: &[String
 /// the chunk has no such statistics. Parquet's bounds stay bounds when
 /// truncated, and UTF-8 strings order as their bytes.
 fn covers(statistics: Option<&Statistics>, value: &[u8]) -> bool {
-    let Some(Statistics::ByteArray(s)) = statistics else { return true };
+    let Some(Statistics::ByteArray(s)) = statistics else {
+        return true;
+    };
     let below = s.min_opt().is_some_and(|min| value < min.data());
     let above = s.max_opt().is_some_and(|max| value > max.data());
     !(below || above)
@@ -269,9 +309,15 @@ fn covers(statistics: Option<&Statistics>, value: &[u8]) -> bool {
 /// order is time order).
 fn sort_rows(result: &mut QueryResult) {
     let at = |name: &str| result.columns.iter().position(|c| c == name);
-    let (Some(start), Some(span)) = (at("start_time"), at("span_id")) else { return };
+    let (Some(start), Some(span)) = (at("start_time"), at("span_id")) else {
+        return;
+    };
     let key = |row: &Vec<serde_json::Value>, i: usize| row[i].as_str().unwrap_or("").to_string();
-    result.rows.sort_by(|a, b| key(a, start).cmp(&key(b, start)).then_with(|| key(a, span).cmp(&key(b, span))));
+    result.rows.sort_by(|a, b| {
+        key(a, start)
+            .cmp(&key(b, start))
+            .then_with(|| key(a, span).cmp(&key(b, span)))
+    });
 }
 
 #[cfg(test)]
@@ -280,7 +326,13 @@ mod tests {
     use parquet::data_type::ByteArray;
 
     fn range(min: &str, max: &str) -> Statistics {
-        Statistics::byte_array(Some(ByteArray::from(min)), Some(ByteArray::from(max)), None, Some(0), false)
+        Statistics::byte_array(
+            Some(ByteArray::from(min)),
+            Some(ByteArray::from(max)),
+            None,
+            Some(0),
+            false,
+        )
     }
 
     #[test]
@@ -293,19 +345,31 @@ mod tests {
         assert!(!covers(Some(&s), b"8000"));
         // No statistics, or statistics of another type: may hold anything.
         assert!(covers(None, b"0000"));
-        assert!(covers(Some(&Statistics::int32(Some(1), Some(2), None, Some(0), false)), b"0000"));
+        assert!(covers(
+            Some(&Statistics::int32(Some(1), Some(2), None, Some(0), false)),
+            b"0000"
+        ));
         // A bound that is missing bounds nothing on its side.
-        let open = Statistics::byte_array(None, Some(ByteArray::from("7fff")), None, Some(0), false);
+        let open =
+            Statistics::byte_array(None, Some(ByteArray::from("7fff")), None, Some(0), false);
         assert!(covers(Some(&open), b"0000"));
         assert!(!covers(Some(&open), b"8000"));
     }
 
     #[test]
     fn a_file_is_skipped_when_every_row_group_is_ruled_out() {
-        let file = |row_groups, by_statistics, by_bloom| FileCheck { row_groups, by_statistics, by_bloom, ids: Vec::new() };
+        let file = |row_groups, by_statistics, by_bloom| FileCheck {
+            row_groups,
+            by_statistics,
+            by_bloom,
+            ids: Vec::new(),
+        };
         assert!(!file(100, 99, 1).may_hold());
         assert!(!file(3, 3, 0).may_hold());
         assert!(file(100, 99, 0).may_hold());
-        assert!(file(0, 0, 0).may_hold(), "a file without row groups is read, not judged");
+        assert!(
+            file(0, 0, 0).may_hold(),
+            "a file without row groups is read, not judged"
+        );
     }
 }

@@ -7,10 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use datafusion::error::DataFusionError;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
     Int8Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
@@ -19,7 +15,11 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::CatalogProvider;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use iceberg_datafusion::IcebergCatalogProvider;
@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use crate::table::TableHandle;
 
+pub mod bounded_udf;
 pub mod catalog;
 pub mod lookup;
 pub mod search;
@@ -55,6 +56,9 @@ pub enum QueryError {
     #[error("query engine unavailable: {0}")]
     Catalog(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The query needed more memory than the pool has left.
+    /// The result would be larger than `query.max_result_bytes`.
+    #[error("the result is larger than query.max_result_bytes ({limit} bytes); select fewer rows or columns: {reason}")]
+    TooLarge { limit: usize, reason: String },
     #[error("the query needs more memory than query.max_memory_bytes ({limit} bytes, shared by running queries) allows; narrow it with filters, fewer groups or a LIMIT: {reason}")]
     OutOfMemory { limit: usize, reason: String },
 }
@@ -86,6 +90,9 @@ pub struct QueryLimits {
     pub timeout: Duration,
     /// The memory pool all running queries share.
     pub max_memory_bytes: usize,
+    /// The largest result a query may return, in Arrow bytes; also bounds
+    /// what `repeat`, `lpad` and `rpad` may build.
+    pub max_result_bytes: usize,
 }
 
 /// A SQL engine over the table. Each query plans against the latest snapshot,
@@ -105,10 +112,13 @@ impl QueryEngine {
         // instead of growing the process (or filling the disk).
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.max_memory_bytes, 1.0)
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        bounded_udf::register(&ctx, limits.max_result_bytes);
         let view = catalog::SingleTableCatalog::new(table.catalog.clone(), table.ident.clone());
         let provider = IcebergCatalogProvider::try_new(std::sync::Arc::new(view))
             .await
@@ -125,13 +135,20 @@ impl QueryEngine {
         let spans = std::sync::Arc::new(spans_table::SpansTable::new(spans, table.clone()));
         ctx.register_table(TABLE_NAME, spans)
             .map_err(|e| QueryError::Catalog(Box::new(e)))?;
-        Ok(Self { ctx, limits, table: table.clone() })
+        Ok(Self {
+            ctx,
+            limits,
+            table: table.clone(),
+        })
     }
 
     /// The spans of one trace (lowercase hex id), within the row and time
     /// limits, skipping files by their `trace_id` bloom filters
     /// ([`lookup`]).
-    pub async fn find_trace(&self, trace_id: &str) -> Result<(QueryResult, lookup::LookupStats), QueryError> {
+    pub async fn find_trace(
+        &self,
+        trace_id: &str,
+    ) -> Result<(QueryResult, lookup::LookupStats), QueryError> {
         let started = Instant::now();
         let run = async {
             let table = self
@@ -154,16 +171,29 @@ impl QueryEngine {
         let run = async {
             let ids = search::matching_ids(&self.ctx, q).await?;
             match_ms = started.elapsed().as_millis() as u64;
-            let table = self.table.load().await.map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            let table = self
+                .table
+                .load()
+                .await
+                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
             search::summaries(&table, &ids, q.order, self.limits.max_rows).await
         };
         let (traces, truncated) = self.within_limits(run).await?;
-        Ok(SearchResult { traces, truncated, elapsed_ms: started.elapsed().as_millis() as u64, match_ms })
+        Ok(SearchResult {
+            traces,
+            truncated,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            match_ms,
+        })
     }
 
     /// The services and their span names with spans starting in `[from, to)`
     /// (Unix microseconds).
-    pub async fn services(&self, from_micros: i64, to_micros: i64) -> Result<Vec<search::ServiceNames>, QueryError> {
+    pub async fn services(
+        &self,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> Result<Vec<search::ServiceNames>, QueryError> {
         let run = search::service_names(&self.ctx, from_micros, to_micros, self.limits.max_rows);
         Ok(self.within_limits(run).await?.0)
     }
@@ -171,11 +201,22 @@ impl QueryEngine {
     /// Runs `work` within the time limit, telling memory exhaustion apart
     /// from other execution failures. Dropping the future on timeout
     /// cancels every stream of its plans.
-    async fn within_limits<T>(&self, work: impl std::future::Future<Output = Result<T, QueryError>>) -> Result<T, QueryError> {
+    async fn within_limits<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
         let limit = self.limits.max_memory_bytes;
         match tokio::time::timeout(self.limits.timeout, work).await {
             Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
-            Ok(Err(QueryError::Execution(e))) => Err(execution_error(e, limit)),
+            Ok(Err(QueryError::Execution(e))) => {
+                Err(execution_error(e, limit, self.limits.max_result_bytes))
+            }
+            Ok(Err(QueryError::Invalid(e))) if e.to_string().contains(bounded_udf::REFUSAL) => {
+                Err(QueryError::TooLarge {
+                    limit: self.limits.max_result_bytes,
+                    reason: e.to_string(),
+                })
+            }
             Ok(other) => other,
         }
     }
@@ -208,7 +249,7 @@ impl QueryEngine {
                 df.limit(0, Some(max_rows + 1))
                     .map_err(QueryError::Invalid)?
             };
-            df.collect().await.map_err(QueryError::Execution)
+            collect_within(df, self.limits.max_result_bytes).await
         };
         let batches = self.within_limits(run).await?;
         let mut result = to_json(&batches, max_rows)?;
@@ -217,15 +258,48 @@ impl QueryEngine {
     }
 }
 
-/// Tells a query that ran out of its memory pool from other failures.
-fn execution_error(e: DataFusionError, limit: usize) -> QueryError {
+/// Tells a query that ran out of its memory pool, or would have built too
+/// large a result, from other failures.
+fn execution_error(e: DataFusionError, limit: usize, max_result_bytes: usize) -> QueryError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(reason) => QueryError::OutOfMemory {
             limit,
             reason: reason.clone(),
         },
+        root if root.to_string().contains(bounded_udf::REFUSAL) => QueryError::TooLarge {
+            limit: max_result_bytes,
+            reason: root.to_string(),
+        },
         _ => QueryError::Execution(e),
     }
+}
+
+/// Collects the result batch by batch, refusing it once it holds more than
+/// `max_bytes`: a result is built outside the memory pool, and then copied
+/// again as JSON.
+async fn collect_within(
+    df: datafusion::dataframe::DataFrame,
+    max_bytes: usize,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    use futures::StreamExt;
+    let mut stream = df.execute_stream().await.map_err(QueryError::Execution)?;
+    let mut batches = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(QueryError::Execution)?;
+        bytes += batch.get_array_memory_size();
+        if bytes > max_bytes {
+            return Err(QueryError::TooLarge {
+                limit: max_bytes,
+                reason: format!(
+                    "more than {bytes} bytes after {} batches",
+                    batches.len() + 1
+                ),
+            });
+        }
+        batches.push(batch);
+    }
+    Ok(batches)
 }
 
 /// Accepts exactly one `SELECT`/`WITH`/`EXPLAIN`/`SHOW`/`DESCRIBE` statement.
@@ -273,7 +347,13 @@ fn sql_statement_is_read_only(statement: &SqlStatement) -> bool {
 fn to_json(batches: &[RecordBatch], max_rows: usize) -> Result<QueryResult, QueryError> {
     let columns: Vec<String> = batches
         .first()
-        .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
         .unwrap_or_default();
     let mut rows = Vec::new();
     let mut truncated = false;
@@ -302,10 +382,11 @@ fn to_json(batches: &[RecordBatch], max_rows: usize) -> Result<QueryResult, Quer
 
 macro_rules! numbers {
     ($array:expr, $ty:ty) => {
-        $array
-            .as_any()
-            .downcast_ref::<$ty>()
-            .map(|a| a.iter().map(|v| v.map_or(Value::Null, Value::from)).collect())
+        $array.as_any().downcast_ref::<$ty>().map(|a| {
+            a.iter()
+                .map(|v| v.map_or(Value::Null, Value::from))
+                .collect()
+        })
     };
 }
 
@@ -337,8 +418,8 @@ fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
         return Ok(values);
     }
     let options = FormatOptions::default().with_null("");
-    let formatter = ArrayFormatter::try_new(array, &options)
-        .map_err(|e| QueryError::Execution(e.into()))?;
+    let formatter =
+        ArrayFormatter::try_new(array, &options).map_err(|e| QueryError::Execution(e.into()))?;
     Ok((0..array.len())
         .map(|i| {
             if array.is_null(i) {
@@ -356,7 +437,13 @@ fn column_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
 fn nested_values(array: &dyn Array) -> Result<Option<Vec<Value>>, QueryError> {
     let rows = |value: &dyn Fn(usize) -> Result<Value, QueryError>| {
         (0..array.len())
-            .map(|i| if array.is_null(i) { Ok(Value::Null) } else { value(i) })
+            .map(|i| {
+                if array.is_null(i) {
+                    Ok(Value::Null)
+                } else {
+                    value(i)
+                }
+            })
             .collect::<Result<Vec<_>, _>>()
     };
     let values = match array.data_type() {
@@ -394,7 +481,11 @@ fn nested_values(array: &dyn Array) -> Result<Option<Vec<Value>>, QueryError> {
                 .collect::<Result<_, _>>()?;
             rows(&|i| {
                 Ok(Value::Object(
-                    fields.iter().zip(&columns).map(|(f, c)| (f.name().clone(), c[i].clone())).collect(),
+                    fields
+                        .iter()
+                        .zip(&columns)
+                        .map(|(f, c)| (f.name().clone(), c[i].clone()))
+                        .collect(),
                 ))
             })?
         }
@@ -467,20 +558,28 @@ mod tests {
         let fields = vec![Field::new("name", DataType::Utf8, true)];
         let mut list = ListBuilder::new(StructBuilder::from_fields(fields, 2));
         let events = list.values();
-        events.field_builder::<StringBuilder>(0).expect("name").append_value("exception");
+        events
+            .field_builder::<StringBuilder>(0)
+            .expect("name")
+            .append_value("exception");
         events.append(true);
         list.append(true);
         list.append(true);
         let lists = list.finish();
         assert_eq!(
             column_values(&lists).expect("lists"),
-            vec![serde_json::json!([{"name": "exception"}]), serde_json::json!([])]
+            vec![
+                serde_json::json!([{"name": "exception"}]),
+                serde_json::json!([])
+            ]
         );
     }
 
     #[test]
     fn syntax_errors_carry_the_parser_message() {
-        let err = check_read_only("SELEC * FROM spans").unwrap_err().to_string();
+        let err = check_read_only("SELEC * FROM spans")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("SELEC"), "{err}");
     }
 }

@@ -109,7 +109,10 @@ pub struct ServiceNames {
 }
 
 fn timestamp(micros: i64) -> Expr {
-    lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("+00:00".into())))
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(micros),
+        Some("+00:00".into()),
+    ))
 }
 
 fn in_range(from_micros: i64, to_micros: i64) -> Expr {
@@ -143,7 +146,9 @@ impl TraceSearch {
             let on = |map: &str| get_field(col(map), key.as_str()).eq(lit(value.clone()));
             all.push(on("span_attributes").or(on("resource_attributes")));
         }
-        all.into_iter().reduce(Expr::and).unwrap_or_else(|| lit(true))
+        all.into_iter()
+            .reduce(Expr::and)
+            .unwrap_or_else(|| lit(true))
     }
 }
 
@@ -157,7 +162,10 @@ impl TraceSearch {
 /// only the files of a window, and a busy service's page costs about a
 /// minute of the table however wide the range. Longest first has no such
 /// bound and scans the whole range.
-pub(super) async fn matching_ids(ctx: &SessionContext, q: &TraceSearch) -> Result<Vec<String>, QueryError> {
+pub(super) async fn matching_ids(
+    ctx: &SessionContext,
+    q: &TraceSearch,
+) -> Result<Vec<String>, QueryError> {
     let ranges = match q.order {
         SearchOrder::Start => windows(q.from_micros, q.to_micros),
         SearchOrder::Duration => vec![(q.from_micros, q.to_micros)],
@@ -200,9 +208,17 @@ fn windows(from: i64, to: i64) -> Vec<(i64, i64)> {
 /// span) among their matching spans, with that key. `max(…) ORDER BY …
 /// DESC LIMIT n` is the shape DataFusion's top-k aggregation runs without
 /// sorting every group.
-async fn top_traces(ctx: &SessionContext, q: &TraceSearch, from: i64, to: i64) -> Result<Vec<(String, f64)>, QueryError> {
+async fn top_traces(
+    ctx: &SessionContext,
+    q: &TraceSearch,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(String, f64)>, QueryError> {
     let (key, as_number) = match q.order {
-        SearchOrder::Start => (max(col("start_time")), cast(col("sort_key"), DataType::Int64)),
+        SearchOrder::Start => (
+            max(col("start_time")),
+            cast(col("sort_key"), DataType::Int64),
+        ),
         SearchOrder::Duration => (max(col("duration_ms")), col("sort_key")),
     };
     let df = spans(ctx)
@@ -257,7 +273,10 @@ pub(super) async fn summaries(
     let mut by_trace: HashMap<String, Vec<SpanRow>> = HashMap::new();
     for row in result.rows {
         if let Some(span) = SpanRow::from_json(&row, &at) {
-            by_trace.entry(span.trace_id.clone()).or_default().push(span);
+            by_trace
+                .entry(span.trace_id.clone())
+                .or_default()
+                .push(span);
         }
     }
     let mut found: Vec<TraceSummary> = ids
@@ -293,10 +312,18 @@ pub(super) async fn service_names(
                 vec![count(lit(1)).alias("spans")],
             )
         })
-        .and_then(|df| df.sort(vec![col("service_name").sort(true, true), col("name").sort(true, true)]))
+        .and_then(|df| {
+            df.sort(vec![
+                col("service_name").sort(true, true),
+                col("name").sort(true, true),
+            ])
+        })
         .and_then(|df| df.limit(0, Some(max_rows + 1)))
         .map_err(QueryError::Invalid)?;
-    let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, max_rows)?;
+    let result = to_json(
+        &df.collect().await.map_err(QueryError::Execution)?,
+        max_rows,
+    )?;
     let mut services: Vec<ServiceNames> = Vec::new();
     for row in result.rows {
         let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
@@ -308,7 +335,11 @@ pub(super) async fn service_names(
                 last.names.push(name);
                 last.span_count += spans;
             }
-            _ => services.push(ServiceNames { service, names: vec![name], span_count: spans }),
+            _ => services.push(ServiceNames {
+                service,
+                names: vec![name],
+                span_count: spans,
+            }),
         }
     }
     Ok((services, result.truncated))
@@ -333,8 +364,19 @@ impl SpanRow {
     /// A row of [`SUMMARY_COLUMNS`], found at `at` (by name: the reader's
     /// column order is its own).
     fn from_json(row: &[Value], at: &[Option<usize>]) -> Option<Self> {
-        let text = |i: usize| at.get(i).copied().flatten().and_then(|i| row.get(i)).and_then(Value::as_str).map(str::to_string);
-        let micros = |i: usize| text(i).and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp_micros());
+        let text = |i: usize| {
+            at.get(i)
+                .copied()
+                .flatten()
+                .and_then(|i| row.get(i))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let micros = |i: usize| {
+            text(i)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.timestamp_micros())
+        };
         Some(Self {
             trace_id: text(0)?,
             span_id: text(1)?,
@@ -363,10 +405,17 @@ fn summarise(trace_id: &str, spans: &[SpanRow]) -> TraceSummary {
         .or_else(|| {
             spans
                 .iter()
-                .filter(|s| s.parent_span_id.as_deref().is_some_and(|p| !ids.contains(p)))
+                .filter(|s| {
+                    s.parent_span_id
+                        .as_deref()
+                        .is_some_and(|p| !ids.contains(p))
+                })
                 .min_by_key(|s| s.start_micros)
         });
-    let mut services: Vec<String> = spans.iter().filter_map(|s| s.service_name.clone()).collect();
+    let mut services: Vec<String> = spans
+        .iter()
+        .filter_map(|s| s.service_name.clone())
+        .collect();
     services.sort();
     services.dedup();
     let first = spans.first();
@@ -391,7 +440,14 @@ fn summarise(trace_id: &str, spans: &[SpanRow]) -> TraceSummary {
 mod tests {
     use super::*;
 
-    fn span(id: &str, parent: Option<&str>, service: &str, start: i64, end: i64, status: &str) -> SpanRow {
+    fn span(
+        id: &str,
+        parent: Option<&str>,
+        service: &str,
+        start: i64,
+        end: i64,
+        status: &str,
+    ) -> SpanRow {
         SpanRow {
             trace_id: "t".into(),
             span_id: id.into(),
@@ -430,7 +486,11 @@ mod tests {
             span("b", Some("gone"), "api", 2_000, 4_000, "OK"),
         ];
         let s = summarise("t", &spans);
-        assert_eq!(s.root_name.as_deref(), Some("op-b"), "its parent is not stored");
+        assert_eq!(
+            s.root_name.as_deref(),
+            Some("op-b"),
+            "its parent is not stored"
+        );
         assert_eq!(s.error_count, 0);
     }
 
@@ -440,13 +500,24 @@ mod tests {
         let w = windows(0, hour);
         assert_eq!(w.first().map(|w| w.1), Some(hour), "newest first");
         assert_eq!(w.last().map(|w| w.0), Some(0), "down to from");
-        assert!(w.windows(2).all(|p| p[0].0 == p[1].1), "adjacent, no gap or overlap: {w:?}");
-        assert_eq!(w[0].1 - w[0].0, FIRST_WINDOW_MICROS, "a 64th of an hour is less than a minute");
+        assert!(
+            w.windows(2).all(|p| p[0].0 == p[1].1),
+            "adjacent, no gap or overlap: {w:?}"
+        );
+        assert_eq!(
+            w[0].1 - w[0].0,
+            FIRST_WINDOW_MICROS,
+            "a 64th of an hour is less than a minute"
+        );
         assert_eq!(w[1].1 - w[1].0, 4 * FIRST_WINDOW_MICROS);
         assert_eq!(w.len(), 4, "1, 4, 16 minutes, then the rest: {w:?}");
         let week = 7 * 24 * hour;
         assert_eq!(windows(0, week)[0].1 - windows(0, week)[0].0, week / 64);
-        assert_eq!(windows(5, 6), vec![(5, 6)], "a range narrower than a window");
+        assert_eq!(
+            windows(5, 6),
+            vec![(5, 6)],
+            "a range narrower than a window"
+        );
         assert!(windows(6, 6).is_empty());
     }
 
@@ -469,7 +540,12 @@ mod tests {
             ..Default::default()
         };
         let text = q.span_condition(q.from_micros, q.to_micros).to_string();
-        for part in ["service_name = Utf8(\"web\")", "status_code = Utf8(\"ERROR\")", "http.route", "resource_attributes"] {
+        for part in [
+            "service_name = Utf8(\"web\")",
+            "status_code = Utf8(\"ERROR\")",
+            "http.route",
+            "resource_attributes",
+        ] {
             assert!(text.contains(part), "{part} missing from {text}");
         }
         assert!(!text.contains("sampling_reason"), "no reason asked: {text}");

@@ -33,7 +33,9 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use datafusion::prelude::Expr;
 use futures::{StreamExt, TryStreamExt};
 use iceberg_datafusion::physical_plan::IcebergTableScan;
@@ -62,11 +64,21 @@ impl SpansTable {
 
 /// The id of a `trace_id = '…'` condition (either way round).
 fn trace_id_condition(filter: &Expr) -> Option<String> {
-    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = filter else { return None };
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = filter
+    else {
+        return None;
+    };
     let literal = |e: &Expr| match e {
-        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)), _) => {
-            Some(s.clone())
-        }
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+            _,
+        ) => Some(s.clone()),
         _ => None,
     };
     let column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == TRACE_ID_COLUMN);
@@ -91,7 +103,10 @@ impl TableProvider for SpansTable {
         self.inner.table_type()
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         self.inner.supports_filters_pushdown(filters)
     }
 
@@ -114,11 +129,21 @@ impl TableProvider for SpansTable {
         let schema = self.inner.schema();
         let (columns, output) = match projection {
             // Nothing to read (a bare count): Iceberg's scan does it.
-            Some(p) if p.is_empty() => return self.inner.scan(state, projection, filters, limit).await,
-            Some(p) => (Some(p.iter().map(|i| schema.field(*i).name().clone()).collect()), Arc::new(schema.project(p)?)),
+            Some(p) if p.is_empty() => {
+                return self.inner.scan(state, projection, filters, limit).await
+            }
+            Some(p) => (
+                Some(p.iter().map(|i| schema.field(*i).name().clone()).collect()),
+                Arc::new(schema.project(p)?),
+            ),
             None => (None, schema),
         };
-        Ok(Arc::new(TraceLookupExec::new(self.table.clone(), trace_id, columns, output)))
+        Ok(Arc::new(TraceLookupExec::new(
+            self.table.clone(),
+            trace_id,
+            columns,
+            output,
+        )))
     }
 }
 
@@ -136,7 +161,10 @@ fn snapshot_rows(plan: &dyn ExecutionPlan) -> Option<usize> {
     };
     let summary = &snapshot.summary().additional_properties;
     let zero = |key: &str| summary.get(key).is_none_or(|v| v == "0");
-    if !(zero("total-delete-files") && zero("total-position-deletes") && zero("total-equality-deletes")) {
+    if !(zero("total-delete-files")
+        && zero("total-position-deletes")
+        && zero("total-equality-deletes"))
+    {
         return None;
     }
     summary.get("total-records")?.parse().ok()
@@ -178,11 +206,18 @@ impl ExecutionPlan for CountedScan {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
         self.inner.execute(partition, context)
     }
 
@@ -211,14 +246,25 @@ impl std::fmt::Debug for TraceLookupExec {
 }
 
 impl TraceLookupExec {
-    fn new(table: TableHandle, trace_id: String, columns: Option<Vec<String>>, schema: SchemaRef) -> Self {
+    fn new(
+        table: TableHandle,
+        trace_id: String,
+        columns: Option<Vec<String>>,
+        schema: SchemaRef,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { table, trace_id, columns, properties, metrics: ExecutionPlanMetricsSet::new() }
+        Self {
+            table,
+            trace_id,
+            columns,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 }
 
@@ -228,7 +274,9 @@ impl DisplayAs for TraceLookupExec {
             f,
             "TraceLookupExec: trace_id={}, projection=[{}]",
             self.trace_id,
-            self.columns.as_ref().map_or_else(|| "*".to_string(), |c| c.join(", "))
+            self.columns
+                .as_ref()
+                .map_or_else(|| "*".to_string(), |c| c.join(", "))
         )
     }
 }
@@ -250,7 +298,10 @@ impl ExecutionPlan for TraceLookupExec {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, _: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
@@ -259,7 +310,9 @@ impl ExecutionPlan for TraceLookupExec {
     }
 
     fn execute(&self, _: usize, _: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let counter = |name: &'static str| MetricBuilder::new(&self.metrics).global_counter(Cow::Borrowed(name));
+        let counter = |name: &'static str| {
+            MetricBuilder::new(&self.metrics).global_counter(Cow::Borrowed(name))
+        };
         let counters = [
             counter("files_planned"),
             counter("files_skipped_by_bloom"),
@@ -270,11 +323,17 @@ impl ExecutionPlan for TraceLookupExec {
             counter("row_groups_skipped_by_statistics"),
         ];
         let bytes_read = MetricBuilder::new(&self.metrics).global_counter("bytes_read");
-        let (handle, trace_id, columns) = (self.table.clone(), self.trace_id.clone(), self.columns.clone());
+        let (handle, trace_id, columns) = (
+            self.table.clone(),
+            self.trace_id.clone(),
+            self.columns.clone(),
+        );
         let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
         let batches = async move {
             let table = handle.load().await.map_err(|e| external(Box::new(e)))?;
-            let (tasks, stats) = lookup::plan_trace(&table, &trace_id, columns).await.map_err(|e| external(Box::new(e)))?;
+            let (tasks, stats) = lookup::plan_trace(&table, &trace_id, columns)
+                .await
+                .map_err(|e| external(Box::new(e)))?;
             let figures = [
                 stats.files_planned,
                 stats.files_skipped_by_bloom,
@@ -295,10 +354,17 @@ impl ExecutionPlan for TraceLookupExec {
                 bytes_read.add(metrics.bytes_read() as usize);
                 Ok::<_, DataFusionError>(None)
             });
-            Ok::<_, DataFusionError>(rows.map_ok(Some).chain(done).try_filter_map(|b| async move { Ok(b) }))
+            Ok::<_, DataFusionError>(
+                rows.map_ok(Some)
+                    .chain(done)
+                    .try_filter_map(|b| async move { Ok(b) }),
+            )
         };
         let stream = futures::stream::once(batches).try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 }
 
@@ -310,10 +376,19 @@ mod tests {
     #[test]
     fn a_trace_id_equality_either_way_round_is_a_lookup() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(trace_id_condition(&col("trace_id").eq(lit(id))).as_deref(), Some(id));
-        assert_eq!(trace_id_condition(&lit(id).eq(col("trace_id"))).as_deref(), Some(id));
+        assert_eq!(
+            trace_id_condition(&col("trace_id").eq(lit(id))).as_deref(),
+            Some(id)
+        );
+        assert_eq!(
+            trace_id_condition(&lit(id).eq(col("trace_id"))).as_deref(),
+            Some(id)
+        );
         assert_eq!(trace_id_condition(&col("span_id").eq(lit(id))), None);
         assert_eq!(trace_id_condition(&col("trace_id").gt(lit(id))), None);
-        assert_eq!(trace_id_condition(&col("trace_id").eq(col("span_id"))), None);
+        assert_eq!(
+            trace_id_condition(&col("trace_id").eq(col("span_id"))),
+            None
+        );
     }
 }

@@ -59,7 +59,10 @@ impl RuleSpec {
             ));
         }
         if self.match_.is_empty() {
-            return Err(reject("match", "needs at least one resource, span or trace condition"));
+            return Err(reject(
+                "match",
+                "needs at least one resource, span or trace condition",
+            ));
         }
         Ok(CompiledRule {
             id,
@@ -214,7 +217,9 @@ mod tests {
         let set = RuleSet::new(vec![r]);
         assert_eq!(
             set.evaluate(&[9; 16], &spans("demo-service", false, 10)),
-            Some(ForceVerdict::Keep { rule_id: "r1".into() })
+            Some(ForceVerdict::Keep {
+                rule_id: "r1".into()
+            })
         );
         assert_eq!(set.evaluate(&[9; 16], &spans("other", false, 10)), None);
     }
@@ -222,11 +227,17 @@ mod tests {
     #[test]
     fn operators_on_fields_and_attributes() {
         let cases = [
-            (r#"{"key":"tenant","op":"regex","value":"^acme-(prod|stage)$"}"#, true),
+            (
+                r#"{"key":"tenant","op":"regex","value":"^acme-(prod|stage)$"}"#,
+                true,
+            ),
             (r#"{"key":"tenant","op":"regex","value":"^globex"}"#, false),
             (r#"{"key":"duration_ms","op":"gt","value":100}"#, true),
             (r#"{"key":"duration_ms","op":"gt","value":"1000"}"#, false),
-            (r#"{"key":"http.response.status_code","op":"gte","value":200}"#, true),
+            (
+                r#"{"key":"http.response.status_code","op":"gte","value":200}"#,
+                true,
+            ),
             (r#"{"key":"name","op":"contains","value":"checkout"}"#, true),
             (r#"{"key":"kind","op":"eq","value":"SERVER"}"#, true),
             (r#"{"key":"status_code","op":"eq","value":"ERROR"}"#, false),
@@ -238,7 +249,9 @@ mod tests {
         let data = spans("svc", false, 500);
         for (cond, expected) in cases {
             let r = rule(
-                &format!(r#"{{"duration_secs":60,"match":{{"span":[{cond}]}},"action":"force_keep"}}"#),
+                &format!(
+                    r#"{{"duration_secs":60,"match":{{"span":[{cond}]}},"action":"force_keep"}}"#
+                ),
                 "r",
             );
             let got = RuleSet::new(vec![r]).evaluate(&[9; 16], &data).is_some();
@@ -259,19 +272,39 @@ mod tests {
         let set = RuleSet::new(vec![keep, drop]);
         assert_eq!(
             set.evaluate(&[9; 16], &spans("svc", true, 10)),
-            Some(ForceVerdict::Drop { rule_id: "drop".into() })
+            Some(ForceVerdict::Drop {
+                rule_id: "drop".into()
+            })
         );
     }
 
     #[test]
     fn invalid_rules_name_their_field() {
         let cases = [
-            (r#"{"duration_secs":0,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
-            (r#"{"duration_secs":999999,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#, "duration_secs"),
-            (r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#, "match"),
-            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"regex","value":"("}]},"action":"force_keep"}"#, "match.span[0].value"),
-            (r#"{"duration_secs":5,"match":{"resource":[{"key":"a","op":"eq"}]},"action":"force_keep"}"#, "match.resource[0].value"),
-            (r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"gt","value":"fast"}]},"action":"force_keep"}"#, "match.span[0].value"),
+            (
+                r#"{"duration_secs":0,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#,
+                "duration_secs",
+            ),
+            (
+                r#"{"duration_secs":999999,"match":{"span":[{"key":"a","op":"exists"}]},"action":"force_keep"}"#,
+                "duration_secs",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{},"action":"force_keep"}"#,
+                "match",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"regex","value":"("}]},"action":"force_keep"}"#,
+                "match.span[0].value",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{"resource":[{"key":"a","op":"eq"}]},"action":"force_keep"}"#,
+                "match.resource[0].value",
+            ),
+            (
+                r#"{"duration_secs":5,"match":{"span":[{"key":"a","op":"gt","value":"fast"}]},"action":"force_keep"}"#,
+                "match.span[0].value",
+            ),
         ];
         for (json, field) in cases {
             let err = spec(json).compile("x".into(), 86_400).expect_err(json);

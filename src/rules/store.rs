@@ -54,7 +54,6 @@ pub struct StoredRule {
     pub spec: RuleSpec,
 }
 
-
 /// The Redis side. Connects lazily, so the selector starts without Redis and
 /// picks it up when it comes back.
 pub struct RuleStore {
@@ -88,7 +87,11 @@ impl RuleStore {
         })?;
         let mut c = self.conn().await?;
         let _: () = redis::pipe()
-            .set_ex(self.rule_key(&rule.id), json, rule.spec.duration_secs as u64)
+            .set_ex(
+                self.rule_key(&rule.id),
+                json,
+                rule.spec.duration_secs as u64,
+            )
             .ignore()
             .sadd(self.redis.key(INDEX_KEY), &rule.id)
             .ignore()
@@ -156,7 +159,8 @@ impl RuleStore {
         let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         for (id, n) in counts {
-            pipe.hincr(self.redis.key(MATCHES_KEY), id.as_ref(), *n).ignore();
+            pipe.hincr(self.redis.key(MATCHES_KEY), id.as_ref(), *n)
+                .ignore();
         }
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
@@ -184,7 +188,10 @@ impl LiveRules {
             .into_iter()
             .filter_map(|r| {
                 let id = Arc::from(r.id.as_str());
-                match r.spec.compile(id, max_duration_secs.max(r.spec.duration_secs)) {
+                match r
+                    .spec
+                    .compile(id, max_duration_secs.max(r.spec.duration_secs))
+                {
                     Ok(rule) => Some(rule.with_expiry(r.expires_at)),
                     Err(e) => {
                         tracing::warn!(rule = %r.id, error = %e, "stored rule does not compile");
@@ -252,7 +259,9 @@ async fn resync(
         }
         match store.list().await {
             Ok(rules) => live.replace(rules, max_duration_secs),
-            Err(e) => tracing::debug!(error = %e, "rule resync failed; keeping the last known rules"),
+            Err(e) => {
+                tracing::debug!(error = %e, "rule resync failed; keeping the last known rules")
+            }
         }
         let counts = live.take_match_counts();
         if !counts.is_empty() {

@@ -10,7 +10,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray};
+use arrow_array::{
+    ArrayRef, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
 
@@ -53,7 +55,8 @@ impl StrColumn {
     pub fn end_value(&mut self) {
         // Past 2 GiB the offsets stop growing and `finish` reports the batch
         // as invalid instead of wrapping around.
-        self.offsets.push(i32::try_from(self.values.len()).unwrap_or(i32::MAX));
+        self.offsets
+            .push(i32::try_from(self.values.len()).unwrap_or(i32::MAX));
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -97,8 +100,13 @@ impl StrColumn {
     /// whole could still split a character between two values).
     pub fn utf8_since(&self, row: usize) -> bool {
         let offsets = &self.offsets[row.min(self.len())..];
-        let is_boundary = |o: &i32| self.values.get(*o as usize).is_none_or(|b| (*b as i8) >= -0x40);
-        std::str::from_utf8(&self.values[offsets[0] as usize..]).is_ok() && offsets.iter().all(is_boundary)
+        let is_boundary = |o: &i32| {
+            self.values
+                .get(*o as usize)
+                .is_none_or(|b| (*b as i8) >= -0x40)
+        };
+        std::str::from_utf8(&self.values[offsets[0] as usize..]).is_ok()
+            && offsets.iter().all(is_boundary)
     }
 
     /// The Arrow array; the column is empty afterwards.
@@ -340,7 +348,9 @@ pub(super) fn timestamps(v: Vec<i64>, dt: &DataType) -> Result<ArrayRef, RowErro
     let DataType::Timestamp(_, tz) = dt else {
         return Err(RowError::UnexpectedColumn(format!("timestamp as {dt}")));
     };
-    Ok(Arc::new(TimestampMicrosecondArray::from(v).with_timezone_opt(tz.clone())))
+    Ok(Arc::new(
+        TimestampMicrosecondArray::from(v).with_timezone_opt(tz.clone()),
+    ))
 }
 
 #[cfg(test)]
@@ -370,6 +380,17 @@ mod tests {
         c.push_packed(&["x", "", "yz"].into_iter().collect());
         let array = c.finish().expect("valid");
         let values: Vec<Option<&str>> = array.iter().collect();
-        assert_eq!(values, vec![Some("keep"), None, Some("after"), None, Some("x"), Some(""), Some("yz")]);
+        assert_eq!(
+            values,
+            vec![
+                Some("keep"),
+                None,
+                Some("after"),
+                None,
+                Some("x"),
+                Some(""),
+                Some("yz")
+            ]
+        );
     }
 }

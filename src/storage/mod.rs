@@ -3,6 +3,7 @@
 //! messages released for the offset commit.
 
 mod columns;
+pub mod pinned;
 pub mod replay;
 pub mod rows;
 pub mod writer;
@@ -18,13 +19,17 @@ pub enum StorageError {
     Rows(#[from] RowError),
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
+    /// A commit that landed since the batch was checked recorded offsets
+    /// past one of its messages: the batch is checked again.
+    #[error("the table moved past the batch's offsets: {0}")]
+    Overlap(String),
 }
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::config::StorageConfig;
 use crate::model::KeptTrace;
+use crate::supervise::StageTask;
 use crate::table::TableHandle;
 use writer::{IcebergWriter, WriterConfig, WriterContext};
 
@@ -34,7 +39,7 @@ pub fn start(
     table: TableHandle,
     cfg: &StorageConfig,
     ctx: WriterContext,
-) -> (mpsc::UnboundedSender<KeptTrace>, JoinHandle<()>) {
+) -> (mpsc::UnboundedSender<KeptTrace>, StageTask) {
     let (kept_tx, kept_rx) = mpsc::unbounded_channel();
     let writer = IcebergWriter::new(
         table,
@@ -45,5 +50,8 @@ pub fn start(
         },
         ctx,
     );
-    (kept_tx, tokio::spawn(writer.run(kept_rx)))
+    (
+        kept_tx,
+        StageTask::spawn("storage writer", writer.run(kept_rx)),
+    )
 }

@@ -25,22 +25,23 @@ use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::Datum;
 use iceberg::table::Table;
 
-
+use crate::ack::Assignments;
 use crate::model::KeptTrace;
 use crate::model::TraceId;
-use crate::ack::Assignments;
 
-pub use crate::table::offsets::{OffsetsSummary, PartitionOffsets, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use crate::table::offsets;
+pub use crate::table::offsets::{OffsetsSummary, PartitionOffsets, SNAPSHOT_KAFKA_OFFSETS_KEY};
 
 /// The summary value for a batch of kept traces.
 pub fn offsets_summary(topic: &str, traces: &[KeptTrace], assignments: &Assignments) -> String {
     let mut partitions: BTreeMap<i32, PartitionOffsets> = BTreeMap::new();
     for m in traces.iter().flat_map(|t| t.msgs.iter()) {
-        let entry = partitions.entry(m.partition).or_insert_with(|| PartitionOffsets {
-            next_offset: m.offset + 1,
-            owner: assignments.owner_token(m.lease()),
-        });
+        let entry = partitions
+            .entry(m.partition)
+            .or_insert_with(|| PartitionOffsets {
+                next_offset: m.offset + 1,
+                owner: assignments.owner_token(m.lease()),
+            });
         entry.next_offset = entry.next_offset.max(m.offset + 1);
     }
     let summary = OffsetsSummary {
@@ -71,7 +72,11 @@ impl ReplayGuard {
             if !self.seen_snapshots.insert(snapshot.snapshot_id()) {
                 continue;
             }
-            if let Some(raw) = snapshot.summary().additional_properties.get(SNAPSHOT_KAFKA_OFFSETS_KEY) {
+            if let Some(raw) = snapshot
+                .summary()
+                .additional_properties
+                .get(SNAPSHOT_KAFKA_OFFSETS_KEY)
+            {
                 offsets::add_summary(&mut self.high, raw, topic);
             }
         }
@@ -93,10 +98,11 @@ impl ReplayGuard {
 
 /// Whether a trace holds a message that another lease may already have stored.
 pub fn is_replayed(trace: &KeptTrace, foreign_high: &HashMap<i32, i64>) -> bool {
-    trace
-        .msgs
-        .iter()
-        .any(|m| foreign_high.get(&m.partition).is_some_and(|h| m.offset < *h))
+    trace.msgs.iter().any(|m| {
+        foreign_high
+            .get(&m.partition)
+            .is_some_and(|h| m.offset < *h)
+    })
 }
 
 /// `(trace id, span id)` of every stored span of these traces.
@@ -211,13 +217,19 @@ mod tests {
         a.assign(&[0, 2]);
         let e0 = a.lease(0).expect("lease").epoch;
         let e2 = a.lease(2).expect("lease").epoch;
-        let traces = vec![kept(vec![m(0, 5, e0), m(0, 9, e0)]), kept(vec![m(2, 3, e2)])];
+        let traces = vec![
+            kept(vec![m(0, 5, e0), m(0, 9, e0)]),
+            kept(vec![m(2, 3, e2)]),
+        ];
         let raw = offsets_summary("t", &traces, &a);
         let parsed: OffsetsSummary = serde_json::from_str(&raw).expect("json");
         assert_eq!(parsed.topic, "t");
         assert_eq!(parsed.partitions[&0].next_offset, 10);
         assert_eq!(parsed.partitions[&2].next_offset, 4);
-        assert_eq!(parsed.partitions[&0].owner, a.owner_token(a.lease(0).expect("lease")));
+        assert_eq!(
+            parsed.partitions[&0].owner,
+            a.owner_token(a.lease(0).expect("lease"))
+        );
     }
 
     #[test]
@@ -226,6 +238,9 @@ mod tests {
         assert!(is_replayed(&kept(vec![m(0, 99, 1)]), &high));
         assert!(is_replayed(&kept(vec![m(0, 150, 1), m(0, 42, 1)]), &high));
         assert!(!is_replayed(&kept(vec![m(0, 100, 1)]), &high));
-        assert!(!is_replayed(&kept(vec![m(1, 5, 1)]), &high), "partition 1 has no foreign commits");
+        assert!(
+            !is_replayed(&kept(vec![m(1, 5, 1)]), &high),
+            "partition 1 has no foreign commits"
+        );
     }
 }

@@ -132,7 +132,11 @@ impl SpanRows {
     /// Columns sized for the spans of `traces`.
     pub fn for_traces(traces: &[KeptTrace]) -> Self {
         let spans = traces.iter().map(|t| t.spans.len()).sum();
-        let bytes = traces.iter().flat_map(|t| &t.spans).map(|s| s.bytes.len()).sum();
+        let bytes = traces
+            .iter()
+            .flat_map(|t| &t.spans)
+            .map(|s| s.bytes.len())
+            .sum();
         Self::with_capacity(spans, bytes)
     }
 
@@ -263,24 +267,36 @@ impl SpanRows {
     /// resource and scope are `self.origins.decoded[origin]`.
     fn append_row(&mut self, buf: &[u8], s: &SpanFields, origin: usize) {
         let origin = &self.origins.decoded[origin];
-        self.span_id.push(HexId::new(&buf[s.span_id.0..s.span_id.1]).as_str().as_bytes());
+        self.span_id.push(
+            HexId::new(&buf[s.span_id.0..s.span_id.1])
+                .as_str()
+                .as_bytes(),
+        );
         let parent = &buf[s.parent_span_id.0..s.parent_span_id.1];
         if parent.is_empty() {
             self.parent_span_id.push_null();
         } else {
-            self.parent_span_id.push(HexId::new(parent).as_str().as_bytes());
+            self.parent_span_id
+                .push(HexId::new(parent).as_str().as_bytes());
         }
         self.kind.push(kind_name(s.kind).as_bytes());
-        self.service_name.push_option(origin.service_name.as_deref());
+        self.service_name
+            .push_option(origin.service_name.as_deref());
         self.start_us.push((s.start / 1000) as i64);
         self.end_us.push((s.end / 1000) as i64);
-        self.duration_ms.push(s.end.saturating_sub(s.start) as f64 / 1e6);
+        self.duration_ms
+            .push(s.end.saturating_sub(s.start) as f64 / 1e6);
         self.status_code.push(status_name(s.status_code).as_bytes());
-        self.resource_attributes.keys.push_packed(&origin.attribute_keys);
-        self.resource_attributes.values.push_packed(&origin.attribute_values);
+        self.resource_attributes
+            .keys
+            .push_packed(&origin.attribute_keys);
+        self.resource_attributes
+            .values
+            .push_packed(&origin.attribute_values);
         self.resource_attributes.end_row();
         self.scope_name.push_option(origin.scope_name.as_deref());
-        self.scope_version.push_option(origin.scope_version.as_deref());
+        self.scope_version
+            .push_option(origin.scope_version.as_deref());
     }
 
     /// Builds the batch in the column order and types of `schema`.
@@ -298,7 +314,9 @@ impl SpanRows {
                 "service_name" => Arc::new(self.service_name.finish()?),
                 "start_time" => timestamps(std::mem::take(&mut self.start_us), dt)?,
                 "end_time" => timestamps(std::mem::take(&mut self.end_us), dt)?,
-                "duration_ms" => Arc::new(Float64Array::from(std::mem::take(&mut self.duration_ms))),
+                "duration_ms" => {
+                    Arc::new(Float64Array::from(std::mem::take(&mut self.duration_ms)))
+                }
                 "status_code" => Arc::new(self.status_code.finish()?),
                 "status_message" => Arc::new(self.status_message.finish()?),
                 "resource_attributes" => self.resource_attributes.finish(dt)?,
@@ -309,7 +327,9 @@ impl SpanRows {
                 "sampling_reason" => Arc::new(self.sampling_reason.finish()?),
                 "sampling_rule_id" => Arc::new(self.sampling_rule_id.finish()?),
                 "sampled_at" => timestamps(std::mem::take(&mut self.sampled_at_us), dt)?,
-                "sample_rate" => Arc::new(Float64Array::from(std::mem::take(&mut self.sample_rate))),
+                "sample_rate" => {
+                    Arc::new(Float64Array::from(std::mem::take(&mut self.sample_rate)))
+                }
                 // A column a newer version added: null, so that instances of
                 // two versions can share the table during a rolling upgrade.
                 _ if field.is_nullable() => arrow_array::new_null_array(dt, rows),
@@ -351,10 +371,14 @@ impl Origins {
         let hash = hasher.finish();
         let encoded = &self.encoded;
         let same = |i: &usize| encoded[*i].0 == origin.resource && encoded[*i].1 == origin.scope;
-        let found = self.by_hash.get(&hash).and_then(|c| c.iter().copied().find(same));
+        let found = self
+            .by_hash
+            .get(&hash)
+            .and_then(|c| c.iter().copied().find(same));
         let i = found.unwrap_or_else(|| {
             self.decoded.push(decode_origin(origin));
-            self.encoded.push((origin.resource.clone(), origin.scope.clone()));
+            self.encoded
+                .push((origin.resource.clone(), origin.scope.clone()));
             let i = self.decoded.len() - 1;
             self.by_hash.entry(hash).or_default().push(i);
             i
@@ -401,7 +425,11 @@ impl HexId {
 
 /// Reads `opentelemetry.proto.common.v1.KeyValue` into one map entry. The
 /// value is written as the table stores it (see `any_value_string`).
-fn append_key_value(column: &mut MapColumn, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
+fn append_key_value(
+    column: &mut MapColumn,
+    buf: &[u8],
+    range: (usize, usize),
+) -> Result<(), WireError> {
     let mut key = (0, 0);
     let mut value = None;
     for field in Fields::range(buf, range) {
@@ -435,7 +463,11 @@ enum AttrValue {
 
 /// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it as one
 /// value; the last member of the `oneof` on the wire wins, as in any decoder.
-fn append_any_value(out: &mut StrColumn, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
+fn append_any_value(
+    out: &mut StrColumn,
+    buf: &[u8],
+    range: (usize, usize),
+) -> Result<(), WireError> {
     let mut value = AttrValue::Empty;
     for field in Fields::range(buf, range) {
         let field = field?;
@@ -512,11 +544,13 @@ fn micros(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::decode::decode_message;
     use crate::model::SamplingReason;
+    use crate::otlp::decode::decode_message;
     use crate::table::schema::table_schema;
     use crate::testkit::synth::{kv, kv_int, request, span, trace, ResourceDef, TraceSpec};
-    use arrow_array::{Array, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray};
+    use arrow_array::{
+        Array, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray,
+    };
     use opentelemetry_proto::tonic::common::v1::{any_value, ArrayValue, KeyValue, KeyValueList};
     use opentelemetry_proto::tonic::trace::v1::{span::Event, Span};
 
@@ -568,7 +602,14 @@ mod tests {
             attr(
                 "list",
                 value(V::ArrayValue(ArrayValue {
-                    values: vec![AnyValue { value: Some(V::IntValue(1)) }, AnyValue { value: Some(V::StringValue("two".into())) }],
+                    values: vec![
+                        AnyValue {
+                            value: Some(V::IntValue(1)),
+                        },
+                        AnyValue {
+                            value: Some(V::StringValue("two".into())),
+                        },
+                    ],
                 })),
             ),
             attr(
@@ -587,16 +628,31 @@ mod tests {
     fn expected_map(attrs: &[KeyValue]) -> Vec<(String, String)> {
         attrs
             .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone().map(any_value_string).unwrap_or_default()))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.clone().map(any_value_string).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
     fn map_row(col: &ArrayRef, row: usize) -> Vec<(String, String)> {
         let map = col.as_any().downcast_ref::<MapArray>().expect("map");
         let entries = map.value(row);
-        let keys = entries.column(0).as_any().downcast_ref::<StringArray>().expect("keys");
-        let values = entries.column(1).as_any().downcast_ref::<StringArray>().expect("values");
-        (0..keys.len()).map(|i| (keys.value(i).to_string(), values.value(i).to_string())).collect()
+        let keys = entries
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("keys");
+        let values = entries
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("values");
+        (0..keys.len())
+            .map(|i| (keys.value(i).to_string(), values.value(i).to_string()))
+            .collect()
     }
 
     fn string_at(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
@@ -607,7 +663,9 @@ mod tests {
 
     #[test]
     fn rows_match_a_full_protobuf_decode() {
-        let mut spans: Vec<Span> = (1..=3).map(|i| span(9, i, 0, 10 * u64::from(i), i == 2)).collect();
+        let mut spans: Vec<Span> = (1..=3)
+            .map(|i| span(9, i, 0, 10 * u64::from(i), i == 2))
+            .collect();
         spans[0].attributes = every_kind_of_attribute();
         spans[0].trace_state = "vendor=1".into();
         spans[1].parent_span_id = spans[0].span_id.clone();
@@ -628,49 +686,94 @@ mod tests {
         spans[2].attributes = vec![kv("only", "one")];
         let mut trace_id = [0u8; 16];
         trace_id[15] = 9;
-        let trace = kept(trace_id, request(vec![ResourceDef::new("svc", spans.clone())]).encode_to_vec());
+        let trace = kept(
+            trace_id,
+            request(vec![ResourceDef::new("svc", spans.clone())]).encode_to_vec(),
+        );
         let mut rows = SpanRows::default();
         assert_eq!(rows.push_trace(&trace, |_| false), 0);
         assert_eq!(rows.undecodable_spans, 0);
         let batch = rows.into_batch(arrow_schema()).expect("batch");
         assert_eq!(batch.num_rows(), 3);
 
-        let resource = batch.column_by_name("resource_attributes").expect("resource");
+        let resource = batch
+            .column_by_name("resource_attributes")
+            .expect("resource");
         let span_attrs = batch.column_by_name("span_attributes").expect("attrs");
         let events = batch.column_by_name("events").expect("events");
         let events = events.as_any().downcast_ref::<ListArray>().expect("list");
         for (row, s) in spans.iter().enumerate() {
-            assert_eq!(string_at(&batch, "trace_id", row), Some(hex::encode(&s.trace_id)));
-            assert_eq!(string_at(&batch, "span_id", row), Some(hex::encode(&s.span_id)));
+            assert_eq!(
+                string_at(&batch, "trace_id", row),
+                Some(hex::encode(&s.trace_id))
+            );
+            assert_eq!(
+                string_at(&batch, "span_id", row),
+                Some(hex::encode(&s.span_id))
+            );
             let parent = (!s.parent_span_id.is_empty()).then(|| hex::encode(&s.parent_span_id));
             assert_eq!(string_at(&batch, "parent_span_id", row), parent);
             assert_eq!(string_at(&batch, "name", row), Some(s.name.clone()));
-            assert_eq!(string_at(&batch, "kind", row).as_deref(), Some(kind_name(s.kind)));
+            assert_eq!(
+                string_at(&batch, "kind", row).as_deref(),
+                Some(kind_name(s.kind))
+            );
             let status = s.status.clone().unwrap_or_default();
-            assert_eq!(string_at(&batch, "status_code", row).as_deref(), Some(status_name(status.code)));
+            assert_eq!(
+                string_at(&batch, "status_code", row).as_deref(),
+                Some(status_name(status.code))
+            );
             let message = (!status.message.is_empty()).then_some(status.message);
             assert_eq!(string_at(&batch, "status_message", row), message);
-            assert_eq!(string_at(&batch, "service_name", row).as_deref(), Some("svc"));
-            assert_eq!(string_at(&batch, "sampling_rule_id", row).as_deref(), Some("rule-1"));
+            assert_eq!(
+                string_at(&batch, "service_name", row).as_deref(),
+                Some("svc")
+            );
+            assert_eq!(
+                string_at(&batch, "sampling_rule_id", row).as_deref(),
+                Some("rule-1")
+            );
             assert_eq!(map_row(span_attrs, row), expected_map(&s.attributes));
             assert_eq!(
                 map_row(resource, row),
-                vec![("service.name".into(), "svc".into()), ("deployment.environment".into(), "local".into())]
+                vec![
+                    ("service.name".into(), "svc".into()),
+                    ("deployment.environment".into(), "local".into())
+                ]
             );
             let row_events = events.value(row);
-            let row_events = row_events.as_any().downcast_ref::<StructArray>().expect("struct");
+            let row_events = row_events
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("struct");
             assert_eq!(row_events.len(), s.events.len());
             for (i, e) in s.events.iter().enumerate() {
-                let names = row_events.column(0).as_any().downcast_ref::<StringArray>().expect("names");
+                let names = row_events
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("names");
                 assert_eq!(names.value(i), e.name);
-                let times = row_events.column(1).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("times");
+                let times = row_events
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .expect("times");
                 assert_eq!(times.value(i), (e.time_unix_nano / 1000) as i64);
-                assert_eq!(map_row(row_events.column(2), i), expected_map(&e.attributes));
+                assert_eq!(
+                    map_row(row_events.column(2), i),
+                    expected_map(&e.attributes)
+                );
             }
         }
         // Spot checks of the flattening itself, so the oracle cannot drift.
         let first = map_row(span_attrs, 0);
-        let get = |k: &str| first.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            first
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("huge"), Some("1e+20"));
         assert_eq!(get("whole"), Some("3.0"));
         assert_eq!(get("nan"), Some("null"));
@@ -695,15 +798,25 @@ mod tests {
         }];
         let mut after = span(4, 3, 0, 10, false);
         after.attributes = vec![kv("after", "x")];
-        let mut bytes =
-            request(vec![ResourceDef::new("svc", vec![before.clone(), bad, after.clone()])]).encode_to_vec();
+        let mut bytes = request(vec![ResourceDef::new(
+            "svc",
+            vec![before.clone(), bad, after.clone()],
+        )])
+        .encode_to_vec();
         // Make the second span's attribute value invalid UTF-8 in place.
-        let at = bytes.windows(11).position(|w| w == b"PLACEHOLDER").expect("value");
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"PLACEHOLDER")
+            .expect("value");
         bytes[at] = 0xff;
         let mut trace_id = [0u8; 16];
         trace_id[15] = 4;
         let trace = kept(trace_id, bytes);
-        assert_eq!(trace.spans.len(), 3, "the ingest scan does not read attributes");
+        assert_eq!(
+            trace.spans.len(),
+            3,
+            "the ingest scan does not read attributes"
+        );
         let mut rows = SpanRows::default();
         rows.push_trace(&trace, |_| false);
         assert_eq!(rows.undecodable_spans, 1);
@@ -713,24 +826,51 @@ mod tests {
         let attrs = batch.column_by_name("span_attributes").expect("attrs");
         assert_eq!(map_row(attrs, 0), expected_map(&before.attributes));
         assert_eq!(map_row(attrs, 1), expected_map(&after.attributes));
-        assert_eq!(string_at(&batch, "span_id", 1), Some(hex::encode(&after.span_id)));
+        assert_eq!(
+            string_at(&batch, "span_id", 1),
+            Some(hex::encode(&after.span_id))
+        );
         let events = batch.column_by_name("events").expect("events");
         let events = events.as_any().downcast_ref::<ListArray>().expect("list");
-        assert_eq!(events.values().len(), 0, "the bad span's event was cut back out");
+        assert_eq!(
+            events.values().len(),
+            0,
+            "the bad span's event was cut back out"
+        );
     }
 
     #[test]
     fn spans_without_attributes_or_events_get_empty_lists() {
         let mut trace_id = [0u8; 16];
         trace_id[15] = 6;
-        let trace = kept(trace_id, request(vec![ResourceDef::new("svc", vec![span(6, 1, 0, 10, false)])]).encode_to_vec());
-        for mut rows in [SpanRows::default(), SpanRows::for_traces(std::slice::from_ref(&trace))] {
+        let trace = kept(
+            trace_id,
+            request(vec![ResourceDef::new(
+                "svc",
+                vec![span(6, 1, 0, 10, false)],
+            )])
+            .encode_to_vec(),
+        );
+        for mut rows in [
+            SpanRows::default(),
+            SpanRows::for_traces(std::slice::from_ref(&trace)),
+        ] {
             rows.push_trace(&trace, |_| false);
             let batch = rows.into_batch(arrow_schema()).expect("batch");
             assert_eq!(batch.num_rows(), 1);
             let events = batch.column_by_name("events").expect("events");
-            assert_eq!(events.as_any().downcast_ref::<ListArray>().expect("list").value_length(0), 0);
-            assert_eq!(map_row(batch.column_by_name("span_attributes").expect("attrs"), 0), vec![]);
+            assert_eq!(
+                events
+                    .as_any()
+                    .downcast_ref::<ListArray>()
+                    .expect("list")
+                    .value_length(0),
+                0
+            );
+            assert_eq!(
+                map_row(batch.column_by_name("span_attributes").expect("attrs"), 0),
+                vec![]
+            );
         }
     }
 
@@ -752,11 +892,18 @@ mod tests {
         rows.push_trace(&trace, |_| false);
         assert_eq!(rows.origins.decoded.len(), 2);
         let batch = rows.into_batch(arrow_schema()).expect("batch");
-        let services: Vec<Option<String>> = (0..4).map(|r| string_at(&batch, "service_name", r)).collect();
+        let services: Vec<Option<String>> = (0..4)
+            .map(|r| string_at(&batch, "service_name", r))
+            .collect();
         let expected = ["api", "db", "api", "db"].map(|s| Some(s.to_string()));
         assert_eq!(services, expected);
-        let resource = batch.column_by_name("resource_attributes").expect("resource");
-        assert_eq!(map_row(resource, 3)[0], ("service.name".to_string(), "db".to_string()));
+        let resource = batch
+            .column_by_name("resource_attributes")
+            .expect("resource");
+        assert_eq!(
+            map_row(resource, 3)[0],
+            ("service.name".to_string(), "db".to_string())
+        );
     }
 
     #[test]
@@ -764,13 +911,24 @@ mod tests {
         let spans: Vec<Span> = (1..=4).map(|i| span(5, i, 0, 10, false)).collect();
         let mut trace_id = [0u8; 16];
         trace_id[15] = 5;
-        let trace = kept(trace_id, request(vec![ResourceDef::new("svc", spans)]).encode_to_vec());
+        let trace = kept(
+            trace_id,
+            request(vec![ResourceDef::new("svc", spans)]).encode_to_vec(),
+        );
         let mut rows = SpanRows::default();
         let skipped = rows.push_trace(&trace, |span_id| span_id[7] % 2 == 0);
         assert_eq!(skipped, 2);
         let batch = rows.into_batch(arrow_schema()).expect("batch");
-        let ids: Vec<Option<String>> = (0..batch.num_rows()).map(|r| string_at(&batch, "span_id", r)).collect();
-        assert_eq!(ids, vec![Some("0000000000000001".into()), Some("0000000000000003".into())]);
+        let ids: Vec<Option<String>> = (0..batch.num_rows())
+            .map(|r| string_at(&batch, "span_id", r))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                Some("0000000000000001".into()),
+                Some("0000000000000003".into())
+            ]
+        );
     }
 
     #[test]
@@ -785,12 +943,14 @@ mod tests {
             duration_ms: 250,
         };
         let mut spans = trace(&spec);
-        spans[1].events.push(opentelemetry_proto::tonic::trace::v1::span::Event {
-            time_unix_nano: 1_700_000_000_100_000_000,
-            name: "exception".into(),
-            attributes: vec![kv("exception.type", "Timeout")],
-            dropped_attributes_count: 0,
-        });
+        spans[1]
+            .events
+            .push(opentelemetry_proto::tonic::trace::v1::span::Event {
+                time_unix_nano: 1_700_000_000_100_000_000,
+                name: "exception".into(),
+                attributes: vec![kv("exception.type", "Timeout")],
+                dropped_attributes_count: 0,
+            });
         let req = request(vec![ResourceDef::new("checkout", spans)]);
         let decoded = decode_message(Bytes::from(req.encode_to_vec()), 1 << 20).expect("decode");
         let kept = KeptTrace {
@@ -809,7 +969,10 @@ mod tests {
         assert_eq!(batch.num_rows(), 3);
         let col = |name: &str| batch.column_by_name(name).expect(name).clone();
         let status = col("status_code");
-        let status = status.as_any().downcast_ref::<StringArray>().expect("strings");
+        let status = status
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
         assert_eq!(status.value(0), "ERROR");
         assert_eq!(status.value(1), "OK");
         let dur = col("duration_ms");
@@ -823,9 +986,11 @@ mod tests {
         assert_eq!(events.value_length(1), 1);
         assert_eq!(events.value_length(0), 0);
         let reason = col("sampling_reason");
-        let reason = reason.as_any().downcast_ref::<StringArray>().expect("strings");
+        let reason = reason
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
         assert_eq!(reason.value(0), "error");
         assert_eq!(col("parent_span_id").null_count(), 1);
     }
-
 }

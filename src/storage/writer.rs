@@ -9,7 +9,7 @@
 //! commit (their next owner stores them), and spans a replay brings back are
 //! checked against the table first (see [`super::replay`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,19 +18,21 @@ use iceberg::spec::TableProperties;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use tokio::sync::mpsc;
 
+use super::pinned::{landed_over, PinnedCatalog};
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::SpanRows;
 use super::StorageError;
 use crate::ack::{retain_current, Acks, CommitGate};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::KeptTrace;
+use crate::model::{KeptTrace, TraceId};
 use crate::table::layout::ParquetLayout;
 use crate::table::write::write_data_files;
 use crate::table::TableHandle;
 
 /// Flushes roll files at iceberg's default target; compaction merges them.
-const FLUSH_FILE_TARGET_BYTES: u64 = TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT as u64;
+const FLUSH_FILE_TARGET_BYTES: u64 =
+    TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT as u64;
 
 /// Tunables of the writer, from `[storage]`.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +60,13 @@ pub struct IcebergWriter {
     pending: VecDeque<KeptTrace>,
     pending_rows: usize,
     replay: ReplayGuard,
+    /// Traces of a batch whose commit failed: its outcome may be unknown,
+    /// so the next attempt checks them against the table.
+    suspect: HashSet<TraceId>,
 }
+
+/// Appends that lose a race, in a row, before the batch is rebuilt.
+const MAX_REBASES: usize = 10;
 
 /// Leaves the commit gate however the commit ends.
 struct GateGuard<'a>(&'a CommitGate);
@@ -78,6 +86,7 @@ impl IcebergWriter {
             pending: VecDeque::new(),
             pending_rows: 0,
             replay: ReplayGuard::default(),
+            suspect: HashSet::new(),
         }
     }
 
@@ -109,7 +118,9 @@ impl IcebergWriter {
                     deadline = Instant::now() + self.cfg.flush_interval;
                 }
                 Err(e) => {
-                    let wait = backoff.map_or(Duration::from_millis(200), |b| (b * 2).min(Duration::from_secs(30)));
+                    let wait = backoff.map_or(Duration::from_millis(200), |b| {
+                        (b * 2).min(Duration::from_secs(30))
+                    });
                     backoff = Some(wait);
                     self.ctx.metrics.iceberg_commit_failures_total.inc();
                     self.ctx.health.set_storage_error(Some(e.to_string()));
@@ -135,7 +146,9 @@ impl IcebergWriter {
             let mut batch = Vec::new();
             let mut rows = 0;
             while rows < self.cfg.flush_max_rows {
-                let Some(t) = self.pending.pop_front() else { break };
+                let Some(t) = self.pending.pop_front() else {
+                    break;
+                };
                 rows += t.spans.len();
                 batch.push(t);
             }
@@ -156,6 +169,10 @@ impl IcebergWriter {
     /// Writes and commits one batch as one snapshot, then releases its
     /// messages. On error the batch is left for a retry.
     async fn commit(&mut self, batch: &mut Vec<KeptTrace>) -> Result<(), StorageError> {
+        #[cfg(feature = "testkit")]
+        if crate::testkit::faults::armed("writer_panic") {
+            panic!("testkit fault writer_panic: the storage writer panics before a commit");
+        }
         let started = Instant::now();
         let table = self.table.load().await?;
         let loaded = started.elapsed();
@@ -174,10 +191,14 @@ impl IcebergWriter {
         batch.retain(|t| !t.spans.is_empty());
         self.ctx.acks.held.release(revoked_spans);
 
-        let foreign_high = self.replay.foreign_high(&table, &self.ctx.topic, &assignments);
+        let foreign_high = self
+            .replay
+            .foreign_high(&table, &self.ctx.topic, &assignments);
+        // A trace whose earlier commit failed may be stored already, whoever
+        // owns its partition now.
         let replayed: Vec<&KeptTrace> = batch
             .iter()
-            .filter(|t| replay::is_replayed(t, &foreign_high))
+            .filter(|t| replay::is_replayed(t, &foreign_high) || self.suspect.contains(&t.trace_id))
             .collect();
         let stored = replay::stored_spans(&table, &replayed).await?;
 
@@ -191,32 +212,36 @@ impl IcebergWriter {
         }
         self.report_skips(&rows, skipped, replayed.len());
         let row_count = rows.len();
-        let (mut written, mut turn_waited, mut catalog) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut written, mut turn_waited, mut catalog) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         if row_count > 0 {
             let writing = Instant::now();
-            let files = write_data_files(&table, rows.into_batch(arrow_schema)?, &self.cfg.layout, FLUSH_FILE_TARGET_BYTES).await?;
+            let files = write_data_files(
+                &table,
+                rows.into_batch(arrow_schema)?,
+                &self.cfg.layout,
+                FLUSH_FILE_TARGET_BYTES,
+            )
+            .await?;
             let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
-            let tx = Transaction::new(&table);
-            let tx = tx
-                .fast_append()
-                .with_check_duplicate(false)
-                .add_data_files(files)
-                .set_snapshot_properties(HashMap::from([(
-                    SNAPSHOT_KAFKA_OFFSETS_KEY.to_string(),
-                    offsets,
-                )]))
-                .apply(tx)?;
             written = writing.elapsed();
-            {
-                let waiting = Instant::now();
-                let _turn = self.table.commits.lock().await;
-                turn_waited = waiting.elapsed();
-                let committing = Instant::now();
-                tx.commit(self.table.catalog.as_ref()).await?;
-                catalog = committing.elapsed();
+            let waiting = Instant::now();
+            let _turn = self.table.commits.lock().await;
+            turn_waited = waiting.elapsed();
+            let committing = Instant::now();
+            let committed = self.append(table, files, offsets, batch).await;
+            catalog = committing.elapsed();
+            if let Err(e) = committed {
+                // Its outcome may be unknown (a 5xx or a cut connection after
+                // the catalog took it): the retry checks these traces first.
+                self.suspect.extend(batch.iter().map(|t| t.trace_id));
+                return Err(e);
             }
             self.ctx.metrics.iceberg_commits_total.inc();
-            self.ctx.metrics.spans_exported_total.inc_by(row_count as u64);
+            self.ctx
+                .metrics
+                .spans_exported_total
+                .inc_by(row_count as u64);
             self.ctx
                 .metrics
                 .iceberg_commit_duration_seconds
@@ -224,6 +249,7 @@ impl IcebergWriter {
         }
         let mut spans = 0;
         for trace in batch.drain(..) {
+            self.suspect.remove(&trace.trace_id);
             spans += trace.spans.len();
             self.ctx.acks.tracker.release(&trace.msgs);
         }
@@ -243,6 +269,48 @@ impl IcebergWriter {
         Ok(())
     }
 
+    /// Appends `files` on `table`, the exact base the batch was checked
+    /// on. When another commit came first, it goes again on the new base,
+    /// unless something that landed there recorded offsets past one of the
+    /// batch's messages: then the whole batch is checked again (its files
+    /// are left to orphan cleanup).
+    async fn append(
+        &self,
+        mut table: iceberg::table::Table,
+        files: Vec<iceberg::spec::DataFile>,
+        offsets: String,
+        batch: &[KeptTrace],
+    ) -> Result<(), StorageError> {
+        for _ in 0..MAX_REBASES {
+            let tx = Transaction::new(&table);
+            let tx = tx
+                .fast_append()
+                .with_check_duplicate(false)
+                .add_data_files(files.clone())
+                .set_snapshot_properties(HashMap::from([(
+                    SNAPSHOT_KAFKA_OFFSETS_KEY.to_string(),
+                    offsets.clone(),
+                )]))
+                .apply(tx)?;
+            let pinned = PinnedCatalog::new(self.table.catalog.as_ref(), table.clone());
+            match tx.commit(&pinned).await {
+                Ok(_) => return Ok(()),
+                Err(e) if pinned.conflicted() => {
+                    let newer = self.table.load().await?;
+                    if landed_over(&table, &newer, &self.ctx.topic, batch) {
+                        return Err(StorageError::Overlap(e.to_string()));
+                    }
+                    tracing::debug!(error = %e, "another commit came first; appending on the new snapshot");
+                    table = newer;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Overlap(format!(
+            "still conflicting after {MAX_REBASES} attempts"
+        )))
+    }
+
     fn report_skips(&self, rows: &SpanRows, replayed_spans: usize, replayed_traces: usize) {
         if rows.undecodable_spans > 0 {
             self.ctx
@@ -250,10 +318,16 @@ impl IcebergWriter {
                 .spans_invalid_total
                 .with_label_values(&["undecodable_span"])
                 .inc_by(rows.undecodable_spans as u64);
-            tracing::warn!(spans = rows.undecodable_spans, "skipped kept spans whose bytes did not decode");
+            tracing::warn!(
+                spans = rows.undecodable_spans,
+                "skipped kept spans whose bytes did not decode"
+            );
         }
         if replayed_traces > 0 {
-            self.ctx.metrics.replayed_spans_skipped_total.inc_by(replayed_spans as u64);
+            self.ctx
+                .metrics
+                .replayed_spans_skipped_total
+                .inc_by(replayed_spans as u64);
             tracing::info!(
                 traces = replayed_traces,
                 already_stored_spans = replayed_spans,
@@ -262,4 +336,3 @@ impl IcebergWriter {
         }
     }
 }
-

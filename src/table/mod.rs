@@ -4,6 +4,7 @@
 //! Part of the shared core: the storage writer appends to the table, the
 //! query engine reads it, and both reach it through [`TableHandle`].
 
+pub mod bounded;
 pub mod layout;
 pub mod offsets;
 pub mod schema;
@@ -21,7 +22,9 @@ use iceberg::memory::{MemoryCatalogBuilder, MEMORY_CATALOG_WAREHOUSE};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE};
+use iceberg_catalog_rest::{
+    RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE,
+};
 use iceberg_catalog_sql::{
     SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI,
     SQL_CATALOG_PROP_WAREHOUSE,
@@ -65,7 +68,11 @@ impl TableHandle {
         let catalog = connect_catalog(cfg).await?;
         let namespace = NamespaceIdent::from_strs(cfg.namespace.split('.'))?;
         let ident = TableIdent::new(namespace, cfg.table_name.clone());
-        let handle = Self { catalog, ident, commits: Arc::default() };
+        let handle = Self {
+            catalog,
+            ident,
+            commits: Arc::default(),
+        };
         handle.ensure_table().await?;
         Ok(handle)
     }
@@ -106,7 +113,13 @@ impl TableHandle {
                 tracing::info!(table = %self.ident, location = %t.metadata().location(), "created table");
                 Ok(())
             }
-            Err(e) if self.catalog.table_exists(&self.ident).await.unwrap_or(false) => {
+            Err(e)
+                if self
+                    .catalog
+                    .table_exists(&self.ident)
+                    .await
+                    .unwrap_or(false) =>
+            {
                 tracing::debug!(error = %e, "table appeared concurrently");
                 Ok(())
             }
@@ -135,7 +148,9 @@ impl TableHandle {
             let tx = Transaction::new(&table);
             let action = missing
                 .into_iter()
-                .fold(tx.update_schema(), |a, (name, ty)| a.add_column(AddColumn::optional(name, ty)));
+                .fold(tx.update_schema(), |a, (name, ty)| {
+                    a.add_column(AddColumn::optional(name, ty))
+                });
             let committed = action.apply(tx)?.commit(self.catalog.as_ref()).await;
             match committed {
                 Ok(_) => {
@@ -157,7 +172,10 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, Ta
     let (factory, mut props) = storage_for(cfg)?;
     let catalog: Arc<dyn Catalog> = match cfg.catalog_type {
         CatalogType::Memory => {
-            props.insert(MEMORY_CATALOG_WAREHOUSE.into(), warehouse_uri(&cfg.warehouse)?);
+            props.insert(
+                MEMORY_CATALOG_WAREHOUSE.into(),
+                warehouse_uri(&cfg.warehouse)?,
+            );
             Arc::new(
                 MemoryCatalogBuilder::default()
                     .with_storage_factory(factory)
@@ -172,7 +190,10 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, Ta
                 SqlBindStyle::QMark
             };
             props.insert(SQL_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
-            props.insert(SQL_CATALOG_PROP_WAREHOUSE.into(), warehouse_uri(&cfg.warehouse)?);
+            props.insert(
+                SQL_CATALOG_PROP_WAREHOUSE.into(),
+                warehouse_uri(&cfg.warehouse)?,
+            );
             props.insert(SQL_CATALOG_PROP_BIND_STYLE.into(), bind.to_string());
             prepare_sqlite_dir(&cfg.catalog_uri)?;
             Arc::new(
@@ -186,13 +207,36 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, Ta
             props.extend(rest_props(cfg));
             Arc::new(
                 RestCatalogBuilder::default()
+                    .with_client(rest_client(cfg)?)
                     .with_storage_factory(factory)
                     .load(CATALOG_NAME, props)
                     .await?,
             )
         }
     };
-    Ok(catalog)
+    Ok(Arc::new(bounded::BoundedCatalog::new(
+        catalog,
+        cfg.request_timeout_secs.duration(),
+    )))
+}
+
+/// The HTTP client of the REST catalog (the table's and maintenance's
+/// commits alike): every request bounded by `request_timeout_secs`.
+pub fn rest_client(cfg: &IcebergConfig) -> Result<reqwest_catalog::Client, TableError> {
+    reqwest_catalog::Client::builder()
+        .timeout(cfg.request_timeout_secs.duration())
+        .connect_timeout(
+            cfg.request_timeout_secs
+                .duration()
+                .min(std::time::Duration::from_secs(10)),
+        )
+        .build()
+        .map_err(|e| {
+            TableError::Iceberg(
+                iceberg::Error::new(iceberg::ErrorKind::Unexpected, "building the REST client")
+                    .with_source(e),
+            )
+        })
 }
 
 /// The REST catalog's properties, as iceberg-rust's `RestCatalogBuilder`
@@ -201,7 +245,10 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, Ta
 pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
     let mut props = HashMap::from([
         (REST_CATALOG_PROP_URI.to_string(), cfg.catalog_uri.clone()),
-        (REST_CATALOG_PROP_WAREHOUSE.to_string(), cfg.warehouse.clone()),
+        (
+            REST_CATALOG_PROP_WAREHOUSE.to_string(),
+            cfg.warehouse.clone(),
+        ),
     ]);
     let optional = [
         ("header.x-project-id", &cfg.project_id),
@@ -269,7 +316,9 @@ impl Listing {
             ))
         };
         let opendal_error = |e: opendal::Error| unsupported(&e.to_string());
-        let (scheme, rest) = location.split_once("://").ok_or_else(|| unsupported("not a URI"))?;
+        let (scheme, rest) = location
+            .split_once("://")
+            .ok_or_else(|| unsupported("not a URI"))?;
         match scheme {
             "file" => {
                 let operator = opendal::Operator::new(opendal::services::Fs::default().root("/"))
@@ -283,7 +332,9 @@ impl Listing {
             }
             "s3" | "s3a" => {
                 let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-                let mut s3 = opendal::services::S3::default().bucket(bucket).region(&cfg.s3_region);
+                let mut s3 = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .region(&cfg.s3_region);
                 if let Some(endpoint) = &cfg.s3_endpoint {
                     s3 = s3.endpoint(endpoint);
                 }
@@ -303,7 +354,9 @@ impl Listing {
                     uri_base: format!("{scheme}://{bucket}/"),
                 })
             }
-            other => Err(unsupported(&format!("the `{other}` scheme cannot be listed"))),
+            other => Err(unsupported(&format!(
+                "the `{other}` scheme cannot be listed"
+            ))),
         }
     }
 }
@@ -336,7 +389,10 @@ fn prepare_sqlite_dir(uri: &str) -> Result<(), TableError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).map_err(|source| TableError::Warehouse {
             path: dir.display().to_string(),
             source,
@@ -352,23 +408,35 @@ mod tests {
 
     fn iceberg(env: &[(&str, &str)]) -> IcebergConfig {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Settings::load_with_env(None, env).expect("settings").storage.iceberg
+        Settings::load_with_env(None, env)
+            .expect("settings")
+            .storage
+            .iceberg
     }
 
     #[test]
     fn lakekeeper_settings_become_rest_properties() {
         let cfg = iceberg(&[
             ("TSS__STORAGE__ICEBERG__CATALOG_TYPE", "rest"),
-            ("TSS__STORAGE__ICEBERG__CATALOG_URI", "http://lakekeeper:8181/catalog"),
+            (
+                "TSS__STORAGE__ICEBERG__CATALOG_URI",
+                "http://lakekeeper:8181/catalog",
+            ),
             ("TSS__STORAGE__ICEBERG__WAREHOUSE", "traces"),
-            ("TSS__STORAGE__ICEBERG__PROJECT_ID", "00000000-0000-0000-0000-000000000000"),
+            (
+                "TSS__STORAGE__ICEBERG__PROJECT_ID",
+                "00000000-0000-0000-0000-000000000000",
+            ),
             ("TSS__STORAGE__ICEBERG__CREDENTIAL", "client:secret"),
             ("TSS__STORAGE__ICEBERG__SCOPE", "lakekeeper"),
         ]);
         let props = rest_props(&cfg);
         assert_eq!(props["uri"], "http://lakekeeper:8181/catalog");
         assert_eq!(props["warehouse"], "traces");
-        assert_eq!(props["header.x-project-id"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            props["header.x-project-id"],
+            "00000000-0000-0000-0000-000000000000"
+        );
         assert_eq!(props["credential"], "client:secret");
         assert_eq!(props["scope"], "lakekeeper");
         assert!(!props.contains_key("token"));

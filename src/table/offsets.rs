@@ -62,7 +62,9 @@ fn raise(marks: &mut Marks, partition: i32, owner: String, next: i64) {
 
 /// The marks a snapshot summary's offsets record holds for `topic`.
 pub fn add_summary(marks: &mut Marks, raw: &str, topic: &str) {
-    let Ok(summary) = serde_json::from_str::<OffsetsSummary>(raw) else { return };
+    let Ok(summary) = serde_json::from_str::<OffsetsSummary>(raw) else {
+        return;
+    };
     if summary.topic != topic {
         return;
     }
@@ -73,7 +75,9 @@ pub fn add_summary(marks: &mut Marks, raw: &str, topic: &str) {
 
 /// The checkpoint's marks for `topic`.
 pub fn add_checkpoint(marks: &mut Marks, metadata: &TableMetadata, topic: &str) {
-    let Some(cp) = checkpoint(metadata) else { return };
+    let Some(cp) = checkpoint(metadata) else {
+        return;
+    };
     for m in cp.topics.get(topic).into_iter().flatten() {
         raise(marks, m.partition, m.owner.clone(), m.next_offset);
     }
@@ -88,8 +92,16 @@ pub fn checkpoint(metadata: &TableMetadata) -> Option<Checkpoint> {
 pub fn fold(metadata: &TableMetadata) -> Checkpoint {
     let mut by_topic: BTreeMap<String, Marks> = BTreeMap::new();
     for s in metadata.snapshots() {
-        let Some(raw) = s.summary().additional_properties.get(SNAPSHOT_KAFKA_OFFSETS_KEY) else { continue };
-        let Ok(summary) = serde_json::from_str::<OffsetsSummary>(raw) else { continue };
+        let Some(raw) = s
+            .summary()
+            .additional_properties
+            .get(SNAPSHOT_KAFKA_OFFSETS_KEY)
+        else {
+            continue;
+        };
+        let Ok(summary) = serde_json::from_str::<OffsetsSummary>(raw) else {
+            continue;
+        };
         let marks = by_topic.entry(summary.topic).or_default();
         for (p, o) in summary.partitions {
             raise(marks, p, o.owner, o.next_offset);
@@ -103,7 +115,10 @@ pub fn fold(metadata: &TableMetadata) -> Checkpoint {
             }
         }
     }
-    let topics = by_topic.into_iter().map(|(topic, marks)| (topic, top_two(marks))).collect();
+    let topics = by_topic
+        .into_iter()
+        .map(|(topic, marks)| (topic, top_two(marks)))
+        .collect();
     Checkpoint { topics }
 }
 
@@ -116,7 +131,16 @@ fn top_two(marks: Marks) -> Vec<OwnerMark> {
     let mut out = Vec::new();
     for (partition, mut owners) in by_partition {
         owners.sort_by(|a, b| b.cmp(a));
-        out.extend(owners.into_iter().take(2).map(|(next_offset, owner)| OwnerMark { partition, owner, next_offset }));
+        out.extend(
+            owners
+                .into_iter()
+                .take(2)
+                .map(|(next_offset, owner)| OwnerMark {
+                    partition,
+                    owner,
+                    next_offset,
+                }),
+        );
     }
     out
 }
@@ -127,13 +151,23 @@ mod tests {
 
     /// The highest mark of an owner other than `me`, as the replay check asks.
     fn foreign(marks: &Marks, partition: i32, me: &str) -> Option<i64> {
-        marks.iter().filter(|((p, o), _)| *p == partition && o != me).map(|(_, n)| *n).max()
+        marks
+            .iter()
+            .filter(|((p, o), _)| *p == partition && o != me)
+            .map(|(_, n)| *n)
+            .max()
     }
 
     #[test]
     fn the_two_highest_owners_answer_every_owner_as_all_marks_would() {
         let mut all = Marks::new();
-        for (owner, next) in [("a/1", 10), ("b/2", 40), ("c/3", 25), ("b/2", 30), ("d/4", 5)] {
+        for (owner, next) in [
+            ("a/1", 10),
+            ("b/2", 40),
+            ("c/3", 25),
+            ("b/2", 30),
+            ("d/4", 5),
+        ] {
             raise(&mut all, 0, owner.to_string(), next);
         }
         let kept = top_two(all.clone());

@@ -7,7 +7,9 @@ use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -22,7 +24,13 @@ pub async fn write_data_files(
     layout: &ParquetLayout,
     target_file_bytes: u64,
 ) -> iceberg::Result<Vec<DataFile>> {
-    write_batches(table, futures::stream::iter([Ok(batch)]), layout, target_file_bytes).await
+    write_batches(
+        table,
+        futures::stream::iter([Ok(batch)]),
+        layout,
+        target_file_bytes,
+    )
+    .await
 }
 
 /// Writes a stream of batches as data files of at most about
@@ -39,7 +47,11 @@ pub async fn write_batches(
     let schema = metadata.current_schema().clone();
     // A fresh UUIDv7 prefix per call: the file-name counter restarts at 0, and
     // a reused prefix would overwrite earlier data files.
-    let names = DefaultFileNameGenerator::new(uuid::Uuid::now_v7().to_string(), None, DataFileFormat::Parquet);
+    let names = DefaultFileNameGenerator::new(
+        uuid::Uuid::now_v7().to_string(),
+        None,
+        DataFileFormat::Parquet,
+    );
     let rolling = RollingFileWriterBuilder::new(
         ParquetWriterBuilder::new(layout.writer_properties(), schema.clone()),
         target_file_bytes as usize,
@@ -48,8 +60,10 @@ pub async fn write_batches(
         names,
     );
     let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    let splitter =
-        RecordBatchPartitionSplitter::try_new_with_computed_values(schema, metadata.default_partition_spec().clone())?;
+    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+        schema,
+        metadata.default_partition_spec().clone(),
+    )?;
     let mut batches = std::pin::pin!(batches);
     while let Some(batch) = batches.try_next().await? {
         for (key, part) in splitter.split(&batch)? {

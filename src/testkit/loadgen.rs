@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Deserialize;
@@ -107,22 +109,56 @@ impl Scenario {
     /// catalog, a checkout and their databases. About 55 traces/s, 9 spans
     /// per frontend trace; payments fail 2% of the time.
     pub fn demo() -> Self {
-        let svc = |name: &str, kind, rate, latency, error_rate, calls: &[&str], route: &str| ServiceSpec {
-            name: name.into(),
-            kind,
-            rate_per_sec: rate,
-            base_latency_ms: latency,
-            error_rate,
-            calls: calls.iter().map(|c| c.to_string()).collect(),
-            route: route.into(),
+        let svc = |name: &str, kind, rate, latency, error_rate, calls: &[&str], route: &str| {
+            ServiceSpec {
+                name: name.into(),
+                kind,
+                rate_per_sec: rate,
+                base_latency_ms: latency,
+                error_rate,
+                calls: calls.iter().map(|c| c.to_string()).collect(),
+                route: route.into(),
+            }
         };
         use ServiceKind::{Database, Http};
         Scenario {
             services: vec![
-                svc("frontend", Http, 40.0, 30.0, 0.002, &["catalog", "checkout"], "/product/{id}"),
-                svc("mobile-api", Http, 15.0, 20.0, 0.002, &["catalog"], "/v1/products"),
-                svc("catalog", Http, 0.0, 25.0, 0.001, &["catalog-db"], "/products/{id}"),
-                svc("checkout", Http, 0.0, 60.0, 0.005, &["payments", "orders-db"], "/checkout"),
+                svc(
+                    "frontend",
+                    Http,
+                    40.0,
+                    30.0,
+                    0.002,
+                    &["catalog", "checkout"],
+                    "/product/{id}",
+                ),
+                svc(
+                    "mobile-api",
+                    Http,
+                    15.0,
+                    20.0,
+                    0.002,
+                    &["catalog"],
+                    "/v1/products",
+                ),
+                svc(
+                    "catalog",
+                    Http,
+                    0.0,
+                    25.0,
+                    0.001,
+                    &["catalog-db"],
+                    "/products/{id}",
+                ),
+                svc(
+                    "checkout",
+                    Http,
+                    0.0,
+                    60.0,
+                    0.005,
+                    &["payments", "orders-db"],
+                    "/checkout",
+                ),
                 svc("payments", Http, 0.0, 120.0, 0.02, &[], "/charge"),
                 svc("catalog-db", Database, 0.0, 4.0, 0.0, &[], ""),
                 svc("orders-db", Database, 0.0, 8.0, 0.0, &[], ""),
@@ -325,11 +361,17 @@ impl TraceGenerator {
         };
         let fails = self.rng.random::<f64>() < error_rate;
         let callees: Vec<usize> = if depth < 8 {
-            spec.calls.iter().filter_map(|c| self.index.get(c).copied()).collect()
+            spec.calls
+                .iter()
+                .filter_map(|c| self.index.get(c).copied())
+                .collect()
         } else {
             Vec::new()
         };
-        let children: Vec<Call> = callees.into_iter().map(|c| self.plan(c, b, depth + 1)).collect();
+        let children: Vec<Call> = callees
+            .into_iter()
+            .map(|c| self.plan(c, b, depth + 1))
+            .collect();
         let children_ms: f64 = children.iter().map(|c| c.duration_ms + 0.3).sum();
         Call {
             service,
@@ -353,7 +395,14 @@ impl TraceGenerator {
             let child_spec = self.scenario.services[child.service].clone();
             if child_spec.kind == ServiceKind::Database {
                 let failed = child.fails;
-                let s = self.db_span(b, id, &child_spec, t, t + (child.duration_ms * 1e6) as u64, failed);
+                let s = self.db_span(
+                    b,
+                    id,
+                    &child_spec,
+                    t,
+                    t + (child.duration_ms * 1e6) as u64,
+                    failed,
+                );
                 child_spans.push((call.service, s));
                 child_failed |= failed;
             } else {
@@ -390,23 +439,56 @@ impl TraceGenerator {
     ) -> Span {
         let status_code = if failed { 500 } else { 200 };
         let attributes = vec![
-            kv("http.request.method", if spec.route.contains("checkout") { "POST" } else { "GET" }),
+            kv(
+                "http.request.method",
+                if spec.route.contains("checkout") {
+                    "POST"
+                } else {
+                    "GET"
+                },
+            ),
             kv("http.route", &spec.route),
-            kv("url.path", &spec.route.replace("{id}", &self.rng.random_range(1000..9999).to_string())),
+            kv(
+                "url.path",
+                &spec
+                    .route
+                    .replace("{id}", &self.rng.random_range(1000..9999).to_string()),
+            ),
             kv("url.scheme", "http"),
             kv("server.address", &spec.name),
             kv_int("server.port", 8080),
             kv_int("http.response.status_code", status_code),
             kv("network.protocol.version", "1.1"),
-            kv("client.address", &format!("10.0.{}.{}", self.rng.random_range(0..8), self.rng.random_range(1..250))),
-            kv("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0"),
-            kv_int("http.response.body.size", self.rng.random_range(200..20_000)),
+            kv(
+                "client.address",
+                &format!(
+                    "10.0.{}.{}",
+                    self.rng.random_range(0..8),
+                    self.rng.random_range(1..250)
+                ),
+            ),
+            kv(
+                "user_agent.original",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
+            ),
+            kv_int(
+                "http.response.body.size",
+                self.rng.random_range(200..20_000),
+            ),
         ];
         span_of(
             b.trace_id,
             id,
             parent,
-            format!("{} {}", if spec.route.contains("checkout") { "POST" } else { "GET" }, spec.route),
+            format!(
+                "{} {}",
+                if spec.route.contains("checkout") {
+                    "POST"
+                } else {
+                    "GET"
+                },
+                spec.route
+            ),
             span::SpanKind::Server,
             start,
             end,
@@ -430,31 +512,79 @@ impl TraceGenerator {
             kv("http.request.method", "GET"),
             kv("server.address", &callee.name),
             kv_int("server.port", 8080),
-            kv("url.full", &format!("http://{}:8080{}", callee.name, callee.route)),
+            kv(
+                "url.full",
+                &format!("http://{}:8080{}", callee.name, callee.route),
+            ),
             kv_int("http.response.status_code", if failed { 500 } else { 200 }),
             kv("network.protocol.version", "1.1"),
-            kv("network.peer.address", &format!("10.1.0.{}", self.rng.random_range(1..250))),
+            kv(
+                "network.peer.address",
+                &format!("10.1.0.{}", self.rng.random_range(1..250)),
+            ),
             kv_int("http.request.resend_count", 0),
         ];
-        span_of(b.trace_id, id, Some(parent), "GET".into(), span::SpanKind::Client, start, end, attributes, failed)
+        span_of(
+            b.trace_id,
+            id,
+            Some(parent),
+            "GET".into(),
+            span::SpanKind::Client,
+            start,
+            end,
+            attributes,
+            failed,
+        )
     }
 
-    fn db_span(&mut self, b: &mut Builder, parent: [u8; 8], db: &ServiceSpec, start: u64, end: u64, failed: bool) -> Span {
-        let table = if db.name.contains("orders") { "orders" } else { "products" };
-        let op = if table == "orders" { "INSERT" } else { "SELECT" };
+    fn db_span(
+        &mut self,
+        b: &mut Builder,
+        parent: [u8; 8],
+        db: &ServiceSpec,
+        start: u64,
+        end: u64,
+        failed: bool,
+    ) -> Span {
+        let table = if db.name.contains("orders") {
+            "orders"
+        } else {
+            "products"
+        };
+        let op = if table == "orders" {
+            "INSERT"
+        } else {
+            "SELECT"
+        };
         let attributes = vec![
             kv("db.system", "postgresql"),
             kv("db.namespace", &db.name),
             kv("db.operation.name", op),
             kv("db.collection.name", table),
-            kv("db.query.text", &format!("{op} * FROM {table} WHERE id = $1")),
+            kv(
+                "db.query.text",
+                &format!("{op} * FROM {table} WHERE id = $1"),
+            ),
             kv("server.address", &db.name),
             kv_int("server.port", 5432),
-            kv("network.peer.address", &format!("10.2.0.{}", self.rng.random_range(1..250))),
+            kv(
+                "network.peer.address",
+                &format!("10.2.0.{}", self.rng.random_range(1..250)),
+            ),
             kv_int("db.response.returned_rows", self.rng.random_range(0..50)),
         ];
         let id = b.span_id();
-        span_of(b.trace_id, id, Some(parent), format!("{op} {table}"), span::SpanKind::Client, start, end, attributes, failed)
+        span_of(
+            b.trace_id,
+            id,
+            Some(parent),
+            format!("{op} {table}"),
+            span::SpanKind::Client,
+            start,
+            end,
+            attributes,
+            failed,
+        )
     }
 
     /// Groups a set of traces into one OTLP request: one `ResourceSpans` per
@@ -543,7 +673,11 @@ fn span_of(
         end_time_unix_nano: end.max(start),
         attributes,
         status: Some(Status {
-            message: if failed { "request failed".into() } else { String::new() },
+            message: if failed {
+                "request failed".into()
+            } else {
+                String::new()
+            },
             code: if failed {
                 status::StatusCode::Error as i32
             } else {
@@ -588,7 +722,12 @@ mod tests {
         let ids: std::collections::HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
         assert_eq!(ids.len(), 9, "span ids are unique");
         for s in &spans {
-            assert!((8..=15).contains(&s.attributes.len()), "{} has {} attributes", s.name, s.attributes.len());
+            assert!(
+                (8..=15).contains(&s.attributes.len()),
+                "{} has {} attributes",
+                s.name,
+                s.attributes.len()
+            );
             assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
             assert!(s.parent_span_id.is_empty() || ids.contains(&s.parent_span_id));
         }
@@ -611,7 +750,10 @@ mod tests {
             .map(|_| {
                 let t = g.trace(0, 2_000_000_000_000_000_000, 0.0);
                 let s = &t.spans_by_service[0].1[0];
-                (t.spike, (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6)
+                (
+                    t.spike,
+                    (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6,
+                )
             })
             .collect();
         for (i, (spike, ms)) in durations.iter().enumerate() {
@@ -643,7 +785,11 @@ mod tests {
         let mut g = TraceGenerator::new(scenario, 1);
         for i in 1..=9 {
             let t = g.trace(0, 2_000_000_000_000_000_000, 0.0);
-            let (_, db_spans) = t.spans_by_service.iter().find(|(s, _)| *s == 1).expect("db spans");
+            let (_, db_spans) = t
+                .spans_by_service
+                .iter()
+                .find(|(s, _)| *s == 1)
+                .expect("db spans");
             let ms = |s: &Span| (s.end_time_unix_nano - s.start_time_unix_nano) as f64 / 1e6;
             let longest = db_spans.iter().map(ms).fold(0.0, f64::max);
             assert_eq!(t.spike, i % 3 == 0, "trace {i}");
@@ -670,7 +816,10 @@ mod tests {
         let mut g = TraceGenerator::new(scenario, 3);
         assert!(!g.trace(0, 2_000_000_000_000_000_000, 5.0).error);
         let during = g.trace(0, 2_000_000_000_000_000_000, 12.0);
-        assert!(during.error, "payments fails, and the error reaches the root");
+        assert!(
+            during.error,
+            "payments fails, and the error reaches the root"
+        );
         assert!(!g.trace(0, 2_000_000_000_000_000_000, 16.0).error);
     }
 
@@ -682,18 +831,32 @@ mod tests {
         assert_eq!(file.services.len(), demo.services.len());
         assert_eq!(file.total_rate(), demo.total_rate());
         for (a, b) in file.services.iter().zip(&demo.services) {
-            assert_eq!((a.name.as_str(), a.kind, &a.calls), (b.name.as_str(), b.kind, &b.calls));
+            assert_eq!(
+                (a.name.as_str(), a.kind, &a.calls),
+                (b.name.as_str(), b.kind, &b.calls)
+            );
             assert_eq!(a.base_latency_ms, b.base_latency_ms);
         }
     }
 
     #[test]
     fn bad_scenarios_are_refused_with_the_reason() {
-        let unknown = "[[services]]\nname = \"a\"\nrate_per_sec = 1\nbase_latency_ms = 1\ncalls = [\"b\"]\n";
-        assert!(matches!(Scenario::from_toml(unknown), Err(ScenarioError::UnknownCall(..))));
-        let cycle = "[[services]]\nname = \"a\"\nrate_per_sec = 1\nbase_latency_ms = 1\ncalls = [\"a\"]\n";
-        assert!(matches!(Scenario::from_toml(cycle), Err(ScenarioError::Cycle(..))));
+        let unknown =
+            "[[services]]\nname = \"a\"\nrate_per_sec = 1\nbase_latency_ms = 1\ncalls = [\"b\"]\n";
+        assert!(matches!(
+            Scenario::from_toml(unknown),
+            Err(ScenarioError::UnknownCall(..))
+        ));
+        let cycle =
+            "[[services]]\nname = \"a\"\nrate_per_sec = 1\nbase_latency_ms = 1\ncalls = [\"a\"]\n";
+        assert!(matches!(
+            Scenario::from_toml(cycle),
+            Err(ScenarioError::Cycle(..))
+        ));
         let idle = "[[services]]\nname = \"a\"\nbase_latency_ms = 1\n";
-        assert!(matches!(Scenario::from_toml(idle), Err(ScenarioError::NoEntryPoint)));
+        assert!(matches!(
+            Scenario::from_toml(idle),
+            Err(ScenarioError::NoEntryPoint)
+        ));
     }
 }

@@ -5,7 +5,9 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 
 /// A string attribute.
 pub fn kv(key: &str, value: &str) -> KeyValue {
@@ -168,7 +170,11 @@ pub fn trace(spec: &TraceSpec) -> Vec<Span> {
                 end_time_unix_nano: end,
                 attributes,
                 status: Some(Status {
-                    message: if failing { "internal error".into() } else { String::new() },
+                    message: if failing {
+                        "internal error".into()
+                    } else {
+                        String::new()
+                    },
                     code: if failing {
                         status::StatusCode::Error as i32
                     } else {
@@ -195,10 +201,11 @@ pub fn span_id_for(trace_id: &[u8; 16], index: usize) -> [u8; 8] {
 pub fn records(spec: &TraceSpec, root_attribute: (&str, &str)) -> Vec<crate::model::SpanRecord> {
     use prost::Message;
     let mut spans = trace(spec);
-    spans[0].attributes.push(kv(root_attribute.0, root_attribute.1));
+    spans[0]
+        .attributes
+        .push(kv(root_attribute.0, root_attribute.1));
     let req = request(vec![ResourceDef::new(&spec.service, spans)]);
     crate::otlp::decode::decode_message(bytes::Bytes::from(req.encode_to_vec()), 1 << 20)
         .map(|d| d.spans.into_iter().map(|(_, r)| r).collect())
         .unwrap_or_default()
 }
-

@@ -36,9 +36,15 @@ fn compose_environment_is_a_valid_configuration() {
     // must name a real key with a value of the right type.
     let settings = Settings::load_with_env(None, env).expect("the compose environment loads");
     assert_eq!(settings.kafka.brokers, "kafka:29092");
-    assert_eq!(settings.storage.iceberg.catalog_uri, "http://lakekeeper:8181/catalog");
+    assert_eq!(
+        settings.storage.iceberg.catalog_uri,
+        "http://lakekeeper:8181/catalog"
+    );
     assert_eq!(settings.storage.iceberg.warehouse, "traces");
-    assert!(settings.admin.auth_token.is_some(), "the admin API must be reachable from the host");
+    assert!(
+        settings.admin.auth_token.is_some(),
+        "the admin API must be reachable from the host"
+    );
     assert_eq!(settings.server.metrics_addr.port(), 9090);
     let services: Vec<&str> = report["services"]
         .as_array()
@@ -47,11 +53,24 @@ fn compose_environment_is_a_valid_configuration() {
         .filter_map(Value::as_str)
         .collect();
     for needed in [
-        "kafka", "kafka-init", "redis", "minio", "minio-init", "lakekeeper-db",
-        "lakekeeper-migrate", "lakekeeper", "lakekeeper-bootstrap", "selector",
-        "producer", "prometheus", "grafana",
+        "kafka",
+        "kafka-init",
+        "redis",
+        "minio",
+        "minio-init",
+        "lakekeeper-db",
+        "lakekeeper-migrate",
+        "lakekeeper",
+        "lakekeeper-bootstrap",
+        "selector",
+        "producer",
+        "prometheus",
+        "grafana",
     ] {
-        assert!(services.contains(&needed), "missing service {needed}: {services:?}");
+        assert!(
+            services.contains(&needed),
+            "missing service {needed}: {services:?}"
+        );
     }
 }
 
@@ -59,9 +78,14 @@ fn compose_environment_is_a_valid_configuration() {
 fn dashboard_uses_exported_metrics() {
     let report = check_deploy();
     let metrics = Metrics::new().expect("metrics");
-    metrics.messages_invalid_total.with_label_values(&["protobuf"]).inc();
+    metrics
+        .messages_invalid_total
+        .with_label_values(&["protobuf"])
+        .inc();
     let text = metrics.render();
-    let used = report["dashboard_metrics"].as_array().expect("dashboard_metrics");
+    let used = report["dashboard_metrics"]
+        .as_array()
+        .expect("dashboard_metrics");
     assert!(used.len() >= 8, "{used:?}");
     for name in used.iter().filter_map(Value::as_str) {
         assert!(
@@ -87,10 +111,12 @@ fn check_binary(path: &Path) -> (bool, String) {
 
 #[test]
 fn dockerfile_local_refuses_non_linux_binaries() {
-    let dockerfile = std::fs::read_to_string(root().join("Dockerfile.local")).expect("Dockerfile.local");
+    let dockerfile =
+        std::fs::read_to_string(root().join("Dockerfile.local")).expect("Dockerfile.local");
     assert!(
         dockerfile.contains("check-linux-binary.sh")
-            && dockerfile.contains("/usr/local/bin/tail-sampling-selector /usr/local/bin/simple_producer"),
+            && dockerfile
+                .contains("/usr/local/bin/tail-sampling-selector /usr/local/bin/simple_producer"),
         "Dockerfile.local must run the guard on the binaries it copies"
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,10 +127,17 @@ fn dockerfile_local_refuses_non_linux_binaries() {
 
     // The first bytes of a 64-bit Mach-O executable, as macOS builds it.
     let macho = dir.path().join("macho");
-    std::fs::write(&macho, [0xcf, 0xfa, 0xed, 0xfe, 0x0c, 0x00, 0x00, 0x01, 0, 0, 0, 0]).expect("write");
+    std::fs::write(
+        &macho,
+        [0xcf, 0xfa, 0xed, 0xfe, 0x0c, 0x00, 0x00, 0x01, 0, 0, 0, 0],
+    )
+    .expect("write");
     let (ok, out) = check_binary(&macho);
     assert!(!ok && out.contains("Mach-O (macOS)"), "{out}");
-    assert!(out.contains("Dockerfile.local needs a Linux binary"), "{out}");
+    assert!(
+        out.contains("Dockerfile.local needs a Linux binary"),
+        "{out}"
+    );
 
     // A 32-bit ELF is refused too.
     let elf32 = dir.path().join("elf32");
@@ -118,5 +151,8 @@ fn dockerfile_local_refuses_non_linux_binaries() {
     // The binary this build produced passes.
     let (ok, out) = check_binary(Path::new(env!("CARGO_BIN_EXE_tail-sampling-selector")));
     assert!(ok, "{out}");
-    assert!(out.contains("Linux ELF x86_64") || out.contains("Linux ELF aarch64"), "{out}");
+    assert!(
+        out.contains("Linux ELF x86_64") || out.contains("Linux ELF aarch64"),
+        "{out}"
+    );
 }

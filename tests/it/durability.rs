@@ -84,7 +84,10 @@ struct Outcome {
 async fn outcome(s: &Selector, cases: &[Case]) -> Outcome {
     let body = s.query("SELECT trace_id, span_id FROM spans").await;
     let rows = body["rows"].as_array().expect("rows");
-    assert_eq!(body["truncated"], false, "raise query.max_rows for this test");
+    assert_eq!(
+        body["truncated"], false,
+        "raise query.max_rows for this test"
+    );
     let stored: Vec<(String, String)> = rows
         .iter()
         .map(|r| {
@@ -95,12 +98,17 @@ async fn outcome(s: &Selector, cases: &[Case]) -> Outcome {
         })
         .collect();
     let distinct: HashSet<&(String, String)> = stored.iter().collect();
-    let kept: BTreeSet<String> = cases.iter().filter(|c| c.kept).map(|c| hex::encode(c.id)).collect();
+    let kept: BTreeSet<String> = cases
+        .iter()
+        .filter(|c| c.kept)
+        .map(|c| hex::encode(c.id))
+        .collect();
     let expected: HashSet<(String, String)> = cases
         .iter()
         .filter(|c| c.kept)
         .flat_map(|c| {
-            (0..SPANS_PER_TRACE).map(move |i| (hex::encode(c.id), hex::encode(synth::span_id_for(&c.id, i))))
+            (0..SPANS_PER_TRACE)
+                .map(move |i| (hex::encode(c.id), hex::encode(synth::span_id_for(&c.id, i))))
         })
         .collect();
     Outcome {
@@ -221,7 +229,12 @@ async fn stop_and_restart_with(
     } else {
         "restarts=5".to_string()
     };
-    report(name, &cases, &o, &format!("{extra} {}", replay_figures(&s.log())));
+    report(
+        name,
+        &cases,
+        &o,
+        &format!("{extra} {}", replay_figures(&s.log())),
+    );
     assert_nothing_lost(&s, &o);
     s.log()
 }
@@ -272,7 +285,10 @@ async fn sigkill_while_draining_a_backlog_loses_and_duplicates_nothing() {
         s.restart().await;
     }
     let o = settle(&s, &cases, Duration::from_secs(120)).await;
-    let extra = format!("restarts=3 rows_stored_at_each_kill={stored_at_kill:?} {}", replay_figures(&s.log()));
+    let extra = format!(
+        "restarts=3 rows_stored_at_each_kill={stored_at_kill:?} {}",
+        replay_figures(&s.log())
+    );
     report(name, &cases, &o, &extra);
     assert_nothing_lost(&s, &o);
 }
@@ -295,7 +311,10 @@ fn replay_figures(log: &str) -> String {
         "replay_checks={} replayed_traces={} already_stored_spans_skipped={}",
         checks.len(),
         checks.iter().map(|l| field(l, "traces")).sum::<u64>(),
-        checks.iter().map(|l| field(l, "already_stored_spans")).sum::<u64>(),
+        checks
+            .iter()
+            .map(|l| field(l, "already_stored_spans"))
+            .sum::<u64>(),
     )
 }
 
@@ -307,7 +326,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 /// The same SIGKILLs while table maintenance runs every second against the
 /// live traffic: compaction rewrites the small files, expiry removes every
 /// snapshot older than a second (so the replay check reads the offsets
-/// checkpoint), and orphan cleanup deletes what the kills left behind.
+/// checkpoint), and orphan cleanup runs (its grace of at least an hour
+/// keeps what the kills just left; the orphan tests age the files).
 /// Kills land in the middle of rewrites and expiries too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_compaction_and_expiry_run_loses_and_duplicates_nothing() {
@@ -318,13 +338,29 @@ async fn sigkill_while_compaction_and_expiry_run_loses_and_duplicates_nothing() 
         ("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2"),
         ("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1"),
         ("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1"),
-        ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "30"),
+        ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600"),
     ];
-    let log = stop_and_restart_with("crash-sigkill-maintained", 80_000_000, false, 40, &maintenance).await;
-    let compactions = log.lines().filter(|l| l.contains("compaction committed")).count();
-    let expiries = log.lines().filter(|l| l.contains("expired snapshots")).count();
+    let log = stop_and_restart_with(
+        "crash-sigkill-maintained",
+        80_000_000,
+        false,
+        40,
+        &maintenance,
+    )
+    .await;
+    let compactions = log
+        .lines()
+        .filter(|l| l.contains("compaction committed"))
+        .count();
+    let expiries = log
+        .lines()
+        .filter(|l| l.contains("expired snapshots"))
+        .count();
     println!("crash-sigkill-maintained: compactions={compactions} expiries={expiries}");
-    assert!(compactions > 0 && expiries > 0, "maintenance did not run: {compactions} compactions, {expiries} expiries");
+    assert!(
+        compactions > 0 && expiries > 0,
+        "maintenance did not run: {compactions} compactions, {expiries} expiries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,7 +368,14 @@ async fn sigkill_on_the_rest_catalog_and_s3_loses_and_duplicates_nothing() {
     let weed = crate::harness::Seaweed::from_env();
     let namespace = format!("it_crash_{}", uuid::Uuid::new_v4().simple());
     let rest = weed.rest_catalog(&namespace);
-    stop_and_restart_with("crash-sigkill-rest", 50_000_000, false, 40, &crate::harness::pairs(&rest)).await;
+    stop_and_restart_with(
+        "crash-sigkill-rest",
+        50_000_000,
+        false,
+        40,
+        &crate::harness::pairs(&rest),
+    )
+    .await;
 }
 
 /// A crash loop: SIGKILL five times at random 1–6 s intervals, restarting at
@@ -346,13 +389,16 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
     let overrides: Vec<(&str, &str)> = FAST
         .iter()
         .copied()
-        .chain([
-            ("TSS__KAFKA__COMMIT_INTERVAL_MS", "3000"),
-        ])
+        .chain([("TSS__KAFKA__COMMIT_INTERVAL_MS", "3000")])
         .chain(static_member(&instance))
         .collect();
     let mut s = Selector::start("crash-loop", &overrides).await;
-    s.wait_metric("tail_sampling_assigned_partitions", 4.0, Duration::from_secs(60)).await;
+    s.wait_metric(
+        "tail_sampling_assigned_partitions",
+        4.0,
+        Duration::from_secs(60),
+    )
+    .await;
     let cases = Arc::new(workload(60_000_000, 1_500));
     let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 40));
     let mut rng = rand::rng();
@@ -363,7 +409,12 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
     }
     s.wait_ready().await;
     let back = Instant::now();
-    s.wait_metric("tail_sampling_assigned_partitions", 4.0, Duration::from_secs(60)).await;
+    s.wait_metric(
+        "tail_sampling_assigned_partitions",
+        4.0,
+        Duration::from_secs(60),
+    )
+    .await;
     let owned_after = back.elapsed();
     producing.await.expect("producer task");
     let o = settle(&s, &cases, Duration::from_secs(120)).await;
@@ -386,16 +437,31 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
 /// session timeout while the group has unread messages, in a warning.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_that_owns_nothing_says_so() {
-    let one_partition: Vec<(&str, &str)> =
-        FAST.iter().copied().chain([("TSS__KAFKA__TOPIC_PARTITIONS", "1")]).collect();
+    let one_partition: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([("TSS__KAFKA__TOPIC_PARTITIONS", "1")])
+        .collect();
     let a = Selector::start("idle-member", &one_partition).await;
-    a.wait_metric("tail_sampling_assigned_partitions", 1.0, Duration::from_secs(60)).await;
+    a.wait_metric(
+        "tail_sampling_assigned_partitions",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await;
     let b = Selector::start_on(&a.topic, &one_partition).await;
     let cases = Arc::new(workload(70_000_000, 600));
     let producing = tokio::spawn(produce(a.topic.clone(), cases.clone(), 40));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !b.log().contains("owns no partition while its group has unread messages") {
-        assert!(Instant::now() < deadline, "no warning from the idle member\n{}", b.log());
+    while !b
+        .log()
+        .contains("owns no partition while its group has unread messages")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning from the idle member\n{}",
+            b.log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (owned_a, owned_b) = (
@@ -404,7 +470,11 @@ async fn a_member_that_owns_nothing_says_so() {
     );
     producing.abort();
     assert_eq!((owned_a, owned_b), (1.0, 0.0));
-    assert!(!a.log().contains("owns no partition"), "the owner must not warn\n{}", a.log());
+    assert!(
+        !a.log().contains("owns no partition"),
+        "the owner must not warn\n{}",
+        a.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,8 +490,16 @@ async fn a_member_leaving_the_group_hands_over_its_partitions() {
         .iter()
         .copied()
         .chain([
-            ("TSS__STORAGE__ICEBERG__CATALOG_URI", a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").unwrap_or_default()),
-            ("TSS__STORAGE__ICEBERG__WAREHOUSE", a.env("TSS__STORAGE__ICEBERG__WAREHOUSE").unwrap_or_default()),
+            (
+                "TSS__STORAGE__ICEBERG__CATALOG_URI",
+                a.env("TSS__STORAGE__ICEBERG__CATALOG_URI")
+                    .unwrap_or_default(),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__WAREHOUSE",
+                a.env("TSS__STORAGE__ICEBERG__WAREHOUSE")
+                    .unwrap_or_default(),
+            ),
         ])
         .collect();
     let b = Selector::start_on(&a.topic, &shared).await;
@@ -431,9 +509,17 @@ async fn a_member_leaving_the_group_hands_over_its_partitions() {
     let took = a.terminate(Duration::from_secs(45));
     producing.await.expect("producer task");
     let o = settle(&b, &cases, Duration::from_secs(120)).await;
-    report("handover", &cases, &o, &format!("shutdown_ms={}", took.as_millis()));
+    report(
+        "handover",
+        &cases,
+        &o,
+        &format!("shutdown_ms={}", took.as_millis()),
+    );
     assert_nothing_lost(&b, &o);
-    assert!(a.log().contains("partitions revoked"), "A gave its partitions up");
+    assert!(
+        a.log().contains("partitions revoked"),
+        "A gave its partitions up"
+    );
 }
 
 /// A TCP relay in front of the S3 server that can refuse every connection,
@@ -445,20 +531,26 @@ struct Relay {
 
 impl Relay {
     async fn start(target: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let down = Arc::new(AtomicBool::new(false));
         let flag = down.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let flag = flag.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
                         return;
                     };
                     // Cut established connections too when the relay goes down.
@@ -496,8 +588,14 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
         .chain([
             ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
             ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", endpoint.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", s3.access_key.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
+            (
+                "TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID",
+                s3.access_key.as_str(),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY",
+                s3.secret_key.as_str(),
+            ),
             ("TSS__BUFFER__MAX_BUFFERED_SPANS", "600"),
             ("TSS__SAMPLING__MAX_SPANS_PER_TRACE", "500"),
         ])
@@ -513,7 +611,11 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
     while outage.elapsed() < Duration::from_secs(30) {
         let m = s.metrics().await;
         max_held = max_held.max(m.get("tail_sampling_held_spans").copied().unwrap_or(0.0));
-        paused |= m.get("tail_sampling_consumer_paused").copied().unwrap_or(0.0) >= 1.0;
+        paused |= m
+            .get("tail_sampling_consumer_paused")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0;
         let (status, body) = s.get("/health/ready").await;
         if status == 503 {
             not_ready_reason = body["reason"].as_str().unwrap_or_default().to_string();
@@ -532,7 +634,10 @@ async fn storage_outage_pauses_consumption_and_loses_nothing() {
     );
     assert!(paused, "the consumer never paused\n{}", s.log());
     // One message may still be taken after the limit is reached.
-    assert!(max_held <= LIMIT + 10.0, "held {max_held} spans, limit {LIMIT}");
+    assert!(
+        max_held <= LIMIT + 10.0,
+        "held {max_held} spans, limit {LIMIT}"
+    );
     assert!(
         not_ready_reason.contains("storage_writes") || not_ready_reason.contains("buffer"),
         "readiness did not say why: `{not_ready_reason}`"

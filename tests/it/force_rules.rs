@@ -29,10 +29,21 @@ async fn delete_rule(s: &Selector, id: &str) -> u16 {
 
 fn produce(s: &Selector, service: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &crate::harness::brokers(), "--topic", &s.topic, "--service-name", service])
+        .args([
+            "--brokers",
+            &crate::harness::brokers(),
+            "--topic",
+            &s.topic,
+            "--service-name",
+            service,
+        ])
         .output()
         .expect("simple_producer");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The listed rule with this id. Other tests share the Redis, so rules are
@@ -79,7 +90,10 @@ async fn a_force_keep_rule_keeps_a_whole_service_until_deleted() {
     .await;
     assert_eq!(status, 201, "{rule}");
     let id = rule["id"].as_str().expect("id").to_string();
-    assert!(rule["created_at"].is_string() && rule["expires_at"].is_string(), "{rule}");
+    assert!(
+        rule["created_at"].is_string() && rule["expires_at"].is_string(),
+        "{rule}"
+    );
     let (status, one) = s.get(&format!("/admin/force-rules/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(one["priority"], 100);
@@ -104,17 +118,27 @@ async fn a_force_keep_rule_keeps_a_whole_service_until_deleted() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(listed_rule["matched_traces"], 10, "{listed_rule}");
-    assert!(listed_rule["remaining_secs"].as_i64().unwrap_or(0) > 250, "{listed_rule}");
+    assert!(
+        listed_rule["remaining_secs"].as_i64().unwrap_or(0) > 250,
+        "{listed_rule}"
+    );
 
     assert_eq!(delete_rule(&s, &id).await, 204);
     assert_eq!(delete_rule(&s, &id).await, 404);
     wait_rule(&s, &id, false).await;
     produce(&s, &service);
-    s.wait_metric("tail_sampling_traces_dropped_total", 6.0, Duration::from_secs(60))
-        .await;
+    s.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        6.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(42.0).await;
     let m = s.metrics().await;
-    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 4.0);
+    assert_eq!(
+        m["tail_sampling_traces_sampled_total{reason=\"error\"}"],
+        4.0
+    );
     assert_eq!(m["tail_sampling_traces_force_sampled_total"], 10.0);
 }
 
@@ -138,18 +162,48 @@ async fn short_rules_expire_and_invalid_rules_name_their_field() {
     assert_eq!(s.get(&format!("/admin/force-rules/{id}")).await.0, 200);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(s.get(&format!("/admin/force-rules/{id}")).await.0, 404);
-    assert!(listed(&s, &id).await.is_none(), "an expired rule is not listed");
+    assert!(
+        listed(&s, &id).await.is_none(),
+        "an expired rule is not listed"
+    );
 
     let bad = [
-        (json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "like", "value": "x"}]}, "action": "force_keep"}), "match.span[0].op"),
-        (json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "keep"}), "action"),
-        (json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "regex", "value": "(["}]}, "action": "force_keep"}), "match.span[0].value"),
-        (json!({"duration_secs": 0, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}), "duration_secs"),
-        (json!({"duration_secs": 100000000, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}), "duration_secs"),
-        (json!({"duration_secs": 5, "match": {}, "action": "force_keep"}), "match"),
-        (json!({"duration_secs": 5, "match": {"resource": [{"key": "a", "op": "eq"}]}, "action": "force_keep"}), "match.resource[0].value"),
-        (json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "gt", "value": "fast"}]}, "action": "force_keep"}), "match.span[0].value"),
-        (json!({"duration_secs": 5, "description": "x".repeat(70_000), "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}), "body"),
+        (
+            json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "like", "value": "x"}]}, "action": "force_keep"}),
+            "match.span[0].op",
+        ),
+        (
+            json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "keep"}),
+            "action",
+        ),
+        (
+            json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "regex", "value": "(["}]}, "action": "force_keep"}),
+            "match.span[0].value",
+        ),
+        (
+            json!({"duration_secs": 0, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}),
+            "duration_secs",
+        ),
+        (
+            json!({"duration_secs": 100000000, "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}),
+            "duration_secs",
+        ),
+        (
+            json!({"duration_secs": 5, "match": {}, "action": "force_keep"}),
+            "match",
+        ),
+        (
+            json!({"duration_secs": 5, "match": {"resource": [{"key": "a", "op": "eq"}]}, "action": "force_keep"}),
+            "match.resource[0].value",
+        ),
+        (
+            json!({"duration_secs": 5, "match": {"span": [{"key": "a", "op": "gt", "value": "fast"}]}, "action": "force_keep"}),
+            "match.span[0].value",
+        ),
+        (
+            json!({"duration_secs": 5, "description": "x".repeat(70_000), "match": {"span": [{"key": "a", "op": "exists"}]}, "action": "force_keep"}),
+            "body",
+        ),
     ];
     for (body, field) in bad {
         let (status, err) = post_rule(&s, &body).await;
@@ -167,7 +221,12 @@ async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
     // cooperative-sticky assignment, A first gives some up, then B gets them.
     let settle = Instant::now() + Duration::from_secs(30);
     while !(a.log().contains("partitions revoked") && b.log().contains("partitions assigned")) {
-        assert!(Instant::now() < settle, "the group did not settle\n{}\n{}", a.log(), b.log());
+        assert!(
+            Instant::now() < settle,
+            "the group did not settle\n{}\n{}",
+            a.log(),
+            b.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -184,7 +243,16 @@ async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
     // The contract: every instance applies it within 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = Command::new(env!("CARGO_BIN_EXE_simple_producer"))
-        .args(["--brokers", &crate::harness::brokers(), "--topic", &topic, "--service-name", &service, "--count", "40"])
+        .args([
+            "--brokers",
+            &crate::harness::brokers(),
+            "--topic",
+            &topic,
+            "--service-name",
+            &service,
+            "--count",
+            "40",
+        ])
         .output()
         .expect("simple_producer");
     assert!(out.status.success());
@@ -195,11 +263,18 @@ async fn two_instances_in_one_group_both_honour_a_rule_made_through_either() {
         let da = a.metric("tail_sampling_traces_dropped_total").await;
         let db = b.metric("tail_sampling_traces_dropped_total").await;
         if ka + kb >= 40.0 {
-            assert!(ka > 0.0 && kb > 0.0, "both instances decided traces: a={ka} b={kb}");
+            assert!(
+                ka > 0.0 && kb > 0.0,
+                "both instances decided traces: a={ka} b={kb}"
+            );
             assert_eq!(da + db, 0.0, "nothing dropped");
             break;
         }
-        assert!(Instant::now() < deadline, "a={ka} b={kb} dropped={}", da + db);
+        assert!(
+            Instant::now() < deadline,
+            "a={ka} b={kb} dropped={}",
+            da + db
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(delete_rule(&a, &id).await, 204);
@@ -225,7 +300,13 @@ async fn sampling_goes_on_while_redis_is_down() {
     loop {
         let (status, body) = s.get("/health/ready").await;
         if status == 503 {
-            assert!(body["reason"].as_str().unwrap_or_default().contains("redis"), "{body}");
+            assert!(
+                body["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("redis"),
+                "{body}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "readiness never reported Redis");
@@ -238,11 +319,18 @@ async fn sampling_goes_on_while_redis_is_down() {
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("Redis"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("Redis"),
+        "{body}"
+    );
     // Sampling continues with the last known rule.
     produce(&s, &service);
-    s.wait_metric("tail_sampling_traces_force_sampled_total", 10.0, Duration::from_secs(60))
-        .await;
+    s.wait_metric(
+        "tail_sampling_traces_force_sampled_total",
+        10.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(30.0).await;
 
     redis.restart();
@@ -256,7 +344,10 @@ async fn sampling_goes_on_while_redis_is_down() {
         if status == 201 {
             break;
         }
-        assert!(Instant::now() < deadline, "rule writes did not recover (last {status})");
+        assert!(
+            Instant::now() < deadline,
+            "rule writes did not recover (last {status})"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (status, _) = s.get("/health/ready").await;

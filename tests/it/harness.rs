@@ -83,7 +83,9 @@ impl Selector {
         if let Some(file) = self.env.get(CONFIG_FILE) {
             cmd.arg("--config").arg(file);
         }
-        cmd.envs(&self.env).env("RUST_LOG", "info").current_dir(self.dir.path());
+        cmd.envs(&self.env)
+            .env("RUST_LOG", "info")
+            .current_dir(self.dir.path());
         cmd
     }
 
@@ -94,6 +96,29 @@ impl Selector {
     /// The `TSS__…` environment this selector runs with.
     pub fn env(&self, key: &str) -> Option<&str> {
         self.env.get(key).map(String::as_str)
+    }
+
+    /// Removes a setting for the next `restart`.
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.remove(key);
+    }
+
+    /// Waits for the process to exit by itself; its exit code (`None` when
+    /// a signal ended it). Panics with the log after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "the selector was still running after {timeout:?}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL: the process gets no chance to flush or commit anything.
@@ -115,7 +140,10 @@ impl Selector {
                 return started.elapsed();
             }
             if started.elapsed() > timeout {
-                panic!("selector did not exit within {timeout:?} of SIGTERM\n{}", self.log());
+                panic!(
+                    "selector did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -211,7 +239,9 @@ impl Selector {
     /// `SELECT count(*) …` as a number.
     pub async fn count(&self, sql: &str) -> i64 {
         let body = self.query(sql).await;
-        body["rows"][0][0].as_i64().unwrap_or_else(|| panic!("{sql} -> {body}"))
+        body["rows"][0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql} -> {body}"))
     }
 
     /// `GET`, or `None` while nothing listens yet.
@@ -277,8 +307,12 @@ impl Selector {
     /// Waits until every kept trace is committed: no buffered traces and the
     /// exported-span count has reached `spans`.
     pub async fn wait_exported(&self, spans: f64) {
-        self.wait_metric("tail_sampling_spans_exported_total", spans, Duration::from_secs(60))
-            .await;
+        self.wait_metric(
+            "tail_sampling_spans_exported_total",
+            spans,
+            Duration::from_secs(60),
+        )
+        .await;
     }
 }
 
@@ -325,7 +359,10 @@ fn test_env(
 
 /// Starts a selector that must refuse to start: waits for it to exit within
 /// `timeout` and returns its exit code and log.
-pub fn start_expecting_failure(overrides: &[(&str, &str)], timeout: Duration) -> (Option<i32>, String) {
+pub fn start_expecting_failure(
+    overrides: &[(&str, &str)],
+    timeout: Duration,
+) -> (Option<i32>, String) {
     let topic = format!("tss-it-fail-{}", uuid::Uuid::new_v4().simple());
     let mut s = Selector::launch(&topic, overrides);
     let started = Instant::now();
@@ -334,7 +371,10 @@ pub fn start_expecting_failure(overrides: &[(&str, &str)], timeout: Duration) ->
             return (status.code(), s.log());
         }
         if started.elapsed() > timeout {
-            panic!("the selector was still running {timeout:?} after its start\n{}", s.log());
+            panic!(
+                "the selector was still running {timeout:?} after its start\n{}",
+                s.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -367,7 +407,8 @@ fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
         // with TSS__KAFKA__PROPERTIES__DEBUG=cgrp to follow the group protocol.
         .env(
             "RUST_LOG",
-            std::env::var("TSS_TEST_RUST_LOG").unwrap_or_else(|_| "info,tail_sampling_selector=debug".into()),
+            std::env::var("TSS_TEST_RUST_LOG")
+                .unwrap_or_else(|_| "info,tail_sampling_selector=debug".into()),
         )
         .current_dir(dir)
         .stdout(Stdio::from(log.try_clone().expect("log clone")))
@@ -408,7 +449,12 @@ pub fn now_nanos() -> u64 {
 pub fn random_trace_id(seed: u64) -> [u8; 16] {
     let mut id = trace_id(seed);
     let high = u64::from_be_bytes(id[..8].try_into().unwrap_or_default());
-    id[..8].copy_from_slice(&high.wrapping_mul(0xd6e8_feb8_6659_fd93).rotate_left(29).to_be_bytes());
+    id[..8].copy_from_slice(
+        &high
+            .wrapping_mul(0xd6e8_feb8_6659_fd93)
+            .rotate_left(29)
+            .to_be_bytes(),
+    );
     id[0] |= 1;
     id
 }
@@ -439,7 +485,10 @@ pub async fn create_topic(topic: &str, partitions: i32) {
         .create()
         .expect("admin client");
     let created = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await
         .expect("create topic");
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
@@ -454,17 +503,35 @@ pub fn load_generator(topic: &str, args: &[&str]) -> String {
         .output()
         .expect("load_generator");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
-    send_record(producer, topic, FutureRecord::to(topic).key(key).payload(payload)).await
+    send_record(
+        producer,
+        topic,
+        FutureRecord::to(topic).key(key).payload(payload),
+    )
+    .await
 }
 
 /// [`send`] with the message's timestamp, in Unix milliseconds.
-pub async fn send_at(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8], timestamp_ms: i64) {
-    let record = FutureRecord::to(topic).key(key).payload(payload).timestamp(timestamp_ms);
+pub async fn send_at(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    timestamp_ms: i64,
+) {
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .timestamp(timestamp_ms);
     send_record(producer, topic, record).await
 }
 
@@ -522,7 +589,16 @@ impl OwnRedis {
 
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .spawn()
@@ -606,8 +682,14 @@ impl Seaweed {
             ("TSS__STORAGE__ICEBERG__CREDENTIAL", self.credential()),
             ("TSS__STORAGE__ICEBERG__NAMESPACE", namespace.to_string()),
             ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", self.endpoint.clone()),
-            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", self.access_key.clone()),
-            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            (
+                "TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID",
+                self.access_key.clone(),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY",
+                self.secret_key.clone(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -617,14 +699,22 @@ impl Seaweed {
     /// The `scan_table.py` options that read the REST catalog's `table`.
     pub fn scan_args(&self, table: &str) -> Vec<String> {
         [
-            "--catalog-type", "rest",
-            "--catalog-uri", &self.rest_uri,
-            "--warehouse", &self.warehouse,
-            "--credential", &self.credential(),
-            "--table", table,
-            "--s3-endpoint", &self.endpoint,
-            "--s3-access-key-id", &self.access_key,
-            "--s3-secret-access-key", &self.secret_key,
+            "--catalog-type",
+            "rest",
+            "--catalog-uri",
+            &self.rest_uri,
+            "--warehouse",
+            &self.warehouse,
+            "--credential",
+            &self.credential(),
+            "--table",
+            table,
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-access-key-id",
+            &self.access_key,
+            "--s3-secret-access-key",
+            &self.secret_key,
             "--duckdb",
         ]
         .iter()
@@ -668,7 +758,10 @@ impl Seaweed {
 
 /// Borrows owned `(key, value)` pairs as the `&str` pairs `Selector::start` takes.
 pub fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
-    owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// A throwaway certificate authority and certificates it signed, made with
@@ -682,7 +775,11 @@ impl Certs {
     pub fn generate() -> Certs {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("ext");
         std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
         let run = |args: &[&str]| {
             let out = Command::new("openssl")
@@ -690,24 +787,58 @@ impl Certs {
                 .current_dir(d)
                 .output()
                 .expect("openssl must be installed (scripts/test.sh installs it)");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         for ca in ["ca", "other-ca"] {
             run(&[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
-                "-subj", &format!("/CN=tss-test-{ca}"),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=tss-test-{ca}"),
             ]);
         }
         for leaf in ["server", "client"] {
             run(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{leaf}.key"),
-                "-out", &format!("{leaf}.csr"), "-subj", &format!("/CN=tss-test-{leaf}"),
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+                "-subj",
+                &format!("/CN=tss-test-{leaf}"),
             ]);
             run(&[
-                "x509", "-req", "-in", &format!("{leaf}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-out", &format!("{leaf}.pem"),
-                "-extfile", &format!("{leaf}.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{leaf}.pem"),
+                "-extfile",
+                &format!("{leaf}.ext"),
             ]);
         }
         Certs { dir }
@@ -833,20 +964,38 @@ impl TlsRedis {
         let log = certs.dir.path().join("redis.log");
         let child = Command::new("redis-server")
             .args([
-                "--port", "0",
-                "--tls-port", &port.to_string(),
-                "--bind", "127.0.0.1",
-                "--tls-cert-file", &certs.path("server.pem"),
-                "--tls-key-file", &certs.path("server.key"),
-                "--tls-ca-cert-file", &certs.path("ca.pem"),
-                "--tls-auth-clients", "yes",
-                "--save", "",
-                "--appendonly", "no",
-                "--logfile", &log.display().to_string(),
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                &certs.path("server.pem"),
+                "--tls-key-file",
+                &certs.path("server.key"),
+                "--tls-ca-cert-file",
+                &certs.path("ca.pem"),
+                "--tls-auth-clients",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                &log.display().to_string(),
                 // Redis joins the words after `--user` into one ACL rule.
-                "--user", "selector", "on", &format!(">{password}"), "~*", "&*", "+@all",
+                "--user",
+                "selector",
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
                 // Nobody gets in without logging in as an ACL user.
-                "--user", "default", "off",
+                "--user",
+                "default",
+                "off",
             ])
             .current_dir(certs.dir.path())
             .stdout(Stdio::null())
@@ -863,7 +1012,10 @@ impl TlsRedis {
 
     /// `rediss://selector:…@127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("rediss://selector:{}@127.0.0.1:{}", self.password, self.port)
+        format!(
+            "rediss://selector:{}@127.0.0.1:{}",
+            self.password, self.port
+        )
     }
 }
 
@@ -876,7 +1028,9 @@ impl Drop for TlsRedis {
 
 /// A helper script under `tests/python/`.
 pub fn python_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
 }
 
 /// Runs `simple_producer` with the seed defaults against `topic`.
@@ -923,7 +1077,10 @@ pub async fn consume_all(topic: &str, count: usize, timeout: Duration) -> Vec<Co
     use rdkafka::message::{Headers, Message};
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", format!("tss-it-reader-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("tss-it-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -936,7 +1093,10 @@ pub async fn consume_all(topic: &str, count: usize, timeout: Duration) -> Vec<Co
         let msg = match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => panic!("only {} of {count} messages in {topic} after {timeout:?}", out.len()),
+            Err(_) => panic!(
+                "only {} of {count} messages in {topic} after {timeout:?}",
+                out.len()
+            ),
         };
         let headers = msg
             .headers()
@@ -980,4 +1140,189 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// What the [`FaultProxy`] does with a table commit (`POST` to
+/// `…/namespaces/{ns}/tables/{table}`); every other request passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitFault {
+    /// Forwards it and returns the catalog's answer.
+    Pass,
+    /// Forwards it, then answers 504 as a load balancer whose upstream was
+    /// slow: the catalog took the commit, the client cannot know.
+    Answer504,
+    /// Forwards it, then closes the connection without an answer.
+    Drop,
+    /// Never forwards it and never answers.
+    Hang,
+}
+
+/// An HTTP proxy of the tests' own in front of the Iceberg REST catalog,
+/// which injects [`CommitFault`]s into table commits: the first
+/// `set_fault(fault, n)` commits get the fault, later ones pass.
+pub struct FaultProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    target: String,
+    fault: parking_lot::Mutex<(CommitFault, usize)>,
+    commits_seen: std::sync::atomic::AtomicUsize,
+    faults_injected: std::sync::atomic::AtomicUsize,
+    http: reqwest::Client,
+}
+
+impl FaultProxy {
+    /// A proxy to `target` (`http://host:port`), passing everything.
+    pub async fn start(target: &str) -> FaultProxy {
+        let state = std::sync::Arc::new(ProxyState {
+            target: target.trim_end_matches('/').to_string(),
+            fault: parking_lot::Mutex::new((CommitFault::Pass, 0)),
+            commits_seen: Default::default(),
+            faults_injected: Default::default(),
+            http: reqwest::Client::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let app = axum::Router::new()
+            .fallback(proxy)
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultProxy {
+            port,
+            state,
+            server,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The next `count` commits get `fault`.
+    pub fn set_fault(&self, fault: CommitFault, count: usize) {
+        *self.state.fault.lock() = (fault, count);
+    }
+
+    /// Table commits that reached the proxy.
+    pub fn commits_seen(&self) -> usize {
+        self.state
+            .commits_seen
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Commits that got a fault.
+    pub fn faults_injected(&self) -> usize {
+        self.state
+            .faults_injected
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn is_table_commit(method: &axum::http::Method, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    method == axum::http::Method::POST
+        && parts.len() >= 4
+        && parts[parts.len() - 2] == "tables"
+        && parts[parts.len() - 4] == "namespaces"
+}
+
+async fn proxy(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<ProxyState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let fault = if is_table_commit(&parts.method, parts.uri.path()) {
+        state.commits_seen.fetch_add(1, Ordering::SeqCst);
+        let mut f = state.fault.lock();
+        if f.1 > 0 {
+            f.1 -= 1;
+            state.faults_injected.fetch_add(1, Ordering::SeqCst);
+            f.0
+        } else {
+            CommitFault::Pass
+        }
+    } else {
+        CommitFault::Pass
+    };
+    if fault == CommitFault::Hang {
+        return std::future::pending().await;
+    }
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .expect("request body");
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).expect("method");
+    let mut forward = state
+        .http
+        .request(method, format!("{}{path_and_query}", state.target))
+        .body(body.to_vec());
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            forward = forward.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let answer = match forward.send().await {
+        Ok(r) => r,
+        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = answer.status().as_u16();
+    let headers: Vec<(String, Vec<u8>)> = answer
+        .headers()
+        .iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "content-length" | "connection" | "transfer-encoding"
+            )
+        })
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let bytes = answer.bytes().await.unwrap_or_default();
+    match fault {
+        CommitFault::Answer504 => (
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "upstream timed out",
+        )
+            .into_response(),
+        // Ends the connection's task: the client sees it close unanswered.
+        CommitFault::Drop => {
+            std::panic::resume_unwind(Box::new("the fault proxy drops the connection"))
+        }
+        _ => {
+            let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
+            *response.status_mut() = axum::http::StatusCode::from_u16(status).expect("status");
+            for (n, v) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(n.as_bytes()),
+                    axum::http::HeaderValue::from_bytes(&v),
+                ) {
+                    response.headers_mut().append(n, v);
+                }
+            }
+            response
+        }
+    }
 }

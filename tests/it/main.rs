@@ -7,6 +7,7 @@ mod harness;
 
 mod deploy;
 mod durability;
+mod faults;
 mod force_rules;
 mod lookup;
 mod maintenance;

@@ -8,9 +8,11 @@ use std::path::Path;
 use prost::Message;
 use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
-use crate::harness::{now_nanos, producer, random_trace_id as trace_id, run_python, send, Selector};
+use crate::harness::{
+    now_nanos, producer, random_trace_id as trace_id, run_python, send, Selector,
+};
 
-async fn send_round(s: &Selector, round: u64, per_round: u64) {
+pub(crate) async fn send_round(s: &Selector, round: u64, per_round: u64) {
     send_round_at(s, round, per_round, now_nanos() - 10_000_000).await
 }
 
@@ -26,26 +28,49 @@ async fn send_round_at(s: &Selector, round: u64, per_round: u64, start_unix_nano
             duration_ms: 10,
         })
         .collect();
-    let resources = traces.iter().map(|t| ResourceDef::new(&t.service, synth::trace(t))).collect();
-    send(&producer(), &s.topic, &round.to_string(), &synth::request(resources).encode_to_vec()).await;
+    let resources = traces
+        .iter()
+        .map(|t| ResourceDef::new(&t.service, synth::trace(t)))
+        .collect();
+    send(
+        &producer(),
+        &s.topic,
+        &round.to_string(),
+        &synth::request(resources).encode_to_vec(),
+    )
+    .await;
 }
 
 /// Expire anything older than a second, keep one snapshot.
-const EXPIRE_NOW: &[(&str, &str)] =
-    &[("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1"), ("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1")];
+const EXPIRE_NOW: &[(&str, &str)] = &[
+    ("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "1"),
+    ("TSS__MAINTENANCE__MIN_SNAPSHOTS_TO_KEEP", "1"),
+];
 
 /// Runs `tail-sampling-selector maintenance` on the selector's table with
 /// these settings on top; returns what it printed, failing on an error.
 fn maintain(s: &Selector, env: &[(&str, &str)]) -> String {
-    let out = s.command().arg("maintenance").envs(env.iter().copied()).output().expect("maintenance runs");
+    let out = s
+        .command()
+        .arg("maintenance")
+        .envs(env.iter().copied())
+        .output()
+        .expect("maintenance runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 fn scan(s: &Selector) -> serde_json::Value {
     run_python(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/scan_table.py")),
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/scan_table.py"
+        )),
         &[
             "--catalog-uri".into(),
             format!("sqlite:///{}", s.catalog_path().display()),
@@ -71,27 +96,50 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     let id = hex::encode(trace_id(70_000 + 4 * 1000 + 7));
     let (_, before) = s.get(&format!("/admin/traces/{id}")).await;
     // Manifest pruning by trace_id bounds may drop a few files; most remain.
-    assert!(before["scan"]["files_planned"].as_u64().expect("planned") >= 2, "{before}");
+    assert!(
+        before["scan"]["files_planned"].as_u64().expect("planned") >= 2,
+        "{before}"
+    );
 
     // The smallest sort memory allowed: the rows sort in spilled runs.
-    let stdout = maintain(&s, &[("TSS__MAINTENANCE__COMPACTION_MEMORY_BYTES", "4194304")]);
+    let stdout = maintain(
+        &s,
+        &[("TSS__MAINTENANCE__COMPACTION_MEMORY_BYTES", "4194304")],
+    );
     assert!(stdout.contains(&format!("{ROUNDS} files")), "{stdout}");
     assert!(stdout.contains("into 1 files"), "{stdout}");
-    assert!(stdout.contains(&format!("{} rows", ROUNDS * PER_ROUND * 3)), "{stdout}");
-    assert!(stdout.contains(&format!("manifests {ROUNDS} -> 1")), "one manifest per append, merged into one: {stdout}");
+    assert!(
+        stdout.contains(&format!("{} rows", ROUNDS * PER_ROUND * 3)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("manifests {ROUNDS} -> 1")),
+        "one manifest per append, merged into one: {stdout}"
+    );
 
     // Every span once, and the lookup now plans a single file.
     let total = (ROUNDS * PER_ROUND * 3) as i64;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
-    assert_eq!(s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)").await, total);
+    assert_eq!(
+        s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)")
+            .await,
+        total
+    );
     let (status, after) = s.get(&format!("/admin/traces/{id}")).await;
     assert_eq!(status, 200, "{after}");
     assert_eq!(after["span_count"], 3);
     assert_eq!(after["scan"]["files_planned"], 1, "{after}");
-    assert_eq!(after["spans"], before["spans"], "the same spans, in the same order");
+    assert_eq!(
+        after["spans"], before["spans"],
+        "the same spans, in the same order"
+    );
     // The one file's rows are in trace id order, then start time, as
     // pyarrow reads them from the Parquet file.
-    assert_eq!(scan(&s)["files_sorted"], serde_json::json!([true]), "the compacted file is sorted by trace_id, start_time");
+    assert_eq!(
+        scan(&s)["files_sorted"],
+        serde_json::json!([true]),
+        "the compacted file is sorted by trace_id, start_time"
+    );
 
     // The selector goes on appending on top of the compacted snapshot.
     send_round(&s, ROUNDS, PER_ROUND).await;
@@ -103,7 +151,10 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     let read = scan(&s);
     assert_eq!(read["rows"], total, "{read}");
     assert_eq!(read["duckdb_rows"], total, "{read}");
-    assert_eq!(read["trace_ids"].as_array().map(|a| a.len()), Some(((ROUNDS + 1) * PER_ROUND) as usize));
+    assert_eq!(
+        read["trace_ids"].as_array().map(|a| a.len()),
+        Some(((ROUNDS + 1) * PER_ROUND) as usize)
+    );
 
     // A second run finds too few small files (one compacted, one appended).
     let stdout = maintain(&s, &[]);
@@ -136,13 +187,26 @@ async fn scheduled_compaction_runs_under_the_lease_while_the_selector_appends() 
         std::time::Duration::from_secs(30),
     )
     .await;
-    s.wait_metric("tail_sampling_maintenance_files_rewritten_total", 3.0, std::time::Duration::from_secs(30)).await;
+    s.wait_metric(
+        "tail_sampling_maintenance_files_rewritten_total",
+        3.0,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     let total = (ROUNDS * PER_ROUND * 3) as i64;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
-    assert_eq!(s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)").await, total);
+    assert_eq!(
+        s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)")
+            .await,
+        total
+    );
     let (_, health) = s.get("/health").await;
     assert_eq!(health["maintenance"]["status"], "ok", "{health}");
-    assert_eq!(s.metric("tail_sampling_maintenance_runs_total{result=\"error\",step=\"compaction\"}").await, 0.0);
+    assert_eq!(
+        s.metric("tail_sampling_maintenance_runs_total{result=\"error\",step=\"compaction\"}")
+            .await,
+        0.0
+    );
     let read = scan(&s);
     assert_eq!(read["rows"], total, "{read}");
 }
@@ -168,10 +232,16 @@ async fn one_holder_at_a_time_and_a_dead_holders_lease_runs_out() {
     assert!(a.acquire().await.expect("a again"), "the holder keeps it");
     assert!(!b.acquire().await.expect("b"), "nobody else gets it");
     a.release().await;
-    assert!(b.acquire().await.expect("b after release"), "released, it is free");
+    assert!(
+        b.acquire().await.expect("b after release"),
+        "released, it is free"
+    );
     // b dies without releasing: after the TTL, a gets it.
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    assert!(a.acquire().await.expect("a after expiry"), "a dead holder's lease runs out");
+    assert!(
+        a.acquire().await.expect("a after expiry"),
+        "a dead holder's lease runs out"
+    );
     // b's release cannot remove a's lease.
     b.release().await;
     assert!(!b.acquire().await.expect("b"), "still a's");
@@ -198,16 +268,32 @@ async fn expiry_deletes_what_only_old_snapshots_reached_and_keeps_the_replay_gua
     let stdout = maintain(&a, EXPIRE_NOW);
     // Six appends and the compaction: all but the compaction's snapshot go.
     assert!(stdout.contains(&format!("{ROUNDS} files")), "{stdout}");
-    assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
-    assert_eq!(parquet_files(&a.warehouse_path()), 1, "the replaced small files are deleted:\n{stdout}");
+    assert!(
+        stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")),
+        "{stdout}"
+    );
+    assert_eq!(
+        parquet_files(&a.warehouse_path()),
+        1,
+        "the replaced small files are deleted:\n{stdout}"
+    );
     assert_eq!(a.count("SELECT count(*) FROM spans").await, total);
     let read = scan(&a);
-    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+    assert_eq!(
+        (read["rows"].as_i64(), read["duckdb_rows"].as_i64()),
+        (Some(total), Some(total)),
+        "{read}"
+    );
 
     // Another selector, in a new consumer group, re-reads every message into
     // the same table. Their offsets are only in the checkpoint now: every
     // span must be found already stored, none stored again.
-    let (catalog, warehouse) = (a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").expect("uri").to_string(), a.warehouse_path());
+    let (catalog, warehouse) = (
+        a.env("TSS__STORAGE__ICEBERG__CATALOG_URI")
+            .expect("uri")
+            .to_string(),
+        a.warehouse_path(),
+    );
     let topic = a.topic.clone();
     let group = format!("{topic}-again");
     let fresh_prefix = format!("tss-it-expire-b-{}:", uuid::Uuid::new_v4().simple());
@@ -219,12 +305,24 @@ async fn expiry_deletes_what_only_old_snapshots_reached_and_keeps_the_replay_gua
             ("TSS__KAFKA__GROUP_ID", group.as_str()),
             ("TSS__REDIS__KEY_PREFIX", fresh_prefix.as_str()),
             ("TSS__STORAGE__ICEBERG__CATALOG_URI", catalog.as_str()),
-            ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.to_str().expect("path")),
+            (
+                "TSS__STORAGE__ICEBERG__WAREHOUSE",
+                warehouse.to_str().expect("path"),
+            ),
         ],
     )
     .await;
-    b.wait_metric("tail_sampling_replayed_spans_skipped_total", total as f64, std::time::Duration::from_secs(60)).await;
-    assert_eq!(b.count("SELECT count(*) FROM spans").await, total, "nothing stored twice");
+    b.wait_metric(
+        "tail_sampling_replayed_spans_skipped_total",
+        total as f64,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        b.count("SELECT count(*) FROM spans").await,
+        total,
+        "nothing stored twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,19 +351,40 @@ async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
     send_round_at(&s, 303, PER_ROUND, twenty_days_ago).await;
     s.wait_exported((4 * PER_ROUND * 3) as f64).await;
     let old = "start_time < now() - INTERVAL '15 days'";
-    assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE {old}")).await, (PER_ROUND * 3) as i64);
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM spans WHERE {old}"))
+            .await,
+        (PER_ROUND * 3) as i64
+    );
 
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let stdout = maintain(&s, &[EXPIRE_NOW, &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")]].concat());
-    assert!(stdout.contains("compaction: 3 files"), "today's three files: {stdout}");
-    assert!(stdout.contains("retention: 1 day partitions removed (1 files, 300 rows)"), "{stdout}");
+    let stdout = maintain(
+        &s,
+        &[
+            EXPIRE_NOW,
+            &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")],
+        ]
+        .concat(),
+    );
+    assert!(
+        stdout.contains("compaction: 3 files"),
+        "today's three files: {stdout}"
+    );
+    assert!(
+        stdout.contains("retention: 1 day partitions removed (1 files, 300 rows)"),
+        "{stdout}"
+    );
     // The four appends expire; the compaction's and the retention's
     // snapshots are younger than a second.
     assert!(stdout.contains("expiry: 4 snapshots expired"), "{stdout}");
 
     let today = (3 * PER_ROUND * 3) as i64;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
-    assert_eq!(s.count(&format!("SELECT count(*) FROM spans WHERE {old}")).await, 0);
+    assert_eq!(
+        s.count(&format!("SELECT count(*) FROM spans WHERE {old}"))
+            .await,
+        0
+    );
     let read = run_python(
         &crate::harness::python_script("scan_table.py"),
         &[
@@ -278,13 +397,21 @@ async fn on_postgres_compaction_retention_and_expiry_keep_what_they_must() {
             "--duckdb".into(),
         ],
     );
-    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(today), Some(today)), "{read}");
+    assert_eq!(
+        (read["rows"].as_i64(), read["duckdb_rows"].as_i64()),
+        (Some(today), Some(today)),
+        "{read}"
+    );
     // The old partition's file is still reached by the compaction's snapshot.
     assert_eq!(parquet_files(&s.warehouse_path()), 2);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let stdout = maintain(&s, EXPIRE_NOW);
     assert!(stdout.contains("expiry: 1 snapshots expired"), "{stdout}");
-    assert_eq!(parquet_files(&s.warehouse_path()), 1, "only the compacted file is left: {stdout}");
+    assert_eq!(
+        parquet_files(&s.warehouse_path()),
+        1,
+        "only the compacted file is left: {stdout}"
+    );
     assert_eq!(s.count("SELECT count(*) FROM spans").await, today);
 }
 
@@ -303,33 +430,78 @@ async fn on_the_rest_catalog_and_s3_compaction_and_expiry_commit_through_the_cat
         s.wait_exported(((round + 1) * PER_ROUND * 3) as f64).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let stdout = maintain(&s, &[EXPIRE_NOW, &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")]].concat());
-    assert!(stdout.contains(&format!("compaction: {ROUNDS} files")), "{stdout}");
+    let stdout = maintain(
+        &s,
+        &[
+            EXPIRE_NOW,
+            &[("TSS__MAINTENANCE__MIN_FILES_TO_COMPACT", "2")],
+        ]
+        .concat(),
+    );
+    assert!(
+        stdout.contains(&format!("compaction: {ROUNDS} files")),
+        "{stdout}"
+    );
     assert!(stdout.contains("into 1 files"), "{stdout}");
-    assert!(stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("expiry: {ROUNDS} snapshots expired")),
+        "{stdout}"
+    );
     let total = (ROUNDS * PER_ROUND * 3) as i64;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
-    assert_eq!(s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)").await, total);
-    let read = run_python(&crate::harness::python_script("scan_table.py"), &weed.scan_args(&format!("{namespace}.spans")));
-    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)")
+            .await,
+        total
+    );
+    let read = run_python(
+        &crate::harness::python_script("scan_table.py"),
+        &weed.scan_args(&format!("{namespace}.spans")),
+    );
+    assert_eq!(
+        (read["rows"].as_i64(), read["duckdb_rows"].as_i64()),
+        (Some(total), Some(total)),
+        "{read}"
+    );
     // The replaced small files are gone from the bucket.
     let location = read["location"].as_str().unwrap_or_default();
     let table_prefix = location.trim_start_matches(&format!("s3://{}/", weed.warehouse));
-    let parquet = weed.list(&weed.warehouse, table_prefix).iter().filter(|k| k.ends_with(".parquet")).count();
+    let parquet = weed
+        .list(&weed.warehouse, table_prefix)
+        .iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .count();
     assert_eq!(parquet, 1, "{stdout}");
 
     // An orphan in the bucket, as a crash between writing and committing
     // leaves one: listed over S3 and deleted past the grace period, with
     // every referenced object kept.
-    let orphan = format!("{}/data/00000-0-orphan-from-a-crash.parquet", table_prefix.trim_end_matches('/'));
+    let orphan = format!(
+        "{}/data/00000-0-orphan-from-a-crash.parquet",
+        table_prefix.trim_end_matches('/')
+    );
     weed.put(&weed.warehouse, &orphan);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let stdout = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "2")]);
+    // Graces under an hour are refused: the cleanup's clock runs two hours
+    // ahead instead, which ages every object in the bucket at once.
+    let stdout = maintain(
+        &s,
+        &[
+            ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600"),
+            ("TSS_TESTKIT_CLOCK_AHEAD_SECS", "7200"),
+        ],
+    );
     let keys = weed.list(&weed.warehouse, table_prefix);
     assert!(!keys.contains(&orphan), "{stdout}\n{keys:?}");
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
-    let read = run_python(&crate::harness::python_script("scan_table.py"), &weed.scan_args(&format!("{namespace}.spans")));
-    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+    let read = run_python(
+        &crate::harness::python_script("scan_table.py"),
+        &weed.scan_args(&format!("{namespace}.spans")),
+    );
+    assert_eq!(
+        (read["rows"].as_i64(), read["duckdb_rows"].as_i64()),
+        (Some(total), Some(total)),
+        "{read}"
+    );
 }
 
 /// Over a hundred commits, so that the metadata log (100 previous versions)
@@ -339,7 +511,8 @@ async fn on_the_rest_catalog_and_s3_compaction_and_expiry_commit_through_the_cat
 /// the grace period, keeps the young and the foreign, and every reader
 /// still reads every row.
 #[tokio::test(flavor = "multi_thread")]
-async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothing_referenced_does() {
+async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothing_referenced_does()
+{
     let prefix = format!("tss-it-orphans-{}:", uuid::Uuid::new_v4().simple());
     let s = Selector::start(
         "orphans",
@@ -360,19 +533,30 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
     let total = (ROUNDS * PER_ROUND * 3) as i64;
     s.wait_exported(total as f64).await;
     let commits = s.metric("tail_sampling_iceberg_commits_total").await;
-    assert!(commits > 110.0, "too few commits for the metadata log to roll over: {commits}");
+    assert!(
+        commits > 110.0,
+        "too few commits for the metadata log to roll over: {commits}"
+    );
     let warehouse = s.warehouse_path();
     let metadata_before = crate::harness::files_under(&warehouse, ".metadata.json").len();
-    assert!(metadata_before > 110, "{metadata_before} metadata.json files after {commits} commits");
+    assert!(
+        metadata_before > 110,
+        "{metadata_before} metadata.json files after {commits} commits"
+    );
 
-    let data_dir = crate::harness::files_under(&warehouse, ".parquet")[0].parent().expect("a data directory").to_path_buf();
+    let data_dir = crate::harness::files_under(&warehouse, ".parquet")[0]
+        .parent()
+        .expect("a data directory")
+        .to_path_buf();
     let table_dir = crate::harness::files_under(&warehouse, ".metadata.json")[0]
         .parent()
         .and_then(Path::parent)
         .expect("the table's directory")
         .to_path_buf();
     let orphan_data = data_dir.join("00000-0-orphan-from-a-crash.parquet");
-    let orphan_manifest = table_dir.join("metadata").join("orphan-from-a-crash-m0.avro");
+    let orphan_manifest = table_dir
+        .join("metadata")
+        .join("orphan-from-a-crash-m0.avro");
     let foreign = table_dir.join("README.txt");
     for f in [&orphan_data, &orphan_manifest, &foreign] {
         std::fs::write(f, b"not referenced by any snapshot").expect("write a stray file");
@@ -381,7 +565,8 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
     let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
     for f in crate::harness::files_under(&warehouse, "") {
         let file = std::fs::File::options().write(true).open(&f).expect("open");
-        file.set_modified(two_hours_ago).expect("set the modification time");
+        file.set_modified(two_hours_ago)
+            .expect("set the modification time");
     }
     // Written just now: well inside a grace period of an hour, however long
     // the run takes.
@@ -389,25 +574,45 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
     std::fs::write(&young, b"a commit in flight").expect("write");
 
     let stdout = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600")]);
-    assert!(!orphan_data.exists() && !orphan_manifest.exists(), "the old orphans are deleted:\n{stdout}");
-    assert!(young.exists(), "a file younger than the grace period is kept:\n{stdout}");
-    assert!(foreign.exists(), "a file that is not Iceberg's is left alone:\n{stdout}");
+    assert!(
+        !orphan_data.exists() && !orphan_manifest.exists(),
+        "the old orphans are deleted:\n{stdout}"
+    );
+    assert!(
+        young.exists(),
+        "a file younger than the grace period is kept:\n{stdout}"
+    );
+    assert!(
+        foreign.exists(),
+        "a file that is not Iceberg's is left alone:\n{stdout}"
+    );
     let metadata_after = crate::harness::files_under(&warehouse, ".metadata.json").len();
     // The current version and the 100 in its log.
     assert_eq!(metadata_after, 101, "{stdout}");
-    assert!(!stdout.contains("and 0 metadata.json files deleted"), "{stdout}");
+    assert!(
+        !stdout.contains("and 0 metadata.json files deleted"),
+        "{stdout}"
+    );
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
     let read = scan(&s);
-    assert_eq!((read["rows"].as_i64(), read["duckdb_rows"].as_i64()), (Some(total), Some(total)), "{read}");
+    assert_eq!(
+        (read["rows"].as_i64(), read["duckdb_rows"].as_i64()),
+        (Some(total), Some(total)),
+        "{read}"
+    );
 
     // The same run again deletes nothing: everything left is referenced,
     // young or foreign.
     let again = maintain(&s, &[("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600")]);
-    assert!(again.contains(" 0 data files and manifests and 0 metadata.json files deleted"), "{again}");
+    assert!(
+        again.contains(" 0 data files and manifests and 0 metadata.json files deleted"),
+        "{again}"
+    );
 }
 
 async fn runs(s: &Selector) -> f64 {
-    s.metric("tail_sampling_maintenance_runs_total{result=\"ok\",step=\"compaction\"}").await
+    s.metric("tail_sampling_maintenance_runs_total{result=\"ok\",step=\"compaction\"}")
+        .await
 }
 
 /// Two selectors on one topic and one table, maintenance every second: one
@@ -426,13 +631,20 @@ async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
     ];
     let mut a = Selector::start("two-maintainers", &scheduled).await;
     let (catalog, warehouse) = (
-        a.env("TSS__STORAGE__ICEBERG__CATALOG_URI").expect("uri").to_string(),
-        a.env("TSS__STORAGE__ICEBERG__WAREHOUSE").expect("warehouse").to_string(),
+        a.env("TSS__STORAGE__ICEBERG__CATALOG_URI")
+            .expect("uri")
+            .to_string(),
+        a.env("TSS__STORAGE__ICEBERG__WAREHOUSE")
+            .expect("warehouse")
+            .to_string(),
     );
     let shared: Vec<(&str, &str)> = scheduled
         .iter()
         .copied()
-        .chain([("TSS__STORAGE__ICEBERG__CATALOG_URI", catalog.as_str()), ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str())])
+        .chain([
+            ("TSS__STORAGE__ICEBERG__CATALOG_URI", catalog.as_str()),
+            ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
+        ])
         .collect();
     let b = Selector::start_on(&a.topic, &shared).await;
     // Some appends for compaction to find, while both run; the group
@@ -442,17 +654,39 @@ async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while a.metric("tail_sampling_spans_exported_total").await + b.metric("tail_sampling_spans_exported_total").await < 600.0 {
-        assert!(Instant::now() < deadline, "the spans were not stored\n{}\n{}", a.log(), b.log());
+    while a.metric("tail_sampling_spans_exported_total").await
+        + b.metric("tail_sampling_spans_exported_total").await
+        < 600.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the spans were not stored\n{}\n{}",
+            a.log(),
+            b.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let held = (a.metric("tail_sampling_maintenance_lease_held").await, b.metric("tail_sampling_maintenance_lease_held").await);
+    let held = (
+        a.metric("tail_sampling_maintenance_lease_held").await,
+        b.metric("tail_sampling_maintenance_lease_held").await,
+    );
     let (ran_a, ran_b) = (runs(&a).await, runs(&b).await);
-    assert_eq!(held.0 + held.1, 1.0, "exactly one holds the lease: {held:?}");
-    let (holder, other_ran) = if held.0 == 1.0 { (ran_a, ran_b) } else { (ran_b, ran_a) };
+    assert_eq!(
+        held.0 + held.1,
+        1.0,
+        "exactly one holds the lease: {held:?}"
+    );
+    let (holder, other_ran) = if held.0 == 1.0 {
+        (ran_a, ran_b)
+    } else {
+        (ran_b, ran_a)
+    };
     assert!(holder >= 3.0, "the holder runs every second: {holder} runs");
-    assert_eq!(other_ran, 0.0, "the other never runs while the holder lives");
+    assert_eq!(
+        other_ran, 0.0,
+        "the other never runs while the holder lives"
+    );
 
     // Kill the holder without a word: its lease runs out after 3 s.
     let survivor = if held.0 == 1.0 {
@@ -464,18 +698,40 @@ async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
     };
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(30);
-    while survivor.metric("tail_sampling_maintenance_lease_held").await != 1.0 {
-        assert!(Instant::now() < deadline, "nobody took the lease over\n{}", survivor.log());
+    while survivor
+        .metric("tail_sampling_maintenance_lease_held")
+        .await
+        != 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the lease over\n{}",
+            survivor.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took_over = killed.elapsed();
-    assert!(took_over >= Duration::from_millis(1500), "the lease was taken before it ran out: {took_over:?}");
+    assert!(
+        took_over >= Duration::from_millis(1500),
+        "the lease was taken before it ran out: {took_over:?}"
+    );
     let before = runs(survivor).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while runs(survivor).await < before + 2.0 {
-        assert!(Instant::now() < deadline, "the new holder does not run\n{}", survivor.log());
+        assert!(
+            Instant::now() < deadline,
+            "the new holder does not run\n{}",
+            survivor.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("lease handed over {} ms after the holder's SIGKILL", took_over.as_millis());
-    assert!(survivor.log().contains("took the maintenance lease"), "{}", survivor.log());
+    println!(
+        "lease handed over {} ms after the holder's SIGKILL",
+        took_over.as_millis()
+    );
+    assert!(
+        survivor.log().contains("took the maintenance lease"),
+        "{}",
+        survivor.log()
+    );
 }

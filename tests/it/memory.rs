@@ -47,7 +47,10 @@ async fn fill(topic: &str, count: u64) {
             .map(|n| (hex::encode(trace_id(SEEDS + n)), big_trace(SEEDS + n)))
             .collect();
         let sends = messages.iter().map(|(key, payload)| {
-            producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(120))
+            producer.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(120),
+            )
         });
         for sent in futures::future::join_all(sends).await {
             sent.map_err(|(e, _)| e).expect("producing a 1 MiB trace");
@@ -76,7 +79,10 @@ async fn held_bytes_bound_memory_with_large_spans() {
         &[
             ("TSS__BUFFER__MAX_BUFFERED_BYTES", &limit),
             ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "2"),
-            ("TSS__KAFKA__PROPERTIES__QUEUED_MAX_MESSAGES_KBYTES", "16384"),
+            (
+                "TSS__KAFKA__PROPERTIES__QUEUED_MAX_MESSAGES_KBYTES",
+                "16384",
+            ),
         ],
     )
     .await;
@@ -92,15 +98,23 @@ async fn held_bytes_bound_memory_with_large_spans() {
         if consumed >= TRACES as f64 && get("tail_sampling_held_bytes") == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{consumed} of {TRACES} messages handled in time\n{}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "{consumed} of {TRACES} messages handled in time\n{}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let peak_kib = peak_rss_kib(s.pid());
     drop(s);
     // A broker that keeps topics in memory may give the 2 GiB back.
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
-    let _ = admin.delete_topics(&[topic.as_str()], &AdminOptions::new()).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let _ = admin
+        .delete_topics(&[topic.as_str()], &AdminOptions::new())
+        .await;
     let bound_kib = ready_kib + (LIMIT + OVERHEAD) / 1024;
     println!(
         "memory: ready {} MiB, peak {} MiB, bound {} MiB, largest held {:.0} MiB",
@@ -109,7 +123,16 @@ async fn held_bytes_bound_memory_with_large_spans() {
         bound_kib / 1024,
         max_held_bytes / MIB as f64
     );
-    assert!(paused, "a 2 GiB backlog through a 32 MiB limit must pause the consumer");
-    assert!(max_held_bytes <= (LIMIT + 17 * MIB) as f64, "held {max_held_bytes} bytes");
-    assert!(peak_kib < bound_kib, "peak RSS {peak_kib} KiB over {bound_kib} KiB");
+    assert!(
+        paused,
+        "a 2 GiB backlog through a 32 MiB limit must pause the consumer"
+    );
+    assert!(
+        max_held_bytes <= (LIMIT + 17 * MIB) as f64,
+        "held {max_held_bytes} bytes"
+    );
+    assert!(
+        peak_kib < bound_kib,
+        "peak RSS {peak_kib} KiB over {bound_kib} KiB"
+    );
 }

@@ -35,12 +35,18 @@ fn ids_of(scan: &Value, field: &str) -> BTreeSet<String> {
 /// are committed; returns the kept trace ids as SQL sees them.
 async fn seed_and_wait(s: &Selector) -> BTreeSet<String> {
     crate::harness::produce_seed_traces(&s.topic);
-    s.wait_metric("tail_sampling_traces_dropped_total", 6.0, Duration::from_secs(60))
-        .await;
+    s.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        6.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(12.0).await;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, 12);
     let body = s
-        .query("SELECT DISTINCT trace_id FROM spans WHERE sampling_reason = 'error' ORDER BY trace_id")
+        .query(
+            "SELECT DISTINCT trace_id FROM spans WHERE sampling_reason = 'error' ORDER BY trace_id",
+        )
         .await;
     assert_eq!(body["row_count"], 4, "{body}");
     trace_ids(&body["rows"], 0)
@@ -63,27 +69,43 @@ async fn rest_catalog_with_s3_warehouse_round_trip() {
     assert_eq!(py_ids(&scan), sql_ids);
     assert_eq!(scan["duckdb_rows"], 12, "{scan}");
     assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
-    assert!(scan["partition_spec"].as_str().unwrap_or_default().contains("day"), "{scan}");
+    assert!(
+        scan["partition_spec"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("day"),
+        "{scan}"
+    );
     let location = scan["location"].as_str().unwrap_or_default();
-    assert!(location.starts_with(&format!("s3://{}/", weed.warehouse)), "{scan}");
+    assert!(
+        location.starts_with(&format!("s3://{}/", weed.warehouse)),
+        "{scan}"
+    );
 
     // The data files are Parquet objects in the table bucket, under the table.
     let prefix = location.trim_start_matches(&format!("s3://{}/", weed.warehouse));
     let keys = weed.list(&weed.warehouse, prefix);
     assert!(
-        keys.iter().any(|k| k.contains("/data/") && k.ends_with(".parquet")),
+        keys.iter()
+            .any(|k| k.contains("/data/") && k.ends_with(".parquet")),
         "no Parquet data files under {location}: {keys:?}"
     );
 
     // Neither the OAuth2 secret nor the S3 secret reaches /health or the log.
     let (_, health) = s.get("/health").await;
     assert!(!health.to_string().contains(&weed.secret_key), "{health}");
-    assert!(!s.log().contains(&weed.secret_key), "a secret leaked into the log");
+    assert!(
+        !s.log().contains(&weed.secret_key),
+        "a secret leaked into the log"
+    );
 
     // A restarted selector finds the table in the catalog and serves it.
     drop(s);
     let again = Selector::start("rest2", &crate::harness::pairs(&settings)).await;
-    assert!(!again.log().contains("created table"), "the existing table must be reused");
+    assert!(
+        !again.log().contains("created table"),
+        "the existing table must be reused"
+    );
     assert_eq!(again.count("SELECT count(*) FROM spans").await, 12);
 }
 
@@ -100,8 +122,14 @@ async fn s3_warehouse_round_trip() {
         &[
             ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
             ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", endpoint.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID", s3.access_key.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY", secret.as_str()),
+            (
+                "TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID",
+                s3.access_key.as_str(),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY",
+                secret.as_str(),
+            ),
             ("TSS__STORAGE__ICEBERG__S3_REGION", "us-east-1"),
             ("TSS__STORAGE__ICEBERG__S3_PATH_STYLE", "true"),
         ],
@@ -114,15 +142,19 @@ async fn s3_warehouse_round_trip() {
     let data: Vec<&String> = keys.iter().filter(|k| k.ends_with(".parquet")).collect();
     assert!(!data.is_empty(), "no .parquet objects in {keys:?}");
     assert!(
-        data.iter().all(|k| k.starts_with("warehouse/default/spans/data/")),
+        data.iter()
+            .all(|k| k.starts_with("warehouse/default/spans/data/")),
         "data files outside the table's data/ prefix: {data:?}"
     );
     assert!(
-        keys.iter().any(|k| k.starts_with("warehouse/default/spans/metadata/") && k.ends_with(".metadata.json")),
+        keys.iter()
+            .any(|k| k.starts_with("warehouse/default/spans/metadata/")
+                && k.ends_with(".metadata.json")),
         "no table metadata in {keys:?}"
     );
     assert!(
-        keys.iter().any(|k| k.starts_with("warehouse/default/spans/metadata/") && k.ends_with(".avro")),
+        keys.iter()
+            .any(|k| k.starts_with("warehouse/default/spans/metadata/") && k.ends_with(".avro")),
         "no manifests in {keys:?}"
     );
 
@@ -147,13 +179,22 @@ async fn s3_warehouse_round_trip() {
     assert_eq!(py_ids(&scan), sql_ids);
     assert_eq!(scan["duckdb_rows"], 12, "{scan}");
     assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
-    assert!(scan["location"].as_str().unwrap_or_default().starts_with(&warehouse), "{scan}");
+    assert!(
+        scan["location"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&warehouse),
+        "{scan}"
+    );
 
     // The secret appears neither in /health nor in any log line.
     let (_, health) = s.get("/health").await;
     assert!(!health.to_string().contains(&secret), "{health}");
     let log = s.log();
-    assert!(log.contains("s3_secret_access_key"), "the settings are logged at startup");
+    assert!(
+        log.contains("s3_secret_access_key"),
+        "the settings are logged at startup"
+    );
     assert!(!log.contains(&secret), "the S3 secret leaked into the log");
 }
 
@@ -166,7 +207,10 @@ async fn postgres_sql_catalog_round_trip() {
     // that the one in the URI is never logged.
     let password = format!("pg-secret-{}", uuid::Uuid::new_v4().simple());
     let uri = base.replacen("://tss@", &format!("://tss:{password}@"), 1);
-    assert_ne!(uri, base, "TSS_TEST_POSTGRES_URL must be postgres://tss@host:port/db");
+    assert_ne!(
+        uri, base,
+        "TSS_TEST_POSTGRES_URL must be postgres://tss@host:port/db"
+    );
     let namespace = format!("it_{}", uuid::Uuid::new_v4().simple());
     // The warehouse outlives the first selector, so a second one can read it.
     let warehouse_dir = tempfile::tempdir().expect("tempdir");
@@ -194,12 +238,24 @@ async fn postgres_sql_catalog_round_trip() {
     assert_eq!(scan["rows"], 12, "{scan}");
     assert_eq!(py_ids(&scan), sql_ids);
     assert_eq!(ids_of(&scan, "duckdb_trace_ids"), sql_ids);
-    assert!(scan["partition_spec"].as_str().unwrap_or_default().contains("day"), "{scan}");
-    assert!(!s.log().contains(&password), "the catalog password leaked into the log");
+    assert!(
+        scan["partition_spec"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("day"),
+        "{scan}"
+    );
+    assert!(
+        !s.log().contains(&password),
+        "the catalog password leaked into the log"
+    );
 
     // A second selector on the same catalog finds the table and reads it.
     drop(s);
     let again = Selector::start("pg2", &overrides).await;
-    assert!(!again.log().contains("created table"), "the existing table must be reused");
+    assert!(
+        !again.log().contains("created table"),
+        "the existing table must be reused"
+    );
     assert_eq!(again.count("SELECT count(*) FROM spans").await, 12);
 }

@@ -36,10 +36,17 @@ async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
         .output()
         .expect("simple_producer runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("[ERROR] Trace 0 -> partition "), "{stdout}");
     assert!(stdout.contains("[OK] Trace 1 -> partition "), "{stdout}");
-    assert!(stdout.contains("Done! Sent 10 traces (4 with errors)"), "{stdout}");
+    assert!(
+        stdout.contains("Done! Sent 10 traces (4 with errors)"),
+        "{stdout}"
+    );
 
     s.wait_metric(
         "tail_sampling_traces_dropped_total",
@@ -49,7 +56,10 @@ async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
     .await;
     s.wait_exported(12.0).await;
     let m = s.metrics().await;
-    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 4.0);
+    assert_eq!(
+        m["tail_sampling_traces_sampled_total{reason=\"error\"}"],
+        4.0
+    );
     assert_eq!(m["tail_sampling_traces_dropped_total"], 6.0);
     assert_eq!(m["tail_sampling_spans_ingested_total"], 30.0);
 
@@ -71,11 +81,17 @@ async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
     assert_eq!(status, 200, "{trace}");
     assert_eq!(trace["span_count"], 3, "{trace}");
     assert_eq!(s.get("/admin/traces/not-hex").await.0, 400);
-    assert_eq!(s.get(&format!("/admin/traces/{}", "0".repeat(32))).await.0, 404);
+    assert_eq!(
+        s.get(&format!("/admin/traces/{}", "0".repeat(32))).await.0,
+        404
+    );
 
     // A standard reader loads and scans the same table.
     let scan = crate::harness::run_python(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/scan_table.py")),
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/scan_table.py"
+        )),
         &[
             "--catalog-uri".into(),
             format!("sqlite:///{}", s.catalog_path().display()),
@@ -97,7 +113,13 @@ async fn seed_traces_keep_the_errors_and_pyiceberg_reads_the_table() {
         .map(|v| v.as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(ids, py_ids);
-    assert!(scan["partition_spec"].as_str().unwrap_or_default().contains("day"), "{scan}");
+    assert!(
+        scan["partition_spec"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("day"),
+        "{scan}"
+    );
 
     // The data files are ZSTD Parquet under the table's data/ prefix.
     let files = s
@@ -142,12 +164,22 @@ async fn split_traces_are_decided_once_and_latency_is_kept() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     send(&p, &s.topic, &key(1), &encode(a[4..6].to_vec())).await;
 
-    s.wait_metric("tail_sampling_traces_dropped_total", 1.0, Duration::from_secs(60))
-        .await;
+    s.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(9.0).await;
     let m = s.metrics().await;
-    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 1.0, "A decided once");
-    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"latency\"}"], 1.0);
+    assert_eq!(
+        m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 1.0,
+        "A decided once"
+    );
+    assert_eq!(
+        m["tail_sampling_traces_sampled_total{reason=\"latency\"}"],
+        1.0
+    );
     assert_eq!(m["tail_sampling_traces_dropped_total"], 1.0);
 
     let rows = s
@@ -157,7 +189,11 @@ async fn split_traces_are_decided_once_and_latency_is_kept() {
     assert_eq!(rows["rows"][0], serde_json::json!([key(1), "error", 6]));
     assert_eq!(rows["rows"][1], serde_json::json!([key(3), "latency", 3]));
     assert_eq!(
-        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", key(2))).await,
+        s.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{}'",
+            key(2)
+        ))
+        .await,
         0
     );
 }
@@ -206,7 +242,10 @@ async fn baseline_keeps_half_and_always_the_same_traces() {
         .map(|r| r[0].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(stored.len(), expected.len());
-    assert!(stored == expected, "the stored set differs from the deterministic decision");
+    assert!(
+        stored == expected,
+        "the stored set differs from the deterministic decision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,12 +261,20 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
     .await;
     let p = producer();
     let good = encode(synth::trace(&spec(50, 2, true, 100)));
-    send(&p, &s.topic, "g1", b"\xff\xfe garbage bytes that are not protobuf").await;
+    send(
+        &p,
+        &s.topic,
+        "g1",
+        b"\xff\xfe garbage bytes that are not protobuf",
+    )
+    .await;
     send(&p, &s.topic, "g2", &good[..good.len() - 5]).await;
     send(&p, &s.topic, "g3", b"{\"resourceSpans\": [ broken").await;
     send(&p, &s.topic, "g4", b"").await;
     // Valid protobuf, but over kafka.max_message_bytes.
-    let big: Vec<_> = (0..400u64).flat_map(|n| synth::trace(&spec(60_000 + n, 3, true, 10))).collect();
+    let big: Vec<_> = (0..400u64)
+        .flat_map(|n| synth::trace(&spec(60_000 + n, 3, true, 10)))
+        .collect();
     let oversized = encode(big);
     assert!(oversized.len() > 65_536, "{}", oversized.len());
     send(&p, &s.topic, "g5", &oversized).await;
@@ -259,19 +306,45 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
 
     s.wait_exported(7.0).await;
     let m = s.metrics().await;
-    assert!(m["tail_sampling_messages_invalid_total{reason=\"protobuf\"}"] >= 2.0, "{m:?}");
-    assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"json\"}"], 1.0);
-    assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"empty\"}"], 1.0);
-    assert_eq!(m["tail_sampling_messages_invalid_total{reason=\"too_large\"}"], 1.0);
-    assert_eq!(m["tail_sampling_spans_invalid_total{reason=\"invalid_trace_id\"}"], 1.0);
-    assert_eq!(m["tail_sampling_spans_invalid_total{reason=\"invalid_timestamp\"}"], 2.0);
+    assert!(
+        m["tail_sampling_messages_invalid_total{reason=\"protobuf\"}"] >= 2.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        m["tail_sampling_messages_invalid_total{reason=\"json\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["tail_sampling_messages_invalid_total{reason=\"empty\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["tail_sampling_messages_invalid_total{reason=\"too_large\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["tail_sampling_spans_invalid_total{reason=\"invalid_trace_id\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["tail_sampling_spans_invalid_total{reason=\"invalid_timestamp\"}"],
+        2.0
+    );
     // The one good span of the mixed message is stored; the rest are not.
     assert_eq!(
-        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", hex::encode(trace_id(52)))).await,
+        s.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{}'",
+            hex::encode(trace_id(52))
+        ))
+        .await,
         1
     );
     assert_eq!(
-        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", hex::encode(trace_id(53)))).await,
+        s.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{}'",
+            hex::encode(trace_id(53))
+        ))
+        .await,
         0
     );
 
@@ -280,9 +353,19 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
     let dead = crate::harness::consume_all(&dlq, 5, Duration::from_secs(30)).await;
     let mut reasons: Vec<String> = dead.iter().map(|d| d.header("tss.reason")).collect();
     reasons.sort();
-    assert_eq!(reasons, ["empty", "json", "protobuf", "protobuf", "too_large"], "{reasons:?}");
-    let garbage = dead.iter().find(|d| d.key == b"g1").expect("g1 dead-lettered");
-    assert_eq!(garbage.payload, b"\xff\xfe garbage bytes that are not protobuf");
+    assert_eq!(
+        reasons,
+        ["empty", "json", "protobuf", "protobuf", "too_large"],
+        "{reasons:?}"
+    );
+    let garbage = dead
+        .iter()
+        .find(|d| d.key == b"g1")
+        .expect("g1 dead-lettered");
+    assert_eq!(
+        garbage.payload,
+        b"\xff\xfe garbage bytes that are not protobuf"
+    );
     assert_eq!(garbage.header("tss.source.topic"), s.topic);
     assert!(garbage.header("tss.source.offset").parse::<i64>().is_ok());
     let err_trace = sdk["error_trace_id"].as_str().expect("id");
@@ -306,7 +389,10 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
     assert_eq!(svc["rows"][0][0], sdk["service_name"]);
     assert_eq!(svc["rows"][0][1], "fixture-tracer");
     assert_eq!(
-        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{ok_trace}'")).await,
+        s.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{ok_trace}'"
+        ))
+        .await,
         0
     );
     let events = s
@@ -316,9 +402,9 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
         .await;
     // Events read as data: an array of {name, time, attributes}.
     assert!(
-        events["rows"][0][0]
-            .as_array()
-            .is_some_and(|list| list.iter().any(|e| e["name"] == "exception" && e["attributes"].is_object())),
+        events["rows"][0][0].as_array().is_some_and(|list| list
+            .iter()
+            .any(|e| e["name"] == "exception" && e["attributes"].is_object())),
         "{events}"
     );
 }
@@ -327,7 +413,10 @@ async fn bad_messages_are_counted_dead_lettered_and_skipped() {
 async fn sql_is_read_only_and_admin_needs_the_token() {
     let s = Selector::start(
         "sql",
-        &[("TSS__ADMIN__AUTH_TOKEN", "it-secret-token"), ("TSS__QUERY__TIMEOUT_SECS", "2")],
+        &[
+            ("TSS__ADMIN__AUTH_TOKEN", "it-secret-token"),
+            ("TSS__QUERY__TIMEOUT_SECS", "2"),
+        ],
     )
     .await;
     // Without the token.
@@ -354,11 +443,17 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
     ] {
         let (status, body) = s.query_raw(sql).await;
         assert_eq!(status, 400, "{sql} -> {body}");
-        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
     }
     let (status, body) = s.query_raw("SELEC count(*) FROM spans").await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap_or_default().contains("SELEC"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("SELEC"),
+        "{body}"
+    );
     let (status, body) = s.query_raw("SELECT no_such_column FROM spans").await;
     assert_eq!(status, 400, "{body}");
 
@@ -374,15 +469,30 @@ async fn sql_is_read_only_and_admin_needs_the_token() {
         .query_raw("SELECT count(*) FROM generate_series(1, 20000000000) AS t(v) WHERE v % 7 = 3")
         .await;
     assert_eq!(status, 408, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert_eq!(s.count("SELECT count(*) FROM generate_series(1, 10)").await, 10);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM generate_series(1, 10)").await,
+        10
+    );
     // EXPLAIN ANALYZE runs the query and shows the plan with its metrics.
-    let analyzed = s.query("EXPLAIN ANALYZE SELECT count(*) FROM generate_series(1, 1000)").await;
+    let analyzed = s
+        .query("EXPLAIN ANALYZE SELECT count(*) FROM generate_series(1, 1000)")
+        .await;
     assert!(analyzed.to_string().contains("output_rows"), "{analyzed}");
     let explained = s.query("EXPLAIN SELECT count(*) FROM spans").await;
-    assert!(explained["row_count"].as_i64().unwrap_or_default() >= 1, "{explained}");
+    assert!(
+        explained["row_count"].as_i64().unwrap_or_default() >= 1,
+        "{explained}"
+    );
     let desc = s.query("DESCRIBE spans").await;
-    assert!(desc["row_count"].as_i64().unwrap_or_default() >= 19, "{desc}");
+    assert!(
+        desc["row_count"].as_i64().unwrap_or_default() >= 19,
+        "{desc}"
+    );
     let (status, health) = s.get("/health").await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["redis"]["status"], "ok");
@@ -398,7 +508,10 @@ async fn a_query_over_its_memory_pool_fails_and_the_selector_goes_on() {
     let pool = POOL.to_string();
     let s = Selector::start(
         "sql-memory",
-        &[("TSS__QUERY__MAX_MEMORY_BYTES", pool.as_str()), ("TSS__QUERY__TIMEOUT_SECS", "120")],
+        &[
+            ("TSS__QUERY__MAX_MEMORY_BYTES", pool.as_str()),
+            ("TSS__QUERY__TIMEOUT_SECS", "120"),
+        ],
     )
     .await;
     let before_kib = crate::harness::rss_kib(s.pid());
@@ -407,12 +520,20 @@ async fn a_query_over_its_memory_pool_fails_and_the_selector_goes_on() {
         .query_raw("SELECT v % 200000000 AS k, count(*) FROM generate_series(1, 200000000) AS t(v) GROUP BY 1 ORDER BY 2 DESC")
         .await;
     let after_kib = crate::harness::rss_kib(s.pid());
-    println!("memory pool {POOL} B: status {status}, RSS {before_kib} KiB before, {after_kib} KiB after");
+    println!(
+        "memory pool {POOL} B: status {status}, RSS {before_kib} KiB before, {after_kib} KiB after"
+    );
     assert_eq!(status, 503, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains("query.max_memory_bytes"), "{body}");
-    assert!(after_kib * 1024 < POOL + 400 * (1 << 20), "RSS {after_kib} KiB");
-    assert_eq!(s.count("SELECT count(*) FROM generate_series(1, 10)").await, 10);
+    assert!(
+        after_kib * 1024 < POOL + 400 * (1 << 20),
+        "RSS {after_kib} KiB"
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM generate_series(1, 10)").await,
+        10
+    );
     let (status, _) = s.get("/health/ready").await;
     assert_eq!(status, 200);
 }
@@ -427,14 +548,30 @@ async fn late_spans_get_their_trace_decision() {
     let dropped = synth::trace(&spec(seed_dropped, 3, false, 50));
     let key = |seed| hex::encode(trace_id(seed));
     send(&p, &s.topic, &key(seed_kept), &encode(kept[..2].to_vec())).await;
-    send(&p, &s.topic, &key(seed_dropped), &encode(dropped[..2].to_vec())).await;
-    s.wait_metric("tail_sampling_traces_dropped_total", 1.0, Duration::from_secs(60))
-        .await;
+    send(
+        &p,
+        &s.topic,
+        &key(seed_dropped),
+        &encode(dropped[..2].to_vec()),
+    )
+    .await;
+    s.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        1.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(2.0).await;
 
     // The third span of each arrives after its trace was decided.
     send(&p, &s.topic, &key(seed_kept), &encode(kept[2..].to_vec())).await;
-    send(&p, &s.topic, &key(seed_dropped), &encode(dropped[2..].to_vec())).await;
+    send(
+        &p,
+        &s.topic,
+        &key(seed_dropped),
+        &encode(dropped[2..].to_vec()),
+    )
+    .await;
     s.wait_metric(
         "tail_sampling_late_spans_total{decision=\"dropped\"}",
         1.0,
@@ -444,8 +581,14 @@ async fn late_spans_get_their_trace_decision() {
     s.wait_exported(3.0).await;
     let m = s.metrics().await;
     assert_eq!(m["tail_sampling_late_spans_total{decision=\"kept\"}"], 1.0);
-    assert_eq!(m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 1.0, "not re-decided");
-    assert_eq!(m["tail_sampling_traces_dropped_total"], 1.0, "not re-decided");
+    assert_eq!(
+        m["tail_sampling_traces_sampled_total{reason=\"error\"}"], 1.0,
+        "not re-decided"
+    );
+    assert_eq!(
+        m["tail_sampling_traces_dropped_total"], 1.0,
+        "not re-decided"
+    );
     let rows = s
         .query(&format!(
             "SELECT count(*), min(sampling_reason) FROM spans WHERE trace_id = '{}'",
@@ -454,8 +597,11 @@ async fn late_spans_get_their_trace_decision() {
         .await;
     assert_eq!(rows["rows"][0], serde_json::json!([3, "error"]));
     assert_eq!(
-        s.count(&format!("SELECT count(*) FROM spans WHERE trace_id = '{}'", key(seed_dropped)))
-            .await,
+        s.count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{}'",
+            key(seed_dropped)
+        ))
+        .await,
         0
     );
 }
@@ -468,12 +614,20 @@ async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
     let settings = tail_sampling_selector::config::Settings::load_with_env(
         None,
         [
-            ("TSS__STORAGE__ICEBERG__CATALOG_URI".to_string(), uri.to_string()),
-            ("TSS__STORAGE__ICEBERG__WAREHOUSE".to_string(), warehouse.to_string()),
+            (
+                "TSS__STORAGE__ICEBERG__CATALOG_URI".to_string(),
+                uri.to_string(),
+            ),
+            (
+                "TSS__STORAGE__ICEBERG__WAREHOUSE".to_string(),
+                warehouse.to_string(),
+            ),
         ],
     )
     .expect("settings");
-    let catalog = connect_catalog(&settings.storage.iceberg).await.expect("catalog");
+    let catalog = connect_catalog(&settings.storage.iceberg)
+        .await
+        .expect("catalog");
     let current = schema::table_schema().expect("schema");
     let fields = current
         .as_struct()
@@ -482,15 +636,25 @@ async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
         .filter(|f| f.name != schema::SAMPLE_RATE)
         .cloned()
         .collect::<Vec<_>>();
-    let old = Schema::builder().with_schema_id(0).with_fields(fields).build().expect("old schema");
+    let old = Schema::builder()
+        .with_schema_id(0)
+        .with_fields(fields)
+        .build()
+        .expect("old schema");
     let ns = NamespaceIdent::new("default".into());
-    catalog.create_namespace(&ns, Default::default()).await.expect("namespace");
+    catalog
+        .create_namespace(&ns, Default::default())
+        .await
+        .expect("namespace");
     let creation = TableCreation::builder()
         .name("spans".into())
         .schema(old)
         .partition_spec(schema::partition_spec().expect("spec"))
         .build();
-    catalog.create_table(&ns, creation).await.expect("old table");
+    catalog
+        .create_table(&ns, creation)
+        .await
+        .expect("old table");
 }
 
 /// A table made before `sample_rate` existed gains the column when the
@@ -512,25 +676,49 @@ async fn an_older_table_gains_sample_rate_and_every_reader_sees_it() {
         ],
     )
     .await;
-    assert!(s.log().contains("added columns to the table"), "{}", s.log());
+    assert!(
+        s.log().contains("added columns to the table"),
+        "{}",
+        s.log()
+    );
     let p = producer();
     let errors: Vec<u64> = (0..5).map(|n| 700_000_000 + n).collect();
     let fast: Vec<u64> = (5..45).map(|n| 700_000_000 + n).collect();
     for seed in errors.iter().chain(&fast) {
         let error = errors.contains(seed);
-        send(&p, &s.topic, &hex::encode(trace_id(*seed)), &encode(synth::trace(&spec(*seed, 2, error, 10)))).await;
+        send(
+            &p,
+            &s.topic,
+            &hex::encode(trace_id(*seed)),
+            &encode(synth::trace(&spec(*seed, 2, error, 10))),
+        )
+        .await;
     }
-    let baseline = fast.iter().filter(|n| baseline_keeps(&trace_id(**n), 0.5)).count();
-    s.wait_exported(((errors.len() + baseline) * 2) as f64).await;
+    let baseline = fast
+        .iter()
+        .filter(|n| baseline_keeps(&trace_id(**n), 0.5))
+        .count();
+    s.wait_exported(((errors.len() + baseline) * 2) as f64)
+        .await;
     let body = s
         .query("SELECT sampling_reason, min(sample_rate), max(sample_rate), count(*) FROM spans GROUP BY 1 ORDER BY 1")
         .await;
     let rows = body["rows"].as_array().expect("rows");
     assert_eq!(rows[0][0], "baseline", "{body}");
-    assert_eq!((rows[0][1].as_f64(), rows[0][2].as_f64()), (Some(2.0), Some(2.0)), "{body}");
+    assert_eq!(
+        (rows[0][1].as_f64(), rows[0][2].as_f64()),
+        (Some(2.0), Some(2.0)),
+        "{body}"
+    );
     assert_eq!(rows[1][0], "error", "{body}");
-    assert_eq!((rows[1][1].as_f64(), rows[1][2].as_f64()), (Some(1.0), Some(1.0)), "{body}");
-    let total = s.query("SELECT sum(sample_rate) FROM spans").await["rows"][0][0].as_f64().expect("sum");
+    assert_eq!(
+        (rows[1][1].as_f64(), rows[1][2].as_f64()),
+        (Some(1.0), Some(1.0)),
+        "{body}"
+    );
+    let total = s.query("SELECT sum(sample_rate) FROM spans").await["rows"][0][0]
+        .as_f64()
+        .expect("sum");
     assert_eq!(total, (errors.len() * 2 + baseline * 2 * 2) as f64);
     let scan = crate::harness::run_python(
         &crate::harness::python_script("scan_table.py"),
@@ -543,6 +731,10 @@ async fn an_older_table_gains_sample_rate_and_every_reader_sees_it() {
         ],
     );
     assert_eq!(scan["sample_rate_sum"].as_f64(), Some(total), "{scan}");
-    assert_eq!(scan["duckdb_sample_rate_sum"].as_f64(), Some(total), "{scan}");
+    assert_eq!(
+        scan["duckdb_sample_rate_sum"].as_f64(),
+        Some(total),
+        "{scan}"
+    );
     assert_eq!(scan["sample_rate_nulls"], 0, "{scan}");
 }

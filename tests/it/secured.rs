@@ -27,11 +27,26 @@ async fn the_selector_and_the_tools_use_kafka_over_tls() {
     // simple_producer over TLS, with librdkafka properties given as -X.
     crate::harness::produce_seed_traces_with(
         &s.topic,
-        &["--brokers", &addr, "-X", "security.protocol=ssl", "-X", &format!("ssl.ca.location={ca}")],
+        &[
+            "--brokers",
+            &addr,
+            "-X",
+            "security.protocol=ssl",
+            "-X",
+            &format!("ssl.ca.location={ca}"),
+        ],
     );
-    s.wait_metric("tail_sampling_traces_dropped_total", 6.0, Duration::from_secs(60)).await;
+    s.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        6.0,
+        Duration::from_secs(60),
+    )
+    .await;
     s.wait_exported(12.0).await;
-    assert_eq!(s.count("SELECT count(DISTINCT trace_id) FROM spans").await, 4);
+    assert_eq!(
+        s.count("SELECT count(DISTINCT trace_id) FROM spans").await,
+        4
+    );
 
     // load_generator over TLS, configured through the selector's config file.
     let config = s.dir.path().join("producer.toml");
@@ -41,14 +56,28 @@ async fn the_selector_and_the_tools_use_kafka_over_tls() {
     )
     .expect("config file");
     let out = Command::new(env!("CARGO_BIN_EXE_load_generator"))
-        .args(["--config", &config.display().to_string(), "--topic", &s.topic])
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "--topic",
+            &s.topic,
+        ])
         .args(["--count", "200", "--rate", "0", "--partitions", "4"])
         .output()
         .expect("load_generator");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("0 failed"), "{stdout}");
-    s.wait_metric("tail_sampling_traces_ingested_total", 210.0, Duration::from_secs(60)).await;
+    s.wait_metric(
+        "tail_sampling_traces_ingested_total",
+        210.0,
+        Duration::from_secs(60),
+    )
+    .await;
     let (_, health) = s.get("/health").await;
     assert_eq!(health["kafka"]["status"], "ok", "{health}");
 }
@@ -58,18 +87,28 @@ async fn a_ca_that_does_not_sign_the_broker_stops_startup() {
     let broker = TlsBroker::start();
     let (addr, wrong) = (broker.brokers(), broker.certs.path("other-ca.pem"));
     let started = Instant::now();
-    let (code, log) = crate::harness::start_expecting_failure(&tls_kafka(&addr, &wrong), Duration::from_secs(60));
+    let (code, log) =
+        crate::harness::start_expecting_failure(&tls_kafka(&addr, &wrong), Duration::from_secs(60));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
-    assert!(log.contains("certificate verify failed"), "librdkafka's reason is shown\n{log}");
-    println!("wrong CA: exit {code:?} after {} ms", started.elapsed().as_millis());
+    assert!(
+        log.contains("certificate verify failed"),
+        "librdkafka's reason is shown\n{log}"
+    );
+    println!(
+        "wrong CA: exit {code:?} after {} ms",
+        started.elapsed().as_millis()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_with_a_client_certificate() {
     let broker = TlsBroker::start_with(true);
     let (addr, ca) = (broker.brokers(), broker.certs.path("ca.pem"));
-    let (cert, key) = (broker.certs.path("client.pem"), broker.certs.path("client.key"));
+    let (cert, key) = (
+        broker.certs.path("client.pem"),
+        broker.certs.path("client.key"),
+    );
     let mut settings = tls_kafka(&addr, &ca);
     settings.extend([
         ("TSS__KAFKA__SSL_CERTIFICATE_LOCATION", cert.as_str()),
@@ -79,42 +118,70 @@ async fn mutual_tls_with_a_client_certificate() {
     crate::harness::produce_seed_traces_with(
         &s.topic,
         &[
-            "--brokers", &addr,
-            "-X", "security.protocol=ssl",
-            "-X", &format!("ssl.ca.location={ca}"),
-            "-X", &format!("ssl.certificate.location={cert}"),
-            "-X", &format!("ssl.key.location={key}"),
+            "--brokers",
+            &addr,
+            "-X",
+            "security.protocol=ssl",
+            "-X",
+            &format!("ssl.ca.location={ca}"),
+            "-X",
+            &format!("ssl.certificate.location={cert}"),
+            "-X",
+            &format!("ssl.key.location={key}"),
         ],
     );
     s.wait_exported(12.0).await;
-    assert_eq!(s.count("SELECT count(DISTINCT trace_id) FROM spans").await, 4);
+    assert_eq!(
+        s.count("SELECT count(DISTINCT trace_id) FROM spans").await,
+        4
+    );
 
     // Without the client certificate the broker's side refuses the handshake.
-    let (code, log) = crate::harness::start_expecting_failure(&tls_kafka(&addr, &ca), Duration::from_secs(60));
+    let (code, log) =
+        crate::harness::start_expecting_failure(&tls_kafka(&addr, &ca), Duration::from_secs(60));
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
-    assert!(log.contains("certificate required"), "librdkafka's reason is shown\n{log}");
+    assert!(
+        log.contains("certificate required"),
+        "librdkafka's reason is shown\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_librdkafka_rejects_stop_startup_naming_them() {
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("TSS__KAFKA__PROPERTIES__NO_SUCH_SETTING", "1")], "no.such.setting"),
-        (&[("TSS__KAFKA__PROPERTIES__SOCKET_TIMEOUT_MS", "soon")], "socket.timeout.ms"),
         (
-            &[("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"), ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-1")],
+            &[("TSS__KAFKA__PROPERTIES__NO_SUCH_SETTING", "1")],
+            "no.such.setting",
+        ),
+        (
+            &[("TSS__KAFKA__PROPERTIES__SOCKET_TIMEOUT_MS", "soon")],
+            "socket.timeout.ms",
+        ),
+        (
+            &[
+                ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("TSS__KAFKA__SASL_MECHANISM", "SCRAM-SHA-1"),
+            ],
             "sasl_mechanism",
         ),
         (
             // A mechanism that this librdkafka build can't do, given as a raw property.
-            &[("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"), ("TSS__KAFKA__PROPERTIES__SASL_MECHANISM", "GSSAPI")],
+            &[
+                ("TSS__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("TSS__KAFKA__PROPERTIES__SASL_MECHANISM", "GSSAPI"),
+            ],
             "GSSAPI",
         ),
     ];
     for (overrides, needle) in cases {
-        let (code, log) = crate::harness::start_expecting_failure(overrides, Duration::from_secs(30));
+        let (code, log) =
+            crate::harness::start_expecting_failure(overrides, Duration::from_secs(30));
         assert_ne!(code, Some(0), "{overrides:?}\n{log}");
-        assert!(log.contains(needle), "{overrides:?}: the log does not name `{needle}`\n{log}");
+        assert!(
+            log.contains(needle),
+            "{overrides:?}: the log does not name `{needle}`\n{log}"
+        );
     }
 }
 
@@ -132,15 +199,24 @@ async fn sasl_against_a_broker_without_sasl_stops_startup() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("kafka rejected the connection"), "{log}");
     assert!(log.contains("SASL"), "{log}");
-    assert!(!log.contains("sasl-password-never-logged"), "the SASL password leaked\n{log}");
+    assert!(
+        !log.contains("sasl-password-never-logged"),
+        "the SASL password leaked\n{log}"
+    );
 }
 
 fn tls_redis_settings(redis: &TlsRedis) -> Vec<(String, String)> {
     [
         ("TSS__REDIS__URL", redis.url()),
         ("TSS__REDIS__TLS_CA_LOCATION", redis.certs.path("ca.pem")),
-        ("TSS__REDIS__TLS_CERTIFICATE_LOCATION", redis.certs.path("client.pem")),
-        ("TSS__REDIS__TLS_KEY_LOCATION", redis.certs.path("client.key")),
+        (
+            "TSS__REDIS__TLS_CERTIFICATE_LOCATION",
+            redis.certs.path("client.pem"),
+        ),
+        (
+            "TSS__REDIS__TLS_KEY_LOCATION",
+            redis.certs.path("client.key"),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -176,7 +252,14 @@ async fn rule_ids(s: &Selector) -> Vec<String> {
 fn produce_service(s: &Selector, service: &str) {
     crate::harness::produce_seed_traces_with(
         &s.topic,
-        &["--brokers", &crate::harness::brokers(), "--service-name", service, "--error-every", "0"],
+        &[
+            "--brokers",
+            &crate::harness::brokers(),
+            "--service-name",
+            service,
+            "--error-every",
+            "0",
+        ],
     );
 }
 
@@ -195,26 +278,45 @@ async fn redis_over_tls_with_an_acl_user_and_a_client_certificate() {
     assert!(rule_ids(&s).await.contains(&id));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     produce_service(&s, &service);
-    s.wait_metric("tail_sampling_traces_force_sampled_total", 10.0, Duration::from_secs(60)).await;
+    s.wait_metric(
+        "tail_sampling_traces_force_sampled_total",
+        10.0,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // The decisions were written to that Redis, under the default prefix.
     let decisions = redis_keys(&redis_tls_client(&redis), "tss:decision:*").await;
     assert!(decisions.len() >= 10, "{decisions:?}");
-    assert!(!s.log().contains(&redis.password), "the Redis password leaked into the log");
+    assert!(
+        !s.log().contains(&redis.password),
+        "the Redis password leaked into the log"
+    );
 
     // Without the client certificate, the server refuses the connection and
     // /health says why.
-    let no_cert: Vec<(String, String)> =
-        settings.iter().filter(|(k, _)| !k.contains("TLS_CERTIFICATE") && !k.contains("TLS_KEY")).cloned().collect();
+    let no_cert: Vec<(String, String)> = settings
+        .iter()
+        .filter(|(k, _)| !k.contains("TLS_CERTIFICATE") && !k.contains("TLS_KEY"))
+        .cloned()
+        .collect();
     let topic = format!("tss-it-redis-nocert-{}", uuid::Uuid::new_v4().simple());
     let unready = Selector::launch(&topic, &crate::harness::pairs(&no_cert));
     let deadline = Instant::now() + Duration::from_secs(30);
     let health = loop {
-        let body = unready.try_get("/health").await.map(|(_, b)| b).unwrap_or_default();
+        let body = unready
+            .try_get("/health")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         if body["redis"]["status"] == "down" {
             break body;
         }
-        assert!(Instant::now() < deadline, "redis never reported down: {body}\n{}", unready.log());
+        assert!(
+            Instant::now() < deadline,
+            "redis never reported down: {body}\n{}",
+            unready.log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let (status, _) = unready.get("/health/ready").await;
@@ -239,8 +341,15 @@ fn redis_tls_client(redis: &TlsRedis) -> redis::Client {
 
 async fn redis_keys(client: &redis::Client, pattern: &str) -> Vec<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut c = client.get_multiplexed_async_connection().await.expect("redis connection");
-    redis::cmd("KEYS").arg(pattern).query_async(&mut c).await.expect("KEYS")
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut c)
+        .await
+        .expect("KEYS")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,9 +369,22 @@ async fn pipelines_with_different_key_prefixes_do_not_see_each_other() {
 
     produce_service(&a, &service);
     produce_service(&b, &service);
-    a.wait_metric("tail_sampling_traces_force_sampled_total", 10.0, Duration::from_secs(60)).await;
-    b.wait_metric("tail_sampling_traces_dropped_total", 10.0, Duration::from_secs(60)).await;
-    assert_eq!(b.metric("tail_sampling_traces_force_sampled_total").await, 0.0);
+    a.wait_metric(
+        "tail_sampling_traces_force_sampled_total",
+        10.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    b.wait_metric(
+        "tail_sampling_traces_dropped_total",
+        10.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        b.metric("tail_sampling_traces_force_sampled_total").await,
+        0.0
+    );
 
     // Each pipeline's decisions live under its own prefix only.
     let client = redis::Client::open(crate::harness::redis_url()).expect("redis client");

@@ -40,17 +40,31 @@ async fn a_backlog_is_decided_as_it_is_read_and_idle_partitions_do_not_stall_it(
         });
         let payload = synth::request(vec![ResourceDef::new("backlog", spans)]).encode_to_vec();
         let key = hex::encode(trace_id(SEEDS + n));
-        let record = FutureRecord::to(&topic).partition(0).key(&key).payload(&payload).timestamp(ts_ms as i64);
-        p.send(record, Duration::from_secs(15)).await.map_err(|(e, _)| e).expect("produce");
+        let record = FutureRecord::to(&topic)
+            .partition(0)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(ts_ms as i64);
+        p.send(record, Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
     }
     let s = Selector::start_on(&topic, &[("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "30")]).await;
     let started = Instant::now();
     // The newest ten traces are within 30 s of the end of the backlog.
     let expected = (TRACES - 10) as f64;
-    s.wait_metric("tail_sampling_traces_sampled_total{reason=\"error\"}", expected, Duration::from_secs(20))
-        .await;
+    s.wait_metric(
+        "tail_sampling_traces_sampled_total{reason=\"error\"}",
+        expected,
+        Duration::from_secs(20),
+    )
+    .await;
     let waited = started.elapsed();
-    println!("stream time: {expected} traces decided {:.1} s after readiness", waited.as_secs_f64());
+    println!(
+        "stream time: {expected} traces decided {:.1} s after readiness",
+        waited.as_secs_f64()
+    );
     assert!(waited < Duration::from_secs(25), "decided after {waited:?}");
     let lag = s.metric("tail_sampling_watermark_lag_seconds").await;
     assert!(lag < 10.0, "caught up, yet the watermark is {lag} s behind");
@@ -82,15 +96,25 @@ async fn wait_decided(s: &Selector, traces: f64) {
         let m = s.metrics().await;
         let decided: f64 = m
             .iter()
-            .filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{") || *k == "tail_sampling_traces_dropped_total")
+            .filter(|(k, _)| {
+                k.starts_with("tail_sampling_traces_sampled_total{")
+                    || *k == "tail_sampling_traces_dropped_total"
+            })
             .map(|(_, v)| v)
             .sum();
-        let exported = m.get("tail_sampling_spans_exported_total").copied().unwrap_or(0.0);
+        let exported = m
+            .get("tail_sampling_spans_exported_total")
+            .copied()
+            .unwrap_or(0.0);
         let held = m.get("tail_sampling_held_spans").copied().unwrap_or(1.0);
         if decided >= traces && held == 0.0 && exported > 0.0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{decided} of {traces} traces decided\n{}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "{decided} of {traces} traces decided\n{}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -111,13 +135,30 @@ fn settings(prefix: &str) -> [(&str, &str); 3] {
 async fn live_and_backlog_traffic_get_the_same_decisions() {
     let seed = (now_nanos() % 1_000_000_000).to_string();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let common = ["--seed", seed.as_str(), "--rate", "40", "--count", "200", "--partitions", "4", "--compression", "none"];
-    let (live_topic, backlog_topic) = (format!("tss-it-live-{run}"), format!("tss-it-backlog-{run}"));
+    let common = [
+        "--seed",
+        seed.as_str(),
+        "--rate",
+        "40",
+        "--count",
+        "200",
+        "--partitions",
+        "4",
+        "--compression",
+        "none",
+    ];
+    let (live_topic, backlog_topic) = (
+        format!("tss-it-live-{run}"),
+        format!("tss-it-backlog-{run}"),
+    );
     let (live_prefix, backlog_prefix) = (format!("tss-live-{run}:"), format!("tss-backlog-{run}:"));
     let live = Selector::start_on(&live_topic, &settings(&live_prefix)).await;
     let out = load_generator(&live_topic, &common);
     assert!(out.contains("0 failed"), "{out}");
-    let out = load_generator(&backlog_topic, &[&common[..], &["--backlog-secs", "5"]].concat());
+    let out = load_generator(
+        &backlog_topic,
+        &[&common[..], &["--backlog-secs", "5"]].concat(),
+    );
     assert!(out.contains("backlog of 200 traces"), "{out}");
     let backlog = Selector::start_on(&backlog_topic, &settings(&backlog_prefix)).await;
     wait_decided(&live, 200.0).await;

@@ -10,12 +10,17 @@ use prost::Message;
 use serde_json::Value;
 use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
-use crate::harness::{brokers, now_nanos, produce_seed_traces_with, producer, random_trace_id, send, Selector};
+use crate::harness::{
+    brokers, now_nanos, produce_seed_traces_with, producer, random_trace_id, send, Selector,
+};
 
 const TOKEN: &str = "ui-test-token";
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 async fn start(name: &str) -> Selector {
@@ -34,7 +39,10 @@ async fn start(name: &str) -> Selector {
 
 /// The 10 seed traces of `service`: 4 with errors (kept), 6 without (dropped).
 fn seed(s: &Selector, service: &str) {
-    produce_seed_traces_with(&s.topic, &["--brokers", &brokers(), "--service-name", service]);
+    produce_seed_traces_with(
+        &s.topic,
+        &["--brokers", &brokers(), "--service-name", service],
+    );
 }
 
 /// An error trace of 4 spans in which span 2's parent is not stored and
@@ -109,17 +117,33 @@ async fn search_services_and_overview_answer_over_http() {
     let fresh = error_trace_ago(&s, &old_service, 1).await;
     s.wait_exported((4 * 3 * 2 + 4 + 3 * 3) as f64).await;
     let (_, body) = search(&s, &format!("service={old_service}&limit=2")).await;
-    assert_eq!(ids(&body), vec![fresh.clone(), ten.clone()], "the two newest: {body}");
+    assert_eq!(
+        ids(&body),
+        vec![fresh.clone(), ten.clone()],
+        "the two newest: {body}"
+    );
     let (_, body) = search(&s, &format!("service={old_service}")).await;
-    assert_eq!(ids(&body), vec![fresh.clone(), ten.clone(), forty.clone()], "{body}");
+    assert_eq!(
+        ids(&body),
+        vec![fresh.clone(), ten.clone(), forty.clone()],
+        "{body}"
+    );
     let (_, body) = search(&s, &format!("service={old_service}&sort=duration&limit=3")).await;
     assert_eq!(body["count"], 3, "{body}");
 
     let (status, body) = search(&s, &format!("service={shop}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["count"], 4, "{body}");
-    let starts: Vec<f64> = body["traces"].as_array().expect("traces").iter().map(|t| t["start_unix_ms"].as_f64().expect("start")).collect();
-    assert!(starts.windows(2).all(|w| w[0] >= w[1]), "newest first: {starts:?}");
+    let starts: Vec<f64> = body["traces"]
+        .as_array()
+        .expect("traces")
+        .iter()
+        .map(|t| t["start_unix_ms"].as_f64().expect("start"))
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {starts:?}"
+    );
     for t in body["traces"].as_array().expect("traces") {
         assert_eq!(t["root_service"], shop.as_str(), "{t}");
         assert_eq!(t["root_name"], "POST /checkout", "{t}");
@@ -132,18 +156,44 @@ async fn search_services_and_overview_answer_over_http() {
     // The orphan trace: its summary counts every span, the root is the parentless one.
     let (_, body) = search(&s, &format!("service={other}&limit=50")).await;
     assert_eq!(body["count"], 5, "{body}");
-    let t = body["traces"].as_array().expect("traces").iter().find(|t| t["trace_id"] == orphan.as_str()).cloned().expect("orphan trace found");
-    assert_eq!((t["span_count"].clone(), t["root_name"].clone()), (4.into(), "POST /checkout".into()), "{t}");
+    let t = body["traces"]
+        .as_array()
+        .expect("traces")
+        .iter()
+        .find(|t| t["trace_id"] == orphan.as_str())
+        .cloned()
+        .expect("orphan trace found");
+    assert_eq!(
+        (t["span_count"].clone(), t["root_name"].clone()),
+        (4.into(), "POST /checkout".into()),
+        "{t}"
+    );
 
     // Every condition is on one span: `SELECT orders` never has an error in the seed traces.
-    let (_, body) = search(&s, &format!("service={shop}&name=SELECT%20orders&status=error")).await;
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&name=SELECT%20orders&status=error"),
+    )
+    .await;
     assert_eq!(body["count"], 0, "{body}");
-    let (_, body) = search(&s, &format!("service={shop}&name=GET%20%2Finventory&status=error")).await;
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&name=GET%20%2Finventory&status=error"),
+    )
+    .await;
     assert_eq!(body["count"], 4, "the failing child: {body}");
     // Attributes, span or resource.
-    let (_, body) = search(&s, &format!("attr=service.name%3D{shop}&attr=http.response.status_code%3D500")).await;
+    let (_, body) = search(
+        &s,
+        &format!("attr=service.name%3D{shop}&attr=http.response.status_code%3D500"),
+    )
+    .await;
     assert_eq!(body["count"], 4, "{body}");
-    let (_, body) = search(&s, &format!("service={shop}&attr=http.response.status_code%3D200")).await;
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&attr=http.response.status_code%3D200"),
+    )
+    .await;
     assert_eq!(body["count"], 0, "{body}");
     // Reason, duration bounds, sort and limit.
     let (_, body) = search(&s, &format!("service={shop}&reason=latency")).await;
@@ -154,14 +204,30 @@ async fn search_services_and_overview_answer_over_http() {
     let (_, all) = search(&s, &format!("service={shop}")).await;
     let mut every = durations_of(&all);
     every.sort_by(|a, b| b.total_cmp(a));
-    assert_eq!(durations, every[..2].to_vec(), "the two longest, longest first");
-    let (_, body) = search(&s, &format!("service={shop}&min_duration_ms={}", every[0] + 1.0)).await;
+    assert_eq!(
+        durations,
+        every[..2].to_vec(),
+        "the two longest, longest first"
+    );
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&min_duration_ms={}", every[0] + 1.0),
+    )
+    .await;
     assert_eq!(body["count"], 0, "{body}");
-    let (_, body) = search(&s, &format!("service={shop}&max_duration_ms={}", every[0] + 1.0)).await;
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&max_duration_ms={}", every[0] + 1.0),
+    )
+    .await;
     assert_eq!(body["count"], 4, "{body}");
     // A time range before the traces.
     let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
-    let (_, body) = search(&s, &format!("service={shop}&from={}&to={}", hour_ago - 60_000, hour_ago)).await;
+    let (_, body) = search(
+        &s,
+        &format!("service={shop}&from={}&to={}", hour_ago - 60_000, hour_ago),
+    )
+    .await;
     assert_eq!(body["count"], 0, "{body}");
     assert_eq!(ids(&body), Vec::<String>::new());
 
@@ -176,54 +242,112 @@ async fn search_services_and_overview_answer_over_http() {
         let (status, body) = search(&s, query).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["field"], parameter, "{query}: {body}");
-        assert!(body["error"].as_str().is_some_and(|e| e.contains(parameter)), "{query}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(parameter)),
+            "{query}: {body}"
+        );
     }
 
     let (status, body) = s.get("/admin/services").await;
     assert_eq!(status, 200, "{body}");
-    let listed = body["services"].as_array().expect("services").iter().find(|x| x["service"] == shop.as_str()).cloned().expect("service listed");
-    let names: Vec<&str> = listed["names"].as_array().expect("names").iter().filter_map(Value::as_str).collect();
-    assert_eq!(names, ["GET /inventory", "POST /checkout", "SELECT orders"], "{listed}");
+    let listed = body["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|x| x["service"] == shop.as_str())
+        .cloned()
+        .expect("service listed");
+    let names: Vec<&str> = listed["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        ["GET /inventory", "POST /checkout", "SELECT orders"],
+        "{listed}"
+    );
     assert_eq!(listed["span_count"], 12, "{listed}");
 
     let (status, doc) = s.get("/admin/overview").await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["decisions"]["kept_by_reason"]["error"], 12.0, "{doc}");
     assert_eq!(doc["decisions"]["dropped_total"], 12, "{doc}");
-    assert!(doc["iceberg"]["commits_total"].as_u64().is_some_and(|n| n >= 1), "{doc}");
-    assert!(doc["iceberg"]["commit_duration"]["p99_seconds"].as_f64().is_some(), "{doc}");
+    assert!(
+        doc["iceberg"]["commits_total"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{doc}"
+    );
+    assert!(
+        doc["iceberg"]["commit_duration"]["p99_seconds"]
+            .as_f64()
+            .is_some(),
+        "{doc}"
+    );
     assert_eq!(doc["health"]["ready"], true, "{doc}");
 
     // Behind the token, like every /admin/* route; the page itself is public.
     let client = reqwest::Client::new();
-    let denied = client.get(format!("http://{}/admin/traces", s.admin)).send().await.expect("GET");
+    let denied = client
+        .get(format!("http://{}/admin/traces", s.admin))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(denied.status().as_u16(), 401);
-    let page = client.get(format!("http://{}/", s.admin)).send().await.expect("GET /");
+    let page = client
+        .get(format!("http://{}/", s.admin))
+        .send()
+        .await
+        .expect("GET /");
     assert_eq!(page.status().as_u16(), 200);
-    let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(page.text().await.expect("html").contains("/ui/app.js"));
-    let js = client.get(format!("http://{}/ui/app.js", s.admin)).send().await.expect("GET app.js");
-    assert_eq!(js.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/javascript; charset=utf-8"));
+    let js = client
+        .get(format!("http://{}/ui/app.js", s.admin))
+        .send()
+        .await
+        .expect("GET app.js");
+    assert_eq!(
+        js.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/javascript; charset=utf-8")
+    );
 }
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
 /// Node.js, playwright-core and Chromium, or a message that says how to get them.
-fn browser_prerequisites() -> String {
-    let chromium = std::env::var("TSS_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+pub(crate) fn browser_prerequisites() -> String {
+    let chromium =
+        std::env::var("TSS_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
         "no Chromium at {chromium}: scripts/test.sh installs Debian's chromium (or set TSS_TEST_CHROMIUM)"
     );
     assert!(
-        browser_dir().join("node_modules/playwright-core/package.json").exists(),
+        browser_dir()
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
         "playwright-core is not installed: scripts/test.sh runs `npm ci` in tests/browser"
     );
     let node = Command::new("node").arg("--version").output();
-    assert!(node.is_ok_and(|o| o.status.success()), "Node.js is not installed: scripts/test.sh installs Debian's nodejs");
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "Node.js is not installed: scripts/test.sh installs Debian's nodejs"
+    );
     chromium
 }
 
@@ -240,8 +364,16 @@ async fn ui_in_a_real_browser() {
         .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"));
     let produce = serde_json::json!([
         env!("CARGO_BIN_EXE_simple_producer"),
-        "--brokers", brokers(), "--topic", s.topic, "--service-name", shop,
-        "--count", "3", "--error-every", "0",
+        "--brokers",
+        brokers(),
+        "--topic",
+        s.topic,
+        "--service-name",
+        shop,
+        "--count",
+        "3",
+        "--error-every",
+        "0",
     ]);
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -261,8 +393,19 @@ async fn ui_in_a_real_browser() {
     .expect("join")
     .expect("node runs");
     let (out, s) = out;
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{report}");
-    assert!(out.status.success(), "browser tests failed:\n{report}\nselector log:\n{}", s.log());
-    assert!(report.contains("fail 0") && !report.contains("pass 0"), "{report}");
+    assert!(
+        out.status.success(),
+        "browser tests failed:\n{report}\nselector log:\n{}",
+        s.log()
+    );
+    assert!(
+        report.contains("fail 0") && !report.contains("pass 0"),
+        "{report}"
+    );
 }

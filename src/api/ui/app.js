@@ -600,7 +600,10 @@ const SQL_EXAMPLE = 'SELECT service_name, sampling_reason, count(*) AS spans\nFR
 
 function csvOf(result) {
   const cell = (v) => {
-    const text = v === null || v === undefined ? '' : typeof v === 'object' ? JSON.stringify(v) : String(v);
+    let text = v === null || v === undefined ? '' : typeof v === 'object' ? JSON.stringify(v) : String(v);
+    // A spreadsheet runs a cell that starts like a formula: quote it as text.
+    // Numbers (a negative one too) stay numbers.
+    if (typeof v === 'string' && /^[=+\-@\t\r]/.test(text)) text = "'" + text;
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   };
   return [result.columns, ...result.rows].map((row) => row.map(cell).join(',')).join('\r\n') + '\r\n';
