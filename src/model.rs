@@ -15,6 +15,27 @@ use crate::ack::{Lease, MsgRef};
 /// The 16-byte W3C trace id.
 pub type TraceId = [u8; 16];
 
+/// Caps on what one stored row holds, as OpenTelemetry's attribute limits
+/// (`AttributeValueLengthLimit`, `AttributeCountLimit`): a client that puts
+/// 64 KiB of resource attributes on every span would otherwise multiply them
+/// by every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttributeLimits {
+    /// Longest value (and key), in bytes, cut on a character boundary.
+    pub value_max_bytes: usize,
+    /// Most attributes per resource, span or event, and events per span.
+    pub max_count: usize,
+}
+
+impl Default for AttributeLimits {
+    fn default() -> Self {
+        Self {
+            value_max_bytes: 16 * 1024,
+            max_count: 128,
+        }
+    }
+}
+
 /// The resource and instrumentation scope shared by the spans of one `ScopeSpans`.
 #[derive(Debug, Default)]
 pub struct Origin {

@@ -161,6 +161,10 @@ pub struct Acks {
     pub held: Arc<HeldSpans>,
     /// Stream time: the consumer moves it, the workers complete traces by it.
     pub clock: Arc<StreamClock>,
+    /// Bytes of the Arrow rows the writer is building from kept spans: what
+    /// they expand to beyond their messages, counted against
+    /// `buffer.max_buffered_bytes` with the messages' own bytes.
+    pub building_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Keeps an Iceberg commit and a partition revocation from overlapping.

@@ -30,6 +30,9 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("force rules are unavailable while Redis is unreachable: {reason}"),
             ),
+            full @ StoreError::TooMany { .. } => {
+                ApiError::new(StatusCode::CONFLICT, full.to_string())
+            }
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

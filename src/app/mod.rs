@@ -69,7 +69,7 @@ pub async fn run(
     let background = Background::default();
     let redis = Arc::new(LazyRedis::new(&settings.redis)?);
     background.spawn(|stop| probes::redis(redis.clone(), health.clone(), stop));
-    let rule_store = Arc::new(RuleStore::new(redis.clone()));
+    let rule_store = Arc::new(RuleStore::new(redis.clone(), settings.rules.max_rules));
     let live_rules = Arc::new(LiveRules::default());
     let max_rule_secs = settings.rules.max_duration_secs;
     let (store, live) = (rule_store.clone(), live_rules.clone());

@@ -604,6 +604,9 @@ impl SamplingConfig {
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
     pub max_duration_secs: i64,
+    /// Most force rules live at once; a create past it gets 409. Every
+    /// instance evaluates every rule against every trace.
+    pub max_rules: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -617,7 +620,19 @@ pub enum StorageType {
 pub struct StorageConfig {
     pub storage_type: StorageType,
     pub flush_max_rows: usize,
+    /// Most bytes of Arrow rows built at a time: a flush writes its batch in
+    /// chunks of this size, so no column's offsets can pass 2 GiB and what
+    /// the writer holds is bounded whatever the spans expand to.
+    pub flush_max_bytes: usize,
     pub flush_interval_secs: Seconds,
+    /// Longest stored attribute value, in bytes (OpenTelemetry's
+    /// `AttributeValueLengthLimit`); longer values are cut on a character
+    /// boundary and the row marked `tss.truncated`.
+    pub attribute_value_max_bytes: usize,
+    /// Most attributes (and events) stored per resource, span and event
+    /// (OpenTelemetry's `AttributeCountLimit`); the rest are dropped and the
+    /// row marked `tss.truncated`.
+    pub attribute_max_count: usize,
     /// Rows per Parquet row group: the unit a trace lookup skips or reads.
     pub parquet_row_group_rows: usize,
     /// False-positive probability of the bloom filter on `trace_id` in every
@@ -974,11 +989,22 @@ impl RulesConfig {
                 format!("must be between 1 and {MAX_RULE_SECONDS} (a year)"),
             ));
         }
+        if !(1..=100_000).contains(&self.max_rules) {
+            return Err(invalid("rules.max_rules", "must be between 1 and 100000"));
+        }
         Ok(())
     }
 }
 
 impl StorageConfig {
+    /// The caps on stored attributes.
+    pub fn attribute_limits(&self) -> crate::model::AttributeLimits {
+        crate::model::AttributeLimits {
+            value_max_bytes: self.attribute_value_max_bytes,
+            max_count: self.attribute_max_count,
+        }
+    }
+
     /// The layout of the Parquet files the selector writes.
     pub fn parquet_layout(&self) -> crate::table::layout::ParquetLayout {
         crate::table::layout::ParquetLayout {
@@ -990,6 +1016,36 @@ impl StorageConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.flush_max_bytes) {
+            return Err(invalid(
+                "storage.flush_max_bytes",
+                "must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        if !(64..=1 << 24).contains(&self.attribute_value_max_bytes) {
+            return Err(invalid(
+                "storage.attribute_value_max_bytes",
+                "must be between 64 and 16777216",
+            ));
+        }
+        if !(1..=65536).contains(&self.attribute_max_count) {
+            return Err(invalid(
+                "storage.attribute_max_count",
+                "must be between 1 and 65536",
+            ));
+        }
+        // One row at the caps must fit a chunk many times over.
+        let row_max = self.attribute_max_count * self.attribute_value_max_bytes;
+        if row_max.saturating_mul(4) > self.flush_max_bytes {
+            return Err(invalid(
+                "storage.flush_max_bytes",
+                format!(
+                    "must be at least 4 × attribute_max_count × attribute_value_max_bytes \
+                     ({} bytes), so that a chunk holds several rows at the caps",
+                    row_max.saturating_mul(4)
+                ),
+            ));
         }
         seconds("storage.flush_interval_secs", self.flush_interval_secs)?;
         if !(1024..=1 << 24).contains(&self.parquet_row_group_rows) {

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod ownership;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,15 +109,21 @@ pub struct SelectorContext {
 }
 
 impl ClientContext for SelectorContext {
-    /// Each partition's consumer lag, for the stream clock's idleness: a
-    /// partition is idle only once it is read to its end.
+    /// How far each partition is from its end, for the stream clock's
+    /// idleness: a partition is idle only once it is read to its end.
+    ///
+    /// That is the high watermark less `app_offset` (one past the last
+    /// message handed to the selector), not librdkafka's `consumer_lag`,
+    /// which counts from the committed offset: that one stays above zero
+    /// while decided traces wait for their commit, and at the end of a quiet
+    /// stream the last traces would wait for an idleness that never comes.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
         for (partition, p) in &topic.partitions {
             if *partition >= 0 {
-                self.acks.clock.report_lag(*partition, p.consumer_lag);
+                self.acks.clock.report_lag(*partition, unread(p));
             }
         }
     }
@@ -156,6 +163,16 @@ impl ConsumerContext for SelectorContext {
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
+    }
+}
+
+/// Messages of a partition not yet handed to the selector, or -1 when
+/// unknown (nothing delivered yet, or no high watermark from the broker).
+fn unread(p: &rdkafka::statistics::Partition) -> i64 {
+    if p.app_offset >= 0 && p.hi_offset >= 0 {
+        (p.hi_offset - p.app_offset).max(0)
+    } else {
+        -1
     }
 }
 
@@ -389,7 +406,8 @@ impl Source {
     /// consumer is paused.
     fn apply_backpressure(&self, paused: bool) -> bool {
         let held = self.ctx.acks.held.get();
-        let bytes = self.ctx.acks.tracker.pending_bytes() as i64;
+        let building = self.ctx.acks.building_bytes.load(Ordering::Relaxed);
+        let bytes = (self.ctx.acks.tracker.pending_bytes() + building) as i64;
         self.ctx.metrics.held_spans.set(held);
         self.ctx.metrics.held_bytes.set(bytes);
         let limits = [

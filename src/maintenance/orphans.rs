@@ -117,7 +117,7 @@ pub async fn remove_orphans(
                 .last_modified(),
         };
         // Unknown age counts as young: never delete what might be in flight.
-        if !modified.is_some_and(|t| t.into_inner().as_millisecond() < cutoff_ms) {
+        if modified.is_none_or(|t| t.into_inner().as_millisecond() >= cutoff_ms) {
             outcome.young_files_kept += 1;
             continue;
         }

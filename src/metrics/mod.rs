@@ -31,6 +31,7 @@ pub struct Metrics {
     pub buffered_spans: IntGauge,
     pub consumer_lag_messages: IntGaugeVec,
     pub replayed_spans_skipped_total: IntCounter,
+    pub attributes_truncated_total: IntCounterVec,
     pub held_spans: IntGauge,
     pub held_bytes: IntGauge,
     pub watermark_lag_seconds: prometheus::Gauge,
@@ -172,6 +173,11 @@ impl Metrics {
                 "replayed_spans_skipped_total",
                 "Spans re-read from Kafka after a restart or rebalance that were already in the table",
             )?,
+            attributes_truncated_total: counter_vec(
+                "attributes_truncated_total",
+                "Stored attributes cut by storage.attribute_value_max_bytes (limit=value_bytes) or dropped past storage.attribute_max_count (limit=count)",
+                "limit",
+            )?,
             held_spans: gauge(
                 "held_spans",
                 "Spans in memory: buffered, or decided and not yet committed",
@@ -186,7 +192,7 @@ impl Metrics {
             },
             held_bytes: gauge(
                 "held_bytes",
-                "Bytes of the Kafka messages that held spans keep alive",
+                "Bytes of the Kafka messages that held spans keep alive, plus the Arrow rows the writer is building",
             )?,
             consumer_paused: gauge(
                 "consumer_paused",

@@ -231,6 +231,10 @@ pub struct RedRecorder {
     positions: HashMap<SeriesKey, u32>,
     other: Option<u32>,
     overflowed: u64,
+    /// Span names cached in `names`, all services together: at most
+    /// `max_series`, like the services themselves, so that input with ever
+    /// new names cannot grow a worker's maps once the series are full.
+    cached_names: usize,
 }
 
 impl RedRecorder {
@@ -243,12 +247,13 @@ impl RedRecorder {
             positions: HashMap::new(),
             other: None,
             overflowed: 0,
+            cached_names: 0,
         }
     }
 
     pub fn record(&mut self, spans: &[SpanRecord]) {
         // Spans of one resource share an origin: look its service up once.
-        let mut last: Option<(*const crate::model::Origin, usize)> = None;
+        let mut last: Option<(*const crate::model::Origin, Option<usize>)> = None;
         for s in spans {
             let origin = Arc::as_ptr(&s.origin);
             let service = match last {
@@ -259,7 +264,10 @@ impl RedRecorder {
                     i
                 }
             };
-            let i = self.slot(service, s);
+            let i = match service {
+                Some(service) => self.slot(service, s),
+                None => self.position(SeriesKey::other()),
+            };
             if Some(i) == self.other {
                 self.overflowed += 1;
             }
@@ -269,14 +277,20 @@ impl RedRecorder {
         }
     }
 
-    fn service_index(&mut self, service: &str) -> usize {
+    /// The service's index in `names`; `None` once `max_series` services
+    /// are cached and this is not one of them (its spans go to `other`:
+    /// every series of it would overflow anyway).
+    fn service_index(&mut self, service: &str) -> Option<usize> {
         if let Some(i) = self.services.get(service) {
-            return *i;
+            return Some(*i);
+        }
+        if self.services.len() >= self.shared.max_series {
+            return None;
         }
         let i = self.names.len();
         self.names.push(FxHashMap::default());
         self.services.insert(service.into(), i);
-        i
+        Some(i)
     }
 
     fn slot(&mut self, service: usize, s: &SpanRecord) -> u32 {
@@ -292,7 +306,23 @@ impl RedRecorder {
             kind: s.kind.min(5),
             status: s.status_code.min(2),
         };
-        let admitted = self.shared.admit(key);
+        let i = self.position(self.shared.admit(key));
+        let names = &mut self.names[service];
+        if let Some(slots) = names.get_mut(&s.name_hash) {
+            slots[slot] = i + 1;
+        } else if self.cached_names < self.shared.max_series {
+            let mut slots = [0; SLOTS];
+            slots[slot] = i + 1;
+            names.insert(s.name_hash, slots);
+            self.cached_names += 1;
+        }
+        i
+    }
+
+    /// The index in `series` of an admitted key, added when new. The keys
+    /// are those the shared series admitted, so there are at most
+    /// `max_series` + 1 of them.
+    fn position(&mut self, admitted: SeriesKey) -> u32 {
         let is_other = admitted.kind == OTHER;
         let i = match self.positions.get(&admitted) {
             Some(i) => *i,
@@ -306,7 +336,6 @@ impl RedRecorder {
         if is_other {
             self.other = Some(i);
         }
-        self.names[service].entry(s.name_hash).or_insert([0; SLOTS])[slot] = i + 1;
         i
     }
 
@@ -421,5 +450,24 @@ mod tests {
         let t = text(shared);
         assert!(t.contains(r#"tail_sampling_span_calls_total{service="other",span_name="other",span_kind="other",status_code="other"} 3"#), "{t}");
         assert!(t.contains(r#"tail_sampling_span_calls_total{service="svc",span_name="op-0",span_kind="SERVER",status_code="UNSET"} 2"#), "{t}");
+    }
+
+    #[test]
+    fn new_names_past_the_limit_grow_no_worker_map() {
+        let overflow = IntCounter::new("o", "o").expect("counter");
+        let shared = Arc::new(RedSeries::new(5, overflow.clone()).expect("series"));
+        let mut w = RedRecorder::new(shared.clone());
+        let spans: Vec<SpanRecord> = (0..10_000)
+            .map(|i| span(&format!("svc-{}", i % 50), &format!("name-{i}"), 0, 1))
+            .collect();
+        w.record(&spans);
+        w.flush();
+        assert!(w.services.len() <= 5, "{} services", w.services.len());
+        assert!(w.cached_names <= 5);
+        let names: usize = w.names.iter().map(|m| m.len()).sum();
+        assert!(names <= 5, "{names} names cached");
+        assert!(w.series.len() <= 6, "{} series", w.series.len());
+        assert_eq!(shared.series_count(), 6, "five label sets and `other`");
+        assert_eq!(overflow.get(), 10_000 - 5);
     }
 }

@@ -62,33 +62,6 @@ fn any_value_json(v: Option<any_value::Value>) -> serde_json::Value {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attribute_values_keep_their_information() {
-        use opentelemetry_proto::tonic::common::v1::ArrayValue;
-        let arr = AnyValue {
-            value: Some(any_value::Value::ArrayValue(ArrayValue {
-                values: vec![
-                    AnyValue {
-                        value: Some(any_value::Value::IntValue(3)),
-                    },
-                    AnyValue {
-                        value: Some(any_value::Value::StringValue("x".into())),
-                    },
-                ],
-            })),
-        };
-        assert_eq!(any_value_string(arr), r#"[3,"x"]"#);
-        let b = AnyValue {
-            value: Some(any_value::Value::BoolValue(true)),
-        };
-        assert_eq!(any_value_string(b), "true");
-    }
-}
-
 /// The value of attribute `key`, as [`any_value_string`] formats it, in the
 /// `repeated KeyValue` field number `field` of an encoded message (9 in a
 /// `Span`, 1 in a `Resource`). A walk over the wire format: a string value
@@ -119,7 +92,7 @@ pub fn find_attribute<'a>(
                 _ => {}
             }
         }
-        if !k.is_some_and(|r| &msg[r.0..r.1] == key.as_bytes()) {
+        if k.is_none_or(|r| &msg[r.0..r.1] != key.as_bytes()) {
             continue;
         }
         let Some(r) = v else { return Some(Ok(&[])) };
@@ -139,4 +112,31 @@ pub fn find_attribute<'a>(
             .map(|a| Err(any_value_string(a)));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_values_keep_their_information() {
+        use opentelemetry_proto::tonic::common::v1::ArrayValue;
+        let arr = AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![
+                    AnyValue {
+                        value: Some(any_value::Value::IntValue(3)),
+                    },
+                    AnyValue {
+                        value: Some(any_value::Value::StringValue("x".into())),
+                    },
+                ],
+            })),
+        };
+        assert_eq!(any_value_string(arr), r#"[3,"x"]"#);
+        let b = AnyValue {
+            value: Some(any_value::Value::BoolValue(true)),
+        };
+        assert_eq!(any_value_string(b), "true");
+    }
 }

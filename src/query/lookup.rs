@@ -86,27 +86,47 @@ pub async fn find_trace(
     table: &Table,
     trace_id: &str,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<(QueryResult, LookupStats), QueryError> {
-    let (mut result, stats) = find_traces(table, &[trace_id.to_string()], None, max_rows).await?;
+    let ids = [trace_id.to_string()];
+    let (mut result, stats) = find_traces(table, &ids, None, max_rows, max_bytes).await?;
     sort_rows(&mut result);
     Ok((result, stats))
 }
 
 /// The spans of several traces at once ([`plan_traces`]), with `columns`
 /// (all when `None`), at most `max_rows` of them, in the order read.
+///
+/// Reading stops at `max_rows` rows or `max_bytes` bytes of Arrow data,
+/// whichever comes first, and the result is then `truncated`: a trace of a
+/// million spans, or many colliding ids, cannot make a lookup hold more.
 pub async fn find_traces(
     table: &Table,
     trace_ids: &[String],
     columns: Option<Vec<String>>,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<(QueryResult, LookupStats), QueryError> {
     let (tasks, stats) = plan_traces(table, trace_ids, columns).await?;
-    let batches: Vec<_> = read_tasks(table, tasks)?
-        .stream()
-        .try_collect()
-        .await
-        .map_err(|e| failed("reading", e))?;
-    Ok((to_json(&batches, max_rows)?, stats))
+    let mut stream = read_tasks(table, tasks)?.stream();
+    let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
+    let mut cut_by_bytes = false;
+    while let Some(batch) = stream.try_next().await.map_err(|e| failed("reading", e))? {
+        rows += batch.num_rows();
+        bytes += batch.get_array_memory_size();
+        batches.push(batch);
+        // One row past the cap tells `to_json` that the result was cut.
+        if rows > max_rows {
+            break;
+        }
+        if bytes > max_bytes {
+            cut_by_bytes = true;
+            break;
+        }
+    }
+    let mut result = to_json(&batches, max_rows)?;
+    result.truncated |= cut_by_bytes;
+    Ok((result, stats))
 }
 
 /// The files that may hold `trace_id`, with `columns` (all when `None`)
@@ -125,7 +145,7 @@ fn ids_predicate(ids: &[String]) -> Predicate {
     let column = Reference::new(TRACE_ID_COLUMN);
     match ids {
         [one] => column.equal_to(Datum::string(one)),
-        many => column.is_in(many.iter().map(|id| Datum::string(id))),
+        many => column.is_in(many.iter().map(Datum::string)),
     }
 }
 

@@ -156,7 +156,8 @@ impl QueryEngine {
                 .load()
                 .await
                 .map_err(|e| QueryError::Catalog(Box::new(e)))?;
-            lookup::find_trace(&table, trace_id, self.limits.max_rows).await
+            let limits = self.limits;
+            lookup::find_trace(&table, trace_id, limits.max_rows, limits.max_result_bytes).await
         };
         let (mut result, stats) = self.within_limits(run).await?;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -176,7 +177,15 @@ impl QueryEngine {
                 .load()
                 .await
                 .map_err(|e| QueryError::Catalog(Box::new(e)))?;
-            search::summaries(&table, &ids, q.order, self.limits.max_rows).await
+            let limits = self.limits;
+            search::summaries(
+                &table,
+                &ids,
+                q.order,
+                limits.max_rows,
+                limits.max_result_bytes,
+            )
+            .await
         };
         let (traces, truncated) = self.within_limits(run).await?;
         Ok(SearchResult {
@@ -304,7 +313,7 @@ async fn collect_within(
 
 /// Accepts exactly one `SELECT`/`WITH`/`EXPLAIN`/`SHOW`/`DESCRIBE` statement.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| QueryError::Invalid(e.into()))?;
+    let statements = DFParser::parse_sql(sql).map_err(QueryError::Invalid)?;
     if statements.len() != 1 {
         return Err(QueryError::BadRequest(format!(
             "exactly one statement is allowed, got {}",
@@ -357,18 +366,23 @@ fn to_json(batches: &[RecordBatch], max_rows: usize) -> Result<QueryResult, Quer
         .unwrap_or_default();
     let mut rows = Vec::new();
     let mut truncated = false;
-    'outer: for batch in batches {
+    for batch in batches {
+        // Only the rows kept become JSON.
+        let room = max_rows - rows.len();
+        if batch.num_rows() > room {
+            truncated = true;
+        }
+        let batch = batch.slice(0, batch.num_rows().min(room));
         let cols: Vec<Vec<Value>> = batch
             .columns()
             .iter()
             .map(|c| column_values(c.as_ref()))
             .collect::<Result<_, _>>()?;
         for i in 0..batch.num_rows() {
-            if rows.len() == max_rows {
-                truncated = true;
-                break 'outer;
-            }
             rows.push(cols.iter().map(|c| c[i].clone()).collect());
+        }
+        if truncated {
+            break;
         }
     }
     Ok(QueryResult {

@@ -260,12 +260,13 @@ pub(super) async fn summaries(
     ids: &[String],
     order: SearchOrder,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<(Vec<TraceSummary>, bool), QueryError> {
     if ids.is_empty() {
         return Ok((Vec::new(), false));
     }
     let columns = SUMMARY_COLUMNS.iter().map(|c| c.to_string()).collect();
-    let (result, _) = lookup::find_traces(table, ids, Some(columns), max_rows).await?;
+    let (result, _) = lookup::find_traces(table, ids, Some(columns), max_rows, max_bytes).await?;
     let at: Vec<Option<usize>> = SUMMARY_COLUMNS
         .iter()
         .map(|name| result.columns.iter().position(|c| c == name))

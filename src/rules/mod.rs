@@ -114,14 +114,16 @@ impl CompiledRule {
     }
 }
 
-/// The active rules, highest priority first.
+/// The active rules, highest priority first. Rules are shared with the set
+/// a reload replaces, so that an unchanged rule is not compiled again and
+/// keeps the matches it counted.
 #[derive(Default)]
 pub struct RuleSet {
-    rules: Vec<CompiledRule>,
+    rules: Vec<Arc<CompiledRule>>,
 }
 
 impl RuleSet {
-    pub fn new(mut rules: Vec<CompiledRule>) -> Self {
+    pub fn new(mut rules: Vec<Arc<CompiledRule>>) -> Self {
         // Ties go to the rule with the smaller id, so every instance agrees.
         rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
         Self { rules }
@@ -131,8 +133,28 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    pub fn get(&self, id: &str) -> Option<&CompiledRule> {
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<CompiledRule>> {
         self.rules.iter().find(|r| r.id.as_ref() == id)
+    }
+
+    /// Whether the set holds exactly these rules (id and expiry).
+    pub fn same_rules<'a>(&self, rules: impl ExactSizeIterator<Item = (&'a str, i64)>) -> bool {
+        if rules.len() != self.rules.len() {
+            return false;
+        }
+        let mut ids: Vec<(&str, i64)> = self
+            .rules
+            .iter()
+            .map(|r| (r.id.as_ref(), r.expires_at))
+            .collect();
+        let mut others: Vec<(&str, i64)> = rules.collect();
+        ids.sort_unstable();
+        others.sort_unstable();
+        ids == others
     }
 
     /// Takes the match counts gathered since the last call.
@@ -155,7 +177,7 @@ pub(crate) fn now_ms() -> i64 {
 
 impl RuleSet {
     /// The first live rule that matches, highest priority first.
-    fn first_match(&self, spans: &[SpanRecord]) -> Option<&CompiledRule> {
+    fn first_match(&self, spans: &[SpanRecord]) -> Option<&Arc<CompiledRule>> {
         if self.rules.is_empty() {
             return None;
         }
@@ -176,7 +198,7 @@ impl ForceRules for RuleSet {
     }
 
     fn peek(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
-        self.first_match(spans).map(CompiledRule::verdict)
+        self.first_match(spans).map(|r| r.verdict())
     }
 }
 
@@ -201,8 +223,8 @@ mod tests {
         records(&t, ("tenant", "acme-prod"))
     }
 
-    fn rule(json: &str, id: &str) -> CompiledRule {
-        spec(json).compile(id.into(), 86_400).expect("valid rule")
+    fn rule(json: &str, id: &str) -> Arc<CompiledRule> {
+        Arc::new(spec(json).compile(id.into(), 86_400).expect("valid rule"))
     }
 
     #[test]

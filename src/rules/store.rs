@@ -35,6 +35,8 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub enum StoreError {
     #[error("redis is unavailable: {0}")]
     Unavailable(#[from] redis::RedisError),
+    #[error("{live} force rules are live, the most `rules.max_rules` allows; delete one or wait for one to expire")]
+    TooMany { live: usize },
     #[error("stored rule `{id}` is corrupt: {source}")]
     Corrupt {
         id: String,
@@ -58,11 +60,14 @@ pub struct StoredRule {
 /// picks it up when it comes back.
 pub struct RuleStore {
     redis: Arc<LazyRedis>,
+    /// Most live rules (`rules.max_rules`): every instance evaluates every
+    /// rule against every trace.
+    max_rules: usize,
 }
 
 impl RuleStore {
-    pub fn new(redis: Arc<LazyRedis>) -> Self {
-        Self { redis }
+    pub fn new(redis: Arc<LazyRedis>, max_rules: usize) -> Self {
+        Self { redis, max_rules }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -73,7 +78,14 @@ impl RuleStore {
         self.redis.key(format_args!("{RULE_KEYS}{id}"))
     }
 
+    /// Stores a new rule, unless `max_rules` are live already (two creates
+    /// racing may pass the check together; the instances then evaluate the
+    /// `max_rules` of highest priority).
     pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {
+        let live = self.list().await?.len();
+        if live >= self.max_rules {
+            return Err(StoreError::TooMany { live });
+        }
         let created_at = now_ms();
         let rule = StoredRule {
             id: uuid::Uuid::now_v7().to_string(),
@@ -181,18 +193,35 @@ pub struct LiveRules {
 }
 
 impl LiveRules {
-    /// Replaces the rules, carrying over match counts not yet reported.
-    pub fn replace(&self, rules: Vec<StoredRule>, max_duration_secs: i64) {
+    /// Replaces the rules with `rules` (highest priority first), of which
+    /// the first `max_rules` count. Only rules new since the last call are
+    /// compiled; the others, and the matches they counted, carry over, and
+    /// an unchanged list changes nothing.
+    pub fn replace(&self, mut rules: Vec<StoredRule>, max_duration_secs: i64, max_rules: usize) {
+        if rules.len() > max_rules {
+            tracing::warn!(
+                live = rules.len(),
+                max_rules,
+                "more force rules are live than rules.max_rules; evaluating those of highest priority"
+            );
+            rules.truncate(max_rules);
+        }
         let old = self.current.read().clone();
+        if old.same_rules(rules.iter().map(|r| (r.id.as_str(), r.expires_at))) {
+            return;
+        }
         let compiled = rules
             .into_iter()
             .filter_map(|r| {
+                if let Some(rule) = old.get(&r.id).filter(|c| c.expires_at == r.expires_at) {
+                    return Some(rule.clone());
+                }
                 let id = Arc::from(r.id.as_str());
                 match r
                     .spec
                     .compile(id, max_duration_secs.max(r.spec.duration_secs))
                 {
-                    Ok(rule) => Some(rule.with_expiry(r.expires_at)),
+                    Ok(rule) => Some(Arc::new(rule.with_expiry(r.expires_at))),
                     Err(e) => {
                         tracing::warn!(rule = %r.id, error = %e, "stored rule does not compile");
                         None
@@ -200,13 +229,7 @@ impl LiveRules {
                 }
             })
             .collect();
-        let next = RuleSet::new(compiled);
-        for (id, n) in old.take_match_counts() {
-            if let Some(rule) = next.get(&id) {
-                rule.add_matches(n);
-            }
-        }
-        *self.current.write() = Arc::new(next);
+        *self.current.write() = Arc::new(RuleSet::new(compiled));
     }
 
     fn take_match_counts(&self) -> Vec<(Arc<str>, u64)> {
@@ -258,7 +281,7 @@ async fn resync(
             Some(()) = rx.recv() => {}
         }
         match store.list().await {
-            Ok(rules) => live.replace(rules, max_duration_secs),
+            Ok(rules) => live.replace(rules, max_duration_secs, store.max_rules),
             Err(e) => {
                 tracing::debug!(error = %e, "rule resync failed; keeping the last known rules")
             }
@@ -287,5 +310,51 @@ async fn listen(client: redis::Client, channel: String, tx: tokio::sync::mpsc::S
             Err(e) => tracing::debug!(error = %e, "rule channel unavailable"),
         }
         tokio::time::sleep(RESYNC_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(id: &str, priority: i64) -> StoredRule {
+        let json = format!(
+            r#"{{"id":"{id}","created_at":0,"expires_at":{},"duration_secs":60,
+                "priority":{priority},"action":"force_keep",
+                "match":{{"span":[{{"key":"name","op":"regex","value":"^op-.*"}}]}}}}"#,
+            i64::MAX / 2
+        );
+        parse(id, &json).expect("rule")
+    }
+
+    #[test]
+    fn unchanged_rules_are_not_compiled_again_and_keep_their_counts() {
+        let live = LiveRules::default();
+        live.replace(vec![stored("a", 2), stored("b", 1)], 86_400, 10);
+        let first = live.current.read().clone();
+        first.get("a").expect("a").add_matches(3);
+        live.replace(vec![stored("a", 2), stored("b", 1)], 86_400, 10);
+        assert!(
+            Arc::ptr_eq(&first, &live.current.read().clone()),
+            "the same list leaves the set as it was"
+        );
+        live.replace(vec![stored("a", 2), stored("c", 1)], 86_400, 10);
+        let next = live.current.read().clone();
+        assert!(Arc::ptr_eq(
+            first.get("a").expect("a"),
+            next.get("a").expect("a")
+        ));
+        assert!(next.get("b").is_none());
+        assert_eq!(next.take_match_counts(), vec![(Arc::from("a"), 3)]);
+    }
+
+    #[test]
+    fn past_max_rules_those_of_highest_priority_count() {
+        let live = LiveRules::default();
+        let rules: Vec<StoredRule> = (0..5).map(|i| stored(&format!("r{i}"), 10 - i)).collect();
+        live.replace(rules, 86_400, 3);
+        let set = live.current.read().clone();
+        assert_eq!(set.len(), 3);
+        assert!(set.get("r0").is_some() && set.get("r2").is_some() && set.get("r3").is_none());
     }
 }

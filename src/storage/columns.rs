@@ -64,6 +64,29 @@ impl StrColumn {
         self.end_value();
     }
 
+    /// Cuts the value being written (since the last `end_value`) to at most
+    /// `max` bytes, on a character boundary; returns whether it was cut.
+    /// Bytes that are not UTF-8 are cut as they are and refused later by
+    /// `utf8_since`, as uncut ones would be.
+    pub fn cut_open_value(&mut self, max: usize) -> bool {
+        let start = self.offsets.last().copied().unwrap_or(0) as usize;
+        if self.values.len() - start <= max {
+            return false;
+        }
+        let mut end = start + max;
+        // Back off continuation bytes (0b10xx_xxxx) to a character's start.
+        while end > start && (self.values[end] as i8) < -0x40 {
+            end -= 1;
+        }
+        self.values.truncate(end);
+        true
+    }
+
+    /// Bytes held: the values and their offsets.
+    pub fn bytes(&self) -> usize {
+        self.values.len() + 4 * self.offsets.len()
+    }
+
     pub fn push_null(&mut self) {
         self.null_rows.push(self.len());
         self.offsets.push(self.offsets.last().copied().unwrap_or(0));
@@ -217,6 +240,15 @@ impl MapColumn {
         self.offsets.end_row(self.keys.len());
     }
 
+    /// Entries of the row being written.
+    pub fn open_row_entries(&self) -> usize {
+        self.keys.len() - self.offsets.0.last().copied().unwrap_or(0) as usize
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.keys.bytes() + self.values.bytes() + 4 * self.offsets.0.len()
+    }
+
     pub fn mark(&self) -> MapMark {
         MapMark {
             rows: self.offsets.rows(),
@@ -295,6 +327,18 @@ impl EventColumn {
 
     pub fn end_row(&mut self) {
         self.offsets.end_row(self.times_us.len());
+    }
+
+    /// Events of the row being written.
+    pub fn open_row_events(&self) -> usize {
+        self.times_us.len() - self.offsets.0.last().copied().unwrap_or(0) as usize
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.names.bytes()
+            + 8 * self.times_us.len()
+            + self.attributes.bytes()
+            + 4 * self.offsets.0.len()
     }
 
     pub fn mark(&self) -> EventMark {
@@ -392,5 +436,22 @@ mod tests {
                 Some("yz")
             ]
         );
+    }
+
+    #[test]
+    fn a_cut_value_ends_on_a_character_boundary() {
+        let mut c = StrColumn::default();
+        c.push(b"before");
+        c.extend("aé€".as_bytes()); // 1 + 2 + 3 bytes
+        assert!(!c.cut_open_value(6));
+        assert!(c.cut_open_value(5), "inside the euro sign");
+        c.end_value();
+        c.extend(b"abc");
+        assert!(c.cut_open_value(2));
+        c.end_value();
+        assert!(c.utf8_since(0));
+        let array = c.finish().expect("valid");
+        let values: Vec<Option<&str>> = array.iter().collect();
+        assert_eq!(values, vec![Some("before"), Some("aé"), Some("ab")]);
     }
 }

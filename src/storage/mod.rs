@@ -45,7 +45,9 @@ pub fn start(
         table,
         WriterConfig {
             flush_max_rows: cfg.flush_max_rows,
+            flush_max_bytes: cfg.flush_max_bytes,
             flush_interval: cfg.flush_interval_secs.duration(),
+            limits: cfg.attribute_limits(),
             layout: cfg.parquet_layout(),
         },
         ctx,

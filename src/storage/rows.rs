@@ -23,8 +23,7 @@ use prost::Message;
 use rustc_hash::FxHashMap;
 
 use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, Packed, StrColumn};
-use crate::model::KeptTrace;
-use crate::model::Origin;
+use crate::model::{AttributeLimits, KeptTrace, Origin};
 use crate::otlp::format::{any_value_string, kind_name, status_name};
 use crate::otlp::wire::{text, Fields, WireError};
 
@@ -61,12 +60,73 @@ pub struct SpanRows {
     sampled_at_us: Vec<i64>,
     sample_rate: Vec<f64>,
     origins: Origins,
+    limits: AttributeLimits,
     /// Spans whose bytes did not decode; they are skipped and counted.
     pub undecodable_spans: usize,
+    /// Attribute values (and keys) cut to `limits.value_max_bytes`.
+    pub values_cut: usize,
+    /// Attributes and events dropped past `limits.max_count`.
+    pub entries_dropped: usize,
+}
+
+/// The attribute a row gets when the caps cut something of it; its value
+/// names what was cut (`resource_attributes`, `span_attributes`, `events`).
+pub const TRUNCATED_KEY: &str = "tss.truncated";
+
+/// What the caps cut of the span being appended.
+#[derive(Default, Clone, Copy)]
+struct Cuts {
+    resource: bool,
+    attributes: bool,
+    events: bool,
+    values: usize,
+    dropped: usize,
+}
+
+impl Cuts {
+    fn any(&self) -> bool {
+        self.resource || self.attributes || self.events
+    }
+
+    /// The value of the row's `tss.truncated`.
+    fn describe(&self) -> String {
+        let parts = [
+            (self.resource, "resource_attributes"),
+            (self.attributes, "span_attributes"),
+            (self.events, "events"),
+        ];
+        let names: Vec<&str> = parts.iter().filter(|p| p.0).map(|p| p.1).collect();
+        names.join(",")
+    }
+
+    /// Records what one key-value pair lost; `events` says whose it was.
+    fn note(&mut self, cut: Cut, events: bool) {
+        match cut {
+            Cut::None => return,
+            Cut::Value => self.values += 1,
+            Cut::Dropped => self.dropped += 1,
+        }
+        if events {
+            self.events = true;
+        } else {
+            self.attributes = true;
+        }
+    }
+}
+
+/// What the caps did to one key-value pair.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    None,
+    Value,
+    Dropped,
 }
 
 struct DecodedOrigin {
     service_name: Option<String>,
+    /// Values cut and attributes dropped from the resource by the caps.
+    values_cut: usize,
+    dropped: usize,
     /// The resource attributes' keys and values, appended to every row.
     attribute_keys: Packed,
     attribute_values: Packed,
@@ -129,6 +189,36 @@ impl SpanRows {
         }
     }
 
+    /// Caps what each row stores (the default is OpenTelemetry's).
+    pub fn with_limits(mut self, limits: AttributeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bytes the columns hold so far: what the record batch will take.
+    pub fn bytes(&self) -> usize {
+        let strings = [
+            &self.trace_id,
+            &self.span_id,
+            &self.parent_span_id,
+            &self.name,
+            &self.kind,
+            &self.service_name,
+            &self.status_code,
+            &self.status_message,
+            &self.scope_name,
+            &self.scope_version,
+            &self.sampling_reason,
+            &self.sampling_rule_id,
+        ];
+        let fixed = 5 * 8 * self.len();
+        strings.iter().map(|c| c.bytes()).sum::<usize>()
+            + fixed
+            + self.resource_attributes.bytes()
+            + self.span_attributes.bytes()
+            + self.events.bytes()
+    }
+
     /// Columns sized for the spans of `traces`.
     pub fn for_traces(traces: &[KeptTrace]) -> Self {
         let spans = traces.iter().map(|t| t.spans.len()).sum();
@@ -151,34 +241,57 @@ impl SpanRows {
     /// Appends the spans of one kept trace, except those whose span id `skip`
     /// names (already stored). Returns how many were skipped.
     pub fn push_trace(&mut self, trace: &KeptTrace, skip: impl Fn(&[u8]) -> bool) -> usize {
-        let trace_hex = HexId::new(&trace.trace_id);
-        let sampled_at = micros(trace.decided_at);
-        let mut skipped = 0;
-        for record in &trace.spans {
-            let bytes = &record.bytes[..];
-            let mark = self.mark();
-            let span = match self.append_wire(bytes, mark) {
-                Ok(span) => span,
-                Err(_) => {
-                    self.truncate(mark);
-                    self.undecodable_spans += 1;
-                    continue;
-                }
-            };
-            if skip(&bytes[span.span_id.0..span.span_id.1]) {
+        (0..trace.spans.len())
+            .filter(|&i| !self.push_span(trace, i, &skip))
+            .count()
+    }
+
+    /// Appends span `index` of `trace` unless its span id is one `skip`
+    /// names; returns false when it was skipped for that. An undecodable
+    /// span leaves no row and is counted in `undecodable_spans`.
+    pub fn push_span(
+        &mut self,
+        trace: &KeptTrace,
+        index: usize,
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> bool {
+        let Some(record) = trace.spans.get(index) else {
+            return true;
+        };
+        let bytes = &record.bytes[..];
+        let origin = self.origins.index(&record.origin, self.limits);
+        let resource_cut = {
+            let o = &self.origins.decoded[origin];
+            o.values_cut + o.dropped > 0
+        };
+        let mark = self.mark();
+        let mut cuts = Cuts {
+            resource: resource_cut,
+            ..Cuts::default()
+        };
+        let span = match self.append_wire(bytes, mark, &mut cuts) {
+            Ok(span) => span,
+            Err(_) => {
                 self.truncate(mark);
-                skipped += 1;
-                continue;
+                self.undecodable_spans += 1;
+                return true;
             }
-            let origin = self.origins.index(&record.origin);
-            self.append_row(bytes, &span, origin);
-            self.trace_id.push(trace_hex.as_str().as_bytes());
-            self.sampling_reason.push(trace.reason.as_str().as_bytes());
-            self.sampling_rule_id.push_option(trace.rule_id.as_deref());
-            self.sampled_at_us.push(sampled_at);
-            self.sample_rate.push(trace.sample_rate);
+        };
+        if skip(&bytes[span.span_id.0..span.span_id.1]) {
+            self.truncate(mark);
+            return false;
         }
-        skipped
+        let o = &self.origins.decoded[origin];
+        self.values_cut += cuts.values + o.values_cut;
+        self.entries_dropped += cuts.dropped + o.dropped;
+        self.append_row(bytes, &span, origin);
+        self.trace_id
+            .push(HexId::new(&trace.trace_id).as_str().as_bytes());
+        self.sampling_reason.push(trace.reason.as_str().as_bytes());
+        self.sampling_rule_id.push_option(trace.rule_id.as_deref());
+        self.sampled_at_us.push(micros(trace.decided_at));
+        self.sample_rate.push(trace.sample_rate);
+        true
     }
 
     fn mark(&self) -> Mark {
@@ -201,7 +314,13 @@ impl SpanRows {
     /// message, attributes and events; checks every field the table stores
     /// the way a full decode would (wire types, UTF-8 of what it appended
     /// since `mark`).
-    fn append_wire(&mut self, buf: &[u8], mark: Mark) -> Result<SpanFields, WireError> {
+    fn append_wire(
+        &mut self,
+        buf: &[u8],
+        mark: Mark,
+        cuts: &mut Cuts,
+    ) -> Result<SpanFields, WireError> {
+        let limits = self.limits;
         let mut span = SpanFields::default();
         for field in Fields::new(buf) {
             let field = field?;
@@ -219,21 +338,35 @@ impl SpanRows {
                 6 => span.kind = field.varint()? as i32,
                 7 => span.start = field.fixed64()?,
                 8 => span.end = field.fixed64()?,
-                9 => append_key_value(&mut self.span_attributes, buf, field.len()?)?,
-                11 => self.append_event(buf, field.len()?)?,
+                9 => {
+                    let cut =
+                        append_key_value(&mut self.span_attributes, buf, field.len()?, limits)?;
+                    cuts.note(cut, false);
+                }
+                11 if self.events.open_row_events() >= limits.max_count => {
+                    field.len()?;
+                    cuts.note(Cut::Dropped, true);
+                }
+                11 => self.append_event(buf, field.len()?, cuts)?,
                 15 => read_status(buf, field.len()?, &mut span)?,
                 _ => {}
             }
         }
-        self.span_attributes.end_row();
-        self.events.end_row();
-        self.name.push(&buf[span.name.0..span.name.1]);
+        if push_capped(&mut self.name, &buf[span.name.0..span.name.1], limits) {
+            cuts.note(Cut::Value, false);
+        }
         let message = &buf[span.status_message.0..span.status_message.1];
         if message.is_empty() {
             self.status_message.push_null();
-        } else {
-            self.status_message.push(message);
+        } else if push_capped(&mut self.status_message, message, limits) {
+            cuts.note(Cut::Value, false);
         }
+        if cuts.any() {
+            self.span_attributes.keys.push(TRUNCATED_KEY.as_bytes());
+            self.span_attributes.values.push(cuts.describe().as_bytes());
+        }
+        self.span_attributes.end_row();
+        self.events.end_row();
         let utf8 = self.name.utf8_since(mark.rows)
             && self.status_message.utf8_since(mark.rows)
             && self.span_attributes.utf8_since(mark.span_attributes)
@@ -245,7 +378,13 @@ impl SpanRows {
     }
 
     /// Reads `Span.Event`.
-    fn append_event(&mut self, buf: &[u8], range: (usize, usize)) -> Result<(), WireError> {
+    fn append_event(
+        &mut self,
+        buf: &[u8],
+        range: (usize, usize),
+        cuts: &mut Cuts,
+    ) -> Result<(), WireError> {
+        let limits = self.limits;
         let mut time = 0;
         let mut name = (0, 0);
         for field in Fields::range(buf, range) {
@@ -253,12 +392,18 @@ impl SpanRows {
             match field.number {
                 1 => time = field.fixed64()?,
                 2 => name = field.len()?,
-                3 => append_key_value(&mut self.events.attributes, buf, field.len()?)?,
+                3 => {
+                    let cut =
+                        append_key_value(&mut self.events.attributes, buf, field.len()?, limits)?;
+                    cuts.note(cut, true);
+                }
                 _ => {}
             }
         }
         self.events.attributes.end_row();
-        self.events.names.push(&buf[name.0..name.1]);
+        if push_capped(&mut self.events.names, &buf[name.0..name.1], limits) {
+            cuts.note(Cut::Value, true);
+        }
         self.events.times_us.push((time / 1000) as i64);
         Ok(())
     }
@@ -341,6 +486,110 @@ impl SpanRows {
     }
 }
 
+/// What building the rows of a flush skipped and cut, over all its chunks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RowStats {
+    pub rows: usize,
+    /// Spans already stored (see `skip` of [`RowChunks::new`]).
+    pub skipped: usize,
+    pub undecodable_spans: usize,
+    pub values_cut: usize,
+    pub entries_dropped: usize,
+}
+
+/// Whether a span (its trace, its id) is left out of the rows: stored
+/// already by an earlier commit of unknown outcome.
+type SkipSpan<'a> = Box<dyn Fn(&KeptTrace, &[u8]) -> bool + Send + Sync + 'a>;
+
+/// Kept traces as record batches of about `max_bytes` or less each, built
+/// one at a time as the Parquet writer asks for them: however far a batch's
+/// rows expand (every row repeats its resource's attributes), what is built
+/// at once is bounded, and no column's offsets come near `i32::MAX`.
+pub struct RowChunks<'a> {
+    traces: &'a [KeptTrace],
+    /// The next span to append: (trace, span) indexes.
+    next: (usize, usize),
+    schema: Arc<ArrowSchema>,
+    limits: AttributeLimits,
+    max_bytes: usize,
+    skip: SkipSpan<'a>,
+    /// Set to the bytes of the chunk being built, for the memory budget.
+    building: Arc<std::sync::atomic::AtomicUsize>,
+    stats: RowStats,
+}
+
+impl<'a> RowChunks<'a> {
+    /// `skip` names the spans (trace, span id) to leave out: those stored
+    /// already.
+    pub fn new(
+        traces: &'a [KeptTrace],
+        schema: Arc<ArrowSchema>,
+        limits: AttributeLimits,
+        max_bytes: usize,
+        skip: impl Fn(&KeptTrace, &[u8]) -> bool + Send + Sync + 'a,
+    ) -> Self {
+        Self {
+            traces,
+            next: (0, 0),
+            schema,
+            limits,
+            max_bytes,
+            skip: Box::new(skip),
+            building: Arc::default(),
+            stats: RowStats::default(),
+        }
+    }
+
+    /// Reports the bytes of the chunk being built in `building`.
+    pub fn reporting_to(mut self, building: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.building = building;
+        self
+    }
+
+    /// What the chunks built so far skipped and cut.
+    pub fn stats(&self) -> RowStats {
+        self.stats
+    }
+
+    /// Appends spans until the chunk is full or the traces end.
+    fn fill(&mut self, rows: &mut SpanRows) {
+        use std::sync::atomic::Ordering;
+        while let Some(trace) = self.traces.get(self.next.0) {
+            while self.next.1 < trace.spans.len() {
+                let skip = &self.skip;
+                if !rows.push_span(trace, self.next.1, |id| skip(trace, id)) {
+                    self.stats.skipped += 1;
+                }
+                self.next.1 += 1;
+                let bytes = rows.bytes();
+                self.building.store(bytes, Ordering::Relaxed);
+                if bytes >= self.max_bytes {
+                    return;
+                }
+            }
+            self.next = (self.next.0 + 1, 0);
+        }
+    }
+}
+
+impl Iterator for RowChunks<'_> {
+    type Item = Result<RecordBatch, RowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut rows = SpanRows::default().with_limits(self.limits);
+        self.fill(&mut rows);
+        self.stats.rows += rows.len();
+        self.stats.undecodable_spans += rows.undecodable_spans;
+        self.stats.values_cut += rows.values_cut;
+        self.stats.entries_dropped += rows.entries_dropped;
+        if rows.is_empty() {
+            self.building.store(0, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some(rows.into_batch(self.schema.clone()))
+    }
+}
+
 /// Decoded resources and scopes, shared by many spans: every message repeats
 /// the resource and scope of its service, so a batch decodes each of them once
 /// and finds it again by content.
@@ -358,7 +607,7 @@ struct Origins {
 
 impl Origins {
     /// The index in `decoded` of `origin`'s decoded form.
-    fn index(&mut self, origin: &Arc<Origin>) -> usize {
+    fn index(&mut self, origin: &Arc<Origin>, limits: AttributeLimits) -> usize {
         if let Some((last, i)) = &self.last {
             if Arc::ptr_eq(last, origin) {
                 return *i;
@@ -376,7 +625,7 @@ impl Origins {
             .get(&hash)
             .and_then(|c| c.iter().copied().find(same));
         let i = found.unwrap_or_else(|| {
-            self.decoded.push(decode_origin(origin));
+            self.decoded.push(decode_origin(origin, limits));
             self.encoded
                 .push((origin.resource.clone(), origin.scope.clone()));
             let i = self.decoded.len() - 1;
@@ -424,12 +673,18 @@ impl HexId {
 }
 
 /// Reads `opentelemetry.proto.common.v1.KeyValue` into one map entry. The
-/// value is written as the table stores it (see `any_value_string`).
+/// value is written as the table stores it (see `any_value_string`), cut to
+/// `limits.value_max_bytes`; past `limits.max_count` entries in the row the
+/// pair is dropped.
 fn append_key_value(
     column: &mut MapColumn,
     buf: &[u8],
     range: (usize, usize),
-) -> Result<(), WireError> {
+    limits: AttributeLimits,
+) -> Result<Cut, WireError> {
+    if column.open_row_entries() >= limits.max_count {
+        return Ok(Cut::Dropped);
+    }
     let mut key = (0, 0);
     let mut value = None;
     for field in Fields::range(buf, range) {
@@ -440,12 +695,19 @@ fn append_key_value(
             _ => {}
         }
     }
-    column.keys.push(&buf[key.0..key.1]);
-    match value {
-        Some(range) => append_any_value(&mut column.values, buf, range)?,
-        None => column.values.end_value(),
+    column.keys.extend(&buf[key.0..key.1]);
+    let key_cut = column.keys.cut_open_value(limits.value_max_bytes);
+    column.keys.end_value();
+    if let Some(range) = value {
+        append_any_value(&mut column.values, buf, range)?;
     }
-    Ok(())
+    let value_cut = column.values.cut_open_value(limits.value_max_bytes);
+    column.values.end_value();
+    Ok(if key_cut || value_cut {
+        Cut::Value
+    } else {
+        Cut::None
+    })
 }
 
 /// An `AnyValue` member as the wire holds it.
@@ -461,8 +723,8 @@ enum AttrValue {
     Nested,
 }
 
-/// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it as one
-/// value; the last member of the `oneof` on the wire wins, as in any decoder.
+/// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it to the open
+/// value (the caller ends it); the last member of the `oneof` on the wire wins, as in any decoder.
 fn append_any_value(
     out: &mut StrColumn,
     buf: &[u8],
@@ -509,31 +771,74 @@ fn append_any_value(
             out.extend(any_value_string(decoded).as_bytes());
         }
     }
-    out.end_value();
     Ok(())
 }
 
-fn decode_origin(origin: &Origin) -> DecodedOrigin {
+/// Decodes a resource and scope, with the caps applied: `service.name` is
+/// found wherever it is in the list, and kept first when the count is cut.
+fn decode_origin(origin: &Origin, limits: AttributeLimits) -> DecodedOrigin {
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     let resource = Resource::decode(origin.resource.clone()).unwrap_or_default();
     let scope = InstrumentationScope::decode(origin.scope.clone()).unwrap_or_default();
-    let attributes: Vec<(String, String)> = resource
+    let mut attributes: Vec<(String, String)> = resource
         .attributes
         .into_iter()
         .map(|kv| (kv.key, kv.value.map(any_value_string).unwrap_or_default()))
         .collect();
+    let mut dropped = 0;
+    if attributes.len() > limits.max_count {
+        if let Some(i) = attributes.iter().position(|(k, _)| k == "service.name") {
+            let service = attributes.remove(i);
+            attributes.insert(0, service);
+        }
+        dropped = attributes.len() - limits.max_count;
+        attributes.truncate(limits.max_count);
+    }
+    let mut values_cut = 0;
+    for (k, v) in attributes.iter_mut() {
+        let cut = cut_string(k, limits.value_max_bytes) | cut_string(v, limits.value_max_bytes);
+        values_cut += usize::from(cut);
+    }
     let service_name = attributes
         .iter()
         .find(|(k, _)| k == "service.name")
         .map(|(_, v)| v.clone());
+    let (mut scope_name, mut scope_version) = (scope.name, scope.version);
+    cut_string(&mut scope_name, limits.value_max_bytes);
+    cut_string(&mut scope_version, limits.value_max_bytes);
     DecodedOrigin {
         service_name,
+        values_cut,
+        dropped,
         attribute_keys: attributes.iter().map(|(k, _)| k.as_str()).collect(),
         attribute_values: attributes.iter().map(|(_, v)| v.as_str()).collect(),
-        scope_name: (!scope.name.is_empty()).then_some(scope.name),
-        scope_version: (!scope.version.is_empty()).then_some(scope.version),
+        scope_name: (!scope_name.is_empty()).then_some(scope_name),
+        scope_version: (!scope_version.is_empty()).then_some(scope_version),
     }
+}
+
+/// Appends `value` as one value cut to `limits.value_max_bytes`; returns
+/// whether it was cut.
+fn push_capped(column: &mut StrColumn, value: &[u8], limits: AttributeLimits) -> bool {
+    column.extend(value);
+    let cut = column.cut_open_value(limits.value_max_bytes);
+    column.end_value();
+    cut
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary; returns whether
+/// it was cut.
+fn cut_string(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
 }
 
 fn micros(t: SystemTime) -> i64 {
@@ -992,5 +1297,114 @@ mod tests {
             .expect("strings");
         assert_eq!(reason.value(0), "error");
         assert_eq!(col("parent_span_id").null_count(), 1);
+    }
+
+    /// A trace of `spans` spans under one resource with `resource_attrs`
+    /// extra attributes of `value_bytes` each; every span has `span_attrs`
+    /// attributes, the first of them `big_value` bytes long.
+    fn oversized(
+        spans: u8,
+        resource_attrs: usize,
+        span_attrs: usize,
+        big_value: usize,
+    ) -> KeptTrace {
+        let spans: Vec<Span> = (1..=spans)
+            .map(|i| {
+                let mut s = span(3, i, 0, 10, true);
+                s.attributes = (0..span_attrs)
+                    .map(|a| kv(&format!("span.attr.{a}"), if a == 0 { "é" } else { "v" }))
+                    .collect();
+                s.attributes[0].value =
+                    value(any_value::Value::StringValue("é".repeat(big_value / 2)));
+                s
+            })
+            .collect();
+        let mut req = request(vec![ResourceDef::new("svc", spans)]);
+        let resource = req.resource_spans[0].resource.as_mut().expect("resource");
+        let service = resource.attributes.remove(0);
+        resource
+            .attributes
+            .extend((0..resource_attrs).map(|a| kv(&format!("res.attr.{a}"), &"r".repeat(320))));
+        // service.name last, past the count cap: it must still be found.
+        resource.attributes.push(service);
+        let mut trace_id = [0u8; 16];
+        trace_id[15] = 3;
+        kept(trace_id, req.encode_to_vec())
+    }
+
+    #[test]
+    fn attributes_past_the_caps_are_cut_and_the_row_says_so() {
+        let trace = oversized(2, 200, 200, 20_000);
+        let limits = AttributeLimits {
+            value_max_bytes: 1_001,
+            max_count: 128,
+        };
+        let mut rows = SpanRows::default().with_limits(limits);
+        rows.push_trace(&trace, |_| false);
+        assert_eq!(rows.undecodable_spans, 0);
+        // Per row: 200 + 1 (deployment.environment) + 1 resource attributes
+        // to 128, the 200 span attributes to 128, one value cut each.
+        assert_eq!(rows.entries_dropped, 2 * ((202 - 128) + (200 - 128)));
+        assert_eq!(rows.values_cut, 2);
+        let batch = rows.into_batch(arrow_schema()).expect("batch");
+        let span_attrs = map_row(batch.column_by_name("span_attributes").expect("attrs"), 1);
+        assert_eq!(span_attrs.len(), 129, "128 kept plus tss.truncated");
+        assert_eq!(span_attrs[0].1.len(), 1_000, "cut on a character boundary");
+        assert_eq!(
+            span_attrs.last().expect("marker"),
+            &(
+                TRUNCATED_KEY.to_string(),
+                "resource_attributes,span_attributes".to_string()
+            )
+        );
+        let resource = map_row(batch.column_by_name("resource_attributes").expect("res"), 0);
+        assert_eq!(resource.len(), 128);
+        assert_eq!(resource[0], ("service.name".into(), "svc".into()));
+        assert_eq!(string_at(&batch, "service_name", 0).as_deref(), Some("svc"));
+    }
+
+    #[test]
+    fn rows_within_the_caps_carry_no_marker() {
+        let trace = oversized(1, 10, 10, 100);
+        let mut rows = SpanRows::default();
+        rows.push_trace(&trace, |_| false);
+        assert_eq!((rows.values_cut, rows.entries_dropped), (0, 0));
+        let batch = rows.into_batch(arrow_schema()).expect("batch");
+        let attrs = map_row(batch.column_by_name("span_attributes").expect("attrs"), 0);
+        assert_eq!(attrs.len(), 10);
+        assert!(attrs.iter().all(|(k, _)| k != TRUNCATED_KEY));
+    }
+
+    #[test]
+    fn chunks_are_bounded_by_bytes_and_hold_every_row_once() {
+        let traces = vec![oversized(200, 20, 4, 100)];
+        let mut one = SpanRows::default();
+        one.push_span(&traces[0], 0, |_| false);
+        let row_bytes = one.bytes();
+        let max_bytes = 10 * row_bytes;
+        let mut chunks = RowChunks::new(
+            &traces,
+            arrow_schema(),
+            AttributeLimits::default(),
+            max_bytes,
+            |_, id| id[7] % 10 == 0,
+        );
+        let batches: Vec<RecordBatch> = (&mut chunks).map(|b| b.expect("batch")).collect();
+        // A row's share of a chunk is a little under a lone row's bytes (the
+        // fixed parts are shared): about ten rows a chunk, never twice that.
+        assert!(batches.len() >= 12, "{} chunks", batches.len());
+        for b in &batches {
+            assert!(b.num_rows() <= 20, "{} rows in a chunk", b.num_rows());
+            assert!(b.get_array_memory_size() < 3 * max_bytes);
+        }
+        let ids: std::collections::HashSet<String> = batches
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(|r| string_at(b, "span_id", r).expect("id")))
+            .collect();
+        let stats = chunks.stats();
+        assert_eq!(stats.skipped, 20);
+        assert_eq!(stats.rows, 180);
+        assert_eq!(ids.len(), 180);
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 180);
     }
 }

@@ -20,14 +20,14 @@ use tokio::sync::mpsc;
 
 use super::pinned::{landed_over, PinnedCatalog};
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
-use super::rows::SpanRows;
+use super::rows::{RowChunks, RowStats};
 use super::StorageError;
 use crate::ack::{retain_current, Acks, CommitGate};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{KeptTrace, TraceId};
+use crate::model::{AttributeLimits, KeptTrace, TraceId};
 use crate::table::layout::ParquetLayout;
-use crate::table::write::write_data_files;
+use crate::table::write::write_batches;
 use crate::table::TableHandle;
 
 /// Flushes roll files at iceberg's default target; compaction merges them.
@@ -38,7 +38,11 @@ const FLUSH_FILE_TARGET_BYTES: u64 =
 #[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     pub flush_max_rows: usize,
+    /// Most bytes of Arrow rows built at a time (`storage.flush_max_bytes`).
+    pub flush_max_bytes: usize,
     pub flush_interval: Duration,
+    /// Caps on what each row stores.
+    pub limits: AttributeLimits,
     /// Row groups and the `trace_id` bloom filter of every file written.
     pub layout: ParquetLayout,
 }
@@ -203,28 +207,37 @@ impl IcebergWriter {
         let stored = replay::stored_spans(&table, &replayed).await?;
 
         let arrow_schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?);
-        let mut rows = SpanRows::for_traces(batch);
-        let mut skipped = 0;
-        for trace in batch.iter() {
-            skipped += rows.push_trace(trace, |span_id| {
-                stored.contains(&(trace.trace_id, span_id.to_vec()))
-            });
-        }
-        self.report_skips(&rows, skipped, replayed.len());
-        let row_count = rows.len();
-        let (mut written, mut turn_waited, mut catalog) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        if row_count > 0 {
-            let writing = Instant::now();
-            let files = write_data_files(
-                &table,
-                rows.into_batch(arrow_schema)?,
-                &self.cfg.layout,
-                FLUSH_FILE_TARGET_BYTES,
-            )
-            .await?;
+        let mut chunks = RowChunks::new(
+            batch,
+            arrow_schema,
+            self.cfg.limits,
+            self.cfg.flush_max_bytes,
+            |trace, span_id| stored.contains(&(trace.trace_id, span_id.to_vec())),
+        )
+        .reporting_to(self.ctx.acks.building_bytes.clone());
+        let writing = Instant::now();
+        let chunk_stream = futures::stream::iter((&mut chunks).map(|chunk| {
+            chunk.map_err(|e| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()))
+        }));
+        let files = write_batches(
+            &table,
+            chunk_stream,
+            &self.cfg.layout,
+            FLUSH_FILE_TARGET_BYTES,
+        )
+        .await;
+        self.ctx
+            .acks
+            .building_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let files = files?;
+        let written = writing.elapsed();
+        let stats = chunks.stats();
+        drop(chunks);
+        self.report_rows(&stats, replayed.len());
+        let (mut turn_waited, mut catalog) = (Duration::ZERO, Duration::ZERO);
+        if stats.rows > 0 {
             let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
-            written = writing.elapsed();
             let waiting = Instant::now();
             let _turn = self.table.commits.lock().await;
             turn_waited = waiting.elapsed();
@@ -241,7 +254,7 @@ impl IcebergWriter {
             self.ctx
                 .metrics
                 .spans_exported_total
-                .inc_by(row_count as u64);
+                .inc_by(stats.rows as u64);
             self.ctx
                 .metrics
                 .iceberg_commit_duration_seconds
@@ -257,8 +270,8 @@ impl IcebergWriter {
         // Where a commit's time goes: loading the table, writing the files,
         // waiting for a maintenance commit, and the catalog commit itself.
         tracing::debug!(
-            rows = row_count,
-            skipped,
+            rows = stats.rows,
+            skipped = stats.skipped,
             elapsed_ms = started.elapsed().as_millis() as u64,
             load_ms = loaded.as_millis() as u64,
             write_ms = written.as_millis() as u64,
@@ -311,26 +324,42 @@ impl IcebergWriter {
         )))
     }
 
-    fn report_skips(&self, rows: &SpanRows, replayed_spans: usize, replayed_traces: usize) {
-        if rows.undecodable_spans > 0 {
-            self.ctx
-                .metrics
+    /// Counts and logs what building the rows skipped and cut.
+    fn report_rows(&self, stats: &RowStats, replayed_traces: usize) {
+        let metrics = &self.ctx.metrics;
+        if stats.undecodable_spans > 0 {
+            metrics
                 .spans_invalid_total
                 .with_label_values(&["undecodable_span"])
-                .inc_by(rows.undecodable_spans as u64);
+                .inc_by(stats.undecodable_spans as u64);
             tracing::warn!(
-                spans = rows.undecodable_spans,
+                spans = stats.undecodable_spans,
                 "skipped kept spans whose bytes did not decode"
             );
         }
+        if stats.values_cut + stats.entries_dropped > 0 {
+            let truncated = &metrics.attributes_truncated_total;
+            truncated
+                .with_label_values(&["value_bytes"])
+                .inc_by(stats.values_cut as u64);
+            truncated
+                .with_label_values(&["count"])
+                .inc_by(stats.entries_dropped as u64);
+            tracing::warn!(
+                values_cut = stats.values_cut,
+                entries_dropped = stats.entries_dropped,
+                value_max_bytes = self.cfg.limits.value_max_bytes,
+                max_count = self.cfg.limits.max_count,
+                "kept spans exceeded the attribute limits; the rows are marked tss.truncated"
+            );
+        }
         if replayed_traces > 0 {
-            self.ctx
-                .metrics
+            metrics
                 .replayed_spans_skipped_total
-                .inc_by(replayed_spans as u64);
+                .inc_by(stats.skipped as u64);
             tracing::info!(
                 traces = replayed_traces,
-                already_stored_spans = replayed_spans,
+                already_stored_spans = stats.skipped,
                 "checked replayed traces against the table"
             );
         }

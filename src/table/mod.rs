@@ -265,10 +265,11 @@ pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
     props
 }
 
+/// A storage factory and the file IO properties it needs.
+type StorageSetup = (Arc<dyn StorageFactory>, HashMap<String, String>);
+
 /// S3 when an endpoint or an `s3://` warehouse is configured, local files otherwise.
-fn storage_for(
-    cfg: &IcebergConfig,
-) -> Result<(Arc<dyn StorageFactory>, HashMap<String, String>), TableError> {
+fn storage_for(cfg: &IcebergConfig) -> Result<StorageSetup, TableError> {
     let mut props = HashMap::new();
     let s3 = cfg.s3_endpoint.is_some()
         || cfg.warehouse.starts_with("s3://")

@@ -298,13 +298,14 @@ async fn writer_commits_of_unknown_outcome_store_every_span_once() {
     settings.push(("TSS__REDIS__KEY_PREFIX".into(), prefix));
     let s = Selector::start("unknown-commit", &crate::harness::pairs(&settings)).await;
 
-    // The catalog takes the first two commits, and the client hears 504.
-    proxy.set_fault(CommitFault::Answer504, 2);
+    // The catalog takes the first commit, and the client hears 504. However
+    // the traces fall into flushes, storing them takes at least that commit.
+    proxy.set_fault(CommitFault::Answer504, 1);
     produce_seed_traces(&s.topic);
     settle(&s, 12).await;
     assert_eq!(
         proxy.faults_injected(),
-        2,
+        1,
         "commits seen: {}",
         proxy.commits_seen()
     );
@@ -319,7 +320,7 @@ async fn writer_commits_of_unknown_outcome_store_every_span_once() {
     proxy.set_fault(CommitFault::Drop, 1);
     produce_seed_traces(&s.topic);
     settle(&s, 24).await;
-    assert_eq!(proxy.faults_injected(), 3);
+    assert_eq!(proxy.faults_injected(), 2);
     assert_stored_once(&s, &weed, &namespace, 24).await;
 
     // A commit that never gets an answer: the call times out (storage.iceberg.
@@ -327,7 +328,7 @@ async fn writer_commits_of_unknown_outcome_store_every_span_once() {
     proxy.set_fault(CommitFault::Hang, 1);
     produce_seed_traces(&s.topic);
     settle(&s, 36).await;
-    assert_eq!(proxy.faults_injected(), 4);
+    assert_eq!(proxy.faults_injected(), 3);
     assert!(
         s.log().contains("took longer than"),
         "the timeout is logged\n{}",
@@ -459,4 +460,388 @@ async fn results_past_max_result_bytes_are_refused_before_they_are_built() {
         after < before + 256 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
+}
+
+/// One message of `traces` × `spans_per_trace` error spans under one
+/// resource of 64 attributes of 1 KiB (64 KiB); the first span of each
+/// message also carries a 20 KiB attribute.
+fn expanding_message(first_trace: u64, traces: u64, spans_per_trace: u64) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span, Status};
+    use prost::Message;
+    use tail_sampling_selector::testkit::synth::{kv, request, ResourceDef};
+    let start = crate::harness::now_nanos() - 1_000_000_000;
+    let mut spans = Vec::new();
+    for t in 0..traces {
+        let trace_id = crate::harness::random_trace_id(first_trace + t).to_vec();
+        for n in 0..spans_per_trace {
+            spans.push(Span {
+                trace_id: trace_id.clone(),
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                name: "work".into(),
+                start_time_unix_nano: start + n * 1_000,
+                end_time_unix_nano: start + n * 1_000 + 500,
+                status: Some(Status {
+                    code: StatusCode::Error as i32,
+                    message: String::new(),
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    spans[0]
+        .attributes
+        .push(kv("payload", &"p".repeat(20 * 1024)));
+    let mut req = request(vec![ResourceDef::new("expanding", spans)]);
+    if let Some(resource) = req.resource_spans[0].resource.as_mut() {
+        resource
+            .attributes
+            .extend((0..64).map(|a| kv(&format!("k8s.label.{a:02}"), &"l".repeat(1024))));
+    }
+    req.encode_to_vec()
+}
+
+/// 40,000 kept spans under 64 KiB of resource attributes, in four messages
+/// of 0.7 MB: every row would repeat the 64 KiB (2.6 GB of Arrow strings).
+/// With a count cap of 16 in this test, rows of 16 KiB are written in chunks
+/// of `storage.flush_max_bytes`: every span is stored once, every row says
+/// what was cut, the 20 KiB values are cut to the value cap, and the peak
+/// RSS stays under the RSS at readiness plus the byte budget, the chunk size
+/// and the fixed overhead the memory tests allow (librdkafka's buffers, the
+/// Parquet writer's open row group, the allocator's slack).
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_that_expand_are_capped_chunked_and_stored_once() {
+    const MIB: u64 = 1 << 20;
+    const BUDGET: u64 = 16 * MIB;
+    const CHUNK: u64 = 8 * MIB;
+    const OVERHEAD: u64 = 160 * MIB;
+    const MESSAGES: u64 = 4;
+    const TRACES: u64 = 100;
+    const SPANS: u64 = 100;
+    let prefix = unique_prefix("expanding");
+    let (budget, chunk) = (BUDGET.to_string(), CHUNK.to_string());
+    let s = Selector::start(
+        "expanding",
+        &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("TSS__BUFFER__MAX_BUFFERED_BYTES", &budget),
+            ("TSS__STORAGE__FLUSH_MAX_BYTES", &chunk),
+            ("TSS__STORAGE__ATTRIBUTE_MAX_COUNT", "16"),
+        ],
+    )
+    .await;
+    let ready_kib = crate::harness::rss_kib(s.pid());
+    let producer = crate::harness::producer();
+    for m in 0..MESSAGES {
+        let first = 700_000_000 + m * TRACES;
+        let payload = expanding_message(first, TRACES, SPANS);
+        assert!(payload.len() < 900_000, "{} bytes", payload.len());
+        crate::harness::send(&producer, &s.topic, &format!("m{m}"), &payload).await;
+    }
+    let total = (MESSAGES * TRACES * SPANS) as i64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while s.metric("tail_sampling_spans_exported_total").await < total as f64 {
+        assert!(Instant::now() < deadline, "not stored in time\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let peak_kib = crate::harness::peak_rss_kib(s.pid());
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
+    assert_eq!(
+        s.count("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)")
+            .await,
+        total
+    );
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM spans WHERE span_attributes['tss.truncated'] = 'resource_attributes' \
+             AND cardinality(resource_attributes) = 16 \
+             AND resource_attributes['service.name'] = 'expanding'"
+        )
+        .await,
+        total - MESSAGES as i64,
+        "every other row lost resource attributes to the count cap, service.name kept"
+    );
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM spans \
+             WHERE span_attributes['tss.truncated'] = 'resource_attributes,span_attributes' \
+             AND length(span_attributes['payload']) = 16384"
+        )
+        .await,
+        MESSAGES as i64,
+        "the 20 KiB values were cut to the 16 KiB cap"
+    );
+    let metrics = s.metrics().await;
+    let truncated = |limit: &str| {
+        metrics
+            .get(&format!(
+                "tail_sampling_attributes_truncated_total{{limit=\"{limit}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(truncated("value_bytes"), MESSAGES as f64);
+    // 64 labels + deployment.environment + service.name = 66, cut to 16.
+    assert_eq!(truncated("count"), (total * 50) as f64);
+    let bound_kib = ready_kib + (BUDGET + CHUNK + OVERHEAD) / 1024;
+    println!(
+        "expanding rows: ready {} MiB, peak {} MiB, bound {} MiB",
+        ready_kib / 1024,
+        peak_kib / 1024,
+        bound_kib / 1024
+    );
+    assert!(
+        peak_kib < bound_kib,
+        "peak RSS {peak_kib} KiB over {bound_kib} KiB"
+    );
+}
+
+/// One span of trace `seed` as one message: the OK root, or its ERROR child.
+fn backlog_span(seed: u64, child: bool, start_ms: i64) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span, Status};
+    use prost::Message;
+    use tail_sampling_selector::testkit::synth::{request, ResourceDef};
+    let code = if child {
+        StatusCode::Error
+    } else {
+        StatusCode::Ok
+    };
+    let start = start_ms as u64 * 1_000_000;
+    let span = Span {
+        trace_id: crate::harness::random_trace_id(seed).to_vec(),
+        span_id: [1 + u8::from(child); 8].to_vec(),
+        parent_span_id: if child { [1; 8].to_vec() } else { vec![] },
+        name: if child { "charge" } else { "checkout" }.into(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + 5_000_000,
+        status: Some(Status {
+            code: code as i32,
+            message: String::new(),
+        }),
+        ..Default::default()
+    };
+    request(vec![ResourceDef::new("stalls", vec![span])]).encode_to_vec()
+}
+
+/// A backlog of 20,000 traces over 400 s of stream time, each an OK root and,
+/// 10 s of stream time later, an ERROR child in another message of the same
+/// partition (30 s inactivity timeout), drained while Redis is paused for
+/// 2.5 s at a time (`CLIENT PAUSE 2500 ALL`), which stalls the workers and
+/// so the consumer. A partition that merely went silent must not count as
+/// idle while it has messages left to read: every trace is kept whole, in
+/// one decision, and no late error span is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
+    const TRACES: u64 = 20_000;
+    const SEED: u64 = 800_000_000;
+    let redis = crate::harness::OwnRedis::start();
+    let topic = format!("tss-it-stalls-{}", uuid::Uuid::new_v4().simple());
+    crate::harness::create_topic(&topic, 2).await;
+    let producer = crate::harness::producer();
+    let base_ms = (crate::harness::now_nanos() / 1_000_000) as i64 - 600_000;
+    let mut messages: Vec<(i64, String, Vec<u8>)> = Vec::new();
+    for t in 0..TRACES {
+        let key = hex::encode(crate::harness::random_trace_id(SEED + t));
+        let root_ms = base_ms + 20 * t as i64;
+        messages.push((root_ms, key.clone(), backlog_span(SEED + t, false, root_ms)));
+        let child_ms = root_ms + 10_000;
+        messages.push((child_ms, key, backlog_span(SEED + t, true, child_ms)));
+    }
+    messages.sort_by_key(|m| m.0);
+    for chunk in messages.chunks(2_000) {
+        let sends = chunk.iter().map(|(ts, key, payload)| {
+            crate::harness::send_at(&producer, &topic, key, payload, *ts)
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    let redis_url = redis.url();
+    let mut s = Selector::launch(
+        &topic,
+        &[
+            ("TSS__REDIS__URL", redis_url.as_str()),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "30"),
+        ],
+    );
+    // Pause Redis again and again while the backlog drains.
+    let port = redis.port.to_string();
+    let pauses = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1_500));
+        for _ in 0..10 {
+            let paused = Command::new("redis-cli")
+                .args(["-p", &port, "CLIENT", "PAUSE", "2500", "ALL"])
+                .output()
+                .expect("redis-cli must be installed with redis-server");
+            assert!(paused.status.success(), "{paused:?}");
+            std::thread::sleep(Duration::from_millis(3_000));
+        }
+    });
+    s.wait_ready().await;
+    let total = (2 * TRACES) as f64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while s.metric("tail_sampling_spans_exported_total").await < total {
+        assert!(
+            Instant::now() < deadline,
+            "not every span stored in time\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pauses.join().expect("the pauses ran");
+    // Late spans still in flight would land within a few flush intervals.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = s.metrics().await;
+    let late = |d: &str| {
+        m.get(&format!(
+            "tail_sampling_late_spans_total{{decision=\"{d}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (late("dropped"), late("kept")),
+        (0.0, 0.0),
+        "no span arrived after its trace was decided\n{}",
+        s.log()
+    );
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, total as i64);
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM (SELECT trace_id FROM spans GROUP BY trace_id \
+             HAVING count(*) = 2 AND count(DISTINCT sampled_at) = 1)"
+        )
+        .await,
+        TRACES as i64,
+        "every trace whole, from one decision"
+    );
+    s.kill();
+}
+
+/// `count` spans of one message under service `service`: each its own
+/// trace (`distinct_traces`) or all of trace `seed`, named `name-{n}`.
+fn many_spans(seed: u64, first: u64, count: u64, service: &str, error: bool) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span, Status};
+    use prost::Message;
+    use tail_sampling_selector::testkit::synth::{request, ResourceDef};
+    let start = crate::harness::now_nanos() - 1_000_000_000;
+    let spans = (first..first + count)
+        .map(|n| Span {
+            trace_id: crate::harness::random_trace_id(if error { seed } else { seed + n }).to_vec(),
+            span_id: (n + 1).to_be_bytes().to_vec(),
+            name: format!("name-{n}"),
+            start_time_unix_nano: start + n,
+            end_time_unix_nano: start + n + 1_000,
+            status: Some(Status {
+                code: if error {
+                    StatusCode::Error
+                } else {
+                    StatusCode::Ok
+                } as i32,
+                message: String::new(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    request(vec![ResourceDef::new(service, spans)]).encode_to_vec()
+}
+
+/// What input can make the selector hold, each with a clear answer: a
+/// trace of 30,000 spans looked up and searched under a row cap of 500
+/// (both marked truncated), 100,000 distinct span names under
+/// `metrics.max_series` = 1,000 (the series stop at the limit, the rest
+/// count as overflow), and force rules past `rules.max_rules` (409).
+#[tokio::test(flavor = "multi_thread")]
+async fn input_that_grows_memory_gets_capped_answers() {
+    const HUGE: u64 = 30_000;
+    const NAMES: u64 = 100_000;
+    const SEED: u64 = 900_000_000;
+    let prefix = unique_prefix("grows");
+    let s = Selector::start(
+        "grows",
+        &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("TSS__QUERY__MAX_ROWS", "500"),
+            ("TSS__METRICS__MAX_SERIES", "1000"),
+            ("TSS__RULES__MAX_RULES", "50"),
+            ("TSS__SAMPLING__MAX_SPANS_PER_TRACE", "50000"),
+        ],
+    )
+    .await;
+    let producer = crate::harness::producer();
+    let key = hex::encode(crate::harness::random_trace_id(SEED));
+    for part in 0..HUGE / 10_000 {
+        let payload = many_spans(SEED, part * 10_000, 10_000, "huge", true);
+        crate::harness::send(&producer, &s.topic, &key, &payload).await;
+    }
+    for part in 0..NAMES / 10_000 {
+        let payload = many_spans(SEED + 1, part * 10_000, 10_000, "names", false);
+        crate::harness::send(&producer, &s.topic, &format!("n{part}"), &payload).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while s.metric("tail_sampling_spans_exported_total").await < HUGE as f64 {
+        assert!(Instant::now() < deadline, "not stored in time\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (status, trace) = s.get(&format!("/admin/traces/{key}")).await;
+    assert_eq!(status, 200, "{trace}");
+    assert_eq!(trace["span_count"], 500);
+    assert_eq!(trace["truncated"], true);
+    let (status, found) = s.get("/admin/traces?service=huge").await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["count"], 1, "{found}");
+    assert_eq!(found["truncated"], true, "{found}");
+
+    // Every span was read (the RED metrics count dropped spans too) ...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = reqwest::get(format!("http://{}/metrics", s.metrics))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tail_sampling_span_calls_total{"))
+            .count();
+        assert!(series <= 1_001, "{series} series past metrics.max_series");
+        let overflow = s
+            .metric("tail_sampling_span_metrics_overflow_spans_total")
+            .await;
+        if overflow >= (HUGE + NAMES - 1_000) as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "overflow counted {overflow}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // ... and force rules stop at rules.max_rules.
+    let http = reqwest::Client::new();
+    let rule = json!({
+        "duration_secs": 600,
+        "action": "force_keep",
+        "match": {"span": [{"key": "name", "op": "eq", "value": "never"}]}
+    });
+    let url = format!("http://{}/admin/force-rules", s.admin);
+    for n in 0..=50 {
+        let r = http.post(&url).json(&rule).send().await.expect("POST");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        if n < 50 {
+            assert_eq!(status, 201, "rule {n}: {body}");
+        } else {
+            assert_eq!(status, 409, "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("rules.max_rules")),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(rule_count(&s).await, 50);
 }

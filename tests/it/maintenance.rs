@@ -523,14 +523,21 @@ async fn orphan_files_and_old_metadata_files_go_after_the_grace_period_and_nothi
         ],
     )
     .await;
-    // One round every 60 ms: nearly every flush has something to commit.
-    const ROUNDS: u64 = 300;
+    // One round every 60 ms, so that most flushes have something to commit,
+    // until more than 110 commits have landed (how many rounds that takes
+    // depends on the machine's speed).
     const PER_ROUND: u64 = 2;
-    for round in 0..ROUNDS {
-        send_round(&s, 500 + round, PER_ROUND).await;
+    const MAX_ROUNDS: u64 = 3000;
+    let mut rounds = 0;
+    while rounds < MAX_ROUNDS {
+        send_round(&s, 500 + rounds, PER_ROUND).await;
+        rounds += 1;
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        if rounds % 50 == 0 && s.metric("tail_sampling_iceberg_commits_total").await > 115.0 {
+            break;
+        }
     }
-    let total = (ROUNDS * PER_ROUND * 3) as i64;
+    let total = (rounds * PER_ROUND * 3) as i64;
     s.wait_exported(total as f64).await;
     let commits = s.metric("tail_sampling_iceberg_commits_total").await;
     assert!(
