@@ -329,11 +329,13 @@ async fn writer_commits_of_unknown_outcome_store_every_span_once() {
     produce_seed_traces(&s.topic);
     settle(&s, 36).await;
     assert_eq!(proxy.faults_injected(), 3);
-    assert!(
-        s.log().contains("took longer than"),
-        "the timeout is logged\n{}",
-        s.log()
-    );
+    // The HTTP client's timeout or the call's own bound ends it, whichever
+    // fires first; either way the failed commit is logged and retried.
+    let failures = s
+        .log()
+        .matches("iceberg commit failed; keeping the batch and retrying")
+        .count();
+    assert!(failures >= 3, "the timeout is logged\n{}", s.log());
     assert_stored_once(&s, &weed, &namespace, 36).await;
 }
 
