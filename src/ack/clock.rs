@@ -15,8 +15,8 @@
 //! backlog the selector itself can stop reading for seconds (a full shard
 //! channel, a stalled Redis, a slow dead-letter send), and jumping to the
 //! wall clock then would decide every open trace of the backlog at once.
-//! Only while the statistics have not reported a partition's lag yet does
-//! silence alone make it idle. A partition whose newest timestamp is within
+//! Only while the statistics have not reported a partition's lag yet, or
+//! after [`IDLE_WITH_LAG_AFTER`] of it, does silence alone make it idle. A partition whose newest timestamp is within
 //! [`LIVE_WITHIN`] of the wall clock is live, and runs on the wall clock too:
 //! its messages come as they are produced, and the broker's fetch batching
 //! (up to `fetch.wait.max.ms`) must not hold the watermark back by that much
@@ -33,6 +33,13 @@ use super::Lease;
 
 /// How long a partition may deliver nothing before it counts as idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How long a partition may deliver nothing, while not paused, before it
+/// counts as idle whatever its reported lag: a lag that never reaches 0 on a
+/// quiet partition (a transactional producer's last control record, a
+/// broker whose high watermark runs one ahead) must not hold its open
+/// traces forever. Longer than any stall of the selector's own (a Redis
+/// call's timeout, a dead-letter send).
+pub const IDLE_WITH_LAG_AFTER: Duration = Duration::from_secs(15);
 /// How close to the wall clock a partition's newest timestamp makes it live.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(1);
 
@@ -170,10 +177,13 @@ impl StreamClock {
         let until = state.paused_since.unwrap_or_else(Instant::now);
         let mut min = now_ms;
         for clock in state.partitions.values() {
-            let silent = until.saturating_duration_since(clock.last_delivery) >= IDLE_AFTER;
+            let silence = until.saturating_duration_since(clock.last_delivery);
+            let silent = silence >= IDLE_AFTER;
             let read_to_end = match clock.lag {
                 None => true,
-                Some((lag, at)) => lag == 0 && at > clock.last_delivery,
+                Some((lag, at)) => {
+                    (lag == 0 && at > clock.last_delivery) || silence >= IDLE_WITH_LAG_AFTER
+                }
             };
             let idle = silent && read_to_end;
             let live_since = now_ms - LIVE_WITHIN.as_millis() as i64;
@@ -266,6 +276,27 @@ mod tests {
             c.observe(lease(0), Some(12_000), now),
             12_000,
             "a sane timestamp moves it on"
+        );
+    }
+
+    #[test]
+    fn a_lag_that_never_reaches_zero_yields_to_long_silence() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0)]);
+        c.observe(lease(0), Some(5_000), 100_000);
+        // One control record past the last data record: a lag of 1 forever.
+        c.report_lag(0, 1);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(c.watermark(100_000), Some(5_000), "held at first");
+        {
+            let mut state = c.state.lock();
+            let clock = state.partitions.get_mut(&0).expect("assigned");
+            clock.last_delivery -= IDLE_WITH_LAG_AFTER;
+        }
+        assert_eq!(
+            c.watermark(100_000),
+            Some(100_000),
+            "quiet for longer than any stall of ours: idle"
         );
     }
 
