@@ -15,8 +15,9 @@
 //! backlog the selector itself can stop reading for seconds (a full shard
 //! channel, a stalled Redis, a slow dead-letter send), and jumping to the
 //! wall clock then would decide every open trace of the backlog at once.
-//! Only while the statistics have not reported a partition's lag yet, or
-//! after [`IDLE_WITH_LAG_AFTER`] of it, does silence alone make it idle. A partition whose newest timestamp is within
+//! Silence alone makes a partition idle only after [`IDLE_WITH_LAG_AFTER`],
+//! or while it has delivered nothing and its lag is unknown (an empty
+//! partition before the first statistics). A partition whose newest timestamp is within
 //! [`LIVE_WITHIN`] of the wall clock is live, and runs on the wall clock too:
 //! its messages come as they are produced, and the broker's fetch batching
 //! (up to `fetch.wait.max.ms`) must not hold the watermark back by that much
@@ -179,12 +180,13 @@ impl StreamClock {
         for clock in state.partitions.values() {
             let silence = until.saturating_duration_since(clock.last_delivery);
             let silent = silence >= IDLE_AFTER;
-            let read_to_end = match clock.lag {
-                None => true,
-                Some((lag, at)) => {
-                    (lag == 0 && at > clock.last_delivery) || silence >= IDLE_WITH_LAG_AFTER
-                }
-            };
+            let read_to_end = silence >= IDLE_WITH_LAG_AFTER
+                || match clock.lag {
+                    // Unknown: only a partition that has delivered nothing
+                    // may be taken for empty on silence alone.
+                    None => clock.newest_ms.is_none(),
+                    Some((lag, at)) => lag == 0 && at > clock.last_delivery,
+                };
             let idle = silent && read_to_end;
             let live_since = now_ms - LIVE_WITHIN.as_millis() as i64;
             let at = match (idle, clock.newest_ms) {
@@ -322,9 +324,26 @@ mod tests {
         c.report_lag(0, -1);
         assert_eq!(
             c.watermark(100_000),
-            Some(100_000),
-            "unknown lag: silence alone, as before"
+            Some(6_000),
+            "unknown lag after deliveries: silence alone is not enough"
         );
+    }
+
+    #[test]
+    fn only_a_partition_that_delivered_nothing_is_idle_on_silence_with_an_unknown_lag() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        // Partition 0 delivers; partition 1 waits behind it (or is empty),
+        // and no statistics have come yet.
+        c.observe(lease(0), Some(5_000), 100_000);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(
+            c.watermark(100_000),
+            Some(5_000),
+            "a selector stalled mid-backlog: partition 0 is not idle, partition 1 is"
+        );
+        c.report_lag(0, 0);
+        assert_eq!(c.watermark(100_000), Some(100_000));
     }
 
     #[test]
@@ -346,6 +365,7 @@ mod tests {
             "the pause does not count towards idleness"
         );
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        c.report_lag(0, 0);
         assert_eq!(
             c.watermark(20_000),
             Some(20_000),

@@ -167,12 +167,22 @@ impl ConsumerContext for SelectorContext {
 }
 
 /// Messages of a partition not yet handed to the selector, or -1 when
-/// unknown (nothing delivered yet, or no high watermark from the broker).
+/// unknown (no high watermark from the broker yet, or no idea where reading
+/// starts).
+///
+/// Before a partition's first message is handed over, reading starts at
+/// its committed offset or, with none, at its low watermark
+/// (`auto.offset.reset` = earliest). That case matters: librdkafka hands
+/// over one partition's prefetched backlog before the next one's, so a
+/// partition can wait behind its neighbour for as long as the neighbour's
+/// backlog takes, and must not look read to its end meanwhile.
 fn unread(p: &rdkafka::statistics::Partition) -> i64 {
-    if p.app_offset >= 0 && p.hi_offset >= 0 {
-        (p.hi_offset - p.app_offset).max(0)
-    } else {
-        -1
+    let start = [p.app_offset, p.committed_offset, p.lo_offset]
+        .into_iter()
+        .find(|o| *o >= 0);
+    match start {
+        Some(start) if p.hi_offset >= 0 => (p.hi_offset - start).max(0),
+        _ => -1,
     }
 }
 
@@ -660,4 +670,52 @@ fn dead_letter_producer(
         .set("message.timeout.ms", "10000")
         .create()?;
     Ok(Some((producer, topic)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unread;
+    use rdkafka::statistics::Partition;
+
+    /// librdkafka's "invalid offset".
+    const INVALID: i64 = -1001;
+
+    fn stats(lo: i64, hi: i64, committed: i64, app: i64) -> Partition {
+        Partition {
+            lo_offset: lo,
+            hi_offset: hi,
+            committed_offset: committed,
+            app_offset: app,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_partition_waiting_behind_its_neighbour_is_not_read_to_its_end() {
+        // As librdkafka reported a fresh group's second partition while it
+        // handed over the first one's backlog: fetched, nothing handed over.
+        assert_eq!(unread(&stats(0, 10_000, INVALID, INVALID)), 10_000);
+        assert_eq!(
+            unread(&stats(0, 10_000, 4_000, INVALID)),
+            6_000,
+            "from the committed offset"
+        );
+        assert_eq!(unread(&stats(0, 10_000, 4_000, 9_000)), 1_000);
+        assert_eq!(unread(&stats(0, 10_000, 4_000, 10_000)), 0);
+    }
+
+    #[test]
+    fn an_empty_partition_is_read_to_its_end_and_an_unknown_one_is_unknown() {
+        assert_eq!(unread(&stats(0, 0, INVALID, INVALID)), 0);
+        assert_eq!(
+            unread(&stats(INVALID, INVALID, INVALID, INVALID)),
+            -1,
+            "no high watermark yet"
+        );
+        assert_eq!(
+            unread(&stats(INVALID, 10, INVALID, INVALID)),
+            -1,
+            "nowhere to start from"
+        );
+    }
 }

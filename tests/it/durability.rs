@@ -432,6 +432,58 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
     assert_eq!(s.metric("tail_sampling_assigned_partitions").await, 4.0);
 }
 
+/// A crash loop as an operator runs one by hand: a producer writes 140
+/// traces while the selector, a static member with a 10 s session, is
+/// killed five times 1–6 s apart, each restart waiting for `/health/ready`.
+/// Every kept trace is stored once, and the group's committed offsets end
+/// at each partition's high watermark, never past it: no offset is
+/// committed for a message whose trace is not stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_restarted_on_readiness_commits_no_offset_past_a_stored_trace() {
+    let instance = format!("ready-loop-{}", uuid::Uuid::new_v4().simple());
+    let overrides: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([
+            ("TSS__KAFKA__GROUP_INSTANCE_ID", instance.as_str()),
+            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "10000"),
+        ])
+        .collect();
+    let mut s = Selector::start("ready-loop", &overrides).await;
+    let cases = Arc::new(workload(70_000_000, 140));
+    let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 8));
+    let mut rng = rand::rng();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..6_000))).await;
+        s.kill();
+        s.respawn();
+        s.wait_ready().await;
+    }
+    producing.await.expect("producer task");
+    let o = settle(&s, &cases, Duration::from_secs(120)).await;
+    report("ready-loop", &cases, &o, &replay_figures(&s.log()));
+    assert_nothing_lost(&s, &o);
+    // Every message is decided by now; the last commit follows within a second.
+    let group = format!("{}-group", s.topic);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let offsets = crate::harness::committed_and_high(&s.topic, &group, 4).await;
+        assert!(
+            offsets.iter().all(|(c, h)| c <= h),
+            "an offset committed past the high watermark: {offsets:?}"
+        );
+        if offsets.iter().all(|(c, h)| c == h) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the committed offsets stop short of the high watermarks: {offsets:?}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Two members of one group on a one-partition topic: the one that owns
 /// nothing says so in its gauge and, once that has lasted longer than the
 /// session timeout while the group has unread messages, in a warning.

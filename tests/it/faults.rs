@@ -679,15 +679,12 @@ async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
     });
     s.wait_ready().await;
     let total = (2 * TRACES) as f64;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while s.metric("tail_sampling_spans_exported_total").await < total {
-        assert!(
-            Instant::now() < deadline,
-            "not every span stored in time\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    s.wait_metric(
+        "tail_sampling_spans_exported_total",
+        total,
+        Duration::from_secs(300),
+    )
+    .await;
     pauses.join().expect("the pauses ran");
     // Late spans still in flight would land within a few flush intervals.
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -285,6 +285,20 @@ impl Selector {
             .collect()
     }
 
+    /// The selector's own series, histogram buckets left out, one per line:
+    /// what a failing wait prints beside the log.
+    pub async fn metrics_summary(&self) -> String {
+        let mut lines: Vec<String> = self
+            .metrics()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tail_sampling_") && !k.contains("_bucket"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         self.metrics().await.get(name).copied().unwrap_or(0.0)
     }
@@ -298,7 +312,11 @@ impl Selector {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{name} is {v}, expected >= {value}\n{}", self.log());
+                panic!(
+                    "{name} is {v}, expected >= {value}\n{}\n{}",
+                    self.metrics_summary().await,
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -1325,4 +1343,42 @@ async fn proxy(
             response
         }
     }
+}
+
+/// Each partition's committed offset for `group` (-1 when none) and its
+/// high watermark, as the broker reports them.
+pub async fn committed_and_high(topic: &str, group: &str, partitions: i32) -> Vec<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let (topic, group) = (topic.to_string(), group.to_string());
+    tokio::task::spawn_blocking(move || {
+        // Asks the coordinator without joining the group.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| {
+                let offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                };
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (offset, high)
+            })
+            .collect()
+    })
+    .await
+    .expect("offset reader")
 }
