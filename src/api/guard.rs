@@ -30,6 +30,9 @@ pub struct HostPolicy {
     /// Lower-cased entries of `server.allowed_hosts`: `name`, `name:port`,
     /// or `*` for any host.
     allowed: Vec<String>,
+    /// `admin_requests_refused_total`, by reason: `host`, `origin` or
+    /// `content_type`.
+    refused: Option<prometheus::IntCounterVec>,
 }
 
 impl HostPolicy {
@@ -39,7 +42,17 @@ impl HostPolicy {
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
+            refused: None,
         }
+    }
+
+    /// Counts refused requests in `counter`, labelled by reason.
+    pub fn counting_refusals(mut self, counter: prometheus::IntCounterVec) -> Self {
+        for reason in [HOST, ORIGIN, CONTENT_TYPE] {
+            counter.with_label_values(&[reason]);
+        }
+        self.refused = Some(counter);
+        self
     }
 
     /// Whether a `Host` value (`name[:port]`, `ip[:port]`, `[v6][:port]`)
@@ -73,14 +86,26 @@ fn origin_authority(origin: &str) -> Option<&str> {
     Some(rest.trim_end_matches('/'))
 }
 
-/// Why a request is refused, if it is.
-pub fn check(policy: &HostPolicy, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The reasons a request is refused, as the metric labels them.
+const HOST: &str = "host";
+const ORIGIN: &str = "origin";
+const CONTENT_TYPE: &str = "content_type";
+
+/// Why a request is refused, if it is: the reason's label and the answer.
+pub fn check(
+    policy: &HostPolicy,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), (&'static str, ApiError)> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if let Some(host) = host {
         if !policy.allows(host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("host {host:?} is not served here; add it to server.allowed_hosts"),
+            return Err((
+                HOST,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("host {host:?} is not served here; add it to server.allowed_hosts"),
+                ),
             ));
         }
     }
@@ -92,16 +117,22 @@ pub fn check(policy: &HostPolicy, method: &Method, headers: &HeaderMap) -> Resul
             (None, _) => false,
         };
         if !same {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("requests from origin {origin:?} are not served here"),
+            return Err((
+                ORIGIN,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("requests from origin {origin:?} are not served here"),
+                ),
             ));
         }
     }
     if [Method::POST, Method::PUT, Method::PATCH].contains(method) && !is_json(headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
+        return Err((
+            CONTENT_TYPE,
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ),
         ));
     }
     Ok(())
@@ -142,8 +173,12 @@ pub async fn cross_site(
 ) -> Response {
     let mut response = match check(&policy, req.method(), req.headers()) {
         Ok(()) => next.run(req).await,
-        Err(e) => {
+        Err((reason, e)) => {
+            if let Some(refused) = &policy.refused {
+                refused.with_label_values(&[reason]).inc();
+            }
             tracing::info!(
+                reason,
                 method = %req.method(),
                 path = %req.uri().path(),
                 host = ?req.headers().get(header::HOST),
@@ -188,7 +223,7 @@ mod tests {
     fn status(policy: &HostPolicy, method: Method, pairs: &[(&str, &str)]) -> u16 {
         match check(policy, &method, &headers(pairs)) {
             Ok(()) => 200,
-            Err(e) => e.status.as_u16(),
+            Err((_, e)) => e.status.as_u16(),
         }
     }
 

@@ -96,7 +96,10 @@ pub async fn run(
             force_rules,
         }),
         metrics: Some(metrics.clone()),
-        hosts: Arc::new(api::guard::HostPolicy::new(&settings.server.allowed_hosts)),
+        hosts: Arc::new(
+            api::guard::HostPolicy::new(&settings.server.allowed_hosts)
+                .counting_refusals(metrics.admin_requests_refused_total.clone()),
+        ),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
 

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub consumer_lag_messages: IntGaugeVec,
     pub replayed_spans_skipped_total: IntCounter,
     pub attributes_truncated_total: IntCounterVec,
+    pub admin_requests_refused_total: IntCounterVec,
     pub held_spans: IntGauge,
     pub held_bytes: IntGauge,
     pub watermark_lag_seconds: prometheus::Gauge,
@@ -177,6 +178,11 @@ impl Metrics {
                 "attributes_truncated_total",
                 "Stored attributes cut by storage.attribute_value_max_bytes (limit=value_bytes) or dropped past storage.attribute_max_count (limit=count)",
                 "limit",
+            )?,
+            admin_requests_refused_total: counter_vec(
+                "admin_requests_refused_total",
+                "Requests to the admin port refused as cross-site, by reason: host (Host not served, 403), origin (another site's Origin, 403) or content_type (a body that is not JSON, 415)",
+                "reason",
             )?,
             held_spans: gauge(
                 "held_spans",

@@ -99,6 +99,18 @@ async fn cross_site_requests_are_refused_and_change_nothing() {
         .expect("POST");
     assert_eq!(r.status().as_u16(), 403);
     assert_eq!(rule_count(&s).await, 0);
+    let m = s.metrics().await;
+    let refused = |reason: &str| {
+        m.get(&format!(
+            "tail_sampling_admin_requests_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(
+        (refused("content_type"), refused("host"), refused("origin")),
+        (Some(4.0), Some(2.0), Some(1.0)),
+        "every refusal counted by its reason"
+    );
 
     // The selector's own origin and plain API clients are served, with the
     // security headers on every answer.
