@@ -78,14 +78,10 @@ impl RuleStore {
         self.redis.key(format_args!("{RULE_KEYS}{id}"))
     }
 
-    /// Stores a new rule, unless `max_rules` are live already (two creates
-    /// racing may pass the check together; the instances then evaluate the
-    /// `max_rules` of highest priority).
+    /// Stores a new rule, unless `max_rules` are live already. The count and
+    /// the write are one Redis script, so creates racing on any number of
+    /// instances never pass the limit together.
     pub async fn create(&self, spec: RuleSpec) -> Result<StoredRule, StoreError> {
-        let live = self.list().await?.len();
-        if live >= self.max_rules {
-            return Err(StoreError::TooMany { live });
-        }
         let created_at = now_ms();
         let rule = StoredRule {
             id: uuid::Uuid::now_v7().to_string(),
@@ -98,19 +94,22 @@ impl RuleStore {
             source,
         })?;
         let mut c = self.conn().await?;
-        let _: () = redis::pipe()
-            .set_ex(
-                self.rule_key(&rule.id),
-                json,
-                rule.spec.duration_secs as u64,
-            )
-            .ignore()
-            .sadd(self.redis.key(INDEX_KEY), &rule.id)
-            .ignore()
-            .publish(self.redis.key(CHANNEL), &rule.id)
-            .ignore()
-            .query_async(&mut c)
+        let live: i64 = create_script()
+            .key(self.redis.key(INDEX_KEY))
+            .key(self.rule_key(&rule.id))
+            .arg(self.rule_key(""))
+            .arg(self.max_rules)
+            .arg(json)
+            .arg(rule.spec.duration_secs)
+            .arg(&rule.id)
+            .arg(self.redis.key(CHANNEL))
+            .invoke_async(&mut c)
             .await?;
+        if live >= 0 {
+            return Err(StoreError::TooMany {
+                live: live as usize,
+            });
+        }
         Ok(rule)
     }
 
@@ -177,6 +176,36 @@ impl RuleStore {
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
     }
+}
+
+/// Counts the live rules of the index (dropping the ids of expired ones)
+/// and, below the limit, stores the rule, indexes it and announces it.
+/// Returns -1 when stored, else the live count. KEYS: the index, the new
+/// rule's key; ARGV: the rule-key prefix, the limit, the JSON, the lifetime
+/// in seconds, the id, the change channel.
+fn create_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local live = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+    live = live + 1
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+if live >= tonumber(ARGV[2]) then
+  return live
+end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+return -1
+",
+        )
+    })
 }
 
 fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {

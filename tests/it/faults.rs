@@ -755,28 +755,39 @@ fn many_spans(seed: u64, first: u64, count: u64, service: &str, error: bool) -> 
     request(vec![ResourceDef::new(service, spans)]).encode_to_vec()
 }
 
-/// What input can make the selector hold, each with a clear answer: a
-/// trace of 30,000 spans looked up and searched under a row cap of 500
-/// (both marked truncated), 100,000 distinct span names under
-/// `metrics.max_series` = 1,000 (the series stop at the limit, the rest
-/// count as overflow), and force rules past `rules.max_rules` (409).
+/// What input can make the selector hold, each with a clear answer and a
+/// bounded resident set: a trace of 1,000,000 spans looked up and searched
+/// under a row cap of 500 (both marked truncated), 100,000 distinct span
+/// names under `metrics.max_series` = 1,000 (the series stop at the limit,
+/// the rest count as overflow), and 10,000 force-rule creates against
+/// `rules.max_rules` = 1,000 (the rest get 409).
 #[tokio::test(flavor = "multi_thread")]
 async fn input_that_grows_memory_gets_capped_answers() {
-    const HUGE: u64 = 30_000;
+    use futures::StreamExt;
+    const HUGE: u64 = 1_000_000;
     const NAMES: u64 = 100_000;
+    const RULES: usize = 10_000;
+    const MAX_RULES: usize = 1_000;
     const SEED: u64 = 900_000_000;
+    const BUFFER_BYTES: u64 = 128 << 20;
+    const POOL_BYTES: u64 = 256 << 20;
     let prefix = unique_prefix("grows");
+    let (buffer, pool) = (BUFFER_BYTES.to_string(), POOL_BYTES.to_string());
+    let max_rules = MAX_RULES.to_string();
     let s = Selector::start(
         "grows",
         &[
             ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
             ("TSS__QUERY__MAX_ROWS", "500"),
+            ("TSS__QUERY__MAX_MEMORY_BYTES", pool.as_str()),
             ("TSS__METRICS__MAX_SERIES", "1000"),
-            ("TSS__RULES__MAX_RULES", "50"),
+            ("TSS__RULES__MAX_RULES", max_rules.as_str()),
             ("TSS__SAMPLING__MAX_SPANS_PER_TRACE", "50000"),
+            ("TSS__BUFFER__MAX_BUFFERED_BYTES", buffer.as_str()),
         ],
     )
     .await;
+    let ready_kib = crate::harness::rss_kib(s.pid());
     let producer = crate::harness::producer();
     let key = hex::encode(crate::harness::random_trace_id(SEED));
     for part in 0..HUGE / 10_000 {
@@ -787,11 +798,12 @@ async fn input_that_grows_memory_gets_capped_answers() {
         let payload = many_spans(SEED + 1, part * 10_000, 10_000, "names", false);
         crate::harness::send(&producer, &s.topic, &format!("n{part}"), &payload).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while s.metric("tail_sampling_spans_exported_total").await < HUGE as f64 {
-        assert!(Instant::now() < deadline, "not stored in time\n{}", s.log());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    s.wait_metric(
+        "tail_sampling_spans_exported_total",
+        HUGE as f64,
+        Duration::from_secs(600),
+    )
+    .await;
 
     let (status, trace) = s.get(&format!("/admin/traces/{key}")).await;
     assert_eq!(status, 200, "{trace}");
@@ -832,27 +844,55 @@ async fn input_that_grows_memory_gets_capped_answers() {
 
     // ... and force rules stop at rules.max_rules.
     let http = reqwest::Client::new();
-    let rule = json!({
-        "duration_secs": 600,
-        "action": "force_keep",
-        "match": {"span": [{"key": "name", "op": "eq", "value": "never"}]}
-    });
     let url = format!("http://{}/admin/force-rules", s.admin);
-    for n in 0..=50 {
-        let r = http.post(&url).json(&rule).send().await.expect("POST");
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.expect("json");
-        if n < 50 {
-            assert_eq!(status, 201, "rule {n}: {body}");
-        } else {
-            assert_eq!(status, 409, "{body}");
-            assert!(
-                body["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("rules.max_rules")),
-                "{body}"
-            );
-        }
-    }
-    assert_eq!(rule_count(&s).await, 50);
+    let statuses: Vec<(u16, Value)> = futures::stream::iter(0..RULES)
+        .map(|n| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let rule = json!({
+                    "duration_secs": 600,
+                    "action": "force_keep",
+                    "match": {"span": [{"key": "name", "op": "eq", "value": format!("never-{n}")}]}
+                });
+                let r = http.post(&url).json(&rule).send().await.expect("POST");
+                let status = r.status().as_u16();
+                (status, r.json().await.expect("json"))
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let created = statuses.iter().filter(|(st, _)| *st == 201).count();
+    let refused: Vec<&Value> = statuses
+        .iter()
+        .filter(|(st, _)| *st == 409)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        (created, refused.len()),
+        (MAX_RULES, RULES - MAX_RULES),
+        "every create answered 201 or 409"
+    );
+    assert!(
+        refused.iter().all(|body| body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rules.max_rules"))),
+        "{:?}",
+        refused.first()
+    );
+    assert_eq!(rule_count(&s).await, MAX_RULES);
+
+    // Bounded: what the process held over its whole run stays within the
+    // buffer's byte budget, the query pool and a margin for the runtime,
+    // the Parquet writer's buffers and the allocator.
+    let peak_kib = crate::harness::peak_rss_kib(s.pid());
+    let bound_kib = ready_kib + (BUFFER_BYTES + POOL_BYTES) / 1024 + 512 * 1024;
+    println!(
+        "grows: spans={HUGE} names={NAMES} rule_creates={RULES} ready_kib={ready_kib} peak_kib={peak_kib} bound_kib={bound_kib}"
+    );
+    assert!(
+        peak_kib <= bound_kib,
+        "peak RSS {peak_kib} KiB past {bound_kib} KiB\n{}",
+        s.metrics_summary().await
+    );
 }
