@@ -9,8 +9,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
     #[error("redis.{key}: reading `{path}`: {source}")]
@@ -28,6 +26,8 @@ pub enum RedisSetupError {
 pub struct LazyRedis {
     client: redis::Client,
     prefix: String,
+    /// `redis.timeout_ms`: connecting, and each command's answer.
+    timeout: Duration,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
 }
 
@@ -71,6 +71,7 @@ impl LazyRedis {
         Ok(Self {
             client,
             prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout_ms.duration(),
             conn: tokio::sync::Mutex::new(None),
         })
     }
@@ -98,11 +99,11 @@ impl LazyRedis {
             return Ok(c.clone());
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
         let c = tokio::time::timeout(
-            REDIS_TIMEOUT * 2,
+            self.timeout * 2,
             self.client.get_connection_manager_with_config(config),
         )
         .await

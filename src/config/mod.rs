@@ -519,10 +519,17 @@ pub struct RedisConfig {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub tls_key_location: Option<String>,
+    /// Longest a Redis call may take (connecting, or one command's answer):
+    /// a stalled Redis holds a decision batch at most this long, then
+    /// traces are decided locally.
+    pub timeout_ms: Milliseconds,
 }
 
 impl RedisConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_ms.duration().is_zero() {
+            return Err(invalid("redis.timeout_ms", "must be positive"));
+        }
         let tls = self.url.starts_with("rediss://");
         if !tls && !self.url.starts_with("redis://") && !self.url.starts_with("unix://") {
             return Err(invalid(
@@ -564,6 +571,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("tls_ca_location", &self.tls_ca_location)
             .field("tls_certificate_location", &self.tls_certificate_location)
             .field("tls_key_location", &self.tls_key_location)
+            .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
 }
