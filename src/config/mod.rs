@@ -633,6 +633,11 @@ pub struct StorageConfig {
     /// the writer holds is bounded whatever the spans expand to.
     pub flush_max_bytes: usize,
     pub flush_interval_secs: Seconds,
+    /// Longest a flush may spend reading back stored spans (the replay
+    /// check) and writing its data files to object storage: a hung S3 then
+    /// fails the attempt, which is retried, instead of stopping every
+    /// flush. Files of a failed attempt are left to orphan cleanup.
+    pub write_timeout_secs: Seconds,
     /// Longest stored attribute value, in bytes (OpenTelemetry's
     /// `AttributeValueLengthLimit`); longer values are cut on a character
     /// boundary and the row marked `tss.truncated`.
@@ -1024,6 +1029,9 @@ impl StorageConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.flush_max_rows == 0 {
             return Err(invalid("storage.flush_max_rows", "must be at least 1"));
+        }
+        if self.write_timeout_secs.duration().is_zero() {
+            return Err(invalid("storage.write_timeout_secs", "must be positive"));
         }
         if !(1 << 20..=1 << 30).contains(&self.flush_max_bytes) {
             return Err(invalid(

@@ -23,6 +23,9 @@ pub enum StorageError {
     /// past one of its messages: the batch is checked again.
     #[error("the table moved past the batch's offsets: {0}")]
     Overlap(String),
+    /// Object storage did not finish in time; nothing was committed.
+    #[error("{0} took longer than {1:.0} s (storage.write_timeout_secs)")]
+    Timeout(&'static str, f64),
 }
 
 use tokio::sync::mpsc;
@@ -47,6 +50,7 @@ pub fn start(
             flush_max_rows: cfg.flush_max_rows,
             flush_max_bytes: cfg.flush_max_bytes,
             flush_interval: cfg.flush_interval_secs.duration(),
+            write_timeout: cfg.write_timeout_secs.duration(),
             limits: cfg.attribute_limits(),
             layout: cfg.parquet_layout(),
         },

@@ -41,6 +41,8 @@ pub struct WriterConfig {
     /// Most bytes of Arrow rows built at a time (`storage.flush_max_bytes`).
     pub flush_max_bytes: usize,
     pub flush_interval: Duration,
+    /// Longest the replay check's reads and the data-file writes may take.
+    pub write_timeout: Duration,
     /// Caps on what each row stores.
     pub limits: AttributeLimits,
     /// Row groups and the `trace_id` bloom filter of every file written.
@@ -204,7 +206,12 @@ impl IcebergWriter {
             .iter()
             .filter(|t| replay::is_replayed(t, &foreign_high) || self.suspect.contains(&t.trace_id))
             .collect();
-        let stored = replay::stored_spans(&table, &replayed).await?;
+        let stored = self
+            .bounded(
+                "reading stored spans back",
+                replay::stored_spans(&table, &replayed),
+            )
+            .await??;
 
         let arrow_schema = Arc::new(schema_to_arrow_schema(table.metadata().current_schema())?);
         let mut chunks = RowChunks::new(
@@ -219,18 +226,22 @@ impl IcebergWriter {
         let chunk_stream = futures::stream::iter((&mut chunks).map(|chunk| {
             chunk.map_err(|e| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()))
         }));
-        let files = write_batches(
-            &table,
-            chunk_stream,
-            &self.cfg.layout,
-            FLUSH_FILE_TARGET_BYTES,
-        )
-        .await;
+        let files = self
+            .bounded(
+                "writing data files",
+                write_batches(
+                    &table,
+                    chunk_stream,
+                    &self.cfg.layout,
+                    FLUSH_FILE_TARGET_BYTES,
+                ),
+            )
+            .await;
         self.ctx
             .acks
             .building_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        let files = files?;
+        let files = files??;
         let written = writing.elapsed();
         let stats = chunks.stats();
         drop(chunks);
@@ -280,6 +291,17 @@ impl IcebergWriter {
             "committed batch"
         );
         Ok(())
+    }
+
+    /// `f`, failed with [`StorageError::Timeout`] after `write_timeout`.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, StorageError> {
+        tokio::time::timeout(self.cfg.write_timeout, f)
+            .await
+            .map_err(|_| StorageError::Timeout(what, self.cfg.write_timeout.as_secs_f64()))
     }
 
     /// Appends `files` on `table`, the exact base the batch was checked

@@ -575,10 +575,47 @@ async fn a_member_leaving_the_group_hands_over_its_partitions() {
 }
 
 /// A TCP relay in front of the S3 server that can refuse every connection,
-/// as an unreachable S3 endpoint does.
+/// as an unreachable S3 endpoint does, or stop answering writes: a request
+/// that starts with `PUT` or `POST` is held, unanswered, while writes hang.
 struct Relay {
     port: u16,
     down: Arc<AtomicBool>,
+    writes_hang: Arc<AtomicBool>,
+}
+
+/// Resolves once `flag` is set.
+async fn until_set(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Forwards one connection's requests, holding the first request that
+/// starts while writes hang until they answer again (then the connection
+/// is cut, as a server that gave up would).
+async fn forward_requests(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    writes_hang: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let write = buf[..n].starts_with(b"PUT ") || buf[..n].starts_with(b"POST ");
+        if write && writes_hang.load(Ordering::SeqCst) {
+            while writes_hang.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Relay {
@@ -588,66 +625,131 @@ impl Relay {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let down = Arc::new(AtomicBool::new(false));
-        let flag = down.clone();
+        let writes_hang = Arc::new(AtomicBool::new(false));
+        let (flag, hang) = (down.clone(), writes_hang.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let flag = flag.clone();
+                let (flag, hang) = (flag.clone(), hang.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
                         return;
                     };
+                    let (in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, out_write) = outbound.into_split();
                     // Cut established connections too when the relay goes down.
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = async {
-                            while !flag.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        } => {}
+                        _ = forward_requests(in_read, out_write, hang) => {}
+                        _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
+                        _ = until_set(&flag) => {}
                     }
                 });
             }
         });
-        Relay { port, down }
+        Relay {
+            port,
+            down,
+            writes_hang,
+        }
     }
 
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
+
+    fn set_writes_hang(&self, hang: bool) {
+        self.writes_hang.store(hang, Ordering::SeqCst);
+    }
+}
+
+/// A selector on a SQLite catalog whose warehouse is on S3 behind `relay`.
+fn s3_behind_relay(
+    s3: &crate::harness::Seaweed,
+    relay: &Relay,
+    name: &str,
+) -> Vec<(&'static str, String)> {
+    let bucket = format!("tss-{name}-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket(&bucket);
+    vec![
+        (
+            "TSS__STORAGE__ICEBERG__WAREHOUSE",
+            format!("s3://{bucket}/warehouse"),
+        ),
+        (
+            "TSS__STORAGE__ICEBERG__S3_ENDPOINT",
+            format!("http://127.0.0.1:{}", relay.port),
+        ),
+        (
+            "TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID",
+            s3.access_key.clone(),
+        ),
+        (
+            "TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY",
+            s3.secret_key.clone(),
+        ),
+    ]
+}
+
+/// An object store that stops answering writes (connections accepted,
+/// `PUT`s never answered) for 15 s while traffic flows: each flush attempt
+/// fails after `storage.write_timeout_secs` (3 s here) instead of waiting
+/// for S3 forever, is retried, and once S3 answers again every kept trace
+/// is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_object_store_fails_each_flush_in_time_and_loses_nothing() {
+    let s3 = crate::harness::Seaweed::from_env();
+    let relay = Relay::start(s3.port()).await;
+    let storage = s3_behind_relay(&s3, &relay, "hung-s3");
+    let overrides: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain(storage.iter().map(|(k, v)| (*k, v.as_str())))
+        .chain([("TSS__STORAGE__WRITE_TIMEOUT_SECS", "3")])
+        .collect();
+    let s = Selector::start("hung-s3", &overrides).await;
+    let cases = Arc::new(workload(45_000_000, 600));
+    let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 40));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    relay.set_writes_hang(true);
+    let hung = Instant::now();
+    let mut timed_out = false;
+    while hung.elapsed() < Duration::from_secs(15) {
+        timed_out |= s
+            .log()
+            .contains("writing data files took longer than 3 s (storage.write_timeout_secs)");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    relay.set_writes_hang(false);
+    assert!(
+        timed_out,
+        "no flush gave up on the hung object store within 15 s\n{}",
+        s.log()
+    );
+    producing.await.expect("producer task");
+    let o = settle(&s, &cases, Duration::from_secs(120)).await;
+    report("hung-s3", &cases, &o, "writes_hung_secs=15");
+    assert_nothing_lost(&s, &o);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_outage_pauses_consumption_and_loses_nothing() {
     let s3 = crate::harness::Seaweed::from_env();
     let relay = Relay::start(s3.port()).await;
-    let bucket = format!("tss-outage-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket(&bucket);
-    let warehouse = format!("s3://{bucket}/warehouse");
-    let endpoint = format!("http://127.0.0.1:{}", relay.port);
+    let storage = s3_behind_relay(&s3, &relay, "outage");
     const LIMIT: f64 = 600.0;
     let overrides: Vec<(&str, &str)> = FAST
         .iter()
         .copied()
+        .chain(storage.iter().map(|(k, v)| (*k, v.as_str())))
         .chain([
-            ("TSS__STORAGE__ICEBERG__WAREHOUSE", warehouse.as_str()),
-            ("TSS__STORAGE__ICEBERG__S3_ENDPOINT", endpoint.as_str()),
-            (
-                "TSS__STORAGE__ICEBERG__S3_ACCESS_KEY_ID",
-                s3.access_key.as_str(),
-            ),
-            (
-                "TSS__STORAGE__ICEBERG__S3_SECRET_ACCESS_KEY",
-                s3.secret_key.as_str(),
-            ),
             ("TSS__BUFFER__MAX_BUFFERED_SPANS", "600"),
             ("TSS__SAMPLING__MAX_SPANS_PER_TRACE", "500"),
         ])
