@@ -116,6 +116,10 @@ pub struct KafkaConfig {
     /// librdkafka's `session.timeout.ms`: how soon a crashed member's
     /// partitions go to the others.
     pub session_timeout_ms: u64,
+    /// Longest the startup connection check and topic creation may take
+    /// each, so an unreachable or hung broker fails startup with a clear
+    /// error instead of waiting (startup then retries).
+    pub admin_timeout_ms: Milliseconds,
     /// Static membership (KIP-345, librdkafka's `group.instance.id`): a member
     /// that restarts with the same id takes its partitions back at once
     /// instead of waiting for the dead incarnation's session to time out.
@@ -291,6 +295,9 @@ impl KafkaConfig {
         if self.commit_interval_ms.duration().is_zero() {
             return Err(invalid("kafka.commit_interval_ms", "must be positive"));
         }
+        if self.admin_timeout_ms.duration().is_zero() {
+            return Err(invalid("kafka.admin_timeout_ms", "must be positive"));
+        }
         if !(1000..=3_600_000).contains(&self.session_timeout_ms) {
             return Err(invalid(
                 "kafka.session_timeout_ms",
@@ -398,6 +405,7 @@ impl std::fmt::Debug for KafkaConfig {
                 &self.partition_assignment_strategy,
             )
             .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("admin_timeout_ms", &self.admin_timeout_ms)
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)

@@ -68,7 +68,8 @@ impl IngestError {
 /// ends the call with [`IngestError::Security`], which retrying can't fix.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), IngestError> {
     let probe_cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || client::handshake(&probe_cfg, Duration::from_secs(10)))
+    let timeout = cfg.admin_timeout_ms.duration();
+    tokio::task::spawn_blocking(move || client::handshake(&probe_cfg, timeout))
         .await
         .map_err(|e| IngestError::Unreachable(e.to_string()))??;
     let admin: AdminClient<DefaultClientContext> = client::client_config(cfg).create()?;
@@ -77,8 +78,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Ing
         .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin.create_topics(&new_topics, &opts).await?;
     for r in results {
         match r {
