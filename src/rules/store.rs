@@ -239,11 +239,15 @@ impl LiveRules {
         if old.same_rules(rules.iter().map(|r| (r.id.as_str(), r.expires_at))) {
             return;
         }
+        let carried = old.by_id();
         let compiled = rules
             .into_iter()
             .filter_map(|r| {
-                if let Some(rule) = old.get(&r.id).filter(|c| c.expires_at == r.expires_at) {
-                    return Some(rule.clone());
+                if let Some(rule) = carried
+                    .get(r.id.as_str())
+                    .filter(|c| c.expires_at == r.expires_at)
+                {
+                    return Some(Arc::clone(rule));
                 }
                 let id = Arc::from(r.id.as_str());
                 match r

@@ -174,10 +174,33 @@ const FAST: &[(&str, &str)] = &[
 /// JoinGroup and SyncGroup without counting them as contact, so a session
 /// shorter than both would evict a member that is still joining.
 fn static_member(instance: &str) -> [(&str, &str); 2] {
+    static_member_with_session(instance, "45000")
+}
+
+/// [`static_member`] with another session timeout, in milliseconds.
+fn static_member_with_session<'a>(
+    instance: &'a str,
+    session_ms: &'a str,
+) -> [(&'a str, &'a str); 2] {
     [
         ("TSS__KAFKA__GROUP_INSTANCE_ID", instance),
-        ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
+        ("TSS__KAFKA__SESSION_TIMEOUT_MS", session_ms),
     ]
+}
+
+/// SIGKILLs `s` five times, 1–6 s apart, restarting it at once each time;
+/// with `wait_ready`, each restart waits for `/health/ready` as an
+/// operator would, else for nothing, as a crash loop's supervisor does.
+async fn crash_loop(s: &mut Selector, wait_ready: bool) {
+    let mut rng = rand::rng();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..6_000))).await;
+        s.kill();
+        s.respawn();
+        if wait_ready {
+            s.wait_ready().await;
+        }
+    }
 }
 
 /// Produces 2,000 traces while stopping the selector at 5 random moments,
@@ -401,12 +424,7 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
     .await;
     let cases = Arc::new(workload(60_000_000, 1_500));
     let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 40));
-    let mut rng = rand::rng();
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..6_000))).await;
-        s.kill();
-        s.respawn();
-    }
+    crash_loop(&mut s, false).await;
     s.wait_ready().await;
     let back = Instant::now();
     s.wait_metric(
@@ -444,21 +462,12 @@ async fn a_crash_loop_restarted_on_readiness_commits_no_offset_past_a_stored_tra
     let overrides: Vec<(&str, &str)> = FAST
         .iter()
         .copied()
-        .chain([
-            ("TSS__KAFKA__GROUP_INSTANCE_ID", instance.as_str()),
-            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "10000"),
-        ])
+        .chain(static_member_with_session(&instance, "10000"))
         .collect();
     let mut s = Selector::start("ready-loop", &overrides).await;
     let cases = Arc::new(workload(70_000_000, 140));
     let producing = tokio::spawn(produce(s.topic.clone(), cases.clone(), 8));
-    let mut rng = rand::rng();
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..6_000))).await;
-        s.kill();
-        s.respawn();
-        s.wait_ready().await;
-    }
+    crash_loop(&mut s, true).await;
     producing.await.expect("producer task");
     let o = settle(&s, &cases, Duration::from_secs(120)).await;
     report("ready-loop", &cases, &o, &replay_figures(&s.log()));
