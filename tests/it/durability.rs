@@ -174,17 +174,9 @@ const FAST: &[(&str, &str)] = &[
 /// JoinGroup and SyncGroup without counting them as contact, so a session
 /// shorter than both would evict a member that is still joining.
 fn static_member(instance: &str) -> [(&str, &str); 2] {
-    static_member_with_session(instance, "45000")
-}
-
-/// [`static_member`] with another session timeout, in milliseconds.
-fn static_member_with_session<'a>(
-    instance: &'a str,
-    session_ms: &'a str,
-) -> [(&'a str, &'a str); 2] {
     [
         ("TSS__KAFKA__GROUP_INSTANCE_ID", instance),
-        ("TSS__KAFKA__SESSION_TIMEOUT_MS", session_ms),
+        ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
     ]
 }
 
@@ -451,8 +443,12 @@ async fn a_crash_loop_with_static_membership_ends_with_every_partition_owned() {
 }
 
 /// A crash loop as an operator runs one by hand: a producer writes 140
-/// traces while the selector, a static member with a 10 s session, is
-/// killed five times 1–6 s apart, each restart waiting for `/health/ready`.
+/// traces while the selector, a static member, is killed five times 1–6 s
+/// apart, each restart waiting for `/health/ready`. (With a 10 s session,
+/// Tansu 0.6 can evict the static member while it joins under load and
+/// leave the group in a rebalance that never ends, as [`static_member`]
+/// says: the messages stay unread, and the member warns that it owns
+/// nothing; Apache Kafka has no such flaw.)
 /// Every kept trace is stored once, and the group's committed offsets end
 /// at each partition's high watermark, never past it: no offset is
 /// committed for a message whose trace is not stored.
@@ -462,7 +458,7 @@ async fn a_crash_loop_restarted_on_readiness_commits_no_offset_past_a_stored_tra
     let overrides: Vec<(&str, &str)> = FAST
         .iter()
         .copied()
-        .chain(static_member_with_session(&instance, "10000"))
+        .chain(static_member(&instance))
         .collect();
     let mut s = Selector::start("ready-loop", &overrides).await;
     let cases = Arc::new(workload(70_000_000, 140));
