@@ -63,7 +63,7 @@ log "waiting until every kept trace is visible in SQL"
 for i in $(seq 1 120); do
   kept=$(metric 'tail_sampling_traces_sampled_total{reason="error"}')
   dropped=$(metric tail_sampling_traces_dropped_total)
-  exported=$(metric tail_sampling_spans_exported_total)
+  exported=$(metric 'tail_sampling_spans_exported_total{sink="iceberg"}')
   if [ "${kept:-0}" -ge 4 ] && [ "${dropped:-0}" -ge 6 ]; then
     visible=$(query "SELECT count(DISTINCT trace_id), count(*) FROM spans" \
       | python3 -c 'import json,sys; r=json.load(sys.stdin)["rows"][0]; print(r[0], r[1])' 2>/dev/null || echo "0 0")
@@ -86,6 +86,6 @@ for row in r["rows"]:
 print("(%d rows, %d ms)" % (r["row_count"], r["elapsed_ms"]))'
 
 log "metrics:"
-curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total|iceberg_commits_total) '
+curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total\{sink="iceberg"\}|iceberg_commits_total) '
 log "the web UI: open http://$ADMIN/ to search the kept traces and see their waterfalls"
 log "the selector keeps running (log: $RUN_DIR/selector.log); stop everything with scripts/stack.sh down"

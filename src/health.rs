@@ -12,6 +12,15 @@ pub enum ComponentStatus {
     Unknown,
     Ok,
     Down { reason: String },
+    /// Turned off in the configuration (the catalog when `storage.enabled`
+    /// is false): never a reason to be unready.
+    Off,
+}
+
+impl ComponentStatus {
+    fn usable(&self) -> bool {
+        matches!(self, ComponentStatus::Ok | ComponentStatus::Off)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +43,14 @@ pub struct HealthReport {
     /// Down once a pipeline stage died: the process is draining and exits
     /// non-zero, and `/health/live` answers 503.
     pub stages: ComponentStatus,
+    /// Where kept traces go besides the table: `sampled_topic` and each
+    /// forwarder (`otlp/<name>`). A sink that is down makes the selector
+    /// degraded, not unready: its backlog waits in Kafka.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sinks: std::collections::BTreeMap<String, ComponentStatus>,
+    /// True while a sink or maintenance is down: the selector keeps its
+    /// promise, but something it serves is behind.
+    pub degraded: bool,
 }
 
 #[derive(Debug)]
@@ -46,6 +63,7 @@ struct State {
     catching_up: Option<String>,
     maintenance: ComponentStatus,
     dead_stage: Option<String>,
+    sinks: std::collections::BTreeMap<String, ComponentStatus>,
 }
 
 /// Cheap to clone; all clones share one state.
@@ -66,6 +84,7 @@ impl Default for Health {
                 catching_up: None,
                 maintenance: ComponentStatus::Unknown,
                 dead_stage: None,
+                sinks: Default::default(),
             })),
         }
     }
@@ -111,6 +130,16 @@ impl Health {
         self.state.write().catching_up = detail;
     }
 
+    /// How a sink (`sampled_topic`, `otlp/<name>`) is doing.
+    pub fn set_sink(&self, sink: &str, r: Result<(), String>) {
+        self.state.write().sinks.insert(sink.to_string(), status(r));
+    }
+
+    /// The table is turned off: the catalog is not needed.
+    pub fn set_catalog_off(&self) {
+        self.state.write().catalog = ComponentStatus::Off;
+    }
+
     /// A pipeline stage died: the first cause is kept.
     pub fn set_stage_dead(&self, cause: String) {
         self.state.write().dead_stage.get_or_insert(cause);
@@ -149,7 +178,9 @@ impl Health {
             &stages,
         ]
         .iter()
-        .all(|c| **c == ComponentStatus::Ok);
+        .all(|c| c.usable());
+        let degraded = !s.maintenance.usable() && s.maintenance != ComponentStatus::Unknown
+            || s.sinks.values().any(|c| !c.usable());
         HealthReport {
             ready,
             kafka: s.kafka.clone(),
@@ -160,6 +191,8 @@ impl Health {
             catching_up: s.catching_up.clone(),
             maintenance: s.maintenance.clone(),
             stages,
+            sinks: s.sinks.clone(),
+            degraded,
         }
     }
 
@@ -179,7 +212,7 @@ impl Health {
         ]
         .into_iter()
         .filter_map(|(name, c)| match c {
-            ComponentStatus::Ok => None,
+            ComponentStatus::Ok | ComponentStatus::Off => None,
             ComponentStatus::Unknown => Some(format!("{name}: not checked yet")),
             ComponentStatus::Down { reason } => Some(format!("{name}: {reason}")),
         })
@@ -220,6 +253,15 @@ mod tests {
             h.report().maintenance,
             ComponentStatus::Down { .. }
         ));
+        assert!(h.report().degraded);
+        h.set_maintenance(Ok(()));
+        h.set_sink("otlp/tempo", Err("HTTP 503".into()));
+        assert!(h.ready().is_ok(), "a sink that is down never makes it unready");
+        assert!(h.report().degraded);
+        h.set_sink("otlp/tempo", Ok(()));
+        assert!(!h.report().degraded);
+        h.set_catalog_off();
+        assert!(h.ready().is_ok(), "a catalog turned off is not needed");
         assert!(h.live().is_ok());
         h.set_stage_dead("storage writer panicked: boom".into());
         h.set_stage_dead("a later cause".into());

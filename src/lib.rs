@@ -13,6 +13,7 @@
 pub mod ack;
 pub mod config;
 pub mod health;
+pub mod kafka_client;
 pub mod matching;
 pub mod metrics;
 pub mod model;
@@ -24,7 +25,9 @@ pub mod table;
 // The stages.
 pub mod decide;
 pub mod ingest;
+pub mod forward;
 pub mod maintenance;
+pub mod publish;
 pub mod query;
 pub mod rules;
 pub mod storage;
@@ -50,6 +53,7 @@ mod layering {
         "ack",
         "config",
         "health",
+        "kafka_client",
         "matching",
         "metrics",
         "model",
@@ -60,8 +64,10 @@ mod layering {
     ];
     const STAGES: &[&str] = &[
         "decide",
+        "forward",
         "ingest",
         "maintenance",
+        "publish",
         "query",
         "rules",
         "storage",

@@ -34,6 +34,9 @@ enum Command {
     /// Run table maintenance (compaction) once, print what it did and exit;
     /// the service must not be told to: it runs maintenance on its schedule.
     Maintenance,
+    /// Run only the `[[forward]]` entries: read the sampled topic and send
+    /// it on to the OTLP backends, until SIGTERM.
+    Forward,
 }
 
 fn init_logging(format: &str) {
@@ -71,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         on_signal.cancel();
     });
+    if let Some(Command::Forward) = args.command {
+        app::forward_only(settings, shutdown).await?;
+        return Ok(());
+    }
     app::run(settings, args.config, shutdown).await?;
     Ok(())
 }

@@ -257,3 +257,27 @@ fn mix(mut z: u64) -> u64 {
 pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
     (trace_hash(trace_id).rotate_left(17) % shards as u64) as usize
 }
+
+/// Where a sink hands a kept trace once it holds it safely: the next sink
+/// of the chain, or, after the last one, the acknowledgements, which lets
+/// the trace's Kafka messages commit. A trace that never gets here (a
+/// sink that failed or stopped) stays uncommitted and is read again.
+#[derive(Debug, Clone)]
+pub enum Onward {
+    Next(tokio::sync::mpsc::UnboundedSender<KeptTrace>),
+    Release(crate::ack::Acks),
+}
+
+impl Onward {
+    pub fn pass(&self, kept: KeptTrace) {
+        match self {
+            // A closed channel means the next sink is gone: the trace is
+            // dropped unreleased, so its messages are read again.
+            Onward::Next(tx) => drop(tx.send(kept)),
+            Onward::Release(acks) => {
+                acks.tracker.release(&kept.msgs);
+                acks.held.release(kept.spans.len());
+            }
+        }
+    }
+}

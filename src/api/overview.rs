@@ -106,8 +106,15 @@ pub fn overview(m: &Metrics) -> Value {
         "iceberg": {
             "commits_total": m.iceberg_commits_total.get(),
             "commit_failures_total": m.iceberg_commit_failures_total.get(),
-            "spans_written_total": m.spans_exported_total.get(),
+            "spans_written_total": m.spans_exported_total.with_label_values(&["iceberg"]).get(),
             "commit_duration": histogram(&m.iceberg_commit_duration_seconds),
+        },
+        "sinks": {
+            "exported_spans_by_sink": by_label(&m.spans_exported_total, "sink"),
+            "failures_by_sink": by_label(&m.sinks.export_failures_total, "sink"),
+            "retries_by_sink": by_label(&m.sinks.export_retries_total, "sink"),
+            "lag_messages_by_sink": by_label(&m.sinks.forward_lag_messages, "sink"),
+            "lag_seconds_by_sink": by_label(&m.sinks.forward_lag_seconds, "sink"),
         },
     })
 }

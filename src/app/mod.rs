@@ -20,6 +20,7 @@ use crate::api::sampling::SamplingApi;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::decide::policy::PolicySet;
+use crate::forward::{self, ForwardContext, Forwarders};
 use crate::health::Health;
 use crate::ingest::{self, IngestError};
 use crate::maintenance::Maintainer;
@@ -43,6 +44,14 @@ pub enum AppError {
     /// A pipeline stage died; the others were drained.
     #[error("pipeline stage failed: {0}")]
     StageFailed(crate::supervise::StageExit),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+    #[error("kept traces have nowhere to go: enable storage, the sampled topic, or both")]
+    NoSink,
+    #[error("no [[forward]] entry is configured")]
+    NoForwarders,
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -102,13 +111,21 @@ pub async fn run(
         ),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
+    let metrics_for_forward = metrics.clone();
 
     let started = async {
-        let Some(table) = retry::open_table(&settings, &health, &shutdown).await else {
-            return Ok(None);
+        let table = if settings.storage.enabled {
+            let Some(table) = retry::open_table(&settings, &health, &shutdown).await else {
+                return Ok(None);
+            };
+            retry::start_query_engine(&settings, &table, query, &background).await;
+            start_maintenance(&settings, &table, &metrics, &health, &redis, &background).await;
+            Some(table)
+        } else {
+            tracing::info!("storage.enabled is false: kept traces go to the sampled topic only, and SQL is off");
+            health.set_catalog_off();
+            None
         };
-        retry::start_query_engine(&settings, &table, query, &background).await;
-        start_maintenance(&settings, &table, &metrics, &health, &redis, &background).await;
         if !retry::ensure_topics(&settings, &health, &shutdown).await? {
             return Ok(None);
         }
@@ -120,10 +137,12 @@ pub async fn run(
             metrics,
             health: health.clone(),
         };
-        Pipeline::start(&settings, inputs, shutdown.clone()).map(Some)
+        let pipeline = Pipeline::start(&settings, inputs, shutdown.clone())?;
+        let forwarders = start_forwarders(&settings, &metrics_for_forward, &health)?;
+        Ok(Some((pipeline, forwarders)))
     };
     let outcome = match started.await {
-        Ok(Some(mut pipeline)) => {
+        Ok(Some((mut pipeline, forwarders))) => {
             let failed = tokio::select! {
                 _ = shutdown.cancelled() => None,
                 exit = pipeline.stage_ended() => Some(exit),
@@ -140,6 +159,9 @@ pub async fn run(
             pipeline
                 .drain(settings.server.shutdown_timeout_secs.duration())
                 .await;
+            if let Some(f) = forwarders {
+                f.stop(FORWARDERS_STOP).await;
+            }
             failed.map_or(Ok(()), |exit| Err(AppError::StageFailed(exit)))
         }
         Ok(None) => Ok(()),
@@ -149,6 +171,57 @@ pub async fn run(
     background.stop().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// How long forwarders get at shutdown to finish requests in flight.
+const FORWARDERS_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The `[[forward]]` entries, when there are any.
+fn start_forwarders(
+    settings: &Settings,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<Option<Forwarders>, AppError> {
+    if settings.forward.is_empty() {
+        return Ok(None);
+    }
+    let ctx = ForwardContext {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let topic = &settings.sampled_topic.topic;
+    Ok(Some(forward::start(&settings.forward, &settings.kafka, topic, ctx)?))
+}
+
+/// `tail-sampling-selector forward`: only the forwarders, with the metrics
+/// port, until `shutdown`. For running them apart from the selectors (to
+/// scale or isolate them); in the same group they share the partitions
+/// with any selector that runs the same `[[forward]]` entries.
+pub async fn forward_only(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+    if settings.forward.is_empty() {
+        return Err(AppError::NoForwarders);
+    }
+    ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
+    let metrics = Metrics::with_max_series(settings.metrics.max_series)?;
+    let health = Health::default();
+    let listener = bind(settings.server.metrics_addr).await?;
+    let mut servers = JoinSet::new();
+    let router = api::metrics_router(metrics.clone());
+    servers.spawn(async move { axum::serve(listener, router).await });
+    if !retry::ensure_topics(&settings, &health, &shutdown).await? {
+        return Ok(());
+    }
+    let forwarders = start_forwarders(&settings, &metrics, &health)?;
+    if let Some(f) = forwarders {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = f.wait() => {}
+        }
+        f.stop(FORWARDERS_STOP).await;
+    }
+    servers.abort_all();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// One maintenance run from the command line: opens the table, takes the

@@ -18,7 +18,8 @@ use crate::health::Health;
 use crate::ingest::ownership::OwnershipWatch;
 use crate::ingest::{self, Ingest, IngestContext};
 use crate::metrics::Metrics;
-use crate::model::ForceRules;
+use crate::model::{ForceRules, Onward};
+use crate::publish::{self, PublishContext};
 use crate::redis_client::LazyRedis;
 use crate::rules::store::LiveRules;
 use crate::storage::{self, writer::WriterContext};
@@ -27,7 +28,8 @@ use crate::table::TableHandle;
 
 /// What the data path is started with.
 pub(super) struct Inputs {
-    pub table: TableHandle,
+    /// The table, unless `storage.enabled` is false.
+    pub table: Option<TableHandle>,
     pub live_rules: Arc<LiveRules>,
     pub policies: SharedPolicies,
     pub redis: Arc<LazyRedis>,
@@ -39,7 +41,9 @@ pub(super) struct Inputs {
 pub(super) struct Pipeline {
     ingest: Ingest,
     deciders: Deciders,
-    writer: StageTask,
+    /// The sinks, in the order kept traces pass them: the sampled topic,
+    /// then the table's writer, each only when enabled.
+    sinks: Vec<StageTask>,
     probes: JoinHandle<()>,
     stop_probes: CancellationToken,
 }
@@ -62,16 +66,7 @@ impl Pipeline {
             metrics,
             health,
         } = inputs;
-        let (kept_tx, writer) = storage::start(
-            table.clone(),
-            &settings.storage,
-            WriterContext {
-                acks: acks.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                topic: settings.kafka.topic.clone(),
-            },
-        );
+        let (kept_tx, sinks) = start_sinks(settings, table.as_ref(), &acks, &metrics, &health)?;
         let decisions = DecisionCache::new(
             redis,
             settings.sampling.decision_ttl_secs,
@@ -112,7 +107,7 @@ impl Pipeline {
         Ok(Self {
             ingest,
             deciders,
-            writer,
+            sinks,
             probes,
             stop_probes,
         })
@@ -125,14 +120,15 @@ impl Pipeline {
         tokio::select! {
             exit = self.ingest.ended() => exit,
             exit = self.deciders.ended() => exit,
-            exit = self.writer.ended() => exit,
+            exit = first_ended(&mut self.sinks) => exit,
         }
     }
 
     /// Drains in order, within `limit`: the consumer loop stops and drops
     /// the shard senders, so the workers stop (open traces stay undecided
-    /// and uncommitted); the workers drop the kept-trace senders, so the
-    /// writer makes its last flush; then the committer commits the final
+    /// and uncommitted); the workers drop the kept-trace senders, so each
+    /// sink in turn hands on what it holds and the writer makes its last
+    /// flush; then the committer commits the final
     /// watermarks, which cover that flush. Whatever did not finish in time
     /// stays uncommitted in Kafka and is read again. Last, the consumer
     /// leaves the group, handing its partitions over at once.
@@ -140,7 +136,7 @@ impl Pipeline {
         let Self {
             mut ingest,
             deciders,
-            mut writer,
+            mut sinks,
             probes,
             stop_probes,
         } = self;
@@ -148,7 +144,9 @@ impl Pipeline {
         let in_order = async {
             ingest.stopped_reading().await;
             deciders.join().await;
-            writer.join().await;
+            for sink in &mut sinks {
+                sink.join().await;
+            }
             ingest.stop_committing().await;
         };
         if tokio::time::timeout(limit, in_order).await.is_err() {
@@ -162,4 +160,55 @@ impl Pipeline {
         drop(ingest);
         ingest::close(consumer).await;
     }
+}
+
+/// Builds the chain of sinks from its end: the table's writer releases the
+/// acknowledgements after its commit; the sampled topic, in front of it,
+/// hands a trace on once the broker confirmed it. Returns the chain's head.
+fn start_sinks(
+    settings: &Settings,
+    table: Option<&TableHandle>,
+    acks: &Acks,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<(tokio::sync::mpsc::UnboundedSender<crate::model::KeptTrace>, Vec<StageTask>), AppError> {
+    let mut onward = Onward::Release(acks.clone());
+    let mut sinks = Vec::new();
+    if let Some(table) = table {
+        let (tx, writer) = storage::start(
+            table.clone(),
+            &settings.storage,
+            WriterContext {
+                acks: acks.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                topic: settings.kafka.topic.clone(),
+            },
+        );
+        onward = Onward::Next(tx);
+        sinks.push(writer);
+    }
+    if settings.sampled_topic.enabled {
+        let ctx = PublishContext {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let (tx, publisher) =
+            publish::start(&settings.sampled_topic, &settings.kafka, ctx, onward)?;
+        onward = Onward::Next(tx);
+        sinks.insert(0, publisher);
+    }
+    match onward {
+        Onward::Next(head) => Ok((head, sinks)),
+        Onward::Release(_) => Err(AppError::NoSink),
+    }
+}
+
+/// The first of the sinks to end. Cancel-safe.
+async fn first_ended(sinks: &mut [StageTask]) -> StageExit {
+    if sinks.is_empty() {
+        return std::future::pending().await;
+    }
+    let ended = sinks.iter_mut().map(|s| Box::pin(s.ended()));
+    futures::future::select_all(ended).await.0
 }

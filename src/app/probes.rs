@@ -31,7 +31,7 @@ pub(super) async fn redis(redis: Arc<LazyRedis>, health: Health, stop: Cancellat
 pub(super) async fn kafka_and_catalog(
     topic: String,
     health: Health,
-    table: TableHandle,
+    table: Option<TableHandle>,
     consumer: Arc<SelectorConsumer>,
     mut ownership: OwnershipWatch,
     stop: CancellationToken,
@@ -40,7 +40,10 @@ pub(super) async fn kafka_and_catalog(
         loop {
             ownership.check(&consumer, &topic).await;
             health.set_kafka(kafka(&consumer, &topic).await);
-            health.set_catalog(catalog(&table).await);
+            match &table {
+                Some(table) => health.set_catalog(catalog(table).await),
+                None => health.set_catalog_off(),
+            }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     };

@@ -124,9 +124,7 @@ pub(super) async fn ensure_topics(
     let created = retry_unless(
         shutdown,
         || {
-            let topics: Vec<&str> = std::iter::once(kafka.topic.as_str())
-                .chain(kafka.dead_letter_topic.as_deref())
-                .collect();
+            let topics = topics_to_create(settings);
             async move { ingest::ensure_topics(kafka, &topics).await }
         },
         |e, backoff| {
@@ -137,4 +135,29 @@ pub(super) async fn ensure_topics(
     )
     .await?;
     Ok(created.is_some())
+}
+
+/// Every topic the selector reads or writes, with its partition count: the
+/// raw topic and its dead-letter topic, the sampled topic and the
+/// forwarders' dead-letter topics.
+pub(super) fn topics_to_create(settings: &Settings) -> Vec<(&str, i32)> {
+    let kafka = &settings.kafka;
+    let mut topics: Vec<(&str, i32)> = std::iter::once(kafka.topic.as_str())
+        .chain(kafka.dead_letter_topic.as_deref())
+        .map(|t| (t, kafka.topic_partitions))
+        .collect();
+    let sampled = &settings.sampled_topic;
+    if sampled.enabled {
+        let partitions = match sampled.partitions {
+            0 => kafka.topic_partitions,
+            n => n,
+        };
+        topics.push((sampled.topic.as_str(), partitions));
+    }
+    for f in &settings.forward {
+        topics.push((f.dead_letter_topic.as_str(), kafka.topic_partitions));
+    }
+    topics.sort();
+    topics.dedup_by(|a, b| a.0 == b.0);
+    topics
 }

@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut kafka, topic) = args.kafka.resolve()?;
     kafka.topic_partitions = args.partitions;
-    ingest::ensure_topics(&kafka, &[&topic])
+    ingest::ensure_topics(&kafka, &[(topic.as_str(), kafka.topic_partitions)])
         .await
         .with_context(|| format!("creating topic {topic} at {}", kafka.brokers))?;
 

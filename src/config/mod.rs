@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 mod duration;
 pub mod policy;
+mod sinks;
+pub use sinks::{Compression, ForwardConfig, OtlpProtocol, SampledTopicConfig};
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
 pub use policy::{PolicyAction, PolicySpec};
 
@@ -52,6 +54,11 @@ pub struct Settings {
     pub buffer: BackpressureConfig,
     pub rules: RulesConfig,
     pub storage: StorageConfig,
+    /// Kept spans produced to a Kafka topic, in the raw topic's format.
+    pub sampled_topic: SampledTopicConfig,
+    /// OTLP backends that receive kept spans from the sampled topic.
+    #[serde(default)]
+    pub forward: Vec<ForwardConfig>,
     pub server: ServerConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -634,6 +641,9 @@ pub enum StorageType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Write kept traces to the Iceberg table and serve SQL over it. A
+    /// deployment that only forwards turns it off.
+    pub enabled: bool,
     pub storage_type: StorageType,
     pub flush_max_rows: usize,
     /// Most bytes of Arrow rows built at a time: a flush writes its batch in
@@ -887,6 +897,14 @@ impl Settings {
         self.buffer.validate(self.sampling.max_spans_per_trace)?;
         self.rules.validate()?;
         self.storage.validate()?;
+        self.sampled_topic.validate()?;
+        sinks::validate_forwarders(&self.forward, &self.sampled_topic)?;
+        if !self.storage.enabled && !self.sampled_topic.enabled {
+            return Err(invalid(
+                "storage.enabled",
+                "kept traces need somewhere to go: enable storage, the sampled topic, or both",
+            ));
+        }
         seconds(
             "server.shutdown_timeout_secs",
             self.server.shutdown_timeout_secs,

@@ -1,6 +1,6 @@
 //! The Kafka source: topic setup, the consumer loop and offset commits.
 
-pub mod client;
+pub use crate::kafka_client as client;
 pub mod ownership;
 
 use std::sync::atomic::Ordering;
@@ -66,7 +66,7 @@ impl IngestError {
 /// Needed because some brokers (Tansu) do not auto-create topics. It first
 /// connects once: a broker that rejects the client's TLS or SASL settings
 /// ends the call with [`IngestError::Security`], which retrying can't fix.
-pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), IngestError> {
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), IngestError> {
     let probe_cfg = cfg.clone();
     let timeout = cfg.admin_timeout_ms.duration();
     tokio::task::spawn_blocking(move || client::handshake(&probe_cfg, timeout))
@@ -75,7 +75,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Ing
     let admin: AdminClient<DefaultClientContext> = client::client_config(cfg).create()?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, cfg.topic_partitions, TopicReplication::Fixed(1)))
+        .map(|(t, partitions)| NewTopic::new(t, *partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))
@@ -84,7 +84,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Ing
     for r in results {
         match r {
             Ok(name) => {
-                tracing::info!(topic = %name, partitions = cfg.topic_partitions, "created topic")
+                tracing::info!(topic = %name, "created topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {

@@ -1,6 +1,7 @@
 //! Prometheus metrics, named as DESIGN.md fixes them (prefix `tail_sampling_`).
 
 pub mod red;
+pub mod sinks;
 
 use std::sync::Arc;
 
@@ -20,7 +21,10 @@ pub struct Metrics {
     pub traces_sampled_total: IntCounterVec,
     pub traces_dropped_total: IntCounter,
     pub traces_force_sampled_total: IntCounter,
-    pub spans_exported_total: IntCounter,
+    /// Spans each sink has taken for good: `iceberg` (committed to the
+    /// table), `sampled_topic`, `otlp/<name>`.
+    pub spans_exported_total: IntCounterVec,
+    pub sinks: sinks::SinkMetrics,
     pub late_spans_total: IntCounterVec,
     pub messages_invalid_total: IntCounterVec,
     pub spans_invalid_total: IntCounterVec,
@@ -127,10 +131,12 @@ impl Metrics {
                 "traces_force_sampled_total",
                 "Traces decided by a force rule",
             )?,
-            spans_exported_total: counter(
+            spans_exported_total: counter_vec(
                 "spans_exported_total",
-                "Spans committed to the Iceberg table",
+                "Spans each sink took for good, by sink: iceberg (committed to the table), sampled_topic (confirmed by the broker), otlp/<name> (accepted by the backend)",
+                "sink",
             )?,
+            sinks: sinks::SinkMetrics::register(&registry)?,
             late_spans_total: counter_vec(
                 "late_spans_total",
                 "Spans that arrived after their trace was decided",
@@ -366,7 +372,6 @@ mod tests {
             "tail_sampling_traces_sampled_total{reason=\"latency\"} 0",
             "tail_sampling_traces_dropped_total",
             "tail_sampling_traces_force_sampled_total",
-            "tail_sampling_spans_exported_total",
             "tail_sampling_messages_invalid_total{reason=\"protobuf\"} 1",
             "tail_sampling_iceberg_commits_total",
             "tail_sampling_buffered_traces",

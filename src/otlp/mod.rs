@@ -5,5 +5,6 @@
 //! reads kept spans with it and force rules format attribute values with it.
 
 pub mod decode;
+pub mod encode;
 pub mod format;
 pub mod wire;

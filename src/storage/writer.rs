@@ -85,6 +85,11 @@ impl Drop for GateGuard<'_> {
 
 impl IcebergWriter {
     pub fn new(table: TableHandle, cfg: WriterConfig, ctx: WriterContext) -> Self {
+        // The series exists from the start, at 0.
+        ctx.metrics
+            .spans_exported_total
+            .with_label_values(&["iceberg"])
+            .inc_by(0);
         Self {
             table,
             cfg,
@@ -265,6 +270,7 @@ impl IcebergWriter {
             self.ctx
                 .metrics
                 .spans_exported_total
+                .with_label_values(&["iceberg"])
                 .inc_by(stats.rows as u64);
             self.ctx
                 .metrics

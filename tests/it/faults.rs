@@ -553,7 +553,7 @@ async fn rows_that_expand_are_capped_chunked_and_stored_once() {
     }
     let total = (MESSAGES * TRACES * SPANS) as i64;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while s.metric("tail_sampling_spans_exported_total").await < total as f64 {
+    while s.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}").await < total as f64 {
         assert!(Instant::now() < deadline, "not stored in time\n{}", s.log());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -692,7 +692,7 @@ async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
     s.wait_ready().await;
     let total = (2 * TRACES) as f64;
     s.wait_metric(
-        "tail_sampling_spans_exported_total",
+        "tail_sampling_spans_exported_total{sink=\"iceberg\"}",
         total,
         Duration::from_secs(300),
     )
@@ -799,7 +799,7 @@ async fn input_that_grows_memory_gets_capped_answers() {
         crate::harness::send(&producer, &s.topic, &format!("n{part}"), &payload).await;
     }
     s.wait_metric(
-        "tail_sampling_spans_exported_total",
+        "tail_sampling_spans_exported_total{sink=\"iceberg\"}",
         HUGE as f64,
         Duration::from_secs(600),
     )

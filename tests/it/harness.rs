@@ -326,7 +326,7 @@ impl Selector {
     /// exported-span count has reached `spans`.
     pub async fn wait_exported(&self, spans: f64) {
         self.wait_metric(
-            "tail_sampling_spans_exported_total",
+            "tail_sampling_spans_exported_total{sink=\"iceberg\"}",
             spans,
             Duration::from_secs(60),
         )

@@ -9,6 +9,7 @@ mod deploy;
 mod durability;
 mod faults;
 mod force_rules;
+mod forward;
 mod lookup;
 mod maintenance;
 mod memory;

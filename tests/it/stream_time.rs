@@ -103,7 +103,7 @@ async fn wait_decided(s: &Selector, traces: f64) {
             .map(|(_, v)| v)
             .sum();
         let exported = m
-            .get("tail_sampling_spans_exported_total")
+            .get("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
             .copied()
             .unwrap_or(0.0);
         let held = m.get("tail_sampling_held_spans").copied().unwrap_or(1.0);

@@ -1,0 +1,169 @@
+"""An OTLP/HTTP trace receiver for the forwarder tests.
+
+Decodes `POST /v1/traces` (protobuf or JSON, gzipped or not) with the
+official OpenTelemetry protobuf classes (`opentelemetry-proto`) and appends
+one JSON line per span to OUT: ids, resource, scope, attributes, events,
+links and status, as decoded. Faults are switched on at run time:
+
+    POST /control {"mode": "ok"}
+    POST /control {"mode": "status", "status": 503, "retry_after": "2"}
+    POST /control {"mode": "hang"}                  # answers nothing until the mode changes
+    POST /control {"mode": "partial", "rejected": 1} # 200 with partial_success
+    GET  /stats    -> {"requests": n, "by_status": {...}, "spans": n}
+
+Usage: otlp_receiver.py PORT OUT
+"""
+
+import gzip
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+LOCK = threading.Lock()
+STATE = {"mode": "ok", "status": 200, "retry_after": None, "rejected": 0}
+STATS = {"requests": 0, "by_status": {}, "spans": 0, "content_types": {}}
+
+
+def value(v):
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return v.bytes_value.hex()
+    return getattr(v, kind)
+
+
+def attrs(kvs):
+    return {kv.key: value(kv.value) for kv in kvs}
+
+
+def spans_of(req):
+    for rs in req.resource_spans:
+        resource = attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                yield {
+                    "trace_id": s.trace_id.hex(),
+                    "span_id": s.span_id.hex(),
+                    "parent_span_id": s.parent_span_id.hex(),
+                    "name": s.name,
+                    "kind": s.kind,
+                    "start_time_unix_nano": s.start_time_unix_nano,
+                    "end_time_unix_nano": s.end_time_unix_nano,
+                    "status_code": s.status.code,
+                    "status_message": s.status.message,
+                    "resource": resource,
+                    "scope_name": ss.scope.name,
+                    "scope_version": ss.scope.version,
+                    "attributes": attrs(s.attributes),
+                    "events": [
+                        {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": attrs(e.attributes)}
+                        for e in s.events
+                    ],
+                    "links": [
+                        {"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex(), "attributes": attrs(l.attributes)}
+                        for l in s.links
+                    ],
+                }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body=b"", content_type="application/x-protobuf", headers=()):
+        with LOCK:
+            STATS["by_status"][str(status)] = STATS["by_status"].get(str(status), 0) + 1
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def body(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            raw = gzip.decompress(raw)
+        return raw
+
+    def do_GET(self):
+        if self.path == "/stats":
+            with LOCK:
+                body = json.dumps(STATS).encode()
+            self.reply(200, body, "application/json")
+        else:
+            self.reply(404)
+
+    def do_POST(self):
+        if self.path == "/control":
+            update = json.loads(self.body())
+            with LOCK:
+                STATE.update({"status": 200, "retry_after": None, "rejected": 0})
+                STATE.update(update)
+            self.reply(200, b"{}", "application/json")
+            return
+        if self.path != "/v1/traces":
+            self.reply(404)
+            return
+        raw = self.body()
+        with LOCK:
+            STATS["requests"] += 1
+            state = dict(STATE)
+        while state["mode"] == "hang":
+            time.sleep(0.2)
+            with LOCK:
+                state = dict(STATE)
+        if state["mode"] == "status":
+            headers = [("Retry-After", state["retry_after"])] if state["retry_after"] else []
+            self.reply(int(state["status"]), b"unavailable", "text/plain", headers)
+            return
+        content_type = self.headers.get("Content-Type", "")
+        req = ExportTraceServiceRequest()
+        try:
+            if "json" in content_type:
+                json_format.Parse(raw, req)
+            else:
+                req.ParseFromString(raw)
+        except Exception as e:  # a body the official classes refuse
+            self.reply(400, str(e).encode(), "text/plain")
+            return
+        lines = [json.dumps(s, sort_keys=True) for s in spans_of(req)]
+        with LOCK:
+            with open(OUT, "a") as f:
+                for line in lines:
+                    f.write(line + "\n")
+            STATS["spans"] += len(lines)
+            key = content_type + ("+gzip" if self.headers.get("Content-Encoding") == "gzip" else "")
+            STATS["content_types"][key] = STATS["content_types"].get(key, 0) + 1
+        resp = ExportTraceServiceResponse()
+        if state["mode"] == "partial":
+            resp.partial_success.rejected_spans = int(state["rejected"])
+            resp.partial_success.error_message = "rejected by the test receiver"
+        if "json" in content_type:
+            self.reply(200, json_format.MessageToJson(resp).encode(), "application/json")
+        else:
+            self.reply(200, resp.SerializeToString())
+
+
+if __name__ == "__main__":
+    port, OUT = int(sys.argv[1]), sys.argv[2]
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    print(f"listening {port}", flush=True)
+    server.serve_forever()
