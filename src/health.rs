@@ -11,7 +11,9 @@ use serde::Serialize;
 pub enum ComponentStatus {
     Unknown,
     Ok,
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
     /// Turned off in the configuration (the catalog when `storage.enabled`
     /// is false): never a reason to be unready.
     Off,
@@ -256,7 +258,10 @@ mod tests {
         assert!(h.report().degraded);
         h.set_maintenance(Ok(()));
         h.set_sink("otlp/tempo", Err("HTTP 503".into()));
-        assert!(h.ready().is_ok(), "a sink that is down never makes it unready");
+        assert!(
+            h.ready().is_ok(),
+            "a sink that is down never makes it unready"
+        );
         assert!(h.report().degraded);
         h.set_sink("otlp/tempo", Ok(()));
         assert!(!h.report().degraded);

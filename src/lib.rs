@@ -24,8 +24,8 @@ pub mod table;
 
 // The stages.
 pub mod decide;
-pub mod ingest;
 pub mod forward;
+pub mod ingest;
 pub mod maintenance;
 pub mod publish;
 pub mod query;

@@ -190,7 +190,12 @@ fn start_forwarders(
         health: health.clone(),
     };
     let topic = &settings.sampled_topic.topic;
-    Ok(Some(forward::start(&settings.forward, &settings.kafka, topic, ctx)?))
+    Ok(Some(forward::start(
+        &settings.forward,
+        &settings.kafka,
+        topic,
+        ctx,
+    )?))
 }
 
 /// `tail-sampling-selector forward`: only the forwarders, with the metrics

@@ -171,7 +171,13 @@ fn start_sinks(
     acks: &Acks,
     metrics: &Metrics,
     health: &Health,
-) -> Result<(tokio::sync::mpsc::UnboundedSender<crate::model::KeptTrace>, Vec<StageTask>), AppError> {
+) -> Result<
+    (
+        tokio::sync::mpsc::UnboundedSender<crate::model::KeptTrace>,
+        Vec<StageTask>,
+    ),
+    AppError,
+> {
     let mut onward = Onward::Release(acks.clone());
     let mut sinks = Vec::new();
     if let Some(table) = table {

@@ -13,9 +13,9 @@ use serde::Deserialize;
 mod duration;
 pub mod policy;
 mod sinks;
-pub use sinks::{Compression, ForwardConfig, OtlpProtocol, SampledTopicConfig};
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
 pub use policy::{PolicyAction, PolicySpec};
+pub use sinks::{Compression, ForwardConfig, OtlpProtocol, SampledTopicConfig};
 
 /// The defaults, compiled in so the binary runs from any working directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

@@ -213,7 +213,8 @@ impl ForwardConfig {
                 "must be letters, digits, `-` and `_`",
             ));
         }
-        let scheme_ok = self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
+        let scheme_ok =
+            self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
         if !scheme_ok {
             return Err(invalid_owned(
                 key("endpoint"),

@@ -35,7 +35,10 @@ impl OtlpHttp {
         }
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
-            .user_agent(concat!("tail-sampling-selector/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "tail-sampling-selector/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .timeout(cfg.timeout_ms.duration())
             .connect_timeout(cfg.timeout_ms.duration());
         if let Some(ca) = &cfg.tls_ca_file {
@@ -144,7 +147,12 @@ fn transport_reason(e: &reqwest::Error) -> &'static str {
 }
 
 /// What an HTTP answer means, by the OTLP specification.
-pub fn classify(status: u16, retry_after: Option<std::time::Duration>, body: &[u8], json: bool) -> Verdict {
+pub fn classify(
+    status: u16,
+    retry_after: Option<std::time::Duration>,
+    body: &[u8],
+    json: bool,
+) -> Verdict {
     if (200..300).contains(&status) {
         let (rejected_spans, message) = if json {
             json_partial_success(body)
@@ -184,7 +192,10 @@ fn json_partial_success(body: &[u8]) -> (i64, String) {
         serde_json::Value::String(s) => s.parse().unwrap_or(0),
         _ => 0,
     };
-    let message = partial["errorMessage"].as_str().unwrap_or_default().to_string();
+    let message = partial["errorMessage"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     (rejected, message)
 }
 
@@ -222,7 +233,10 @@ mod tests {
         ] {
             assert!(matches!(
                 classify(200, None, json, true),
-                Verdict::Accepted { rejected_spans: 2, .. }
+                Verdict::Accepted {
+                    rejected_spans: 2,
+                    ..
+                }
             ));
         }
         assert_eq!(
@@ -232,7 +246,10 @@ mod tests {
                 after: Some(Duration::from_secs(3))
             }
         );
-        assert!(matches!(classify(503, None, b"", false), Verdict::Retry { .. }));
+        assert!(matches!(
+            classify(503, None, b"", false),
+            Verdict::Retry { .. }
+        ));
         assert!(matches!(
             classify(400, None, b"bad span", false),
             Verdict::Reject { status: 400, ref reason } if reason.contains("bad span")
@@ -243,8 +260,11 @@ mod tests {
     fn gzip_round_trips() {
         let body = b"hello hello hello hello".repeat(20);
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gzip(&body).as_slice()), &mut out)
-            .expect("gunzip");
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(gzip(&body).as_slice()),
+            &mut out,
+        )
+        .expect("gunzip");
         assert_eq!(out, body);
     }
 }

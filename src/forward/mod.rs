@@ -81,8 +81,13 @@ impl Forwarders {
     /// was not accepted by then is read again at the next start.
     pub async fn stop(self, limit: Duration) {
         self.stop.cancel();
-        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
-            tracing::warn!("forwarders did not stop in time; what they had not delivered is read again");
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "forwarders did not stop in time; what they had not delivered is read again"
+            );
         }
     }
 
@@ -177,7 +182,11 @@ impl Forwarder {
         ctx: ForwardContext,
     ) -> Result<Self, ForwardError> {
         let sink = cfg.sink_label();
-        let lag = ctx.metrics.sinks.forward_lag_messages.with_label_values(&[&sink]);
+        let lag = ctx
+            .metrics
+            .sinks
+            .forward_lag_messages
+            .with_label_values(&[&sink]);
         let consumer: StreamConsumer<LagContext> = kafka_client::client_config(kafka)
             .set("group.id", cfg.group_id())
             .set("enable.auto.commit", "true")
@@ -284,7 +293,12 @@ impl Forwarder {
                     in_flight.push_back(self.sender.clone().deliver(ready));
                 }
             }
-            let oldest_ms = oldest.iter().chain([&batch.oldest_ms()]).flatten().min().copied();
+            let oldest_ms = oldest
+                .iter()
+                .chain([&batch.oldest_ms()])
+                .flatten()
+                .min()
+                .copied();
             lag_seconds.set(oldest_ms.map_or(0.0, |t| {
                 (crate::model::unix_now_ms() - t).max(0) as f64 / 1000.0
             }));
@@ -292,7 +306,10 @@ impl Forwarder {
         // Offsets of accepted batches not yet committed are committed as
         // the consumer closes; the rest is read again.
         drop(in_flight);
-        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        if let Err(e) = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
             tracing::debug!(forwarder = %self.sender.name, error = %e, "final offset commit");
         }
         lag_seconds.set(0.0);
@@ -313,7 +330,9 @@ impl Forwarder {
                     .export_failures_total
                     .with_label_values(&[&self.sender.sink, "undecodable_record"])
                     .inc();
-                let _ = self.consumer.store_offset(&self.topic, m.partition(), m.offset());
+                let _ = self
+                    .consumer
+                    .store_offset(&self.topic, m.partition(), m.offset());
                 return None;
             }
         };
@@ -322,7 +341,10 @@ impl Forwarder {
             offset: m.offset(),
             payload,
             spans,
-            timestamp_ms: m.timestamp().to_millis().unwrap_or_else(crate::model::unix_now_ms),
+            timestamp_ms: m
+                .timestamp()
+                .to_millis()
+                .unwrap_or_else(crate::model::unix_now_ms),
         })
     }
 
@@ -389,7 +411,10 @@ impl Sender {
                         .export_failures_total
                         .with_label_values(&[&self.sink, &reason])
                         .inc();
-                    m.sinks.export_retries_total.with_label_values(&[&self.sink]).inc();
+                    m.sinks
+                        .export_retries_total
+                        .with_label_values(&[&self.sink])
+                        .inc();
                     self.ctx
                         .health
                         .set_sink(&self.sink, Err(format!("{reason}; retrying")));

@@ -110,8 +110,14 @@ mod tests {
         assert_eq!(b.ceiling(40), Duration::from_secs(30));
         assert_eq!(b.wait(3, 0.0), Duration::from_millis(200));
         assert!(b.wait(3, 0.999) < b.ceiling(3));
-        assert_eq!(b.next(9, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            b.next(9, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
         let w = b.next(2, None);
-        assert!(w >= Duration::from_millis(100) && w <= Duration::from_secs(1), "{w:?}");
+        assert!(
+            w >= Duration::from_millis(100) && w <= Duration::from_secs(1),
+            "{w:?}"
+        );
     }
 }

@@ -67,7 +67,10 @@ pub fn start(
             "message.timeout.ms",
             cfg.delivery_timeout_ms.duration().as_millis().to_string(),
         )
-        .set("message.max.bytes", (cfg.max_record_bytes + 4096).to_string())
+        .set(
+            "message.max.bytes",
+            (cfg.max_record_bytes + 4096).to_string(),
+        )
         .create()?;
     ctx.metrics
         .spans_exported_total
@@ -179,7 +182,10 @@ impl Publisher {
                     .export_failures_total
                     .with_label_values(&[SINK, "kafka"])
                     .inc();
-                m.sinks.export_retries_total.with_label_values(&[SINK]).inc();
+                m.sinks
+                    .export_retries_total
+                    .with_label_values(&[SINK])
+                    .inc();
                 self.ctx.health.set_sink(SINK, Err(e.clone()));
                 tracing::warn!(
                     error = %e,

@@ -553,7 +553,11 @@ async fn rows_that_expand_are_capped_chunked_and_stored_once() {
     }
     let total = (MESSAGES * TRACES * SPANS) as i64;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while s.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}").await < total as f64 {
+    while s
+        .metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
+        .await
+        < total as f64
+    {
         assert!(Instant::now() < deadline, "not stored in time\n{}", s.log());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

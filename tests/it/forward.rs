@@ -57,7 +57,10 @@ impl Receiver {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the OTLP receiver did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "the OTLP receiver did not listen"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -105,7 +108,12 @@ impl Receiver {
     }
 
     /// Waits until every one of `expected` (trace id, span id) arrived.
-    async fn wait_for(&self, expected: &BTreeSet<(String, String)>, timeout: Duration, s: &Selector) {
+    async fn wait_for(
+        &self,
+        expected: &BTreeSet<(String, String)>,
+        timeout: Duration,
+        s: &Selector,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let got = ids(&self.spans());
@@ -165,9 +173,13 @@ fn config_file(dir: &Path, topic: &str, forward: &str, storage: bool) -> PathBuf
     path
 }
 
+/// A `[[forward]]` entry with short timeouts and a consumer group of its
+/// own: a group reused across runs would keep the killed members of
+/// earlier runs, which Tansu does not evict reliably (STACK-NOTES).
 fn forwarder(name: &str, endpoint: &str, extra: &str) -> String {
+    let group = format!("tss-it-forward-{}", uuid::Uuid::new_v4().simple());
     format!(
-        "[[forward]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\ntimeout_ms = 2000\nretry_initial_backoff_ms = 200\nretry_max_backoff_ms = 2000\nlinger_ms = 100\n{extra}\n"
+        "[[forward]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\ngroup_id = \"{group}\"\ntimeout_ms = 2000\nretry_initial_backoff_ms = 200\nretry_max_backoff_ms = 2000\nlinger_ms = 100\n{extra}\n"
     )
 }
 
@@ -226,7 +238,11 @@ fn rich_span(spec: &TraceSpec, i: usize, parent: Option<[u8; 8]>) -> Span {
             ..Default::default()
         }],
         status: Some(opentelemetry_proto::tonic::trace::v1::Status {
-            message: if spec.error { "boom".into() } else { String::new() },
+            message: if spec.error {
+                "boom".into()
+            } else {
+                String::new()
+            },
             code: if spec.error { 2 } else { 0 },
         }),
         ..Default::default()
@@ -251,7 +267,8 @@ async fn send_traces(topic: &str, first: u64, count: u64, spans: usize) -> Vec<S
         let trace: Vec<Span> = (0..spans)
             .map(|i| rich_span(&spec, i, (i > 0).then_some(root)))
             .collect();
-        let payload = synth::request(vec![ResourceDef::new("fwd-service", trace.clone())]).encode_to_vec();
+        let payload =
+            synth::request(vec![ResourceDef::new("fwd-service", trace.clone())]).encode_to_vec();
         send(&p, topic, &hex::encode(spec.trace_id), &payload).await;
         if spec.error {
             kept.extend(trace);
@@ -284,7 +301,12 @@ fn value_json(v: &AnyValue) -> Value {
 fn attrs_json(kvs: &[KeyValue]) -> Value {
     let map: BTreeMap<String, Value> = kvs
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, value_json)))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map_or(Value::Null, value_json),
+            )
+        })
         .collect();
     json!(map)
 }
@@ -319,13 +341,20 @@ async fn kept_spans_reach_the_sampled_topic_and_an_otlp_receiver_exactly_as_prod
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start(dir.path());
     let sampled = sampled_topic();
-    let cfg = config_file(dir.path(), &sampled, &forwarder("it", &receiver.endpoint(), ""), true);
+    let cfg = config_file(
+        dir.path(),
+        &sampled,
+        &forwarder("it", &receiver.endpoint(), ""),
+        true,
+    );
     let file = cfg.display().to_string();
     let s = Selector::start("fwd", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
     let kept = send_traces(&s.topic, 0, 40, 4).await;
     let expected = expected_ids(&kept);
     assert_eq!(expected.len(), 80);
-    receiver.wait_for(&expected, Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected, Duration::from_secs(60), &s)
+        .await;
     s.wait_exported(80.0).await;
 
     let received = receiver.spans();
@@ -333,13 +362,20 @@ async fn kept_spans_reach_the_sampled_topic_and_an_otlp_receiver_exactly_as_prod
     let by_id: BTreeMap<(String, String), &Value> = received
         .iter()
         .map(|v| {
-            let id = (v["trace_id"].as_str().unwrap_or_default().to_string(), v["span_id"].as_str().unwrap_or_default().to_string());
+            let id = (
+                v["trace_id"].as_str().unwrap_or_default().to_string(),
+                v["span_id"].as_str().unwrap_or_default().to_string(),
+            );
             (id, v)
         })
         .collect();
     for span in &kept {
         let id = (hex::encode(&span.trace_id), hex::encode(&span.span_id));
-        assert_eq!(*by_id[&id], expected_json(span), "span {id:?} arrived changed");
+        assert_eq!(
+            *by_id[&id],
+            expected_json(span),
+            "span {id:?} arrived changed"
+        );
     }
     let stats = receiver.stats().await;
     assert!(
@@ -348,14 +384,17 @@ async fn kept_spans_reach_the_sampled_topic_and_an_otlp_receiver_exactly_as_prod
     );
 
     // The table holds the same spans.
-    let rows = s
-        .query("SELECT trace_id, span_id FROM spans")
-        .await;
+    let rows = s.query("SELECT trace_id, span_id FROM spans").await;
     let stored: BTreeSet<(String, String)> = rows["rows"]
         .as_array()
         .expect("rows")
         .iter()
-        .map(|r| (r[0].as_str().unwrap_or_default().to_string(), r[1].as_str().unwrap_or_default().to_string()))
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().to_string(),
+                r[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     assert_eq!(stored, expected);
 
@@ -371,31 +410,67 @@ async fn kept_spans_reach_the_sampled_topic_and_an_otlp_receiver_exactly_as_prod
     let mut on_topic = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while ids_of_spans(&on_topic).intersection(&expected).count() < expected.len() {
-        assert!(Instant::now() < deadline, "the sampled topic holds {} of the kept spans", on_topic.len());
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        assert!(
+            Instant::now() < deadline,
+            "the sampled topic holds {} of the kept spans",
+            on_topic.len()
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let m = m.expect("record");
-        let req = ExportTraceServiceRequest::decode(m.payload().unwrap_or_default()).expect("an OTLP request");
-        let spans: Vec<Span> = req.resource_spans.into_iter().flat_map(|rs| rs.scope_spans).flat_map(|ss| ss.spans).collect();
-        let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default().to_string();
-        if spans.iter().all(|sp| hex::encode(&sp.trace_id) == key) && expected.iter().any(|(t, _)| *t == key) {
+        let req = ExportTraceServiceRequest::decode(m.payload().unwrap_or_default())
+            .expect("an OTLP request");
+        let spans: Vec<Span> = req
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .collect();
+        let key = std::str::from_utf8(m.key().unwrap_or_default())
+            .unwrap_or_default()
+            .to_string();
+        if spans.iter().all(|sp| hex::encode(&sp.trace_id) == key)
+            && expected.iter().any(|(t, _)| *t == key)
+        {
             let headers = m.headers().expect("headers");
-            let reason = headers.iter().find(|h| h.key == "tss.sampling.reason").and_then(|h| h.value).unwrap_or_default();
+            let reason = headers
+                .iter()
+                .find(|h| h.key == "tss.sampling.reason")
+                .and_then(|h| h.value)
+                .unwrap_or_default();
             assert_eq!(reason, b"error");
             on_topic.extend(spans);
         }
     }
     let topic_ids = ids_of_spans(&on_topic);
     assert_eq!(topic_ids.intersection(&expected).count(), expected.len());
-    assert_eq!(on_topic.iter().filter(|sp| expected.contains(&(hex::encode(&sp.trace_id), hex::encode(&sp.span_id)))).count(), expected.len(), "each kept span once");
+    assert_eq!(
+        on_topic
+            .iter()
+            .filter(|sp| expected.contains(&(hex::encode(&sp.trace_id), hex::encode(&sp.span_id))))
+            .count(),
+        expected.len(),
+        "each kept span once"
+    );
     let m = s.metrics().await;
-    assert_eq!(m["tail_sampling_spans_exported_total{sink=\"sampled_topic\"}"], 80.0);
-    assert_eq!(m["tail_sampling_spans_exported_total{sink=\"otlp/it\"}"], 80.0);
+    assert_eq!(
+        m["tail_sampling_spans_exported_total{sink=\"sampled_topic\"}"],
+        80.0
+    );
+    assert_eq!(
+        m["tail_sampling_spans_exported_total{sink=\"otlp/it\"}"],
+        80.0
+    );
     let (_, health) = s.get("/health").await;
     assert_eq!(health["sinks"]["otlp/it"]["status"], "ok", "{health}");
 }
 
 fn ids_of_spans(spans: &[Span]) -> BTreeSet<(String, String)> {
-    spans.iter().map(|s| (hex::encode(&s.trace_id), hex::encode(&s.span_id))).collect()
+    spans
+        .iter()
+        .map(|s| (hex::encode(&s.trace_id), hex::encode(&s.span_id)))
+        .collect()
 }
 
 /// Waits until the forwarder counted a failure for `reason`.
@@ -416,8 +491,14 @@ async fn wait_failure(s: &Selector, reason: &str) {
 async fn the_forwarder_delivers_everything_through_503s_429s_a_hang_and_refused_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut receiver = Receiver::start(dir.path());
-    let fwd = forwarder("faults", &receiver.endpoint(), "protocol = \"http/json\"\ncompression = \"none\"");
-    let file = config_file(dir.path(), &sampled_topic(), &fwd, true).display().to_string();
+    let fwd = forwarder(
+        "faults",
+        &receiver.endpoint(),
+        "protocol = \"http/json\"\ncompression = \"none\"",
+    );
+    let file = config_file(dir.path(), &sampled_topic(), &fwd, true)
+        .display()
+        .to_string();
     let s = Selector::start("fwd-faults", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
     let mut kept = Vec::new();
 
@@ -428,36 +509,53 @@ async fn the_forwarder_delivers_everything_through_503s_429s_a_hang_and_refused_
     s.wait_exported(kept.len() as f64).await;
     wait_failure(&s, "http_503").await;
     let (_, health) = s.get("/health").await;
-    assert_eq!(health["ready"], true, "a backend that is down never makes it unready: {health}");
+    assert_eq!(
+        health["ready"], true,
+        "a backend that is down never makes it unready: {health}"
+    );
     assert_eq!(health["degraded"], true, "{health}");
     assert_eq!(health["sinks"]["otlp/faults"]["status"], "down", "{health}");
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
     receiver.set(json!({"mode": "ok"})).await;
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
 
     // 429 with Retry-After: 2.
-    receiver.set(json!({"mode": "status", "status": 429, "retry_after": "2"})).await;
+    receiver
+        .set(json!({"mode": "status", "status": 429, "retry_after": "2"}))
+        .await;
     kept.extend(send_traces(&s.topic, 200, 10, 3).await);
     wait_failure(&s, "http_429").await;
     receiver.set(json!({"mode": "ok"})).await;
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
 
     // A hang: each request times out (timeout_ms = 2000) and is retried.
     receiver.set(json!({"mode": "hang"})).await;
     kept.extend(send_traces(&s.topic, 300, 10, 3).await);
     wait_failure(&s, "timeout").await;
     receiver.set(json!({"mode": "ok"})).await;
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
 
     // Refused connections while the receiver is gone.
     receiver.stop();
     kept.extend(send_traces(&s.topic, 400, 10, 3).await);
     wait_failure(&s, "connect").await;
     receiver.spawn();
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
 
     let received = receiver.spans();
-    assert_eq!(ids(&received), expected_ids(&kept), "every kept span, and only those");
+    assert_eq!(
+        ids(&received),
+        expected_ids(&kept),
+        "every kept span, and only those"
+    );
     s.wait_exported(kept.len() as f64).await;
     let m = s.metrics().await;
     let retries = m["tail_sampling_export_retries_total{sink=\"otlp/faults\"}"];
@@ -477,11 +575,18 @@ async fn the_forwarder_delivers_everything_through_503s_429s_a_hang_and_refused_
 async fn forwarding_alone_works_without_the_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start(dir.path());
-    let cfg = config_file(dir.path(), &sampled_topic(), &forwarder("alone", &receiver.endpoint(), ""), false);
+    let cfg = config_file(
+        dir.path(),
+        &sampled_topic(),
+        &forwarder("alone", &receiver.endpoint(), ""),
+        false,
+    );
     let file = cfg.display().to_string();
     let s = Selector::start("fwd-alone", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
     let kept = send_traces(&s.topic, 500, 30, 3).await;
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(60), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
     let (_, health) = s.get("/health").await;
     assert_eq!(health["catalog"]["status"], "off", "{health}");
     assert_eq!(health["ready"], true, "{health}");
@@ -500,11 +605,16 @@ async fn forwarding_alone_works_without_the_table() {
         if lag == 0.0 && held == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "lag {lag}, held {held}\n{}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "lag {lag}, held {held}\n{}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
-        s.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}").await,
+        s.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
+            .await,
         0.0
     );
 }
@@ -518,12 +628,13 @@ async fn a_forwarder_killed_three_times_during_an_outage_loses_nothing() {
     let receiver = Receiver::start(dir.path());
     // The selector produces to the sampled topic; the forwarder runs apart.
     let sampled = sampled_topic();
-    let selector_cfg = config_file(dir.path(), &sampled, "", true).display().to_string();
+    let selector_cfg = config_file(dir.path(), &sampled, "", true)
+        .display()
+        .to_string();
     let s = Selector::start("fwd-kill", &[(CONFIG_FILE, &selector_cfg), NO_BASELINE]).await;
     let fwd_dir = dir.path().join("forwarder");
     std::fs::create_dir_all(&fwd_dir).expect("dir");
-    let group = format!("{}-forward", s.topic);
-    let fwd = forwarder("killed", &receiver.endpoint(), &format!("group_id = \"{group}\""));
+    let fwd = forwarder("killed", &receiver.endpoint(), "");
     let fwd_cfg = config_file(&fwd_dir, &sampled, &fwd, true);
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -540,7 +651,10 @@ async fn a_forwarder_killed_three_times_during_an_outage_loses_nothing() {
             .arg(&fwd_cfg)
             .arg("forward")
             .env("TSS__KAFKA__BROKERS", crate::harness::brokers())
-            .env("TSS__SERVER__METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env(
+                "TSS__SERVER__METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("RUST_LOG", "info")
             .current_dir(&fwd_dir)
             .stdout(Stdio::from(log.try_clone().expect("log")))
@@ -554,10 +668,20 @@ async fn a_forwarder_killed_three_times_during_an_outage_loses_nothing() {
         kept.extend(send_traces(&s.topic, 600 + round * 100, 10, 3).await);
         s.wait_exported(kept.len() as f64).await;
         // Let it read and fail at least once, then kill it.
-        let before = receiver.stats().await["by_status"]["503"].as_u64().unwrap_or(0);
+        let before = receiver.stats().await["by_status"]["503"]
+            .as_u64()
+            .unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while receiver.stats().await["by_status"]["503"].as_u64().unwrap_or(0) <= before {
-            assert!(Instant::now() < deadline, "the forwarder sent nothing\n{}", std::fs::read_to_string(fwd_dir.join("forward.log")).unwrap_or_default());
+        while receiver.stats().await["by_status"]["503"]
+            .as_u64()
+            .unwrap_or(0)
+            <= before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the forwarder sent nothing\n{}",
+                std::fs::read_to_string(fwd_dir.join("forward.log")).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         child.kill().expect("SIGKILL");
@@ -565,7 +689,9 @@ async fn a_forwarder_killed_three_times_during_an_outage_loses_nothing() {
     }
     receiver.set(json!({"mode": "ok"})).await;
     let mut child = spawn_forwarder();
-    receiver.wait_for(&expected_ids(&kept), Duration::from_secs(90), &s).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(90), &s)
+        .await;
     let _ = child.kill();
     let _ = child.wait();
     let received = receiver.spans();

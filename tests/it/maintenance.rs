@@ -661,8 +661,11 @@ async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while a.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}").await
-        + b.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}").await
+    while a
+        .metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
+        .await
+        + b.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
+            .await
         < 600.0
     {
         assert!(

@@ -14,6 +14,7 @@ links and status, as decoded. Faults are switched on at run time:
 Usage: otlp_receiver.py PORT OUT
 """
 
+import base64
 import gzip
 import json
 import sys
@@ -30,6 +31,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 LOCK = threading.Lock()
 STATE = {"mode": "ok", "status": 200, "retry_after": None, "rejected": 0}
 STATS = {"requests": 0, "by_status": {}, "spans": 0, "content_types": {}}
+
+
+ID_KEYS = {"traceId", "spanId", "parentSpanId"}
+
+
+def hex_ids_to_base64(node):
+    """OTLP/JSON writes ids as hex, where protobuf's JSON mapping (and so
+    json_format) reads bytes as base64: convert them before parsing."""
+    if isinstance(node, dict):
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode() if k in ID_KEYS and isinstance(v, str) else hex_ids_to_base64(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [hex_ids_to_base64(x) for x in node]
+    return node
 
 
 def value(v):
@@ -137,7 +154,7 @@ class Handler(BaseHTTPRequestHandler):
         req = ExportTraceServiceRequest()
         try:
             if "json" in content_type:
-                json_format.Parse(raw, req)
+                json_format.ParseDict(hex_ids_to_base64(json.loads(raw)), req)
             else:
                 req.ParseFromString(raw)
         except Exception as e:  # a body the official classes refuse
