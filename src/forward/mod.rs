@@ -160,6 +160,9 @@ struct Sender {
     backoff: Backoff,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
+    /// The catch-up limit and its burst (one second's worth): every
+    /// attempt, a retry too, takes its spans' worth.
+    limiter: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
     ctx: ForwardContext,
 }
 
@@ -167,7 +170,6 @@ struct Forwarder {
     topic: String,
     consumer: StreamConsumer<LagContext>,
     sender: Arc<Sender>,
-    limiter: Option<DefaultDirectRateLimiter>,
     max_batch_spans: usize,
     max_batch_bytes: usize,
     linger: Duration,
@@ -203,12 +205,10 @@ impl Forwarder {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-        // The burst holds the largest batch, so that one always fits.
-        let limiter = NonZeroU32::new(cfg.max_spans_per_sec).map(|rate| {
-            let burst = NonZeroU32::new(cfg.max_batch_spans.max(rate.get() as usize) as u32)
-                .unwrap_or(rate);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        });
+        // A second's worth of spans at most goes at once: a backlog is sent
+        // at the limit's pace, whatever the batch size.
+        let limiter = NonZeroU32::new(cfg.max_spans_per_sec)
+            .map(|rate| (RateLimiter::direct(Quota::per_second(rate)), rate));
         ctx.metrics
             .spans_exported_total
             .with_label_values(&[&sink])
@@ -224,6 +224,7 @@ impl Forwarder {
             },
             dead_letters,
             dead_letter_topic: cfg.dead_letter_topic.clone(),
+            limiter,
             ctx,
         };
         tracing::info!(forwarder = %cfg.name, endpoint = %cfg.endpoint, protocol = cfg.protocol.as_str(), group = %cfg.group_id(), "forwarding kept traces");
@@ -231,7 +232,6 @@ impl Forwarder {
             topic: topic.to_string(),
             consumer,
             sender: Arc::new(sender),
-            limiter,
             max_batch_spans: cfg.max_batch_spans,
             max_batch_bytes: cfg.max_batch_bytes,
             linger: cfg.linger_ms.duration(),
@@ -255,6 +255,9 @@ impl Forwarder {
             .with_label_values(&[&self.sender.sink]);
         loop {
             let full = in_flight.len() >= self.concurrency;
+            // A full batch reads nothing more until it has gone.
+            let batch_full =
+                batch.spans >= self.max_batch_spans || batch.bytes >= self.max_batch_bytes;
             let linger = async {
                 match linger_until {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -267,7 +270,7 @@ impl Forwarder {
                     self.store_offsets(done);
                     oldest.pop_front();
                 }
-                msg = self.consumer.recv(), if !full => match msg {
+                msg = self.consumer.recv(), if !full && !batch_full => match msg {
                     Ok(m) => {
                         let Some(record) = self.record(&m) else { continue };
                         batch.spans += record.spans;
@@ -286,9 +289,6 @@ impl Forwarder {
                 _ = linger, if !full => {
                     let ready = std::mem::take(&mut batch);
                     linger_until = None;
-                    if let Some(limiter) = &self.limiter {
-                        wait_for_quota(limiter, ready.spans).await;
-                    }
                     oldest.push_back(ready.oldest_ms());
                     in_flight.push_back(self.sender.clone().deliver(ready));
                 }
@@ -359,13 +359,18 @@ impl Forwarder {
     }
 }
 
-async fn wait_for_quota(limiter: &DefaultDirectRateLimiter, spans: usize) {
-    let Some(n) = NonZeroU32::new(spans.min(u32::MAX as usize) as u32) else {
-        return;
-    };
-    if limiter.until_n_ready(n).await.is_err() {
-        // Larger than the burst can ever hold: go at the burst's pace.
-        limiter.until_ready().await;
+/// Waits until `spans` may go: a batch larger than the burst takes its
+/// tokens a burst at a time.
+async fn wait_for_quota(limiter: &DefaultDirectRateLimiter, burst: NonZeroU32, spans: usize) {
+    let mut left = spans;
+    while left > 0 {
+        let take = left.min(burst.get() as usize);
+        left -= take;
+        let Some(n) = NonZeroU32::new(take as u32) else {
+            return;
+        };
+        // `take` never exceeds the burst, so this cannot fail.
+        let _ = limiter.until_n_ready(n).await;
     }
 }
 
@@ -379,6 +384,9 @@ impl Sender {
         let mut retries = 0u32;
         let m = &self.ctx.metrics;
         loop {
+            if let Some((limiter, burst)) = &self.limiter {
+                wait_for_quota(limiter, *burst, batch.spans).await;
+            }
             match self.client.export(&body).await {
                 Verdict::Accepted {
                     rejected_spans,

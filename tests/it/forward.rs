@@ -569,6 +569,72 @@ async fn the_forwarder_delivers_everything_through_503s_429s_a_hang_and_refused_
     assert_eq!(health["sinks"]["otlp/faults"]["status"], "ok", "{health}");
 }
 
+/// A backend down for two minutes while traffic flows: every round of kept
+/// traces is committed to the table meanwhile, and once the backend is back
+/// the backlog arrives paced by the catch-up limit, not all at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_down_for_two_minutes_holds_nothing_up_and_is_caught_up_at_the_limit() {
+    const RATE: f64 = 20.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start(dir.path());
+    let fwd = forwarder(
+        "catchup",
+        &receiver.endpoint(),
+        "max_spans_per_sec = 20\nmax_batch_spans = 10",
+    );
+    let file = config_file(dir.path(), &sampled_topic(), &fwd, true)
+        .display()
+        .to_string();
+    let s = Selector::start("fwd-catchup", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
+    receiver.set(json!({"mode": "status", "status": 503})).await;
+    let outage = Instant::now();
+    let mut kept = Vec::new();
+    let mut round = 0;
+    while outage.elapsed() < Duration::from_secs(120) {
+        kept.extend(send_traces(&s.topic, 700 + round * 100, 20, 4).await);
+        // The table takes every round while the backend is down.
+        s.wait_exported(kept.len() as f64).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    assert!(
+        s.metric("tail_sampling_spans_exported_total{sink=\"otlp/catchup\"}")
+            .await
+            == 0.0
+    );
+    let back = Instant::now();
+    receiver.set(json!({"mode": "ok"})).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(180), &s)
+        .await;
+    let caught_up = back.elapsed();
+    // No second of the catch-up got more than the limit and its burst
+    // (one second's worth): retries take their share of the limit too.
+    let deliveries: Vec<(f64, f64)> = receiver.stats().await["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| (d[0].as_f64().unwrap_or(0.0), d[1].as_f64().unwrap_or(0.0)))
+        .collect();
+    let busiest = deliveries
+        .iter()
+        .map(|(t, _)| {
+            deliveries
+                .iter()
+                .filter(|(u, _)| *u >= *t && *u < t + 1.0)
+                .map(|(_, n)| n)
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max);
+    let backlog = kept.len() as f64;
+    eprintln!("catch-up: {backlog} spans after a {:.0} s outage in {:.1} s; busiest second {busiest} spans (limit {RATE}/s)", back.duration_since(outage).as_secs_f64(), caught_up.as_secs_f64());
+    assert!(busiest <= 2.0 * RATE, "{busiest} spans in one second");
+    assert!(
+        caught_up.as_secs_f64() >= (backlog - 2.0 * RATE) / RATE,
+        "{backlog} spans in {caught_up:?}: faster than the limit"
+    );
+}
+
 /// No table, no SQL: the sampled topic and a forwarder alone. The input
 /// offsets still commit once the broker confirmed the kept spans.
 #[tokio::test(flavor = "multi_thread")]

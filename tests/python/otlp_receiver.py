@@ -9,7 +9,8 @@ links and status, as decoded. Faults are switched on at run time:
     POST /control {"mode": "status", "status": 503, "retry_after": "2"}
     POST /control {"mode": "hang"}                  # answers nothing until the mode changes
     POST /control {"mode": "partial", "rejected": 1} # 200 with partial_success
-    GET  /stats    -> {"requests": n, "by_status": {...}, "spans": n}
+    GET  /stats    -> {"requests": n, "by_status": {...}, "spans": n,
+                       "deliveries": [[unix seconds, spans], ...]}
 
 Usage: otlp_receiver.py PORT OUT
 """
@@ -30,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 LOCK = threading.Lock()
 STATE = {"mode": "ok", "status": 200, "retry_after": None, "rejected": 0}
-STATS = {"requests": 0, "by_status": {}, "spans": 0, "content_types": {}}
+STATS = {"requests": 0, "by_status": {}, "spans": 0, "content_types": {}, "deliveries": []}
 
 
 ID_KEYS = {"traceId", "spanId", "parentSpanId"}
@@ -166,6 +167,7 @@ class Handler(BaseHTTPRequestHandler):
                 for line in lines:
                     f.write(line + "\n")
             STATS["spans"] += len(lines)
+            STATS["deliveries"].append([time.time(), len(lines)])
             key = content_type + ("+gzip" if self.headers.get("Content-Encoding") == "gzip" else "")
             STATS["content_types"][key] = STATS["content_types"].get(key, 0) + 1
         resp = ExportTraceServiceResponse()
