@@ -70,6 +70,9 @@ pub enum OtlpProtocol {
     /// `POST {endpoint}` with OTLP/JSON.
     #[serde(rename = "http/json")]
     HttpJson,
+    /// `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 impl OtlpProtocol {
@@ -77,6 +80,7 @@ impl OtlpProtocol {
         match self {
             OtlpProtocol::HttpProtobuf => "http/protobuf",
             OtlpProtocol::HttpJson => "http/json",
+            OtlpProtocol::Grpc => "grpc",
         }
     }
 }
@@ -97,8 +101,9 @@ pub struct ForwardConfig {
     /// Names the forwarder in metrics (`sink="otlp/<name>"`), logs and
     /// `/health`; letters, digits, `-` and `_`.
     pub name: String,
-    /// The full URL requests go to, `/v1/traces` included, as
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    /// Where requests go, as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: over
+    /// HTTP the full URL, `/v1/traces` included; over gRPC the server's
+    /// `http://` or `https://` address.
     pub endpoint: String,
     #[serde(default = "default_protocol")]
     pub protocol: OtlpProtocol,

@@ -110,7 +110,9 @@ impl OtlpHttp {
 
     fn body(&self, request: &[u8]) -> Result<(Vec<u8>, &'static str), String> {
         match self.protocol {
-            OtlpProtocol::HttpProtobuf => Ok((request.to_vec(), "application/x-protobuf")),
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::Grpc => {
+                Ok((request.to_vec(), "application/x-protobuf"))
+            }
             OtlpProtocol::HttpJson => {
                 let decoded = ExportTraceServiceRequest::decode(request)
                     .map_err(|e| format!("undecodable batch: {e}"))?;

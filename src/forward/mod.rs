@@ -13,6 +13,7 @@
 //! with `tail-sampling-selector forward`.
 
 mod client;
+mod grpc;
 pub mod retry;
 
 use std::collections::VecDeque;
@@ -30,12 +31,14 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::OtlpProtocol;
 use crate::config::{ForwardConfig, KafkaConfig};
 use crate::health::Health;
 use crate::kafka_client;
 use crate::metrics::Metrics;
 use crate::otlp::encode::count_spans;
 use client::OtlpHttp;
+use grpc::OtlpGrpc;
 use retry::{Backoff, Verdict};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +155,35 @@ impl Batch {
     }
 }
 
+/// The OTLP transport of one forwarder.
+enum Exporter {
+    Http(OtlpHttp),
+    Grpc(OtlpGrpc),
+}
+
+impl Exporter {
+    fn new(cfg: &ForwardConfig) -> Result<Self, ForwardError> {
+        Ok(match cfg.protocol {
+            OtlpProtocol::Grpc => Exporter::Grpc(OtlpGrpc::new(cfg)?),
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+                Exporter::Http(OtlpHttp::new(cfg)?)
+            }
+        })
+    }
+
+    async fn export(&self, request: &[u8]) -> Verdict {
+        match self {
+            Exporter::Http(c) => c.export(request).await,
+            Exporter::Grpc(c) => c.export(request).await,
+        }
+    }
+}
+
 /// What the sending of one batch needs, shared by its attempts.
 struct Sender {
     name: String,
     sink: String,
-    client: OtlpHttp,
+    client: Exporter,
     backoff: Backoff,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
@@ -217,7 +244,7 @@ impl Forwarder {
         let sender = Sender {
             name: cfg.name.clone(),
             sink,
-            client: OtlpHttp::new(cfg)?,
+            client: Exporter::new(cfg)?,
             backoff: Backoff {
                 initial: cfg.retry_initial_backoff_ms.duration(),
                 max: cfg.retry_max_backoff_ms.duration(),

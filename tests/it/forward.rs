@@ -24,6 +24,7 @@ use crate::harness::{now_nanos, producer, python, send, trace_id, Selector, CONF
 /// The test receiver, a Python process on a port of its own.
 struct Receiver {
     port: u16,
+    grpc_port: u16,
     out: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
@@ -31,12 +32,9 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         let mut r = Receiver {
-            port,
+            port: free_port(),
+            grpc_port: free_port(),
             out: dir.join("received.jsonl"),
             child: None,
             http: reqwest::Client::new(),
@@ -51,12 +49,15 @@ impl Receiver {
             .arg(script)
             .arg(self.port.to_string())
             .arg(&self.out)
+            .arg(self.grpc_port.to_string())
             .stdout(Stdio::null())
             .spawn()
             .expect("starting the OTLP receiver");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.grpc_port)).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "the OTLP receiver did not listen"
@@ -75,6 +76,10 @@ impl Receiver {
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/v1/traces", self.port)
+    }
+
+    fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     async fn set(&self, mode: Value) {
@@ -133,6 +138,13 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Drop for Receiver {
@@ -473,10 +485,16 @@ fn ids_of_spans(spans: &[Span]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// Waits until the forwarder counted a failure for `reason`.
+/// Waits until the forwarder `faults` counted a failure for `reason`.
 async fn wait_failure(s: &Selector, reason: &str) {
+    wait_failure_of(s, "faults", reason).await
+}
+
+async fn wait_failure_of(s: &Selector, forwarder: &str, reason: &str) {
     s.wait_metric(
-        &format!("tail_sampling_export_failures_total{{reason=\"{reason}\",sink=\"otlp/faults\"}}"),
+        &format!(
+            "tail_sampling_export_failures_total{{reason=\"{reason}\",sink=\"otlp/{forwarder}\"}}"
+        ),
         1.0,
         Duration::from_secs(60),
     )
@@ -567,6 +585,64 @@ async fn the_forwarder_delivers_everything_through_503s_429s_a_hang_and_refused_
     assert!(retries >= 4.0, "{retries}");
     let (_, health) = s.get("/health").await;
     assert_eq!(health["sinks"]["otlp/faults"]["status"], "ok", "{health}");
+}
+
+/// OTLP/gRPC with gzip: every field arrives as produced, through
+/// UNAVAILABLE, RESOURCE_EXHAUSTED with a RetryInfo, and a hang past the
+/// deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_backend_gets_every_kept_span_through_unavailable_resource_exhausted_and_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start(dir.path());
+    let fwd = forwarder("grpc", &receiver.grpc_endpoint(), "protocol = \"grpc\"");
+    let file = config_file(dir.path(), &sampled_topic(), &fwd, true)
+        .display()
+        .to_string();
+    let s = Selector::start("fwd-grpc", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
+    let mut kept = send_traces(&s.topic, 800, 10, 3).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
+
+    receiver.set(json!({"mode": "status", "status": 503})).await;
+    kept.extend(send_traces(&s.topic, 900, 10, 3).await);
+    wait_failure_of(&s, "grpc", "grpc_unavailable").await;
+    receiver
+        .set(json!({"mode": "status", "status": 429, "retry_after": "1"}))
+        .await;
+    wait_failure_of(&s, "grpc", "grpc_resourceexhausted").await;
+    receiver.set(json!({"mode": "hang"})).await;
+    wait_failure_of(&s, "grpc", "timeout").await;
+    receiver.set(json!({"mode": "ok"})).await;
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
+
+    let received = receiver.spans();
+    assert_eq!(ids(&received), expected_ids(&kept));
+    let by_id: BTreeMap<(String, String), &Value> = received
+        .iter()
+        .map(|v| {
+            let id = (
+                v["trace_id"].as_str().unwrap_or_default().to_string(),
+                v["span_id"].as_str().unwrap_or_default().to_string(),
+            );
+            (id, v)
+        })
+        .collect();
+    for span in &kept {
+        let id = (hex::encode(&span.trace_id), hex::encode(&span.span_id));
+        assert_eq!(
+            *by_id[&id],
+            expected_json(span),
+            "span {id:?} arrived changed"
+        );
+    }
+    eprintln!(
+        "grpc: {} kept spans delivered, {} duplicates",
+        kept.len(),
+        duplicates(&received)
+    );
 }
 
 /// A backend down for two minutes while traffic flows: every round of kept

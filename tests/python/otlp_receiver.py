@@ -12,7 +12,11 @@ links and status, as decoded. Faults are switched on at run time:
     GET  /stats    -> {"requests": n, "by_status": {...}, "spans": n,
                        "deliveries": [[unix seconds, spans], ...]}
 
-Usage: otlp_receiver.py PORT OUT
+With GRPC_PORT it also serves OTLP/gRPC (`TraceService/Export`) with the
+same faults: status 503 answers UNAVAILABLE, 429 RESOURCE_EXHAUSTED with a
+RetryInfo of `retry_after` seconds.
+
+Usage: otlp_receiver.py PORT OUT [GRPC_PORT]
 """
 
 import base64
@@ -97,6 +101,69 @@ def spans_of(req):
                 }
 
 
+def record(req, content_type):
+    """Appends the request's spans to OUT and counts them."""
+    lines = [json.dumps(s, sort_keys=True) for s in spans_of(req)]
+    with LOCK:
+        with open(OUT, "a") as f:
+            for line in lines:
+                f.write(line + "\n")
+        STATS["spans"] += len(lines)
+        STATS["deliveries"].append([time.time(), len(lines)])
+        STATS["content_types"][content_type] = STATS["content_types"].get(content_type, 0) + 1
+
+
+def current_state():
+    """The mode once it is not `hang`: a hung request waits here."""
+    with LOCK:
+        STATS["requests"] += 1
+        state = dict(STATE)
+    while state["mode"] == "hang":
+        time.sleep(0.2)
+        with LOCK:
+            state = dict(STATE)
+    return state
+
+
+def serve_grpc(port):
+    import grpc
+    from concurrent import futures
+    from google.protobuf import duration_pb2
+    from google.protobuf.any_pb2 import Any
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            state = current_state()
+            if state["mode"] == "status":
+                status = int(state["status"])
+                with LOCK:
+                    STATS["by_status"][f"grpc_{status}"] = STATS["by_status"].get(f"grpc_{status}", 0) + 1
+                if status == 429:
+                    info = error_details_pb2.RetryInfo(
+                        retry_delay=duration_pb2.Duration(seconds=int(state["retry_after"] or 1))
+                    )
+                    detail = Any()
+                    detail.Pack(info)
+                    context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+                        code=code_pb2.RESOURCE_EXHAUSTED, message="slow down", details=[detail])))
+                context.abort(grpc.StatusCode.UNAVAILABLE, "unavailable")
+            record(request, "grpc")
+            resp = ExportTraceServiceResponse()
+            if state["mode"] == "partial":
+                resp.partial_success.rejected_spans = int(state["rejected"])
+                resp.partial_success.error_message = "rejected by the test receiver"
+            return resp
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -140,13 +207,7 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404)
             return
         raw = self.body()
-        with LOCK:
-            STATS["requests"] += 1
-            state = dict(STATE)
-        while state["mode"] == "hang":
-            time.sleep(0.2)
-            with LOCK:
-                state = dict(STATE)
+        state = current_state()
         if state["mode"] == "status":
             headers = [("Retry-After", state["retry_after"])] if state["retry_after"] else []
             self.reply(int(state["status"]), b"unavailable", "text/plain", headers)
@@ -161,15 +222,8 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a body the official classes refuse
             self.reply(400, str(e).encode(), "text/plain")
             return
-        lines = [json.dumps(s, sort_keys=True) for s in spans_of(req)]
-        with LOCK:
-            with open(OUT, "a") as f:
-                for line in lines:
-                    f.write(line + "\n")
-            STATS["spans"] += len(lines)
-            STATS["deliveries"].append([time.time(), len(lines)])
-            key = content_type + ("+gzip" if self.headers.get("Content-Encoding") == "gzip" else "")
-            STATS["content_types"][key] = STATS["content_types"].get(key, 0) + 1
+        key = content_type + ("+gzip" if self.headers.get("Content-Encoding") == "gzip" else "")
+        record(req, key)
         resp = ExportTraceServiceResponse()
         if state["mode"] == "partial":
             resp.partial_success.rejected_spans = int(state["rejected"])
@@ -182,6 +236,7 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port, OUT = int(sys.argv[1]), sys.argv[2]
+    grpc_server = serve_grpc(int(sys.argv[3])) if len(sys.argv) > 3 else None
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     print(f"listening {port}", flush=True)
