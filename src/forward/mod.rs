@@ -158,13 +158,13 @@ impl Batch {
 /// The OTLP transport of one forwarder.
 enum Exporter {
     Http(OtlpHttp),
-    Grpc(OtlpGrpc),
+    Grpc(Box<OtlpGrpc>),
 }
 
 impl Exporter {
     fn new(cfg: &ForwardConfig) -> Result<Self, ForwardError> {
         Ok(match cfg.protocol {
-            OtlpProtocol::Grpc => Exporter::Grpc(OtlpGrpc::new(cfg)?),
+            OtlpProtocol::Grpc => Exporter::Grpc(Box::new(OtlpGrpc::new(cfg)?)),
             OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
                 Exporter::Http(OtlpHttp::new(cfg)?)
             }
