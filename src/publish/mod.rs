@@ -76,6 +76,7 @@ pub fn start(
         .spans_exported_total
         .with_label_values(&[SINK])
         .inc_by(0);
+    ctx.health.set_sink(SINK, Ok(()));
     let sink = Publisher {
         producer,
         topic: Arc::from(cfg.topic.as_str()),

@@ -219,6 +219,10 @@ test('the pipeline overview shows counts and, after a refresh, rates', async () 
   assert.match(await page.locator('#ov-kept').innerText(), /error \d+/);
   assert.match(await page.locator('#ov-commits').innerText(), /p99/);
   assert.match(await page.locator('#overview-health').innerText(), /Health: ready/);
+  // Each sink besides the table has its card, and its row in the health table.
+  await page.locator('#ov-sink-sampled-topic').filter({ hasText: /[1-9]\d* spans/ }).waitFor({ timeout: 10_000 });
+  assert.match(await page.locator('#ov-sink-sampled-topic').innerText(), /Sink sampled_topic/);
+  assert.match(await page.locator('#overview-health').innerText(), /sink sampled_topic/);
   await page.screenshot({ path: join(SHOTS, 'overview.png'), fullPage: true });
 });
 

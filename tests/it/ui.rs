@@ -25,9 +25,13 @@ fn unique(prefix: &str) -> String {
 
 async fn start(name: &str) -> Selector {
     let prefix = format!("tss-it-{}:", unique(name));
+    // The sampled topic on, so that the overview shows a sink beside the table.
+    let sampled = format!("tss-it-{}", unique("ui-sampled"));
     Selector::start(
         name,
         &[
+            ("TSS__SAMPLED_TOPIC__ENABLED", "true"),
+            ("TSS__SAMPLED_TOPIC__TOPIC", sampled.as_str()),
             ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
             ("TSS__ADMIN__AUTH_TOKEN", TOKEN),
             ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0"),
