@@ -21,6 +21,13 @@
 //! an outage; phase 4 is skipped:
 //!
 //!   cargo bench --bench end_to_end -- --spans 3000000 --backlog-secs 1800
+//!
+//! `--sinks` drains the topic a second time, in a group of its own, with the
+//! sampled topic and an OTLP/HTTP forwarder on (to a receiver in this
+//! process that counts spans), and reports that drain rate against the plain
+//! consumer's and the forwarder's throughput; phase 4 is skipped:
+//!
+//!   cargo bench --bench end_to_end -- --spans 1000000 --sinks
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +57,8 @@ struct Options {
     flush_secs: f64,
     /// Stamp the topic as the traffic of the last N seconds.
     backlog_secs: Option<f64>,
+    /// Drain again with the sampled topic and a forwarder on.
+    sinks: bool,
 }
 
 fn options() -> Options {
@@ -61,8 +70,10 @@ fn options() -> Options {
         inactivity_secs: 2.0,
         flush_secs: 2.0,
         backlog_secs: None,
+        sinks: false,
     };
     let args: Vec<String> = std::env::args().collect();
+    o.sinks = args.iter().any(|a| a == "--sinks");
     for w in args.windows(2) {
         match w[0].as_str() {
             "--spans" => o.spans = w[1].parse().unwrap_or(o.spans),
@@ -200,6 +211,10 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// The release selector on `topic`, with the bench's timeouts and a buffer
 /// large enough to drain a backlog.
 fn start_selector(o: &Options, topic: &str) -> Selector {
+    start_selector_with(o, topic, &[])
+}
+
+fn start_selector_with(o: &Options, topic: &str, extra: &[(&str, &str)]) -> Selector {
     let (inactivity, flush) = (o.inactivity_secs.to_string(), o.flush_secs.to_string());
     let mut settings = vec![
         ("TSS__KAFKA__BROKERS", o.brokers.as_str()),
@@ -220,6 +235,7 @@ fn start_selector(o: &Options, topic: &str) -> Selector {
         settings.push(("TSS__BUFFER__MAX_BUFFERED_SPANS", "4000000"));
     }
     // A backlog runs on the defaults: 60 s inactivity, 1,000,000 spans.
+    settings.extend_from_slice(extra);
     Selector::launch(topic, &settings)
 }
 
@@ -396,6 +412,15 @@ async fn main() {
         100.0 * rate / base
     );
 
+    if o.sinks {
+        println!(
+            "memory:    selector peak RSS {:.0} MiB",
+            peak_rss_mib(s.pid())
+        );
+        drop(s);
+        sinks_run(&o, &topic, messages, rate, base).await;
+        return;
+    }
     if o.backlog_secs.is_some() {
         println!(
             "memory:    selector peak RSS {:.0} MiB",
@@ -415,6 +440,91 @@ async fn main() {
     );
     println!(
         "memory:    selector peak RSS {:.0} MiB",
+        peak_rss_mib(s.pid())
+    );
+}
+
+/// The `--sinks` run: the same topic drained by a selector with the sampled
+/// topic and a forwarder to an in-process OTLP/HTTP receiver.
+async fn sinks_run(o: &Options, topic: &str, messages: u64, iceberg_rate: f64, base: f64) {
+    use axum::routing::post;
+    let received = Arc::new(AtomicU64::new(0));
+    let window: Arc<std::sync::Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let app = {
+        let (received, window) = (received.clone(), window.clone());
+        axum::Router::new().route(
+            "/v1/traces",
+            post(move |body: axum::body::Bytes| async move {
+                let n = tail_sampling_selector::otlp::encode::count_spans(&body).unwrap_or(0);
+                received.fetch_add(n as u64, Ordering::Relaxed);
+                if let Ok(mut w) = window.lock() {
+                    let now = Instant::now();
+                    *w = Some(w.map_or((now, now), |(first, _)| (first, now)));
+                }
+                ""
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sinks.toml");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "[sampled_topic]\nenabled = true\ntopic = \"tss-bench-sampled-{id}\"\n\n[[forward]]\nname = \"bench\"\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\ngroup_id = \"tss-bench-forward-{id}\"\nmax_spans_per_sec = 0\n"
+        ),
+    )
+    .expect("config");
+    let group = format!("{topic}-sinks");
+    let file = config.display().to_string();
+    let s = start_selector_with(
+        o,
+        topic,
+        &[
+            ("TSS__KAFKA__GROUP_ID", group.as_str()),
+            (harness::CONFIG_FILE, file.as_str()),
+        ],
+    );
+    s.wait_ready().await;
+    let rate = selector_drain(&s, messages).await;
+    println!(
+        "sinks:     with the sampled topic and a forwarder the selector drains at {:.0}% of the plain consumer's rate ({:.0}% of its Iceberg-only rate)",
+        100.0 * rate / base,
+        100.0 * rate / iceberg_rate
+    );
+    // The forwarder is done once it has every span the topic took, and the
+    // table has them all too.
+    let mut steady = 0;
+    loop {
+        let m = s.metrics().await;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        let topic_spans = get("tail_sampling_spans_exported_total{sink=\"sampled_topic\"}");
+        let table_spans = get("tail_sampling_spans_exported_total{sink=\"iceberg\"}");
+        let got = received.load(Ordering::Relaxed) as f64;
+        let done = topic_spans > 0.0 && got >= topic_spans && table_spans >= topic_spans;
+        steady = if done { steady + 1 } else { 0 };
+        if steady >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let got = received.load(Ordering::Relaxed);
+    let secs = window
+        .lock()
+        .ok()
+        .and_then(|w| *w)
+        .map_or(0.0, |(first, last)| (last - first).as_secs_f64());
+    println!(
+        "forward:   {got} spans to the local OTLP/HTTP receiver in {secs:.2} s ({:.0} spans/s, gzip, batches of 8192)",
+        got as f64 / secs.max(1e-9)
+    );
+    println!(
+        "memory:    selector with sinks peak RSS {:.0} MiB",
         peak_rss_mib(s.pid())
     );
 }

@@ -143,6 +143,12 @@ pub struct ForwardConfig {
     /// the forwarder's backlog. Defaults to `tail-sampling-forward-<name>`.
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Static membership in that group (`group.instance.id`, KIP-345),
+    /// unique per forwarder process: a restarted forwarder takes its
+    /// partitions back at once instead of waiting for the dead
+    /// incarnation's session to time out.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Where a batch the backend rejects for good (a 4xx other than 429,
     /// a body it can't take) goes, with the reason in a header.
     #[serde(default = "default_dead_letter_topic")]

@@ -216,7 +216,11 @@ impl Forwarder {
             .sinks
             .forward_lag_messages
             .with_label_values(&[&sink]);
-        let consumer: StreamConsumer<LagContext> = kafka_client::client_config(kafka)
+        let mut config = kafka_client::client_config(kafka);
+        if let Some(id) = &cfg.group_instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<LagContext> = config
             .set("group.id", cfg.group_id())
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
