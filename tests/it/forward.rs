@@ -19,7 +19,9 @@ use rdkafka::message::{Headers, Message as _};
 use serde_json::{json, Value};
 use tail_sampling_selector::testkit::synth::{self, kv, kv_int, ResourceDef, TraceSpec};
 
-use crate::harness::{now_nanos, producer, python, send, trace_id, Selector, CONFIG_FILE};
+use crate::harness::{
+    free_port, now_nanos, producer, python, send, trace_id, Selector, CONFIG_FILE,
+};
 
 /// The test receiver, a Python process on a port of its own.
 struct Receiver {
@@ -140,16 +142,33 @@ impl Receiver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Every kept span arrived with every field as it was produced.
+fn assert_arrived_as_produced(received: &[Value], kept: &[Span]) {
+    let by_id: BTreeMap<(String, String), &Value> = received
+        .iter()
+        .map(|v| {
+            (
+                ids(std::slice::from_ref(v))
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+                v,
+            )
+        })
+        .collect();
+    for span in kept {
+        let id = (hex::encode(&span.trace_id), hex::encode(&span.span_id));
+        assert_eq!(
+            *by_id[&id],
+            expected_json(span),
+            "span {id:?} arrived changed"
+        );
     }
 }
 
@@ -376,24 +395,7 @@ async fn kept_spans_reach_the_sampled_topic_and_an_otlp_receiver_exactly_as_prod
 
     let received = receiver.spans();
     assert_eq!(ids(&received), expected, "only kept spans are forwarded");
-    let by_id: BTreeMap<(String, String), &Value> = received
-        .iter()
-        .map(|v| {
-            let id = (
-                v["trace_id"].as_str().unwrap_or_default().to_string(),
-                v["span_id"].as_str().unwrap_or_default().to_string(),
-            );
-            (id, v)
-        })
-        .collect();
-    for span in &kept {
-        let id = (hex::encode(&span.trace_id), hex::encode(&span.span_id));
-        assert_eq!(
-            *by_id[&id],
-            expected_json(span),
-            "span {id:?} arrived changed"
-        );
-    }
+    assert_arrived_as_produced(&received, &kept);
     let stats = receiver.stats().await;
     assert!(
         stats["content_types"]["application/x-protobuf+gzip"].as_u64() > Some(0),
@@ -625,24 +627,7 @@ async fn a_grpc_backend_gets_every_kept_span_through_unavailable_resource_exhaus
 
     let received = receiver.spans();
     assert_eq!(ids(&received), expected_ids(&kept));
-    let by_id: BTreeMap<(String, String), &Value> = received
-        .iter()
-        .map(|v| {
-            let id = (
-                v["trace_id"].as_str().unwrap_or_default().to_string(),
-                v["span_id"].as_str().unwrap_or_default().to_string(),
-            );
-            (id, v)
-        })
-        .collect();
-    for span in &kept {
-        let id = (hex::encode(&span.trace_id), hex::encode(&span.span_id));
-        assert_eq!(
-            *by_id[&id],
-            expected_json(span),
-            "span {id:?} arrived changed"
-        );
-    }
+    assert_arrived_as_produced(&received, &kept);
     eprintln!(
         "grpc: {} kept spans delivered, {} duplicates",
         kept.len(),
@@ -883,10 +868,7 @@ async fn a_forwarder_killed_three_times_during_an_outage_loses_nothing() {
         "group_instance_id = \"forwarder-1\"",
     );
     let fwd_cfg = config_file(&fwd_dir, &sampled, &fwd, true);
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let metrics_port = free_port();
     let spawn_forwarder = || {
         let log = std::fs::OpenOptions::new()
             .create(true)
