@@ -446,6 +446,28 @@ async fn main() {
 
 /// The `--sinks` run: the same topic drained by a selector with the sampled
 /// topic and a forwarder to an in-process OTLP/HTTP receiver.
+/// Spans in one OTLP/HTTP protobuf request, gunzipped when the forwarder
+/// compressed it (its default).
+fn received_spans(headers: &axum::http::HeaderMap, body: &[u8]) -> u64 {
+    use std::io::Read;
+    let gzip = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let mut plain = Vec::new();
+    let bytes = if gzip {
+        if flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut plain)
+            .is_err()
+        {
+            return 0;
+        }
+        plain.as_slice()
+    } else {
+        body
+    };
+    tail_sampling_selector::otlp::encode::count_spans(bytes).map_or(0, |n| n as u64)
+}
+
 async fn sinks_run(o: &Options, topic: &str, messages: u64, iceberg_rate: f64, base: f64) {
     use axum::routing::post;
     let received = Arc::new(AtomicU64::new(0));
@@ -454,15 +476,17 @@ async fn sinks_run(o: &Options, topic: &str, messages: u64, iceberg_rate: f64, b
         let (received, window) = (received.clone(), window.clone());
         axum::Router::new().route(
             "/v1/traces",
-            post(move |body: axum::body::Bytes| async move {
-                let n = tail_sampling_selector::otlp::encode::count_spans(&body).unwrap_or(0);
-                received.fetch_add(n as u64, Ordering::Relaxed);
-                if let Ok(mut w) = window.lock() {
-                    let now = Instant::now();
-                    *w = Some(w.map_or((now, now), |(first, _)| (first, now)));
-                }
-                ""
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let n = received_spans(&headers, &body);
+                    received.fetch_add(n, Ordering::Relaxed);
+                    if let Ok(mut w) = window.lock() {
+                        let now = Instant::now();
+                        *w = Some(w.map_or((now, now), |(first, _)| (first, now)));
+                    }
+                    ""
+                },
+            ),
         )
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -500,12 +524,17 @@ async fn sinks_run(o: &Options, topic: &str, messages: u64, iceberg_rate: f64, b
     // The forwarder is done once it has every span the topic took, and the
     // table has them all too.
     let mut steady = 0;
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let m = s.metrics().await;
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let topic_spans = get("tail_sampling_spans_exported_total{sink=\"sampled_topic\"}");
         let table_spans = get("tail_sampling_spans_exported_total{sink=\"iceberg\"}");
         let got = received.load(Ordering::Relaxed) as f64;
+        assert!(
+            Instant::now() < deadline,
+            "the forwarder did not catch up: {got} spans received, the sampled topic took {topic_spans}, the table {table_spans}"
+        );
         let done = topic_spans > 0.0 && got >= topic_spans && table_spans >= topic_spans;
         steady = if done { steady + 1 } else { 0 };
         if steady >= 3 {

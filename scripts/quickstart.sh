@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quickstart: local stack up, build, start the selector on its embedded
-# default (Iceberg on local files with a SQLite catalog), send the 10 seed
-# traces, and print the kept ones from SQL. The selector keeps running; stop
-# it with `scripts/stack.sh down`.
+# default (Iceberg on local files with a SQLite catalog) with the sampled
+# topic and an OTLP forwarder to a local receiver (`otlp_receiver`), send the
+# 10 seed traces, and print the kept ones from SQL and as the receiver got
+# them. Both keep running; stop them with `scripts/stack.sh down`.
 source "$(dirname "$0")/lib.sh"
 
 ensure_build_deps
@@ -19,13 +20,36 @@ RUN_DIR="$STATE_DIR/quickstart"
 STACK_DIR="$STATE_DIR/stack"
 ADMIN="127.0.0.1:${TSS_QUICKSTART_ADMIN_PORT:-8080}"
 METRICS="127.0.0.1:${TSS_QUICKSTART_METRICS_PORT:-9090}"
-if [ -f "$STACK_DIR/selector.pid" ] && kill -0 "$(cat "$STACK_DIR/selector.pid")" 2>/dev/null; then
-  log "stopping the previous quickstart selector"
-  kill "$(cat "$STACK_DIR/selector.pid")"
-  sleep 2
-fi
+OTLP="127.0.0.1:${TSS_QUICKSTART_OTLP_PORT:-4318}"
+for proc in selector otlp_receiver; do
+  if [ -f "$STACK_DIR/$proc.pid" ] && kill -0 "$(cat "$STACK_DIR/$proc.pid")" 2>/dev/null; then
+    log "stopping the previous quickstart $proc"
+    kill "$(cat "$STACK_DIR/$proc.pid")"
+    sleep 2
+  fi
+done
 rm -rf "$RUN_DIR"
 mkdir -p "$RUN_DIR"
+
+# A stand-in tracing backend: prints one line per span it receives.
+log "starting a local OTLP/HTTP receiver on http://$OTLP/v1/traces"
+nohup "$CARGO_TARGET_DIR/debug/otlp_receiver" --listen "$OTLP" \
+  >"$RUN_DIR/otlp-received.txt" 2>"$RUN_DIR/otlp_receiver.log" &
+echo $! >"$STACK_DIR/otlp_receiver.pid"
+
+# Kept spans go to the table, to the sampled topic, and from that topic to
+# the receiver (docs/configuration.md, "Sending kept traces on"). Static
+# membership lets a rerun take the forwarder's partitions back at once.
+cat >"$RUN_DIR/selector.toml" <<TOML
+[sampled_topic]
+enabled = true
+
+[[forward]]
+name = "local"
+endpoint = "http://$OTLP/v1/traces"
+group_instance_id = "quickstart-forward"
+linger_ms = 200
+TOML
 
 log "starting the selector (inactivity timeout 3 s, flush every 2 s)"
 (
@@ -37,7 +61,8 @@ log "starting the selector (inactivity timeout 3 s, flush every 2 s)"
   TSS__SERVER__ADMIN_ADDR="$ADMIN" \
   TSS__SERVER__METRICS_ADDR="$METRICS" \
   TSS__KAFKA__GROUP_INSTANCE_ID=quickstart \
-  nohup "$CARGO_TARGET_DIR/debug/tail-sampling-selector" >"$RUN_DIR/selector.log" 2>&1 &
+  nohup "$CARGO_TARGET_DIR/debug/tail-sampling-selector" --config "$RUN_DIR/selector.toml" \
+    >"$RUN_DIR/selector.log" 2>&1 &
   echo $! >"$STACK_DIR/selector.pid"
 )
 
@@ -85,7 +110,20 @@ for row in r["rows"]:
     print(f"{row[0]:<32}  {row[1]:>12}  {row[2]:>12.1f}")
 print("(%d rows, %d ms)" % (r["row_count"], r["elapsed_ms"]))'
 
+# The kept spans at the receiver: at least once, so every one of the spans
+# the table holds, duplicates possible after a crash.
+log "waiting until the local OTLP receiver got every kept span"
+for i in $(seq 1 120); do
+  exported=$(metric 'tail_sampling_spans_exported_total{sink="iceberg"}')
+  forwarded=$(metric 'tail_sampling_spans_exported_total{sink="otlp/local"}')
+  [ "${forwarded:-0}" -ge "${exported:-1}" ] && break
+  [ "$i" -eq 120 ] && die "the kept spans did not all reach the OTLP receiver in 60 s; see $RUN_DIR/selector.log"
+  sleep 0.5
+done
+log "received by the OTLP receiver (trace_id span_id service name status; $RUN_DIR/otlp-received.txt):"
+sort "$RUN_DIR/otlp-received.txt"
+
 log "metrics:"
-curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total\{sink="iceberg"\}|iceberg_commits_total) '
+curl -fsS "http://$METRICS/metrics" | grep -E '^tail_sampling_(traces_sampled_total\{reason="error"\}|traces_dropped_total|spans_exported_total\{sink="[a-z_/]+"\}|iceberg_commits_total) '
 log "the web UI: open http://$ADMIN/ to search the kept traces and see their waterfalls"
-log "the selector keeps running (log: $RUN_DIR/selector.log); stop everything with scripts/stack.sh down"
+log "the selector and the OTLP receiver keep running (logs in $RUN_DIR); stop everything with scripts/stack.sh down"

@@ -156,7 +156,7 @@ case "${1:-}" in
   up) start_redis; start_tansu; start_seaweedfs; status ;;
   postgres) start_postgres ;;
   down)
-    stop_pidfile selector; stop_pidfile tansu; stop_pidfile redis; stop_pidfile seaweedfs
+    stop_pidfile selector; stop_pidfile otlp_receiver; stop_pidfile tansu; stop_pidfile redis; stop_pidfile seaweedfs
     stop_postgres; status ;;
   status) status ;;
   *) echo "usage: $0 up|postgres|down|status" >&2; exit 2 ;;

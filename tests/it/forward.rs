@@ -20,13 +20,18 @@ use serde_json::{json, Value};
 use tail_sampling_selector::testkit::synth::{self, kv, kv_int, ResourceDef, TraceSpec};
 
 use crate::harness::{
-    free_port, now_nanos, producer, python, send, trace_id, Selector, CONFIG_FILE,
+    free_port, now_nanos, producer, python, send, trace_id, Certs, Selector, CONFIG_FILE,
 };
 
 /// The test receiver, a Python process on a port of its own.
 struct Receiver {
     port: u16,
     grpc_port: u16,
+    /// Where `/control` and `/stats` answer: the trace port, or a plain
+    /// port of its own when the trace ports speak TLS.
+    control_port: u16,
+    /// A folder with ca.pem, server.pem and server.key: mutual TLS.
+    tls_dir: Option<PathBuf>,
     out: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
@@ -34,9 +39,18 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
+        Self::start_with(dir, None)
+    }
+
+    /// Both trace ports speak TLS and require a client certificate signed
+    /// by `tls_dir`'s ca.pem.
+    fn start_with(dir: &Path, tls_dir: Option<&Path>) -> Receiver {
+        let port = free_port();
         let mut r = Receiver {
-            port: free_port(),
+            port,
             grpc_port: free_port(),
+            control_port: if tls_dir.is_some() { free_port() } else { port },
+            tls_dir: tls_dir.map(Path::to_path_buf),
             out: dir.join("received.jsonl"),
             child: None,
             http: reqwest::Client::new(),
@@ -47,11 +61,15 @@ impl Receiver {
 
     fn spawn(&mut self) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/otlp_receiver.py");
-        let child = Command::new(python())
-            .arg(script)
+        let mut cmd = Command::new(python());
+        cmd.arg(script)
             .arg(self.port.to_string())
             .arg(&self.out)
-            .arg(self.grpc_port.to_string())
+            .arg(self.grpc_port.to_string());
+        if let Some(tls) = &self.tls_dir {
+            cmd.arg(tls).arg(self.control_port.to_string());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .spawn()
             .expect("starting the OTLP receiver");
@@ -59,6 +77,7 @@ impl Receiver {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
             || std::net::TcpStream::connect(("127.0.0.1", self.grpc_port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", self.control_port)).is_err()
         {
             assert!(
                 Instant::now() < deadline,
@@ -76,18 +95,26 @@ impl Receiver {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/traces", self.port)
+        format!("{}://127.0.0.1:{}/v1/traces", self.scheme(), self.port)
     }
 
     fn grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.grpc_port)
     }
 
     async fn set(&self, mode: Value) {
         let r = self
             .http
-            .post(format!("http://127.0.0.1:{}/control", self.port))
+            .post(format!("http://127.0.0.1:{}/control", self.control_port))
             .body(mode.to_string())
             .send()
             .await
@@ -97,7 +124,7 @@ impl Receiver {
 
     async fn stats(&self) -> Value {
         self.http
-            .get(format!("http://127.0.0.1:{}/stats", self.port))
+            .get(format!("http://127.0.0.1:{}/stats", self.control_port))
             .send()
             .await
             .expect("receiver stats")
@@ -842,6 +869,94 @@ async fn forwarding_alone_works_without_the_table() {
         s.metric("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
             .await,
         0.0
+    );
+}
+
+/// A backend behind mutual TLS, over OTLP/HTTP and OTLP/gRPC: with the CA
+/// and a client certificate every kept span arrives; a forwarder without a
+/// client certificate is turned away at the handshake, counts the failure,
+/// and delivers nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarders_reach_a_backend_behind_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = Certs::generate();
+    let receiver = Receiver::start_with(dir.path(), Some(certs.dir.path()));
+    let (ca, cert, key) = (
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.key"),
+    );
+    let mutual =
+        format!("tls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"");
+    let forwarders = [
+        forwarder("mtls-http", &receiver.endpoint(), &mutual),
+        forwarder(
+            "mtls-grpc",
+            &receiver.grpc_endpoint(),
+            &format!("protocol = \"grpc\"\n{mutual}"),
+        ),
+        forwarder(
+            "no-client-cert",
+            &receiver.endpoint(),
+            &format!("tls_ca_file = \"{ca}\""),
+        ),
+    ]
+    .join("\n");
+    let file = config_file(dir.path(), &sampled_topic(), &forwarders, true)
+        .display()
+        .to_string();
+    let s = Selector::start("fwd-tls", &[(CONFIG_FILE, &file), NO_BASELINE]).await;
+    let kept = send_traces(&s.topic, 1200, 10, 3).await;
+    // Each of the two forwarders with a certificate delivers every span once
+    // or more; their copies are told apart by the receiver's content types.
+    receiver
+        .wait_for(&expected_ids(&kept), Duration::from_secs(60), &s)
+        .await;
+    for name in ["mtls-http", "mtls-grpc"] {
+        s.wait_metric(
+            &format!("tail_sampling_spans_exported_total{{sink=\"otlp/{name}\"}}"),
+            kept.len() as f64,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let received = receiver.spans();
+    assert_arrived_as_produced(&received, &kept);
+    let stats = receiver.stats().await;
+    let by_type = &stats["content_types"];
+    assert!(
+        by_type["grpc"].as_u64().unwrap_or(0) > 0
+            && by_type["application/x-protobuf+gzip"].as_u64().unwrap_or(0) > 0,
+        "both protocols delivered over TLS: {stats}"
+    );
+    // Turned away at the handshake: with TLS 1.3 the client learns it at
+    // connect time or on its first read, so either reason will do.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = s.metrics().await;
+        let refused: f64 = ["connect", "transport"]
+            .iter()
+            .filter_map(|r| {
+                m.get(&format!(
+                    "tail_sampling_export_failures_total{{reason=\"{r}\",sink=\"otlp/no-client-cert\"}}"
+                ))
+            })
+            .sum();
+        if refused > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no handshake failure counted\n{}",
+            s.metrics_summary().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        s.metric("tail_sampling_spans_exported_total{sink=\"otlp/no-client-cert\"}")
+            .await,
+        0.0,
+        "a client without a certificate must deliver nothing"
     );
 }
 

@@ -16,12 +16,18 @@ With GRPC_PORT it also serves OTLP/gRPC (`TraceService/Export`) with the
 same faults: status 503 answers UNAVAILABLE, 429 RESOURCE_EXHAUSTED with a
 RetryInfo of `retry_after` seconds.
 
-Usage: otlp_receiver.py PORT OUT [GRPC_PORT]
+With TLS_DIR (ca.pem, server.pem, server.key) both trace ports speak TLS
+and ask every client for a certificate signed by ca.pem (mutual TLS); the
+control and stats endpoints then move to a plain CONTROL_PORT.
+
+Usage: otlp_receiver.py PORT OUT [GRPC_PORT [TLS_DIR CONTROL_PORT]]
 """
 
 import base64
 import gzip
 import json
+import os
+import ssl
 import sys
 import threading
 import time
@@ -125,7 +131,7 @@ def current_state():
     return state
 
 
-def serve_grpc(port):
+def serve_grpc(port, tls_dir=None):
     import grpc
     from concurrent import futures
     from google.protobuf import duration_pb2
@@ -159,7 +165,16 @@ def serve_grpc(port):
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls_dir:
+        read = lambda name: open(os.path.join(tls_dir, name), "rb").read()
+        credentials = grpc.ssl_server_credentials(
+            [(read("server.key"), read("server.pem"))],
+            root_certificates=read("ca.pem"),
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server
 
@@ -234,10 +249,28 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, resp.SerializeToString())
 
 
-if __name__ == "__main__":
-    port, OUT = int(sys.argv[1]), sys.argv[2]
-    grpc_server = serve_grpc(int(sys.argv[3])) if len(sys.argv) > 3 else None
+def mutual_tls(tls_dir):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(tls_dir, "server.pem"), os.path.join(tls_dir, "server.key"))
+    ctx.load_verify_locations(os.path.join(tls_dir, "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def serve_http(port):
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    return server
+
+
+if __name__ == "__main__":
+    port, OUT = int(sys.argv[1]), sys.argv[2]
+    tls_dir = sys.argv[4] if len(sys.argv) > 5 else None
+    grpc_server = serve_grpc(int(sys.argv[3]), tls_dir) if len(sys.argv) > 3 else None
+    server = serve_http(port)
+    if tls_dir:
+        server.socket = mutual_tls(tls_dir).wrap_socket(server.socket, server_side=True)
+        control = serve_http(int(sys.argv[5]))
+        threading.Thread(target=control.serve_forever, daemon=True).start()
     print(f"listening {port}", flush=True)
     server.serve_forever()
