@@ -2,6 +2,7 @@
 //! pipeline overview), the web UI at `/`, and the Prometheus endpoint.
 
 pub mod guard;
+pub mod jaeger;
 pub mod overview;
 pub mod rules;
 pub mod sampling;
@@ -117,6 +118,7 @@ pub fn admin_router(state: AppState) -> Router {
             "/admin/force-rules/{id}",
             get(rules::get).delete(rules::delete),
         )
+        .merge(jaeger::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))

@@ -207,6 +207,59 @@ impl QueryEngine {
         Ok(self.within_limits(run).await?.0)
     }
 
+    /// The span names and kinds of `service` (every service when `None`)
+    /// with spans starting in `[from, to)` (Unix microseconds).
+    pub async fn operations(
+        &self,
+        service: Option<&str>,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> Result<Vec<search::Operation>, QueryError> {
+        let run = search::operations(
+            &self.ctx,
+            service,
+            from_micros,
+            to_micros,
+            self.limits.max_rows,
+        );
+        Ok(self.within_limits(run).await?.0)
+    }
+
+    /// Service-to-service call counts of the spans starting in `[from, to)`.
+    pub async fn dependencies(
+        &self,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> Result<Vec<search::Dependency>, QueryError> {
+        let run = search::dependencies(&self.ctx, from_micros, to_micros, self.limits.max_rows);
+        Ok(self.within_limits(run).await?.0)
+    }
+
+    /// The spans of several traces (lowercase hex ids) in one read, within
+    /// the row and time limits ([`lookup::find_traces`]).
+    pub async fn find_traces(&self, trace_ids: &[String]) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
+        let run = async {
+            let table = self
+                .table
+                .load()
+                .await
+                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            let limits = self.limits;
+            lookup::find_traces(
+                &table,
+                trace_ids,
+                None,
+                limits.max_rows,
+                limits.max_result_bytes,
+            )
+            .await
+        };
+        let (mut result, _) = self.within_limits(run).await?;
+        result.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(result)
+    }
+
     /// Runs `work` within the time limit, telling memory exhaustion apart
     /// from other execution failures. Dropping the future on timeout
     /// cancels every stream of its plans.

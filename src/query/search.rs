@@ -346,6 +346,145 @@ pub(super) async fn service_names(
     Ok((services, result.truncated))
 }
 
+/// A span name of a service, with its span kind as stored (`SERVER`, …).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Operation {
+    pub service: String,
+    pub name: String,
+    pub kind: String,
+}
+
+/// The span names and kinds of `service` (every service when `None`) with
+/// spans starting in `[from, to)`.
+pub(super) async fn operations(
+    ctx: &SessionContext,
+    service: Option<&str>,
+    from_micros: i64,
+    to_micros: i64,
+    max_rows: usize,
+) -> Result<(Vec<Operation>, bool), QueryError> {
+    let mut condition = in_range(from_micros, to_micros);
+    if let Some(service) = service {
+        condition = condition.and(col("service_name").eq(lit(service.to_string())));
+    }
+    let df = spans(ctx)
+        .await?
+        .filter(condition)
+        .and_then(|df| df.aggregate(vec![col("service_name"), col("name"), col("kind")], vec![]))
+        .and_then(|df| {
+            df.sort(vec![
+                col("service_name").sort(true, true),
+                col("name").sort(true, true),
+                col("kind").sort(true, true),
+            ])
+        })
+        .and_then(|df| df.limit(0, Some(max_rows + 1)))
+        .map_err(QueryError::Invalid)?;
+    let result = to_json(
+        &df.collect().await.map_err(QueryError::Execution)?,
+        max_rows,
+    )?;
+    let operations = result
+        .rows
+        .iter()
+        .map(|row| {
+            let text = |i: usize| {
+                row.get(i)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            Operation {
+                service: text(0),
+                name: text(1),
+                kind: text(2),
+            }
+        })
+        .collect();
+    Ok((operations, result.truncated))
+}
+
+/// How often one service called another in `[from, to)`: a span whose
+/// parent is stored and belongs to another service is one call.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Dependency {
+    pub parent: String,
+    pub child: String,
+    pub call_count: u64,
+}
+
+/// The service-to-service calls of the spans starting in `[from, to)`,
+/// from parent/child pairs within each trace.
+pub(super) async fn dependencies(
+    ctx: &SessionContext,
+    from_micros: i64,
+    to_micros: i64,
+    max_rows: usize,
+) -> Result<(Vec<Dependency>, bool), QueryError> {
+    let range = in_range(from_micros, to_micros);
+    let children = spans(ctx)
+        .await?
+        .filter(range.clone().and(col("parent_span_id").is_not_null()))
+        .and_then(|df| {
+            df.select(vec![
+                col("trace_id").alias("c_trace"),
+                col("parent_span_id").alias("c_parent"),
+                col("service_name").alias("child"),
+            ])
+        })
+        .map_err(QueryError::Invalid)?;
+    let parents = spans(ctx)
+        .await?
+        .filter(range)
+        .and_then(|df| {
+            df.select(vec![
+                col("trace_id").alias("p_trace"),
+                col("span_id").alias("p_span"),
+                col("service_name").alias("parent"),
+            ])
+        })
+        .map_err(QueryError::Invalid)?;
+    let df = children
+        .join(
+            parents,
+            datafusion::common::JoinType::Inner,
+            &["c_trace", "c_parent"],
+            &["p_trace", "p_span"],
+            None,
+        )
+        .and_then(|df| df.filter(col("parent").not_eq(col("child"))))
+        .and_then(|df| {
+            df.aggregate(
+                vec![col("parent"), col("child")],
+                vec![count(lit(1)).alias("calls")],
+            )
+        })
+        .and_then(|df| {
+            df.sort(vec![
+                col("parent").sort(true, true),
+                col("child").sort(true, true),
+            ])
+        })
+        .and_then(|df| df.limit(0, Some(max_rows + 1)))
+        .map_err(QueryError::Invalid)?;
+    let result = to_json(
+        &df.collect().await.map_err(QueryError::Execution)?,
+        max_rows,
+    )?;
+    let links = result
+        .rows
+        .iter()
+        .filter_map(|row| {
+            Some(Dependency {
+                parent: row.first()?.as_str()?.to_string(),
+                child: row.get(1)?.as_str()?.to_string(),
+                call_count: row.get(2)?.as_u64()?,
+            })
+        })
+        .collect();
+    Ok((links, result.truncated))
+}
+
 /// One span as pass 2 reads it.
 #[derive(Debug, Clone, Default)]
 struct SpanRow {

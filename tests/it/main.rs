@@ -1,6 +1,6 @@
 //! The integration tests, in one binary: each module tests one concern
 //! against real services (the local Kafka-API broker, Redis, SeaweedFS,
-//! PostgreSQL, pyiceberg, DuckDB, Chromium), through the one shared [`harness`].
+//! PostgreSQL, pyiceberg, DuckDB, Chromium, the OpenTelemetry SDK), through the one shared [`harness`].
 //! Nothing skips: a missing service fails the test.
 
 mod harness;
@@ -10,6 +10,7 @@ mod durability;
 mod faults;
 mod force_rules;
 mod forward;
+mod jaeger;
 mod lookup;
 mod maintenance;
 mod memory;

@@ -1,0 +1,251 @@
+//! Jaeger's legacy HTTP query API over the spans table, the one Grafana's
+//! Jaeger data source calls: `/api/services`, `/api/services/{s}/operations`,
+//! `/api/operations`, `/api/traces` (search), `/api/traces/{id}` and
+//! `/api/dependencies`. Shapes are Jaeger's (`internal/uimodel`, the
+//! structured response of its HTTP handler); a parameter that does not parse
+//! is a 400 with Jaeger's `errors` body.
+
+pub mod model;
+pub mod params;
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{engine, ApiError, AppState};
+use crate::query::QueryError;
+use model::{DependencyLink, Structured, StructuredError};
+use params::{ParamError, Params};
+
+/// The range `/api/services` and the operation lists cover: Jaeger's have
+/// no range, so this is how far back a service is still listed.
+pub const SERVICES_LOOKBACK_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
+
+/// The routes, to be merged under the admin token.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/services", get(services))
+        .route(
+            "/api/services/{service}/operations",
+            get(service_operations),
+        )
+        .route("/api/operations", get(operations))
+        .route("/api/traces", get(search))
+        .route("/api/traces/{trace_id}", get(trace))
+        .route("/api/dependencies", get(dependencies))
+}
+
+/// An error in Jaeger's shape: `{"data": null, …, "errors": [{"code", "msg"}]}`.
+pub struct JaegerError {
+    status: StatusCode,
+    msg: String,
+}
+
+impl IntoResponse for JaegerError {
+    fn into_response(self) -> Response {
+        let body = Structured {
+            data: Value::Null,
+            total: 0,
+            limit: 0,
+            offset: 0,
+            errors: Some(vec![StructuredError {
+                code: self.status.as_u16(),
+                msg: self.msg,
+                trace_id: String::new(),
+            }]),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ParamError> for JaegerError {
+    fn from(e: ParamError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl From<QueryError> for JaegerError {
+    fn from(e: QueryError) -> Self {
+        tracing::info!(error = %e, "Jaeger API query failed");
+        ApiError::from(e).into()
+    }
+}
+
+impl From<ApiError> for JaegerError {
+    fn from(e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            msg: e.message,
+        }
+    }
+}
+
+fn ok<T: Serialize>(data: T, total: usize) -> Response {
+    Json(Structured::new(data, total)).into_response()
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// `GET /api/services`: the services with spans in the last week.
+async fn services(State(state): State<AppState>) -> Result<Response, JaegerError> {
+    let now = now_micros();
+    let list = engine(&state)?
+        .services(now - SERVICES_LOOKBACK_MICROS, now + 1)
+        .await?;
+    let names: Vec<String> = list.into_iter().map(|s| s.service).collect();
+    let total = names.len();
+    Ok(ok(names, total))
+}
+
+/// `GET /api/services/{service}/operations`: its span names.
+async fn service_operations(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Response, JaegerError> {
+    let now = now_micros();
+    let ops = engine(&state)?
+        .operations(Some(&service), now - SERVICES_LOOKBACK_MICROS, now + 1)
+        .await?;
+    let mut names: Vec<String> = ops.into_iter().map(|o| o.name).collect();
+    names.dedup();
+    let total = names.len();
+    Ok(ok(names, total))
+}
+
+#[derive(Serialize)]
+struct OperationKind {
+    name: String,
+    #[serde(rename = "spanKind")]
+    span_kind: String,
+}
+
+/// `GET /api/operations?service=&spanKind=`: span names with their kinds.
+async fn operations(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, JaegerError> {
+    let params = Params::parse(raw.as_deref());
+    let service = params.get("service").ok_or_else(|| ParamError {
+        param: "service",
+        reason: "parameter 'service' is required".into(),
+    })?;
+    let kind = params.get("spanKind").map(str::to_ascii_lowercase);
+    let now = now_micros();
+    let ops = engine(&state)?
+        .operations(Some(service), now - SERVICES_LOOKBACK_MICROS, now + 1)
+        .await?;
+    let list: Vec<OperationKind> = ops
+        .into_iter()
+        .map(|o| OperationKind {
+            name: o.name,
+            span_kind: jaeger_kind(&o.kind).to_string(),
+        })
+        .filter(|o| kind.as_deref().is_none_or(|k| k == o.span_kind))
+        .collect();
+    let total = list.len();
+    Ok(ok(list, total))
+}
+
+/// A stored span kind in Jaeger's words (empty when unspecified).
+fn jaeger_kind(stored: &str) -> &'static str {
+    match stored {
+        "SERVER" => "server",
+        "CLIENT" => "client",
+        "PRODUCER" => "producer",
+        "CONSUMER" => "consumer",
+        "INTERNAL" => "internal",
+        _ => "",
+    }
+}
+
+/// The spans of `ids` read in one lookup, as Jaeger traces in `ids`' order.
+async fn traces_of(state: &AppState, ids: &[String]) -> Result<Vec<model::Trace>, JaegerError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let result = engine(state)?.find_traces(ids).await?;
+    let mut by_trace: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
+    for row in result.rows {
+        let row: Map<String, Value> = result.columns.iter().cloned().zip(row).collect();
+        let id = row
+            .get("trace_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        by_trace.entry(id).or_default().push(row);
+    }
+    Ok(ids
+        .iter()
+        .filter_map(|id| by_trace.get(id).map(|rows| model::trace(id, rows)))
+        .collect())
+}
+
+/// `GET /api/traces`: the traces a search finds, whole, newest first.
+async fn search(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, JaegerError> {
+    let params = Params::parse(raw.as_deref());
+    let q = params::trace_search(&params, now_micros())?;
+    let found = engine(&state)?.search(&q).await?;
+    let ids: Vec<String> = found.traces.into_iter().map(|t| t.trace_id).collect();
+    let traces = traces_of(&state, &ids).await?;
+    let total = traces.len();
+    Ok(ok(traces, total))
+}
+
+/// `GET /api/traces/{id}`: one trace. `start` and `end` are hints Jaeger's
+/// clients send (Grafana sometimes in milliseconds); the lookup finds the
+/// trace by its id alone, so they are read and otherwise unused.
+async fn trace(
+    State(state): State<AppState>,
+    Path(trace_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, JaegerError> {
+    let params = Params::parse(raw.as_deref());
+    params.integer("start")?;
+    params.integer("end")?;
+    let id = params::trace_id(&trace_id)?;
+    let traces = traces_of(&state, std::slice::from_ref(&id)).await?;
+    if traces.is_empty() {
+        return Err(JaegerError {
+            status: StatusCode::NOT_FOUND,
+            msg: "trace not found".into(),
+        });
+    }
+    Ok(ok(traces, 0))
+}
+
+/// `GET /api/dependencies?endTs=&lookback=` (milliseconds): calls between
+/// services, from parent/child spans.
+async fn dependencies(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, JaegerError> {
+    let params = Params::parse(raw.as_deref());
+    let (from, to) = params::dependency_range(&params, now_micros())?;
+    let service = params.get("service");
+    let links: Vec<DependencyLink> = engine(&state)?
+        .dependencies(from, to)
+        .await?
+        .into_iter()
+        .filter(|d| service.is_none_or(|s| d.parent == s || d.child == s))
+        .map(|d| DependencyLink {
+            parent: d.parent,
+            child: d.child,
+            call_count: d.call_count,
+        })
+        .collect();
+    Ok(ok(links, 0))
+}

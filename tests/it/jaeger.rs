@@ -1,0 +1,449 @@
+//! Jaeger's legacy query API over the spans table, called as Grafana's
+//! Jaeger data source calls it (grafana-jaeger-datasource, `pkg/jaeger/
+//! client.go`): services, operations, search, one trace, dependencies; and
+//! bytes encoded by the OpenTelemetry Python SDK round-tripped through
+//! `/api/traces/{id}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use prost::Message;
+use serde_json::{json, Value};
+use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
+
+use crate::harness::{now_nanos, producer, random_trace_id, send, Selector};
+
+const TOKEN: &str = "jaeger-test-token";
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+async fn start(name: &str) -> Selector {
+    let prefix = format!("tss-it-{}:", unique(name));
+    Selector::start(
+        name,
+        &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ("TSS__ADMIN__AUTH_TOKEN", TOKEN),
+            ("TSS__SAMPLING__BASELINE_SAMPLE_RATE", "0"),
+        ],
+    )
+    .await
+}
+
+/// An error trace of 4 spans: the root in `front`, its 3 children in
+/// `back`. Returns its id.
+async fn two_service_trace(s: &Selector, front: &str, back: &str) -> String {
+    let id = random_trace_id(rand::random());
+    let mut spans = synth::trace(&TraceSpec {
+        trace_id: id,
+        service: front.into(),
+        spans: 4,
+        error: true,
+        start_unix_nano: now_nanos() - 60_000_000,
+        duration_ms: 40,
+    });
+    let children = spans.split_off(1);
+    let body = synth::request(vec![
+        ResourceDef::new(front, spans),
+        ResourceDef::new(back, children),
+    ])
+    .encode_to_vec();
+    send(&producer(), &s.topic, &hex::encode(id), &body).await;
+    hex::encode(id)
+}
+
+/// The keys of a JSON object.
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// The upstream shapes (jaegertracing/jaeger `internal/uimodel`, and the
+/// structured response of its HTTP handler), checked on every answer.
+fn assert_structured(body: &Value) {
+    assert_eq!(
+        keys(body),
+        BTreeSet::from(["data", "total", "limit", "offset", "errors"]),
+        "{body}"
+    );
+}
+
+fn assert_trace_shape(trace: &Value) {
+    assert_eq!(
+        keys(trace),
+        BTreeSet::from(["traceID", "spans", "processes", "warnings"]),
+        "{trace}"
+    );
+    let id = trace["traceID"].as_str().expect("traceID");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    for span in trace["spans"].as_array().expect("spans") {
+        assert_eq!(
+            keys(span),
+            BTreeSet::from([
+                "traceID",
+                "spanID",
+                "operationName",
+                "references",
+                "startTime",
+                "duration",
+                "tags",
+                "logs",
+                "processID",
+                "warnings",
+            ]),
+            "{span}"
+        );
+        assert_eq!(span["traceID"], trace["traceID"]);
+        assert!(span["startTime"].is_u64() && span["duration"].is_u64());
+        let pid = span["processID"].as_str().expect("processID");
+        let process = &trace["processes"][pid];
+        assert_eq!(
+            keys(process),
+            BTreeSet::from(["serviceName", "tags"]),
+            "{trace}"
+        );
+        for tag in span["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .chain(process["tags"].as_array().expect("process tags"))
+        {
+            assert_eq!(keys(tag), BTreeSet::from(["key", "type", "value"]));
+            let ok = match tag["type"].as_str() {
+                Some("string") => tag["value"].is_string(),
+                Some("bool") => tag["value"].is_boolean(),
+                Some("int64") => tag["value"].is_i64(),
+                Some("float64") => tag["value"].is_f64(),
+                _ => false,
+            };
+            assert!(ok, "a typed tag: {tag}");
+        }
+        for r in span["references"].as_array().expect("references") {
+            assert_eq!(keys(r), BTreeSet::from(["refType", "traceID", "spanID"]));
+        }
+        for log in span["logs"].as_array().expect("logs") {
+            assert_eq!(keys(log), BTreeSet::from(["timestamp", "fields"]));
+        }
+    }
+}
+
+fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["key"] == key)
+        .map(|t| &t["value"])
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_legacy_jaeger_api_answers_as_grafanas_data_source_calls_it() {
+    let s = start("jaeger").await;
+    let (front, back) = (unique("front"), unique("back"));
+    let id = two_service_trace(&s, &front, &back).await;
+    s.wait_exported(4.0).await;
+
+    // The data source's health check and service list.
+    let (status, body) = s.get("/api/services").await;
+    assert_eq!(status, 200, "{body}");
+    assert_structured(&body);
+    assert_eq!(
+        strings(&body["data"]),
+        BTreeSet::from([front.clone(), back.clone()])
+    );
+    assert_eq!(body["total"], 2);
+
+    // Operations: as SQL lists them.
+    let (status, body) = s.get(&format!("/api/services/{back}/operations")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_structured(&body);
+    let sql = s
+        .query(&format!(
+            "SELECT DISTINCT name FROM spans WHERE service_name = '{back}'"
+        ))
+        .await;
+    let from_sql: BTreeSet<String> = sql["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r[0].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(strings(&body["data"]), from_sql);
+    let (status, body) = s.get(&format!("/api/operations?service={front}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"],
+        json!([{"name": "POST /checkout", "spanKind": "server"}])
+    );
+    let (status, body) = s.get("/api/operations").await;
+    assert_eq!(status, 400, "service is required: {body}");
+
+    // Search as Grafana sends it: service, tags as JSON, a duration range,
+    // start and end in microseconds, a limit.
+    let now_us = now_nanos() / 1_000;
+    let range = format!(
+        "start={}&end={}",
+        now_us - 3_600_000_000,
+        now_us + 1_000_000
+    );
+    let tags = "%7B%22error%22%3A%22true%22%7D";
+    let (status, body) = s
+        .get(&format!(
+            "/api/traces?service={back}&tags={tags}&minDuration=1us&maxDuration=1h&limit=20&{range}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_structured(&body);
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{body}");
+    let trace = &data[0];
+    assert_trace_shape(trace);
+    assert_eq!(trace["traceID"], id.as_str());
+    assert_eq!(trace["spans"].as_array().expect("spans").len(), 4);
+    // Grafana sorts on spans[0]: the root.
+    let root = &trace["spans"][0];
+    assert_eq!(root["references"], json!([]));
+    assert_eq!(root["operationName"], "POST /checkout");
+    assert_eq!(
+        trace["processes"][root["processID"].as_str().expect("pid")]["serviceName"],
+        front.as_str()
+    );
+    assert_eq!(tag(root, "error"), Some(&json!(true)));
+    assert_eq!(tag(root, "span.kind"), Some(&json!("server")));
+    assert_eq!(tag(root, "http.response.status_code"), Some(&json!(500)));
+    assert_eq!(tag(root, "sampling.reason"), Some(&json!("error")));
+    for child in &trace["spans"].as_array().expect("spans")[1..] {
+        assert_eq!(
+            child["references"],
+            json!([{"refType": "CHILD_OF", "traceID": id, "spanID": root["spanID"]}])
+        );
+    }
+    // Repeated tag=k:v and an operation.
+    let (_, body) = s
+        .get(&format!(
+            "/api/traces?service={back}&operation=SELECT%20orders&tag=db.system:postgresql&{range}"
+        ))
+        .await;
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+    // Nothing matches: 200 with an empty list.
+    for miss in [
+        format!("service={back}&minDuration=1h&{range}"),
+        format!("service={back}&tag=db.system:mysql&{range}"),
+        format!("service=nobody&{range}"),
+    ] {
+        let (status, body) = s.get(&format!("/api/traces?{miss}")).await;
+        assert_eq!(status, 200, "{miss}: {body}");
+        assert_eq!(body["data"], json!([]), "{miss}");
+    }
+    let (status, body) = s.get("/api/traces?minDuration=5").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["code"], 400, "{body}");
+    assert!(
+        body["errors"][0]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("minDuration")),
+        "{body}"
+    );
+
+    // One trace, with start and end as Grafana sends them (milliseconds).
+    let now_ms = now_nanos() / 1_000_000;
+    let (status, body) = s
+        .get(&format!(
+            "/api/traces/{id}?start={}&end={}",
+            now_ms - 3_600_000,
+            now_ms
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_structured(&body);
+    assert_trace_shape(&body["data"][0]);
+    let spans_of = |t: &Value| -> BTreeMap<String, Value> {
+        t["spans"]
+            .as_array()
+            .expect("spans")
+            .iter()
+            .map(|s| (s["spanID"].as_str().expect("id").to_string(), s.clone()))
+            .collect()
+    };
+    assert_eq!(spans_of(&body["data"][0]), spans_of(trace));
+    let stored = s
+        .query(&format!(
+            "SELECT span_id, parent_span_id FROM spans WHERE trace_id = '{id}'"
+        ))
+        .await;
+    for row in stored["rows"].as_array().expect("rows") {
+        let span = &spans_of(trace)[row[0].as_str().expect("id")];
+        let parent = span["references"][0]["spanID"].clone();
+        assert_eq!(
+            if row[1].is_null() {
+                Value::Null
+            } else {
+                parent
+            },
+            row[1]
+        );
+    }
+    // The upper-case id, and a 64-bit id padded as Jaeger pads it.
+    let (status, _) = s.get(&format!("/api/traces/{}", id.to_uppercase())).await;
+    assert_eq!(status, 200);
+    let (status, body) = s.get("/api/traces/00ff").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errors"][0]["code"], 404, "{body}");
+    let (status, body) = s.get("/api/traces/not-hex").await;
+    assert_eq!(status, 400, "{body}");
+
+    // Dependencies: 3 calls from the front to the back.
+    let (status, body) = s
+        .get(&format!(
+            "/api/dependencies?endTs={}&lookback=3600000",
+            now_ms + 1_000
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_structured(&body);
+    assert_eq!(
+        body["data"],
+        json!([{"parent": front, "child": back, "callCount": 3}])
+    );
+
+    // Behind the admin token.
+    let anonymous = reqwest::get(format!("http://{}/api/services", s.admin))
+        .await
+        .expect("GET");
+    assert_eq!(anonymous.status().as_u16(), 401);
+}
+
+fn value_text(v: &AnyValue) -> Value {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => json!(s),
+        Some(any_value::Value::IntValue(i)) => json!(i),
+        Some(any_value::Value::BoolValue(b)) => json!(b),
+        Some(any_value::Value::DoubleValue(d)) => json!(d),
+        other => panic!("the fixture holds no {other:?}"),
+    }
+}
+
+fn expected_tags(attributes: &[KeyValue]) -> Vec<(String, Value)> {
+    attributes
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                value_text(kv.value.as_ref().expect("a value")),
+            )
+        })
+        .collect()
+}
+
+/// A trace the OpenTelemetry Python SDK encoded, fetched back through
+/// `/api/traces/{id}`: ids, parents, times, attributes, events and status
+/// as the SDK wrote them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_trace_round_trips_through_the_jaeger_api() {
+    let fixture = std::env::var("TSS_SDK_FIXTURE")
+        .expect("TSS_SDK_FIXTURE must name SDK-encoded bytes; run scripts/test.sh");
+    let bytes = std::fs::read(format!("{fixture}.bin")).expect("fixture .bin");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(format!("{fixture}.json")).expect("fixture .json"))
+            .expect("fixture json");
+    let request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("SDK bytes");
+    let s = start("jaeger-sdk").await;
+    send(&producer(), &s.topic, "sdk", &bytes).await;
+    let id = expected["error_trace_id"].as_str().expect("id");
+    s.wait_exported(expected["error_trace_spans"].as_f64().expect("n"))
+        .await;
+
+    let (status, body) = s.get(&format!("/api/traces/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let trace = &body["data"][0];
+    assert_trace_shape(trace);
+    let got: BTreeMap<String, &Value> = trace["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .map(|s| (s["spanID"].as_str().expect("id").to_string(), s))
+        .collect();
+    let rs = &request.resource_spans[0];
+    let scope = rs.scope_spans[0].scope.as_ref().expect("scope");
+    let mut compared = 0;
+    for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+        if hex::encode(&span.trace_id) != id {
+            continue;
+        }
+        compared += 1;
+        let j = got[&hex::encode(&span.span_id)];
+        assert_eq!(
+            trace["processes"][j["processID"].as_str().expect("pid")]["serviceName"],
+            expected["service_name"]
+        );
+        assert_eq!(j["operationName"], span.name.as_str());
+        let parent = hex::encode(&span.parent_span_id);
+        let refs = if parent.is_empty() {
+            json!([])
+        } else {
+            json!([{"refType": "CHILD_OF", "traceID": id, "spanID": parent}])
+        };
+        assert_eq!(j["references"], refs);
+        // The table keeps microseconds, as Jaeger does.
+        let start = (span.start_time_unix_nano / 1_000) as i64;
+        let end = (span.end_time_unix_nano / 1_000) as i64;
+        assert_eq!(j["startTime"], start);
+        assert_eq!(j["duration"], end - start);
+        for (key, value) in expected_tags(&span.attributes) {
+            assert_eq!(tag(j, &key), Some(&value), "{key}: {j}");
+        }
+        assert_eq!(tag(j, "otel.scope.name"), Some(&json!(scope.name)));
+        assert_eq!(tag(j, "otel.scope.version"), Some(&json!(scope.version)));
+        let logs: Vec<Value> = span
+            .events
+            .iter()
+            .map(|e| {
+                let mut fields = vec![json!({"key": "event", "type": "string", "value": e.name})];
+                fields.extend(
+                    expected_tags(&e.attributes)
+                        .into_iter()
+                        .map(|(k, v)| json!({"key": k, "type": "string", "value": v})),
+                );
+                json!({"timestamp": e.time_unix_nano / 1_000, "fields": fields})
+            })
+            .collect();
+        assert_eq!(j["logs"], json!(logs));
+        let status = span.status.clone().unwrap_or_default();
+        if status.code == 2 {
+            assert_eq!(tag(j, "otel.status_code"), Some(&json!("ERROR")));
+            assert_eq!(tag(j, "error"), Some(&json!(true)));
+            assert_eq!(
+                tag(j, "otel.status_description"),
+                Some(&json!(status.message))
+            );
+        } else {
+            assert_eq!(tag(j, "error"), None);
+        }
+        let kind = ["", "internal", "server", "client", "producer", "consumer"][span.kind as usize];
+        assert_eq!(tag(j, "span.kind"), Some(&json!(kind)));
+    }
+    assert_eq!(compared, got.len(), "every stored span compared");
+    assert_eq!(
+        compared as u64,
+        expected["error_trace_spans"].as_u64().expect("n")
+    );
+}
