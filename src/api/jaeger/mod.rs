@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod params;
+pub mod v3;
 
 use std::collections::HashMap;
 
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(trace))
         .route("/api/dependencies", get(dependencies))
+        .merge(v3::router())
 }
 
 /// An error in Jaeger's shape: `{"data": null, …, "errors": [{"code", "msg"}]}`.
@@ -169,15 +171,22 @@ fn jaeger_kind(stored: &str) -> &'static str {
     }
 }
 
-/// The spans of `ids` read in one lookup, as Jaeger traces in `ids`' order.
-async fn traces_of(state: &AppState, ids: &[String]) -> Result<Vec<model::Trace>, JaegerError> {
+type Row = Map<String, Value>;
+
+/// The stored spans of `ids`, read in one lookup, by trace id.
+async fn rows_by_trace(
+    state: &AppState,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<Row>>, ApiError> {
+    let mut by_trace: HashMap<String, Vec<Row>> = HashMap::new();
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(by_trace);
     }
-    let result = engine(state)?.find_traces(ids).await?;
-    let mut by_trace: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
+    let result = engine(state)?.find_traces(ids).await.inspect_err(|e| {
+        tracing::info!(error = %e, "Jaeger API trace lookup failed");
+    })?;
     for row in result.rows {
-        let row: Map<String, Value> = result.columns.iter().cloned().zip(row).collect();
+        let row: Row = result.columns.iter().cloned().zip(row).collect();
         let id = row
             .get("trace_id")
             .and_then(Value::as_str)
@@ -185,6 +194,12 @@ async fn traces_of(state: &AppState, ids: &[String]) -> Result<Vec<model::Trace>
             .to_string();
         by_trace.entry(id).or_default().push(row);
     }
+    Ok(by_trace)
+}
+
+/// The spans of `ids` as Jaeger traces, in `ids`' order.
+async fn traces_of(state: &AppState, ids: &[String]) -> Result<Vec<model::Trace>, JaegerError> {
+    let by_trace = rows_by_trace(state, ids).await?;
     Ok(ids
         .iter()
         .filter_map(|id| by_trace.get(id).map(|rows| model::trace(id, rows)))
