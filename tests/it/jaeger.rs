@@ -447,3 +447,136 @@ async fn an_sdk_trace_round_trips_through_the_jaeger_api() {
         expected["error_trace_spans"].as_u64().expect("n")
     );
 }
+
+/// api_v3 as the current Jaeger UI calls it (jaeger-ui `src/api/v3/
+/// client.ts`), checked against the rules its schemas enforce
+/// (`schemas.ts`: 32-hex trace ids, decimal nanosecond strings, a
+/// `spanKind` on every operation) and the upstream snapshots' shapes.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
+    let s = start("jaeger-v3").await;
+    let (front, back) = (unique("front"), unique("back"));
+    let id = two_service_trace(&s, &front, &back).await;
+    s.wait_exported(4.0).await;
+
+    let (status, body) = s.get("/api/v3/services").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(keys(&body), BTreeSet::from(["services"]));
+    assert_eq!(
+        strings(&body["services"]),
+        BTreeSet::from([front.clone(), back.clone()])
+    );
+
+    let (status, body) = s.get(&format!("/api/v3/operations?service={back}")).await;
+    assert_eq!(status, 200, "{body}");
+    let ops = body["operations"].as_array().expect("operations");
+    assert!(!ops.is_empty(), "{body}");
+    for op in ops {
+        assert_eq!(keys(op), BTreeSet::from(["name", "spanKind"]), "{op}");
+        assert_eq!(op["spanKind"], "client", "{op}");
+    }
+    let (_, body) = s
+        .get(&format!(
+            "/api/v3/operations?service={front}&spanKind=server"
+        ))
+        .await;
+    assert_eq!(
+        body,
+        json!({"operations": [{"name": "POST /checkout", "spanKind": "server"}]})
+    );
+
+    let now = chrono::Utc::now();
+    let range = format!(
+        "query.startTimeMin={}&query.startTimeMax={}",
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let (status, body) = s
+        .get(&format!(
+            "/api/v3/trace-summaries?query.serviceName={back}&query.searchDepth=20&query.durationMin=1us&{range}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let summaries = body["summaries"].as_array().expect("summaries");
+    assert_eq!(summaries.len(), 1, "{body}");
+    let sum = &summaries[0];
+    assert_eq!(sum["traceId"], id.as_str());
+    assert_eq!(sum["rootServiceName"], front.as_str());
+    assert_eq!(sum["rootOperationName"], "POST /checkout");
+    assert_eq!(sum["spanCount"], 4);
+    assert_eq!(sum["errorSpanCount"], 2);
+    let start: u128 = sum["minStartTimeUnixNano"]
+        .as_str()
+        .expect("a decimal string")
+        .parse()
+        .expect("decimal");
+    let end: u128 = sum["maxEndTimeUnixNano"]
+        .as_str()
+        .expect("a decimal string")
+        .parse()
+        .expect("decimal");
+    assert!(end > start, "{sum}");
+    for svc in sum["services"].as_array().expect("services") {
+        assert!(svc["name"].is_string(), "{svc}");
+    }
+
+    // One trace as OTLP JSON: every span once, ids as stored, under its
+    // resource, with the snapshot's field names.
+    let (status, body) = s.get(&format!("/api/v3/traces/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(keys(&body), BTreeSet::from(["result"]));
+    let resources = body["result"]["resourceSpans"]
+        .as_array()
+        .expect("resourceSpans");
+    assert_eq!(resources.len(), 2, "one per service: {body}");
+    let mut span_ids = BTreeSet::new();
+    for rs in resources {
+        assert_eq!(keys(rs), BTreeSet::from(["resource", "scopeSpans"]));
+        for ss in rs["scopeSpans"].as_array().expect("scopeSpans") {
+            for span in ss["spans"].as_array().expect("spans") {
+                assert_eq!(span["traceId"], id.as_str());
+                let span_id = span["spanId"].as_str().expect("spanId");
+                assert_eq!(span_id.len(), 16);
+                span_ids.insert(span_id.to_string());
+                for field in ["startTimeUnixNano", "endTimeUnixNano"] {
+                    assert!(
+                        span[field]
+                            .as_str()
+                            .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit())),
+                        "{field}: {span}"
+                    );
+                }
+                assert!(span["kind"].is_u64(), "{span}");
+            }
+        }
+    }
+    let stored = s
+        .count(&format!(
+            "SELECT count(DISTINCT span_id) FROM spans WHERE trace_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(span_ids.len() as i64, stored);
+    let (status, search) = s
+        .get(&format!("/api/v3/traces?query.serviceName={front}&{range}"))
+        .await;
+    assert_eq!(status, 200, "{search}");
+    assert_eq!(
+        search["result"]["resourceSpans"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // Errors in the gateway's shape.
+    let (status, body) = s
+        .get("/api/v3/traces/00000000000000000000000000abcdef")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": {"httpCode": 404, "message": "No traces found"}})
+    );
+    let (status, body) = s.get("/api/v3/trace-summaries?query.serviceName=x").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["httpCode"], 400, "{body}");
+    let (status, body) = s.get("/api/v3/traces/zz").await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -411,7 +411,8 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
 /// `ScopeSpans` per scope within it, in the order first met.
 fn otlp_resource_spans(rows: &[Map<String, Value>]) -> Vec<Value> {
     type Scope = (Option<String>, Option<String>);
-    let mut resources: Vec<(Value, Vec<(Scope, Vec<Value>)>)> = Vec::new();
+    type Scopes = Vec<(Scope, Vec<Value>)>;
+    let mut resources: Vec<(Value, Scopes)> = Vec::new();
     for row in rows {
         let resource = row
             .get("resource_attributes")
