@@ -1,7 +1,8 @@
 //! The deployment files agree with the code: the compose file validates
 //! against the Compose Specification, its selector environment is a valid
 //! configuration, Prometheus scrapes services that exist, the dashboard uses
-//! metrics the selector exports, and `Dockerfile.local` refuses binaries that
+//! metrics the selector exports, Grafana's Jaeger data source reaches the
+//! selector with its token, and `Dockerfile.local` refuses binaries that
 //! cannot run in its Linux image.
 
 use std::path::Path;
@@ -72,6 +73,18 @@ fn compose_environment_is_a_valid_configuration() {
             "missing service {needed}: {services:?}"
         );
     }
+}
+
+/// Grafana is provisioned with a Jaeger data source on the selector's admin
+/// port that sends the selector's token (`check_deploy.py` fails otherwise).
+#[test]
+fn grafana_browses_kept_traces_through_the_jaeger_api() {
+    let report = check_deploy();
+    assert_eq!(
+        report["jaeger_datasources"],
+        serde_json::json!(["Kept traces"]),
+        "{report}"
+    );
 }
 
 #[test]

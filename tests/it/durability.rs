@@ -346,7 +346,12 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 /// Kills land in the middle of rewrites and expiries too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_compaction_and_expiry_run_loses_and_duplicates_nothing() {
+    // A key prefix of its own: the maintenance lease lives in Redis, and
+    // another selector on this Redis (a quickstart left running) would hold
+    // the default one.
+    let prefix = format!("tss-it-{}:", uuid::Uuid::new_v4().simple());
     let maintenance = [
+        ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
         ("TSS__MAINTENANCE__ENABLED", "true"),
         ("TSS__MAINTENANCE__INTERVAL_SECS", "1"),
         ("TSS__MAINTENANCE__LEASE_TTL_SECS", "2"),

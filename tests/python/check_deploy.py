@@ -115,11 +115,30 @@ for f in sorted((provisioning / "dashboards").glob("*.yml")):
             problems.append(f"grafana dashboards path {path} is not mounted")
         else:
             dashboards_dir = root / mounts[path]
+grafana_env = env_of(services.get("grafana", {}))
+selector_env_all = env_of(services.get("selector", {}))
+jaeger_sources = []
 for f in sorted((provisioning / "datasources").glob("*.yml")):
     for ds in yaml.safe_load(f.read_text()).get("datasources", []):
         host = re.sub(r"^https?://", "", ds["url"]).split(":")[0]
         if host not in services:
             problems.append(f"grafana datasource {ds['url']}: no service {host}")
+        if ds.get("type") != "jaeger":
+            continue
+        # Grafana's Jaeger data source: the selector's admin port, with the
+        # selector's admin token as the Authorization header, expanded from
+        # Grafana's environment as Grafana's provisioning expands ${VAR}.
+        jaeger_sources.append(ds["name"])
+        admin_port = selector_env_all.get("TSS__SERVER__ADMIN_ADDR", ":8080").rsplit(":", 1)[-1]
+        if host != "selector" or not ds["url"].endswith(":" + admin_port):
+            problems.append(f"jaeger datasource {ds['url']} is not the selector's admin port {admin_port}")
+        json_data, secure = ds.get("jsonData") or {}, ds.get("secureJsonData") or {}
+        header = json_data.get("httpHeaderName1")
+        value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: grafana_env.get(m.group(1), ""),
+                       str(secure.get("httpHeaderValue1", "")))
+        token = selector_env_all.get("TSS__ADMIN__AUTH_TOKEN")
+        if token and (header != "Authorization" or value != f"Bearer {token}"):
+            problems.append(f"jaeger datasource sends {header}: {value!r}, the selector wants Bearer {token}")
 metric_names = set()
 if dashboards_dir is None or not list(dashboards_dir.glob("*.json")):
     problems.append("no provisioned Grafana dashboard")
@@ -141,4 +160,5 @@ print(json.dumps({
     "selector_env": selector_env,
     "dashboard_metrics": sorted(metric_names),
     "prometheus_targets": targets,
+    "jaeger_datasources": jaeger_sources,
 }))
