@@ -142,6 +142,14 @@ impl QueryEngine {
         })
     }
 
+    /// The table at its latest snapshot, for a read that plans its own files.
+    async fn load_table(&self) -> Result<iceberg::table::Table, QueryError> {
+        self.table
+            .load()
+            .await
+            .map_err(|e| QueryError::Catalog(Box::new(e)))
+    }
+
     /// The spans of one trace (lowercase hex id), within the row and time
     /// limits, skipping files by their `trace_id` bloom filters
     /// ([`lookup`]).
@@ -151,11 +159,7 @@ impl QueryEngine {
     ) -> Result<(QueryResult, lookup::LookupStats), QueryError> {
         let started = Instant::now();
         let run = async {
-            let table = self
-                .table
-                .load()
-                .await
-                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            let table = self.load_table().await?;
             let limits = self.limits;
             lookup::find_trace(&table, trace_id, limits.max_rows, limits.max_result_bytes).await
         };
@@ -172,11 +176,7 @@ impl QueryEngine {
         let run = async {
             let ids = search::matching_ids(&self.ctx, q).await?;
             match_ms = started.elapsed().as_millis() as u64;
-            let table = self
-                .table
-                .load()
-                .await
-                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            let table = self.load_table().await?;
             let limits = self.limits;
             search::summaries(
                 &table,
@@ -240,11 +240,7 @@ impl QueryEngine {
     pub async fn find_traces(&self, trace_ids: &[String]) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
         let run = async {
-            let table = self
-                .table
-                .load()
-                .await
-                .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            let table = self.load_table().await?;
             let limits = self.limits;
             lookup::find_traces(
                 &table,

@@ -297,6 +297,17 @@ async fn spans(ctx: &SessionContext) -> Result<DataFrame, QueryError> {
     ctx.table(TABLE_NAME).await.map_err(QueryError::Invalid)
 }
 
+/// The first `max_rows` rows of `df` as JSON, `truncated` when it had more.
+async fn first_rows(df: DataFrame, max_rows: usize) -> Result<super::QueryResult, QueryError> {
+    let df = df
+        .limit(0, Some(max_rows + 1))
+        .map_err(QueryError::Invalid)?;
+    to_json(
+        &df.collect().await.map_err(QueryError::Execution)?,
+        max_rows,
+    )
+}
+
 /// The services and span names with spans starting in `[from, to)`.
 pub(super) async fn service_names(
     ctx: &SessionContext,
@@ -319,12 +330,8 @@ pub(super) async fn service_names(
                 col("name").sort(true, true),
             ])
         })
-        .and_then(|df| df.limit(0, Some(max_rows + 1)))
         .map_err(QueryError::Invalid)?;
-    let result = to_json(
-        &df.collect().await.map_err(QueryError::Execution)?,
-        max_rows,
-    )?;
+    let result = first_rows(df, max_rows).await?;
     let mut services: Vec<ServiceNames> = Vec::new();
     for row in result.rows {
         let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
@@ -378,12 +385,8 @@ pub(super) async fn operations(
                 col("kind").sort(true, true),
             ])
         })
-        .and_then(|df| df.limit(0, Some(max_rows + 1)))
         .map_err(QueryError::Invalid)?;
-    let result = to_json(
-        &df.collect().await.map_err(QueryError::Execution)?,
-        max_rows,
-    )?;
+    let result = first_rows(df, max_rows).await?;
     let operations = result
         .rows
         .iter()
@@ -465,12 +468,8 @@ pub(super) async fn dependencies(
                 col("child").sort(true, true),
             ])
         })
-        .and_then(|df| df.limit(0, Some(max_rows + 1)))
         .map_err(QueryError::Invalid)?;
-    let result = to_json(
-        &df.collect().await.map_err(QueryError::Execution)?,
-        max_rows,
-    )?;
+    let result = first_rows(df, max_rows).await?;
     let links = result
         .rows
         .iter()

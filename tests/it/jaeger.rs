@@ -12,16 +12,9 @@ use prost::Message;
 use serde_json::{json, Value};
 use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
-use crate::harness::{now_nanos, producer, random_trace_id, send, Selector};
+use crate::harness::{now_nanos, producer, random_trace_id, send, unique, Selector};
 
 const TOKEN: &str = "jaeger-test-token";
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
 
 async fn start(name: &str) -> Selector {
     let prefix = format!("tss-it-{}:", unique(name));

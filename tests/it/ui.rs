@@ -11,17 +11,10 @@ use serde_json::Value;
 use tail_sampling_selector::testkit::synth::{self, ResourceDef, TraceSpec};
 
 use crate::harness::{
-    brokers, now_nanos, produce_seed_traces_with, producer, random_trace_id, send, Selector,
+    brokers, now_nanos, produce_seed_traces_with, producer, random_trace_id, send, unique, Selector,
 };
 
 const TOKEN: &str = "ui-test-token";
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
 
 async fn start(name: &str) -> Selector {
     let prefix = format!("tss-it-{}:", unique(name));

@@ -59,7 +59,6 @@ impl IntoResponse for JaegerError {
             errors: Some(vec![StructuredError {
                 code: self.status.as_u16(),
                 msg: self.msg,
-                trace_id: String::new(),
             }]),
         };
         (self.status, Json(body)).into_response()
@@ -151,24 +150,12 @@ async fn operations(
         .into_iter()
         .map(|o| OperationKind {
             name: o.name,
-            span_kind: jaeger_kind(&o.kind).to_string(),
+            span_kind: model::span_kind(&o.kind).unwrap_or_default().to_string(),
         })
         .filter(|o| kind.as_deref().is_none_or(|k| k == o.span_kind))
         .collect();
     let total = list.len();
     Ok(ok(list, total))
-}
-
-/// A stored span kind in Jaeger's words (empty when unspecified).
-fn jaeger_kind(stored: &str) -> &'static str {
-    match stored {
-        "SERVER" => "server",
-        "CLIENT" => "client",
-        "PRODUCER" => "producer",
-        "CONSUMER" => "consumer",
-        "INTERNAL" => "internal",
-        _ => "",
-    }
 }
 
 type Row = Map<String, Value>;

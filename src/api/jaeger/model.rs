@@ -33,13 +33,13 @@ impl<T: Serialize> Structured<T> {
     }
 }
 
+/// Upstream also has `traceID`, set only when a lookup of several ids
+/// misses one; this API looks up one id per call.
 #[derive(Debug, Serialize)]
 pub struct StructuredError {
     #[serde(skip_serializing_if = "is_zero")]
     pub code: u16,
     pub msg: String,
-    #[serde(rename = "traceID", skip_serializing_if = "String::is_empty")]
-    pub trace_id: String,
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -86,7 +86,7 @@ pub struct Reference {
     pub span_id: String,
 }
 
-#[derive(Debug, Serialize, PartialEq, Clone)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct Process {
     #[serde(rename = "serviceName")]
     pub service_name: String,
@@ -161,18 +161,23 @@ fn typed_number(text: &str) -> Option<(&'static str, Value)> {
 /// A span as the table row (column → value) that holds it.
 type Row = Map<String, Value>;
 
-fn text<'a>(row: &'a Row, column: &str) -> Option<&'a str> {
+/// A text column of a row; none when null or empty.
+pub(super) fn text<'a>(row: &'a Row, column: &str) -> Option<&'a str> {
     row.get(column)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
 }
 
-/// A stored timestamp (RFC 3339) in Unix microseconds.
-fn micros(value: Option<&Value>) -> i64 {
+/// A stored timestamp (RFC 3339, as the lookup writes it).
+pub(super) fn timestamp(value: Option<&Value>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     value
         .and_then(Value::as_str)
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map_or(0, |t| t.timestamp_micros())
+}
+
+/// A stored timestamp in Unix microseconds.
+fn micros(value: Option<&Value>) -> i64 {
+    timestamp(value).map_or(0, |t| t.timestamp_micros())
 }
 
 fn attributes(value: Option<&Value>) -> Vec<KeyValue> {
@@ -190,7 +195,7 @@ fn attributes(value: Option<&Value>) -> Vec<KeyValue> {
 }
 
 /// OTLP's span kind in Jaeger's words; none for an unspecified kind.
-fn span_kind(stored: &str) -> Option<&'static str> {
+pub fn span_kind(stored: &str) -> Option<&'static str> {
     match stored {
         "SERVER" => Some("server"),
         "CLIENT" => Some("client"),
@@ -283,21 +288,20 @@ fn process(row: &Row) -> Process {
 /// The rows of one trace as a Jaeger trace: the root span first (a span
 /// with no parent, or else the earliest), the others by start time.
 pub fn trace(trace_id: &str, rows: &[Row]) -> Trace {
-    let mut processes: BTreeMap<String, Process> = BTreeMap::new();
+    // Processes in the order first met: the `n`th is `p{n}`.
     let mut order: Vec<Process> = Vec::new();
     let mut spans: Vec<Span> = rows
         .iter()
         .map(|row| {
             let p = process(row);
-            let index = match order.iter().position(|known| *known == p) {
-                Some(i) => i,
-                None => {
-                    order.push(p.clone());
+            let index = order
+                .iter()
+                .position(|known| *known == p)
+                .unwrap_or_else(|| {
+                    order.push(p);
                     order.len() - 1
-                }
-            };
-            let process_id = format!("p{}", index + 1);
-            processes.entry(process_id.clone()).or_insert(p);
+                });
+            let process_id = process_id(index);
             let start = micros(row.get("start_time"));
             let end = micros(row.get("end_time"));
             let references = text(row, "parent_span_id")
@@ -332,9 +336,17 @@ pub fn trace(trace_id: &str, rows: &[Row]) -> Trace {
     Trace {
         trace_id: trace_id.to_string(),
         spans,
-        processes,
+        processes: order
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (process_id(i), p))
+            .collect(),
         warnings: None,
     }
+}
+
+fn process_id(index: usize) -> String {
+    format!("p{}", index + 1)
 }
 
 #[cfg(test)]

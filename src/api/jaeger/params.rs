@@ -136,11 +136,8 @@ fn tags(params: &Params) -> Result<BTreeMap<String, String>, ParamError> {
     Ok(out)
 }
 
-/// `GET /api/traces`: the search the parameters ask for, at `now_micros`.
-///
-/// The tags Jaeger derives from a span's status (`error=true`,
-/// `otel.status_code`) search the status; every other tag an attribute of
-/// the span or of its resource.
+/// `GET /api/traces`: the search the parameters ask for, at `now_micros`;
+/// tags as [`search_tags`] reads them.
 pub fn trace_search(params: &Params, now_micros: i64) -> Result<TraceSearch, ParamError> {
     let end = params.integer("end")?.unwrap_or(now_micros + 1);
     let start = match params.integer("start")? {
@@ -184,7 +181,15 @@ pub fn trace_search(params: &Params, now_micros: i64) -> Result<TraceSearch, Par
             ));
         }
     }
-    for (key, value) in tags(params)? {
+    search_tags(&mut q, tags(params)?);
+    Ok(q)
+}
+
+/// Tags into the search: the ones Jaeger derives from a span's status
+/// (`error=true`, `otel.status_code`) search the status, every other one
+/// an attribute of the span or of its resource.
+pub fn search_tags(q: &mut TraceSearch, tags: BTreeMap<String, String>) {
+    for (key, value) in tags {
         match (key.as_str(), value.as_str()) {
             ("error", "true") => q.status = Some(StatusFilter::Error),
             ("otel.status_code", code) if StatusFilter::parse(code).is_some() => {
@@ -193,7 +198,6 @@ pub fn trace_search(params: &Params, now_micros: i64) -> Result<TraceSearch, Par
             _ => q.attributes.push((key, value)),
         }
     }
-    Ok(q)
 }
 
 /// `lookback` as the Jaeger UI sends it (`1h`, `2d`, `custom`), in

@@ -14,10 +14,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as OtlpStatus};
 use serde_json::{json, Map, Value};
 
+use super::model::text;
 use super::params::{self, Params};
-use super::{jaeger_kind, now_micros, rows_by_trace, SERVICES_LOOKBACK_MICROS};
+use super::{model, now_micros, rows_by_trace, SERVICES_LOOKBACK_MICROS};
 use crate::api::{engine, ApiError, AppState};
 use crate::query::search::TraceSearch;
 use crate::query::QueryError;
@@ -99,12 +101,7 @@ fn find_query(raw: Option<&str>) -> Result<TraceSearch, V3Error> {
     if let Some(attrs) = p.get("query.attributes") {
         let map: BTreeMap<String, String> = serde_json::from_str(attrs)
             .map_err(|e| V3Error::bad(format!("malformed parameter query.attributes: {e}")))?;
-        for (key, value) in map {
-            match (key.as_str(), value.as_str()) {
-                ("error", "true") => q.status = Some(crate::query::search::StatusFilter::Error),
-                _ => q.attributes.push((key, value)),
-            }
-        }
+        params::search_tags(&mut q, map);
     }
     let min = param(&p, "query.startTimeMin", "query.start_time_min");
     let max = param(&p, "query.startTimeMax", "query.start_time_max");
@@ -176,10 +173,7 @@ async fn operations(
         .await?;
     let mut list: Vec<Value> = Vec::new();
     for o in ops {
-        let span_kind = match jaeger_kind(&o.kind) {
-            "" => "internal",
-            k => k,
-        };
+        let span_kind = model::span_kind(&o.kind).unwrap_or("internal");
         if kind.as_deref().is_some_and(|k| k != span_kind) {
             continue;
         }
@@ -281,10 +275,10 @@ async fn trace_summaries(
 }
 
 /// A stored text attribute as an OTLP `AnyValue`, typed as the legacy API
-/// types it ([`super::model::KeyValue::typed`]); int64 as a decimal string,
+/// types it ([`model::KeyValue::typed`]); int64 as a decimal string,
 /// as OTLP JSON writes it.
 fn any_value(text: &str) -> Value {
-    let tag = super::model::KeyValue::typed("", text);
+    let tag = model::KeyValue::typed("", text);
     match tag.kind {
         "bool" => json!({"boolValue": tag.value}),
         "int64" => json!({"intValue": text}),
@@ -308,30 +302,21 @@ fn key_values(value: Option<&Value>) -> Vec<Value> {
 }
 
 fn nanos(value: Option<&Value>) -> String {
-    value
-        .and_then(Value::as_str)
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+    model::timestamp(value)
         .and_then(|t| t.timestamp_nanos_opt())
         .unwrap_or(0)
         .to_string()
 }
 
-fn text<'a>(row: &'a Map<String, Value>, column: &str) -> Option<&'a str> {
-    row.get(column)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+/// OTLP's enum number for a name the table stores (`SERVER`, `ERROR`):
+/// the stored names are the proto's without their prefix
+/// ([`crate::otlp::format`]).
+fn kind_number(stored: &str) -> i32 {
+    SpanKind::from_str_name(&format!("SPAN_KIND_{stored}")).map_or(0, |k| k as i32)
 }
 
-/// OTLP's span kind number for the stored name.
-fn kind_number(stored: &str) -> u8 {
-    match stored {
-        "INTERNAL" => 1,
-        "SERVER" => 2,
-        "CLIENT" => 3,
-        "PRODUCER" => 4,
-        "CONSUMER" => 5,
-        _ => 0,
-    }
+fn status_number(stored: &str) -> i32 {
+    OtlpStatus::from_str_name(&format!("STATUS_CODE_{stored}")).map_or(0, |c| c as i32)
 }
 
 /// One span in OTLP JSON, default fields left out.
@@ -394,14 +379,9 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
     if let Some(message) = text(row, "status_message") {
         status.insert("message".into(), json!(message));
     }
-    match text(row, "status_code") {
-        Some("OK") => {
-            status.insert("code".into(), json!(1));
-        }
-        Some("ERROR") => {
-            status.insert("code".into(), json!(2));
-        }
-        _ => {}
+    let code = status_number(text(row, "status_code").unwrap_or_default());
+    if code != 0 {
+        status.insert("code".into(), json!(code));
     }
     span.insert("status".into(), Value::Object(status));
     Value::Object(span)
