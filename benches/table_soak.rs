@@ -12,7 +12,8 @@
 //! of the newest compaction snapshot, the day partitions and Parquet files
 //! on disk, `count(*)` latency, and the p50 and p99 of `--lookups` (200;
 //! with maintenance off `--lookups-off`, 20) lookups of trace ids sent at
-//! least 10 s before, chosen at random.
+//! least 10 s before, chosen at random; and the p50 and p99 of 20 calls each
+//! of the Jaeger query API: services, operations, a search, one trace.
 //!
 //! Needs the local stack (`scripts/stack.sh up`):
 //!
@@ -268,6 +269,7 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     }
     times.sort_by(f64::total_cmp);
     let search = search_times(s).await;
+    let jaeger = jaeger_times(s, &candidates).await;
     let MetadataReading {
         bytes: metadata_bytes,
         live,
@@ -275,7 +277,7 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
     } = newest_metadata(&warehouse);
     let after_compaction = after_compaction.map_or("-".to_string(), |n| n.to_string());
     println!(
-        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | search by service, last hour: {search} | RSS {:>4} MiB",
+        "  {commits:>6.0} commits | {rate:>4.1} commits/s, {rows_per_commit:>5.0} rows each, watermark lag {lag:.1} s | commit p50 {p50:>5.1} ms p99 {p99:>6.1} ms | metadata.json {:>7.1} KiB | live data files {live:>5} ({after_compaction:>3} after the last compaction), day partitions on disk {days} | parquet files on disk {:>5} | count(*) {count_ms:>6.0} ms | lookup p50 {:>5.0} ms p99 {:>5.0} ms ({found}/{} found, ≤ {planned} files planned, ≤ {read} read) | rows {rows:>9} | search by service, last hour: {search} | Jaeger API {jaeger} | RSS {:>4} MiB",
         metadata_bytes as f64 / 1024.0,
         parquet.len(),
         quantile(&times, 0.5),
@@ -314,6 +316,56 @@ async fn search_times(s: &Selector) -> String {
         quantile(&times, 0.5),
         times.last().copied().unwrap_or(f64::NAN)
     )
+}
+
+/// Calls of the Jaeger query API per checkpoint, each kind.
+const JAEGER_CALLS: usize = 20;
+
+/// The Jaeger query API as Grafana calls it when a search form opens and a
+/// trace is picked: p50 and p99 of [`JAEGER_CALLS`] calls each of the
+/// service list, the operations of `frontend`, a search of its last hour
+/// (20 traces) and one trace by id.
+async fn jaeger_times(s: &Selector, candidates: &[String]) -> String {
+    let mut rng = rand::rng();
+    let mut report = Vec::new();
+    for (label, path) in [
+        ("services", "/api/services".to_string()),
+        (
+            "operations",
+            "/api/services/frontend/operations".to_string(),
+        ),
+        (
+            "search",
+            "/api/traces?service=frontend&lookback=1h&limit=20".to_string(),
+        ),
+        ("trace", String::new()),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..JAEGER_CALLS {
+            let path = match label {
+                "trace" => match candidates.choose(&mut rng) {
+                    Some(id) => format!("/api/traces/{id}"),
+                    None => break,
+                },
+                _ => path.clone(),
+            };
+            let started = Instant::now();
+            let (status, body) = s.get(&path).await;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(
+                body["data"].as_array().is_some_and(|d| !d.is_empty()),
+                "{path}: {body}"
+            );
+        }
+        times.sort_by(f64::total_cmp);
+        report.push(format!(
+            "{label} p50 {:.0} ms p99 {:.0} ms",
+            quantile(&times, 0.5),
+            quantile(&times, 0.99)
+        ));
+    }
+    report.join(", ")
 }
 
 /// The benchmark's settings, from its arguments.

@@ -31,6 +31,7 @@ use crate::table::TableHandle;
 pub mod bounded_udf;
 pub mod catalog;
 pub mod lookup;
+pub mod names;
 pub mod search;
 pub mod spans_table;
 
@@ -102,6 +103,7 @@ pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
     table: TableHandle,
+    names: names::NameIndex,
 }
 
 impl QueryEngine {
@@ -139,6 +141,7 @@ impl QueryEngine {
             ctx,
             limits,
             table: table.clone(),
+            names: names::NameIndex::default(),
         })
     }
 
@@ -196,32 +199,40 @@ impl QueryEngine {
         })
     }
 
-    /// The services and their span names with spans starting in `[from, to)`
-    /// (Unix microseconds).
+    /// The services and their span names with spans starting in the
+    /// minutes that overlap `[from, to)` (Unix microseconds), from the
+    /// [`names`] index rather than a scan.
     pub async fn services(
         &self,
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::ServiceNames>, QueryError> {
-        let run = search::service_names(&self.ctx, from_micros, to_micros, self.limits.max_rows);
+        let run = async {
+            let table = self.load_table().await?;
+            let max_rows = self.limits.max_rows;
+            self.names
+                .services(&table, from_micros, to_micros, max_rows)
+                .await
+        };
         Ok(self.within_limits(run).await?.0)
     }
 
     /// The span names and kinds of `service` (every service when `None`)
-    /// with spans starting in `[from, to)` (Unix microseconds).
+    /// with spans starting in the minutes that overlap `[from, to)` (Unix
+    /// microseconds), from the [`names`] index.
     pub async fn operations(
         &self,
         service: Option<&str>,
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::Operation>, QueryError> {
-        let run = search::operations(
-            &self.ctx,
-            service,
-            from_micros,
-            to_micros,
-            self.limits.max_rows,
-        );
+        let run = async {
+            let table = self.load_table().await?;
+            let max_rows = self.limits.max_rows;
+            self.names
+                .operations(&table, service, from_micros, to_micros, max_rows)
+                .await
+        };
         Ok(self.within_limits(run).await?.0)
     }
 

@@ -96,8 +96,18 @@ pub struct TraceSummary {
     pub span_count: u64,
     pub error_count: u64,
     pub services: Vec<String>,
+    /// Spans and error spans per service, by name.
+    pub service_counts: Vec<ServiceCount>,
     pub sampling_reason: Option<String>,
     pub sampling_rule_id: Option<String>,
+}
+
+/// The spans of one service in a trace.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceCount {
+    pub name: String,
+    pub span_count: u64,
+    pub error_count: u64,
 }
 
 /// A service and the span names it has in the range.
@@ -308,103 +318,12 @@ async fn first_rows(df: DataFrame, max_rows: usize) -> Result<super::QueryResult
     )
 }
 
-/// The services and span names with spans starting in `[from, to)`.
-pub(super) async fn service_names(
-    ctx: &SessionContext,
-    from_micros: i64,
-    to_micros: i64,
-    max_rows: usize,
-) -> Result<(Vec<ServiceNames>, bool), QueryError> {
-    let df = spans(ctx)
-        .await?
-        .filter(in_range(from_micros, to_micros))
-        .and_then(|df| {
-            df.aggregate(
-                vec![col("service_name"), col("name")],
-                vec![count(lit(1)).alias("spans")],
-            )
-        })
-        .and_then(|df| {
-            df.sort(vec![
-                col("service_name").sort(true, true),
-                col("name").sort(true, true),
-            ])
-        })
-        .map_err(QueryError::Invalid)?;
-    let result = first_rows(df, max_rows).await?;
-    let mut services: Vec<ServiceNames> = Vec::new();
-    for row in result.rows {
-        let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_string);
-        let service = text(0).unwrap_or_default();
-        let Some(name) = text(1) else { continue };
-        let spans = row.get(2).and_then(Value::as_u64).unwrap_or(0);
-        match services.last_mut() {
-            Some(last) if last.service == service => {
-                last.names.push(name);
-                last.span_count += spans;
-            }
-            _ => services.push(ServiceNames {
-                service,
-                names: vec![name],
-                span_count: spans,
-            }),
-        }
-    }
-    Ok((services, result.truncated))
-}
-
 /// A span name of a service, with its span kind as stored (`SERVER`, …).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Operation {
     pub service: String,
     pub name: String,
     pub kind: String,
-}
-
-/// The span names and kinds of `service` (every service when `None`) with
-/// spans starting in `[from, to)`.
-pub(super) async fn operations(
-    ctx: &SessionContext,
-    service: Option<&str>,
-    from_micros: i64,
-    to_micros: i64,
-    max_rows: usize,
-) -> Result<(Vec<Operation>, bool), QueryError> {
-    let mut condition = in_range(from_micros, to_micros);
-    if let Some(service) = service {
-        condition = condition.and(col("service_name").eq(lit(service.to_string())));
-    }
-    let df = spans(ctx)
-        .await?
-        .filter(condition)
-        .and_then(|df| df.aggregate(vec![col("service_name"), col("name"), col("kind")], vec![]))
-        .and_then(|df| {
-            df.sort(vec![
-                col("service_name").sort(true, true),
-                col("name").sort(true, true),
-                col("kind").sort(true, true),
-            ])
-        })
-        .map_err(QueryError::Invalid)?;
-    let result = first_rows(df, max_rows).await?;
-    let operations = result
-        .rows
-        .iter()
-        .map(|row| {
-            let text = |i: usize| {
-                row.get(i)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            Operation {
-                service: text(0),
-                name: text(1),
-                kind: text(2),
-            }
-        })
-        .collect();
-    Ok((operations, result.truncated))
 }
 
 /// How often one service called another in `[from, to)`: a span whose
@@ -551,12 +470,23 @@ fn summarise(trace_id: &str, spans: &[SpanRow]) -> TraceSummary {
                 })
                 .min_by_key(|s| s.start_micros)
         });
-    let mut services: Vec<String> = spans
-        .iter()
-        .filter_map(|s| s.service_name.clone())
+    let mut counts: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for span in spans {
+        if let Some(service) = span.service_name.as_deref() {
+            let (all, errors) = counts.entry(service).or_default();
+            *all += 1;
+            *errors += u64::from(span.status_code == "ERROR");
+        }
+    }
+    let services: Vec<String> = counts.keys().map(|s| s.to_string()).collect();
+    let service_counts = counts
+        .into_iter()
+        .map(|(name, (span_count, error_count))| ServiceCount {
+            name: name.to_string(),
+            span_count,
+            error_count,
+        })
         .collect();
-    services.sort();
-    services.dedup();
     let first = spans.first();
     TraceSummary {
         trace_id: trace_id.to_string(),
@@ -570,6 +500,7 @@ fn summarise(trace_id: &str, spans: &[SpanRow]) -> TraceSummary {
         span_count: spans.len() as u64,
         error_count: spans.iter().filter(|s| s.status_code == "ERROR").count() as u64,
         services,
+        service_counts,
         sampling_reason: first.and_then(|s| s.sampling_reason.clone()),
         sampling_rule_id: spans.iter().find_map(|s| s.sampling_rule_id.clone()),
     }
@@ -615,6 +546,15 @@ mod tests {
         assert_eq!(s.start_unix_ms, 1.0);
         assert_eq!((s.span_count, s.error_count), (3, 2));
         assert_eq!(s.services, vec!["db".to_string(), "web".to_string()]);
+        let count = |name: &str, span_count, error_count| ServiceCount {
+            name: name.into(),
+            span_count,
+            error_count,
+        };
+        assert_eq!(
+            s.service_counts,
+            vec![count("db", 2, 1), count("web", 1, 1)]
+        );
         assert_eq!(s.start_time, "1970-01-01T00:00:00.001000Z");
     }
 

@@ -318,6 +318,50 @@ async fn the_legacy_jaeger_api_answers_as_grafanas_data_source_calls_it() {
         json!([{"parent": front, "child": back, "callCount": 3}])
     );
 
+    // The dashboard's links to Explore, sent as the data source sends a
+    // search (logfmt tags as a JSON object), with the series labels of a
+    // red bar filled in: each finds the error trace, or rules it out.
+    let report = crate::deploy::check_deploy();
+    let links = report["trace_links"].as_array().expect("trace_links");
+    assert!(links.len() >= 3, "{report}");
+    for link in links {
+        let fill = |v: &Value| {
+            v.as_str().map(|t| {
+                t.replace("${__field.labels.service}", &back)
+                    .replace("${__field.labels.reason}", "error")
+            })
+        };
+        let q = &link["query"];
+        let mut params = vec![
+            ("limit".to_string(), q["limit"].to_string()),
+            ("start".into(), (now_us - 3_600_000_000).to_string()),
+        ];
+        for key in ["service", "operation", "minDuration", "maxDuration"] {
+            if let Some(v) = fill(&q[key]) {
+                params.push((key.to_string(), v));
+            }
+        }
+        if let Some(tags) = fill(&q["tags"]) {
+            let object: serde_json::Map<String, Value> = tags
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            params.push(("tags".into(), Value::Object(object).to_string()));
+        }
+        let url = reqwest::Url::parse_with_params("http://x/api/traces", &params).expect("url");
+        let path = format!("/api/traces?{}", url.query().unwrap_or_default());
+        let (status, body) = s.get(&path).await;
+        assert_eq!(status, 200, "{link}: {body}");
+        let found = body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .any(|t| t["traceID"] == id.as_str());
+        let slow_only = q["minDuration"].is_string();
+        assert_eq!(found, !slow_only, "{link}: {path}: {body}");
+    }
+
     // Behind the admin token.
     let anonymous = reqwest::get(format!("http://{}/api/services", s.admin))
         .await
@@ -441,6 +485,82 @@ async fn an_sdk_trace_round_trips_through_the_jaeger_api() {
     );
 }
 
+/// An upstream api_v3 answer (`tests/fixtures/jaeger-apiv3/`).
+fn upstream(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/jaeger-apiv3")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).expect("snapshot");
+    serde_json::from_str(&text).expect("snapshot JSON")
+}
+
+/// Whether `ours` has every field of `theirs`, at the same place and of the
+/// same JSON type; in a list, some element of ours has every field of their
+/// first one, and every element agrees on the types of the fields it has.
+fn conforms(ours: &Value, theirs: &Value, path: &str) -> Result<(), String> {
+    match (ours, theirs) {
+        (Value::Object(o), Value::Object(t)) => t.iter().try_for_each(|(k, v)| {
+            let at = format!("{path}.{k}");
+            o.get(k)
+                .ok_or(format!("{at} is missing"))
+                .and_then(|mine| conforms(mine, v, &at))
+        }),
+        (Value::Array(o), Value::Array(t)) => {
+            let Some(first) = t.first() else {
+                return Ok(());
+            };
+            o.iter()
+                .enumerate()
+                .try_for_each(|(i, e)| types_agree(e, first, &format!("{path}[{i}]")))?;
+            if o.iter().any(|e| conforms(e, first, path).is_ok()) {
+                Ok(())
+            } else {
+                o.first().map_or(Err(format!("{path} is empty")), |e| {
+                    conforms(e, first, path)
+                })
+            }
+        }
+        (o, t) if std::mem::discriminant(o) == std::mem::discriminant(t) => Ok(()),
+        (o, t) => Err(format!("{path} is {o}, upstream has {t}")),
+    }
+}
+
+/// Whether the fields `ours` shares with `theirs` have the same JSON types.
+fn types_agree(ours: &Value, theirs: &Value, path: &str) -> Result<(), String> {
+    match (ours, theirs) {
+        (Value::Object(o), Value::Object(t)) => o.iter().try_for_each(|(k, v)| match t.get(k) {
+            Some(tv) => types_agree(v, tv, &format!("{path}.{k}")),
+            None => Ok(()),
+        }),
+        (Value::Array(o), Value::Array(t)) => match t.first() {
+            Some(first) => o
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, e)| types_agree(e, first, &format!("{path}[{i}]"))),
+            None => Ok(()),
+        },
+        (o, t) if std::mem::discriminant(o) == std::mem::discriminant(t) => Ok(()),
+        (o, t) => Err(format!("{path} is {o}, upstream has {t}")),
+    }
+}
+
+fn assert_conforms(body: &Value, snapshot: &str) {
+    if let Err(e) = conforms(body, &upstream(snapshot), snapshot) {
+        panic!("not {snapshot}'s shape: {e}\n{body}");
+    }
+}
+
+#[test]
+fn the_conformance_check_can_fail() {
+    let theirs = json!({"a": [{"b": 1, "c": "x"}]});
+    assert!(conforms(&json!({"a": [{"b": 2, "c": "y", "d": true}]}), &theirs, "").is_ok());
+    assert!(conforms(&json!({"a": [{"b": "2", "c": "y"}]}), &theirs, "").is_err());
+    assert!(conforms(&json!({"a": [{"b": 2}]}), &theirs, "").is_err());
+    assert!(conforms(&json!({"a": []}), &theirs, "").is_err());
+    assert!(conforms(&json!({"a": [{"b": 2, "c": "y"}, {"b": "3"}]}), &theirs, "").is_err());
+    assert!(conforms(&json!({"a": [{"b": 2, "c": "y"}, {"b": 3}]}), &theirs, "").is_ok());
+}
+
 /// api_v3 as the current Jaeger UI calls it (jaeger-ui `src/api/v3/
 /// client.ts`), checked against the rules its schemas enforce
 /// (`schemas.ts`: 32-hex trace ids, decimal nanosecond strings, a
@@ -455,6 +575,7 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
     let (status, body) = s.get("/api/v3/services").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(keys(&body), BTreeSet::from(["services"]));
+    assert_conforms(&body, "GetServices");
     assert_eq!(
         strings(&body["services"]),
         BTreeSet::from([front.clone(), back.clone()])
@@ -462,6 +583,7 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
 
     let (status, body) = s.get(&format!("/api/v3/operations?service={back}")).await;
     assert_eq!(status, 200, "{body}");
+    assert_conforms(&body, "GetOperations");
     let ops = body["operations"].as_array().expect("operations");
     assert!(!ops.is_empty(), "{body}");
     for op in ops {
@@ -490,6 +612,7 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
         ))
         .await;
     assert_eq!(status, 200, "{body}");
+    assert_conforms(&body, "FindTraceSummaries");
     let summaries = body["summaries"].as_array().expect("summaries");
     assert_eq!(summaries.len(), 1, "{body}");
     let sum = &summaries[0];
@@ -509,14 +632,20 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
         .parse()
         .expect("decimal");
     assert!(end > start, "{sum}");
-    for svc in sum["services"].as_array().expect("services") {
-        assert!(svc["name"].is_string(), "{svc}");
-    }
+    // Per service, by name ("back-…" before "front-…").
+    assert_eq!(
+        sum["services"],
+        json!([
+            {"name": back, "spanCount": 3, "errorSpanCount": 1},
+            {"name": front, "spanCount": 1, "errorSpanCount": 1},
+        ])
+    );
 
     // One trace as OTLP JSON: every span once, ids as stored, under its
     // resource, with the snapshot's field names.
     let (status, body) = s.get(&format!("/api/v3/traces/{id}")).await;
     assert_eq!(status, 200, "{body}");
+    assert_conforms(&body, "GetTrace");
     assert_eq!(keys(&body), BTreeSet::from(["result"]));
     let resources = body["result"]["resourceSpans"]
         .as_array()
@@ -553,6 +682,7 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
         .get(&format!("/api/v3/traces?query.serviceName={front}&{range}"))
         .await;
     assert_eq!(status, 200, "{search}");
+    assert_conforms(&search, "FindTraces");
     assert_eq!(
         search["result"]["resourceSpans"].as_array().map(Vec::len),
         Some(2)
@@ -572,4 +702,151 @@ async fn api_v3_answers_as_the_jaeger_ui_calls_it() {
     assert_eq!(body["error"]["httpCode"], 400, "{body}");
     let (status, body) = s.get("/api/v3/traces/zz").await;
     assert_eq!(status, 400, "{body}");
+}
+
+/// The distinct values of a one-column SQL answer.
+async fn sql_set(s: &Selector, sql: &str) -> BTreeSet<String> {
+    s.query(sql).await["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r[0].as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// The `key` of each object in `list` (a jaeger-mcp answer), as strings.
+fn field_set(list: &Value, key: &str) -> BTreeSet<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|v| v[key].as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// jaeger-mcp (PyPI), a client of the legacy API that no one here wrote,
+/// started over stdio by the MCP client library as an agent starts it: its
+/// service list, operations, searches, trace fetch and dependency graph
+/// agree with what SQL says the table holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn jaeger_mcp_lists_searches_and_fetches_what_sql_holds() {
+    let s = start("jaeger-mcp").await;
+    let (front, back) = (unique("front"), unique("back"));
+    let first = two_service_trace(&s, &front, &back).await;
+    let second = two_service_trace(&s, &front, &back).await;
+    // A trace the sampler drops (no error, baseline 0): no client may see it.
+    let dropped = random_trace_id(rand::random());
+    let body = synth::request(vec![ResourceDef::new(
+        &front,
+        synth::trace(&TraceSpec {
+            trace_id: dropped,
+            service: front.clone(),
+            spans: 3,
+            error: false,
+            start_unix_nano: now_nanos() - 60_000_000,
+            duration_ms: 10,
+        }),
+    )])
+    .encode_to_vec();
+    send(&producer(), &s.topic, &hex::encode(dropped), &body).await;
+    s.wait_exported(8.0).await;
+
+    let answers = crate::harness::run_python(
+        &crate::harness::python_script("jaeger_mcp_client.py"),
+        &[
+            format!("http://{}", s.admin),
+            TOKEN.to_string(),
+            front.clone(),
+            back.clone(),
+            first.clone(),
+        ],
+    );
+
+    let services: BTreeSet<String> = answers["services"]["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(
+        services,
+        sql_set(&s, "SELECT DISTINCT service_name FROM spans").await
+    );
+    assert_eq!(services, BTreeSet::from([front.clone(), back.clone()]));
+
+    let operations: BTreeSet<String> = answers["operations"]["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .map(|v| v.as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(
+        operations,
+        sql_set(
+            &s,
+            &format!("SELECT DISTINCT name FROM spans WHERE service_name = '{back}'")
+        )
+        .await
+    );
+
+    let search = &answers["search"];
+    let found = field_set(&search["traces"], "trace_id");
+    assert_eq!(
+        found,
+        sql_set(
+            &s,
+            &format!("SELECT DISTINCT trace_id FROM spans WHERE service_name = '{front}'")
+        )
+        .await
+    );
+    assert_eq!(found, BTreeSet::from([first.clone(), second.clone()]));
+    assert!(!found.contains(&hex::encode(dropped)));
+    for t in search["traces"].as_array().expect("traces") {
+        assert_eq!(t["span_count"], 4, "{t}");
+        assert_eq!(t["service_count"], 2, "{t}");
+        assert_eq!(t["root_service"], front.as_str(), "{t}");
+        assert_eq!(t["root_operation"], "POST /checkout", "{t}");
+    }
+    // By duration: every trace with a span of `back`.
+    assert_eq!(
+        field_set(&answers["durations"]["traces"], "trace_id"),
+        sql_set(
+            &s,
+            &format!("SELECT DISTINCT trace_id FROM spans WHERE service_name = '{back}'")
+        )
+        .await
+    );
+    let trace = &answers["trace"];
+    assert_eq!(trace["trace_id"], first.as_str());
+    let spans = s
+        .count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{first}'"
+        ))
+        .await;
+    let errors = s
+        .count(&format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{first}' AND status_code = 'ERROR'"
+        ))
+        .await;
+    assert_eq!(trace["span_count"], spans, "{trace}");
+    assert_eq!(trace["errors_count"], errors, "{trace}");
+    assert!(errors > 0, "the trace has an error span");
+    assert_eq!(trace["root_service"], front.as_str());
+    assert_eq!(trace["service_count"], 2);
+    let duration = s
+        .count(&format!(
+            "SELECT arrow_cast(max(end_time), 'Int64') - arrow_cast(min(start_time), 'Int64') \
+             FROM spans WHERE trace_id = '{first}'"
+        ))
+        .await;
+    assert_eq!(trace["total_duration_us"], duration, "{trace}");
+
+    // Every child of the front's root is one call from front to back.
+    let edges = answers["dependencies"]["edges"]
+        .as_array()
+        .expect("edges")
+        .clone();
+    assert_eq!(
+        edges,
+        vec![json!({"parent": front, "child": back, "call_count": 6})]
+    );
 }

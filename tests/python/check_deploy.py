@@ -118,6 +118,7 @@ for f in sorted((provisioning / "dashboards").glob("*.yml")):
 grafana_env = env_of(services.get("grafana", {}))
 selector_env_all = env_of(services.get("selector", {}))
 jaeger_sources = []
+jaeger_uids = set()
 for f in sorted((provisioning / "datasources").glob("*.yml")):
     for ds in yaml.safe_load(f.read_text()).get("datasources", []):
         host = re.sub(r"^https?://", "", ds["url"]).split(":")[0]
@@ -129,6 +130,7 @@ for f in sorted((provisioning / "datasources").glob("*.yml")):
         # selector's admin token as the Authorization header, expanded from
         # Grafana's environment as Grafana's provisioning expands ${VAR}.
         jaeger_sources.append(ds["name"])
+        jaeger_uids.add(ds.get("uid"))
         admin_port = selector_env_all.get("TSS__SERVER__ADMIN_ADDR", ":8080").rsplit(":", 1)[-1]
         if host != "selector" or not ds["url"].endswith(":" + admin_port):
             problems.append(f"jaeger datasource {ds['url']} is not the selector's admin port {admin_port}")
@@ -140,6 +142,31 @@ for f in sorted((provisioning / "datasources").glob("*.yml")):
         if token and (header != "Authorization" or value != f"Bearer {token}"):
             problems.append(f"jaeger datasource sends {header}: {value!r}, the selector wants Bearer {token}")
 metric_names = set()
+# Data links from a series to Explore on the kept traces: the Jaeger
+# queries they open, and the series labels they fill in.
+trace_links = []
+
+
+def check_links(panel):
+    """The panel's internal data links: to a provisioned Jaeger data source,
+    filling in only labels its queries group by."""
+    grouped = set()
+    for target in panel.get("targets", []):
+        for by in re.findall(r"by \(([^)]*)\)", target.get("expr", "")):
+            grouped.update(label.strip() for label in by.split(","))
+    for link in panel.get("fieldConfig", {}).get("defaults", {}).get("links", []):
+        internal = link.get("internal")
+        if not internal:
+            continue
+        if internal.get("datasourceUid") not in jaeger_uids:
+            problems.append(f"panel {panel['title']!r}: link to {internal.get('datasourceUid')!r}, not a Jaeger data source")
+        text = json.dumps(internal.get("query", {})) + link.get("title", "")
+        labels = set(re.findall(r"\$\{__field\.labels\.([A-Za-z_]+)\}", text))
+        if not labels <= grouped:
+            problems.append(f"panel {panel['title']!r}: link uses labels {sorted(labels - grouped)} its series do not have")
+        trace_links.append({"panel": panel["title"], "title": link.get("title"), "query": internal.get("query", {})})
+
+
 if dashboards_dir is None or not list(dashboards_dir.glob("*.json")):
     problems.append("no provisioned Grafana dashboard")
 else:
@@ -147,6 +174,7 @@ else:
         for panel in json.loads(f.read_text())["panels"]:
             for target in panel.get("targets", []):
                 metric_names.update(re.findall(r"tail_sampling_[a-z_]+", target["expr"]))
+            check_links(panel)
 
 selector_env = {k: v for k, v in env_of(services.get("selector", {})).items() if k.startswith("TSS__")}
 if not selector_env:
@@ -161,4 +189,5 @@ print(json.dumps({
     "dashboard_metrics": sorted(metric_names),
     "prometheus_targets": targets,
     "jaeger_datasources": jaeger_sources,
+    "trace_links": trace_links,
 }))

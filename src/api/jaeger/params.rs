@@ -186,7 +186,8 @@ pub fn trace_search(params: &Params, now_micros: i64) -> Result<TraceSearch, Par
 }
 
 /// Tags into the search: the ones Jaeger derives from a span's status
-/// (`error=true`, `otel.status_code`) search the status, every other one
+/// (`error=true`, `otel.status_code`) search the status, `sampling.reason`
+/// why the trace was kept, every other one
 /// an attribute of the span or of its resource.
 pub fn search_tags(q: &mut TraceSearch, tags: BTreeMap<String, String>) {
     for (key, value) in tags {
@@ -195,6 +196,8 @@ pub fn search_tags(q: &mut TraceSearch, tags: BTreeMap<String, String>) {
             ("otel.status_code", code) if StatusFilter::parse(code).is_some() => {
                 q.status = StatusFilter::parse(code)
             }
+            // The tag every span of a kept trace carries: why it was kept.
+            ("sampling.reason", reason) => q.reason = Some(reason.to_string()),
             _ => q.attributes.push((key, value)),
         }
     }
@@ -290,6 +293,19 @@ mod tests {
                 ("url".to_string(), "http://x".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn the_sampling_reason_tag_searches_why_a_trace_was_kept() {
+        let mut q = TraceSearch::default();
+        let tags = BTreeMap::from([
+            ("sampling.reason".to_string(), "force_rule".to_string()),
+            ("otel.status_code".to_string(), "OK".to_string()),
+        ]);
+        search_tags(&mut q, tags);
+        assert_eq!(q.reason.as_deref(), Some("force_rule"));
+        assert_eq!(q.status, Some(StatusFilter::Ok));
+        assert!(q.attributes.is_empty());
     }
 
     #[test]

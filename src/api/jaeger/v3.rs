@@ -266,7 +266,18 @@ async fn trace_summaries(
             s.insert("errorSpanCount".into(), json!(t.error_count));
             s.insert(
                 "services".into(),
-                Value::Array(t.services.into_iter().map(|n| json!({"name": n})).collect()),
+                Value::Array(
+                    t.service_counts
+                        .into_iter()
+                        .map(|c| {
+                            json!({
+                                "name": c.name,
+                                "spanCount": c.span_count,
+                                "errorSpanCount": c.error_count,
+                            })
+                        })
+                        .collect(),
+                ),
             );
             Value::Object(s)
         })
