@@ -103,11 +103,40 @@ impl TableProvider for SpansTable {
         self.inner.table_type()
     }
 
+    /// Filters on a list, map or struct column (`links IS NOT NULL`) stay
+    /// in DataFusion: Iceberg binds predicates to primitive fields only and
+    /// fails the whole scan on one it cannot bind.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
+        let schema = self.inner.schema();
+        let nested: Vec<bool> = filters
+            .iter()
+            .map(|f| {
+                f.column_refs().iter().any(|c| {
+                    schema
+                        .field_with_name(&c.name)
+                        .is_ok_and(|field| field.data_type().is_nested())
+                })
+            })
+            .collect();
+        let pushable: Vec<&Expr> = filters
+            .iter()
+            .zip(&nested)
+            .filter(|(_, n)| !**n)
+            .map(|(f, _)| *f)
+            .collect();
+        let mut answers = self.inner.supports_filters_pushdown(&pushable)?.into_iter();
+        Ok(nested
+            .iter()
+            .map(|n| match n {
+                true => TableProviderFilterPushDown::Unsupported,
+                false => answers
+                    .next()
+                    .unwrap_or(TableProviderFilterPushDown::Unsupported),
+            })
+            .collect())
     }
 
     async fn scan(

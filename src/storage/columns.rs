@@ -387,6 +387,108 @@ impl EventColumn {
     }
 }
 
+/// The `links` column: a list of (trace_id, span_id, trace_state,
+/// attributes) per row, ids in lowercase hex.
+pub(super) struct LinkColumn {
+    pub trace_ids: StrColumn,
+    pub span_ids: StrColumn,
+    pub trace_states: StrColumn,
+    pub attributes: MapColumn,
+    offsets: RowOffsets,
+}
+
+/// Where the links column stood before a span was appended.
+#[derive(Clone, Copy)]
+pub(super) struct LinkMark {
+    rows: usize,
+    links: usize,
+    attributes: MapMark,
+}
+
+impl Default for LinkColumn {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl LinkColumn {
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            trace_ids: StrColumn::default(),
+            span_ids: StrColumn::default(),
+            trace_states: StrColumn::default(),
+            attributes: MapColumn::default(),
+            offsets: RowOffsets::with_capacity(rows),
+        }
+    }
+
+    pub fn end_row(&mut self) {
+        self.offsets.end_row(self.trace_ids.len());
+    }
+
+    /// Links of the row being written.
+    pub fn open_row_links(&self) -> usize {
+        self.trace_ids.len() - self.offsets.0.last().copied().unwrap_or(0) as usize
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.trace_ids.bytes()
+            + self.span_ids.bytes()
+            + self.trace_states.bytes()
+            + self.attributes.bytes()
+            + 4 * self.offsets.0.len()
+    }
+
+    pub fn mark(&self) -> LinkMark {
+        LinkMark {
+            rows: self.offsets.rows(),
+            links: self.trace_ids.len(),
+            attributes: self.attributes.mark(),
+        }
+    }
+
+    pub fn truncate(&mut self, mark: LinkMark) {
+        self.offsets.truncate(mark.rows);
+        self.trace_ids.truncate(mark.links);
+        self.span_ids.truncate(mark.links);
+        self.trace_states.truncate(mark.links);
+        self.attributes.truncate(mark.attributes);
+    }
+
+    /// The ids are hex written here; the trace state and the attributes
+    /// come from the wire.
+    pub fn utf8_since(&self, mark: LinkMark) -> bool {
+        self.trace_states.utf8_since(mark.links) && self.attributes.utf8_since(mark.attributes)
+    }
+
+    pub fn finish(&mut self, dt: &DataType) -> Result<ArrayRef, RowError> {
+        let DataType::List(item) = dt else {
+            return Err(RowError::UnexpectedColumn(format!("links as {dt}")));
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return Err(RowError::UnexpectedColumn(format!("link as {dt}")));
+        };
+        let mut children = Vec::with_capacity(fields.len());
+        for f in fields.iter() {
+            let child: ArrayRef = match f.name().as_str() {
+                "trace_id" => Arc::new(self.trace_ids.finish()?),
+                "span_id" => Arc::new(self.span_ids.finish()?),
+                "trace_state" => Arc::new(self.trace_states.finish()?),
+                "attributes" => self.attributes.finish(f.data_type())?,
+                other => return Err(RowError::UnexpectedColumn(format!("links.{other}"))),
+            };
+            children.push(child);
+        }
+        let structs = StructArray::try_new(fields.clone(), children, None)?;
+        Ok(Arc::new(ListArray::try_new(
+            item.clone(),
+            self.offsets.take(),
+            Arc::new(structs) as ArrayRef,
+            None,
+        )?))
+    }
+}
+
 /// A `timestamptz` column (microseconds) of the table's type `dt`.
 pub(super) fn timestamps(v: Vec<i64>, dt: &DataType) -> Result<ArrayRef, RowError> {
     let DataType::Timestamp(_, tz) = dt else {

@@ -22,7 +22,9 @@ use opentelemetry_proto::tonic::common::v1::AnyValue;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
-use super::columns::{timestamps, EventColumn, EventMark, MapColumn, MapMark, Packed, StrColumn};
+use super::columns::{
+    timestamps, EventColumn, EventMark, LinkColumn, LinkMark, MapColumn, MapMark, Packed, StrColumn,
+};
 use crate::model::{AttributeLimits, KeptTrace, Origin};
 use crate::otlp::format::{any_value_string, kind_name, status_name};
 use crate::otlp::wire::{text, Fields, WireError};
@@ -53,6 +55,7 @@ pub struct SpanRows {
     resource_attributes: MapColumn,
     span_attributes: MapColumn,
     events: EventColumn,
+    links: LinkColumn,
     scope_name: StrColumn,
     scope_version: StrColumn,
     sampling_reason: StrColumn,
@@ -70,7 +73,8 @@ pub struct SpanRows {
 }
 
 /// The attribute a row gets when the caps cut something of it; its value
-/// names what was cut (`resource_attributes`, `span_attributes`, `events`).
+/// names what was cut (`resource_attributes`, `span_attributes`, `events`,
+/// `links`).
 pub const TRUNCATED_KEY: &str = "tss.truncated";
 
 /// What the caps cut of the span being appended.
@@ -79,13 +83,14 @@ struct Cuts {
     resource: bool,
     attributes: bool,
     events: bool,
+    links: bool,
     values: usize,
     dropped: usize,
 }
 
 impl Cuts {
     fn any(&self) -> bool {
-        self.resource || self.attributes || self.events
+        self.resource || self.attributes || self.events || self.links
     }
 
     /// The value of the row's `tss.truncated`.
@@ -94,6 +99,7 @@ impl Cuts {
             (self.resource, "resource_attributes"),
             (self.attributes, "span_attributes"),
             (self.events, "events"),
+            (self.links, "links"),
         ];
         let names: Vec<&str> = parts.iter().filter(|p| p.0).map(|p| p.1).collect();
         names.join(",")
@@ -111,6 +117,16 @@ impl Cuts {
         } else {
             self.attributes = true;
         }
+    }
+
+    /// Records what a link, or one of its attributes, lost.
+    fn note_link(&mut self, cut: Cut) {
+        match cut {
+            Cut::None => return,
+            Cut::Value => self.values += 1,
+            Cut::Dropped => self.dropped += 1,
+        }
+        self.links = true;
     }
 }
 
@@ -153,6 +169,7 @@ struct Mark {
     rows: usize,
     span_attributes: MapMark,
     events: EventMark,
+    links: LinkMark,
 }
 
 impl SpanRows {
@@ -179,6 +196,7 @@ impl SpanRows {
             resource_attributes: MapColumn::with_capacity(spans, spans * 8, spans * 128),
             span_attributes: MapColumn::with_capacity(spans, encoded_bytes / 32, encoded_bytes / 2),
             events: EventColumn::with_capacity(spans),
+            links: LinkColumn::with_capacity(spans),
             scope_name: strings(24),
             scope_version: strings(8),
             sampling_reason: strings(8),
@@ -217,6 +235,7 @@ impl SpanRows {
             + self.resource_attributes.bytes()
             + self.span_attributes.bytes()
             + self.events.bytes()
+            + self.links.bytes()
     }
 
     /// Columns sized for the spans of `traces`.
@@ -299,6 +318,7 @@ impl SpanRows {
             rows: self.len(),
             span_attributes: self.span_attributes.mark(),
             events: self.events.mark(),
+            links: self.links.mark(),
         }
     }
 
@@ -308,6 +328,7 @@ impl SpanRows {
         self.status_message.truncate(mark.rows);
         self.span_attributes.truncate(mark.span_attributes);
         self.events.truncate(mark.events);
+        self.links.truncate(mark.links);
     }
 
     /// Reads `opentelemetry.proto.trace.v1.Span`, appending its name, status
@@ -348,6 +369,11 @@ impl SpanRows {
                     cuts.note(Cut::Dropped, true);
                 }
                 11 => self.append_event(buf, field.len()?, cuts)?,
+                13 if self.links.open_row_links() >= limits.max_count => {
+                    field.len()?;
+                    cuts.note_link(Cut::Dropped);
+                }
+                13 => self.append_link(buf, field.len()?, cuts)?,
                 15 => read_status(buf, field.len()?, &mut span)?,
                 _ => {}
             }
@@ -367,10 +393,12 @@ impl SpanRows {
         }
         self.span_attributes.end_row();
         self.events.end_row();
+        self.links.end_row();
         let utf8 = self.name.utf8_since(mark.rows)
             && self.status_message.utf8_since(mark.rows)
             && self.span_attributes.utf8_since(mark.span_attributes)
-            && self.events.utf8_since(mark.events);
+            && self.events.utf8_since(mark.events)
+            && self.links.utf8_since(mark.links);
         if !utf8 {
             return Err(WireError::StringsNotUtf8);
         }
@@ -405,6 +433,43 @@ impl SpanRows {
             cuts.note(Cut::Value, true);
         }
         self.events.times_us.push((time / 1000) as i64);
+        Ok(())
+    }
+
+    /// Reads `Span.Link`: the linked span's ids as hex, its trace state
+    /// (null when empty) and attributes.
+    fn append_link(
+        &mut self,
+        buf: &[u8],
+        range: (usize, usize),
+        cuts: &mut Cuts,
+    ) -> Result<(), WireError> {
+        let limits = self.limits;
+        let (mut trace_id, mut span_id, mut state) = ((0, 0), (0, 0), (0, 0));
+        for field in Fields::range(buf, range) {
+            let field = field?;
+            match field.number {
+                1 => trace_id = field.len()?,
+                2 => span_id = field.len()?,
+                3 => state = field.len()?,
+                4 => {
+                    let cut =
+                        append_key_value(&mut self.links.attributes, buf, field.len()?, limits)?;
+                    cuts.note_link(cut);
+                }
+                _ => {}
+            }
+        }
+        self.links.attributes.end_row();
+        let hex = |range: (usize, usize)| HexId::new(&buf[range.0..range.1]);
+        self.links.trace_ids.push(hex(trace_id).as_str().as_bytes());
+        self.links.span_ids.push(hex(span_id).as_str().as_bytes());
+        let state = &buf[state.0..state.1];
+        if state.is_empty() {
+            self.links.trace_states.push_null();
+        } else if push_capped(&mut self.links.trace_states, state, limits) {
+            cuts.note_link(Cut::Value);
+        }
         Ok(())
     }
 
@@ -467,6 +532,7 @@ impl SpanRows {
                 "resource_attributes" => self.resource_attributes.finish(dt)?,
                 "span_attributes" => self.span_attributes.finish(dt)?,
                 "events" => self.events.finish(dt)?,
+                "links" => self.links.finish(dt)?,
                 "scope_name" => Arc::new(self.scope_name.finish()?),
                 "scope_version" => Arc::new(self.scope_version.finish()?),
                 "sampling_reason" => Arc::new(self.sampling_reason.finish()?),
@@ -857,7 +923,10 @@ mod tests {
         Array, ListArray, MapArray, StringArray, StructArray, TimestampMicrosecondArray,
     };
     use opentelemetry_proto::tonic::common::v1::{any_value, ArrayValue, KeyValue, KeyValueList};
-    use opentelemetry_proto::tonic::trace::v1::{span::Event, Span};
+    use opentelemetry_proto::tonic::trace::v1::{
+        span::{Event, Link},
+        Span,
+    };
 
     fn arrow_schema() -> Arc<ArrowSchema> {
         let schema = table_schema().expect("schema");
@@ -989,6 +1058,21 @@ mod tests {
             },
         ];
         spans[2].attributes = vec![kv("only", "one")];
+        spans[2].links = vec![
+            Link {
+                trace_id: vec![0xab; 16],
+                span_id: vec![0xcd; 8],
+                trace_state: "vendor=2".into(),
+                attributes: vec![kv("link.kind", "batch"), kv_int("count", 3)],
+                dropped_attributes_count: 0,
+                flags: 0,
+            },
+            Link {
+                trace_id: spans[0].trace_id.clone(),
+                span_id: spans[0].span_id.clone(),
+                ..Link::default()
+            },
+        ];
         let mut trace_id = [0u8; 16];
         trace_id[15] = 9;
         let trace = kept(
@@ -1007,7 +1091,34 @@ mod tests {
         let span_attrs = batch.column_by_name("span_attributes").expect("attrs");
         let events = batch.column_by_name("events").expect("events");
         let events = events.as_any().downcast_ref::<ListArray>().expect("list");
+        let links = batch.column_by_name("links").expect("links");
+        let links = links.as_any().downcast_ref::<ListArray>().expect("list");
         for (row, s) in spans.iter().enumerate() {
+            let row_links = links.value(row);
+            let row_links = row_links
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("struct");
+            assert_eq!(row_links.len(), s.links.len());
+            let strings = |i: usize| {
+                row_links
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("strings")
+                    .clone()
+            };
+            let (ids, span_ids, states) = (strings(0), strings(1), strings(2));
+            for (i, l) in s.links.iter().enumerate() {
+                assert_eq!(ids.value(i), hex::encode(&l.trace_id));
+                assert_eq!(span_ids.value(i), hex::encode(&l.span_id));
+                let state = states.is_valid(i).then(|| states.value(i).to_string());
+                assert_eq!(
+                    state,
+                    (!l.trace_state.is_empty()).then(|| l.trace_state.clone())
+                );
+                assert_eq!(map_row(row_links.column(3), i), expected_map(&l.attributes));
+            }
             assert_eq!(
                 string_at(&batch, "trace_id", row),
                 Some(hex::encode(&s.trace_id))
@@ -1361,6 +1472,42 @@ mod tests {
         assert_eq!(resource.len(), 128);
         assert_eq!(resource[0], ("service.name".into(), "svc".into()));
         assert_eq!(string_at(&batch, "service_name", 0).as_deref(), Some("svc"));
+    }
+
+    #[test]
+    fn links_past_the_cap_are_dropped_and_the_row_says_so() {
+        let mut spans = vec![span(4, 1, 0, 10, false)];
+        spans[0].links = (0..5u8)
+            .map(|i| Link {
+                trace_id: vec![i; 16],
+                span_id: vec![i; 8],
+                attributes: vec![kv("a", "1"), kv("b", "2"), kv("c", "3")],
+                ..Link::default()
+            })
+            .collect();
+        let mut trace_id = [0u8; 16];
+        trace_id[15] = 4;
+        let trace = kept(
+            trace_id,
+            request(vec![ResourceDef::new("svc", spans)]).encode_to_vec(),
+        );
+        let limits = AttributeLimits {
+            value_max_bytes: 1_000,
+            max_count: 2,
+        };
+        let mut rows = SpanRows::default().with_limits(limits);
+        rows.push_trace(&trace, |_| false);
+        // 3 links dropped, and of the 2 kept one attribute each.
+        assert_eq!(rows.entries_dropped, 3 + 2);
+        let batch = rows.into_batch(arrow_schema()).expect("batch");
+        let links = batch.column_by_name("links").expect("links");
+        let links = links.as_any().downcast_ref::<ListArray>().expect("list");
+        assert_eq!(links.value(0).len(), 2);
+        let attrs = map_row(batch.column_by_name("span_attributes").expect("attrs"), 0);
+        assert!(
+            attrs.contains(&(TRUNCATED_KEY.to_string(), "links".to_string())),
+            "{attrs:?}"
+        );
     }
 
     #[test]

@@ -62,8 +62,33 @@ pub fn table_schema() -> iceberg::Result<Schema> {
             NestedField::optional(18, "sampling_rule_id", string()).into(),
             NestedField::required(19, "sampled_at", timestamptz()).into(),
             sample_rate_field(30).into(),
+            NestedField::optional(31, LINKS, links_type(32, 33)).into(),
         ])
         .build()
+}
+
+/// `links`: the span's links to spans of other traces (or of its own), as
+/// OTLP carries them; Jaeger shows them as `FOLLOWS_FROM` references.
+/// Optional, so that it can be added to a table made before it existed.
+pub const LINKS: &str = "links";
+
+/// `list<struct<trace_id, span_id, trace_state, attributes>>`, the nested
+/// field ids from `first_id` on (schema evolution assigns fresh ones).
+fn links_type(element_id: i32, first_id: i32) -> Type {
+    let link = StructType::new(vec![
+        NestedField::required(first_id, "trace_id", string()).into(),
+        NestedField::required(first_id + 1, "span_id", string()).into(),
+        NestedField::optional(first_id + 2, "trace_state", string()).into(),
+        NestedField::optional(
+            first_id + 3,
+            "attributes",
+            string_map(first_id + 4, first_id + 5),
+        )
+        .into(),
+    ]);
+    Type::List(ListType::new(
+        NestedField::list_element(element_id, Type::Struct(link), true).into(),
+    ))
 }
 
 /// `sample_rate`: how many traces a kept trace stands for, so that
@@ -78,7 +103,10 @@ fn sample_rate_field(id: i32) -> NestedField {
 /// The columns added since the first schema, for schema evolution of older
 /// tables: (name, type).
 pub fn added_columns() -> Vec<(&'static str, Type)> {
-    vec![(SAMPLE_RATE, Type::Primitive(PrimitiveType::Double))]
+    vec![
+        (SAMPLE_RATE, Type::Primitive(PrimitiveType::Double)),
+        (LINKS, links_type(0, 0)),
+    ]
 }
 
 /// `day(start_time)`.

@@ -433,13 +433,20 @@ async fn an_sdk_trace_round_trips_through_the_jaeger_api() {
             expected["service_name"]
         );
         assert_eq!(j["operationName"], span.name.as_str());
+        // The parent as CHILD_OF, then the links as FOLLOWS_FROM.
         let parent = hex::encode(&span.parent_span_id);
-        let refs = if parent.is_empty() {
-            json!([])
-        } else {
-            json!([{"refType": "CHILD_OF", "traceID": id, "spanID": parent}])
-        };
-        assert_eq!(j["references"], refs);
+        let mut refs = Vec::new();
+        if !parent.is_empty() {
+            refs.push(json!({"refType": "CHILD_OF", "traceID": id, "spanID": parent}));
+        }
+        for link in &span.links {
+            refs.push(json!({
+                "refType": "FOLLOWS_FROM",
+                "traceID": hex::encode(&link.trace_id),
+                "spanID": hex::encode(&link.span_id),
+            }));
+        }
+        assert_eq!(j["references"], json!(refs));
         // The table keeps microseconds, as Jaeger does.
         let start = (span.start_time_unix_nano / 1_000) as i64;
         let end = (span.end_time_unix_nano / 1_000) as i64;
@@ -482,6 +489,33 @@ async fn an_sdk_trace_round_trips_through_the_jaeger_api() {
     assert_eq!(
         compared as u64,
         expected["error_trace_spans"].as_u64().expect("n")
+    );
+    let linked: usize = rs
+        .scope_spans
+        .iter()
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.links.len())
+        .sum();
+    assert_eq!(linked, 1, "the SDK trace carries a link");
+
+    // api_v3: the link as OTLP JSON, with its attributes.
+    let (status, body) = s.get(&format!("/api/v3/traces/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let links: Vec<&Value> = body["result"]["resourceSpans"]
+        .as_array()
+        .expect("resourceSpans")
+        .iter()
+        .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+        .flat_map(|ss| ss["spans"].as_array().into_iter().flatten())
+        .flat_map(|span| span["links"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(links.len(), 1, "{body}");
+    assert_eq!(links[0]["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(links[0]["spanId"], "b7ad6b7169203331");
+    let attrs = links[0]["attributes"].as_array().expect("attributes");
+    assert!(
+        attrs.contains(&json!({"key": "messaging.batch.index", "value": {"intValue": "3"}})),
+        "{body}"
     );
 }
 

@@ -633,7 +633,7 @@ async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
         .as_struct()
         .fields()
         .iter()
-        .filter(|f| f.name != schema::SAMPLE_RATE)
+        .filter(|f| f.name != schema::SAMPLE_RATE && f.name != schema::LINKS)
         .cloned()
         .collect::<Vec<_>>();
     let old = Schema::builder()
@@ -737,4 +737,10 @@ async fn an_older_table_gains_sample_rate_and_every_reader_sees_it() {
         "{scan}"
     );
     assert_eq!(scan["sample_rate_nulls"], 0, "{scan}");
+    // `links` was added too: every row written since has the column.
+    let rows = s.count("SELECT count(*) FROM spans").await;
+    let with_links = s
+        .count("SELECT count(*) FROM spans WHERE links IS NOT NULL")
+        .await;
+    assert_eq!((with_links, rows > 0), (rows, true));
 }

@@ -10,7 +10,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 
 class Capture(SpanExporter):
@@ -31,7 +31,18 @@ def main(prefix):
     with tracer.start_as_current_span(
         "POST /checkout", kind=SpanKind.SERVER, attributes={"http.route": "/checkout"}
     ) as root:
-        with tracer.start_as_current_span("SELECT orders", kind=SpanKind.CLIENT) as child:
+        # A link to a span of another trace, as a consumer of a batch links
+        # to the producers of its messages.
+        producer = SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        link = Link(producer, {"messaging.batch.index": 3, "link.reason": "batch"})
+        with tracer.start_as_current_span(
+            "SELECT orders", kind=SpanKind.CLIENT, links=[link]
+        ) as child:
             child.add_event("exception", {"exception.type": "TimeoutError"})
             child.set_status(Status(StatusCode.ERROR, "db timeout"))
         error_trace = root.get_span_context().trace_id

@@ -251,6 +251,32 @@ fn span_tags(row: &Row) -> Vec<KeyValue> {
     tags
 }
 
+const CHILD_OF: &str = "CHILD_OF";
+const FOLLOWS_FROM: &str = "FOLLOWS_FROM";
+
+/// The parent as a `CHILD_OF` reference, then each link as a
+/// `FOLLOWS_FROM` one, as Jaeger's OTLP translation makes them.
+fn references(trace_id: &str, row: &Row) -> Vec<Reference> {
+    let parent = text(row, "parent_span_id").map(|parent| Reference {
+        ref_type: CHILD_OF,
+        trace_id: trace_id.to_string(),
+        span_id: parent.to_string(),
+    });
+    let links = row
+        .get("links")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|link| {
+            Some(Reference {
+                ref_type: FOLLOWS_FROM,
+                trace_id: link.get("trace_id")?.as_str()?.to_string(),
+                span_id: link.get("span_id")?.as_str()?.to_string(),
+            })
+        });
+    parent.into_iter().chain(links).collect()
+}
+
 /// Events as logs: `event` = the event's name, then its attributes.
 fn logs(row: &Row) -> Vec<Log> {
     let Some(events) = row.get("events").and_then(Value::as_array) else {
@@ -304,14 +330,7 @@ pub fn trace(trace_id: &str, rows: &[Row]) -> Trace {
             let process_id = process_id(index);
             let start = micros(row.get("start_time"));
             let end = micros(row.get("end_time"));
-            let references = text(row, "parent_span_id")
-                .map(|parent| Reference {
-                    ref_type: "CHILD_OF",
-                    trace_id: trace_id.to_string(),
-                    span_id: parent.to_string(),
-                })
-                .into_iter()
-                .collect();
+            let references = references(trace_id, row);
             Span {
                 trace_id: trace_id.to_string(),
                 span_id: text(row, "span_id").unwrap_or_default().to_string(),
@@ -326,12 +345,9 @@ pub fn trace(trace_id: &str, rows: &[Row]) -> Trace {
             }
         })
         .collect();
+    let has_parent = |s: &Span| s.references.iter().any(|r| r.ref_type == CHILD_OF);
     spans.sort_by(|a, b| {
-        (!a.references.is_empty(), a.start_time, &a.span_id).cmp(&(
-            !b.references.is_empty(),
-            b.start_time,
-            &b.span_id,
-        ))
+        (has_parent(a), a.start_time, &a.span_id).cmp(&(has_parent(b), b.start_time, &b.span_id))
     });
     Trace {
         trace_id: trace_id.to_string(),
@@ -373,6 +389,8 @@ mod tests {
                         "attributes": {"exception.type": "Boom"}}],
             "scope_name": "lib", "scope_version": "1.2",
             "sampling_reason": "error", "sampling_rule_id": null, "sample_rate": 1.0,
+            "links": [{"trace_id": "ff".repeat(16), "span_id": "00000000000000cc",
+                       "trace_state": null, "attributes": {}}],
         }));
         let child = row(json!({
             "trace_id": id, "span_id": "00000000000000bb", "parent_span_id": "00000000000000aa",
@@ -382,12 +400,16 @@ mod tests {
             "status_code": "UNSET", "resource_attributes": {"service.name": "db"},
             "sampling_reason": "error",
         }));
-        // The child first: the root still comes out first.
+        // The child first: the root, with a link but no parent, still comes
+        // out first.
         let t = trace(id, &[child, root]);
         let out = serde_json::to_value(&t).expect("json");
         let first = &out["spans"][0];
         assert_eq!(first["spanID"], "00000000000000aa");
-        assert_eq!(first["references"], json!([]));
+        assert_eq!(
+            first["references"],
+            json!([{"refType": "FOLLOWS_FROM", "traceID": "ff".repeat(16), "spanID": "00000000000000cc"}])
+        );
         assert_eq!(first["startTime"], 1_796_439_600_000_100_i64);
         assert_eq!(first["duration"], 20_000);
         assert_eq!(first["warnings"], Value::Null);

@@ -330,6 +330,30 @@ fn status_number(stored: &str) -> i32 {
     OtlpStatus::from_str_name(&format!("STATUS_CODE_{stored}")).map_or(0, |c| c as i32)
 }
 
+/// The stored links of a span as OTLP JSON `Span.Link`s.
+fn otlp_links(stored: Option<&Value>) -> Vec<Value> {
+    let Some(links) = stored.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .map(|l| {
+            let mut link = Map::new();
+            for (from, to) in [("trace_id", "traceId"), ("span_id", "spanId")] {
+                link.insert(to.into(), l.get(from).cloned().unwrap_or(json!("")));
+            }
+            if let Some(state) = l.get("trace_state").and_then(Value::as_str) {
+                link.insert("traceState".into(), json!(state));
+            }
+            let attrs = key_values(l.get("attributes"));
+            if !attrs.is_empty() {
+                link.insert("attributes".into(), Value::Array(attrs));
+            }
+            Value::Object(link)
+        })
+        .collect()
+}
+
 /// One span in OTLP JSON, default fields left out.
 fn otlp_span(row: &Map<String, Value>) -> Value {
     let mut span = Map::new();
@@ -385,6 +409,10 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
         .unwrap_or_default();
     if !events.is_empty() {
         span.insert("events".into(), Value::Array(events));
+    }
+    let links = otlp_links(row.get("links"));
+    if !links.is_empty() {
+        span.insert("links".into(), Value::Array(links));
     }
     let mut status = Map::new();
     if let Some(message) = text(row, "status_message") {
@@ -488,6 +516,25 @@ mod tests {
                 "status": {"code": 2}}]}]})
             ]
         );
+    }
+
+    #[test]
+    fn links_become_otlp_json_links() {
+        let stored = json!([
+            {"trace_id": "ab".repeat(16), "span_id": "cd".repeat(8), "trace_state": "v=1",
+             "attributes": {"count": "3"}},
+            {"trace_id": "01".repeat(16), "span_id": "02".repeat(8), "trace_state": null,
+             "attributes": {}},
+        ]);
+        assert_eq!(
+            otlp_links(Some(&stored)),
+            vec![
+                json!({"traceId": "ab".repeat(16), "spanId": "cd".repeat(8), "traceState": "v=1",
+                       "attributes": [{"key": "count", "value": {"intValue": "3"}}]}),
+                json!({"traceId": "01".repeat(16), "spanId": "02".repeat(8)}),
+            ]
+        );
+        assert!(otlp_links(None).is_empty());
     }
 
     #[test]
