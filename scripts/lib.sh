@@ -48,6 +48,14 @@ ensure_build_deps() {
   export PATH="$HOME/.cargo/bin:$PATH"
 }
 
+# rustfmt and clippy, from rustup when the toolchain lacks them.
+ensure_lint_tools() {
+  cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 && return 0
+  command -v rustup >/dev/null 2>&1 || die "cargo fmt and cargo clippy are missing and rustup is not installed"
+  log "adding the rustfmt and clippy components (rustup)"
+  rustup component add rustfmt clippy
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") >/dev/null 2>&1; }
 
 wait_port() {

@@ -36,6 +36,11 @@ log "building the tests (target dir $CARGO_TARGET_DIR)"
 # `cargo bench` (see docs/performance.md).
 cargo build --manifest-path "$ROOT/Cargo.toml" --benches
 cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests --no-run
+# The toolchain's own checks: formatting, and every clippy lint as an error.
+ensure_lint_tools
+log "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)"
+cargo fmt --manifest-path "$ROOT/Cargo.toml" --check
+cargo clippy --manifest-path "$ROOT/Cargo.toml" --all-targets -- -D warnings
 wait "$VENV_PID" || { tail -n 30 "$STATE_DIR/venv.log"; die "preparing the Python environment failed"; }
 wait_tansu_install
 

@@ -1,4 +1,4 @@
-//! Sampling policies, evaluated in the order DESIGN.md fixes; the first that
+//! Sampling policies, evaluated in the order docs/configuration.md gives; the first that
 //! decides wins: force rules, then `[[sampling.policies]]` in order, then the
 //! error, latency and baseline settings, then drop.
 //!

@@ -1,4 +1,5 @@
-//! Prometheus metrics, named as DESIGN.md fixes them (prefix `tail_sampling_`).
+//! Prometheus metrics, named as docs/operations.md lists them (prefix
+//! `tail_sampling_`).
 
 pub mod red;
 pub mod sinks;

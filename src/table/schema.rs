@@ -24,7 +24,7 @@ fn string_map(key_id: i32, value_id: i32) -> Type {
     ))
 }
 
-/// The table schema of DESIGN.md.
+/// The table schema docs/api.md ("The spans table") describes.
 pub fn table_schema() -> iceberg::Result<Schema> {
     let event = StructType::new(vec![
         NestedField::required(25, "name", string()).into(),
