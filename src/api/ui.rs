@@ -12,8 +12,21 @@ use axum::routing::get;
 use axum::Router;
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
+
+/// The page's ES modules, served as they are (no build step): `app.js`
+/// routes, the others are the shared DOM helpers, the API client and one
+/// module per page.
+const MODULES: [(&str, &str); 8] = [
+    ("app.js", include_str!("ui/app.js")),
+    ("dom.js", include_str!("ui/dom.js")),
+    ("api.js", include_str!("ui/api.js")),
+    ("search.js", include_str!("ui/search.js")),
+    ("trace.js", include_str!("ui/trace.js")),
+    ("rules.js", include_str!("ui/rules.js")),
+    ("sql.js", include_str!("ui/sql.js")),
+    ("overview.js", include_str!("ui/overview.js")),
+];
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -32,19 +45,22 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `GET /`, `GET /ui/app.js` and `GET /ui/app.css`.
+/// `GET /`, `GET /ui/app.css` and `GET /ui/{module}.js`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+    let mut router = Router::new()
         .route(
             "/",
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
         .route(
-            "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
             "/ui/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
+        );
+    for (name, body) in MODULES {
+        router = router.route(
+            &format!("/ui/{name}"),
+            get(move || async move { asset("text/javascript; charset=utf-8", body) }),
+        );
+    }
+    router
 }

@@ -139,6 +139,26 @@ test('a span whose parent is missing is shown, with its own children under it', 
   assert.equal(under.length, 1);
   assert.equal(under[0].depth, 1);
   assert.equal(spans.indexOf(under[0]), spans.indexOf(orphans[0]) + 1, 'its child is drawn right under it');
+  // That child's name is far wider than the label column: it is cut with an
+  // ellipsis inside the column, the full name on hover, clear of the bars.
+  const row = page.locator(`#waterfall .span-row[data-span-id="${under[0].id}"]`);
+  const fit = await row.evaluate((el) => {
+    const name = el.querySelector('.span-name');
+    const label = el.querySelector('.wf-label').getBoundingClientRect();
+    const track = el.querySelector('.wf-track').getBoundingClientRect();
+    return {
+      cut: name.scrollWidth > name.clientWidth,
+      ellipsis: getComputedStyle(name).textOverflow,
+      nameRight: name.getBoundingClientRect().right,
+      labelRight: label.right,
+      trackLeft: track.left,
+      title: el.querySelector('.wf-label').title,
+    };
+  });
+  assert.ok(fit.cut, 'the long name is cut');
+  assert.equal(fit.ellipsis, 'ellipsis');
+  assert.ok(fit.nameRight <= fit.labelRight + 0.5 && fit.labelRight <= fit.trackLeft + 0.5, JSON.stringify(fit));
+  assert.match(fit.title, /a_long_column_name, a_long_column_name, .* FROM orders$/);
 });
 
 test('"keep traces like this" validates with the API, creates a rule that is listed and keeps new traces', async () => {

@@ -56,6 +56,8 @@ async fn orphan_trace(s: &Selector, service: &str) -> String {
     });
     spans[2].parent_span_id = vec![0xab; 8];
     spans[3].parent_span_id = spans[2].span_id.clone();
+    // A name far wider than the waterfall's label column.
+    spans[3].name = format!("SELECT {} FROM orders", "a_long_column_name, ".repeat(12));
     let body = synth::request(vec![ResourceDef::new(service, spans)]).encode_to_vec();
     send(&producer(), &s.topic, &hex::encode(id), &body).await;
     hex::encode(id)
