@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::find_attribute;
-use super::wire::{Fields, Value, WireError};
+use super::wire::{read_status, Fields, Value, WireError};
 
 /// `Resource.attributes`.
 const RESOURCE_ATTRIBUTES: u32 = 1;
@@ -207,7 +207,7 @@ fn scan_span(
             (6, Value::Varint(v)) => kind = v.min(u8::MAX as u64) as u8,
             (7, Value::Fixed64(v)) => start = v,
             (8, Value::Fixed64(v)) => end = v,
-            (15, Value::Len(r)) => status_code = status_code_of(msg, r)?,
+            (15, Value::Len(r)) => status_code = read_status(msg, r)?.code,
             _ => {}
         }
     }
@@ -233,20 +233,6 @@ fn scan_span(
         lease: Lease::default(),
     };
     Ok(Scanned::Span(trace_id, record))
-}
-
-/// `Status.code`, clamped to the three codes OTLP defines (anything else
-/// reads as unset).
-fn status_code_of(msg: &Bytes, range: (usize, usize)) -> Result<u8, DecodeError> {
-    for field in Fields::range(msg, range) {
-        if let (3, Value::Varint(code)) = {
-            let f = field?;
-            (f.number, f.value)
-        } {
-            return Ok(if code <= 2 { code as u8 } else { 0 });
-        }
-    }
-    Ok(0)
 }
 
 #[cfg(test)]

@@ -203,6 +203,35 @@ impl Iterator for Fields<'_> {
     }
 }
 
+/// `opentelemetry.proto.trace.v1.Status` off the wire, as both the policies
+/// (ingest) and the table (storage) read it: when `code` or `message`
+/// appears more than once the last one wins, as protobuf merges a message,
+/// and a code OTLP does not define reads as unset.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// 0 unset, 1 ok, 2 error.
+    pub code: u8,
+    /// Where the message lies in the buffer.
+    pub message: (usize, usize),
+}
+
+/// Reads the `Status` at `range` of `buf`.
+pub fn read_status(buf: &[u8], range: (usize, usize)) -> Result<Status, WireError> {
+    let mut status = Status::default();
+    for field in Fields::range(buf, range) {
+        let field = field?;
+        match field.number {
+            2 => status.message = field.len()?,
+            3 => {
+                let code = field.varint()?;
+                status.code = if code <= 2 { code as u8 } else { 0 };
+            }
+            _ => {}
+        }
+    }
+    Ok(status)
+}
+
 /// The UTF-8 text of a string field.
 pub fn text(buf: &[u8], (start, end): (usize, usize)) -> Result<&str, WireError> {
     Ok(std::str::from_utf8(&buf[start..end])?)
@@ -211,6 +240,19 @@ pub fn text(buf: &[u8], (start, end): (usize, usize)) -> Result<&str, WireError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_status_code_and_message_win() {
+        // message "a", code OK, message "bc", code ERROR.
+        let buf = [0x12, 1, b'a', 0x18, 1, 0x12, 2, b'b', b'c', 0x18, 2];
+        let status = read_status(&buf, (0, buf.len())).expect("valid");
+        assert_eq!(status.code, 2);
+        assert_eq!(&buf[status.message.0..status.message.1], b"bc");
+        // A code OTLP does not define reads as unset; a code of the wrong
+        // wire type is invalid, as it is for a full decode.
+        assert_eq!(read_status(&[0x18, 7], (0, 2)).expect("valid").code, 0);
+        assert!(read_status(&[0x1a, 0], (0, 2)).is_err());
+    }
 
     #[test]
     fn reads_every_wire_type_and_rejects_truncation() {

@@ -27,7 +27,7 @@ use super::columns::{
 };
 use crate::model::{AttributeLimits, KeptTrace, Origin};
 use crate::otlp::format::{any_value_string, kind_name, status_name};
-use crate::otlp::wire::{text, Fields, WireError};
+use crate::otlp::wire::{read_status, text, Fields, WireError};
 
 /// Why kept spans could not be turned into Arrow rows.
 #[derive(Debug, thiserror::Error)]
@@ -374,7 +374,11 @@ impl SpanRows {
                     cuts.note_link(Cut::Dropped);
                 }
                 13 => self.append_link(buf, field.len()?, cuts)?,
-                15 => read_status(buf, field.len()?, &mut span)?,
+                15 => {
+                    let status = read_status(buf, field.len()?)?;
+                    span.status_code = i32::from(status.code);
+                    span.status_message = status.message;
+                }
                 _ => {}
             }
         }
@@ -701,19 +705,6 @@ impl Origins {
         self.last = Some((origin.clone(), i));
         i
     }
-}
-
-/// Reads `Status`: the last message and code on the wire win.
-fn read_status(buf: &[u8], range: (usize, usize), span: &mut SpanFields) -> Result<(), WireError> {
-    for field in Fields::range(buf, range) {
-        let field = field?;
-        match field.number {
-            2 => span.status_message = field.len()?,
-            3 => span.status_code = field.varint()? as i32,
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// A trace or span id as lowercase hex, without allocating.
