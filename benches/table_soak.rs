@@ -4,7 +4,7 @@
 //! `--commits-off` (1,000) snapshots, then with maintenance on until
 //! `--commits` (20,000): every 30 s compaction into 128 MiB files,
 //! retention, expiry of snapshots older than 30 s keeping 10, and orphan
-//! cleanup. At checkpoints (1/40, 1/10, 1/4, 1/2 and all of the commits) it
+//! cleanup (with the shortest grace it allows, an hour). At checkpoints (1/40, 1/10, 1/4, 1/2 and all of the commits) it
 //! prints, for the stretch since the last one, the commit rate, rows per
 //! commit and the commit p50 and p99 (interpolated in the commit
 //! histogram's buckets); then the watermark lag, RSS, the newest
@@ -432,7 +432,7 @@ async fn soak(maintenance: bool, o: Options) {
             ("TSS__MAINTENANCE__ENABLED", enabled.as_str()),
             ("TSS__MAINTENANCE__INTERVAL_SECS", "30"),
             ("TSS__MAINTENANCE__SNAPSHOT_MAX_AGE_SECS", "30"),
-            ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "600"),
+            ("TSS__MAINTENANCE__ORPHAN_FILE_GRACE_SECS", "3600"),
         ],
     )
     .await;
