@@ -236,13 +236,20 @@ impl QueryEngine {
         Ok(self.within_limits(run).await?.0)
     }
 
-    /// Service-to-service call counts of the spans starting in `[from, to)`.
+    /// Service-to-service call counts of the spans starting in the minutes
+    /// that overlap `[from, to)`, from the [`names`] index.
     pub async fn dependencies(
         &self,
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::Dependency>, QueryError> {
-        let run = search::dependencies(&self.ctx, from_micros, to_micros, self.limits.max_rows);
+        let run = async {
+            let table = self.load_table().await?;
+            let max_rows = self.limits.max_rows;
+            self.names
+                .dependencies(&table, from_micros, to_micros, max_rows)
+                .await
+        };
         Ok(self.within_limits(run).await?.0)
     }
 

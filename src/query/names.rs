@@ -4,12 +4,21 @@
 //! operations every time a search form opens; a `GROUP BY` over days of spans
 //! for each would grow with the table. Data files never change once written,
 //! so what a file holds is read once: per distinct (service, span name, span
-//! kind) and minute of start time, how many spans. A list plans the current
-//! snapshot's files (the manifests only, and only when the snapshot moved),
-//! reads the few columns of the files it has not seen yet, forgets the files
+//! kind) and minute of start time, how many spans. When the snapshot moved,
+//! a list reads the current snapshot's manifest list and only the manifests
+//! it has not seen (manifests never change either: a commit adds one), reads
+//! the few columns of the data files it has not seen yet, forgets the files
 //! the snapshot no longer holds (compacted or expired) and merges the rest.
-//! After the first list only the files committed since the last one are
-//! read; a rewrite by compaction is read once more.
+//! After the first list only what was committed since the last one is read;
+//! a rewrite by compaction is read once more.
+//!
+//! The same read counts the calls between services for the dependency
+//! graph: a span whose parent is in the same file and belongs to another
+//! service is one call. A kept trace is written whole in one commit, and
+//! compaction sorts by trace id, so a trace's spans share a file; a late span
+//! written in a later commit counts once compaction puts it beside its
+//! parent. A join over the table's spans instead needed memory in
+//! proportion to the range and failed on an hour of heavy traffic.
 //!
 //! The index lives in the process and is rebuilt from the files after a
 //! restart. Ranges are honoured to the minute: a list for `[from, to)`
@@ -21,18 +30,29 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use futures::{stream, StreamExt, TryStreamExt};
-use iceberg::scan::FileScanTask;
+use iceberg::arrow::ArrowFileReader;
+use iceberg::io::FileMetadata;
+use iceberg::spec::{DataContentType, ManifestContentType};
 use iceberg::table::Table;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
 
-use super::lookup::read_tasks;
-use super::search::{Operation, ServiceNames};
+use super::search::{Dependency, Operation, ServiceNames};
 use super::QueryError;
 
 /// Files read at once when the index catches up.
 const READ_CONCURRENCY: usize = 4;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
-/// The columns a file's summary is read from, in this order.
-const COLUMNS: [&str; 4] = ["service_name", "name", "kind", "start_time"];
+/// The columns a file's summary is read from.
+const COLUMNS: [&str; 7] = [
+    "service_name",
+    "name",
+    "kind",
+    "start_time",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+];
 
 /// A service, one of its span names and that name's span kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +62,11 @@ struct Key {
     kind: String,
 }
 
-/// Spans of one key starting in one minute of one file.
+/// A call from the first service to the second.
+type Edge = (String, String);
+
+/// Spans of one key (or calls of one edge) starting in one minute of one
+/// file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cell {
     key: u32,
@@ -50,15 +74,38 @@ struct Cell {
     spans: u64,
 }
 
-/// The keys, numbered once for every file that holds them.
+/// What one data file holds.
 #[derive(Debug, Default)]
-struct Keys {
-    all: Vec<Key>,
-    numbers: HashMap<Key, u32>,
+struct FileSummary {
+    names: Vec<Cell>,
+    calls: Vec<Cell>,
 }
 
-impl Keys {
-    fn number(&mut self, key: Key) -> u32 {
+/// What one file's read counted, before its keys are numbered.
+#[derive(Debug, Default)]
+struct FileCounts {
+    names: HashMap<(Key, i64), u64>,
+    calls: HashMap<(Edge, i64), u64>,
+}
+
+/// Keys numbered once for every file that holds them.
+#[derive(Debug)]
+struct Keys<K> {
+    all: Vec<K>,
+    numbers: HashMap<K, u32>,
+}
+
+impl<K> Default for Keys<K> {
+    fn default() -> Self {
+        Self {
+            all: Vec::new(),
+            numbers: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Keys<K> {
+    fn number(&mut self, key: K) -> u32 {
         if let Some(n) = self.numbers.get(&key) {
             return *n;
         }
@@ -71,9 +118,12 @@ impl Keys {
 
 #[derive(Debug, Default)]
 struct State {
-    keys: Keys,
+    keys: Keys<Key>,
+    edges: Keys<Edge>,
     /// Per data file path, what it holds.
-    files: HashMap<String, Vec<Cell>>,
+    files: HashMap<String, FileSummary>,
+    /// Per manifest path, its live data files and their sizes.
+    manifests: HashMap<String, Arc<Vec<(String, u64)>>>,
     /// The snapshot whose files `files` holds exactly, once caught up.
     snapshot: Option<i64>,
 }
@@ -91,6 +141,47 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
     QueryError::Unavailable(format!("service index: {what}: {e}"))
 }
 
+impl State {
+    fn insert(&mut self, path: String, counts: FileCounts) {
+        let names = counts
+            .names
+            .into_iter()
+            .map(|((key, minute), spans)| Cell {
+                key: self.keys.number(key),
+                minute,
+                spans,
+            })
+            .collect();
+        let calls = counts
+            .calls
+            .into_iter()
+            .map(|((edge, minute), spans)| Cell {
+                key: self.edges.number(edge),
+                minute,
+                spans,
+            })
+            .collect();
+        self.files.insert(path, FileSummary { names, calls });
+    }
+}
+
+/// The minutes that overlap `[from, to)` (Unix microseconds).
+fn minutes(from_micros: i64, to_micros: i64) -> std::ops::RangeInclusive<i64> {
+    from_micros.div_euclid(MICROS_PER_MINUTE)..=(to_micros - 1).div_euclid(MICROS_PER_MINUTE)
+}
+
+/// Sums the cells of the minutes of `range` by key.
+fn sum<'a>(
+    cells: impl Iterator<Item = &'a Cell>,
+    range: std::ops::RangeInclusive<i64>,
+) -> HashMap<u32, u64> {
+    let mut totals: HashMap<u32, u64> = HashMap::new();
+    for cell in cells.filter(|c| range.contains(&c.minute)) {
+        *totals.entry(cell.key).or_default() += cell.spans;
+    }
+    totals
+}
+
 impl NameIndex {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves whole entries only.
@@ -102,71 +193,127 @@ impl NameIndex {
     /// not lost: the next one goes on from there.
     async fn catch_up(&self, table: &Table) -> Result<(), QueryError> {
         let _one = self.catching_up.lock().await;
-        let snapshot = table.metadata().current_snapshot_id();
-        if snapshot.is_none() || self.state().snapshot == snapshot {
+        let Some(snapshot) = table.metadata().current_snapshot() else {
+            return Ok(());
+        };
+        if self.state().snapshot == Some(snapshot.snapshot_id()) {
             return Ok(());
         }
-        let scan = table
-            .scan()
-            .select(COLUMNS)
-            .build()
-            .map_err(|e| failed("planning", e))?;
-        let tasks: Vec<FileScanTask> = scan
-            .plan_files()
-            .await
-            .map_err(|e| failed("planning", e))?
-            .try_collect()
-            .await
-            .map_err(|e| failed("planning", e))?;
-        let live: HashSet<&str> = tasks.iter().map(|t| t.data_file_path.as_str()).collect();
-        let unread: Vec<FileScanTask> = {
+        let live = self.live_files(table, snapshot).await?;
+        let unread: Vec<(String, u64)> = {
             let mut state = self.state();
-            state.files.retain(|path, _| live.contains(path.as_str()));
-            tasks
-                .iter()
-                .filter(|t| !state.files.contains_key(&t.data_file_path))
+            let paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
+            state.files.retain(|path, _| paths.contains(path.as_str()));
+            live.iter()
+                .filter(|(path, _)| !state.files.contains_key(path))
                 .cloned()
                 .collect()
         };
         stream::iter(unread)
-            .map(|task| async move {
-                let path = task.data_file_path.clone();
-                let counts = read_file(table, task).await?;
-                let mut state = self.state();
-                let cells = counts
-                    .into_iter()
-                    .map(|((key, minute), spans)| Cell {
-                        key: state.keys.number(key),
-                        minute,
-                        spans,
-                    })
-                    .collect();
-                state.files.insert(path, cells);
+            .map(|(path, size)| async move {
+                let counts = read_file(table, &path, size).await?;
+                self.state().insert(path, counts);
                 Ok::<_, QueryError>(())
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect::<()>()
             .await?;
-        self.state().snapshot = snapshot;
+        self.state().snapshot = Some(snapshot.snapshot_id());
         Ok(())
+    }
+
+    /// The live data files of `snapshot` with their sizes, from its manifest
+    /// list and the manifests, each loaded once.
+    async fn live_files(
+        &self,
+        table: &Table,
+        snapshot: &iceberg::spec::SnapshotRef,
+    ) -> Result<Vec<(String, u64)>, QueryError> {
+        let list = table
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(|e| failed("reading the manifest list", e))?;
+        let mut files = Vec::new();
+        let mut listed = HashSet::new();
+        for manifest in list.entries() {
+            if manifest.content != ManifestContentType::Data {
+                continue;
+            }
+            listed.insert(manifest.manifest_path.clone());
+            let known = self.state().manifests.get(&manifest.manifest_path).cloned();
+            let entries = match known {
+                Some(entries) => entries,
+                None => {
+                    let m = manifest
+                        .load_manifest(table.file_io())
+                        .await
+                        .map_err(|e| failed(&manifest.manifest_path, e))?;
+                    let entries: Vec<(String, u64)> = m
+                        .entries()
+                        .iter()
+                        .filter(|e| e.is_alive() && e.content_type() == DataContentType::Data)
+                        .map(|e| (e.file_path().to_string(), e.file_size_in_bytes()))
+                        .collect();
+                    let entries = Arc::new(entries);
+                    self.state()
+                        .manifests
+                        .insert(manifest.manifest_path.clone(), entries.clone());
+                    entries
+                }
+            };
+            files.extend(entries.iter().cloned());
+        }
+        self.state()
+            .manifests
+            .retain(|path, _| listed.contains(path));
+        Ok(files)
     }
 
     /// Spans per key starting in the minutes that overlap `[from, to)`
     /// (Unix microseconds), by key.
     fn totals(&self, from_micros: i64, to_micros: i64) -> BTreeMap<Key, u64> {
-        let first = from_micros.div_euclid(MICROS_PER_MINUTE);
-        let last = (to_micros - 1).div_euclid(MICROS_PER_MINUTE);
         let state = self.state();
-        let mut totals: HashMap<u32, u64> = HashMap::new();
-        for cell in state.files.values().flatten() {
-            if (first..=last).contains(&cell.minute) {
-                *totals.entry(cell.key).or_default() += cell.spans;
-            }
-        }
-        totals
+        let cells = state.files.values().flat_map(|f| &f.names);
+        sum(cells, minutes(from_micros, to_micros))
             .into_iter()
             .filter_map(|(n, spans)| Some((state.keys.all.get(n as usize)?.clone(), spans)))
             .collect()
+    }
+
+    /// Calls per edge starting in the minutes that overlap `[from, to)`.
+    fn call_totals(&self, from_micros: i64, to_micros: i64) -> BTreeMap<Edge, u64> {
+        let state = self.state();
+        let cells = state.files.values().flat_map(|f| &f.calls);
+        sum(cells, minutes(from_micros, to_micros))
+            .into_iter()
+            .filter_map(|(n, calls)| Some((state.edges.all.get(n as usize)?.clone(), calls)))
+            .collect()
+    }
+
+    /// The calls between services whose called span started in `[from,
+    /// to)` (to the minute), by caller and callee; `true` when cut at
+    /// `max_rows`.
+    pub async fn dependencies(
+        &self,
+        table: &Table,
+        from_micros: i64,
+        to_micros: i64,
+        max_rows: usize,
+    ) -> Result<(Vec<Dependency>, bool), QueryError> {
+        self.catch_up(table).await?;
+        let all = self.call_totals(from_micros, to_micros);
+        let truncated = all.len() > max_rows;
+        let list = all
+            .into_iter()
+            .take(max_rows)
+            .map(|((parent, child), call_count)| Dependency {
+                parent,
+                child,
+                call_count,
+            })
+            .collect();
+        Ok((list, truncated))
     }
 
     /// The services and their span names with spans in `[from, to)`, by
@@ -247,35 +394,131 @@ fn list_operations(
     (all.into_iter().take(max_rows).collect(), truncated)
 }
 
-/// Spans per key and minute in one data file.
-async fn read_file(
-    table: &Table,
-    task: FileScanTask,
-) -> Result<HashMap<(Key, i64), u64>, QueryError> {
-    let path = task.data_file_path.clone();
-    let mut batches = read_tasks(table, vec![task])?.stream();
-    let mut counts = HashMap::new();
-    while let Some(batch) = batches.try_next().await.map_err(|e| failed(&path, e))? {
-        count_batch(&batch, &mut counts).map_err(|e| failed(&path, e))?;
+/// Spans per key and minute in one data file, read from its Parquet
+/// columns directly (the columns were there from the table's first schema).
+async fn read_file(table: &Table, path: &str, size: u64) -> Result<FileCounts, QueryError> {
+    let input = table
+        .file_io()
+        .new_input(path)
+        .map_err(|e| failed(path, e))?;
+    let reader = input.reader().await.map_err(|e| failed(path, e))?;
+    let file = ArrowFileReader::new(FileMetadata { size }, reader);
+    let builder = ParquetRecordBatchStreamBuilder::new(file)
+        .await
+        .map_err(|e| failed(path, e))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
+    let mut batches = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| failed(path, e))?;
+    let mut file = FileRead::default();
+    while let Some(batch) = batches.try_next().await.map_err(|e| failed(path, e))? {
+        file.add(&batch).map_err(|e| failed(path, e))?;
     }
-    Ok(counts)
+    Ok(file.finish())
 }
 
-/// Adds the spans of `batch` (the [`COLUMNS`], in order) to `counts`.
+/// A span's place in its trace: its trace and span ids, hashed.
+fn span_key(trace_id: &str, span_id: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = SPAN_KEYS.build_hasher();
+    h.write(trace_id.as_bytes());
+    h.write_u8(0);
+    h.write(span_id.as_bytes());
+    h.finish()
+}
+
+/// Fixed keys: the same ids hash the same within and across batches.
+static SPAN_KEYS: std::sync::LazyLock<std::hash::RandomState> =
+    std::sync::LazyLock::new(std::hash::RandomState::new);
+
+/// One file as it is read: the names counted, and each span's service and
+/// parent kept (as hashes and numbers) until the file's last batch, since a
+/// parent may be in another row group.
+#[derive(Default)]
+struct FileRead {
+    names: HashMap<(Key, i64), u64>,
+    services: Keys<String>,
+    /// Span (trace id, span id) hash → its service's number.
+    owners: HashMap<u64, u32>,
+    /// (trace id, parent span id) hash, the child's service, its minute.
+    children: Vec<(u64, u32, i64)>,
+}
+
+impl FileRead {
+    fn add(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        count_batch(batch, &mut self.names)?;
+        let text = |i: usize| {
+            batch
+                .column_by_name(COLUMNS[i])
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| format!("column `{}` is missing or not a string column", COLUMNS[i]))
+        };
+        let (services, traces, spans, parents) = (text(0)?, text(4)?, text(5)?, text(6)?);
+        let starts = batch
+            .column_by_name(COLUMNS[3])
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or("column `start_time` is missing or not a timestamp in microseconds")?;
+        for row in 0..batch.num_rows() {
+            let service = if services.is_null(row) {
+                String::new()
+            } else {
+                services.value(row).to_string()
+            };
+            let service = self.services.number(service);
+            let trace = traces.value(row);
+            self.owners
+                .insert(span_key(trace, spans.value(row)), service);
+            if !parents.is_null(row) {
+                let minute = starts.value(row).div_euclid(MICROS_PER_MINUTE);
+                self.children
+                    .push((span_key(trace, parents.value(row)), service, minute));
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's counts: a child whose parent is in the file and belongs
+    /// to another service is one call.
+    fn finish(self) -> FileCounts {
+        let mut calls: HashMap<(Edge, i64), u64> = HashMap::new();
+        let name = |n: u32| {
+            self.services
+                .all
+                .get(n as usize)
+                .cloned()
+                .unwrap_or_default()
+        };
+        for (parent, child, minute) in &self.children {
+            match self.owners.get(parent) {
+                Some(owner) if owner != child => {
+                    *calls
+                        .entry(((name(*owner), name(*child)), *minute))
+                        .or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        FileCounts {
+            names: self.names,
+            calls,
+        }
+    }
+}
+
+/// Adds the spans of `batch` (the [`COLUMNS`], found by name) to `counts`.
 fn count_batch(batch: &RecordBatch, counts: &mut HashMap<(Key, i64), u64>) -> Result<(), String> {
     let text = |i: usize| {
         batch
-            .columns()
-            .get(i)
+            .column_by_name(COLUMNS[i])
             .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| format!("column `{}` is not a string column", COLUMNS[i]))
+            .ok_or_else(|| format!("column `{}` is missing or not a string column", COLUMNS[i]))
     };
     let (services, names, kinds) = (text(0)?, text(1)?, text(2)?);
     let starts = batch
-        .columns()
-        .get(3)
+        .column_by_name(COLUMNS[3])
         .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        .ok_or("column `start_time` is not a timestamp in microseconds")?;
+        .ok_or("column `start_time` is missing or not a timestamp in microseconds")?;
     let value = |a: &datafusion::arrow::array::StringArray, row: usize| {
         if a.is_null(row) {
             String::new()
@@ -298,7 +541,7 @@ fn count_batch(batch: &RecordBatch, counts: &mut HashMap<(Key, i64), u64>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     /// Service, span name, kind, start (Unix µs).
@@ -332,20 +575,85 @@ mod tests {
     fn index(files: &[(&str, &[Row])]) -> NameIndex {
         let index = NameIndex::default();
         for (path, rows) in files {
-            let mut counts = HashMap::new();
-            count_batch(&batch(rows), &mut counts).expect("counted");
-            let mut state = index.state();
-            let cells = counts
-                .into_iter()
-                .map(|((key, minute), spans)| Cell {
-                    key: state.keys.number(key),
-                    minute,
-                    spans,
-                })
-                .collect();
-            state.files.insert(path.to_string(), cells);
+            let mut names = HashMap::new();
+            count_batch(&batch(rows), &mut names).expect("counted");
+            let counts = FileCounts {
+                names,
+                calls: HashMap::new(),
+            };
+            index.state().insert(path.to_string(), counts);
         }
         index
+    }
+
+    /// Service, span id, parent span id, start minute; one trace.
+    type Span<'a> = (&'a str, &'a str, Option<&'a str>, i64);
+
+    fn span_batch(spans: &[Span]) -> RecordBatch {
+        let strings = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let schema = Schema::new(
+            COLUMNS
+                .iter()
+                .map(|name| match *name {
+                    "start_time" => Field::new(
+                        *name,
+                        DataType::Timestamp(TimeUnit::Microsecond, None),
+                        false,
+                    ),
+                    _ => Field::new(*name, DataType::Utf8, true),
+                })
+                .collect::<Vec<_>>(),
+        );
+        let columns: Vec<ArrayRef> = vec![
+            strings(spans.iter().map(|s| Some(s.0)).collect()),
+            strings(spans.iter().map(|_| Some("op")).collect()),
+            strings(spans.iter().map(|_| Some("SERVER")).collect()),
+            Arc::new(TimestampMicrosecondArray::from(
+                spans
+                    .iter()
+                    .map(|s| s.3 * MICROS_PER_MINUTE)
+                    .collect::<Vec<_>>(),
+            )),
+            strings(spans.iter().map(|_| Some("t1")).collect()),
+            strings(spans.iter().map(|s| Some(s.1)).collect()),
+            strings(spans.iter().map(|s| s.2).collect()),
+        ];
+        RecordBatch::try_new(Arc::new(schema), columns).expect("batch")
+    }
+
+    #[test]
+    fn a_call_is_a_child_whose_parent_in_the_file_is_another_service() {
+        let mut file = FileRead::default();
+        // The child comes before its parent, in another batch.
+        file.add(&span_batch(&[
+            ("back", "b", Some("a"), 3),
+            ("back", "c", Some("b"), 3),
+            ("db", "d", Some("gone"), 3),
+        ]))
+        .expect("added");
+        file.add(&span_batch(&[
+            ("front", "a", None, 2),
+            ("db", "e", Some("c"), 4),
+        ]))
+        .expect("added");
+        let counts = file.finish();
+        let edge = |p: &str, c: &str| (p.to_string(), c.to_string());
+        assert_eq!(
+            counts.calls,
+            HashMap::from([
+                ((edge("front", "back"), 3), 1),
+                ((edge("back", "db"), 4), 1)
+            ])
+        );
+        assert_eq!(counts.names.values().sum::<u64>(), 5);
+
+        let index = NameIndex::default();
+        index.state().insert("f".into(), counts);
+        assert_eq!(
+            index.call_totals(3 * MINUTE, 4 * MINUTE),
+            BTreeMap::from([(edge("front", "back"), 1)])
+        );
+        assert_eq!(index.call_totals(0, 10 * MINUTE).len(), 2);
     }
 
     const MINUTE: i64 = MICROS_PER_MINUTE;

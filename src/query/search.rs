@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::prelude::{cast, col, lit, DataFrame, Expr, SessionContext};
 use iceberg::table::Table;
 use serde::Serialize;
@@ -307,17 +307,6 @@ async fn spans(ctx: &SessionContext) -> Result<DataFrame, QueryError> {
     ctx.table(TABLE_NAME).await.map_err(QueryError::Invalid)
 }
 
-/// The first `max_rows` rows of `df` as JSON, `truncated` when it had more.
-async fn first_rows(df: DataFrame, max_rows: usize) -> Result<super::QueryResult, QueryError> {
-    let df = df
-        .limit(0, Some(max_rows + 1))
-        .map_err(QueryError::Invalid)?;
-    to_json(
-        &df.collect().await.map_err(QueryError::Execution)?,
-        max_rows,
-    )
-}
-
 /// A span name of a service, with its span kind as stored (`SERVER`, …).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Operation {
@@ -327,80 +316,13 @@ pub struct Operation {
 }
 
 /// How often one service called another in `[from, to)`: a span whose
-/// parent is stored and belongs to another service is one call.
+/// parent is stored beside it (see `names`) and belongs to another service
+/// is one call.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Dependency {
     pub parent: String,
     pub child: String,
     pub call_count: u64,
-}
-
-/// The service-to-service calls of the spans starting in `[from, to)`,
-/// from parent/child pairs within each trace.
-pub(super) async fn dependencies(
-    ctx: &SessionContext,
-    from_micros: i64,
-    to_micros: i64,
-    max_rows: usize,
-) -> Result<(Vec<Dependency>, bool), QueryError> {
-    let range = in_range(from_micros, to_micros);
-    let children = spans(ctx)
-        .await?
-        .filter(range.clone().and(col("parent_span_id").is_not_null()))
-        .and_then(|df| {
-            df.select(vec![
-                col("trace_id").alias("c_trace"),
-                col("parent_span_id").alias("c_parent"),
-                col("service_name").alias("child"),
-            ])
-        })
-        .map_err(QueryError::Invalid)?;
-    let parents = spans(ctx)
-        .await?
-        .filter(range)
-        .and_then(|df| {
-            df.select(vec![
-                col("trace_id").alias("p_trace"),
-                col("span_id").alias("p_span"),
-                col("service_name").alias("parent"),
-            ])
-        })
-        .map_err(QueryError::Invalid)?;
-    let df = children
-        .join(
-            parents,
-            datafusion::common::JoinType::Inner,
-            &["c_trace", "c_parent"],
-            &["p_trace", "p_span"],
-            None,
-        )
-        .and_then(|df| df.filter(col("parent").not_eq(col("child"))))
-        .and_then(|df| {
-            df.aggregate(
-                vec![col("parent"), col("child")],
-                vec![count(lit(1)).alias("calls")],
-            )
-        })
-        .and_then(|df| {
-            df.sort(vec![
-                col("parent").sort(true, true),
-                col("child").sort(true, true),
-            ])
-        })
-        .map_err(QueryError::Invalid)?;
-    let result = first_rows(df, max_rows).await?;
-    let links = result
-        .rows
-        .iter()
-        .filter_map(|row| {
-            Some(Dependency {
-                parent: row.first()?.as_str()?.to_string(),
-                child: row.get(1)?.as_str()?.to_string(),
-                call_count: row.get(2)?.as_u64()?,
-            })
-        })
-        .collect();
-    Ok((links, result.truncated))
 }
 
 /// One span as pass 2 reads it.
