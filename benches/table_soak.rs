@@ -208,7 +208,7 @@ async fn checkpoint(s: &Selector, last: &mut Last, ids: &Sent, lookups: usize) {
         .copied()
         .unwrap_or(0.0);
     let spans = m
-        .get("tail_sampling_spans_exported_total")
+        .get("tail_sampling_spans_exported_total{sink=\"iceberg\"}")
         .copied()
         .unwrap_or(0.0);
     let lag = m
