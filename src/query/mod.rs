@@ -199,6 +199,17 @@ impl QueryEngine {
         })
     }
 
+    /// The [`names`] index, brought to the latest snapshot within the time
+    /// limit.
+    async fn names(&self) -> Result<&names::NameIndex, QueryError> {
+        let run = async {
+            let table = self.load_table().await?;
+            self.names.catch_up(&table).await
+        };
+        self.within_limits(run).await?;
+        Ok(&self.names)
+    }
+
     /// The services and their span names with spans starting in the
     /// minutes that overlap `[from, to)` (Unix microseconds), from the
     /// [`names`] index rather than a scan.
@@ -207,14 +218,10 @@ impl QueryEngine {
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::ServiceNames>, QueryError> {
-        let run = async {
-            let table = self.load_table().await?;
-            let max_rows = self.limits.max_rows;
-            self.names
-                .services(&table, from_micros, to_micros, max_rows)
-                .await
-        };
-        Ok(self.within_limits(run).await?.0)
+        let index = self.names().await?;
+        Ok(index
+            .services(from_micros, to_micros, self.limits.max_rows)
+            .0)
     }
 
     /// The span names and kinds of `service` (every service when `None`)
@@ -226,14 +233,11 @@ impl QueryEngine {
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::Operation>, QueryError> {
-        let run = async {
-            let table = self.load_table().await?;
-            let max_rows = self.limits.max_rows;
-            self.names
-                .operations(&table, service, from_micros, to_micros, max_rows)
-                .await
-        };
-        Ok(self.within_limits(run).await?.0)
+        let index = self.names().await?;
+        let max_rows = self.limits.max_rows;
+        Ok(index
+            .operations(service, from_micros, to_micros, max_rows)
+            .0)
     }
 
     /// Service-to-service call counts of the spans starting in the minutes
@@ -243,14 +247,10 @@ impl QueryEngine {
         from_micros: i64,
         to_micros: i64,
     ) -> Result<Vec<search::Dependency>, QueryError> {
-        let run = async {
-            let table = self.load_table().await?;
-            let max_rows = self.limits.max_rows;
-            self.names
-                .dependencies(&table, from_micros, to_micros, max_rows)
-                .await
-        };
-        Ok(self.within_limits(run).await?.0)
+        let index = self.names().await?;
+        Ok(index
+            .dependencies(from_micros, to_micros, self.limits.max_rows)
+            .0)
     }
 
     /// The spans of several traces (lowercase hex ids) in one read, within

@@ -27,7 +27,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowFileReader;
@@ -114,6 +116,37 @@ impl<K: Clone + Eq + std::hash::Hash> Keys<K> {
         self.numbers.insert(key, n);
         n
     }
+
+    /// One file's counts as cells, their keys numbered.
+    fn cells(&mut self, counts: HashMap<(K, i64), u64>) -> Vec<Cell> {
+        counts
+            .into_iter()
+            .map(|((key, minute), spans)| Cell {
+                key: self.number(key),
+                minute,
+                spans,
+            })
+            .collect()
+    }
+
+    /// Sums the `cells` of the minutes of `range` by key.
+    fn totals<'a>(
+        &self,
+        cells: impl Iterator<Item = &'a Cell>,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> BTreeMap<K, u64>
+    where
+        K: Ord,
+    {
+        let mut totals: HashMap<u32, u64> = HashMap::new();
+        for cell in cells.filter(|c| range.contains(&c.minute)) {
+            *totals.entry(cell.key).or_default() += cell.spans;
+        }
+        totals
+            .into_iter()
+            .filter_map(|(n, spans)| Some((self.all.get(n as usize)?.clone(), spans)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -143,24 +176,8 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
 
 impl State {
     fn insert(&mut self, path: String, counts: FileCounts) {
-        let names = counts
-            .names
-            .into_iter()
-            .map(|((key, minute), spans)| Cell {
-                key: self.keys.number(key),
-                minute,
-                spans,
-            })
-            .collect();
-        let calls = counts
-            .calls
-            .into_iter()
-            .map(|((edge, minute), spans)| Cell {
-                key: self.edges.number(edge),
-                minute,
-                spans,
-            })
-            .collect();
+        let names = self.keys.cells(counts.names);
+        let calls = self.edges.cells(counts.calls);
         self.files.insert(path, FileSummary { names, calls });
     }
 }
@@ -168,18 +185,6 @@ impl State {
 /// The minutes that overlap `[from, to)` (Unix microseconds).
 fn minutes(from_micros: i64, to_micros: i64) -> std::ops::RangeInclusive<i64> {
     from_micros.div_euclid(MICROS_PER_MINUTE)..=(to_micros - 1).div_euclid(MICROS_PER_MINUTE)
-}
-
-/// Sums the cells of the minutes of `range` by key.
-fn sum<'a>(
-    cells: impl Iterator<Item = &'a Cell>,
-    range: std::ops::RangeInclusive<i64>,
-) -> HashMap<u32, u64> {
-    let mut totals: HashMap<u32, u64> = HashMap::new();
-    for cell in cells.filter(|c| range.contains(&c.minute)) {
-        *totals.entry(cell.key).or_default() += cell.spans;
-    }
-    totals
 }
 
 impl NameIndex {
@@ -191,7 +196,7 @@ impl NameIndex {
     /// Brings the index to `table`'s current snapshot. Files are recorded
     /// as they are read, so a catch-up cut short by the query timeout is
     /// not lost: the next one goes on from there.
-    async fn catch_up(&self, table: &Table) -> Result<(), QueryError> {
+    pub async fn catch_up(&self, table: &Table) -> Result<(), QueryError> {
         let _one = self.catching_up.lock().await;
         let Some(snapshot) = table.metadata().current_snapshot() else {
             return Ok(());
@@ -275,33 +280,25 @@ impl NameIndex {
     fn totals(&self, from_micros: i64, to_micros: i64) -> BTreeMap<Key, u64> {
         let state = self.state();
         let cells = state.files.values().flat_map(|f| &f.names);
-        sum(cells, minutes(from_micros, to_micros))
-            .into_iter()
-            .filter_map(|(n, spans)| Some((state.keys.all.get(n as usize)?.clone(), spans)))
-            .collect()
+        state.keys.totals(cells, minutes(from_micros, to_micros))
     }
 
     /// Calls per edge starting in the minutes that overlap `[from, to)`.
     fn call_totals(&self, from_micros: i64, to_micros: i64) -> BTreeMap<Edge, u64> {
         let state = self.state();
         let cells = state.files.values().flat_map(|f| &f.calls);
-        sum(cells, minutes(from_micros, to_micros))
-            .into_iter()
-            .filter_map(|(n, calls)| Some((state.edges.all.get(n as usize)?.clone(), calls)))
-            .collect()
+        state.edges.totals(cells, minutes(from_micros, to_micros))
     }
 
     /// The calls between services whose called span started in `[from,
-    /// to)` (to the minute), by caller and callee; `true` when cut at
-    /// `max_rows`.
-    pub async fn dependencies(
+    /// to)` (to the minute), by caller and callee, as of the last
+    /// [`catch_up`](Self::catch_up); `true` when cut at `max_rows`.
+    pub fn dependencies(
         &self,
-        table: &Table,
         from_micros: i64,
         to_micros: i64,
         max_rows: usize,
-    ) -> Result<(Vec<Dependency>, bool), QueryError> {
-        self.catch_up(table).await?;
+    ) -> (Vec<Dependency>, bool) {
         let all = self.call_totals(from_micros, to_micros);
         let truncated = all.len() > max_rows;
         let list = all
@@ -313,39 +310,31 @@ impl NameIndex {
                 call_count,
             })
             .collect();
-        Ok((list, truncated))
+        (list, truncated)
     }
 
     /// The services and their span names with spans in `[from, to)`, by
     /// service and name; `true` when cut at `max_rows` names.
-    pub async fn services(
+    pub fn services(
         &self,
-        table: &Table,
         from_micros: i64,
         to_micros: i64,
         max_rows: usize,
-    ) -> Result<(Vec<ServiceNames>, bool), QueryError> {
-        self.catch_up(table).await?;
-        Ok(group_services(
-            self.totals(from_micros, to_micros),
-            max_rows,
-        ))
+    ) -> (Vec<ServiceNames>, bool) {
+        group_services(self.totals(from_micros, to_micros), max_rows)
     }
 
     /// The span names and kinds of `service` (every service when `None`)
     /// with spans in `[from, to)`, by service, name and kind; `true` when
     /// cut at `max_rows`.
-    pub async fn operations(
+    pub fn operations(
         &self,
-        table: &Table,
         service: Option<&str>,
         from_micros: i64,
         to_micros: i64,
         max_rows: usize,
-    ) -> Result<(Vec<Operation>, bool), QueryError> {
-        self.catch_up(table).await?;
-        let totals = self.totals(from_micros, to_micros);
-        Ok(list_operations(totals, service, max_rows))
+    ) -> (Vec<Operation>, bool) {
+        list_operations(self.totals(from_micros, to_micros), service, max_rows)
     }
 }
 
@@ -448,24 +437,11 @@ struct FileRead {
 impl FileRead {
     fn add(&mut self, batch: &RecordBatch) -> Result<(), String> {
         count_batch(batch, &mut self.names)?;
-        let text = |i: usize| {
-            batch
-                .column_by_name(COLUMNS[i])
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| format!("column `{}` is missing or not a string column", COLUMNS[i]))
-        };
+        let text = |i: usize| text_column(batch, COLUMNS[i]);
         let (services, traces, spans, parents) = (text(0)?, text(4)?, text(5)?, text(6)?);
-        let starts = batch
-            .column_by_name(COLUMNS[3])
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or("column `start_time` is missing or not a timestamp in microseconds")?;
+        let starts = start_column(batch)?;
         for row in 0..batch.num_rows() {
-            let service = if services.is_null(row) {
-                String::new()
-            } else {
-                services.value(row).to_string()
-            };
-            let service = self.services.number(service);
+            let service = self.services.number(text_at(services, row));
             let trace = traces.value(row);
             self.owners
                 .insert(span_key(trace, spans.value(row)), service);
@@ -508,29 +484,14 @@ impl FileRead {
 
 /// Adds the spans of `batch` (the [`COLUMNS`], found by name) to `counts`.
 fn count_batch(batch: &RecordBatch, counts: &mut HashMap<(Key, i64), u64>) -> Result<(), String> {
-    let text = |i: usize| {
-        batch
-            .column_by_name(COLUMNS[i])
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| format!("column `{}` is missing or not a string column", COLUMNS[i]))
-    };
+    let text = |i: usize| text_column(batch, COLUMNS[i]);
     let (services, names, kinds) = (text(0)?, text(1)?, text(2)?);
-    let starts = batch
-        .column_by_name(COLUMNS[3])
-        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        .ok_or("column `start_time` is missing or not a timestamp in microseconds")?;
-    let value = |a: &datafusion::arrow::array::StringArray, row: usize| {
-        if a.is_null(row) {
-            String::new()
-        } else {
-            a.value(row).to_string()
-        }
-    };
+    let starts = start_column(batch)?;
     for row in 0..batch.num_rows() {
         let key = Key {
-            service: value(services, row),
-            name: value(names, row),
-            kind: value(kinds, row),
+            service: text_at(services, row),
+            name: text_at(names, row),
+            kind: text_at(kinds, row),
         };
         let minute = starts.value(row).div_euclid(MICROS_PER_MINUTE);
         *counts.entry((key, minute)).or_default() += 1;
@@ -538,10 +499,35 @@ fn count_batch(batch: &RecordBatch, counts: &mut HashMap<(Key, i64), u64>) -> Re
     Ok(())
 }
 
+/// The string column `name` of `batch`.
+fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| format!("column `{name}` is missing or not a string column"))
+}
+
+/// The `start_time` column of `batch`, in microseconds.
+fn start_column(batch: &RecordBatch) -> Result<&TimestampMicrosecondArray, String> {
+    batch
+        .column_by_name(COLUMNS[3])
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| "column `start_time` is missing or not a timestamp in microseconds".into())
+}
+
+/// The text at `row`, empty when null.
+fn text_at(column: &StringArray, row: usize) -> String {
+    if column.is_null(row) {
+        String::new()
+    } else {
+        column.value(row).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::array::ArrayRef;
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     /// Service, span name, kind, start (Unix µs).

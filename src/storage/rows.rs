@@ -105,29 +105,27 @@ impl Cuts {
         names.join(",")
     }
 
-    /// Records what one key-value pair lost; `events` says whose it was.
-    fn note(&mut self, cut: Cut, events: bool) {
+    /// Records what `part` of the span lost: a value cut or an entry dropped.
+    fn note(&mut self, cut: Cut, part: Part) {
         match cut {
             Cut::None => return,
             Cut::Value => self.values += 1,
             Cut::Dropped => self.dropped += 1,
         }
-        if events {
-            self.events = true;
-        } else {
-            self.attributes = true;
+        match part {
+            Part::Attributes => self.attributes = true,
+            Part::Events => self.events = true,
+            Part::Links => self.links = true,
         }
     }
+}
 
-    /// Records what a link, or one of its attributes, lost.
-    fn note_link(&mut self, cut: Cut) {
-        match cut {
-            Cut::None => return,
-            Cut::Value => self.values += 1,
-            Cut::Dropped => self.dropped += 1,
-        }
-        self.links = true;
-    }
+/// The part of a span a cut fell in.
+#[derive(Clone, Copy)]
+enum Part {
+    Attributes,
+    Events,
+    Links,
 }
 
 /// What the caps did to one key-value pair.
@@ -362,16 +360,16 @@ impl SpanRows {
                 9 => {
                     let cut =
                         append_key_value(&mut self.span_attributes, buf, field.len()?, limits)?;
-                    cuts.note(cut, false);
+                    cuts.note(cut, Part::Attributes);
                 }
                 11 if self.events.open_row_events() >= limits.max_count => {
                     field.len()?;
-                    cuts.note(Cut::Dropped, true);
+                    cuts.note(Cut::Dropped, Part::Events);
                 }
                 11 => self.append_event(buf, field.len()?, cuts)?,
                 13 if self.links.open_row_links() >= limits.max_count => {
                     field.len()?;
-                    cuts.note_link(Cut::Dropped);
+                    cuts.note(Cut::Dropped, Part::Links);
                 }
                 13 => self.append_link(buf, field.len()?, cuts)?,
                 15 => {
@@ -383,13 +381,13 @@ impl SpanRows {
             }
         }
         if push_capped(&mut self.name, &buf[span.name.0..span.name.1], limits) {
-            cuts.note(Cut::Value, false);
+            cuts.note(Cut::Value, Part::Attributes);
         }
         let message = &buf[span.status_message.0..span.status_message.1];
         if message.is_empty() {
             self.status_message.push_null();
         } else if push_capped(&mut self.status_message, message, limits) {
-            cuts.note(Cut::Value, false);
+            cuts.note(Cut::Value, Part::Attributes);
         }
         if cuts.any() {
             self.span_attributes.keys.push(TRUNCATED_KEY.as_bytes());
@@ -427,14 +425,14 @@ impl SpanRows {
                 3 => {
                     let cut =
                         append_key_value(&mut self.events.attributes, buf, field.len()?, limits)?;
-                    cuts.note(cut, true);
+                    cuts.note(cut, Part::Events);
                 }
                 _ => {}
             }
         }
         self.events.attributes.end_row();
         if push_capped(&mut self.events.names, &buf[name.0..name.1], limits) {
-            cuts.note(Cut::Value, true);
+            cuts.note(Cut::Value, Part::Events);
         }
         self.events.times_us.push((time / 1000) as i64);
         Ok(())
@@ -459,7 +457,7 @@ impl SpanRows {
                 4 => {
                     let cut =
                         append_key_value(&mut self.links.attributes, buf, field.len()?, limits)?;
-                    cuts.note_link(cut);
+                    cuts.note(cut, Part::Links);
                 }
                 _ => {}
             }
@@ -472,7 +470,7 @@ impl SpanRows {
         if state.is_empty() {
             self.links.trace_states.push_null();
         } else if push_capped(&mut self.links.trace_states, state, limits) {
-            cuts.note_link(Cut::Value);
+            cuts.note(Cut::Value, Part::Links);
         }
         Ok(())
     }
