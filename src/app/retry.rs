@@ -87,14 +87,19 @@ pub(super) async fn start_query_engine(
         timeout: settings.query.timeout_secs.duration(),
         max_memory_bytes: settings.query.max_memory_bytes,
         max_result_bytes: settings.query.max_result_bytes,
+        file_cache_bytes: settings.query.file_cache_bytes,
     };
+    let (tasks, stop_all) = (background.tasks.clone(), background.stop.clone());
+    let with_background =
+        move |engine: QueryEngine| engine.with_background(tasks.clone(), stop_all.clone());
     match QueryEngine::new(table, limits).await {
         Ok(engine) => {
-            let _ = cell.set(engine);
+            let _ = cell.set(with_background(engine));
         }
         Err(e) => {
             tracing::error!(error = %e, "query engine unavailable; retrying in the background");
             let table = table.clone();
+            let with_background = with_background.clone();
             background.spawn(move |stop| async move {
                 let engine = retry(
                     &stop,
@@ -105,7 +110,7 @@ pub(super) async fn start_query_engine(
                 )
                 .await;
                 if let Some(engine) = engine {
-                    let _ = cell.set(engine);
+                    let _ = cell.set(with_background(engine));
                 }
             });
         }

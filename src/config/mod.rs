@@ -826,6 +826,10 @@ pub struct QueryConfig {
     /// The largest result one query may return, in Arrow bytes (the JSON
     /// answer is about as large again); a larger one is refused with 400.
     pub max_result_bytes: usize,
+    /// The Parquet footers and `trace_id` bloom filters trace lookups keep,
+    /// so that each file's are read once rather than once per lookup; 0
+    /// keeps none.
+    pub file_cache_bytes: usize,
 }
 
 /// The longest duration any `_secs` key accepts: a week. Longer values are

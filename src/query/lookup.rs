@@ -18,6 +18,14 @@
 //!
 //! What each step skipped is returned, so that `GET /admin/traces/{id}` can
 //! show it and the metrics count it.
+//!
+//! Data files never change once written, so the footers and bloom filters
+//! step 2 reads are kept ([`FileCache`]): a lookup reads them once per file,
+//! not once per lookup. Before, every lookup read a footer and a filter for
+//! each of the few hundred files flushed since the last compaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, ScanResult};
@@ -27,7 +35,10 @@ use iceberg::scan::FileScanTask;
 use iceberg::spec::Datum;
 use iceberg::table::Table;
 use iceberg::Runtime;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::bloom_filter::Sbbf;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
@@ -76,6 +87,83 @@ impl FileCheck {
     }
 }
 
+/// The footers and `trace_id` bloom filters of the data files lookups have
+/// read, by path, up to a number of bytes. Clones share one cache.
+///
+/// Past its bytes the cache is emptied and filled again by the next
+/// lookups: the files compaction replaced stay in it until then, and a
+/// simple bound is worth more here than the last few hits an eviction
+/// order would save.
+#[derive(Debug, Clone)]
+pub struct FileCache {
+    inner: Arc<Mutex<CacheInner>>,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    footers: HashMap<String, Arc<ParquetMetaData>>,
+    /// Per file and row group, its filter (`None`: it has none).
+    blooms: HashMap<(String, usize), Option<Arc<Sbbf>>>,
+    bytes: usize,
+}
+
+impl FileCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            max_bytes,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // Entries are inserted whole: a panic elsewhere leaves them usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn footer(&self, path: &str) -> Option<Arc<ParquetMetaData>> {
+        self.inner().footers.get(path).cloned()
+    }
+
+    fn bloom(&self, path: &str, group: usize) -> Option<Option<Arc<Sbbf>>> {
+        self.inner().blooms.get(&(path.to_string(), group)).cloned()
+    }
+
+    /// Makes room for `bytes` more, emptying the cache when they would not
+    /// fit; false when they never can (the entry is then not kept).
+    fn room(inner: &mut CacheInner, bytes: usize, max_bytes: usize) -> bool {
+        if bytes > max_bytes {
+            return false;
+        }
+        if inner.bytes + bytes > max_bytes {
+            *inner = CacheInner::default();
+        }
+        inner.bytes += bytes;
+        true
+    }
+
+    fn keep_footer(&self, path: &str, footer: Arc<ParquetMetaData>) {
+        let mut inner = self.inner();
+        if Self::room(&mut inner, footer.memory_size(), self.max_bytes) {
+            inner.footers.insert(path.to_string(), footer);
+        }
+    }
+
+    fn keep_bloom(&self, path: &str, group: usize, bloom: Option<Arc<Sbbf>>) {
+        // A block is 32 bytes.
+        let bytes = 64 + bloom.as_ref().map_or(0, |b| b.num_blocks() * 32);
+        let mut inner = self.inner();
+        if Self::room(&mut inner, bytes, self.max_bytes) {
+            inner.blooms.insert((path.to_string(), group), bloom);
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.inner().bytes
+    }
+}
+
 /// Why a lookup failed.
 fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
     QueryError::Unavailable(format!("trace lookup: {what}: {e}"))
@@ -84,12 +172,13 @@ fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
 /// The spans of `trace_id` (lowercase hex), ordered by start time and span id.
 pub async fn find_trace(
     table: &Table,
+    cache: &FileCache,
     trace_id: &str,
     max_rows: usize,
     max_bytes: usize,
 ) -> Result<(QueryResult, LookupStats), QueryError> {
     let ids = [trace_id.to_string()];
-    let (mut result, stats) = find_traces(table, &ids, None, max_rows, max_bytes).await?;
+    let (mut result, stats) = find_traces(table, cache, &ids, None, max_rows, max_bytes).await?;
     sort_rows(&mut result);
     Ok((result, stats))
 }
@@ -102,12 +191,13 @@ pub async fn find_trace(
 /// million spans, or many colliding ids, cannot make a lookup hold more.
 pub async fn find_traces(
     table: &Table,
+    cache: &FileCache,
     trace_ids: &[String],
     columns: Option<Vec<String>>,
     max_rows: usize,
     max_bytes: usize,
 ) -> Result<(QueryResult, LookupStats), QueryError> {
-    let (tasks, stats) = plan_traces(table, trace_ids, columns).await?;
+    let (tasks, stats) = plan_traces(table, cache, trace_ids, columns).await?;
     let mut stream = read_tasks(table, tasks)?.stream();
     let (mut batches, mut rows, mut bytes) = (Vec::new(), 0, 0);
     let mut cut_by_bytes = false;
@@ -134,10 +224,11 @@ pub async fn find_traces(
 /// less the files whose bloom filters rule the id out in every row group.
 pub async fn plan_trace(
     table: &Table,
+    cache: &FileCache,
     trace_id: &str,
     columns: Option<Vec<String>>,
 ) -> Result<(Vec<FileScanTask>, LookupStats), QueryError> {
-    plan_traces(table, &[trace_id.to_string()], columns).await
+    plan_traces(table, cache, &[trace_id.to_string()], columns).await
 }
 
 /// The row filter of a set of trace ids.
@@ -155,6 +246,7 @@ fn ids_predicate(ids: &[String]) -> Predicate {
 /// Iceberg's reader skips, by statistics, the row groups of the others.
 pub async fn plan_traces(
     table: &Table,
+    cache: &FileCache,
     trace_ids: &[String],
     columns: Option<Vec<String>>,
 ) -> Result<(Vec<FileScanTask>, LookupStats), QueryError> {
@@ -183,7 +275,7 @@ pub async fn plan_traces(
     };
     let checked: Vec<(FileScanTask, FileCheck)> = stream::iter(tasks)
         .map(|task| async move {
-            let check = row_group_check(table, &task, trace_ids).await?;
+            let check = row_group_check(table, cache, &task, trace_ids).await?;
             Ok::<_, QueryError>((task, check))
         })
         .buffer_unordered(FOOTER_CONCURRENCY)
@@ -237,30 +329,28 @@ pub fn read_tasks(table: &Table, tasks: Vec<FileScanTask>) -> Result<ScanResult,
 /// Which row groups of the file may hold which of `trace_ids`: first by the
 /// column's min/max statistics, then, for the ids a row group's range
 /// covers, by its bloom filter. A row group without statistics or a filter
-/// (a file written before they were) may hold anything.
+/// (a file written before they were) may hold anything. Footer and filters
+/// come from `cache` when it has them.
 async fn row_group_check(
     table: &Table,
+    cache: &FileCache,
     task: &FileScanTask,
     trace_ids: &[String],
 ) -> Result<FileCheck, QueryError> {
-    let input = table
-        .file_io()
-        .new_input(&task.data_file_path)
-        .map_err(|e| failed(&task.data_file_path, e))?;
-    let reader = input
-        .reader()
-        .await
-        .map_err(|e| failed(&task.data_file_path, e))?;
-    let file = ArrowFileReader::new(
-        FileMetadata {
-            size: task.file_size_in_bytes,
-        },
-        reader,
-    );
-    let mut builder = ParquetRecordBatchStreamBuilder::new(file)
-        .await
-        .map_err(|e| failed(&task.data_file_path, e))?;
-    let metadata = builder.metadata().clone();
+    let path = task.data_file_path.as_str();
+    let mut file = OpenFile {
+        table,
+        task,
+        builder: None,
+    };
+    let metadata = match cache.footer(path) {
+        Some(footer) => footer,
+        None => {
+            let footer = file.builder(None).await?.metadata().clone();
+            cache.keep_footer(path, footer.clone());
+            footer
+        }
+    };
     let mut check = FileCheck {
         row_groups: metadata.num_row_groups(),
         ..Default::default()
@@ -285,10 +375,20 @@ async fn row_group_check(
             check.by_statistics += 1;
             continue;
         }
-        let filter = builder
-            .get_row_group_column_bloom_filter(group, column)
-            .await
-            .map_err(|e| failed(&task.data_file_path, e))?;
+        let filter = match cache.bloom(path, group) {
+            Some(filter) => filter,
+            None => {
+                let filter = file
+                    .builder(Some(&metadata))
+                    .await?
+                    .get_row_group_column_bloom_filter(group, column)
+                    .await
+                    .map_err(|e| failed(path, e))?
+                    .map(Arc::new);
+                cache.keep_bloom(path, group, filter.clone());
+                filter
+            }
+        };
         let passed: Vec<usize> = covered
             .into_iter()
             .filter(|&i| {
@@ -311,6 +411,53 @@ async fn row_group_check(
         .map(|(id, _)| id.clone())
         .collect();
     Ok(check)
+}
+
+/// A planned file, opened for reading the first time a footer or filter
+/// is not in the cache.
+struct OpenFile<'a> {
+    table: &'a Table,
+    task: &'a FileScanTask,
+    builder: Option<ParquetRecordBatchStreamBuilder<ArrowFileReader>>,
+}
+
+impl OpenFile<'_> {
+    /// The file's reader, its footer read now unless `footer` is known.
+    async fn builder(
+        &mut self,
+        footer: Option<&Arc<ParquetMetaData>>,
+    ) -> Result<&mut ParquetRecordBatchStreamBuilder<ArrowFileReader>, QueryError> {
+        let path = &self.task.data_file_path;
+        if self.builder.is_none() {
+            let input = self
+                .table
+                .file_io()
+                .new_input(path)
+                .map_err(|e| failed(path, e))?;
+            let reader = input.reader().await.map_err(|e| failed(path, e))?;
+            let file = ArrowFileReader::new(
+                FileMetadata {
+                    size: self.task.file_size_in_bytes,
+                },
+                reader,
+            );
+            let builder = match footer {
+                Some(footer) => {
+                    let metadata =
+                        ArrowReaderMetadata::try_new(footer.clone(), ArrowReaderOptions::new())
+                            .map_err(|e| failed(path, e))?;
+                    ParquetRecordBatchStreamBuilder::new_with_metadata(file, metadata)
+                }
+                None => ParquetRecordBatchStreamBuilder::new(file)
+                    .await
+                    .map_err(|e| failed(path, e))?,
+            };
+            self.builder = Some(builder);
+        }
+        self.builder
+            .as_mut()
+            .ok_or_else(|| failed(path, "the file could not be opened"))
+    }
 }
 
 /// Whether a string column chunk's min/max may include `value`; true when
@@ -374,6 +521,39 @@ mod tests {
             Statistics::byte_array(None, Some(ByteArray::from("7fff")), None, Some(0), false);
         assert!(covers(Some(&open), b"0000"));
         assert!(!covers(Some(&open), b"8000"));
+    }
+
+    #[test]
+    fn the_file_cache_keeps_what_fits_and_empties_when_full() {
+        // 128 blocks of 32 bytes, plus 64 for the entry.
+        let bloom = || Some(Arc::new(Sbbf::new_with_num_of_bytes(4096)));
+        let cache = FileCache::new(10_000);
+        cache.keep_bloom("a", 0, bloom());
+        cache.keep_bloom("a", 1, None);
+        assert_eq!(cache.bytes(), 4096 + 64 + 64);
+        assert!(cache.bloom("a", 0).is_some_and(|b| b.is_some()));
+        assert!(
+            cache.bloom("a", 1).is_some_and(|b| b.is_none()),
+            "a row group without a filter is remembered as such"
+        );
+        assert!(cache.bloom("a", 2).is_none(), "never read");
+        cache.keep_bloom("b", 0, bloom());
+        assert_eq!(cache.bytes(), 2 * 4096 + 3 * 64);
+        // A third does not fit: the cache starts over with it alone.
+        cache.keep_bloom("c", 0, bloom());
+        assert_eq!(cache.bytes(), 4096 + 64);
+        assert!(cache.bloom("a", 0).is_none() && cache.bloom("c", 0).is_some());
+        // An entry larger than the whole cache is not kept, nor does it
+        // empty the cache.
+        cache.keep_bloom("d", 0, Some(Arc::new(Sbbf::new_with_num_of_bytes(16_384))));
+        assert!(cache.bloom("d", 0).is_none());
+        assert!(cache.bloom("c", 0).is_some());
+        let off = FileCache::new(0);
+        off.keep_bloom("a", 0, None);
+        assert!(
+            off.bytes() == 0 && off.bloom("a", 0).is_none(),
+            "0 keeps none"
+        );
     }
 
     #[test]

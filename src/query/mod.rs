@@ -94,6 +94,9 @@ pub struct QueryLimits {
     /// The largest result a query may return, in Arrow bytes; also bounds
     /// what `repeat`, `lpad` and `rpad` may build.
     pub max_result_bytes: usize,
+    /// What trace lookups keep of the files they read (footers and bloom
+    /// filters), in bytes.
+    pub file_cache_bytes: usize,
 }
 
 /// A SQL engine over the table. Each query plans against the latest snapshot,
@@ -104,6 +107,8 @@ pub struct QueryEngine {
     limits: QueryLimits,
     table: TableHandle,
     names: names::NameIndex,
+    /// Footers and bloom filters the trace lookups read, shared by SQL's.
+    files: lookup::FileCache,
 }
 
 impl QueryEngine {
@@ -134,7 +139,12 @@ impl QueryEngine {
             .await
             .map_err(|e| QueryError::Catalog(Box::new(e)))?
             .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
-        let spans = std::sync::Arc::new(spans_table::SpansTable::new(spans, table.clone()));
+        let files = lookup::FileCache::new(limits.file_cache_bytes);
+        let spans = std::sync::Arc::new(spans_table::SpansTable::new(
+            spans,
+            table.clone(),
+            files.clone(),
+        ));
         ctx.register_table(TABLE_NAME, spans)
             .map_err(|e| QueryError::Catalog(Box::new(e)))?;
         Ok(Self {
@@ -142,7 +152,19 @@ impl QueryEngine {
             limits,
             table: table.clone(),
             names: names::NameIndex::default(),
+            files,
         })
+    }
+
+    /// The engine with its background work (reading what compaction
+    /// rewrote into the service index) on `tasks`, stopped by `stop`.
+    pub fn with_background(
+        mut self,
+        tasks: tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.names = names::NameIndex::with_tasks(tasks, stop);
+        self
     }
 
     /// The table at its latest snapshot, for a read that plans its own files.
@@ -164,7 +186,14 @@ impl QueryEngine {
         let run = async {
             let table = self.load_table().await?;
             let limits = self.limits;
-            lookup::find_trace(&table, trace_id, limits.max_rows, limits.max_result_bytes).await
+            lookup::find_trace(
+                &table,
+                &self.files,
+                trace_id,
+                limits.max_rows,
+                limits.max_result_bytes,
+            )
+            .await
         };
         let (mut result, stats) = self.within_limits(run).await?;
         result.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -183,6 +212,7 @@ impl QueryEngine {
             let limits = self.limits;
             search::summaries(
                 &table,
+                &self.files,
                 &ids,
                 q.order,
                 limits.max_rows,
@@ -197,6 +227,14 @@ impl QueryEngine {
             elapsed_ms: started.elapsed().as_millis() as u64,
             match_ms,
         })
+    }
+
+    /// The ids of the traces matching `q`, newest or longest first by their
+    /// matching spans: [`search`]'s first pass alone, for callers that read
+    /// the traces whole next (the Jaeger API) and would otherwise read them
+    /// twice.
+    pub async fn search_ids(&self, q: &search::TraceSearch) -> Result<Vec<String>, QueryError> {
+        self.within_limits(search::matching_ids(&self.ctx, q)).await
     }
 
     /// The [`names`] index, brought to the latest snapshot within the time
@@ -262,6 +300,7 @@ impl QueryEngine {
             let limits = self.limits;
             lookup::find_traces(
                 &table,
+                &self.files,
                 trace_ids,
                 None,
                 limits.max_rows,

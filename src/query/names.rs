@@ -9,8 +9,11 @@
 //! it has not seen (manifests never change either: a commit adds one), reads
 //! the few columns of the data files it has not seen yet, forgets the files
 //! the snapshot no longer holds (compacted or expired) and merges the rest.
-//! After the first list only what was committed since the last one is read;
-//! a rewrite by compaction is read once more.
+//! After the first list only what was committed since the last one is read.
+//! A file compaction wrote is read once more, in the background: it holds
+//! the rows of the files it replaced, so those stand in for it until it is
+//! read, and a list never waits for a 128 MiB file (it did: the first list
+//! after each compaction took 13 s on a table of 17.9 M spans).
 //!
 //! The same read counts the calls between services for the dependency
 //! graph: a span whose parent is in the same file and belongs to another
@@ -34,10 +37,12 @@ use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowFileReader;
 use iceberg::io::FileMetadata;
-use iceberg::spec::{DataContentType, ManifestContentType};
+use iceberg::spec::{DataContentType, ManifestContentType, Operation as SnapshotOperation};
 use iceberg::table::Table;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::search::{Dependency, Operation, ServiceNames};
 use super::QueryError;
@@ -155,10 +160,21 @@ struct State {
     edges: Keys<Edge>,
     /// Per data file path, what it holds.
     files: HashMap<String, FileSummary>,
-    /// Per manifest path, its live data files and their sizes.
-    manifests: HashMap<String, Arc<Vec<(String, u64)>>>,
-    /// The snapshot whose files `files` holds exactly, once caught up.
+    /// Per manifest path, its live data files.
+    manifests: HashMap<String, Arc<Vec<ManifestFile>>>,
+    /// The snapshot last caught up to. While `rewrites` are being read,
+    /// `files` holds the files they replaced instead of them.
     snapshot: Option<i64>,
+    /// The data files of that snapshot.
+    live: HashSet<String>,
+    /// Live files that a compaction wrote and that are not read yet, with
+    /// their sizes: read in the background ([`NameIndex::catch_up`]).
+    rewrites: HashMap<String, u64>,
+    /// Rewrites read, kept apart until the last is read: counted beside
+    /// the files they replaced, they would count the same rows twice.
+    staged: HashMap<String, FileCounts>,
+    /// The background read of `rewrites`, while it runs.
+    reading_rewrites: bool,
 }
 
 /// Per data file, the services, span names and kinds it holds by minute.
@@ -168,6 +184,18 @@ pub struct NameIndex {
     state: Arc<Mutex<State>>,
     /// One catch-up at a time; the others wait and find it done.
     catching_up: Arc<tokio::sync::Mutex<()>>,
+    /// Where the background reads of compacted files run, and what stops
+    /// them at shutdown.
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// A live data file: its path, its size and whether a compaction wrote it.
+#[derive(Debug, Clone)]
+struct LiveFile {
+    path: String,
+    size: u64,
+    rewrite: bool,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> QueryError {
@@ -179,6 +207,20 @@ impl State {
         let names = self.keys.cells(counts.names);
         let calls = self.edges.cells(counts.calls);
         self.files.insert(path, FileSummary { names, calls });
+    }
+
+    /// Once every rewrite is read: the rewrites in, the files the snapshot
+    /// no longer holds out, in one step. False while some are unread.
+    fn settle(&mut self) -> bool {
+        if !self.rewrites.is_empty() {
+            return false;
+        }
+        for (path, counts) in std::mem::take(&mut self.staged) {
+            self.insert(path, counts);
+        }
+        let Self { files, live, .. } = self;
+        files.retain(|path, _| live.contains(path));
+        true
     }
 }
 
@@ -193,47 +235,111 @@ impl NameIndex {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// An index whose background reads run on `tasks` and end when `stop`
+    /// is cancelled, as the service's other background tasks do.
+    pub fn with_tasks(tasks: TaskTracker, stop: CancellationToken) -> Self {
+        Self {
+            tasks,
+            stop,
+            ..Self::default()
+        }
+    }
+
     /// Brings the index to `table`'s current snapshot. Files are recorded
     /// as they are read, so a catch-up cut short by the query timeout is
     /// not lost: the next one goes on from there.
+    ///
+    /// What was appended is read before this returns, so that a list shows
+    /// what was just committed. What a compaction rewrote holds the rows
+    /// of the files it replaced, which the index has counted already: those
+    /// files keep standing in for it while it is read in the background,
+    /// and a list does not wait seconds for a 128 MiB file to give the
+    /// answer it already has.
     pub async fn catch_up(&self, table: &Table) -> Result<(), QueryError> {
         let _one = self.catching_up.lock().await;
         let Some(snapshot) = table.metadata().current_snapshot() else {
             return Ok(());
         };
         if self.state().snapshot == Some(snapshot.snapshot_id()) {
+            self.settle(table);
             return Ok(());
         }
         let live = self.live_files(table, snapshot).await?;
-        let unread: Vec<(String, u64)> = {
+        let fresh: Vec<(String, u64)> = {
             let mut state = self.state();
-            let paths: HashSet<&str> = live.iter().map(|(p, _)| p.as_str()).collect();
-            state.files.retain(|path, _| paths.contains(path.as_str()));
-            live.iter()
-                .filter(|(path, _)| !state.files.contains_key(path))
-                .cloned()
-                .collect()
+            let first = state.files.is_empty();
+            state.live = live.iter().map(|f| f.path.clone()).collect();
+            let State {
+                files,
+                live: paths,
+                rewrites,
+                staged,
+                ..
+            } = &mut *state;
+            rewrites.retain(|path, _| paths.contains(path));
+            let unread = live
+                .into_iter()
+                .filter(|f| !files.contains_key(&f.path) && !staged.contains_key(&f.path));
+            let (rewritten, fresh): (Vec<LiveFile>, Vec<LiveFile>) =
+                unread.partition(|f| f.rewrite && !first);
+            rewrites.extend(rewritten.into_iter().map(|f| (f.path, f.size)));
+            fresh.into_iter().map(|f| (f.path, f.size)).collect()
         };
-        stream::iter(unread)
-            .map(|(path, size)| async move {
-                let counts = read_file(table, &path, size).await?;
-                self.state().insert(path, counts);
-                Ok::<_, QueryError>(())
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect::<()>()
-            .await?;
+        read_files(table, self, fresh, Read::Fresh).await?;
         self.state().snapshot = Some(snapshot.snapshot_id());
+        self.settle(table);
         Ok(())
     }
 
+    /// Forgets the files the snapshot no longer holds once no compacted
+    /// file is left to read; else makes sure the background read runs.
+    fn settle(&self, table: &Table) {
+        let mut state = self.state();
+        if state.settle() || state.reading_rewrites {
+            return;
+        }
+        state.reading_rewrites = true;
+        let (index, table) = (self.clone(), table.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = index.stop.cancelled() => {}
+                () = index.read_rewrites(&table) => {}
+            }
+            index.state().reading_rewrites = false;
+        });
+    }
+
+    /// Reads the compacted files not read yet, until none is left, then
+    /// forgets the files they replaced. A failed read leaves them for the
+    /// next catch-up to start again.
+    async fn read_rewrites(&self, table: &Table) {
+        loop {
+            let batch: Vec<(String, u64)> = self
+                .state()
+                .rewrites
+                .iter()
+                .map(|(path, size)| (path.clone(), *size))
+                .collect();
+            if batch.is_empty() {
+                self.state().settle();
+                return;
+            }
+            if let Err(e) = read_files(table, self, batch, Read::Rewrite).await {
+                tracing::warn!(error = %e, "service index: reading compacted files failed; the files they replaced still stand in for them");
+                return;
+            }
+        }
+    }
+
     /// The live data files of `snapshot` with their sizes, from its manifest
-    /// list and the manifests, each loaded once.
+    /// list and the manifests, each loaded once. A file is a rewrite when
+    /// the snapshot that added it replaced files (a compaction) or, once
+    /// that snapshot has expired, when some file the index holds has gone.
     async fn live_files(
         &self,
         table: &Table,
         snapshot: &iceberg::spec::SnapshotRef,
-    ) -> Result<Vec<(String, u64)>, QueryError> {
+    ) -> Result<Vec<LiveFile>, QueryError> {
         let list = table
             .manifest_list_reader(snapshot)
             .load()
@@ -254,11 +360,15 @@ impl NameIndex {
                         .load_manifest(table.file_io())
                         .await
                         .map_err(|e| failed(&manifest.manifest_path, e))?;
-                    let entries: Vec<(String, u64)> = m
+                    let entries: Vec<ManifestFile> = m
                         .entries()
                         .iter()
                         .filter(|e| e.is_alive() && e.content_type() == DataContentType::Data)
-                        .map(|e| (e.file_path().to_string(), e.file_size_in_bytes()))
+                        .map(|e| ManifestFile {
+                            path: e.file_path().to_string(),
+                            size: e.file_size_in_bytes(),
+                            added_by: e.snapshot_id(),
+                        })
                         .collect();
                     let entries = Arc::new(entries);
                     self.state()
@@ -269,10 +379,24 @@ impl NameIndex {
             };
             files.extend(entries.iter().cloned());
         }
-        self.state()
-            .manifests
-            .retain(|path, _| listed.contains(path));
-        Ok(files)
+        let mut state = self.state();
+        state.manifests.retain(|path, _| listed.contains(path));
+        let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let some_gone = state.files.keys().any(|p| !paths.contains(p.as_str()));
+        let metadata = table.metadata();
+        let rewrite =
+            |added_by: Option<i64>| match added_by.and_then(|id| metadata.snapshot_by_id(id)) {
+                Some(s) => s.summary().operation == SnapshotOperation::Replace,
+                None => some_gone,
+            };
+        Ok(files
+            .into_iter()
+            .map(|f| LiveFile {
+                rewrite: rewrite(f.added_by),
+                path: f.path,
+                size: f.size,
+            })
+            .collect())
     }
 
     /// Spans per key starting in the minutes that overlap `[from, to)`
@@ -381,6 +505,50 @@ fn list_operations(
         .collect();
     let truncated = all.len() > max_rows;
     (all.into_iter().take(max_rows).collect(), truncated)
+}
+
+/// A data file as a manifest lists it.
+#[derive(Debug, Clone)]
+struct ManifestFile {
+    path: String,
+    size: u64,
+    /// The snapshot that added it.
+    added_by: Option<i64>,
+}
+
+/// Which files [`read_files`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Appended: counted as soon as read.
+    Fresh,
+    /// Written by a compaction: staged until the last one is read.
+    Rewrite,
+}
+
+/// Reads `files` into `index`, a few at once, each recorded as soon as it
+/// is read, so that a read cut short loses nothing it finished.
+async fn read_files(
+    table: &Table,
+    index: &NameIndex,
+    files: Vec<(String, u64)>,
+    read: Read,
+) -> Result<(), QueryError> {
+    stream::iter(files)
+        .map(|(path, size)| async move {
+            let counts = read_file(table, &path, size).await?;
+            let mut state = index.state();
+            match read {
+                Read::Fresh => state.insert(path, counts),
+                Read::Rewrite => {
+                    state.rewrites.remove(&path);
+                    state.staged.insert(path, counts);
+                }
+            }
+            Ok::<_, QueryError>(())
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect::<()>()
+        .await
 }
 
 /// Spans per key and minute in one data file, read from its Parquet

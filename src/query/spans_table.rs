@@ -40,7 +40,7 @@ use datafusion::prelude::Expr;
 use futures::{StreamExt, TryStreamExt};
 use iceberg_datafusion::physical_plan::IcebergTableScan;
 
-use super::lookup;
+use super::lookup::{self, FileCache};
 use crate::table::layout::TRACE_ID_COLUMN;
 use crate::table::TableHandle;
 
@@ -48,6 +48,7 @@ use crate::table::TableHandle;
 pub struct SpansTable {
     inner: Arc<dyn TableProvider>,
     table: TableHandle,
+    files: FileCache,
 }
 
 impl std::fmt::Debug for SpansTable {
@@ -57,8 +58,13 @@ impl std::fmt::Debug for SpansTable {
 }
 
 impl SpansTable {
-    pub fn new(inner: Arc<dyn TableProvider>, table: TableHandle) -> Self {
-        Self { inner, table }
+    /// `files` is the cache the engine's other lookups share.
+    pub fn new(inner: Arc<dyn TableProvider>, table: TableHandle, files: FileCache) -> Self {
+        Self {
+            inner,
+            table,
+            files,
+        }
     }
 }
 
@@ -169,6 +175,7 @@ impl TableProvider for SpansTable {
         };
         Ok(Arc::new(TraceLookupExec::new(
             self.table.clone(),
+            self.files.clone(),
             trace_id,
             columns,
             output,
@@ -262,6 +269,7 @@ impl ExecutionPlan for CountedScan {
 /// Reads the files that may hold one trace, after bloom-filter pruning.
 pub struct TraceLookupExec {
     table: TableHandle,
+    files: FileCache,
     trace_id: String,
     columns: Option<Vec<String>>,
     properties: Arc<PlanProperties>,
@@ -277,6 +285,7 @@ impl std::fmt::Debug for TraceLookupExec {
 impl TraceLookupExec {
     fn new(
         table: TableHandle,
+        files: FileCache,
         trace_id: String,
         columns: Option<Vec<String>>,
         schema: SchemaRef,
@@ -289,6 +298,7 @@ impl TraceLookupExec {
         ));
         Self {
             table,
+            files,
             trace_id,
             columns,
             properties,
@@ -352,15 +362,16 @@ impl ExecutionPlan for TraceLookupExec {
             counter("row_groups_skipped_by_statistics"),
         ];
         let bytes_read = MetricBuilder::new(&self.metrics).global_counter("bytes_read");
-        let (handle, trace_id, columns) = (
+        let (handle, files, trace_id, columns) = (
             self.table.clone(),
+            self.files.clone(),
             self.trace_id.clone(),
             self.columns.clone(),
         );
         let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
         let batches = async move {
             let table = handle.load().await.map_err(|e| external(Box::new(e)))?;
-            let (tasks, stats) = lookup::plan_trace(&table, &trace_id, columns)
+            let (tasks, stats) = lookup::plan_trace(&table, &files, &trace_id, columns)
                 .await
                 .map_err(|e| external(Box::new(e)))?;
             let figures = [

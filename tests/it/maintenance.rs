@@ -95,6 +95,9 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     }
     let id = hex::encode(trace_id(70_000 + 4 * 1000 + 7));
     let (_, before) = s.get(&format!("/admin/traces/{id}")).await;
+    // The service list's index has read the ten appended files.
+    let listed = ROUNDS * PER_ROUND * 3;
+    assert_eq!(listed_spans(&s).await, listed);
     // Manifest pruning by trace_id bounds may drop a few files; most remain.
     assert!(
         before["scan"]["files_planned"].as_u64().expect("planned") >= 2,
@@ -116,6 +119,14 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
         stdout.contains(&format!("manifests {ROUNDS} -> 1")),
         "one manifest per append, merged into one: {stdout}"
     );
+
+    // The index reads the compacted file in the background; until it has,
+    // the ten files it replaced stand in for it. Either way, and while it
+    // switches, every span is listed once.
+    for _ in 0..20 {
+        assert_eq!(listed_spans(&s).await, listed, "listed once, not twice");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Every span once, and the lookup now plans a single file.
     let total = (ROUNDS * PER_ROUND * 3) as i64;
@@ -146,6 +157,7 @@ async fn compaction_rewrites_small_files_into_one_sorted_file_and_loses_nothing(
     s.wait_exported(((ROUNDS + 1) * PER_ROUND * 3) as f64).await;
     let total = total + (PER_ROUND * 3) as i64;
     assert_eq!(s.count("SELECT count(*) FROM spans").await, total);
+    assert_eq!(listed_spans(&s).await, total as u64);
 
     // Readers no one here wrote agree: pyiceberg and DuckDB.
     let read = scan(&s);
@@ -744,4 +756,23 @@ async fn of_two_instances_one_maintains_and_killing_it_hands_the_lease_over() {
         "{}",
         survivor.log()
     );
+}
+
+/// The spans `/admin/services` counts over the last day, every service.
+async fn listed_spans(s: &Selector) -> u64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    let (status, body) = s
+        .get(&format!(
+            "/admin/services?from={}&to={}",
+            now - 86_400_000,
+            now + 60_000
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["span_count"].as_u64().expect("span_count"))
+        .sum()
 }

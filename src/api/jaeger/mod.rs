@@ -200,8 +200,7 @@ async fn search(
 ) -> Result<Response, JaegerError> {
     let params = Params::parse(raw.as_deref());
     let q = params::trace_search(&params, now_micros())?;
-    let found = engine(&state)?.search(&q).await?;
-    let ids: Vec<String> = found.traces.into_iter().map(|t| t.trace_id).collect();
+    let ids = engine(&state)?.search_ids(&q).await?;
     let traces = traces_of(&state, &ids).await?;
     let total = traces.len();
     Ok(ok(traces, total))

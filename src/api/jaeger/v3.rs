@@ -231,8 +231,7 @@ async fn find_traces(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, V3Error> {
     let q = find_query(raw.as_deref())?;
-    let found = engine(&state)?.search(&q).await?;
-    let ids: Vec<String> = found.traces.into_iter().map(|t| t.trace_id).collect();
+    let ids = engine(&state)?.search_ids(&q).await?;
     traces_result(&state, &ids).await
 }
 
