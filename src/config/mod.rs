@@ -716,6 +716,10 @@ pub struct IcebergConfig {
     /// Longest a catalog call (load, commit, …) may take; a commit that
     /// times out has an unknown outcome and is checked before its retry.
     pub request_timeout_secs: Seconds,
+    /// Manifest lists and manifests kept in memory once read, in bytes:
+    /// every table load would otherwise read each manifest of the current
+    /// snapshot again. 0 keeps none.
+    pub manifest_cache_bytes: usize,
 }
 
 /// Hand-written so that credentials never reach a log line.
@@ -744,6 +748,7 @@ impl std::fmt::Debug for IcebergConfig {
             .field("s3_region", &self.s3_region)
             .field("s3_path_style", &self.s3_path_style)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("manifest_cache_bytes", &self.manifest_cache_bytes)
             .finish()
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bounded;
 pub mod layout;
+pub mod manifest_cache;
 pub mod offsets;
 pub mod schema;
 pub mod write;
@@ -269,13 +270,22 @@ pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
 type StorageSetup = (Arc<dyn StorageFactory>, HashMap<String, String>);
 
 /// S3 when an endpoint or an `s3://` warehouse is configured, local files otherwise.
+/// Either way behind a [`manifest_cache`] of `iceberg.manifest_cache_bytes`.
 fn storage_for(cfg: &IcebergConfig) -> Result<StorageSetup, TableError> {
+    let (inner, props) = backend_for(cfg);
+    let cache = manifest_cache::ManifestCache::new(cfg.manifest_cache_bytes);
+    let factory = manifest_cache::CachingStorageFactory::new(inner, cache);
+    Ok((Arc::new(factory), props))
+}
+
+/// The storage backend of the warehouse and its properties.
+fn backend_for(cfg: &IcebergConfig) -> StorageSetup {
     let mut props = HashMap::new();
     let s3 = cfg.s3_endpoint.is_some()
         || cfg.warehouse.starts_with("s3://")
         || cfg.catalog_type == CatalogType::Rest;
     if !s3 {
-        return Ok((Arc::new(LocalFsStorageFactory), props));
+        return (Arc::new(LocalFsStorageFactory), props);
     }
     if let Some(endpoint) = &cfg.s3_endpoint {
         props.insert(S3_ENDPOINT.into(), endpoint.clone());
@@ -288,12 +298,12 @@ fn storage_for(cfg: &IcebergConfig) -> Result<StorageSetup, TableError> {
     }
     props.insert(S3_REGION.into(), cfg.s3_region.clone());
     props.insert(S3_PATH_STYLE_ACCESS.into(), cfg.s3_path_style.to_string());
-    Ok((
+    (
         Arc::new(OpenDalStorageFactory::S3 {
             customized_credential_load: None,
         }),
         props,
-    ))
+    )
 }
 
 /// What lists the files under a table's location: iceberg's `FileIO` reads,
