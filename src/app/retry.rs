@@ -88,6 +88,7 @@ pub(super) async fn start_query_engine(
         max_memory_bytes: settings.query.max_memory_bytes,
         max_result_bytes: settings.query.max_result_bytes,
         file_cache_bytes: settings.query.file_cache_bytes,
+        index_refresh: settings.query.index_refresh_secs.duration(),
     };
     let (tasks, stop_all) = (background.tasks.clone(), background.stop.clone());
     let with_background =

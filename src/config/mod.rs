@@ -835,6 +835,10 @@ pub struct QueryConfig {
     /// so that each file's are read once rather than once per lookup; 0
     /// keeps none.
     pub file_cache_bytes: usize,
+    /// How often the service and operation index catches up with the table
+    /// on its own, while lists are asked for (within the last ten minutes),
+    /// so that a list reads only what was committed since.
+    pub index_refresh_secs: Seconds,
 }
 
 /// The longest duration any `_secs` key accepts: a week. Longer values are
@@ -1138,6 +1142,7 @@ impl QueryConfig {
             return Err(invalid("query.max_rows", "must be at least 1"));
         }
         seconds("query.timeout_secs", self.timeout_secs)?;
+        seconds("query.index_refresh_secs", self.index_refresh_secs)?;
         if self.max_memory_bytes < 1 << 20 {
             return Err(invalid(
                 "query.max_memory_bytes",

@@ -97,6 +97,21 @@ pub struct QueryLimits {
     /// What trace lookups keep of the files they read (footers and bloom
     /// filters), in bytes.
     pub file_cache_bytes: usize,
+    /// How often the service index catches up on its own while lists are
+    /// asked for, so that a list reads only what the last moments added.
+    pub index_refresh: Duration,
+}
+
+/// One catch-up of the service index between lists; a failure waits for
+/// the next (a list reports its own).
+async fn refresh(index: &names::NameIndex, table: &TableHandle) {
+    let caught_up = match table.load().await {
+        Ok(table) => index.catch_up(&table).await,
+        Err(e) => Err(QueryError::Unavailable(e.to_string())),
+    };
+    if let Err(e) = caught_up {
+        tracing::debug!(error = %e, "service index refresh failed");
+    }
 }
 
 /// A SQL engine over the table. Each query plans against the latest snapshot,
@@ -163,7 +178,23 @@ impl QueryEngine {
         tasks: tokio_util::task::TaskTracker,
         stop: tokio_util::sync::CancellationToken,
     ) -> Self {
-        self.names = names::NameIndex::with_tasks(tasks, stop);
+        self.names = names::NameIndex::with_tasks(tasks.clone(), stop.clone());
+        let (index, table, every) = (
+            self.names.clone(),
+            self.table.clone(),
+            self.limits.index_refresh,
+        );
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if index.in_demand() {
+                    refresh(&index, &table).await;
+                }
+            }
+        });
         self
     }
 
@@ -240,6 +271,7 @@ impl QueryEngine {
     /// The [`names`] index, brought to the latest snapshot within the time
     /// limit.
     async fn names(&self) -> Result<&names::NameIndex, QueryError> {
+        self.names.asked();
         let run = async {
             let table = self.load_table().await?;
             self.names.catch_up(&table).await

@@ -175,7 +175,12 @@ struct State {
     staged: HashMap<String, FileCounts>,
     /// The background read of `rewrites`, while it runs.
     reading_rewrites: bool,
+    /// When a list last asked for the index.
+    asked: Option<std::time::Instant>,
 }
+
+/// How long after the last list the index goes on catching up on its own.
+const IN_DEMAND_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Per data file, the services, span names and kinds it holds by minute.
 /// Clones share one index.
@@ -243,6 +248,19 @@ impl NameIndex {
             stop,
             ..Self::default()
         }
+    }
+
+    /// Notes that a list asked for the index.
+    pub fn asked(&self) {
+        self.state().asked = Some(std::time::Instant::now());
+    }
+
+    /// Whether a list asked for the index within the last ten minutes:
+    /// only then is it worth keeping up to date between lists.
+    pub fn in_demand(&self) -> bool {
+        self.state()
+            .asked
+            .is_some_and(|at| at.elapsed() < IN_DEMAND_FOR)
     }
 
     /// Brings the index to `table`'s current snapshot. Files are recorded
