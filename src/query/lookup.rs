@@ -24,8 +24,7 @@
 //! not once per lookup. Before, every lookup read a footer and a filter for
 //! each of the few hundred files flushed since the last compaction.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{stream, StreamExt, TryStreamExt};
 use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, ScanResult};
@@ -44,6 +43,7 @@ use serde::Serialize;
 
 use super::{to_json, QueryError, QueryResult};
 use crate::table::layout::TRACE_ID_COLUMN;
+use crate::table::manifest_cache::BoundedMap;
 
 /// Footers read at once.
 const FOOTER_CONCURRENCY: usize = 16;
@@ -88,79 +88,54 @@ impl FileCheck {
 }
 
 /// The footers and `trace_id` bloom filters of the data files lookups have
-/// read, by path, up to a number of bytes. Clones share one cache.
-///
-/// Past its bytes the cache is emptied and filled again by the next
-/// lookups: the files compaction replaced stay in it until then, and a
-/// simple bound is worth more here than the last few hits an eviction
-/// order would save.
+/// read, by path, up to a number of bytes ([`BoundedMap`]). Clones share
+/// one cache.
 #[derive(Debug, Clone)]
-pub struct FileCache {
-    inner: Arc<Mutex<CacheInner>>,
-    max_bytes: usize,
-}
+pub struct FileCache(BoundedMap<(String, Option<usize>), Cached>);
 
-#[derive(Debug, Default)]
-struct CacheInner {
-    footers: HashMap<String, Arc<ParquetMetaData>>,
-    /// Per file and row group, its filter (`None`: it has none).
-    blooms: HashMap<(String, usize), Option<Arc<Sbbf>>>,
-    bytes: usize,
+/// A file's footer (keyed without a row group) or a row group's filter.
+#[derive(Debug, Clone)]
+enum Cached {
+    Footer(Arc<ParquetMetaData>),
+    /// `None`: the row group has none.
+    Bloom(Option<Arc<Sbbf>>),
 }
 
 impl FileCache {
     pub fn new(max_bytes: usize) -> Self {
-        Self {
-            inner: Arc::default(),
-            max_bytes,
-        }
-    }
-
-    fn inner(&self) -> std::sync::MutexGuard<'_, CacheInner> {
-        // Entries are inserted whole: a panic elsewhere leaves them usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        Self(BoundedMap::new(max_bytes))
     }
 
     fn footer(&self, path: &str) -> Option<Arc<ParquetMetaData>> {
-        self.inner().footers.get(path).cloned()
+        match self.0.get(&(path.to_string(), None))? {
+            Cached::Footer(footer) => Some(footer),
+            Cached::Bloom(_) => None,
+        }
     }
 
     fn bloom(&self, path: &str, group: usize) -> Option<Option<Arc<Sbbf>>> {
-        self.inner().blooms.get(&(path.to_string(), group)).cloned()
-    }
-
-    /// Makes room for `bytes` more, emptying the cache when they would not
-    /// fit; false when they never can (the entry is then not kept).
-    fn room(inner: &mut CacheInner, bytes: usize, max_bytes: usize) -> bool {
-        if bytes > max_bytes {
-            return false;
+        match self.0.get(&(path.to_string(), Some(group)))? {
+            Cached::Bloom(bloom) => Some(bloom),
+            Cached::Footer(_) => None,
         }
-        if inner.bytes + bytes > max_bytes {
-            *inner = CacheInner::default();
-        }
-        inner.bytes += bytes;
-        true
     }
 
     fn keep_footer(&self, path: &str, footer: Arc<ParquetMetaData>) {
-        let mut inner = self.inner();
-        if Self::room(&mut inner, footer.memory_size(), self.max_bytes) {
-            inner.footers.insert(path.to_string(), footer);
-        }
+        let bytes = footer.memory_size();
+        self.0
+            .keep((path.to_string(), None), Cached::Footer(footer), bytes);
     }
 
     fn keep_bloom(&self, path: &str, group: usize, bloom: Option<Arc<Sbbf>>) {
         // A block is 32 bytes.
         let bytes = 64 + bloom.as_ref().map_or(0, |b| b.num_blocks() * 32);
-        let mut inner = self.inner();
-        if Self::room(&mut inner, bytes, self.max_bytes) {
-            inner.blooms.insert((path.to_string(), group), bloom);
-        }
+        self.0
+            .keep((path.to_string(), Some(group)), Cached::Bloom(bloom), bytes);
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.inner().bytes
+        self.0.bytes()
     }
 }
 

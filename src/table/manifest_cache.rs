@@ -27,54 +27,94 @@ fn is_manifest(path: &str) -> bool {
     path.ends_with(".avro")
 }
 
-/// What the storage has read of manifests, up to a number of bytes, shared
-/// by every storage one factory builds. Past its bytes it is emptied and
-/// filled again: a manifest of a snapshot that expired stays until then.
-#[derive(Debug, Clone, Default)]
-pub struct ManifestCache {
-    inner: Arc<Mutex<Entries>>,
+/// A map bounded by the bytes its values hold, shared by its clones. Past
+/// its bytes it is emptied and filled again: a simple bound is worth more
+/// to the caches of immutable files that use it than the few hits an
+/// eviction order would save. The default keeps nothing.
+#[derive(Debug)]
+pub struct BoundedMap<K, V> {
+    inner: Arc<Mutex<Entries<K, V>>>,
     max_bytes: usize,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    files: HashMap<String, Bytes>,
+#[derive(Debug)]
+struct Entries<K, V> {
+    map: HashMap<K, (V, usize)>,
     bytes: usize,
 }
 
-impl ManifestCache {
+impl<K, V> Default for Entries<K, V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<K, V> Clone for BoundedMap<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+impl<K, V> Default for BoundedMap<K, V> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Entries::default())),
+            max_bytes: 0,
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> BoundedMap<K, V> {
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            inner: Arc::default(),
             max_bytes,
+            ..Self::default()
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
         // Entries are inserted whole: a panic elsewhere leaves them usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, path: &str) -> Option<Bytes> {
-        self.entries().files.get(path).cloned()
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        self.entries().map.get(key).map(|(v, _)| v.clone())
     }
 
-    fn keep(&self, path: &str, content: &Bytes) {
-        if content.len() > self.max_bytes {
+    /// Keeps `value`, counted as `bytes`; one larger than the whole map is
+    /// not kept, nor does it empty the map.
+    pub fn keep(&self, key: K, value: V, bytes: usize) {
+        if bytes > self.max_bytes {
             return;
         }
         let mut entries = self.entries();
-        if entries.bytes + content.len() > self.max_bytes {
+        if entries.bytes + bytes > self.max_bytes {
             *entries = Entries::default();
         }
-        entries.bytes += content.len();
-        entries.files.insert(path.to_string(), content.clone());
+        entries.bytes += bytes;
+        if let Some((_, replaced)) = entries.map.insert(key, (value, bytes)) {
+            entries.bytes -= replaced;
+        }
     }
 
-    fn forget(&self, path: &str) {
+    pub fn forget<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
         let mut entries = self.entries();
-        if let Some(gone) = entries.files.remove(path) {
-            entries.bytes -= gone.len();
+        if let Some((_, bytes)) = entries.map.remove(key) {
+            entries.bytes -= bytes;
         }
     }
 
@@ -83,6 +123,10 @@ impl ManifestCache {
         self.entries().bytes
     }
 }
+
+/// What the storage has read of manifests, by path, shared by every storage
+/// one factory builds.
+pub type ManifestCache = BoundedMap<String, Bytes>;
 
 /// Builds storages of `inner` that share one [`ManifestCache`].
 ///
@@ -138,7 +182,8 @@ impl Storage for CachingStorage {
             return Ok(content);
         }
         let content = self.inner.read(path).await?;
-        self.cache.keep(path, &content);
+        self.cache
+            .keep(path.to_string(), content.clone(), content.len());
         Ok(content)
     }
 
@@ -190,6 +235,23 @@ mod tests {
         FileIOBuilder::new(Arc::new(factory)).build()
     }
 
+    /// Keeps contents at their length, as the storage does.
+    struct Sized(ManifestCache);
+
+    impl std::ops::Deref for Sized {
+        type Target = ManifestCache;
+        fn deref(&self) -> &ManifestCache {
+            &self.0
+        }
+    }
+
+    impl Sized {
+        fn keep(&self, path: &str, content: &Bytes) {
+            self.0
+                .keep(path.to_string(), content.clone(), content.len());
+        }
+    }
+
     #[tokio::test]
     async fn manifests_are_read_once_and_other_files_every_time() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -229,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded() {
-        let cache = ManifestCache::new(10);
+        let cache = Sized(ManifestCache::new(10));
         cache.keep("a.avro", &Bytes::from_static(b"123456"));
         cache.keep("b.avro", &Bytes::from_static(b"1234"));
         assert_eq!(cache.bytes(), 10);
@@ -239,7 +301,7 @@ mod tests {
         cache.keep("d.avro", &Bytes::from_static(b"12345678901"));
         assert!(cache.get("d.avro").is_none(), "larger than the cache");
         assert_eq!(cache.bytes(), 2);
-        let off = ManifestCache::default();
+        let off = Sized(ManifestCache::default());
         off.keep("a.avro", &Bytes::from_static(b"1"));
         assert_eq!(off.bytes(), 0, "the default keeps nothing");
     }
