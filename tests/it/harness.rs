@@ -2,10 +2,11 @@
 //! local broker and Redis. Nothing here skips: a missing service fails the test.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -28,11 +29,26 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A local port that was free a moment ago and that this process has not
+/// handed out before: the kernel may give the same port to two binds in a
+/// row once the first listener is closed, and two services of one test on
+/// one port fail to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free local port")
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // Holding every listener until a new port turns up keeps the kernel
+    // from offering the same one again.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("no free local port");
+        let port = listener.local_addr().expect("local address").port();
+        if given.insert(port) {
+            return port;
+        }
+        held.push(listener);
+    }
+    panic!("no local port that this test process has not handed out already");
 }
 
 /// A selector process with its own topic, group, catalog and warehouse.
@@ -57,10 +73,40 @@ impl Selector {
 
     /// Starts a selector on a given topic (its group is `{topic}-group`), so
     /// several selectors can share one consumer group.
+    ///
+    /// A port picked free can still be taken by another process before the
+    /// selector binds it; then the selector exits at once, and it is started
+    /// again on new ports.
     pub async fn start_on(topic: &str, overrides: &[(&str, &str)]) -> Selector {
-        let s = Self::launch(topic, overrides);
-        s.wait_ready().await;
-        s
+        for _ in 0..3 {
+            let mut s = Self::launch(topic, overrides);
+            if !s.lost_a_port(Duration::from_secs(5)).await {
+                s.wait_ready().await;
+                return s;
+            }
+        }
+        panic!("the selector lost its ports to other processes three times");
+    }
+
+    /// Whether the process exited within `within` because one of its ports
+    /// was taken; returns early once it answers `/health/live`.
+    async fn lost_a_port(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.log().contains("Address already in use");
+            }
+            let live = self
+                .http
+                .get(format!("http://{}/health/live", self.admin))
+                .send()
+                .await;
+            if live.is_ok_and(|r| r.status().is_success()) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Starts a selector and returns at once, ready or not.
