@@ -68,8 +68,8 @@ impl FieldValue<'_> {
 }
 
 /// `Span.attributes` and `Resource.attributes`.
-const SPAN_ATTRIBUTES: u32 = 9;
-const RESOURCE_ATTRIBUTES: u32 = 1;
+const SPAN_ATTRIBUTES: u32 = crate::otlp::fields::span::ATTRIBUTES;
+const RESOURCE_ATTRIBUTES: u32 = crate::otlp::fields::resource::ATTRIBUTES;
 
 /// A condition operator. The last four compare numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

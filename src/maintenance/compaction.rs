@@ -17,6 +17,7 @@
 //! the offsets of every snapshot in the table's metadata, and a rewrite
 //! stores no new span.
 
+use crate::table::columns as column;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -352,7 +353,7 @@ async fn read_sorted(
     let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])?;
     let sorted = ctx.read_table(Arc::new(provider))?.sort(vec![
         col(TRACE_ID_COLUMN).sort(true, false),
-        col("start_time").sort(true, false),
+        col(column::START_TIME).sort(true, false),
     ])?;
     Ok(sorted.execute_stream().await?)
 }

@@ -10,11 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::fields::{request, resource, resource_spans, scope_spans, span};
 use super::format::find_attribute;
 use super::wire::{read_status, Fields, Value, WireError};
-
-/// `Resource.attributes`.
-const RESOURCE_ATTRIBUTES: u32 = 1;
 use crate::ack::Lease;
 use crate::model::{Origin, SpanRecord, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -109,7 +107,7 @@ fn scan_request(msg: Bytes) -> Result<DecodedMessage, DecodeError> {
     let mut out = DecodedMessage::default();
     for field in Fields::new(&msg) {
         let field = field?;
-        if field.number == 1 {
+        if field.number == request::RESOURCE_SPANS {
             if let Value::Len(range) = field.value {
                 scan_resource_spans(&msg, range, &mut out)?;
             }
@@ -128,15 +126,15 @@ fn scan_resource_spans(
     for field in Fields::range(msg, range) {
         let field = field?;
         match (field.number, field.value) {
-            (1, Value::Len(r)) => resource = msg.slice(r.0..r.1),
-            (2, Value::Len(r)) => scopes.push(r),
+            (resource_spans::RESOURCE, Value::Len(r)) => resource = msg.slice(r.0..r.1),
+            (resource_spans::SCOPE_SPANS, Value::Len(r)) => scopes.push(r),
             _ => {}
         }
     }
     // Once per resource, for every scope under it. A resource that does not
     // parse has no service name; the spans are still read, as before.
     let service_name: Box<str> =
-        match find_attribute(&resource, RESOURCE_ATTRIBUTES, "service.name") {
+        match find_attribute(&resource, resource::ATTRIBUTES, "service.name") {
             Some(Ok(raw)) => String::from_utf8_lossy(raw).into(),
             Some(Err(formatted)) => formatted.into(),
             None => "".into(),
@@ -159,8 +157,8 @@ fn scan_scope_spans(
     for field in Fields::range(msg, range) {
         let field = field?;
         match (field.number, field.value) {
-            (1, Value::Len(r)) => scope = msg.slice(r.0..r.1),
-            (2, Value::Len(r)) => spans.push(r),
+            (scope_spans::SCOPE, Value::Len(r)) => scope = msg.slice(r.0..r.1),
+            (scope_spans::SPANS, Value::Len(r)) => spans.push(r),
             _ => {}
         }
     }
@@ -201,13 +199,13 @@ fn scan_span(
     for field in Fields::range(msg, range) {
         let field = field?;
         match (field.number, field.value) {
-            (1, Value::Len(r)) => trace_id = msg[r.0..r.1].try_into().ok(),
-            (4, Value::Len(r)) => is_root = r.0 == r.1,
-            (5, Value::Len(r)) => name_range = local(r),
-            (6, Value::Varint(v)) => kind = v.min(u8::MAX as u64) as u8,
-            (7, Value::Fixed64(v)) => start = v,
-            (8, Value::Fixed64(v)) => end = v,
-            (15, Value::Len(r)) => status_code = read_status(msg, r)?.code,
+            (span::TRACE_ID, Value::Len(r)) => trace_id = msg[r.0..r.1].try_into().ok(),
+            (span::PARENT_SPAN_ID, Value::Len(r)) => is_root = r.0 == r.1,
+            (span::NAME, Value::Len(r)) => name_range = local(r),
+            (span::KIND, Value::Varint(v)) => kind = v.min(u8::MAX as u64) as u8,
+            (span::START_TIME_UNIX_NANO, Value::Fixed64(v)) => start = v,
+            (span::END_TIME_UNIX_NANO, Value::Fixed64(v)) => end = v,
+            (span::STATUS, Value::Len(r)) => status_code = read_status(msg, r)?.code,
             _ => {}
         }
     }

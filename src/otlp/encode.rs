@@ -8,23 +8,17 @@ use std::sync::Arc;
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
+use super::fields::{request, resource_spans, scope_spans};
 use super::wire::{Fields, Value, WireError};
 use crate::model::{Origin, SpanRecord};
-
-/// `ExportTraceServiceRequest.resource_spans`.
-const REQUEST_RESOURCE_SPANS: u64 = 1;
-/// `ResourceSpans.resource`, `ScopeSpans.scope`.
-const FIELD_HEAD: u64 = 1;
-/// `ResourceSpans.scope_spans`, `ScopeSpans.spans`.
-const FIELD_ITEMS: u64 = 2;
 
 /// Framing of one length-delimited field: key and length.
 fn framing(len: usize) -> usize {
     1 + encoded_len_varint(len as u64)
 }
 
-fn put_len(out: &mut Vec<u8>, field: u64, len: usize) {
-    encode_varint((field << 3) | 2, out);
+fn put_len(out: &mut Vec<u8>, field: u32, len: usize) {
+    encode_varint((u64::from(field) << 3) | 2, out);
     encode_varint(len as u64, out);
 }
 
@@ -66,20 +60,20 @@ impl Group<'_> {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        put_len(out, REQUEST_RESOURCE_SPANS, self.resource_spans_len());
+        put_len(out, request::RESOURCE_SPANS, self.resource_spans_len());
         let resource = &self.origin.resource;
         if !resource.is_empty() {
-            put_len(out, FIELD_HEAD, resource.len());
+            put_len(out, resource_spans::RESOURCE, resource.len());
             out.extend_from_slice(resource);
         }
-        put_len(out, FIELD_ITEMS, self.scope_spans_len());
+        put_len(out, resource_spans::SCOPE_SPANS, self.scope_spans_len());
         let scope = &self.origin.scope;
         if !scope.is_empty() {
-            put_len(out, FIELD_HEAD, scope.len());
+            put_len(out, scope_spans::SCOPE, scope.len());
             out.extend_from_slice(scope);
         }
         for span in &self.spans {
-            put_len(out, FIELD_ITEMS, span.len());
+            put_len(out, scope_spans::SPANS, span.len());
             out.extend_from_slice(span);
         }
     }
@@ -144,19 +138,19 @@ pub fn count_spans(request: &[u8]) -> Result<usize, WireError> {
         let Value::Len(range) = rs.value else {
             continue;
         };
-        if rs.number != REQUEST_RESOURCE_SPANS as u32 {
+        if rs.number != request::RESOURCE_SPANS {
             continue;
         }
         for ss in Fields::range(request, range) {
             let ss = ss?;
-            if ss.number != FIELD_ITEMS as u32 {
+            if ss.number != resource_spans::SCOPE_SPANS {
                 continue;
             }
             let Value::Len(range) = ss.value else {
                 continue;
             };
             for span in Fields::range(request, range) {
-                if span?.number == FIELD_ITEMS as u32 {
+                if span?.number == scope_spans::SPANS {
                     n += 1;
                 }
             }

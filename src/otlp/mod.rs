@@ -6,5 +6,6 @@
 
 pub mod decode;
 pub mod encode;
+pub mod fields;
 pub mod format;
 pub mod wire;

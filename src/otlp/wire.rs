@@ -221,8 +221,8 @@ pub fn read_status(buf: &[u8], range: (usize, usize)) -> Result<Status, WireErro
     for field in Fields::range(buf, range) {
         let field = field?;
         match field.number {
-            2 => status.message = field.len()?,
-            3 => {
+            super::fields::status::MESSAGE => status.message = field.len()?,
+            super::fields::status::CODE => {
                 let code = field.varint()?;
                 status.code = if code <= 2 { code as u8 } else { 0 };
             }

@@ -24,6 +24,7 @@
 //! not once per lookup. Before, every lookup read a footer and a filter for
 //! each of the few hundred files flushed since the last compaction.
 
+use crate::table::columns as column;
 use std::sync::Arc;
 
 use futures::{stream, StreamExt, TryStreamExt};
@@ -451,7 +452,7 @@ fn covers(statistics: Option<&Statistics>, value: &[u8]) -> bool {
 /// order is time order).
 fn sort_rows(result: &mut QueryResult) {
     let at = |name: &str| result.columns.iter().position(|c| c == name);
-    let (Some(start), Some(span)) = (at("start_time"), at("span_id")) else {
+    let (Some(start), Some(span)) = (at(column::START_TIME), at(column::SPAN_ID)) else {
         return;
     };
     let key = |row: &Vec<serde_json::Value>, i: usize| row[i].as_str().unwrap_or("").to_string();

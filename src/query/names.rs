@@ -27,6 +27,7 @@
 //! restart. Ranges are honoured to the minute: a list for `[from, to)`
 //! includes the minutes that overlap it.
 
+use crate::table::columns as column;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -52,13 +53,13 @@ const READ_CONCURRENCY: usize = 4;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 /// The columns a file's summary is read from.
 const COLUMNS: [&str; 7] = [
-    "service_name",
-    "name",
-    "kind",
-    "start_time",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
+    column::SERVICE_NAME,
+    column::NAME,
+    column::KIND,
+    column::START_TIME,
+    column::TRACE_ID,
+    column::SPAN_ID,
+    column::PARENT_SPAN_ID,
 ];
 
 /// A service, one of its span names and that name's span kind.

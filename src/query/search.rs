@@ -13,6 +13,7 @@
 //!    bloom filters and min/max ([`lookup::plan_traces`]), and summarised
 //!    here: root span, start, duration, span and error counts, reason.
 
+use crate::table::columns as column;
 use std::collections::HashMap;
 
 use datafusion::arrow::datatypes::DataType;
@@ -126,9 +127,9 @@ fn timestamp(micros: i64) -> Expr {
 }
 
 fn in_range(from_micros: i64, to_micros: i64) -> Expr {
-    col("start_time")
+    col(column::START_TIME)
         .gt_eq(timestamp(from_micros))
-        .and(col("start_time").lt(timestamp(to_micros)))
+        .and(col(column::START_TIME).lt(timestamp(to_micros)))
 }
 
 impl TraceSearch {
@@ -140,21 +141,21 @@ impl TraceSearch {
                 all.push(col(column).eq(lit(v.clone())));
             }
         };
-        eq("service_name", &self.service);
-        eq("name", &self.name);
-        eq("sampling_reason", &self.reason);
+        eq(column::SERVICE_NAME, &self.service);
+        eq(column::NAME, &self.name);
+        eq(column::SAMPLING_REASON, &self.reason);
         if let Some(status) = self.status {
-            all.push(col("status_code").eq(lit(status.stored())));
+            all.push(col(column::STATUS_CODE).eq(lit(status.stored())));
         }
         if let Some(min) = self.min_duration_ms {
-            all.push(col("duration_ms").gt_eq(lit(min)));
+            all.push(col(column::DURATION_MS).gt_eq(lit(min)));
         }
         if let Some(max) = self.max_duration_ms {
-            all.push(col("duration_ms").lt_eq(lit(max)));
+            all.push(col(column::DURATION_MS).lt_eq(lit(max)));
         }
         for (key, value) in &self.attributes {
             let on = |map: &str| get_field(col(map), key.as_str()).eq(lit(value.clone()));
-            all.push(on("span_attributes").or(on("resource_attributes")));
+            all.push(on(column::SPAN_ATTRIBUTES).or(on(column::RESOURCE_ATTRIBUTES)));
         }
         all.into_iter()
             .reduce(Expr::and)
@@ -228,18 +229,18 @@ async fn top_traces(
 ) -> Result<Vec<(String, f64)>, QueryError> {
     let (key, as_number) = match q.order {
         SearchOrder::Start => (
-            max(col("start_time")),
+            max(col(column::START_TIME)),
             cast(col("sort_key"), DataType::Int64),
         ),
-        SearchOrder::Duration => (max(col("duration_ms")), col("sort_key")),
+        SearchOrder::Duration => (max(col(column::DURATION_MS)), col("sort_key")),
     };
     let df = spans(ctx)
         .await?
         .filter(q.span_condition(from, to))
-        .and_then(|df| df.aggregate(vec![col("trace_id")], vec![key.alias("sort_key")]))
+        .and_then(|df| df.aggregate(vec![col(column::TRACE_ID)], vec![key.alias("sort_key")]))
         .and_then(|df| df.sort(vec![col("sort_key").sort(false, false)]))
         .and_then(|df| df.limit(0, Some(q.limit)))
-        .and_then(|df| df.select(vec![col("trace_id"), as_number.alias("key")]))
+        .and_then(|df| df.select(vec![col(column::TRACE_ID), as_number.alias("key")]))
         .map_err(QueryError::Invalid)?;
     let result = to_json(&df.collect().await.map_err(QueryError::Execution)?, q.limit)?;
     Ok(result
@@ -251,16 +252,16 @@ async fn top_traces(
 
 /// The columns pass 2 reads.
 const SUMMARY_COLUMNS: [&str; 10] = [
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "service_name",
-    "name",
-    "status_code",
-    "sampling_reason",
-    "sampling_rule_id",
-    "start_time",
-    "end_time",
+    column::TRACE_ID,
+    column::SPAN_ID,
+    column::PARENT_SPAN_ID,
+    column::SERVICE_NAME,
+    column::NAME,
+    column::STATUS_CODE,
+    column::SAMPLING_REASON,
+    column::SAMPLING_RULE_ID,
+    column::START_TIME,
+    column::END_TIME,
 ];
 
 /// Pass 2: every stored span of these traces, found as `GET

@@ -7,6 +7,7 @@
 //! the end. UTF-8 is checked per span over the bytes it appended, not per
 //! string, which is what made the per-attribute cost small.
 
+use crate::table::columns as column;
 use std::fmt;
 use std::sync::Arc;
 
@@ -167,6 +168,12 @@ impl<'a> FromIterator<&'a str> for Packed {
             packed.ends.push(packed.bytes.len());
         }
         packed
+    }
+}
+
+impl crate::otlp::format::TextSink for StrColumn {
+    fn push_text(&mut self, bytes: &[u8]) {
+        self.extend(bytes);
     }
 }
 
@@ -370,9 +377,11 @@ impl EventColumn {
         let mut children = Vec::with_capacity(fields.len());
         for f in fields.iter() {
             let child: ArrayRef = match f.name().as_str() {
-                "name" => Arc::new(self.names.finish()?),
-                "time" => timestamps(std::mem::take(&mut self.times_us), f.data_type())?,
-                "attributes" => self.attributes.finish(f.data_type())?,
+                column::event::NAME => Arc::new(self.names.finish()?),
+                column::event::TIME => {
+                    timestamps(std::mem::take(&mut self.times_us), f.data_type())?
+                }
+                column::event::ATTRIBUTES => self.attributes.finish(f.data_type())?,
                 other => return Err(RowError::UnexpectedColumn(format!("events.{other}"))),
             };
             children.push(child);
@@ -471,10 +480,10 @@ impl LinkColumn {
         let mut children = Vec::with_capacity(fields.len());
         for f in fields.iter() {
             let child: ArrayRef = match f.name().as_str() {
-                "trace_id" => Arc::new(self.trace_ids.finish()?),
-                "span_id" => Arc::new(self.span_ids.finish()?),
-                "trace_state" => Arc::new(self.trace_states.finish()?),
-                "attributes" => self.attributes.finish(f.data_type())?,
+                column::link::TRACE_ID => Arc::new(self.trace_ids.finish()?),
+                column::link::SPAN_ID => Arc::new(self.span_ids.finish()?),
+                column::link::TRACE_STATE => Arc::new(self.trace_states.finish()?),
+                column::link::ATTRIBUTES => self.attributes.finish(f.data_type())?,
                 other => return Err(RowError::UnexpectedColumn(format!("links.{other}"))),
             };
             children.push(child);

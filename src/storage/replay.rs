@@ -18,6 +18,7 @@
 //! costs nothing in steady state and touches only the replayed window after a
 //! restart or a rebalance.
 
+use crate::table::columns as column;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::TryStreamExt;
@@ -127,21 +128,27 @@ pub async fn stored_spans(
         .collect();
     // The start-time bounds prune day partitions and data files; the ids
     // prune row groups and rows.
-    let predicate: Predicate = Reference::new("trace_id")
+    let predicate: Predicate = Reference::new(column::TRACE_ID)
         .is_in(ids)
-        .and(Reference::new("start_time").greater_than_or_equal_to(Datum::timestamptz_micros(min)))
-        .and(Reference::new("start_time").less_than_or_equal_to(Datum::timestamptz_micros(max)));
+        .and(
+            Reference::new(column::START_TIME)
+                .greater_than_or_equal_to(Datum::timestamptz_micros(min)),
+        )
+        .and(
+            Reference::new(column::START_TIME)
+                .less_than_or_equal_to(Datum::timestamptz_micros(max)),
+        );
     let wanted: HashSet<String> = traces.iter().map(|t| hex::encode(t.trace_id)).collect();
     let scan = table
         .scan()
-        .select(["trace_id", "span_id"])
+        .select([column::TRACE_ID, column::SPAN_ID])
         .with_filter(predicate)
         .build()?;
     let batches: Vec<_> = scan.to_arrow().await?.try_collect().await?;
     for batch in batches {
         let (Some(tids), Some(sids)) = (
-            string_column(&batch, "trace_id"),
-            string_column(&batch, "span_id"),
+            string_column(&batch, column::TRACE_ID),
+            string_column(&batch, column::SPAN_ID),
         ) else {
             continue;
         };

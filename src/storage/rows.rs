@@ -10,7 +10,7 @@
 //! UTF-8 over what it appended); a malformed span is cut back out of every
 //! column and counted, so it never leaves a partial row.
 
-use std::fmt::Write as _;
+use crate::table::columns as column;
 use std::hash::Hasher as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,7 +26,8 @@ use super::columns::{
     timestamps, EventColumn, EventMark, LinkColumn, LinkMark, MapColumn, MapMark, Packed, StrColumn,
 };
 use crate::model::{AttributeLimits, KeptTrace, Origin};
-use crate::otlp::format::{any_value_string, kind_name, status_name};
+use crate::otlp::fields;
+use crate::otlp::format::{any_value_string, kind_name, status_name, Scalar};
 use crate::otlp::wire::{read_status, text, Fields, WireError};
 
 /// Why kept spans could not be turned into Arrow rows.
@@ -96,10 +97,10 @@ impl Cuts {
     /// The value of the row's `tss.truncated`.
     fn describe(&self) -> String {
         let parts = [
-            (self.resource, "resource_attributes"),
-            (self.attributes, "span_attributes"),
-            (self.events, "events"),
-            (self.links, "links"),
+            (self.resource, column::RESOURCE_ATTRIBUTES),
+            (self.attributes, column::SPAN_ATTRIBUTES),
+            (self.events, column::EVENTS),
+            (self.links, column::LINKS),
         ];
         let names: Vec<&str> = parts.iter().filter(|p| p.0).map(|p| p.1).collect();
         names.join(",")
@@ -344,35 +345,35 @@ impl SpanRows {
         for field in Fields::new(buf) {
             let field = field?;
             match field.number {
-                1 => {
+                fields::span::TRACE_ID => {
                     field.len()?;
                 }
-                2 => span.span_id = field.len()?,
-                // trace_state: only checked to be UTF-8.
-                3 => {
+                fields::span::SPAN_ID => span.span_id = field.len()?,
+                // Only checked to be UTF-8.
+                fields::span::TRACE_STATE => {
                     text(buf, field.len()?)?;
                 }
-                4 => span.parent_span_id = field.len()?,
-                5 => span.name = field.len()?,
-                6 => span.kind = field.varint()? as i32,
-                7 => span.start = field.fixed64()?,
-                8 => span.end = field.fixed64()?,
-                9 => {
+                fields::span::PARENT_SPAN_ID => span.parent_span_id = field.len()?,
+                fields::span::NAME => span.name = field.len()?,
+                fields::span::KIND => span.kind = field.varint()? as i32,
+                fields::span::START_TIME_UNIX_NANO => span.start = field.fixed64()?,
+                fields::span::END_TIME_UNIX_NANO => span.end = field.fixed64()?,
+                fields::span::ATTRIBUTES => {
                     let cut =
                         append_key_value(&mut self.span_attributes, buf, field.len()?, limits)?;
                     cuts.note(cut, Part::Attributes);
                 }
-                11 if self.events.open_row_events() >= limits.max_count => {
+                fields::span::EVENTS if self.events.open_row_events() >= limits.max_count => {
                     field.len()?;
                     cuts.note(Cut::Dropped, Part::Events);
                 }
-                11 => self.append_event(buf, field.len()?, cuts)?,
-                13 if self.links.open_row_links() >= limits.max_count => {
+                fields::span::EVENTS => self.append_event(buf, field.len()?, cuts)?,
+                fields::span::LINKS if self.links.open_row_links() >= limits.max_count => {
                     field.len()?;
                     cuts.note(Cut::Dropped, Part::Links);
                 }
-                13 => self.append_link(buf, field.len()?, cuts)?,
-                15 => {
+                fields::span::LINKS => self.append_link(buf, field.len()?, cuts)?,
+                fields::span::STATUS => {
                     let status = read_status(buf, field.len()?)?;
                     span.status_code = i32::from(status.code);
                     span.status_message = status.message;
@@ -420,9 +421,9 @@ impl SpanRows {
         for field in Fields::range(buf, range) {
             let field = field?;
             match field.number {
-                1 => time = field.fixed64()?,
-                2 => name = field.len()?,
-                3 => {
+                fields::event::TIME_UNIX_NANO => time = field.fixed64()?,
+                fields::event::NAME => name = field.len()?,
+                fields::event::ATTRIBUTES => {
                     let cut =
                         append_key_value(&mut self.events.attributes, buf, field.len()?, limits)?;
                     cuts.note(cut, Part::Events);
@@ -451,10 +452,10 @@ impl SpanRows {
         for field in Fields::range(buf, range) {
             let field = field?;
             match field.number {
-                1 => trace_id = field.len()?,
-                2 => span_id = field.len()?,
-                3 => state = field.len()?,
-                4 => {
+                fields::link::TRACE_ID => trace_id = field.len()?,
+                fields::link::SPAN_ID => span_id = field.len()?,
+                fields::link::TRACE_STATE => state = field.len()?,
+                fields::link::ATTRIBUTES => {
                     let cut =
                         append_key_value(&mut self.links.attributes, buf, field.len()?, limits)?;
                     cuts.note(cut, Part::Links);
@@ -518,29 +519,29 @@ impl SpanRows {
         for field in schema.fields() {
             let dt = field.data_type();
             let col: ArrayRef = match field.name().as_str() {
-                "trace_id" => Arc::new(self.trace_id.finish()?),
-                "span_id" => Arc::new(self.span_id.finish()?),
-                "parent_span_id" => Arc::new(self.parent_span_id.finish()?),
-                "name" => Arc::new(self.name.finish()?),
-                "kind" => Arc::new(self.kind.finish()?),
-                "service_name" => Arc::new(self.service_name.finish()?),
-                "start_time" => timestamps(std::mem::take(&mut self.start_us), dt)?,
-                "end_time" => timestamps(std::mem::take(&mut self.end_us), dt)?,
-                "duration_ms" => {
+                column::TRACE_ID => Arc::new(self.trace_id.finish()?),
+                column::SPAN_ID => Arc::new(self.span_id.finish()?),
+                column::PARENT_SPAN_ID => Arc::new(self.parent_span_id.finish()?),
+                column::NAME => Arc::new(self.name.finish()?),
+                column::KIND => Arc::new(self.kind.finish()?),
+                column::SERVICE_NAME => Arc::new(self.service_name.finish()?),
+                column::START_TIME => timestamps(std::mem::take(&mut self.start_us), dt)?,
+                column::END_TIME => timestamps(std::mem::take(&mut self.end_us), dt)?,
+                column::DURATION_MS => {
                     Arc::new(Float64Array::from(std::mem::take(&mut self.duration_ms)))
                 }
-                "status_code" => Arc::new(self.status_code.finish()?),
-                "status_message" => Arc::new(self.status_message.finish()?),
-                "resource_attributes" => self.resource_attributes.finish(dt)?,
-                "span_attributes" => self.span_attributes.finish(dt)?,
-                "events" => self.events.finish(dt)?,
-                "links" => self.links.finish(dt)?,
-                "scope_name" => Arc::new(self.scope_name.finish()?),
-                "scope_version" => Arc::new(self.scope_version.finish()?),
-                "sampling_reason" => Arc::new(self.sampling_reason.finish()?),
-                "sampling_rule_id" => Arc::new(self.sampling_rule_id.finish()?),
-                "sampled_at" => timestamps(std::mem::take(&mut self.sampled_at_us), dt)?,
-                "sample_rate" => {
+                column::STATUS_CODE => Arc::new(self.status_code.finish()?),
+                column::STATUS_MESSAGE => Arc::new(self.status_message.finish()?),
+                column::RESOURCE_ATTRIBUTES => self.resource_attributes.finish(dt)?,
+                column::SPAN_ATTRIBUTES => self.span_attributes.finish(dt)?,
+                column::EVENTS => self.events.finish(dt)?,
+                column::LINKS => self.links.finish(dt)?,
+                column::SCOPE_NAME => Arc::new(self.scope_name.finish()?),
+                column::SCOPE_VERSION => Arc::new(self.scope_version.finish()?),
+                column::SAMPLING_REASON => Arc::new(self.sampling_reason.finish()?),
+                column::SAMPLING_RULE_ID => Arc::new(self.sampling_rule_id.finish()?),
+                column::SAMPLED_AT => timestamps(std::mem::take(&mut self.sampled_at_us), dt)?,
+                column::SAMPLE_RATE => {
                     Arc::new(Float64Array::from(std::mem::take(&mut self.sample_rate)))
                 }
                 // A column a newer version added: null, so that instances of
@@ -745,8 +746,8 @@ fn append_key_value(
     for field in Fields::range(buf, range) {
         let field = field?;
         match field.number {
-            1 => key = field.len()?,
-            2 => value = Some(field.len()?),
+            fields::key_value::KEY => key = field.len()?,
+            fields::key_value::VALUE => value = Some(field.len()?),
             _ => {}
         }
     }
@@ -765,63 +766,37 @@ fn append_key_value(
     })
 }
 
-/// An `AnyValue` member as the wire holds it.
-#[derive(Clone, Copy)]
-enum AttrValue {
-    Empty,
-    Str((usize, usize)),
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Bytes((usize, usize)),
-    /// An array or key-value list, decoded with prost (they are rare).
-    Nested,
-}
-
 /// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it to the open
-/// value (the caller ends it); the last member of the `oneof` on the wire wins, as in any decoder.
+/// value (the caller ends it), formatted as `otlp::format` formats every
+/// value; the last member of the `oneof` on the wire wins, as in any decoder.
 fn append_any_value(
     out: &mut StrColumn,
     buf: &[u8],
     range: (usize, usize),
 ) -> Result<(), WireError> {
-    let mut value = AttrValue::Empty;
+    use fields::any_value as member;
+    // `None`: empty; `Some(None)`: an array or a map (rare), decoded below.
+    let mut value: Option<Option<Scalar>> = None;
     for field in Fields::range(buf, range) {
         let field = field?;
+        let slice = |r: (usize, usize)| &buf[r.0..r.1];
         value = match field.number {
-            1 => AttrValue::Str(field.len()?),
-            2 => AttrValue::Bool(field.varint()? != 0),
-            3 => AttrValue::Int(field.varint()? as i64),
-            4 => AttrValue::Double(f64::from_bits(field.fixed64()?)),
-            5 | 6 => {
+            member::STRING => Some(Some(Scalar::Str(slice(field.len()?)))),
+            member::BOOL => Some(Some(Scalar::Bool(field.varint()? != 0))),
+            member::INT => Some(Some(Scalar::Int(field.varint()? as i64))),
+            member::DOUBLE => Some(Some(Scalar::Double(f64::from_bits(field.fixed64()?)))),
+            member::ARRAY | member::KVLIST => {
                 field.len()?;
-                AttrValue::Nested
+                Some(None)
             }
-            7 => AttrValue::Bytes(field.len()?),
+            member::BYTES => Some(Some(Scalar::Bytes(slice(field.len()?)))),
             _ => value,
         };
     }
     match value {
-        AttrValue::Empty => {}
-        AttrValue::Str(r) => out.extend(&buf[r.0..r.1]),
-        AttrValue::Bool(b) => out.extend(if b { b"true" } else { b"false" }),
-        AttrValue::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        AttrValue::Double(d) => match serde_json::Number::from_f64(d) {
-            Some(n) => {
-                let _ = write!(out, "{n}");
-            }
-            None => out.extend(b"null"),
-        },
-        AttrValue::Bytes(r) => {
-            out.extend(b"\"");
-            for chunk in buf[r.0..r.1].chunks(32) {
-                out.extend(HexId::new(chunk).as_str().as_bytes());
-            }
-            out.extend(b"\"");
-        }
-        AttrValue::Nested => {
+        None => {}
+        Some(Some(scalar)) => scalar.write_text(out),
+        Some(None) => {
             let decoded = AnyValue::decode(&buf[range.0..range.1])?;
             out.extend(any_value_string(decoded).as_bytes());
         }

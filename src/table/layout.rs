@@ -8,12 +8,13 @@
 //! group's min/max covers nearly the whole id range and statistics prune
 //! nothing; the bloom filter is what lets a lookup skip a file.
 
+use super::columns as column;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 /// The column the bloom filter is on.
-pub const TRACE_ID_COLUMN: &str = "trace_id";
+pub const TRACE_ID_COLUMN: &str = column::TRACE_ID;
 
 /// Row groups and bloom filters of the files the selector writes.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,6 +5,7 @@
 //! query engine reads it, and both reach it through [`TableHandle`].
 
 pub mod bounded;
+pub mod columns;
 pub mod layout;
 pub mod manifest_cache;
 pub mod offsets;

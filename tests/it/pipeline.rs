@@ -610,7 +610,7 @@ async fn late_spans_get_their_trace_decision() {
 async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
     use iceberg::spec::Schema;
     use iceberg::{NamespaceIdent, TableCreation};
-    use tail_sampling_selector::table::{connect_catalog, schema};
+    use tail_sampling_selector::table::{columns, connect_catalog, schema};
     let settings = tail_sampling_selector::config::Settings::load_with_env(
         None,
         [
@@ -633,7 +633,7 @@ async fn create_table_without_sample_rate(uri: &str, warehouse: &str) {
         .as_struct()
         .fields()
         .iter()
-        .filter(|f| f.name != schema::SAMPLE_RATE && f.name != schema::LINKS)
+        .filter(|f| f.name != columns::SAMPLE_RATE && f.name != columns::LINKS)
         .cloned()
         .collect::<Vec<_>>();
     let old = Schema::builder()

@@ -9,6 +9,7 @@ pub mod model;
 pub mod params;
 pub mod v3;
 
+use crate::table::columns as column;
 use std::collections::HashMap;
 
 use axum::extract::{Path, RawQuery, State};
@@ -175,7 +176,7 @@ async fn rows_by_trace(
     for row in result.rows {
         let row: Row = result.columns.iter().cloned().zip(row).collect();
         let id = row
-            .get("trace_id")
+            .get(column::TRACE_ID)
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();

@@ -5,6 +5,7 @@
 //! translation adds (`span.kind`, `otel.status_code`, `error`,
 //! `otel.scope.*`), plus why the trace was kept (`sampling.*`).
 
+use crate::table::columns as column;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -210,17 +211,17 @@ pub fn span_kind(stored: &str) -> Option<&'static str> {
 /// OTLP translation derives, then why the trace was kept.
 fn span_tags(row: &Row) -> Vec<KeyValue> {
     let mut tags = Vec::new();
-    if let Some(name) = text(row, "scope_name") {
+    if let Some(name) = text(row, column::SCOPE_NAME) {
         tags.push(KeyValue::string("otel.scope.name", name));
     }
-    if let Some(version) = text(row, "scope_version") {
+    if let Some(version) = text(row, column::SCOPE_VERSION) {
         tags.push(KeyValue::string("otel.scope.version", version));
     }
-    tags.extend(attributes(row.get("span_attributes")));
-    if let Some(kind) = text(row, "kind").and_then(span_kind) {
+    tags.extend(attributes(row.get(column::SPAN_ATTRIBUTES)));
+    if let Some(kind) = text(row, column::KIND).and_then(span_kind) {
         tags.push(KeyValue::string("span.kind", kind));
     }
-    match text(row, "status_code") {
+    match text(row, column::STATUS_CODE) {
         Some("ERROR") => {
             tags.push(KeyValue::string("otel.status_code", "ERROR"));
             tags.push(KeyValue {
@@ -232,20 +233,20 @@ fn span_tags(row: &Row) -> Vec<KeyValue> {
         Some("OK") => tags.push(KeyValue::string("otel.status_code", "OK")),
         _ => {}
     }
-    if let Some(message) = text(row, "status_message") {
+    if let Some(message) = text(row, column::STATUS_MESSAGE) {
         tags.push(KeyValue::string("otel.status_description", message));
     }
-    if let Some(reason) = text(row, "sampling_reason") {
+    if let Some(reason) = text(row, column::SAMPLING_REASON) {
         tags.push(KeyValue::string("sampling.reason", reason));
     }
-    if let Some(rate) = row.get("sample_rate").and_then(Value::as_f64) {
+    if let Some(rate) = row.get(column::SAMPLE_RATE).and_then(Value::as_f64) {
         tags.push(KeyValue {
             key: "sampling.rate".into(),
             kind: "float64",
             value: Value::from(rate),
         });
     }
-    if let Some(rule) = text(row, "sampling_rule_id") {
+    if let Some(rule) = text(row, column::SAMPLING_RULE_ID) {
         tags.push(KeyValue::string("sampling.rule_id", rule));
     }
     tags
@@ -257,21 +258,21 @@ const FOLLOWS_FROM: &str = "FOLLOWS_FROM";
 /// The parent as a `CHILD_OF` reference, then each link as a
 /// `FOLLOWS_FROM` one, as Jaeger's OTLP translation makes them.
 fn references(trace_id: &str, row: &Row) -> Vec<Reference> {
-    let parent = text(row, "parent_span_id").map(|parent| Reference {
+    let parent = text(row, column::PARENT_SPAN_ID).map(|parent| Reference {
         ref_type: CHILD_OF,
         trace_id: trace_id.to_string(),
         span_id: parent.to_string(),
     });
     let links = row
-        .get("links")
+        .get(column::LINKS)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|link| {
             Some(Reference {
                 ref_type: FOLLOWS_FROM,
-                trace_id: link.get("trace_id")?.as_str()?.to_string(),
-                span_id: link.get("span_id")?.as_str()?.to_string(),
+                trace_id: link.get(column::link::TRACE_ID)?.as_str()?.to_string(),
+                span_id: link.get(column::link::SPAN_ID)?.as_str()?.to_string(),
             })
         });
     parent.into_iter().chain(links).collect()
@@ -279,7 +280,7 @@ fn references(trace_id: &str, row: &Row) -> Vec<Reference> {
 
 /// Events as logs: `event` = the event's name, then its attributes.
 fn logs(row: &Row) -> Vec<Log> {
-    let Some(events) = row.get("events").and_then(Value::as_array) else {
+    let Some(events) = row.get(column::EVENTS).and_then(Value::as_array) else {
         return Vec::new();
     };
     events
@@ -288,11 +289,13 @@ fn logs(row: &Row) -> Vec<Log> {
         .map(|e| {
             let mut fields = vec![KeyValue::string(
                 "event",
-                e.get("name").and_then(Value::as_str).unwrap_or_default(),
+                e.get(column::event::NAME)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
             )];
-            fields.extend(attributes(e.get("attributes")));
+            fields.extend(attributes(e.get(column::event::ATTRIBUTES)));
             Log {
-                timestamp: micros(e.get("time")),
+                timestamp: micros(e.get(column::event::TIME)),
                 fields,
             }
         })
@@ -301,10 +304,10 @@ fn logs(row: &Row) -> Vec<Log> {
 
 /// The process of a row: its service and the other resource attributes.
 fn process(row: &Row) -> Process {
-    let mut tags = attributes(row.get("resource_attributes"));
+    let mut tags = attributes(row.get(column::RESOURCE_ATTRIBUTES));
     tags.retain(|t| t.key != "service.name");
     Process {
-        service_name: text(row, "service_name")
+        service_name: text(row, column::SERVICE_NAME)
             .unwrap_or("unknown_service")
             .to_string(),
         tags,
@@ -328,13 +331,13 @@ pub fn trace(trace_id: &str, rows: &[Row]) -> Trace {
                     order.len() - 1
                 });
             let process_id = process_id(index);
-            let start = micros(row.get("start_time"));
-            let end = micros(row.get("end_time"));
+            let start = micros(row.get(column::START_TIME));
+            let end = micros(row.get(column::END_TIME));
             let references = references(trace_id, row);
             Span {
                 trace_id: trace_id.to_string(),
-                span_id: text(row, "span_id").unwrap_or_default().to_string(),
-                operation_name: text(row, "name").unwrap_or_default().to_string(),
+                span_id: text(row, column::SPAN_ID).unwrap_or_default().to_string(),
+                operation_name: text(row, column::NAME).unwrap_or_default().to_string(),
                 references,
                 start_time: start,
                 duration: (end - start).max(0),

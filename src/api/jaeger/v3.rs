@@ -7,6 +7,7 @@
 //! enums as numbers, defaults left out); an error is
 //! `{"error": {"httpCode", "message"}}`.
 
+use crate::table::columns as column;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, RawQuery, State};
@@ -338,13 +339,16 @@ fn otlp_links(stored: Option<&Value>) -> Vec<Value> {
         .iter()
         .map(|l| {
             let mut link = Map::new();
-            for (from, to) in [("trace_id", "traceId"), ("span_id", "spanId")] {
+            for (from, to) in [
+                (column::link::TRACE_ID, "traceId"),
+                (column::link::SPAN_ID, "spanId"),
+            ] {
                 link.insert(to.into(), l.get(from).cloned().unwrap_or(json!("")));
             }
-            if let Some(state) = l.get("trace_state").and_then(Value::as_str) {
+            if let Some(state) = l.get(column::link::TRACE_STATE).and_then(Value::as_str) {
                 link.insert("traceState".into(), json!(state));
             }
-            let attrs = key_values(l.get("attributes"));
+            let attrs = key_values(l.get(column::link::ATTRIBUTES));
             if !attrs.is_empty() {
                 link.insert("attributes".into(), Value::Array(attrs));
             }
@@ -364,11 +368,11 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
         "spanId".into(),
         json!(text(row, "span_id").unwrap_or_default()),
     );
-    if let Some(parent) = text(row, "parent_span_id") {
+    if let Some(parent) = text(row, column::PARENT_SPAN_ID) {
         span.insert("parentSpanId".into(), json!(parent));
     }
     span.insert("name".into(), json!(text(row, "name").unwrap_or_default()));
-    let kind = kind_number(text(row, "kind").unwrap_or_default());
+    let kind = kind_number(text(row, column::KIND).unwrap_or_default());
     if kind != 0 {
         span.insert("kind".into(), json!(kind));
     }
@@ -377,18 +381,18 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
         json!(nanos(row.get("start_time"))),
     );
     span.insert("endTimeUnixNano".into(), json!(nanos(row.get("end_time"))));
-    let mut attributes = key_values(row.get("span_attributes"));
-    if let Some(reason) = text(row, "sampling_reason") {
+    let mut attributes = key_values(row.get(column::SPAN_ATTRIBUTES));
+    if let Some(reason) = text(row, column::SAMPLING_REASON) {
         attributes.push(json!({"key": "sampling.reason", "value": {"stringValue": reason}}));
     }
-    if let Some(rate) = row.get("sample_rate").and_then(Value::as_f64) {
+    if let Some(rate) = row.get(column::SAMPLE_RATE).and_then(Value::as_f64) {
         attributes.push(json!({"key": "sampling.rate", "value": {"doubleValue": rate}}));
     }
     if !attributes.is_empty() {
         span.insert("attributes".into(), Value::Array(attributes));
     }
     let events: Vec<Value> = row
-        .get("events")
+        .get(column::EVENTS)
         .and_then(Value::as_array)
         .map(|events| {
             events
@@ -397,7 +401,7 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
                     let mut event = Map::new();
                     event.insert("timeUnixNano".into(), json!(nanos(e.get("time"))));
                     event.insert("name".into(), e.get("name").cloned().unwrap_or(json!("")));
-                    let attrs = key_values(e.get("attributes"));
+                    let attrs = key_values(e.get(column::event::ATTRIBUTES));
                     if !attrs.is_empty() {
                         event.insert("attributes".into(), Value::Array(attrs));
                     }
@@ -409,15 +413,15 @@ fn otlp_span(row: &Map<String, Value>) -> Value {
     if !events.is_empty() {
         span.insert("events".into(), Value::Array(events));
     }
-    let links = otlp_links(row.get("links"));
+    let links = otlp_links(row.get(column::LINKS));
     if !links.is_empty() {
         span.insert("links".into(), Value::Array(links));
     }
     let mut status = Map::new();
-    if let Some(message) = text(row, "status_message") {
+    if let Some(message) = text(row, column::STATUS_MESSAGE) {
         status.insert("message".into(), json!(message));
     }
-    let code = status_number(text(row, "status_code").unwrap_or_default());
+    let code = status_number(text(row, column::STATUS_CODE).unwrap_or_default());
     if code != 0 {
         status.insert("code".into(), json!(code));
     }
@@ -433,12 +437,12 @@ fn otlp_resource_spans(rows: &[Map<String, Value>]) -> Vec<Value> {
     let mut resources: Vec<(Value, Scopes)> = Vec::new();
     for row in rows {
         let resource = row
-            .get("resource_attributes")
+            .get(column::RESOURCE_ATTRIBUTES)
             .cloned()
             .unwrap_or(Value::Null);
         let scope: Scope = (
-            text(row, "scope_name").map(str::to_string),
-            text(row, "scope_version").map(str::to_string),
+            text(row, column::SCOPE_NAME).map(str::to_string),
+            text(row, column::SCOPE_VERSION).map(str::to_string),
         );
         let i = match resources.iter().position(|(r, _)| *r == resource) {
             Some(i) => i,
