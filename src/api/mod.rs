@@ -17,8 +17,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::health::Health;
@@ -77,11 +77,21 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error"}`, or `{"error","field"}`
+/// naming the request field at fault (docs/api.md).
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    /// The request field at fault, for a 400 about a request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.field {
-            Some(field) => json!({ "error": self.message, "field": field }),
-            None => json!({ "error": self.message }),
+        let body = ErrorBody {
+            error: self.message,
+            field: self.field,
         };
         (self.status, Json(body)).into_response()
     }
@@ -180,6 +190,29 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(report)).into_response()
 }
 
+/// The body of `/health/live` when the process is dead and of
+/// `/health/ready`.
+#[derive(Debug, Serialize)]
+struct ProbeBody {
+    status: &'static str,
+    /// Why the process is dead or not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Ready, but still reading a backlog: how far behind it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catching_up: Option<String>,
+}
+
+impl ProbeBody {
+    fn failed(status: &'static str, reason: impl ToString) -> Self {
+        Self {
+            status,
+            reason: Some(reason.to_string()),
+            catching_up: None,
+        }
+    }
+}
+
 /// 200 while every pipeline stage runs; 503 once one died, so that an
 /// orchestrator restarts the process even before it exits.
 async fn live(State(state): State<AppState>) -> Response {
@@ -187,7 +220,7 @@ async fn live(State(state): State<AppState>) -> Response {
         Ok(()) => "ok".into_response(),
         Err(cause) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "dead", "reason": cause })),
+            Json(ProbeBody::failed("dead", cause)),
         )
             .into_response(),
     }
@@ -195,15 +228,15 @@ async fn live(State(state): State<AppState>) -> Response {
 
 async fn ready(State(state): State<AppState>) -> Response {
     match state.health.ready() {
-        Ok(()) => match state.health.catching_up() {
-            None => Json(json!({ "status": "ready" })).into_response(),
-            Some(detail) => {
-                Json(json!({ "status": "ready", "catching_up": detail })).into_response()
-            }
-        },
+        Ok(()) => Json(ProbeBody {
+            status: "ready",
+            reason: None,
+            catching_up: state.health.catching_up(),
+        })
+        .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": reason })),
+            Json(ProbeBody::failed("not_ready", reason)),
         )
             .into_response(),
     }
@@ -273,27 +306,31 @@ async fn trace(
             format!("no stored spans for trace {id}"),
         ));
     }
-    let spans: Vec<Value> = result
+    let spans: Vec<Map<String, Value>> = result
         .rows
         .into_iter()
-        .map(|row| {
-            Value::Object(
-                result
-                    .columns
-                    .iter()
-                    .cloned()
-                    .zip(row)
-                    .collect::<Map<_, _>>(),
-            )
-        })
+        .map(|row| result.columns.iter().cloned().zip(row).collect())
         .collect();
-    Ok(Json(json!({
-        "trace_id": id,
-        "span_count": spans.len(),
-        "truncated": result.truncated,
-        "elapsed_ms": result.elapsed_ms,
-        "scan": scan,
-        "spans": spans,
-    }))
+    Ok(Json(TraceAnswer {
+        trace_id: id,
+        span_count: spans.len(),
+        truncated: result.truncated,
+        elapsed_ms: result.elapsed_ms,
+        scan,
+        spans,
+    })
     .into_response())
+}
+
+/// `GET /admin/traces/{trace_id}`: the stored spans of one trace, each a
+/// row of the table by column name.
+#[derive(Debug, Serialize)]
+struct TraceAnswer {
+    trace_id: String,
+    span_count: usize,
+    truncated: bool,
+    elapsed_ms: u64,
+    /// What the lookup read and skipped.
+    scan: crate::query::lookup::LookupStats,
+    spans: Vec<Map<String, Value>>,
 }

@@ -2,20 +2,23 @@
 //! read from the same registry `/metrics` serves, for the web UI's overview
 //! page (which computes rates from two readings).
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus::core::Collector;
 use prometheus::proto::Histogram;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 
 use super::{ApiError, AppState};
+use crate::health::HealthReport;
 use crate::metrics::Metrics;
 
 /// A labelled family as `{label value: value}`, summed over other labels.
-fn by_label(collector: &dyn Collector, label: &str) -> Map<String, Value> {
-    let mut out: Map<String, Value> = Map::new();
+fn by_label(collector: &dyn Collector, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
     for family in collector.collect() {
         for m in family.get_metric() {
             let key = m
@@ -23,9 +26,8 @@ fn by_label(collector: &dyn Collector, label: &str) -> Map<String, Value> {
                 .iter()
                 .find(|l| l.name() == label)
                 .map_or_else(String::new, |l| l.value().to_string());
-            let value = m.get_counter().get_value() + m.get_gauge().get_value();
-            let sum = out.get(&key).and_then(Value::as_f64).unwrap_or(0.0) + value;
-            out.insert(key, json!(sum));
+            *out.entry(key).or_insert(0.0) +=
+                m.get_counter().get_value() + m.get_gauge().get_value();
         }
     }
     out
@@ -57,66 +59,135 @@ pub fn quantile(h: &Histogram, q: f64) -> Option<f64> {
     Some(lower)
 }
 
-fn histogram(collector: &dyn Collector) -> Value {
+/// A histogram's count, sum and two quantiles.
+#[derive(Debug, Serialize)]
+pub struct HistogramSummary {
+    count: u64,
+    sum_seconds: f64,
+    p50_seconds: Option<f64>,
+    p99_seconds: Option<f64>,
+}
+
+fn histogram(collector: &dyn Collector) -> Option<HistogramSummary> {
     let families = collector.collect();
-    let Some(h) = families
+    let h = families
         .first()
         .and_then(|f| f.get_metric().first())
-        .map(|m| m.get_histogram().clone())
-    else {
-        return Value::Null;
-    };
-    json!({
-        "count": h.get_sample_count(),
-        "sum_seconds": h.get_sample_sum(),
-        "p50_seconds": quantile(&h, 0.5),
-        "p99_seconds": quantile(&h, 0.99),
+        .map(|m| m.get_histogram().clone())?;
+    Some(HistogramSummary {
+        count: h.get_sample_count(),
+        sum_seconds: h.get_sample_sum(),
+        p50_seconds: quantile(&h, 0.5),
+        p99_seconds: quantile(&h, 0.99),
     })
 }
 
-/// The document: counters as totals since start, gauges as they are now.
-pub fn overview(m: &Metrics) -> Value {
+/// The document (docs/api.md, "GET /admin/overview"): counters as totals since start,
+/// gauges as they are now.
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    at_unix_ms: i64,
+    ingest: Ingest,
+    decisions: Decisions,
+    buffer: Buffer,
+    consumer: Consumer,
+    iceberg: Iceberg,
+    sinks: Sinks,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ingest {
+    messages_total: u64,
+    spans_total: u64,
+    traces_total: u64,
+    invalid_messages_total: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Decisions {
+    kept_by_reason: BTreeMap<String, f64>,
+    dropped_total: u64,
+    latency_seconds: Option<HistogramSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct Buffer {
+    traces: i64,
+    spans: i64,
+    held_spans: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Consumer {
+    lag_messages: f64,
+    lag_by_partition: BTreeMap<String, f64>,
+    assigned_partitions: i64,
+    paused: bool,
+    watermark_lag_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Iceberg {
+    commits_total: u64,
+    commit_failures_total: u64,
+    spans_written_total: u64,
+    commit_duration: Option<HistogramSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct Sinks {
+    exported_spans_by_sink: BTreeMap<String, f64>,
+    failures_by_sink: BTreeMap<String, f64>,
+    retries_by_sink: BTreeMap<String, f64>,
+    lag_messages_by_sink: BTreeMap<String, f64>,
+    lag_seconds_by_sink: BTreeMap<String, f64>,
+}
+
+/// The document, from the registry.
+pub fn overview(m: &Metrics) -> Overview {
     let lag = by_label(&m.consumer_lag_messages, "partition");
-    let lag_total: f64 = lag.values().filter_map(Value::as_f64).sum();
-    json!({
-        "at_unix_ms": chrono::Utc::now().timestamp_millis(),
-        "ingest": {
-            "messages_total": m.messages_consumed_total.get(),
-            "spans_total": m.spans_ingested_total.get(),
-            "traces_total": m.traces_ingested_total.get(),
-            "invalid_messages_total": by_label(&m.messages_invalid_total, "reason"),
+    Overview {
+        at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        ingest: Ingest {
+            messages_total: m.messages_consumed_total.get(),
+            spans_total: m.spans_ingested_total.get(),
+            traces_total: m.traces_ingested_total.get(),
+            invalid_messages_total: by_label(&m.messages_invalid_total, "reason"),
         },
-        "decisions": {
-            "kept_by_reason": by_label(&m.traces_sampled_total, "reason"),
-            "dropped_total": m.traces_dropped_total.get(),
-            "latency_seconds": histogram(&m.decision_latency_seconds),
+        decisions: Decisions {
+            kept_by_reason: by_label(&m.traces_sampled_total, "reason"),
+            dropped_total: m.traces_dropped_total.get(),
+            latency_seconds: histogram(&m.decision_latency_seconds),
         },
-        "buffer": {
-            "traces": m.buffered_traces.get(),
-            "spans": m.buffered_spans.get(),
-            "held_spans": m.held_spans.get(),
+        buffer: Buffer {
+            traces: m.buffered_traces.get(),
+            spans: m.buffered_spans.get(),
+            held_spans: m.held_spans.get(),
         },
-        "consumer": {
-            "lag_messages": lag_total,
-            "lag_by_partition": lag,
-            "assigned_partitions": m.assigned_partitions.get(),
-            "paused": m.consumer_paused.get() != 0,
-            "watermark_lag_seconds": m.watermark_lag_seconds.get(),
+        consumer: Consumer {
+            lag_messages: lag.values().sum(),
+            lag_by_partition: lag,
+            assigned_partitions: m.assigned_partitions.get(),
+            paused: m.consumer_paused.get() != 0,
+            watermark_lag_seconds: m.watermark_lag_seconds.get(),
         },
-        "iceberg": {
-            "commits_total": m.iceberg_commits_total.get(),
-            "commit_failures_total": m.iceberg_commit_failures_total.get(),
-            "spans_written_total": m.spans_exported_total.with_label_values(&["iceberg"]).get(),
-            "commit_duration": histogram(&m.iceberg_commit_duration_seconds),
+        iceberg: Iceberg {
+            commits_total: m.iceberg_commits_total.get(),
+            commit_failures_total: m.iceberg_commit_failures_total.get(),
+            spans_written_total: m.spans_exported_total.with_label_values(&["iceberg"]).get(),
+            commit_duration: histogram(&m.iceberg_commit_duration_seconds),
         },
-        "sinks": {
-            "exported_spans_by_sink": by_label(&m.spans_exported_total, "sink"),
-            "failures_by_sink": by_label(&m.sinks.export_failures_total, "sink"),
-            "retries_by_sink": by_label(&m.sinks.export_retries_total, "sink"),
-            "lag_messages_by_sink": by_label(&m.sinks.forward_lag_messages, "sink"),
-            "lag_seconds_by_sink": by_label(&m.sinks.forward_lag_seconds, "sink"),
+        sinks: Sinks {
+            exported_spans_by_sink: by_label(&m.spans_exported_total, "sink"),
+            failures_by_sink: by_label(&m.sinks.export_failures_total, "sink"),
+            retries_by_sink: by_label(&m.sinks.export_retries_total, "sink"),
+            lag_messages_by_sink: by_label(&m.sinks.forward_lag_messages, "sink"),
+            lag_seconds_by_sink: by_label(&m.sinks.forward_lag_seconds, "sink"),
         },
-    })
+        health: None,
+    }
 }
 
 /// `GET /admin/overview`.
@@ -125,15 +196,14 @@ pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics are not available")
     })?;
     let mut doc = overview(m);
-    if let Value::Object(map) = &mut doc {
-        map.insert("health".into(), json!(state.health.report()));
-    }
+    doc.health = Some(state.health.report());
     Ok(Json(doc).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn quantiles_interpolate_within_the_bucket() {
@@ -168,7 +238,7 @@ mod tests {
         m.consumer_lag_messages.with_label_values(&["0"]).set(3);
         m.consumer_lag_messages.with_label_values(&["1"]).set(2);
         m.buffered_traces.set(7);
-        let doc = overview(&m);
+        let doc = serde_json::to_value(overview(&m)).expect("serializes");
         assert_eq!(doc["decisions"]["kept_by_reason"]["error"], json!(4.0));
         assert_eq!(doc["decisions"]["dropped_total"], json!(6));
         assert_eq!(doc["consumer"]["lag_messages"], json!(5.0));

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::rules::store::{RuleStore, StoreError, StoredRule};
@@ -89,17 +89,21 @@ pub async fn create(
     let spec = parse_rule(&body, api.max_duration_secs)?;
     let rule = api.store.create(spec).await?;
     tracing::info!(rule = %rule.id, action = ?rule.spec.action, priority = rule.spec.priority, "force rule created");
-    Ok((StatusCode::CREATED, Json(rule_json(&rule, None))).into_response())
+    Ok((StatusCode::CREATED, Json(RuleAnswer::new(&rule, None))).into_response())
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let api = api(&state)?;
     let (rules, counts) = tokio::try_join!(api.store.list(), api.store.match_counts())?;
-    let rules: Vec<Value> = rules
+    let rules: Vec<RuleAnswer> = rules
         .iter()
-        .map(|r| rule_json(r, Some(counts.get(&r.id).copied().unwrap_or(0))))
+        .map(|r| RuleAnswer::new(r, Some(counts.get(&r.id).copied().unwrap_or(0))))
         .collect();
-    Ok(Json(json!({ "rules": rules, "count": rules.len() })).into_response())
+    Ok(Json(RuleList {
+        count: rules.len(),
+        rules,
+    })
+    .into_response())
 }
 
 pub async fn get(
@@ -118,7 +122,7 @@ pub async fn get(
         .await
         .ok()
         .and_then(|c| c.get(&id).copied());
-    Ok(Json(rule_json(&rule, Some(matched.unwrap_or(0)))).into_response())
+    Ok(Json(RuleAnswer::new(&rule, Some(matched.unwrap_or(0)))).into_response())
 }
 
 pub async fn delete(
@@ -136,24 +140,45 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn rule_json(rule: &StoredRule, matched: Option<u64>) -> Value {
-    let mut v = serde_json::to_value(rule).unwrap_or(Value::Null);
-    let remaining_ms = (rule.expires_at - chrono::Utc::now().timestamp_millis()).max(0);
-    if let Value::Object(map) = &mut v {
-        map.insert("created_at".into(), iso(rule.created_at));
-        map.insert("expires_at".into(), iso(rule.expires_at));
-        map.insert("remaining_secs".into(), json!(remaining_ms / 1000));
-        if let Some(m) = matched {
-            map.insert("matched_traces".into(), json!(m));
-        }
-    }
-    v
+/// A force rule as the API answers it (docs/api.md, "Force rules"): the
+/// rule as created, with its times in RFC 3339 and what is left of it.
+#[derive(Debug, Serialize)]
+struct RuleAnswer<'a> {
+    id: &'a str,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    remaining_secs: i64,
+    /// Traces the rule matched so far; absent in the answer to a create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matched_traces: Option<u64>,
+    #[serde(flatten)]
+    spec: &'a RuleSpec,
 }
 
-fn iso(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |t| {
-        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    })
+impl<'a> RuleAnswer<'a> {
+    fn new(rule: &'a StoredRule, matched: Option<u64>) -> Self {
+        let remaining_ms = (rule.expires_at - chrono::Utc::now().timestamp_millis()).max(0);
+        Self {
+            id: &rule.id,
+            created_at: iso(rule.created_at),
+            expires_at: iso(rule.expires_at),
+            remaining_secs: remaining_ms / 1000,
+            matched_traces: matched,
+            spec: &rule.spec,
+        }
+    }
+}
+
+/// `GET /admin/force-rules`.
+#[derive(Debug, Serialize)]
+struct RuleList<'a> {
+    rules: Vec<RuleAnswer<'a>>,
+    count: usize,
+}
+
+fn iso(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 #[cfg(test)]

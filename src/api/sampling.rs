@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::decide::policy::{SharedPolicies, Step};
@@ -41,14 +41,14 @@ pub async fn explain(State(state): State<AppState>, body: Bytes) -> Result<Respo
         ));
     }
     let policies = api.policies.load();
-    let traces: Vec<Value> = group(decoded.spans)
+    let traces: Vec<Explained> = group(decoded.spans)
         .into_iter()
         .map(|(id, spans)| {
             let (decision, steps) = policies.explain(&id, &spans, api.force_rules.as_ref());
-            describe(&id, spans.len(), &decision, &steps)
+            describe(&id, spans.len(), &decision, steps)
         })
         .collect();
-    Ok(Json(json!({ "traces": traces })).into_response())
+    Ok(Json(Explanation { traces }).into_response())
 }
 
 /// Spans by trace, in the order the traces first appear.
@@ -63,24 +63,53 @@ fn group(spans: Vec<(TraceId, SpanRecord)>) -> Vec<(TraceId, Vec<SpanRecord>)> {
     out
 }
 
-fn describe(id: &TraceId, span_count: usize, decision: &Decision, steps: &[Step]) -> Value {
-    let decided_by = steps.iter().find(|s| s.outcome.is_some());
-    let mut v = json!({
-        "trace_id": hex::encode(id),
-        "span_count": span_count,
-        "decision": if matches!(decision, Decision::Drop) { "drop" } else { "keep" },
-        "decided_by": decided_by,
-        "steps": steps,
-    });
-    if let Decision::Keep {
-        reason,
-        rule_id,
-        sample_rate,
-    } = decision
-    {
-        v["sampling_reason"] = json!(reason.as_str());
-        v["sampling_rule_id"] = json!(rule_id.as_deref());
-        v["sample_rate"] = json!(sample_rate);
+/// The answer of `POST /admin/sampling/explain`.
+#[derive(Debug, Serialize)]
+struct Explanation {
+    traces: Vec<Explained>,
+}
+
+/// One trace of the request, decided as the live path would.
+#[derive(Debug, Serialize)]
+struct Explained {
+    trace_id: String,
+    span_count: usize,
+    /// `keep` or `drop`.
+    decision: &'static str,
+    /// The step that decided; null when none did.
+    decided_by: Option<Step>,
+    steps: Vec<Step>,
+    /// What a kept trace would be stored with; absent for a drop.
+    #[serde(flatten)]
+    kept: Option<KeptAs>,
+}
+
+#[derive(Debug, Serialize)]
+struct KeptAs {
+    sampling_reason: &'static str,
+    sampling_rule_id: Option<Arc<str>>,
+    sample_rate: f64,
+}
+
+fn describe(id: &TraceId, span_count: usize, decision: &Decision, steps: Vec<Step>) -> Explained {
+    let kept = match decision {
+        Decision::Drop => None,
+        Decision::Keep {
+            reason,
+            rule_id,
+            sample_rate,
+        } => Some(KeptAs {
+            sampling_reason: reason.as_str(),
+            sampling_rule_id: rule_id.clone(),
+            sample_rate: *sample_rate,
+        }),
+    };
+    Explained {
+        trace_id: hex::encode(id),
+        span_count,
+        decision: if kept.is_some() { "keep" } else { "drop" },
+        decided_by: steps.iter().find(|s| s.outcome.is_some()).cloned(),
+        steps,
+        kept,
     }
-    v
 }

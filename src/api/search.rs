@@ -4,10 +4,10 @@
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 
 use super::{engine, ApiError, AppState};
-use crate::query::search::{SearchOrder, StatusFilter, TraceSearch};
+use crate::query::search::{SearchOrder, ServiceNames, StatusFilter, TraceSearch, TraceSummary};
 
 /// Results per search when `limit` is not given, and the most it may ask.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -188,20 +188,48 @@ pub async fn traces(
         tracing::info!(error = %e, "trace search failed");
     })?;
     let micros = |us: i64| chrono::DateTime::from_timestamp_micros(us).map(|t| t.to_rfc3339());
-    Ok(Json(json!({
-        "from": micros(q.from_micros),
-        "to": micros(q.to_micros),
-        "count": result.traces.len(),
-        "limit": q.limit,
-        "truncated": result.truncated,
-        "elapsed_ms": result.elapsed_ms,
-        "timing": {
-            "match_ms": result.match_ms,
-            "summarise_ms": result.elapsed_ms.saturating_sub(result.match_ms),
+    Ok(Json(SearchAnswer {
+        from: micros(q.from_micros),
+        to: micros(q.to_micros),
+        count: result.traces.len(),
+        limit: q.limit,
+        truncated: result.truncated,
+        elapsed_ms: result.elapsed_ms,
+        timing: Timing {
+            match_ms: result.match_ms,
+            summarise_ms: result.elapsed_ms.saturating_sub(result.match_ms),
         },
-        "traces": result.traces,
-    }))
+        traces: result.traces,
+    })
     .into_response())
+}
+
+/// The answer of `GET /admin/traces` (docs/api.md, "GET /admin/traces (search)").
+#[derive(Debug, Serialize)]
+struct SearchAnswer {
+    /// The range searched, RFC 3339.
+    from: Option<String>,
+    to: Option<String>,
+    count: usize,
+    limit: usize,
+    /// More traces matched than `limit`.
+    truncated: bool,
+    elapsed_ms: u64,
+    timing: Timing,
+    traces: Vec<TraceSummary>,
+}
+
+/// Where a search's time went: finding the traces, then summarising them.
+#[derive(Debug, Serialize)]
+struct Timing {
+    match_ms: u64,
+    summarise_ms: u64,
+}
+
+/// The answer of `GET /admin/services`.
+#[derive(Debug, Serialize)]
+struct ServiceList {
+    services: Vec<ServiceNames>,
 }
 
 /// `GET /admin/services`: services and their span names in the range.
@@ -212,7 +240,7 @@ pub async fn services(
     let pairs = parameters(raw.as_deref(), &["from", "to"])?;
     let (from, to) = range(&pairs, SERVICES_DEFAULT_RANGE_MICROS)?;
     let services = engine(&state)?.services(from, to).await?;
-    Ok(Json(json!({ "services": services })).into_response())
+    Ok(Json(ServiceList { services }).into_response())
 }
 
 #[cfg(test)]

@@ -64,6 +64,13 @@ pub enum QueryError {
     OutOfMemory { limit: usize, reason: String },
 }
 
+impl QueryError {
+    /// The catalog or table could not be reached or registered.
+    fn catalog(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        QueryError::Catalog(Box::new(e))
+    }
+}
+
 /// The `/admin/query` response body.
 #[derive(Debug, Serialize)]
 pub struct QueryResult {
@@ -138,13 +145,13 @@ impl QueryEngine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()
-            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            .map_err(QueryError::catalog)?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         bounded_udf::register(&ctx, limits.max_result_bytes);
         let view = catalog::SingleTableCatalog::new(table.catalog.clone(), table.ident.clone());
         let provider = IcebergCatalogProvider::try_new(std::sync::Arc::new(view))
             .await
-            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            .map_err(QueryError::catalog)?;
         let ns = table.ident.namespace().to_url_string();
         let schema = provider
             .schema(&ns)
@@ -152,7 +159,7 @@ impl QueryEngine {
         let spans = schema
             .table(table.ident.name())
             .await
-            .map_err(|e| QueryError::Catalog(Box::new(e)))?
+            .map_err(QueryError::catalog)?
             .ok_or_else(|| QueryError::Unavailable(format!("table `{}` not found", table.ident)))?;
         let files = lookup::FileCache::new(limits.file_cache_bytes);
         let spans = std::sync::Arc::new(spans_table::SpansTable::new(
@@ -161,7 +168,7 @@ impl QueryEngine {
             files.clone(),
         ));
         ctx.register_table(TABLE_NAME, spans)
-            .map_err(|e| QueryError::Catalog(Box::new(e)))?;
+            .map_err(QueryError::catalog)?;
         Ok(Self {
             ctx,
             limits,
@@ -200,10 +207,7 @@ impl QueryEngine {
 
     /// The table at its latest snapshot, for a read that plans its own files.
     async fn load_table(&self) -> Result<iceberg::table::Table, QueryError> {
-        self.table
-            .load()
-            .await
-            .map_err(|e| QueryError::Catalog(Box::new(e)))
+        self.table.load().await.map_err(QueryError::catalog)
     }
 
     /// The spans of one trace (lowercase hex id), within the row and time
