@@ -15,11 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prost::Message;
-use tail_sampling_selector::ack::{MsgRef, OffsetTracker};
+use tail_sampling_selector::ack::OffsetTracker;
 use tail_sampling_selector::config::Settings;
 use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
 use tail_sampling_selector::metrics::red::{RedRecorder, RedSeries};
 use tail_sampling_selector::model::KeptTrace;
+use tail_sampling_selector::model::MsgRef;
 use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
 use tail_sampling_selector::table::schema::table_schema;

@@ -26,6 +26,7 @@ use tail_sampling_selector::config::Settings;
 use tail_sampling_selector::model::{KeptTrace, SamplingReason};
 use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
+use tail_sampling_selector::table::layout::ParquetLayout;
 use tail_sampling_selector::table::write::write_data_files;
 use tail_sampling_selector::table::TableHandle;
 use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
@@ -73,7 +74,7 @@ async fn fill(
     spans: u64,
     commit_rows: u64,
 ) -> Vec<(String, usize)> {
-    let layout = settings.storage.parquet_layout();
+    let layout = ParquetLayout::of(&settings.storage);
     let mut g = TraceGenerator::new(Scenario::demo(), 7);
     let mut ids = Vec::new();
     let (mut written, mut commits) = (0u64, 0u64);

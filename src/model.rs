@@ -10,7 +10,30 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::ack::{Lease, MsgRef};
+/// One ownership of one partition by this instance: the partition and the
+/// epoch at which it was assigned. Epochs never repeat within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Lease {
+    pub partition: i32,
+    pub epoch: u32,
+}
+
+/// One Kafka message, by partition and offset, with the epoch it was read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgRef {
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: u32,
+}
+
+impl MsgRef {
+    pub fn lease(&self) -> Lease {
+        Lease {
+            partition: self.partition,
+            epoch: self.epoch,
+        }
+    }
+}
 
 /// The 16-byte W3C trace id.
 pub type TraceId = [u8; 16];
@@ -256,28 +279,4 @@ fn mix(mut z: u64) -> u64 {
 /// W3C-conformant id, but mixing the whole id keeps skewed ids balanced too.
 pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
     (trace_hash(trace_id).rotate_left(17) % shards as u64) as usize
-}
-
-/// Where a sink hands a kept trace once it holds it safely: the next sink
-/// of the chain, or, after the last one, the acknowledgements, which lets
-/// the trace's Kafka messages commit. A trace that never gets here (a
-/// sink that failed or stopped) stays uncommitted and is read again.
-#[derive(Debug, Clone)]
-pub enum Onward {
-    Next(tokio::sync::mpsc::UnboundedSender<KeptTrace>),
-    Release(crate::ack::Acks),
-}
-
-impl Onward {
-    pub fn pass(&self, kept: KeptTrace) {
-        match self {
-            // A closed channel means the next sink is gone: the trace is
-            // dropped unreleased, so its messages are read again.
-            Onward::Next(tx) => drop(tx.send(kept)),
-            Onward::Release(acks) => {
-                acks.tracker.release(&kept.msgs);
-                acks.held.release(kept.spans.len());
-            }
-        }
-    }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::Lease;
+use crate::model::Lease;
 
 /// How long a partition may deliver nothing before it counts as idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);

@@ -33,30 +33,7 @@ use parking_lot::{Condvar, Mutex};
 mod clock;
 pub use clock::{StreamClock, IDLE_AFTER, LIVE_WITHIN};
 
-/// One ownership of one partition by this instance: the partition and the
-/// epoch at which it was assigned. Epochs never repeat within a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct Lease {
-    pub partition: i32,
-    pub epoch: u32,
-}
-
-/// One Kafka message, by partition and offset, with the epoch it was read in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MsgRef {
-    pub partition: i32,
-    pub offset: i64,
-    pub epoch: u32,
-}
-
-impl MsgRef {
-    pub fn lease(&self) -> Lease {
-        Lease {
-            partition: self.partition,
-            epoch: self.epoch,
-        }
-    }
-}
+use crate::model::{KeptTrace, Lease, MsgRef, SpanRecord};
 
 /// The partitions this instance owns now, each with the epoch of its lease.
 ///
@@ -403,7 +380,7 @@ impl HeldSpans {
 /// Keeps the spans and message references of current leases; returns how
 /// many spans were removed.
 pub fn retain_current(
-    spans: &mut Vec<crate::model::SpanRecord>,
+    spans: &mut Vec<SpanRecord>,
     msgs: &mut Vec<MsgRef>,
     is_current: impl Fn(Lease) -> bool,
 ) -> usize {
@@ -411,6 +388,30 @@ pub fn retain_current(
     spans.retain(|s| is_current(s.lease));
     msgs.retain(|m| is_current(m.lease()));
     before - spans.len()
+}
+
+/// Where a sink hands a kept trace once it holds it safely: the next sink
+/// of the chain, or, after the last one, the acknowledgements, which lets
+/// the trace's Kafka messages commit. A trace that never gets here (a
+/// sink that failed or stopped) stays uncommitted and is read again.
+#[derive(Debug, Clone)]
+pub enum Onward {
+    Next(tokio::sync::mpsc::UnboundedSender<KeptTrace>),
+    Release(Acks),
+}
+
+impl Onward {
+    pub fn pass(&self, kept: KeptTrace) {
+        match self {
+            // A closed channel means the next sink is gone: the trace is
+            // dropped unreleased, so its messages are read again.
+            Onward::Next(tx) => drop(tx.send(kept)),
+            Onward::Release(acks) => {
+                acks.tracker.release(&kept.msgs);
+                acks.held.release(kept.spans.len());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Which `Host` and `Origin` values the admin port serves.
 #[derive(Debug, Clone, Default)]

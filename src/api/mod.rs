@@ -1,15 +1,19 @@
 //! The admin API (health, SQL, trace search and lookup, force rules, the
 //! pipeline overview), the web UI at `/`, and the Prometheus endpoint.
 
+mod error;
 pub mod guard;
 pub mod jaeger;
 pub mod overview;
 pub mod rules;
 pub mod sampling;
 pub mod search;
+mod state;
 pub mod ui;
 
-use std::sync::Arc;
+pub use error::{error, ApiError};
+use state::engine;
+pub use state::{AppState, RulesApi, SamplingApi, MAX_BODY_BYTES};
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -19,99 +23,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::OnceCell;
 
-use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::query::{QueryEngine, QueryError};
-
-/// Largest request body the admin API reads.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub health: Health,
-    /// Set once the table exists and the engine is registered.
-    pub query: Arc<OnceCell<QueryEngine>>,
-    pub auth_token: Option<Arc<str>>,
-    pub rules: Option<rules::RulesApi>,
-    pub sampling: Option<sampling::SamplingApi>,
-    /// Trace lookups count what they skipped here.
-    pub metrics: Option<Metrics>,
-    /// The `Host` and `Origin` values served ([`guard`]).
-    pub hosts: Arc<guard::HostPolicy>,
-}
-
-/// A JSON error body: `{"error": "..."}` with the given status.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    ApiError::new(status, message).into_response()
-}
-
-/// Every error an admin handler answers with: a status and a JSON body
-/// `{"error": "…"}`, plus `"field"` for a request body that names what is
-/// wrong. Handlers return `Result<Response, ApiError>` and use `?`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    field: Option<String>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            field: None,
-        }
-    }
-
-    /// 400 for a request body, naming the field at fault.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            field: Some(field.into()),
-        }
-    }
-}
-
-/// The body of every error answer: `{"error"}`, or `{"error","field"}`
-/// naming the request field at fault (docs/api.md).
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
-    /// The request field at fault, for a 400 about a request body.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.message,
-            field: self.field,
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> Self {
-        let status = match &e {
-            QueryError::BadRequest(_) | QueryError::Invalid(_) | QueryError::TooLarge { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            QueryError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            QueryError::Unavailable(_)
-            | QueryError::Catalog(_)
-            | QueryError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
 
 /// The admin router: `/health*` and the UI's assets open, `/admin/*` behind
 /// the token when set.
@@ -247,15 +160,6 @@ struct QueryRequest {
     sql: String,
 }
 
-fn engine(state: &AppState) -> Result<&QueryEngine, ApiError> {
-    state.query.get().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the table is not available yet; see /health",
-        )
-    })
-}
-
 async fn query(
     State(state): State<AppState>,
     body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
@@ -280,23 +184,29 @@ async fn trace(
     }
     let (result, scan) = engine(&state)?.find_trace(&id).await?;
     if let Some(m) = &state.metrics {
-        m.trace_lookups_total.inc();
-        m.trace_lookup_files_total
+        m.api.trace_lookups_total.inc();
+        m.api
+            .trace_lookup_files_total
             .with_label_values(&["read"])
             .inc_by(scan.files_read as u64);
-        m.trace_lookup_files_total
+        m.api
+            .trace_lookup_files_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.files_skipped_by_bloom as u64);
-        m.trace_lookup_files_total
+        m.api
+            .trace_lookup_files_total
             .with_label_values(&["skipped_by_statistics"])
             .inc_by(scan.files_skipped_by_statistics as u64);
-        m.trace_lookup_row_groups_total
+        m.api
+            .trace_lookup_row_groups_total
             .with_label_values(&["planned"])
             .inc_by(scan.row_groups as u64);
-        m.trace_lookup_row_groups_total
+        m.api
+            .trace_lookup_row_groups_total
             .with_label_values(&["skipped_by_bloom"])
             .inc_by(scan.row_groups_skipped_by_bloom as u64);
-        m.trace_lookup_row_groups_total
+        m.api
+            .trace_lookup_row_groups_total
             .with_label_values(&["skipped_by_statistics"])
             .inc_by(scan.row_groups_skipped_by_statistics as u64);
     }

@@ -12,7 +12,8 @@ use prometheus::core::Collector;
 use prometheus::proto::Histogram;
 use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::health::HealthReport;
 use crate::metrics::Metrics;
 
@@ -147,40 +148,44 @@ struct Sinks {
 
 /// The document, from the registry.
 pub fn overview(m: &Metrics) -> Overview {
-    let lag = by_label(&m.consumer_lag_messages, "partition");
+    let lag = by_label(&m.ingest.consumer_lag_messages, "partition");
     Overview {
         at_unix_ms: chrono::Utc::now().timestamp_millis(),
         ingest: Ingest {
-            messages_total: m.messages_consumed_total.get(),
-            spans_total: m.spans_ingested_total.get(),
-            traces_total: m.traces_ingested_total.get(),
-            invalid_messages_total: by_label(&m.messages_invalid_total, "reason"),
+            messages_total: m.ingest.messages_consumed_total.get(),
+            spans_total: m.decide.spans_ingested_total.get(),
+            traces_total: m.decide.traces_ingested_total.get(),
+            invalid_messages_total: by_label(&m.ingest.messages_invalid_total, "reason"),
         },
         decisions: Decisions {
-            kept_by_reason: by_label(&m.traces_sampled_total, "reason"),
-            dropped_total: m.traces_dropped_total.get(),
-            latency_seconds: histogram(&m.decision_latency_seconds),
+            kept_by_reason: by_label(&m.decide.traces_sampled_total, "reason"),
+            dropped_total: m.decide.traces_dropped_total.get(),
+            latency_seconds: histogram(&m.decide.decision_latency_seconds),
         },
         buffer: Buffer {
-            traces: m.buffered_traces.get(),
-            spans: m.buffered_spans.get(),
-            held_spans: m.held_spans.get(),
+            traces: m.decide.buffered_traces.get(),
+            spans: m.decide.buffered_spans.get(),
+            held_spans: m.ingest.held_spans.get(),
         },
         consumer: Consumer {
             lag_messages: lag.values().sum(),
             lag_by_partition: lag,
-            assigned_partitions: m.assigned_partitions.get(),
-            paused: m.consumer_paused.get() != 0,
-            watermark_lag_seconds: m.watermark_lag_seconds.get(),
+            assigned_partitions: m.ingest.assigned_partitions.get(),
+            paused: m.ingest.consumer_paused.get() != 0,
+            watermark_lag_seconds: m.ingest.watermark_lag_seconds.get(),
         },
         iceberg: Iceberg {
-            commits_total: m.iceberg_commits_total.get(),
-            commit_failures_total: m.iceberg_commit_failures_total.get(),
-            spans_written_total: m.spans_exported_total.with_label_values(&["iceberg"]).get(),
-            commit_duration: histogram(&m.iceberg_commit_duration_seconds),
+            commits_total: m.storage.iceberg_commits_total.get(),
+            commit_failures_total: m.storage.iceberg_commit_failures_total.get(),
+            spans_written_total: m
+                .sinks
+                .spans_exported_total
+                .with_label_values(&["iceberg"])
+                .get(),
+            commit_duration: histogram(&m.storage.iceberg_commit_duration_seconds),
         },
         sinks: Sinks {
-            exported_spans_by_sink: by_label(&m.spans_exported_total, "sink"),
+            exported_spans_by_sink: by_label(&m.sinks.spans_exported_total, "sink"),
             failures_by_sink: by_label(&m.sinks.export_failures_total, "sink"),
             retries_by_sink: by_label(&m.sinks.export_retries_total, "sink"),
             lag_messages_by_sink: by_label(&m.sinks.forward_lag_messages, "sink"),
@@ -231,13 +236,20 @@ mod tests {
     #[test]
     fn the_document_reads_the_registry() {
         let m = Metrics::new().expect("metrics");
-        m.traces_sampled_total
+        m.decide
+            .traces_sampled_total
             .with_label_values(&["error"])
             .inc_by(4);
-        m.traces_dropped_total.inc_by(6);
-        m.consumer_lag_messages.with_label_values(&["0"]).set(3);
-        m.consumer_lag_messages.with_label_values(&["1"]).set(2);
-        m.buffered_traces.set(7);
+        m.decide.traces_dropped_total.inc_by(6);
+        m.ingest
+            .consumer_lag_messages
+            .with_label_values(&["0"])
+            .set(3);
+        m.ingest
+            .consumer_lag_messages
+            .with_label_values(&["1"])
+            .set(2);
+        m.decide.buffered_traces.set(7);
         let doc = serde_json::to_value(overview(&m)).expect("serializes");
         assert_eq!(doc["decisions"]["kept_by_reason"]["error"], json!(4.0));
         assert_eq!(doc["decisions"]["dropped_total"], json!(6));

@@ -1,7 +1,5 @@
 //! `/admin/force-rules`: create, list, get and delete force rules.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,19 +7,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, AppState};
-use crate::rules::store::{RuleStore, StoreError, StoredRule};
+use super::error::ApiError;
+use super::state::{AppState, RulesApi};
+use crate::rules::store::{StoreError, StoredRule};
 use crate::rules::{RuleError, RuleSpec};
 
 /// Largest rule body accepted.
 pub const MAX_RULE_BODY_BYTES: usize = 64 * 1024;
-
-/// Rules need Redis; the service runs on without it.
-#[derive(Clone)]
-pub struct RulesApi {
-    pub store: Arc<RuleStore>,
-    pub max_duration_secs: i64,
-}
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {

@@ -11,17 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, AppState, MAX_BODY_BYTES};
-use crate::decide::policy::{SharedPolicies, Step};
-use crate::model::{Decision, ForceRules, SpanRecord, TraceId};
+use super::error::ApiError;
+use super::state::{AppState, MAX_BODY_BYTES};
+use crate::decide::policy::Step;
+use crate::model::{Decision, SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
-
-/// What the explain endpoint evaluates with: the live policies and rules.
-#[derive(Clone)]
-pub struct SamplingApi {
-    pub policies: SharedPolicies,
-    pub force_rules: Arc<dyn ForceRules>,
-}
 
 pub async fn explain(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let api = state

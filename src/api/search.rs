@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::{engine, ApiError, AppState};
+use super::error::ApiError;
+use super::state::{engine, AppState};
 use crate::query::search::{SearchOrder, ServiceNames, StatusFilter, TraceSearch, TraceSummary};
 
 /// Results per search when `limit` is not given, and the most it may ask.

@@ -1,6 +1,8 @@
 //! The start-up path: builds the shared core, starts the stages in order and
 //! drains them in order at shutdown. Reads as the list of what it starts.
 
+mod background;
+mod error;
 mod pipeline;
 mod probes;
 mod reload;
@@ -13,11 +15,8 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::api::rules::RulesApi;
-use crate::api::sampling::SamplingApi;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, RulesApi, SamplingApi};
 use crate::config::Settings;
 use crate::decide::policy::PolicySet;
 use crate::forward::{self, ForwardContext, Forwarders};
@@ -26,38 +25,11 @@ use crate::ingest::{self, IngestError};
 use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
 use crate::model::ForceRules;
-use crate::query::QueryEngine;
-use crate::redis_client::{LazyRedis, RedisSetupError};
+use crate::redis_client::LazyRedis;
 use crate::rules::store::{run_sync, LiveRules, RuleStore};
+use background::Background;
+pub use error::AppError;
 use pipeline::Pipeline;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Ingest(#[from] IngestError),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error(transparent)]
-    Redis(#[from] RedisSetupError),
-    #[error("invalid sampling policy: {0}")]
-    Policy(#[from] crate::matching::FieldError),
-    /// A pipeline stage died; the others were drained.
-    #[error("pipeline stage failed: {0}")]
-    StageFailed(crate::supervise::StageExit),
-    #[error(transparent)]
-    Publish(#[from] crate::publish::PublishError),
-    #[error("kept traces have nowhere to go: enable storage, the sampled topic, or both")]
-    NoSink,
-    #[error("no [[forward]] entry is configured")]
-    NoForwarders,
-    #[error(transparent)]
-    Forward(#[from] crate::forward::ForwardError),
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 /// Runs the selector until `shutdown` is cancelled, then drains in order:
 /// stop fetching, let workers finish, flush storage, commit the watermarks.
@@ -73,7 +45,10 @@ pub async fn run(
     ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
     let metrics = Metrics::with_max_series(settings.metrics.max_series)?;
     let policies = PolicySet::shared(&settings.sampling)?;
-    metrics.policies_loaded.set(policies.load().len() as i64);
+    metrics
+        .decide
+        .policies_loaded
+        .set(policies.load().len() as i64);
     let health = Health::default();
     let background = Background::default();
     let redis = Arc::new(LazyRedis::new(&settings.redis)?);
@@ -107,7 +82,7 @@ pub async fn run(
         metrics: Some(metrics.clone()),
         hosts: Arc::new(
             api::guard::HostPolicy::new(&settings.server.allowed_hosts)
-                .counting_refusals(metrics.admin_requests_refused_total.clone()),
+                .counting_refusals(metrics.api.admin_requests_refused_total.clone()),
         ),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
@@ -305,37 +280,3 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
         .await
         .map_err(|source| AppError::Bind { addr, source })
 }
-
-/// Tasks that live as long as the service (probes, the rule sync, the query
-/// engine's retry): tracked, and stopped together at the end.
-#[derive(Default)]
-struct Background {
-    tasks: TaskTracker,
-    stop: CancellationToken,
-}
-
-impl Background {
-    fn spawn<F, Fut>(&self, task: F)
-    where
-        F: FnOnce(CancellationToken) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.tasks.spawn(task(self.stop.clone()));
-    }
-
-    /// Cancels the tasks and waits briefly for them to end.
-    async fn stop(self) {
-        self.stop.cancel();
-        self.tasks.close();
-        let limit = std::time::Duration::from_secs(2);
-        if tokio::time::timeout(limit, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop within 2 s");
-        }
-    }
-}
-
-// The query engine is set once; the API answers 503 until then.
-type QueryCell = Arc<OnceCell<QueryEngine>>;

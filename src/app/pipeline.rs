@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::error::AppError;
 use super::probes;
-use super::AppError;
 use crate::ack::Acks;
+use crate::ack::Onward;
 use crate::config::Settings;
 use crate::decide::decision_cache::DecisionCache;
 use crate::decide::policy::SharedPolicies;
@@ -18,7 +19,7 @@ use crate::health::Health;
 use crate::ingest::ownership::OwnershipWatch;
 use crate::ingest::{self, Ingest, IngestContext};
 use crate::metrics::Metrics;
-use crate::model::{ForceRules, Onward};
+use crate::model::ForceRules;
 use crate::publish::{self, PublishContext};
 use crate::redis_client::LazyRedis;
 use crate::rules::store::LiveRules;
@@ -70,7 +71,7 @@ impl Pipeline {
         let decisions = DecisionCache::new(
             redis,
             settings.sampling.decision_ttl_secs,
-            metrics.decision_cache_short_replies_total.clone(),
+            metrics.decide.decision_cache_short_replies_total.clone(),
         );
         let force_rules: Arc<dyn ForceRules> = live_rules;
         let inputs = DecideInputs {

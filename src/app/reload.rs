@@ -69,9 +69,10 @@ impl Reloader {
         match outcome {
             Ok(set) => {
                 let names: Vec<String> = set.names().iter().map(|n| n.to_string()).collect();
-                self.metrics.policies_loaded.set(names.len() as i64);
+                self.metrics.decide.policies_loaded.set(names.len() as i64);
                 self.policies.store(std::sync::Arc::new(set));
                 self.metrics
+                    .decide
                     .policy_reloads_total
                     .with_label_values(&["ok"])
                     .inc();
@@ -79,6 +80,7 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics
+                    .decide
                     .policy_reloads_total
                     .with_label_values(&["error"])
                     .inc();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AppError, Background, QueryCell};
+use super::background::{Background, QueryCell};
+use super::error::AppError;
 use crate::config::Settings;
 use crate::health::Health;
 use crate::ingest::{self, IngestError};

@@ -11,9 +11,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod duration;
+mod error;
 pub mod policy;
 mod sinks;
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
+pub use error::ConfigError;
+use error::{invalid, invalid_owned};
 pub use policy::{PolicyAction, PolicySpec};
 pub use sinks::{Compression, ForwardConfig, OtlpProtocol, SampledTopicConfig};
 
@@ -22,26 +25,6 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TSS";
-
-/// Why the configuration could not be loaded. Every variant names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    invalid_owned(key.to_string(), reason)
-}
-
-fn invalid_owned(key: String, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1054,14 +1037,6 @@ impl StorageConfig {
         crate::model::AttributeLimits {
             value_max_bytes: self.attribute_value_max_bytes,
             max_count: self.attribute_max_count,
-        }
-    }
-
-    /// The layout of the Parquet files the selector writes.
-    pub fn parquet_layout(&self) -> crate::table::layout::ParquetLayout {
-        crate::table::layout::ParquetLayout {
-            row_group_rows: self.parquet_row_group_rows,
-            bloom_fpp: self.trace_id_bloom_fpp,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Seconds;
+use super::duration::Seconds;
 use crate::matching::{reject, FieldError, MatchSpec};
 
 /// What a policy does with a trace it matches.

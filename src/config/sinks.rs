@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{invalid, invalid_owned, ConfigError, Milliseconds};
+use super::duration::Milliseconds;
+use super::error::{invalid, invalid_owned, ConfigError};
 
 /// `[sampled_topic]`: every kept span produced to a Kafka topic.
 #[derive(Debug, Clone, Deserialize)]

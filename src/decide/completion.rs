@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::ack::{retain_current, Lease, MsgRef};
+use crate::ack::retain_current;
 use crate::model::{unix_now_ms, SpanRecord, TraceId};
+use crate::model::{Lease, MsgRef};
 
 /// How much longer than its timeout a trace may wait, in wall time, for
 /// stream time to reach it.

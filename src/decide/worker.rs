@@ -41,7 +41,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         reported_traces: 0,
         reported_spans: 0,
         seen_revocations: ctx.acks.assignments.revocations(),
-        red: RedRecorder::new(ctx.metrics.red.clone()),
+        red: RedRecorder::new(ctx.metrics.decide.red.clone()),
         ctx,
     };
     let mut tick = tokio::time::interval(state.ctx.tick);
@@ -119,6 +119,7 @@ impl Worker {
         }
         self.ctx
             .metrics
+            .decide
             .spans_ingested_total
             .inc_by(batch.spans.len() as u64);
         let at = Stamp {
@@ -128,6 +129,7 @@ impl Worker {
         let outcome = self.buffer.push_message(batch.spans, batch.msg, at, due);
         self.ctx
             .metrics
+            .decide
             .traces_ingested_total
             .inc_by(outcome.opened);
         // The batch's ticket is returned only after its references are counted,
@@ -149,6 +151,7 @@ impl Worker {
         for (trace, prior) in due.drain(..).zip(prior) {
             self.ctx
                 .metrics
+                .decide
                 .decision_latency_seconds
                 .observe(trace.last_seen.elapsed().as_secs_f64());
             self.red.record(&trace.spans);
@@ -161,6 +164,7 @@ impl Worker {
                     };
                     self.ctx
                         .metrics
+                        .decide
                         .late_spans_total
                         .with_label_values(&[label])
                         .inc_by(trace.spans.len() as u64);
@@ -183,15 +187,16 @@ impl Worker {
 
     fn count(&self, decision: &Decision) {
         match decision {
-            Decision::Drop => self.ctx.metrics.traces_dropped_total.inc(),
+            Decision::Drop => self.ctx.metrics.decide.traces_dropped_total.inc(),
             Decision::Keep { reason, .. } => {
                 self.ctx
                     .metrics
+                    .decide
                     .traces_sampled_total
                     .with_label_values(&[reason.as_str()])
                     .inc();
                 if *reason == SamplingReason::ForceRule {
-                    self.ctx.metrics.traces_force_sampled_total.inc();
+                    self.ctx.metrics.decide.traces_force_sampled_total.inc();
                 }
             }
         }
@@ -232,10 +237,12 @@ impl Worker {
         let spans = self.buffer.span_count() as i64;
         self.ctx
             .metrics
+            .decide
             .buffered_traces
             .add(traces - self.reported_traces);
         self.ctx
             .metrics
+            .decide
             .buffered_spans
             .add(spans - self.reported_spans);
         self.reported_traces = traces;

@@ -11,8 +11,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use reqwest_catalog as reqwest;
 
+use super::error::ForwardError;
 use super::retry::{is_retryable_status, parse_retry_after, Verdict};
-use super::ForwardError;
 use crate::config::{Compression, ForwardConfig, OtlpProtocol};
 
 pub struct OtlpHttp {

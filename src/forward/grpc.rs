@@ -13,8 +13,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use super::error::ForwardError;
 use super::retry::Verdict;
-use super::ForwardError;
 use crate::config::{Compression, ForwardConfig};
 
 pub struct OtlpGrpc {

@@ -13,6 +13,7 @@
 //! with `tail-sampling-selector forward`.
 
 mod client;
+mod error;
 mod grpc;
 pub mod retry;
 
@@ -31,6 +32,8 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::ForwardError;
+
 use crate::config::OtlpProtocol;
 use crate::config::{ForwardConfig, KafkaConfig};
 use crate::health::Health;
@@ -40,14 +43,6 @@ use crate::otlp::encode::count_spans;
 use client::OtlpHttp;
 use grpc::OtlpGrpc;
 use retry::{Backoff, Verdict};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("forwarder setup: {0}")]
-    Setup(String),
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
 
 /// What the forwarders share with the rest of the process.
 #[derive(Clone)]
@@ -241,6 +236,7 @@ impl Forwarder {
         let limiter = NonZeroU32::new(cfg.max_spans_per_sec)
             .map(|rate| (RateLimiter::direct(Quota::per_second(rate)), rate));
         ctx.metrics
+            .sinks
             .spans_exported_total
             .with_label_values(&[&sink])
             .inc_by(0);
@@ -430,7 +426,8 @@ impl Sender {
                             .inc_by(rejected_spans.max(0) as u64);
                         tracing::warn!(forwarder = %self.name, rejected_spans, message = %message, "the backend accepted a batch but rejected part of it (partial_success)");
                     }
-                    m.spans_exported_total
+                    m.sinks
+                        .spans_exported_total
                         .with_label_values(&[&self.sink])
                         .inc_by(batch.spans as u64);
                     m.sinks

@@ -21,10 +21,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::{Acks, MsgRef, OffsetTracker};
+use crate::ack::{Acks, OffsetTracker};
 use crate::config::{BackpressureConfig, KafkaConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::model::MsgRef;
 use crate::model::{shard_of, unix_now_ms, ShardBatch, TraceId};
 use crate::otlp::decode::decode_message;
 use crate::supervise::{StageExit, StageTask};
@@ -299,7 +300,7 @@ pub fn start(
     let consumer = Arc::new(create_consumer(
         cfg,
         acks.clone(),
-        ctx.metrics.assigned_partitions.clone(),
+        ctx.metrics.ingest.assigned_partitions.clone(),
     )?);
     let stop_committer = CancellationToken::new();
     let committer = StageTask::spawn(
@@ -419,8 +420,8 @@ impl Source {
         let held = self.ctx.acks.held.get();
         let building = self.ctx.acks.building_bytes.load(Ordering::Relaxed);
         let bytes = (self.ctx.acks.tracker.pending_bytes() + building) as i64;
-        self.ctx.metrics.held_spans.set(held);
-        self.ctx.metrics.held_bytes.set(bytes);
+        self.ctx.metrics.ingest.held_spans.set(held);
+        self.ctx.metrics.ingest.held_bytes.set(bytes);
         let limits = [
             (held, self.limits.max_buffered_spans as i64),
             (bytes, self.limits.max_buffered_bytes as i64),
@@ -455,7 +456,7 @@ impl Source {
                     "{held} spans and {bytes} bytes held, limits buffer.max_buffered_spans = {max_spans} \
                      and buffer.max_buffered_bytes = {max_bytes}; consumption paused"
                 )));
-                self.ctx.metrics.consumer_paused.set(1);
+                self.ctx.metrics.ingest.consumer_paused.set(1);
                 self.ctx.acks.clock.set_paused(true);
             }
         } else if paused {
@@ -473,14 +474,14 @@ impl Source {
                 "buffer drained: consumption resumed"
             );
             self.ctx.health.set_backpressure(None);
-            self.ctx.metrics.consumer_paused.set(0);
+            self.ctx.metrics.ingest.consumer_paused.set(0);
             self.ctx.acks.clock.set_paused(false);
         }
         pause
     }
 
     async fn handle(&self, m: &BorrowedMessage<'_>) {
-        self.ctx.metrics.messages_consumed_total.inc();
+        self.ctx.metrics.ingest.messages_consumed_total.inc();
         let Some(lease) = self.ctx.acks.assignments.lease(m.partition()) else {
             // Read just before its partition was revoked: the next owner reads it.
             return;
@@ -502,6 +503,7 @@ impl Source {
             Err(e) => {
                 self.ctx
                     .metrics
+                    .ingest
                     .messages_invalid_total
                     .with_label_values(&[e.reason()])
                     .inc();
@@ -570,6 +572,7 @@ impl Source {
         }
         self.ctx
             .metrics
+            .ingest
             .spans_invalid_total
             .with_label_values(&[reason])
             .inc_by(spans as u64);
@@ -637,6 +640,7 @@ async fn run_committer(
         commit_watermarks(consumer.as_ref(), tracker, &topic, CommitMode::Async);
         for (p, lag) in tracker.lag() {
             ctx.metrics
+                .ingest
                 .consumer_lag_messages
                 .with_label_values(&[&p.to_string()])
                 .set(lag);
@@ -654,7 +658,7 @@ fn report_stream_time(ctx: &IngestContext) {
         return;
     };
     let lag = (now - watermark).max(0) as f64 / 1000.0;
-    ctx.metrics.watermark_lag_seconds.set(lag);
+    ctx.metrics.ingest.watermark_lag_seconds.set(lag);
     let detail = (lag >= CATCHING_UP_AFTER_SECS)
         .then(|| format!("reading a backlog: stream time is {lag:.0} s behind the wall clock"));
     ctx.health.set_catching_up(detail);

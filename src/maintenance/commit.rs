@@ -21,7 +21,7 @@ use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
-use super::MaintenanceError;
+use super::error::MaintenanceError;
 use crate::config::{CatalogType, IcebergConfig};
 use crate::table::CATALOG_NAME;
 

@@ -43,7 +43,7 @@ use iceberg::Runtime;
 use iceberg::{TableRequirement, TableUpdate};
 
 use super::commit::Committer;
-use super::MaintenanceError;
+use super::error::MaintenanceError;
 use crate::table::layout::{ParquetLayout, TRACE_ID_COLUMN};
 use crate::table::write::write_batches;
 use crate::table::TableHandle;

@@ -23,7 +23,7 @@ use iceberg::table::Table;
 use iceberg::{TableRequirement, TableUpdate};
 
 use super::commit::Committer;
-use super::MaintenanceError;
+use super::error::MaintenanceError;
 use crate::table::offsets::{fold, OFFSETS_CHECKPOINT_KEY};
 use crate::table::TableHandle;
 

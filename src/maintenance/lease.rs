@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::MaintenanceError;
+use super::error::MaintenanceError;
 use crate::redis_client::LazyRedis;
 
 /// Extends the TTL only while the key holds our token.

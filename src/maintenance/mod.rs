@@ -13,6 +13,7 @@
 
 pub mod commit;
 pub mod compaction;
+mod error;
 pub mod expiry;
 pub mod lease;
 pub mod orphans;
@@ -27,6 +28,7 @@ use crate::config::{MaintenanceConfig, Settings};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::redis_client::LazyRedis;
+use crate::table::layout::ParquetLayout;
 use crate::table::TableHandle;
 use commit::Committer;
 use compaction::CompactionOutcome;
@@ -61,40 +63,8 @@ impl std::fmt::Display for RunOutcome {
         )
     }
 }
+pub use error::MaintenanceError;
 use lease::Lease;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MaintenanceError {
-    #[error(transparent)]
-    Iceberg(#[from] iceberg::Error),
-    #[error(transparent)]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error(transparent)]
-    Sort(#[from] datafusion::error::DataFusionError),
-    #[error("catalog: {0}")]
-    Catalog(String),
-    /// Another commit came first; rebuild on the new metadata.
-    #[error("commit conflict: {0}")]
-    Conflict(String),
-    /// The catalog may or may not have taken the commit (a 5xx, a cut or
-    /// timed-out connection after the request went out). Nothing it wrote
-    /// may be deleted until a reload tells ([`commit::landed`]).
-    #[error("commit state unknown: {0}")]
-    CommitStateUnknown(String),
-    /// The work no longer applies (another run did it).
-    #[error("aborted: {0}")]
-    Aborted(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("redis: {0}")]
-    Redis(String),
-}
-
-impl From<crate::table::TableError> for MaintenanceError {
-    fn from(e: crate::table::TableError) -> Self {
-        MaintenanceError::Catalog(e.to_string())
-    }
-}
 
 /// How a run under the lease ended.
 enum RunEnd {
@@ -110,7 +80,7 @@ pub struct Maintainer {
     pub table: TableHandle,
     pub committer: Arc<Committer>,
     pub cfg: MaintenanceConfig,
-    pub layout: crate::table::layout::ParquetLayout,
+    pub layout: ParquetLayout,
     /// `storage.retention_days`.
     pub retention_days: u32,
     pub metrics: Metrics,
@@ -130,7 +100,7 @@ impl Maintainer {
             committer: Arc::new(Committer::connect(&settings.storage.iceberg).await?),
             table,
             cfg: settings.maintenance.clone(),
-            layout: settings.storage.parquet_layout(),
+            layout: ParquetLayout::of(&settings.storage),
             retention_days: settings.storage.retention_days,
             metrics,
             health,
@@ -156,10 +126,10 @@ impl Maintainer {
             .await;
         if let Ok(o) = &compaction {
             let m = &self.metrics;
-            m.maintenance_files_rewritten_total.inc_by(o.files_removed);
-            m.maintenance_files_written_total.inc_by(o.files_added);
-            m.maintenance_bytes_rewritten_total.inc_by(o.bytes_removed);
-            m.maintenance_commit_rebases_total.inc_by(o.rebases);
+            m.maintenance.files_rewritten_total.inc_by(o.files_removed);
+            m.maintenance.files_written_total.inc_by(o.files_added);
+            m.maintenance.bytes_rewritten_total.inc_by(o.bytes_removed);
+            m.maintenance.commit_rebases_total.inc_by(o.rebases);
             if o.files_removed > 0 {
                 tracing::info!(
                     files_removed = o.files_removed,
@@ -182,10 +152,12 @@ impl Maintainer {
             .await;
         if let Ok(o) = &retention {
             self.metrics
-                .maintenance_partitions_removed_total
+                .maintenance
+                .partitions_removed_total
                 .inc_by(o.partitions_removed);
             self.metrics
-                .maintenance_commit_rebases_total
+                .maintenance
+                .commit_rebases_total
                 .inc_by(o.rebases);
             if o.partitions_removed > 0 {
                 tracing::info!(
@@ -210,10 +182,11 @@ impl Maintainer {
             .await;
         if let Ok(o) = &expiry {
             let m = &self.metrics;
-            m.maintenance_snapshots_expired_total
+            m.maintenance
+                .snapshots_expired_total
                 .inc_by(o.snapshots_expired);
-            m.maintenance_files_deleted_total.inc_by(o.files_deleted);
-            m.maintenance_commit_rebases_total.inc_by(o.rebases);
+            m.maintenance.files_deleted_total.inc_by(o.files_deleted);
+            m.maintenance.commit_rebases_total.inc_by(o.rebases);
             if o.snapshots_expired > 0 {
                 tracing::info!(
                     snapshots = o.snapshots_expired,
@@ -224,7 +197,7 @@ impl Maintainer {
         }
         let orphans = self.step("orphans", self.remove_orphans()).await;
         if let Ok(o) = &orphans {
-            let m = &self.metrics.maintenance_orphan_files_deleted_total;
+            let m = &self.metrics.maintenance.orphan_files_deleted_total;
             m.with_label_values(&["data"]).inc_by(o.files_deleted);
             m.with_label_values(&["metadata"])
                 .inc_by(o.metadata_files_deleted);
@@ -277,20 +250,24 @@ impl Maintainer {
         let started = Instant::now();
         let result = work.await;
         let m = &self.metrics;
-        m.maintenance_duration_seconds
+        m.maintenance
+            .duration_seconds
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => {
-                m.maintenance_runs_total
+                m.maintenance
+                    .runs_total
                     .with_label_values(&[name, "ok"])
                     .inc();
-                m.maintenance_last_success_timestamp_seconds
+                m.maintenance
+                    .last_success_timestamp_seconds
                     .with_label_values(&[name])
                     .set(chrono::Utc::now().timestamp() as f64);
             }
             Err(e) => {
-                m.maintenance_runs_total
+                m.maintenance
+                    .runs_total
                     .with_label_values(&[name, "error"])
                     .inc();
                 tracing::warn!(step = name, error = %e, "table maintenance step failed; the table is unchanged and the next run tries again");
@@ -341,7 +318,7 @@ impl Maintainer {
         if holding {
             lease.release().await;
         }
-        self.metrics.maintenance_lease_held.set(0);
+        self.metrics.maintenance.lease_held.set(0);
     }
 
     /// One run from the command line (`tail-sampling-selector maintenance`),
@@ -398,7 +375,7 @@ impl Maintainer {
                 _ = &mut deadline => {
                     let why = format!("a run took longer than maintenance.run_timeout_secs ({:.0} s); cancelled", limit.as_secs_f64());
                     tracing::error!(timeout_secs = limit.as_secs_f64(), "table maintenance hung; cancelled the run and released the lease");
-                    self.metrics.maintenance_runs_total.with_label_values(&["run", "timeout"]).inc();
+                    self.metrics.maintenance.runs_total.with_label_values(&["run", "timeout"]).inc();
                     self.health.set_maintenance(Err(why));
                     return RunEnd::TimedOut;
                 }
@@ -424,7 +401,7 @@ impl Maintainer {
                 false
             }
         };
-        self.metrics.maintenance_lease_held.set(i64::from(held));
+        self.metrics.maintenance.lease_held.set(i64::from(held));
         held
     }
 
@@ -443,7 +420,7 @@ impl Maintainer {
                 true
             }
         };
-        self.metrics.maintenance_lease_held.set(i64::from(held));
+        self.metrics.maintenance.lease_held.set(i64::from(held));
         held
     }
 }

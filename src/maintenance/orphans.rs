@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use iceberg::table::Table;
 
+use super::error::MaintenanceError;
 use super::expiry::{reach, Entries};
-use super::MaintenanceError;
 use crate::table::Listing;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use iceberg::spec::{Literal, Operation, PrimitiveLiteral};
 
 use super::commit::Committer;
 use super::compaction::{commit_rewrite, live_files, ManifestCache};
-use super::MaintenanceError;
+use super::error::MaintenanceError;
 use crate::table::TableHandle;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

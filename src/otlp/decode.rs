@@ -13,8 +13,7 @@ use bytes::Bytes;
 use super::fields::{request, resource, resource_spans, scope_spans, span};
 use super::format::find_attribute;
 use super::wire::{read_status, Fields, Value, WireError};
-use crate::ack::Lease;
-use crate::model::{Origin, SpanRecord, TraceId};
+use crate::model::{Lease, Origin, SpanRecord, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 

@@ -21,11 +21,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
+use crate::ack::Onward;
 use crate::config::{KafkaConfig, SampledTopicConfig};
 use crate::health::Health;
 use crate::kafka_client;
 use crate::metrics::Metrics;
-use crate::model::{KeptTrace, Onward};
+use crate::model::KeptTrace;
 use crate::otlp::encode::export_requests;
 use crate::supervise::StageTask;
 
@@ -73,6 +74,7 @@ pub fn start(
         )
         .create()?;
     ctx.metrics
+        .sinks
         .spans_exported_total
         .with_label_values(&[SINK])
         .inc_by(0);
@@ -164,7 +166,8 @@ impl Publisher {
         let m = &self.ctx.metrics;
         match result {
             Ok(()) => {
-                m.spans_exported_total
+                m.sinks
+                    .spans_exported_total
                     .with_label_values(&[SINK])
                     .inc_by(job.kept.spans.len() as u64);
                 m.sinks

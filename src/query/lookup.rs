@@ -42,7 +42,7 @@ use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
-use super::{to_json, QueryError, QueryResult};
+use super::result::{to_json, QueryError, QueryResult};
 use crate::table::layout::TRACE_ID_COLUMN;
 use crate::table::manifest_cache::BoundedMap;
 

@@ -45,8 +45,8 @@ use parquet::arrow::ProjectionMask;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::result::QueryError;
 use super::search::{Dependency, Operation, ServiceNames};
-use super::QueryError;
 
 /// Files read at once when the index catches up.
 const READ_CONCURRENCY: usize = 4;

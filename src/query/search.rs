@@ -25,7 +25,8 @@ use iceberg::table::Table;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{lookup, to_json, QueryError, TABLE_NAME};
+use super::lookup;
+use super::result::{to_json, QueryError, TABLE_NAME};
 
 /// The order of the results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

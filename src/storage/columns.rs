@@ -17,7 +17,7 @@ use arrow_array::{
 use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
 
-use super::rows::RowError;
+use super::error::RowError;
 
 /// A `Utf8` column: concatenated values, row offsets and the rows that are
 /// null. Nulls are rare, so they are listed instead of flagging every row.

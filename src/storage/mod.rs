@@ -3,36 +3,19 @@
 //! messages released for the offset commit.
 
 mod columns;
+mod error;
 pub mod pinned;
 pub mod replay;
 pub mod rows;
 pub mod writer;
 
-use rows::RowError;
-
-/// Errors writing kept traces to the table.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("iceberg: {0}")]
-    Iceberg(#[from] iceberg::Error),
-    #[error("building rows: {0}")]
-    Rows(#[from] RowError),
-    #[error(transparent)]
-    Table(#[from] crate::table::TableError),
-    /// A commit that landed since the batch was checked recorded offsets
-    /// past one of its messages: the batch is checked again.
-    #[error("the table moved past the batch's offsets: {0}")]
-    Overlap(String),
-    /// Object storage did not finish in time; nothing was committed.
-    #[error("{0} took longer than {1:.0} s (storage.write_timeout_secs)")]
-    Timeout(&'static str, f64),
-}
-
+pub use error::{RowError, StorageError};
 use tokio::sync::mpsc;
 
 use crate::config::StorageConfig;
 use crate::model::KeptTrace;
 use crate::supervise::StageTask;
+use crate::table::layout::ParquetLayout;
 use crate::table::TableHandle;
 use writer::{IcebergWriter, WriterConfig, WriterContext};
 
@@ -52,7 +35,7 @@ pub fn start(
             flush_interval: cfg.flush_interval_secs.duration(),
             write_timeout: cfg.write_timeout_secs.duration(),
             limits: cfg.attribute_limits(),
-            layout: cfg.parquet_layout(),
+            layout: ParquetLayout::of(cfg),
         },
         ctx,
     );

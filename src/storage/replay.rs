@@ -194,7 +194,7 @@ fn string_column<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ack::MsgRef;
+    use crate::model::MsgRef;
     use crate::model::SamplingReason;
     use std::time::SystemTime;
 

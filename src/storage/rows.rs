@@ -25,19 +25,11 @@ use rustc_hash::FxHashMap;
 use super::columns::{
     timestamps, EventColumn, EventMark, LinkColumn, LinkMark, MapColumn, MapMark, Packed, StrColumn,
 };
+use super::error::RowError;
 use crate::model::{AttributeLimits, KeptTrace, Origin};
 use crate::otlp::fields;
 use crate::otlp::format::{any_value_string, kind_name, status_name, Scalar};
 use crate::otlp::wire::{read_status, text, Fields, WireError};
-
-/// Why kept spans could not be turned into Arrow rows.
-#[derive(Debug, thiserror::Error)]
-pub enum RowError {
-    #[error("arrow: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error("the table has column `{0}` of an unexpected type")]
-    UnexpectedColumn(String),
-}
 
 /// Columns of kept spans, filled row by row and turned into one RecordBatch.
 #[derive(Default)]

@@ -18,10 +18,10 @@ use iceberg::spec::TableProperties;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use tokio::sync::mpsc;
 
+use super::error::StorageError;
 use super::pinned::{landed_over, PinnedCatalog};
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::{RowChunks, RowStats};
-use super::StorageError;
 use crate::ack::{retain_current, Acks, CommitGate};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -87,6 +87,7 @@ impl IcebergWriter {
     pub fn new(table: TableHandle, cfg: WriterConfig, ctx: WriterContext) -> Self {
         // The series exists from the start, at 0.
         ctx.metrics
+            .sinks
             .spans_exported_total
             .with_label_values(&["iceberg"])
             .inc_by(0);
@@ -133,7 +134,7 @@ impl IcebergWriter {
                         (b * 2).min(Duration::from_secs(30))
                     });
                     backoff = Some(wait);
-                    self.ctx.metrics.iceberg_commit_failures_total.inc();
+                    self.ctx.metrics.storage.iceberg_commit_failures_total.inc();
                     self.ctx.health.set_storage_error(Some(e.to_string()));
                     tracing::error!(
                         error = %e,
@@ -266,14 +267,16 @@ impl IcebergWriter {
                 self.suspect.extend(batch.iter().map(|t| t.trace_id));
                 return Err(e);
             }
-            self.ctx.metrics.iceberg_commits_total.inc();
+            self.ctx.metrics.storage.iceberg_commits_total.inc();
             self.ctx
                 .metrics
+                .sinks
                 .spans_exported_total
                 .with_label_values(&["iceberg"])
                 .inc_by(stats.rows as u64);
             self.ctx
                 .metrics
+                .storage
                 .iceberg_commit_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
@@ -357,6 +360,7 @@ impl IcebergWriter {
         let metrics = &self.ctx.metrics;
         if stats.undecodable_spans > 0 {
             metrics
+                .ingest
                 .spans_invalid_total
                 .with_label_values(&["undecodable_span"])
                 .inc_by(stats.undecodable_spans as u64);
@@ -366,7 +370,7 @@ impl IcebergWriter {
             );
         }
         if stats.values_cut + stats.entries_dropped > 0 {
-            let truncated = &metrics.attributes_truncated_total;
+            let truncated = &metrics.storage.attributes_truncated_total;
             truncated
                 .with_label_values(&["value_bytes"])
                 .inc_by(stats.values_cut as u64);
@@ -383,6 +387,7 @@ impl IcebergWriter {
         }
         if replayed_traces > 0 {
             metrics
+                .storage
                 .replayed_spans_skipped_total
                 .inc_by(stats.skipped as u64);
             tracing::info!(

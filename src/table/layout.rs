@@ -9,6 +9,7 @@
 //! nothing; the bloom filter is what lets a lookup skip a file.
 
 use super::columns as column;
+use crate::config::StorageConfig;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -25,6 +26,14 @@ pub struct ParquetLayout {
 }
 
 impl ParquetLayout {
+    /// The layout `[storage]` asks for.
+    pub fn of(storage: &StorageConfig) -> Self {
+        Self {
+            row_group_rows: storage.parquet_row_group_rows,
+            bloom_fpp: storage.trace_id_bloom_fpp,
+        }
+    }
+
     pub fn writer_properties(&self) -> WriterProperties {
         let trace_id = ColumnPath::from(TRACE_ID_COLUMN);
         WriterProperties::builder()

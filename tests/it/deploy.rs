@@ -92,13 +92,14 @@ fn dashboard_uses_exported_metrics() {
     let report = check_deploy();
     let metrics = Metrics::new().expect("metrics");
     metrics
+        .ingest
         .messages_invalid_total
         .with_label_values(&["protobuf"])
         .inc();
     let mut text = metrics.render();
     // The RED series exist once spans were decided; their names are known
     // up front.
-    for desc in prometheus::core::Collector::desc(metrics.red.as_ref()) {
+    for desc in prometheus::core::Collector::desc(metrics.decide.red.as_ref()) {
         text.push_str(&format!("\n{} 0", desc.fq_name));
     }
     let used = report["dashboard_metrics"]

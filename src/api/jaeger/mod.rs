@@ -7,10 +7,8 @@
 
 pub mod model;
 pub mod params;
+mod read;
 pub mod v3;
-
-use crate::table::columns as column;
-use std::collections::HashMap;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -18,16 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{engine, ApiError, AppState};
+use super::error::ApiError;
+use super::state::{engine, AppState};
 use crate::query::QueryError;
 use model::{DependencyLink, Structured, StructuredError};
 use params::{ParamError, Params};
-
-/// The range `/api/services` and the operation lists cover: Jaeger's have
-/// no range, so this is how far back a service is still listed.
-pub const SERVICES_LOOKBACK_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
+pub use read::SERVICES_LOOKBACK_MICROS;
+use read::{now_micros, rows_by_trace};
 
 /// The routes, to be merged under the admin token.
 pub fn router() -> Router<AppState> {
@@ -95,10 +92,6 @@ fn ok<T: Serialize>(data: T, total: usize) -> Response {
     Json(Structured::new(data, total)).into_response()
 }
 
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
 /// `GET /api/services`: the services with spans in the last week.
 async fn services(State(state): State<AppState>) -> Result<Response, JaegerError> {
     let now = now_micros();
@@ -157,32 +150,6 @@ async fn operations(
         .collect();
     let total = list.len();
     Ok(ok(list, total))
-}
-
-type Row = Map<String, Value>;
-
-/// The stored spans of `ids`, read in one lookup, by trace id.
-async fn rows_by_trace(
-    state: &AppState,
-    ids: &[String],
-) -> Result<HashMap<String, Vec<Row>>, ApiError> {
-    let mut by_trace: HashMap<String, Vec<Row>> = HashMap::new();
-    if ids.is_empty() {
-        return Ok(by_trace);
-    }
-    let result = engine(state)?.find_traces(ids).await.inspect_err(|e| {
-        tracing::info!(error = %e, "Jaeger API trace lookup failed");
-    })?;
-    for row in result.rows {
-        let row: Row = result.columns.iter().cloned().zip(row).collect();
-        let id = row
-            .get(column::TRACE_ID)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        by_trace.entry(id).or_default().push(row);
-    }
-    Ok(by_trace)
 }
 
 /// The spans of `ids` as Jaeger traces, in `ids`' order.

@@ -18,10 +18,12 @@ use axum::{Json, Router};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as OtlpStatus};
 use serde_json::{json, Map, Value};
 
+use super::model;
 use super::model::text;
 use super::params::{self, Params};
-use super::{model, now_micros, rows_by_trace, SERVICES_LOOKBACK_MICROS};
-use crate::api::{engine, ApiError, AppState};
+use super::read::{now_micros, rows_by_trace, SERVICES_LOOKBACK_MICROS};
+use crate::api::error::ApiError;
+use crate::api::state::{engine, AppState};
 use crate::query::search::TraceSearch;
 use crate::query::QueryError;
 

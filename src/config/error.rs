@@ -1,0 +1,22 @@
+//! Why the configuration could not be loaded: every section's checks return
+//! this, naming the key at fault.
+
+/// Why the configuration could not be loaded. Every variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    invalid_owned(key.to_string(), reason)
+}
+
+pub(super) fn invalid_owned(key: String, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
