@@ -9,14 +9,3 @@ pub enum ConfigError {
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
-
-pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    invalid_owned(key.to_string(), reason)
-}
-
-pub(super) fn invalid_owned(key: String, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}

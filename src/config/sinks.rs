@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::checks::{invalid, invalid_owned};
 use super::duration::Milliseconds;
-use super::error::{invalid, invalid_owned, ConfigError};
+use super::error::ConfigError;
 
 /// `[sampled_topic]`: every kept span produced to a Kafka topic.
 #[derive(Debug, Clone, Deserialize)]

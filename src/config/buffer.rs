@@ -1,0 +1,44 @@
+//! `[buffer]`: how much the pipeline may hold before the consumer pauses.
+
+use serde::Deserialize;
+
+use super::checks::invalid;
+use super::error::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackpressureConfig {
+    /// Spans held in memory at most: buffered, decided and not yet committed.
+    /// At the limit the consumer pauses its partitions; it resumes below
+    /// `resume_ratio` of the limit. Nothing is dropped to make room.
+    pub max_buffered_spans: usize,
+    /// Bytes of Kafka messages the held spans keep alive, at most: a span is
+    /// a slice of its message, so one held span keeps the whole message. The
+    /// consumer pauses at this limit too.
+    pub max_buffered_bytes: u64,
+    pub resume_ratio: f64,
+}
+
+impl BackpressureConfig {
+    pub(super) fn validate(&self, max_spans_per_trace: usize) -> Result<(), ConfigError> {
+        if self.max_buffered_spans < max_spans_per_trace {
+            return Err(invalid(
+                "buffer.max_buffered_spans",
+                "must be at least sampling.max_spans_per_trace",
+            ));
+        }
+        if self.max_buffered_bytes < 1 << 20 {
+            return Err(invalid(
+                "buffer.max_buffered_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if !(self.resume_ratio > 0.0 && self.resume_ratio < 1.0) {
+            return Err(invalid(
+                "buffer.resume_ratio",
+                "must be between 0 and 1, exclusive",
+            ));
+        }
+        Ok(())
+    }
+}
