@@ -37,7 +37,7 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     for (k, v) in cfg.security_properties() {
         c.set(k, v);
     }
-    for (k, v) in &cfg.properties {
+    for (k, v) in cfg.properties.iter() {
         c.set(k, v);
     }
     c

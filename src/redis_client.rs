@@ -36,7 +36,7 @@ impl LazyRedis {
     /// (or the system's roots) and presenting a client certificate when one
     /// is configured; an ACL user and password in the URL log in as that user.
     pub fn new(cfg: &RedisConfig) -> Result<Self, RedisSetupError> {
-        let client = if cfg.url.starts_with("rediss://") {
+        let client = if cfg.url.expose().starts_with("rediss://") {
             install_crypto_provider();
             let read = |key: &'static str, path: &Option<String>| {
                 path.as_ref()
@@ -59,14 +59,14 @@ impl LazyRedis {
                     client_key,
                 });
             redis::Client::build_with_tls(
-                cfg.url.as_str(),
+                cfg.url.expose(),
                 redis::TlsCertificates {
                     client_tls,
                     root_cert,
                 },
             )?
         } else {
-            redis::Client::open(cfg.url.as_str())?
+            redis::Client::open(cfg.url.expose())?
         };
         Ok(Self {
             client,

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +72,11 @@ pub async fn run(
     let state = AppState {
         health: health.clone(),
         query: query.clone(),
-        auth_token: settings.admin.auth_token.as_deref().map(Arc::from),
+        auth_token: settings
+            .admin
+            .auth_token
+            .as_ref()
+            .map(|t| Arc::from(t.expose_secret())),
         rules: Some(RulesApi {
             store: rule_store,
             max_duration_secs: max_rule_secs,

@@ -1,13 +1,18 @@
 //! `[kafka]`: the brokers, the raw topic and the consumer group, TLS and
 //! SASL, and librdkafka properties passed through.
 
+use std::collections::BTreeMap;
+
+use secrecy::ExposeSecret;
 use serde::Deserialize;
+
+use super::secret::{self, SecretString};
 
 use super::checks::{invalid, invalid_owned};
 use super::duration::Milliseconds;
 use super::error::ConfigError;
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -42,8 +47,8 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<SaslMechanism>,
     #[serde(default)]
     pub sasl_username: Option<String>,
-    #[serde(default)]
-    pub sasl_password: Option<String>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub sasl_password: Option<SecretString>,
     /// A PEM file of the CA certificates that sign the brokers' certificates;
     /// the system's trust store when unset.
     #[serde(default)]
@@ -54,15 +59,15 @@ pub struct KafkaConfig {
     /// The client certificate's private key (PEM) for mutual TLS.
     #[serde(default)]
     pub ssl_key_location: Option<String>,
-    #[serde(default)]
-    pub ssl_key_password: Option<String>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub ssl_key_password: Option<SecretString>,
     /// Any other librdkafka property, passed as it is to the consumer, the
     /// dead-letter producer and the admin client. Nested TOML tables are
     /// joined with dots, and `_` in a key reads as `.`, so that
     /// `TSS__KAFKA__PROPERTIES__SOCKET_KEEPALIVE_ENABLE=true` sets
     /// `socket.keepalive.enable`.
-    #[serde(default, deserialize_with = "properties::deserialize")]
-    pub properties: std::collections::BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "KafkaProperties::deserialize")]
+    pub properties: KafkaProperties,
 }
 
 /// librdkafka's `security.protocol`.
@@ -150,6 +155,41 @@ const RESERVED_KAFKA_PROPERTIES: [(&str, &str); 11] = [
     ),
 ];
 
+/// `[kafka.properties]` as librdkafka keys. `Debug` hides the values of the
+/// secret ones ([`is_secret_property`]), so a logged config holds none.
+#[derive(Clone, Default, PartialEq)]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl KafkaProperties {
+    fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        properties::deserialize(d).map(Self)
+    }
+
+    /// Sets one property (the command line's `-X KEY=VALUE`).
+    pub fn insert(&mut self, key: String, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if is_secret_property(k) { "***" } else { v };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
 impl KafkaConfig {
     /// The librdkafka properties the first-class security keys stand for.
     pub fn security_properties(&self) -> Vec<(&'static str, String)> {
@@ -168,14 +208,20 @@ impl KafkaConfig {
             self.sasl_mechanism.map(SaslMechanism::as_str),
         );
         put("sasl.username", self.sasl_username.as_deref());
-        put("sasl.password", self.sasl_password.as_deref());
+        put(
+            "sasl.password",
+            self.sasl_password.as_ref().map(|s| s.expose_secret()),
+        );
         put("ssl.ca.location", self.ssl_ca_location.as_deref());
         put(
             "ssl.certificate.location",
             self.ssl_certificate_location.as_deref(),
         );
         put("ssl.key.location", self.ssl_key_location.as_deref());
-        put("ssl.key.password", self.ssl_key_password.as_deref());
+        put(
+            "ssl.key.password",
+            self.ssl_key_password.as_ref().map(|s| s.expose_secret()),
+        );
         out
     }
 
@@ -279,54 +325,6 @@ pub fn is_secret_property(key: &str) -> bool {
     ]
     .iter()
     .any(|s| key.contains(s))
-}
-
-/// Hand-written so that passwords and secret properties never reach a log line.
-impl std::fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: std::collections::BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if is_secret_property(k) {
-                        "***"
-                    } else {
-                        v.as_str()
-                    },
-                )
-            })
-            .collect();
-        f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("group_id", &self.group_id)
-            .field("group_instance_id", &self.group_instance_id)
-            .field("topic_partitions", &self.topic_partitions)
-            .field("dead_letter_topic", &self.dead_letter_topic)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("commit_interval_ms", &self.commit_interval_ms)
-            .field(
-                "partition_assignment_strategy",
-                &self.partition_assignment_strategy,
-            )
-            .field("session_timeout_ms", &self.session_timeout_ms)
-            .field("admin_timeout_ms", &self.admin_timeout_ms)
-            .field("security_protocol", &self.security_protocol)
-            .field("sasl_mechanism", &self.sasl_mechanism)
-            .field("sasl_username", &self.sasl_username)
-            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "***"))
-            .field("ssl_ca_location", &self.ssl_ca_location)
-            .field("ssl_certificate_location", &self.ssl_certificate_location)
-            .field("ssl_key_location", &self.ssl_key_location)
-            .field(
-                "ssl_key_password",
-                &self.ssl_key_password.as_ref().map(|_| "***"),
-            )
-            .field("properties", &properties)
-            .finish()
-    }
 }
 
 /// `[kafka.properties]`: any TOML shape flattened to librdkafka's dotted keys.

@@ -20,6 +20,7 @@ mod query;
 mod redis;
 mod rules;
 mod sampling;
+mod secret;
 mod server;
 mod sinks;
 mod storage;
@@ -27,16 +28,19 @@ pub use buffer::BackpressureConfig;
 use checks::{invalid, invalid_owned};
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
 pub use error::ConfigError;
-pub use kafka::{is_secret_property, KafkaConfig, SaslMechanism, SecurityProtocol};
+pub use kafka::{
+    is_secret_property, KafkaConfig, KafkaProperties, SaslMechanism, SecurityProtocol,
+};
 pub use maintenance::MaintenanceConfig;
 pub use policy::{PolicyAction, PolicySpec};
 pub use query::QueryConfig;
 pub use redis::RedisConfig;
 pub use rules::RulesConfig;
 pub use sampling::SamplingConfig;
+pub use secret::{redact_uri, CredentialUri, SecretString};
 pub use server::{AdminConfig, ServerConfig};
 pub use sinks::{Compression, ForwardConfig, OtlpProtocol, SampledTopicConfig};
-pub use storage::{redact_uri, CatalogType, IcebergConfig, StorageConfig, StorageType};
+pub use storage::{CatalogType, IcebergConfig, StorageConfig, StorageType};
 
 /// The defaults, compiled in so the binary runs from any working directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -181,7 +185,7 @@ mod tests {
         assert_eq!(s.storage.flush_interval_secs, 10.0);
         assert_eq!(s.storage.iceberg.catalog_type, CatalogType::Sql);
         assert_eq!(
-            s.storage.iceberg.catalog_uri,
+            s.storage.iceberg.catalog_uri.expose(),
             "sqlite:data/catalog.db?mode=rwc"
         );
         assert_eq!(s.storage.iceberg.warehouse, "data/warehouse");

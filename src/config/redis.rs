@@ -5,14 +5,14 @@ use serde::Deserialize;
 use super::checks::invalid;
 use super::duration::Milliseconds;
 use super::error::ConfigError;
-use super::storage::redact_uri;
+use super::secret::CredentialUri;
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host:port[/db]`, or `rediss://…` for TLS.
     /// A user and password in the URL log in as that ACL user.
-    pub url: String,
+    pub url: CredentialUri,
     /// Prefix of every key and channel the selector uses, so that several
     /// pipelines can share one Redis without seeing each other's decisions
     /// and force rules.
@@ -38,8 +38,11 @@ impl RedisConfig {
         if self.timeout_ms.duration().is_zero() {
             return Err(invalid("redis.timeout_ms", "must be positive"));
         }
-        let tls = self.url.starts_with("rediss://");
-        if !tls && !self.url.starts_with("redis://") && !self.url.starts_with("unix://") {
+        let tls = self.url.expose().starts_with("rediss://");
+        if !tls
+            && !self.url.expose().starts_with("redis://")
+            && !self.url.expose().starts_with("unix://")
+        {
             return Err(invalid(
                 "redis.url",
                 "must start with redis://, rediss:// or unix://",
@@ -67,19 +70,5 @@ impl RedisConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Hand-written so that a password in the URL never reaches a log line.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact_uri(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("tls_ca_location", &self.tls_ca_location)
-            .field("tls_certificate_location", &self.tls_certificate_location)
-            .field("tls_key_location", &self.tls_key_location)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
     }
 }

@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 
+use secrecy::ExposeSecret;
 use serde::Deserialize;
+
+use super::secret::{self, SecretString};
 
 use super::checks::{invalid, seconds};
 use super::duration::Seconds;
@@ -42,19 +45,11 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default)]
-    pub auth_token: Option<String>,
-}
-
-impl std::fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
-            .finish()
-    }
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub auth_token: Option<SecretString>,
 }
 
 impl ServerConfig {
@@ -66,7 +61,7 @@ impl ServerConfig {
 
 impl AdminConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if matches!(&self.auth_token, Some(t) if t.trim().is_empty()) {
+        if matches!(&self.auth_token, Some(t) if t.expose_secret().trim().is_empty()) {
             return Err(invalid("admin.auth_token", "must not be empty when set"));
         }
         Ok(())

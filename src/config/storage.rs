@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::secret::{self, CredentialUri, SecretString};
+
 use super::checks::{invalid, seconds};
 use super::duration::Seconds;
 use super::error::ConfigError;
@@ -58,22 +60,22 @@ pub enum CatalogType {
     Memory,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergConfig {
     pub catalog_type: CatalogType,
-    pub catalog_uri: String,
+    pub catalog_uri: CredentialUri,
     pub warehouse: String,
     pub namespace: String,
     pub table_name: String,
     #[serde(default)]
     pub project_id: Option<String>,
     /// OAuth2 client credential for the REST catalog, `client_id:client_secret`.
-    #[serde(default)]
-    pub credential: Option<String>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub credential: Option<SecretString>,
     /// A bearer token for the REST catalog, used as is (it is not refreshed).
-    #[serde(default)]
-    pub token: Option<String>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub token: Option<SecretString>,
     /// The token endpoint for `credential`; the catalog's own when unset.
     #[serde(default)]
     pub oauth2_server_uri: Option<String>,
@@ -82,10 +84,10 @@ pub struct IcebergConfig {
     pub scope: Option<String>,
     #[serde(default)]
     pub s3_endpoint: Option<String>,
-    #[serde(default)]
-    pub s3_access_key_id: Option<String>,
-    #[serde(default)]
-    pub s3_secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub s3_access_key_id: Option<SecretString>,
+    #[serde(default, deserialize_with = "secret::optional")]
+    pub s3_secret_access_key: Option<SecretString>,
     pub s3_region: String,
     pub s3_path_style: bool,
     /// Longest a catalog call (load, commit, …) may take; a commit that
@@ -95,56 +97,6 @@ pub struct IcebergConfig {
     /// every table load would otherwise read each manifest of the current
     /// snapshot again. 0 keeps none.
     pub manifest_cache_bytes: usize,
-}
-
-/// Hand-written so that credentials never reach a log line.
-impl std::fmt::Debug for IcebergConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IcebergConfig")
-            .field("catalog_type", &self.catalog_type)
-            .field("catalog_uri", &redact_uri(&self.catalog_uri))
-            .field("warehouse", &self.warehouse)
-            .field("namespace", &self.namespace)
-            .field("table_name", &self.table_name)
-            .field("project_id", &self.project_id)
-            .field("credential", &self.credential.as_ref().map(|_| "***"))
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .field("oauth2_server_uri", &self.oauth2_server_uri)
-            .field("scope", &self.scope)
-            .field("s3_endpoint", &self.s3_endpoint)
-            .field(
-                "s3_access_key_id",
-                &self.s3_access_key_id.as_ref().map(|_| "***"),
-            )
-            .field(
-                "s3_secret_access_key",
-                &self.s3_secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("s3_region", &self.s3_region)
-            .field("s3_path_style", &self.s3_path_style)
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .field("manifest_cache_bytes", &self.manifest_cache_bytes)
-            .finish()
-    }
-}
-
-/// Hides a password embedded in a URI such as `postgres://user:secret@host/db`.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let rest = &uri[scheme_end + 3..];
-    match (rest.find('@'), rest.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!(
-                "{}://{}:***{}",
-                &uri[..scheme_end],
-                &rest[..colon],
-                &rest[at..]
-            )
-        }
-        _ => uri.to_string(),
-    }
 }
 
 impl StorageConfig {
@@ -217,7 +169,7 @@ impl StorageConfig {
         if ice.table_name.trim().is_empty() {
             return Err(invalid("storage.iceberg.table_name", "must not be empty"));
         }
-        if ice.catalog_type != CatalogType::Memory && ice.catalog_uri.trim().is_empty() {
+        if ice.catalog_type != CatalogType::Memory && ice.catalog_uri.expose().trim().is_empty() {
             return Err(invalid("storage.iceberg.catalog_uri", "must not be empty"));
         }
         if ice.warehouse.trim().is_empty() {

@@ -58,14 +58,14 @@ impl Committer {
                 let pool = AnyPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(cfg.request_timeout_secs.duration())
-                    .connect(&cfg.catalog_uri)
+                    .connect(cfg.catalog_uri.expose())
                     .await
                     .map_err(|e| {
                         MaintenanceError::Catalog(format!("connecting to the SQL catalog: {e}"))
                     })?;
                 Ok(Committer::Sql {
                     pool,
-                    dollar_binds: cfg.catalog_uri.starts_with("postgres"),
+                    dollar_binds: cfg.catalog_uri.expose().starts_with("postgres"),
                     timeout: cfg.request_timeout_secs.duration(),
                 })
             }
@@ -161,7 +161,7 @@ fn rest_error(what: &str, e: impl std::fmt::Display) -> MaintenanceError {
 impl RestCommitter {
     async fn connect(cfg: &IcebergConfig) -> Result<Self, MaintenanceError> {
         let props = crate::table::rest_props(cfg);
-        let uri = cfg.catalog_uri.trim_end_matches('/').to_string();
+        let uri = cfg.catalog_uri.expose().trim_end_matches('/').to_string();
         let credential = props.get("credential").map(|c| match c.split_once(':') {
             Some((id, secret)) => (Some(id.to_string()), secret.to_string()),
             None => (None, c.clone()),

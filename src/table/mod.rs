@@ -33,7 +33,9 @@ use iceberg_catalog_sql::{
 };
 use iceberg_storage_opendal::OpenDalStorageFactory;
 
-use crate::config::{CatalogType, IcebergConfig};
+use secrecy::ExposeSecret;
+
+use crate::config::{CatalogType, IcebergConfig, SecretString};
 
 /// The catalog name the selector registers under. A SQL catalog stores it in
 /// every row, so other readers (pyiceberg's `SqlCatalog`) must use the same name.
@@ -186,18 +188,21 @@ pub async fn connect_catalog(cfg: &IcebergConfig) -> Result<Arc<dyn Catalog>, Ta
             )
         }
         CatalogType::Sql => {
-            let bind = if cfg.catalog_uri.starts_with("postgres") {
+            let bind = if cfg.catalog_uri.expose().starts_with("postgres") {
                 SqlBindStyle::DollarNumeric
             } else {
                 SqlBindStyle::QMark
             };
-            props.insert(SQL_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
+            props.insert(
+                SQL_CATALOG_PROP_URI.into(),
+                cfg.catalog_uri.expose().to_string(),
+            );
             props.insert(
                 SQL_CATALOG_PROP_WAREHOUSE.into(),
                 warehouse_uri(&cfg.warehouse)?,
             );
             props.insert(SQL_CATALOG_PROP_BIND_STYLE.into(), bind.to_string());
-            prepare_sqlite_dir(&cfg.catalog_uri)?;
+            prepare_sqlite_dir(cfg.catalog_uri.expose())?;
             Arc::new(
                 SqlCatalogBuilder::default()
                     .with_storage_factory(factory)
@@ -246,22 +251,26 @@ pub fn rest_client(cfg: &IcebergConfig) -> Result<reqwest_catalog::Client, Table
 /// project), `credential` is exchanged for a token, `token` is sent as is.
 pub fn rest_props(cfg: &IcebergConfig) -> HashMap<String, String> {
     let mut props = HashMap::from([
-        (REST_CATALOG_PROP_URI.to_string(), cfg.catalog_uri.clone()),
+        (
+            REST_CATALOG_PROP_URI.to_string(),
+            cfg.catalog_uri.expose().to_string(),
+        ),
         (
             REST_CATALOG_PROP_WAREHOUSE.to_string(),
             cfg.warehouse.clone(),
         ),
     ]);
+    let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
     let optional = [
-        ("header.x-project-id", &cfg.project_id),
-        ("credential", &cfg.credential),
-        ("token", &cfg.token),
-        ("oauth2-server-uri", &cfg.oauth2_server_uri),
-        ("scope", &cfg.scope),
+        ("header.x-project-id", cfg.project_id.clone()),
+        ("credential", secret(&cfg.credential)),
+        ("token", secret(&cfg.token)),
+        ("oauth2-server-uri", cfg.oauth2_server_uri.clone()),
+        ("scope", cfg.scope.clone()),
     ];
     for (key, value) in optional {
         if let Some(v) = value {
-            props.insert(key.to_string(), v.clone());
+            props.insert(key.to_string(), v);
         }
     }
     props
@@ -292,10 +301,13 @@ fn backend_for(cfg: &IcebergConfig) -> StorageSetup {
         props.insert(S3_ENDPOINT.into(), endpoint.clone());
     }
     if let Some(key) = &cfg.s3_access_key_id {
-        props.insert(S3_ACCESS_KEY_ID.into(), key.clone());
+        props.insert(S3_ACCESS_KEY_ID.into(), key.expose_secret().to_string());
     }
     if let Some(secret) = &cfg.s3_secret_access_key {
-        props.insert(S3_SECRET_ACCESS_KEY.into(), secret.clone());
+        props.insert(
+            S3_SECRET_ACCESS_KEY.into(),
+            secret.expose_secret().to_string(),
+        );
     }
     props.insert(S3_REGION.into(), cfg.s3_region.clone());
     props.insert(S3_PATH_STYLE_ACCESS.into(), cfg.s3_path_style.to_string());
@@ -351,10 +363,10 @@ impl Listing {
                     s3 = s3.endpoint(endpoint);
                 }
                 if let Some(key) = &cfg.s3_access_key_id {
-                    s3 = s3.access_key_id(key);
+                    s3 = s3.access_key_id(key.expose_secret());
                 }
                 if let Some(secret) = &cfg.s3_secret_access_key {
-                    s3 = s3.secret_access_key(secret);
+                    s3 = s3.secret_access_key(secret.expose_secret());
                 }
                 if !cfg.s3_path_style {
                     s3 = s3.enable_virtual_host_style();

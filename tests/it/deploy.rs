@@ -38,7 +38,7 @@ fn compose_environment_is_a_valid_configuration() {
     let settings = Settings::load_with_env(None, env).expect("the compose environment loads");
     assert_eq!(settings.kafka.brokers, "kafka:29092");
     assert_eq!(
-        settings.storage.iceberg.catalog_uri,
+        settings.storage.iceberg.catalog_uri.expose(),
         "http://lakekeeper:8181/catalog"
     );
     assert_eq!(settings.storage.iceberg.warehouse, "traces");
