@@ -11,14 +11,14 @@ use crate::config::RedisConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
-    #[error("redis.{key}: reading `{path}`: {source}")]
+    #[error("redis.{key}: reading `{path}`: {error}")]
     File {
         key: &'static str,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("redis.url: {0}")]
-    Client(#[from] redis::RedisError),
+    Client(redis::RedisError),
 }
 
 /// A Redis connection made on first use, so the selector starts without
@@ -41,10 +41,10 @@ impl LazyRedis {
             let read = |key: &'static str, path: &Option<String>| {
                 path.as_ref()
                     .map(|p| {
-                        std::fs::read(p).map_err(|source| RedisSetupError::File {
+                        std::fs::read(p).map_err(|error| RedisSetupError::File {
                             key,
                             path: p.clone(),
-                            source,
+                            error,
                         })
                     })
                     .transpose()
@@ -118,4 +118,10 @@ impl LazyRedis {
 fn install_crypto_provider() {
     // An error means one is installed already, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl From<redis::RedisError> for RedisSetupError {
+    fn from(e: redis::RedisError) -> Self {
+        RedisSetupError::Client(e)
+    }
 }

@@ -284,5 +284,5 @@ async fn serve_http(
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| AppError::Bind { addr, source })
+        .map_err(|error| AppError::Bind { addr, error })
 }

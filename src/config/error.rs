@@ -5,7 +5,13 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }

@@ -5,5 +5,11 @@ pub enum ForwardError {
     #[error("forwarder setup: {0}")]
     Setup(String),
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(rdkafka::error::KafkaError),
+}
+
+impl From<rdkafka::error::KafkaError> for ForwardError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        ForwardError::Kafka(e)
+    }
 }

@@ -36,7 +36,7 @@ const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
+    Kafka(KafkaError),
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
     /// The broker rejected the client's TLS or SASL settings. Retrying can't
@@ -675,6 +675,12 @@ fn dead_letter_producer(
         .set("message.timeout.ms", "10000")
         .create()?;
     Ok(Some((producer, topic)))
+}
+
+impl From<KafkaError> for IngestError {
+    fn from(e: KafkaError) -> Self {
+        IngestError::Kafka(e)
+    }
 }
 
 #[cfg(test)]

@@ -55,12 +55,12 @@ pub enum DecodeError {
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("invalid OTLP protobuf: {0}")]
-    Protobuf(#[from] WireError),
+    Protobuf(WireError),
     #[error("invalid OTLP JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// Valid JSON whose protobuf re-encoding the scan still refused.
     #[error("invalid OTLP JSON: the re-encoded request is invalid: {0}")]
-    JsonReencoded(#[source] WireError),
+    JsonReencoded(WireError),
 }
 
 impl DecodeError {
@@ -230,6 +230,18 @@ fn scan_span(
         lease: Lease::default(),
     };
     Ok(Scanned::Span(trace_id, record))
+}
+
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> Self {
+        DecodeError::Protobuf(e)
+    }
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(e: serde_json::Error) -> Self {
+        DecodeError::Json(e)
+    }
 }
 
 #[cfg(test)]

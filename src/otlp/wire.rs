@@ -24,12 +24,12 @@ pub enum WireError {
     #[error("field {field} is not {expected}")]
     WrongType { field: u32, expected: &'static str },
     #[error("string field is not UTF-8: {0}")]
-    NotUtf8(#[from] std::str::Utf8Error),
+    NotUtf8(std::str::Utf8Error),
     /// Found by a check over several strings at once, which has no position.
     #[error("a string field is not UTF-8")]
     StringsNotUtf8,
     /// A nested value decoded with prost.
-    #[error("{0}")]
+    #[error(transparent)]
     Prost(#[from] prost::DecodeError),
 }
 
@@ -235,6 +235,12 @@ pub fn read_status(buf: &[u8], range: (usize, usize)) -> Result<Status, WireErro
 /// The UTF-8 text of a string field.
 pub fn text(buf: &[u8], (start, end): (usize, usize)) -> Result<&str, WireError> {
     Ok(std::str::from_utf8(&buf[start..end])?)
+}
+
+impl From<std::str::Utf8Error> for WireError {
+    fn from(e: std::str::Utf8Error) -> Self {
+        WireError::NotUtf8(e)
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub const HEADER_RATE: &str = "tss.sampling.rate";
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("creating the sampled-topic producer: {0}")]
-    Producer(#[from] rdkafka::error::KafkaError),
+    Producer(rdkafka::error::KafkaError),
 }
 
 /// What the sink shares with the rest of the pipeline.
@@ -227,4 +227,10 @@ fn headers(kept: &KeptTrace) -> OwnedHeaders {
         });
     }
     h
+}
+
+impl From<rdkafka::error::KafkaError> for PublishError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        PublishError::Producer(e)
+    }
 }

@@ -24,17 +24,17 @@ pub enum QueryError {
     BadRequest(String),
     /// The engine could not parse or plan the statement (400, with the
     /// engine's own message).
-    #[error("{0}")]
-    Invalid(#[source] DataFusionError),
+    #[error(transparent)]
+    Invalid(DataFusionError),
     #[error("query exceeded the {0:?} time limit and was cancelled")]
     Timeout(Duration),
     #[error("query failed: {0}")]
-    Execution(#[source] DataFusionError),
+    Execution(DataFusionError),
     #[error("query engine unavailable: {0}")]
     Unavailable(String),
     /// The catalog or table could not be registered with the engine.
     #[error("query engine unavailable: {0}")]
-    Catalog(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Catalog(Box<dyn std::error::Error + Send + Sync>),
     /// The query needed more memory than the pool has left.
     /// The result would be larger than `query.max_result_bytes`.
     #[error("the result is larger than query.max_result_bytes ({limit} bytes); select fewer rows or columns: {reason}")]

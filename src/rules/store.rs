@@ -34,14 +34,13 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis is unavailable: {0}")]
-    Unavailable(#[from] redis::RedisError),
+    Unavailable(redis::RedisError),
     #[error("{live} force rules are live, the most `rules.max_rules` allows; delete one or wait for one to expire")]
     TooMany { live: usize },
-    #[error("stored rule `{id}` is corrupt: {source}")]
+    #[error("stored rule `{id}` is corrupt: {error}")]
     Corrupt {
         id: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -89,9 +88,9 @@ impl RuleStore {
             expires_at: created_at + spec.duration_secs * 1000,
             spec,
         };
-        let json = serde_json::to_string(&rule).map_err(|source| StoreError::Corrupt {
+        let json = serde_json::to_string(&rule).map_err(|error| StoreError::Corrupt {
             id: rule.id.clone(),
-            source,
+            error,
         })?;
         let mut c = self.conn().await?;
         let live: i64 = create_script()
@@ -209,9 +208,9 @@ return -1
 }
 
 fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+    serde_json::from_str(json).map_err(|error| StoreError::Corrupt {
         id: id.to_string(),
-        source,
+        error,
     })
 }
 
@@ -343,6 +342,12 @@ async fn listen(client: redis::Client, channel: String, tx: tokio::sync::mpsc::S
             Err(e) => tracing::debug!(error = %e, "rule channel unavailable"),
         }
         tokio::time::sleep(RESYNC_INTERVAL).await;
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e)
     }
 }
 

@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
     #[error("arrow: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    Arrow(datafusion::arrow::error::ArrowError),
     #[error("the table has column `{0}` of an unexpected type")]
     UnexpectedColumn(String),
 }
@@ -13,9 +13,9 @@ pub enum RowError {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("iceberg: {0}")]
-    Iceberg(#[from] iceberg::Error),
+    Iceberg(iceberg::Error),
     #[error("building rows: {0}")]
-    Rows(#[from] RowError),
+    Rows(RowError),
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
     /// A commit that landed since the batch was checked recorded offsets
@@ -25,4 +25,22 @@ pub enum StorageError {
     /// Object storage did not finish in time; nothing was committed.
     #[error("{0} took longer than {1:.0} s (storage.write_timeout_secs)")]
     Timeout(&'static str, f64),
+}
+
+impl From<datafusion::arrow::error::ArrowError> for RowError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        RowError::Arrow(e)
+    }
+}
+
+impl From<iceberg::Error> for StorageError {
+    fn from(e: iceberg::Error) -> Self {
+        StorageError::Iceberg(e)
+    }
+}
+
+impl From<RowError> for StorageError {
+    fn from(e: RowError) -> Self {
+        StorageError::Rows(e)
+    }
 }

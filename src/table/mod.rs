@@ -45,12 +45,9 @@ pub const CATALOG_NAME: &str = "tail_sampling";
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("iceberg: {0}")]
-    Iceberg(#[from] iceberg::Error),
-    #[error("warehouse `{path}`: {source}")]
-    Warehouse {
-        path: String,
-        source: std::io::Error,
-    },
+    Iceberg(iceberg::Error),
+    #[error("warehouse `{path}`: {error}")]
+    Warehouse { path: String, error: std::io::Error },
 }
 
 /// The catalog and the identity of the spans table.
@@ -392,13 +389,13 @@ pub fn warehouse_uri(warehouse: &str) -> Result<String, TableError> {
         return Ok(warehouse.to_string());
     }
     let path = Path::new(warehouse);
-    std::fs::create_dir_all(path).map_err(|source| TableError::Warehouse {
+    std::fs::create_dir_all(path).map_err(|error| TableError::Warehouse {
         path: warehouse.to_string(),
-        source,
+        error,
     })?;
-    let abs = std::fs::canonicalize(path).map_err(|source| TableError::Warehouse {
+    let abs = std::fs::canonicalize(path).map_err(|error| TableError::Warehouse {
         path: warehouse.to_string(),
-        source,
+        error,
     })?;
     Ok(format!("file://{}", abs.display()))
 }
@@ -417,12 +414,18 @@ fn prepare_sqlite_dir(uri: &str) -> Result<(), TableError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(dir).map_err(|source| TableError::Warehouse {
+        std::fs::create_dir_all(dir).map_err(|error| TableError::Warehouse {
             path: dir.display().to_string(),
-            source,
+            error,
         })?;
     }
     Ok(())
+}
+
+impl From<iceberg::Error> for TableError {
+    fn from(e: iceberg::Error) -> Self {
+        TableError::Iceberg(e)
+    }
 }
 
 #[cfg(test)]

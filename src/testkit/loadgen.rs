@@ -93,7 +93,7 @@ pub struct Scenario {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error("scenario: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     #[error("scenario: service `{0}` calls unknown service `{1}`")]
     UnknownCall(String, String),
     #[error("scenario: `{0}` names no service")]
@@ -701,6 +701,12 @@ fn resource(s: &ServiceSpec, i: usize) -> Resource {
             kv("telemetry.sdk.version", "1.43.0"),
         ],
         ..Default::default()
+    }
+}
+
+impl From<toml::de::Error> for ScenarioError {
+    fn from(e: toml::de::Error) -> Self {
+        ScenarioError::Parse(e)
     }
 }
 
