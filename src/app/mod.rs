@@ -217,10 +217,8 @@ pub async fn maintain_once(
     settings: &Settings,
 ) -> Result<String, crate::maintenance::MaintenanceError> {
     let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
-    let metrics =
-        Metrics::new().map_err(|e| crate::maintenance::MaintenanceError::Catalog(e.to_string()))?;
-    let redis = LazyRedis::new(&settings.redis)
-        .map_err(|e| crate::maintenance::MaintenanceError::Redis(e.to_string()))?;
+    let metrics = Metrics::new()?;
+    let redis = LazyRedis::new(&settings.redis)?;
     let m = Maintainer::new(settings, table, metrics, Health::default()).await?;
     Ok(m.run_leased_once(Arc::new(redis)).await?.to_string())
 }

@@ -60,9 +60,7 @@ impl Committer {
                     .acquire_timeout(cfg.request_timeout_secs.duration())
                     .connect(cfg.catalog_uri.expose())
                     .await
-                    .map_err(|e| {
-                        MaintenanceError::Catalog(format!("connecting to the SQL catalog: {e}"))
-                    })?;
+                    .map_err(MaintenanceError::SqlCatalog)?;
                 Ok(Committer::Sql {
                     pool,
                     dollar_binds: cfg.catalog_uri.expose().starts_with("postgres"),
@@ -154,8 +152,11 @@ async fn commit_sql(
     Ok(())
 }
 
-fn rest_error(what: &str, e: impl std::fmt::Display) -> MaintenanceError {
-    MaintenanceError::Catalog(format!("REST catalog {what}: {e}"))
+fn rest_error(what: &'static str, e: impl std::fmt::Display) -> MaintenanceError {
+    MaintenanceError::RestCatalog {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 impl RestCommitter {

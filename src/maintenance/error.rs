@@ -8,8 +8,23 @@ pub enum MaintenanceError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error(transparent)]
     Sort(#[from] datafusion::error::DataFusionError),
+    /// The catalog or the table could not be reached or read.
     #[error("catalog: {0}")]
     Catalog(String),
+    #[error("the table: {0}")]
+    Table(crate::table::TableError),
+    #[error("connecting to the SQL catalog: {0}")]
+    SqlCatalog(sqlx::Error),
+    /// A REST catalog's call failed: the request, or the answer's status.
+    #[error("REST catalog {what}: {reason}")]
+    RestCatalog { what: &'static str, reason: String },
+    #[error("listing {prefix}: {error}")]
+    Listing {
+        prefix: String,
+        error: opendal::Error,
+    },
+    #[error("encoding the offsets checkpoint: {0}")]
+    Checkpoint(serde_json::Error),
     /// Another commit came first; rebuild on the new metadata.
     #[error("commit conflict: {0}")]
     Conflict(String),
@@ -24,11 +39,27 @@ pub enum MaintenanceError {
     #[error("{0}")]
     Unsupported(String),
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(redis::RedisError),
+    #[error(transparent)]
+    RedisSetup(#[from] crate::redis_client::RedisSetupError),
+    #[error("metrics: {0}")]
+    Metrics(prometheus::Error),
 }
 
 impl From<crate::table::TableError> for MaintenanceError {
     fn from(e: crate::table::TableError) -> Self {
-        MaintenanceError::Catalog(e.to_string())
+        MaintenanceError::Table(e)
+    }
+}
+
+impl From<redis::RedisError> for MaintenanceError {
+    fn from(e: redis::RedisError) -> Self {
+        MaintenanceError::Redis(e)
+    }
+}
+
+impl From<prometheus::Error> for MaintenanceError {
+    fn from(e: prometheus::Error) -> Self {
+        MaintenanceError::Metrics(e)
     }
 }

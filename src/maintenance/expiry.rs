@@ -78,8 +78,8 @@ pub async fn expire(
             .filter(|s| ids.contains(&s.snapshot_id()))
             .cloned()
             .collect();
-        let checkpoint = serde_json::to_string(&fold(metadata))
-            .map_err(|e| MaintenanceError::Catalog(e.to_string()))?;
+        let checkpoint =
+            serde_json::to_string(&fold(metadata)).map_err(MaintenanceError::Checkpoint)?;
         let requirements = vec![
             TableRequirement::UuidMatch {
                 uuid: metadata.uuid(),

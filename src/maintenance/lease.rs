@@ -42,11 +42,7 @@ impl Lease {
 
     /// Takes the lease when it is free (or already ours).
     pub async fn acquire(&self) -> Result<bool, MaintenanceError> {
-        let mut c = self
-            .redis
-            .conn()
-            .await
-            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let mut c = self.redis.conn().await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(&self.key)
             .arg(&self.token)
@@ -54,8 +50,7 @@ impl Lease {
             .arg("PX")
             .arg(self.ttl.as_millis() as u64)
             .query_async(&mut c)
-            .await
-            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+            .await?;
         if set.is_some() {
             return Ok(true);
         }
@@ -64,18 +59,13 @@ impl Lease {
 
     /// Extends the lease if it is still ours; `false` when it is not.
     pub async fn renew(&self) -> Result<bool, MaintenanceError> {
-        let mut c = self
-            .redis
-            .conn()
-            .await
-            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+        let mut c = self.redis.conn().await?;
         let renewed: i64 = redis::Script::new(RENEW)
             .key(&self.key)
             .arg(&self.token)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut c)
-            .await
-            .map_err(|e| MaintenanceError::Redis(e.to_string()))?;
+            .await?;
         Ok(renewed == 1)
     }
 

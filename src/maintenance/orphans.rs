@@ -83,8 +83,10 @@ pub async fn remove_orphans(
 ) -> Result<OrphanOutcome, MaintenanceError> {
     // Listed before the references are read: a file a commit publishes in
     // between is then referenced, or young.
-    let listing_error =
-        |e: opendal::Error| MaintenanceError::Catalog(format!("listing {}: {e}", listing.prefix));
+    let listing_error = |error: opendal::Error| MaintenanceError::Listing {
+        prefix: listing.prefix.clone(),
+        error,
+    };
     let entries = listing
         .operator
         .list_with(&listing.prefix)
