@@ -32,7 +32,7 @@ pub use kafka::{
     is_secret_property, KafkaConfig, KafkaProperties, SaslMechanism, SecurityProtocol,
 };
 pub use maintenance::MaintenanceConfig;
-pub use policy::{PolicyAction, PolicySpec};
+pub use policy::{ActionSpec, PolicyAction, PolicySpec};
 pub use query::QueryConfig;
 pub use redis::RedisConfig;
 pub use rules::RulesConfig;

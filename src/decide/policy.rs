@@ -8,13 +8,13 @@
 //! `sum(sample_rate)` stays an unbiased count.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::samplers::{bound, DynamicSampler, Mode, RateLimiter, Verdict};
-use crate::config::{PolicyAction, PolicySpec, SamplingConfig};
+use crate::config::{ActionSpec, PolicySpec, SamplingConfig};
 use crate::matching::{trace_duration_nanos, CompiledMatch, FieldError, TraceView};
 use crate::model::{
     salted_trace_hash, trace_hash, Decision, ForceRules, ForceVerdict, SamplingReason, SpanRecord,
@@ -141,13 +141,13 @@ impl PolicySet {
         );
         for (i, spec) in cfg.policies.iter().enumerate() {
             let path = format!("sampling.policies[{i}]");
-            spec.validate(&path)?;
+            let action_spec = spec.action_spec(&path)?;
             let carried = previous
                 .and_then(|p| p.policies.iter().find(|q| q.spec == *spec))
                 .map(|q| q.action.share());
             let action = match carried {
                 Some(a) => a,
-                None => Action::from_spec(spec),
+                None => Action::from_spec(action_spec),
             };
             set.policies.push(Policy {
                 name: Arc::from(spec.name.as_str()),
@@ -330,31 +330,34 @@ impl Fallback {
 }
 
 impl Action {
-    fn from_spec(spec: &PolicySpec) -> Self {
-        match spec.action {
-            PolicyAction::Keep => Action::Keep,
-            PolicyAction::Drop => Action::Drop,
-            PolicyAction::Sample => {
-                let rate = spec.rate.unwrap_or(1.0);
-                Action::Sample {
-                    bound: bound(rate),
-                    sample_rate: 1.0 / rate,
-                }
-            }
-            PolicyAction::RateLimit => Action::RateLimit {
-                limiter: Arc::new(RateLimiter::new(
-                    spec.traces_per_sec.unwrap_or(1.0),
-                    spec.max_keys(),
-                )),
-                key_fields: spec.key_fields.clone(),
+    fn from_spec(spec: ActionSpec) -> Self {
+        match spec {
+            ActionSpec::Keep => Action::Keep,
+            ActionSpec::Drop => Action::Drop,
+            ActionSpec::Sample { rate } => Action::Sample {
+                bound: bound(rate),
+                sample_rate: 1.0 / rate,
             },
-            PolicyAction::Dynamic => Action::Dynamic {
+            ActionSpec::RateLimit {
+                traces_per_sec,
+                key_fields,
+                max_keys,
+            } => Action::RateLimit {
+                limiter: Arc::new(RateLimiter::new(traces_per_sec, max_keys)),
+                key_fields,
+            },
+            ActionSpec::Dynamic {
+                goal_rate,
+                key_fields,
+                adjustment_interval,
+                max_keys,
+            } => Action::Dynamic {
                 sampler: Arc::new(DynamicSampler::new(
-                    spec.goal_rate.unwrap_or(1.0),
-                    Duration::from_secs_f64(spec.adjustment_interval_secs()),
-                    spec.max_keys(),
+                    goal_rate,
+                    adjustment_interval,
+                    max_keys,
                 )),
-                key_fields: spec.key_fields.clone(),
+                key_fields,
             },
         }
     }
