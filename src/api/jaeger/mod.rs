@@ -6,6 +6,7 @@
 //! is a 400 with Jaeger's `errors` body.
 
 pub mod model;
+mod otlp_json;
 pub mod params;
 mod read;
 pub mod v3;
