@@ -44,7 +44,7 @@ use iceberg::{TableRequirement, TableUpdate};
 
 use super::commit::Committer;
 use super::error::MaintenanceError;
-use crate::table::layout::{ParquetLayout, TRACE_ID_COLUMN};
+use crate::table::layout::ParquetLayout;
 use crate::table::write::write_batches;
 use crate::table::TableHandle;
 
@@ -352,7 +352,7 @@ async fn read_sorted(
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let provider = StreamingTable::try_new(schema, vec![Arc::new(source)])?;
     let sorted = ctx.read_table(Arc::new(provider))?.sort(vec![
-        col(TRACE_ID_COLUMN).sort(true, false),
+        col(column::TRACE_ID).sort(true, false),
         col(column::START_TIME).sort(true, false),
     ])?;
     Ok(sorted.execute_stream().await?)

@@ -113,7 +113,7 @@ pub fn any_value_string(v: AnyValue) -> String {
         None => return String::new(),
     }
     // Only ASCII was written.
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn any_value_json(v: Option<any_value::Value>) -> serde_json::Value {

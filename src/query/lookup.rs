@@ -43,7 +43,6 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
 use super::result::{to_json, QueryError, QueryResult};
-use crate::table::layout::TRACE_ID_COLUMN;
 use crate::table::manifest_cache::BoundedMap;
 
 /// Footers read at once.
@@ -209,10 +208,10 @@ pub async fn plan_trace(
 
 /// The row filter of a set of trace ids.
 fn ids_predicate(ids: &[String]) -> Predicate {
-    let column = Reference::new(TRACE_ID_COLUMN);
+    let trace_id = Reference::new(column::TRACE_ID);
     match ids {
-        [one] => column.equal_to(Datum::string(one)),
-        many => column.is_in(many.iter().map(Datum::string)),
+        [one] => trace_id.equal_to(Datum::string(one)),
+        many => trace_id.is_in(many.iter().map(Datum::string)),
     }
 }
 
@@ -336,7 +335,7 @@ async fn row_group_check(
         .schema_descr()
         .columns()
         .iter()
-        .position(|c| c.path().string() == TRACE_ID_COLUMN)
+        .position(|c| c.path().string() == column::TRACE_ID)
     else {
         check.ids = trace_ids.to_vec();
         return Ok(check);

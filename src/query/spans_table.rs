@@ -41,7 +41,7 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg_datafusion::physical_plan::IcebergTableScan;
 
 use super::lookup::{self, FileCache};
-use crate::table::layout::TRACE_ID_COLUMN;
+use crate::table::columns as column;
 use crate::table::TableHandle;
 
 /// Iceberg's provider for `spans`, with trace-id lookups of its own.
@@ -87,10 +87,10 @@ fn trace_id_condition(filter: &Expr) -> Option<String> {
         ) => Some(s.clone()),
         _ => None,
     };
-    let column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == TRACE_ID_COLUMN);
+    let is_trace_id = |e: &Expr| matches!(e, Expr::Column(c) if c.name == column::TRACE_ID);
     match (left.as_ref(), right.as_ref()) {
-        (l, r) if column(l) => literal(r),
-        (l, r) if column(r) => literal(l),
+        (l, r) if is_trace_id(l) => literal(r),
+        (l, r) if is_trace_id(r) => literal(l),
         _ => None,
     }
 }

@@ -758,6 +758,14 @@ fn append_key_value(
     })
 }
 
+/// The member of an `AnyValue` that the wire holds last.
+enum Member<'a> {
+    Empty,
+    Scalar(Scalar<'a>),
+    /// An array or a key-value list (rare), decoded with prost.
+    Nested,
+}
+
 /// Reads `opentelemetry.proto.common.v1.AnyValue` and appends it to the open
 /// value (the caller ends it), formatted as `otlp::format` formats every
 /// value; the last member of the `oneof` on the wire wins, as in any decoder.
@@ -767,28 +775,27 @@ fn append_any_value(
     range: (usize, usize),
 ) -> Result<(), WireError> {
     use fields::any_value as member;
-    // `None`: empty; `Some(None)`: an array or a map (rare), decoded below.
-    let mut value: Option<Option<Scalar>> = None;
+    let mut value = Member::Empty;
     for field in Fields::range(buf, range) {
         let field = field?;
         let slice = |r: (usize, usize)| &buf[r.0..r.1];
         value = match field.number {
-            member::STRING => Some(Some(Scalar::Str(slice(field.len()?)))),
-            member::BOOL => Some(Some(Scalar::Bool(field.varint()? != 0))),
-            member::INT => Some(Some(Scalar::Int(field.varint()? as i64))),
-            member::DOUBLE => Some(Some(Scalar::Double(f64::from_bits(field.fixed64()?)))),
+            member::STRING => Member::Scalar(Scalar::Str(slice(field.len()?))),
+            member::BOOL => Member::Scalar(Scalar::Bool(field.varint()? != 0)),
+            member::INT => Member::Scalar(Scalar::Int(field.varint()? as i64)),
+            member::DOUBLE => Member::Scalar(Scalar::Double(f64::from_bits(field.fixed64()?))),
             member::ARRAY | member::KVLIST => {
                 field.len()?;
-                Some(None)
+                Member::Nested
             }
-            member::BYTES => Some(Some(Scalar::Bytes(slice(field.len()?)))),
+            member::BYTES => Member::Scalar(Scalar::Bytes(slice(field.len()?))),
             _ => value,
         };
     }
     match value {
-        None => {}
-        Some(Some(scalar)) => scalar.write_text(out),
-        Some(None) => {
+        Member::Empty => {}
+        Member::Scalar(scalar) => scalar.write_text(out),
+        Member::Nested => {
             let decoded = AnyValue::decode(&buf[range.0..range.1])?;
             out.extend(any_value_string(decoded).as_bytes());
         }

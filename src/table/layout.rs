@@ -14,9 +14,6 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-/// The column the bloom filter is on.
-pub const TRACE_ID_COLUMN: &str = column::TRACE_ID;
-
 /// Row groups and bloom filters of the files the selector writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ParquetLayout {
@@ -35,7 +32,7 @@ impl ParquetLayout {
     }
 
     pub fn writer_properties(&self) -> WriterProperties {
-        let trace_id = ColumnPath::from(TRACE_ID_COLUMN);
+        let trace_id = ColumnPath::from(column::TRACE_ID);
         WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
             .set_max_row_group_row_count(Some(self.row_group_rows))

@@ -4,12 +4,11 @@
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as OtlpStatus};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::model::{self, text};
+use super::read::Row;
 use crate::table::columns as column;
-
-type Row = Map<String, Value>;
 
 /// `{"result": {"resourceSpans": …}}`, the gateway's answer for traces.
 #[derive(Debug, Serialize)]
