@@ -18,8 +18,8 @@ use prost::Message;
 use tail_sampling_selector::ack::OffsetTracker;
 use tail_sampling_selector::config::Settings;
 use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
+use tail_sampling_selector::handoff::KeptTrace;
 use tail_sampling_selector::metrics::red::{RedRecorder, RedSeries};
-use tail_sampling_selector::model::KeptTrace;
 use tail_sampling_selector::model::MsgRef;
 use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
@@ -247,7 +247,7 @@ fn full_path(
         max_trace_duration: Duration::from_secs(300),
         max_spans_per_trace: 10_000,
     };
-    let tracker = OffsetTracker::new();
+    let tracker = Arc::new(OffsetTracker::new());
     let heap_before = LIVE.load(Ordering::Relaxed);
     let started = Instant::now();
     let now = Instant::now();
@@ -262,10 +262,10 @@ fn full_path(
         };
         let decoded =
             decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
-        tracker.register(msg, 1, 1);
         spans += decoded.spans.len();
-        let outcome = buffer.push_message(decoded.spans, msg, now, &mut due);
-        tracker.adjust(msg, outcome.refs - 1);
+        let mut tickets = tracker.receive(msg, m.len(), [decoded.spans.len()].into_iter());
+        let ticket = tickets.pop().expect("one share");
+        buffer.push_message(decoded.spans, ticket, now, &mut due);
     }
     let pushed = started.elapsed();
     let buffered_heap_bytes = LIVE.load(Ordering::Relaxed) - heap_before;
@@ -284,7 +284,7 @@ fn full_path(
             r.record(&trace.spans);
         }
         match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
-            Decision::Drop => tracker.release(&trace.msgs),
+            Decision::Drop => trace.hold.settle(),
             Decision::Keep {
                 reason,
                 rule_id,
@@ -295,7 +295,7 @@ fn full_path(
                 sample_rate,
                 reason,
                 rule_id,
-                msgs: trace.msgs,
+                hold: trace.hold,
                 decided_at,
             }),
         }
@@ -319,13 +319,14 @@ fn full_path(
         let mut rows = SpanRows::for_traces(batch_traces);
         for trace in batch_traces {
             rows.push_trace(trace, |_| false);
-            tracker.release(&trace.msgs);
         }
         kept_spans += rows.len();
         std::hint::black_box(rows.into_batch(arrow.clone()).expect("batch"));
         first = end;
     }
-    drop(kept);
+    for trace in kept {
+        trace.hold.settle();
+    }
     std::hint::black_box(tracker.take_commits());
     let encoded = encoding.elapsed();
     FullRound {

@@ -22,8 +22,10 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use prost::Message;
 use rand::seq::IndexedRandom;
+use tail_sampling_selector::ack::Hold;
 use tail_sampling_selector::config::Settings;
-use tail_sampling_selector::model::{KeptTrace, SamplingReason};
+use tail_sampling_selector::handoff::KeptTrace;
+use tail_sampling_selector::model::SamplingReason;
 use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
 use tail_sampling_selector::table::layout::ParquetLayout;
@@ -61,7 +63,7 @@ fn kept_trace(g: &mut TraceGenerator, end_unix_nano: u64) -> KeptTrace {
         reason: SamplingReason::Baseline,
         rule_id: None,
         sample_rate: 1.0,
-        msgs: Vec::new(),
+        hold: Hold::detached(Vec::new()),
         decided_at: SystemTime::now(),
     }
 }

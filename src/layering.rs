@@ -9,6 +9,7 @@ use std::path::Path;
 const CORE: &[&str] = &[
     "ack",
     "config",
+    "handoff",
     "health",
     "kafka_client",
     "matching",

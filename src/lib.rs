@@ -12,6 +12,7 @@
 // The shared core.
 pub mod ack;
 pub mod config;
+pub mod handoff;
 pub mod health;
 pub mod kafka_client;
 pub mod matching;

@@ -130,35 +130,11 @@ impl SpanRecord {
     }
 }
 
-/// The spans of one Kafka message that belong to this worker's shard.
-#[derive(Debug)]
-pub struct ShardBatch {
-    pub msg: MsgRef,
-    pub spans: Vec<(TraceId, SpanRecord)>,
-    /// The stream time the message was read at (its partition's clock),
-    /// in Unix milliseconds.
-    pub seen_ms: i64,
-}
-
 /// The wall clock in Unix milliseconds.
 pub fn unix_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A trace the policies kept, on its way to the table.
-#[derive(Debug)]
-pub struct KeptTrace {
-    pub trace_id: TraceId,
-    pub spans: Vec<SpanRecord>,
-    pub reason: SamplingReason,
-    pub rule_id: Option<Arc<str>>,
-    /// How many traces this one stands for: 1, or 1/rate when a sampling
-    /// rate kept it. Stored as `sample_rate`.
-    pub sample_rate: f64,
-    pub msgs: Vec<MsgRef>,
-    pub decided_at: SystemTime,
 }
 
 /// Why a trace was kept; stored in the `sampling_reason` column.

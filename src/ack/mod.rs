@@ -17,23 +17,35 @@
 //! traces took and returns its ticket; each decided (and, if kept, stored)
 //! trace returns its references. A message whose count reaches zero is done.
 //!
+//! No stage counts references by hand: they travel in values. The consumer
+//! turns a message into one [`Ticket`] per shard; a worker's trace buffer
+//! redeems it for the references its traces took, each kept in the trace's
+//! [`Hold`]; the hold goes with the decided trace, and is settled when the
+//! policies drop the trace or the last sink has stored it. Dropping a ticket
+//! or a hold frees the memory its spans were counted for and never an
+//! offset: what was not settled is read again.
+//!
 //! Every message also carries the *lease* it was read under: its partition and
 //! the epoch of this instance's ownership of it. A revoked partition's lease
 //! ends at once, and everything read under it (buffered spans, references,
 //! kept spans not yet committed) is dropped, because the next owner re-reads
 //! those messages from the committed offset.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
 mod clock;
+mod hold;
+mod tracker;
 pub use clock::{StreamClock, IDLE_AFTER, LIVE_WITHIN};
+pub use hold::{Hold, Ticket};
+pub use tracker::OffsetTracker;
 
-use crate::model::{KeptTrace, Lease, MsgRef, SpanRecord};
+use crate::model::Lease;
 
 /// The partitions this instance owns now, each with the epoch of its lease.
 ///
@@ -127,15 +139,14 @@ impl CurrentLeases {
 }
 
 /// The acknowledgement state of one selector, shared by its stages: the
-/// consumer registers messages and stamps leases, the deciding stage and the
-/// storage writer return references and held spans, the committer and the
-/// rebalance callback read watermarks and wait for the commit gate.
+/// consumer receives messages and stamps leases, the deciding stage and the
+/// sinks settle the holds of the traces they are done with, the committer
+/// and the rebalance callback read watermarks and wait for the commit gate.
 #[derive(Debug, Clone, Default)]
 pub struct Acks {
     pub tracker: Arc<OffsetTracker>,
     pub assignments: Arc<Assignments>,
     pub gate: Arc<CommitGate>,
-    pub held: Arc<HeldSpans>,
     /// Stream time: the consumer moves it, the workers complete traces by it.
     pub clock: Arc<StreamClock>,
     /// Bytes of the Arrow rows the writer is building from kept spans: what
@@ -184,312 +195,9 @@ impl CommitGate {
     }
 }
 
-/// A message that still holds the watermark back.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Outstanding references.
-    refs: i64,
-    /// The message's size: its spans keep the whole message alive.
-    bytes: usize,
-}
-
-#[derive(Debug, Default)]
-struct PartitionState {
-    /// Offset → the pending message.
-    pending: BTreeMap<i64, Pending>,
-    /// The bytes of the pending messages.
-    pending_bytes: usize,
-    /// One past the highest offset registered.
-    next_offset: i64,
-    /// The last watermark handed out for commit.
-    committed: i64,
-    /// The lease epoch the state belongs to.
-    epoch: u32,
-}
-
-/// Shared by the consumer, the workers and the storage writer. Each call takes
-/// the lock once per message or per trace, never per span.
-#[derive(Debug, Default)]
-pub struct OffsetTracker {
-    partitions: Mutex<HashMap<i32, PartitionState>>,
-}
-
-impl OffsetTracker {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records a consumed message of `bytes` bytes with `tickets`
-    /// outstanding references. The first message of a new lease starts the
-    /// partition afresh.
-    pub fn register(&self, msg: MsgRef, tickets: i64, bytes: usize) {
-        let mut parts = self.partitions.lock();
-        let fresh = || PartitionState {
-            next_offset: msg.offset,
-            committed: msg.offset,
-            epoch: msg.epoch,
-            ..Default::default()
-        };
-        let state = parts.entry(msg.partition).or_insert_with(fresh);
-        if state.epoch != msg.epoch {
-            *state = fresh();
-        }
-        state.next_offset = state.next_offset.max(msg.offset + 1);
-        if tickets != 0 {
-            let pending = state.pending.entry(msg.offset).or_default();
-            pending.refs += tickets;
-            if pending.bytes == 0 {
-                pending.bytes = bytes;
-                state.pending_bytes += bytes;
-            }
-        }
-    }
-
-    /// Adds `delta` references to a registered message (negative to release).
-    pub fn adjust(&self, msg: MsgRef, delta: i64) {
-        if delta == 0 {
-            return;
-        }
-        let mut parts = self.partitions.lock();
-        let Some(state) = parts
-            .get_mut(&msg.partition)
-            .filter(|s| s.epoch == msg.epoch)
-        else {
-            return; // The lease ended; the partition's next owner re-reads the message.
-        };
-        let pending = state.pending.entry(msg.offset).or_default();
-        pending.refs += delta;
-        if pending.refs <= 0 {
-            let bytes = pending.bytes;
-            state.pending.remove(&msg.offset);
-            state.pending_bytes -= bytes;
-        }
-    }
-
-    /// Releases one reference on each message.
-    pub fn release(&self, msgs: &[MsgRef]) {
-        for m in msgs {
-            self.adjust(*m, -1);
-        }
-    }
-
-    /// The watermark of each partition that moved since the last call.
-    pub fn take_commits(&self) -> Vec<(i32, i64)> {
-        self.take_commits_of(|_| true)
-    }
-
-    /// Like `take_commits`, for the partitions `which` selects.
-    pub fn take_commits_of(&self, which: impl Fn(i32) -> bool) -> Vec<(i32, i64)> {
-        let mut parts = self.partitions.lock();
-        let mut out = Vec::new();
-        for (p, state) in parts.iter_mut().filter(|(p, _)| which(**p)) {
-            let mark = watermark(state);
-            if mark > state.committed {
-                state.committed = mark;
-                out.push((*p, mark));
-            }
-        }
-        out
-    }
-
-    /// The current watermark of every partition, moved or not.
-    pub fn watermarks(&self) -> Vec<(i32, i64)> {
-        let parts = self.partitions.lock();
-        parts.iter().map(|(p, s)| (*p, watermark(s))).collect()
-    }
-
-    /// After a failed commit: hand the same watermarks out again next time.
-    pub fn reset_committed(&self, commits: &[(i32, i64)]) {
-        let mut parts = self.partitions.lock();
-        for (p, _) in commits {
-            if let Some(state) = parts.get_mut(p) {
-                state.committed = i64::MIN;
-            }
-        }
-    }
-
-    /// Consumed but uncommittable messages per partition: the lag between the
-    /// consumed position and the watermark.
-    pub fn lag(&self) -> Vec<(i32, i64)> {
-        let parts = self.partitions.lock();
-        parts
-            .iter()
-            .map(|(p, s)| (*p, s.next_offset - watermark(s)))
-            .collect()
-    }
-
-    /// Forgets partitions that this instance no longer owns.
-    pub fn forget(&self, partitions: &[i32]) {
-        let mut parts = self.partitions.lock();
-        for p in partitions {
-            parts.remove(p);
-        }
-    }
-
-    /// Messages still pending, over all partitions.
-    pub fn pending_messages(&self) -> usize {
-        self.partitions
-            .lock()
-            .values()
-            .map(|s| s.pending.len())
-            .sum()
-    }
-
-    /// The bytes of the pending messages, over all partitions: what the
-    /// spans held anywhere in the pipeline keep alive, since a span is a
-    /// slice of its message. The consumer pauses at `buffer.max_buffered_bytes`.
-    pub fn pending_bytes(&self) -> usize {
-        self.partitions
-            .lock()
-            .values()
-            .map(|s| s.pending_bytes)
-            .sum()
-    }
-}
-
-fn watermark(state: &PartitionState) -> i64 {
-    state
-        .pending
-        .keys()
-        .next()
-        .copied()
-        .unwrap_or(state.next_offset)
-}
-
-/// Spans held in memory anywhere in the pipeline: from the moment the
-/// consumer hands them to a worker until they are dropped, committed to the
-/// table, or given up with a revoked partition. The consumer pauses at
-/// `buffer.max_buffered_spans`.
-#[derive(Debug, Default)]
-pub struct HeldSpans(AtomicI64);
-
-impl HeldSpans {
-    pub fn add(&self, spans: usize) {
-        self.0.fetch_add(spans as i64, Ordering::Relaxed);
-    }
-
-    pub fn release(&self, spans: usize) {
-        self.0.fetch_sub(spans as i64, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Keeps the spans and message references of current leases; returns how
-/// many spans were removed.
-pub fn retain_current(
-    spans: &mut Vec<SpanRecord>,
-    msgs: &mut Vec<MsgRef>,
-    is_current: impl Fn(Lease) -> bool,
-) -> usize {
-    let before = spans.len();
-    spans.retain(|s| is_current(s.lease));
-    msgs.retain(|m| is_current(m.lease()));
-    before - spans.len()
-}
-
-/// Where a sink hands a kept trace once it holds it safely: the next sink
-/// of the chain, or, after the last one, the acknowledgements, which lets
-/// the trace's Kafka messages commit. A trace that never gets here (a
-/// sink that failed or stopped) stays uncommitted and is read again.
-#[derive(Debug, Clone)]
-pub enum Onward {
-    Next(tokio::sync::mpsc::UnboundedSender<KeptTrace>),
-    Release(Acks),
-}
-
-impl Onward {
-    pub fn pass(&self, kept: KeptTrace) {
-        match self {
-            // A closed channel means the next sink is gone: the trace is
-            // dropped unreleased, so its messages are read again.
-            Onward::Next(tx) => drop(tx.send(kept)),
-            Onward::Release(acks) => {
-                acks.tracker.release(&kept.msgs);
-                acks.held.release(kept.spans.len());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(p: i32, o: i64) -> MsgRef {
-        MsgRef {
-            partition: p,
-            offset: o,
-            epoch: 1,
-        }
-    }
-
-    #[test]
-    fn watermark_waits_for_the_lowest_pending_message() {
-        let t = OffsetTracker::new();
-        t.register(m(0, 10), 1, 100);
-        t.register(m(0, 11), 1, 100);
-        t.register(m(0, 12), 0, 100); // undecodable: nothing to wait for
-        assert!(t.take_commits().is_empty(), "offset 10 is still pending");
-        // Offset 11's shard took two trace refs and returned its ticket.
-        t.adjust(m(0, 11), 2 - 1);
-        t.adjust(m(0, 10), -1);
-        assert_eq!(t.take_commits(), vec![(0, 11)]);
-        t.release(&[m(0, 11)]);
-        assert!(t.take_commits().is_empty(), "one reference left on 11");
-        t.release(&[m(0, 11)]);
-        assert_eq!(t.take_commits(), vec![(0, 13)]);
-        assert!(t.take_commits().is_empty(), "nothing moved");
-    }
-
-    #[test]
-    fn pending_bytes_follow_the_messages_still_held() {
-        let t = OffsetTracker::new();
-        t.register(m(0, 1), 2, 1_000);
-        t.register(m(0, 2), 0, 5_000); // undecodable: holds nothing
-        t.register(m(1, 1), 1, 300);
-        assert_eq!(t.pending_bytes(), 1_300);
-        t.release(&[m(0, 1)]);
-        assert_eq!(t.pending_bytes(), 1_300, "one reference left on 0/1");
-        t.release(&[m(0, 1)]);
-        assert_eq!(t.pending_bytes(), 300);
-        t.forget(&[1]);
-        assert_eq!(
-            t.pending_bytes(),
-            0,
-            "a revoked partition's messages are re-read elsewhere"
-        );
-    }
-
-    #[test]
-    fn partitions_are_independent_and_can_be_forgotten() {
-        let t = OffsetTracker::new();
-        t.register(m(0, 5), 1, 100);
-        t.register(m(1, 7), 0, 100);
-        assert_eq!(t.take_commits(), vec![(1, 8)]);
-        t.forget(&[0]);
-        t.release(&[m(0, 5)]);
-        assert_eq!(t.pending_messages(), 0);
-        assert!(t.take_commits().is_empty());
-    }
-
-    #[test]
-    fn a_new_lease_starts_the_partition_afresh() {
-        let t = OffsetTracker::new();
-        t.register(m(0, 5), 1, 100);
-        let later = MsgRef {
-            epoch: 2,
-            ..m(0, 3)
-        };
-        t.register(later, 0, 100);
-        // The old lease's pending message no longer holds the watermark, and
-        // releasing it does nothing to the new lease.
-        assert_eq!(t.take_commits(), vec![(0, 4)]);
-        t.release(&[m(0, 5)]);
-        assert_eq!(t.pending_messages(), 0);
-    }
 
     #[test]
     fn leases_end_on_revoke_and_never_repeat() {

@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::error::AppError;
 use super::probes;
 use crate::ack::Acks;
-use crate::ack::Onward;
 use crate::config::Settings;
 use crate::decide::decision_cache::DecisionCache;
 use crate::decide::policy::SharedPolicies;
 use crate::decide::{self, DecideInputs, Deciders};
+use crate::handoff::Onward;
 use crate::health::Health;
 use crate::ingest::ownership::OwnershipWatch;
 use crate::ingest::{self, Ingest, IngestContext};
@@ -174,12 +174,12 @@ fn start_sinks(
     health: &Health,
 ) -> Result<
     (
-        tokio::sync::mpsc::UnboundedSender<crate::model::KeptTrace>,
+        tokio::sync::mpsc::UnboundedSender<crate::handoff::KeptTrace>,
         Vec<StageTask>,
     ),
     AppError,
 > {
-    let mut onward = Onward::Release(acks.clone());
+    let mut onward = Onward::Settle;
     let mut sinks = Vec::new();
     if let Some(table) = table {
         let (tx, writer) = storage::start(
@@ -207,7 +207,7 @@ fn start_sinks(
     }
     match onward {
         Onward::Next(head) => Ok((head, sinks)),
-        Onward::Release(_) => Err(AppError::NoSink),
+        Onward::Settle => Err(AppError::NoSink),
     }
 }
 

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::ack::retain_current;
+use crate::ack::{Hold, Ticket};
+use crate::model::Lease;
 use crate::model::{unix_now_ms, SpanRecord, TraceId};
-use crate::model::{Lease, MsgRef};
 
 /// How much longer than its timeout a trace may wait, in wall time, for
 /// stream time to reach it.
@@ -75,7 +75,7 @@ pub enum Completion {
 pub struct CompleteTrace {
     pub trace_id: TraceId,
     pub spans: Vec<SpanRecord>,
-    pub msgs: Vec<MsgRef>,
+    pub hold: Hold,
     pub completion: Completion,
     /// When the trace's newest span arrived, on the wall clock.
     pub last_seen: Instant,
@@ -84,7 +84,7 @@ pub struct CompleteTrace {
 /// What one `push_message` did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MessageOutcome {
-    /// Message references taken (the caller accounts for them).
+    /// Message references the traces took.
     pub refs: i64,
     /// Traces that were not buffered before.
     pub opened: u64,
@@ -93,7 +93,7 @@ pub struct MessageOutcome {
 /// What one `push` did.
 #[derive(Debug)]
 pub struct PushOutcome {
-    /// A new message reference was taken (the caller accounts for it).
+    /// The trace took a reference on the message.
     pub took_ref: bool,
     /// The trace was not buffered before this push.
     pub opened: bool,
@@ -104,7 +104,7 @@ pub struct PushOutcome {
 #[derive(Debug)]
 struct OpenTrace {
     spans: Vec<SpanRecord>,
-    msgs: Vec<MsgRef>,
+    hold: Hold,
     /// Bumped on every push; matches only the newest idle-queue entry.
     generation: u32,
     /// The generation at which the trace was opened; matches its age entries.
@@ -211,15 +211,14 @@ impl TraceBuffer {
         self.buffered_spans
     }
 
-    /// Adds the spans one message holds for one trace.
-    ///
-    /// The outcome says whether a message reference was taken, so the caller
-    /// can account for the message in the offset tracker.
+    /// Adds the spans one message holds for one trace; the trace's hold
+    /// takes them, and a reference on the message, from the shard's ticket.
+    /// The caller redeems the ticket before it settles any hold.
     pub fn push(
         &mut self,
         trace_id: TraceId,
         spans: impl IntoIterator<Item = SpanRecord>,
-        msg: MsgRef,
+        ticket: &mut Ticket,
         at: impl Into<Stamp>,
     ) -> PushOutcome {
         let at = at.into();
@@ -231,7 +230,7 @@ impl TraceBuffer {
             Entry::Vacant(v) => (
                 v.insert(OpenTrace {
                     spans: Vec::new(),
-                    msgs: Vec::new(),
+                    hold: ticket.open(),
                     generation,
                     opened: generation,
                     last_seen: now,
@@ -250,10 +249,7 @@ impl TraceBuffer {
         trace.spans.extend(spans);
         let added = trace.spans.len() - n_before;
         self.buffered_spans += added;
-        let took_ref = trace.msgs.last() != Some(&msg);
-        if took_ref {
-            trace.msgs.push(msg);
-        }
+        let took_ref = ticket.give(&mut trace.hold, added);
         let full = trace.spans.len() >= self.limits.max_spans_per_trace;
         if opened {
             let age = self.limits.max_trace_duration;
@@ -281,14 +277,15 @@ impl TraceBuffer {
         }
     }
 
-    /// Buffers the spans one message holds for this shard. Consecutive spans of
-    /// one trace (the usual layout: an SDK or the Collector groups a trace's
-    /// spans) cost one map lookup and one deadline between them. Traces this
-    /// completes at `max_spans_per_trace` go to `due`.
+    /// Buffers the spans one message holds for this shard, and redeems the
+    /// shard's ticket for the references its traces took. Consecutive spans
+    /// of one trace (the usual layout: an SDK or the Collector groups a
+    /// trace's spans) cost one map lookup and one deadline between them.
+    /// Traces this completes at `max_spans_per_trace` go to `due`.
     pub fn push_message(
         &mut self,
         spans: Vec<(TraceId, SpanRecord)>,
-        msg: MsgRef,
+        mut ticket: Ticket,
         at: impl Into<Stamp>,
         due: &mut Vec<CompleteTrace>,
     ) -> MessageOutcome {
@@ -303,11 +300,17 @@ impl TraceBuffer {
                 .take_while(|(next, _)| *next == trace_id)
                 .count();
             let rest = spans.by_ref().take(run).map(|(_, s)| s);
-            let pushed = self.push(trace_id, std::iter::once(first).chain(rest), msg, at);
+            let pushed = self.push(
+                trace_id,
+                std::iter::once(first).chain(rest),
+                &mut ticket,
+                at,
+            );
             outcome.refs += i64::from(pushed.took_ref);
             outcome.opened += u64::from(pushed.opened);
             due.extend(pushed.complete);
         }
+        ticket.redeem();
         outcome
     }
 
@@ -367,14 +370,14 @@ impl TraceBuffer {
     }
 
     /// Drops what was read under leases that have ended: those spans and
-    /// message references go, and a trace left with no span goes entirely.
-    /// Returns how many spans were dropped. The next owner of the revoked
+    /// message references go (their holds free the spans), and a trace left
+    /// with no span goes entirely. Returns how many spans were dropped. The next owner of the revoked
     /// partitions re-reads them; a trace that also has spans from a partition
     /// still owned keeps those and is decided as usual.
     pub fn purge(&mut self, is_current: impl Fn(Lease) -> bool) -> usize {
         let mut dropped = 0;
         self.traces.retain(|_, t| {
-            dropped += retain_current(&mut t.spans, &mut t.msgs, &is_current);
+            dropped += t.hold.retain_current(&mut t.spans, &is_current);
             !t.spans.is_empty()
         });
         self.buffered_spans -= dropped;
@@ -382,7 +385,8 @@ impl TraceBuffer {
     }
 
     /// Removes every open trace without deciding it; used when partitions are
-    /// given up, because their next owner re-reads the messages.
+    /// given up, because their next owner re-reads the messages. Dropping
+    /// the traces frees their spans and keeps their offsets.
     pub fn drain(&mut self) -> Vec<CompleteTrace> {
         self.idle_queue.clear();
         self.age_queue.clear();
@@ -394,7 +398,7 @@ impl TraceBuffer {
             .map(|(trace_id, t)| CompleteTrace {
                 trace_id,
                 spans: t.spans,
-                msgs: t.msgs,
+                hold: t.hold,
                 completion: Completion::Inactive,
                 last_seen: t.last_seen,
             })
@@ -407,7 +411,7 @@ impl TraceBuffer {
         Some(CompleteTrace {
             trace_id: *id,
             spans: t.spans,
-            msgs: t.msgs,
+            hold: t.hold,
             completion,
             last_seen: t.last_seen,
         })
@@ -431,7 +435,8 @@ impl TraceBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Origin;
+    use crate::ack::OffsetTracker;
+    use crate::model::{MsgRef, Origin};
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -459,12 +464,23 @@ mod tests {
         t
     }
 
-    fn m(offset: i64) -> MsgRef {
+    fn r(offset: i64) -> MsgRef {
         MsgRef {
             partition: 0,
             offset,
             epoch: 1,
         }
+    }
+
+    /// A share of the message with room for any test's spans.
+    fn ticket(msg: MsgRef) -> Ticket {
+        let tracker = Arc::new(OffsetTracker::new());
+        let mut tickets = tracker.receive(msg, 1, [1_000].into_iter());
+        tickets.pop().expect("one share")
+    }
+
+    fn m(offset: i64) -> Ticket {
+        ticket(r(offset))
     }
 
     #[test]
@@ -473,8 +489,8 @@ mod tests {
         let wall = Instant::now();
         let at = |stream_ms| Stamp { wall, stream_ms };
         // Read within the same instant, stamped an hour ago and 5 s apart.
-        b.push(id(1), [rec()], m(0), at(1_000_000));
-        b.push(id(2), [rec()], m(1), at(1_005_000));
+        b.push(id(1), [rec()], &mut m(0), at(1_000_000));
+        b.push(id(2), [rec()], &mut m(1), at(1_005_000));
         let mut out = Vec::new();
         b.expire(at(1_009_999), &mut out);
         assert!(
@@ -495,8 +511,8 @@ mod tests {
         let mut b = TraceBuffer::new(limits());
         let wall = Instant::now();
         let at = |stream_ms| Stamp { wall, stream_ms };
-        b.push(id(1), [rec()], m(0), at(50_000));
-        b.push(id(1), [rec()], m(1), at(20_000));
+        b.push(id(1), [rec()], &mut m(0), at(50_000));
+        b.push(id(1), [rec()], &mut m(1), at(20_000));
         let mut out = Vec::new();
         b.expire(at(59_999), &mut out);
         assert!(out.is_empty(), "the newest span's stream time counts");
@@ -510,9 +526,9 @@ mod tests {
         let mut b = TraceBuffer::new(limits());
         let wall = Instant::now();
         let at = |stream_ms| Stamp { wall, stream_ms };
-        b.push(id(1), [rec()], m(0), at(50_000));
-        b.push(id(2), [rec()], m(1), at(20_000));
-        b.push(id(3), [rec()], m(2), at(55_000));
+        b.push(id(1), [rec()], &mut m(0), at(50_000));
+        b.push(id(2), [rec()], &mut m(1), at(20_000));
+        b.push(id(3), [rec()], &mut m(2), at(55_000));
         let mut out = Vec::new();
         b.expire(at(30_000), &mut out);
         assert_eq!(
@@ -533,7 +549,7 @@ mod tests {
         b.push(
             id(1),
             [rec()],
-            m(0),
+            &mut m(0),
             Stamp {
                 wall: t0,
                 stream_ms: 1_000,
@@ -554,15 +570,15 @@ mod tests {
     fn inactivity_timeout_restarts_on_every_span() {
         let t0 = Instant::now();
         let mut b = TraceBuffer::new(limits());
-        b.push(id(1), [rec()], m(0), t0);
-        b.push(id(1), [rec()], m(1), t0 + Duration::from_secs(8));
+        b.push(id(1), [rec()], &mut m(0), t0);
+        b.push(id(1), [rec()], &mut m(1), t0 + Duration::from_secs(8));
         let mut out = Vec::new();
         b.expire(t0 + Duration::from_secs(12), &mut out);
         assert!(out.is_empty(), "the second span restarted the timer");
         b.expire(t0 + Duration::from_secs(18), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].spans.len(), 2);
-        assert_eq!(out[0].msgs, vec![m(0), m(1)]);
+        assert_eq!(out[0].hold.msgs(), [r(0), r(1)]);
         assert_eq!(out[0].completion, Completion::Inactive);
         assert_eq!(b.trace_count(), 0);
         assert_eq!(b.span_count(), 0);
@@ -579,7 +595,10 @@ mod tests {
         let mut decided_at = None;
         for s in (0..=80).step_by(4) {
             let now = t0 + Duration::from_secs(s);
-            assert!(b.push(id(2), [rec()], m(s as i64), now).complete.is_none());
+            assert!(b
+                .push(id(2), [rec()], &mut m(s as i64), now)
+                .complete
+                .is_none());
             b.expire(now, &mut out);
             if !out.is_empty() {
                 decided_at = Some(s);
@@ -597,10 +616,10 @@ mod tests {
     fn max_spans_decides_at_once() {
         let t0 = Instant::now();
         let mut b = TraceBuffer::new(limits());
-        let first = b.push(id(3), vec![rec(), rec(), rec()], m(0), t0);
+        let first = b.push(id(3), vec![rec(), rec(), rec()], &mut m(0), t0);
         assert!(first.took_ref && first.opened);
         assert!(first.complete.is_none());
-        let second = b.push(id(3), vec![rec(), rec()], m(1), t0);
+        let second = b.push(id(3), vec![rec(), rec()], &mut m(1), t0);
         assert!(!second.opened);
         let done = second.complete.expect("5 spans reach the limit");
         assert_eq!(done.completion, Completion::MaxSpans);
@@ -615,9 +634,9 @@ mod tests {
     fn message_references_are_taken_once_per_message() {
         let t0 = Instant::now();
         let mut b = TraceBuffer::new(limits());
-        assert!(b.push(id(4), [rec()], m(7), t0).took_ref);
-        assert!(!b.push(id(4), [rec()], m(7), t0).took_ref);
-        assert!(b.push(id(5), [rec()], m(7), t0).took_ref);
+        assert!(b.push(id(4), [rec()], &mut m(7), t0).took_ref);
+        assert!(!b.push(id(4), [rec()], &mut m(7), t0).took_ref);
+        assert!(b.push(id(5), [rec()], &mut m(7), t0).took_ref);
         assert_eq!(b.span_count(), 3);
         assert_eq!(b.trace_count(), 2);
         let drained = b.drain();
@@ -630,15 +649,15 @@ mod tests {
         let t0 = Instant::now();
         let mut b = TraceBuffer::new(limits());
         let mut out = Vec::new();
-        b.push(id(6), [rec()], m(0), t0);
+        b.push(id(6), [rec()], &mut m(0), t0);
         b.expire(t0 + Duration::from_secs(11), &mut out);
         assert_eq!(out.len(), 1);
         out.clear();
         // A late span opens the trace again at t0+50 and another keeps it
         // busy at t0+58; the first opening's max-duration deadline (t0+60)
         // must not cut it short.
-        b.push(id(6), [rec()], m(1), t0 + Duration::from_secs(50));
-        b.push(id(6), [rec()], m(2), t0 + Duration::from_secs(58));
+        b.push(id(6), [rec()], &mut m(1), t0 + Duration::from_secs(50));
+        b.push(id(6), [rec()], &mut m(2), t0 + Duration::from_secs(58));
         b.expire(t0 + Duration::from_secs(61), &mut out);
         assert!(out.is_empty(), "the old max-duration entry is stale");
         b.expire(t0 + Duration::from_secs(68), &mut out);
@@ -665,10 +684,16 @@ mod tests {
             offset,
             epoch: lease.epoch,
         };
+        let share = |lease: Lease, offset| ticket(msg(lease, offset));
         // Trace 7 lives on the revoked partition only; trace 8 on both.
-        b.push(id(7), [on(revoked), on(revoked)], msg(revoked, 0), t0);
-        b.push(id(8), [on(owned)], msg(owned, 0), t0);
-        b.push(id(8), [on(revoked)], msg(revoked, 1), t0);
+        b.push(
+            id(7),
+            [on(revoked), on(revoked)],
+            &mut share(revoked, 0),
+            t0,
+        );
+        b.push(id(8), [on(owned)], &mut share(owned, 0), t0);
+        b.push(id(8), [on(revoked)], &mut share(revoked, 1), t0);
         assert_eq!(b.purge(|l| l == owned), 3);
         assert_eq!(b.trace_count(), 1);
         assert_eq!(b.span_count(), 1);
@@ -676,7 +701,7 @@ mod tests {
         b.expire(t0 + Duration::from_secs(11), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].trace_id, id(8));
-        assert_eq!(out[0].msgs, vec![msg(owned, 0)]);
+        assert_eq!(out[0].hold.msgs(), [msg(owned, 0)]);
         assert!(out[0].spans.iter().all(|s| s.lease == owned));
     }
 
@@ -705,6 +730,6 @@ mod tests {
         assert_eq!((out.refs, out.opened), (1, 0));
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].spans.len(), 5);
-        assert_eq!(due[0].msgs, vec![m(3), m(4)]);
+        assert_eq!(due[0].hold.msgs(), [r(3), r(4)]);
     }
 }

@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::ack::Acks;
 use crate::config::SamplingConfig;
+use crate::handoff::{KeptTrace, ShardBatch};
 use crate::metrics::Metrics;
-use crate::model::{ForceRules, KeptTrace, ShardBatch};
+use crate::model::ForceRules;
 use crate::supervise::{StageExit, StageTasks};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;

@@ -10,9 +10,10 @@ use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
 use super::policy::SharedPolicies;
 use crate::ack::Acks;
+use crate::handoff::{KeptTrace, ShardBatch};
 use crate::metrics::red::RedRecorder;
 use crate::metrics::Metrics;
-use crate::model::{unix_now_ms, Decision, ForceRules, KeptTrace, SamplingReason, ShardBatch};
+use crate::model::{unix_now_ms, Decision, ForceRules, SamplingReason};
 
 /// Everything a worker shares with the rest of the pipeline.
 #[derive(Clone)]
@@ -23,18 +24,19 @@ pub struct WorkerContext {
     pub force_rules: Arc<dyn ForceRules>,
     /// Earlier decisions, so late spans and other instances agree.
     pub decisions: Arc<DecisionCache>,
-    /// The partition leases (spans of a revoked one are purged), the message
-    /// references and the held spans.
+    /// The partition leases (spans of a revoked one are purged) and the
+    /// stream clock.
     pub acks: Acks,
     pub metrics: Metrics,
-    /// Unbounded: memory is bounded by `held` and the consumer's pause.
+    /// Unbounded: memory is bounded by the held spans and the consumer's pause.
     pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
     /// How often due traces are looked for.
     pub tick: Duration,
 }
 
 /// Runs until the input channel closes. Open traces are then dropped undecided:
-/// their messages stay uncommitted, so the next owner re-reads them.
+/// their holds free their spans and keep their messages uncommitted, so the
+/// next owner re-reads them.
 pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
     let mut state = Worker {
         buffer: TraceBuffer::new(ctx.limits),
@@ -71,12 +73,10 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         state.report_gauges();
     }
     state.red.flush();
-    let abandoned = state.buffer.drain();
-    let abandoned_spans = abandoned.iter().map(|t| t.spans.len()).sum();
-    state.ctx.acks.held.release(abandoned_spans);
+    let abandoned = state.buffer.drain().len();
     state.report_gauges();
     tracing::info!(
-        traces = abandoned.len(),
+        traces = abandoned,
         "worker stopped; undecided traces will be re-read from Kafka"
     );
 }
@@ -101,7 +101,6 @@ impl Worker {
         self.seen_revocations = now;
         let current = self.ctx.acks.assignments.snapshot();
         let dropped = self.buffer.purge(|l| current.contains(l));
-        self.ctx.acks.held.release(dropped);
         if dropped > 0 {
             tracing::info!(
                 spans = dropped,
@@ -112,9 +111,9 @@ impl Worker {
 
     /// Buffers a batch; traces it completes (at `max_spans_per_trace`) go to `due`.
     fn ingest(&mut self, batch: ShardBatch, due: &mut Vec<CompleteTrace>) {
-        if !self.ctx.acks.assignments.is_current(batch.msg.lease()) {
-            // Queued before its partition was revoked; the next owner reads it.
-            self.ctx.acks.held.release(batch.spans.len());
+        if !self.ctx.acks.assignments.is_current(batch.msg().lease()) {
+            // Queued before its partition was revoked; the next owner reads
+            // it. Dropping the batch frees its spans.
             return;
         }
         self.ctx
@@ -126,15 +125,12 @@ impl Worker {
             wall: Instant::now(),
             stream_ms: batch.seen_ms,
         };
-        let outcome = self.buffer.push_message(batch.spans, batch.msg, at, due);
+        let outcome = self.buffer.push_message(batch.spans, batch.ticket, at, due);
         self.ctx
             .metrics
             .decide
             .traces_ingested_total
             .inc_by(outcome.opened);
-        // The batch's ticket is returned only after its references are counted,
-        // so the message cannot look finished in between.
-        self.ctx.acks.tracker.adjust(batch.msg, outcome.refs - 1);
     }
 
     /// Decides every due trace. A trace decided before (its spans arrived
@@ -202,7 +198,7 @@ impl Worker {
         }
     }
 
-    /// Releases a dropped trace's messages, or hands a kept one to storage.
+    /// Settles a dropped trace, or hands a kept one to the sinks.
     fn route(&mut self, trace: CompleteTrace, decision: Decision) {
         let Decision::Keep {
             reason,
@@ -210,8 +206,7 @@ impl Worker {
             sample_rate,
         } = decision
         else {
-            self.ctx.acks.tracker.release(&trace.msgs);
-            self.ctx.acks.held.release(trace.spans.len());
+            trace.hold.settle();
             return;
         };
         let kept = KeptTrace {
@@ -220,11 +215,11 @@ impl Worker {
             sample_rate,
             reason,
             rule_id,
-            msgs: trace.msgs,
+            hold: trace.hold,
             decided_at: SystemTime::now(),
         };
         if let Err(e) = self.ctx.kept_tx.send(kept) {
-            self.ctx.acks.held.release(e.0.spans.len());
+            // Dropping the trace frees its spans; its messages stay unsettled.
             tracing::warn!(
                 trace_id = %hex::encode(e.0.trace_id),
                 "storage has stopped; the kept trace stays uncommitted in Kafka"

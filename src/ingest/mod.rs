@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::{Acks, OffsetTracker};
 use crate::config::{BackpressureConfig, KafkaConfig};
+use crate::handoff::ShardBatch;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::MsgRef;
-use crate::model::{shard_of, unix_now_ms, ShardBatch, TraceId};
+use crate::model::{shard_of, unix_now_ms, TraceId};
 use crate::otlp::decode::decode_message;
 use crate::supervise::{StageExit, StageTask};
 
@@ -417,7 +418,7 @@ impl Source {
     /// both are below `resume_ratio` of their limit. Returns whether the
     /// consumer is paused.
     fn apply_backpressure(&self, paused: bool) -> bool {
-        let held = self.ctx.acks.held.get();
+        let held = self.ctx.acks.tracker.held_spans();
         let building = self.ctx.acks.building_bytes.load(Ordering::Relaxed);
         let bytes = (self.ctx.acks.tracker.pending_bytes() + building) as i64;
         self.ctx.metrics.ingest.held_spans.set(held);
@@ -516,7 +517,7 @@ impl Source {
                     "skipping undecodable message"
                 );
                 self.dead_letter(m, e.reason()).await;
-                self.ctx.acks.tracker.register(msg, 0, 0);
+                self.ctx.acks.tracker.skip(msg);
                 return;
             }
         };
@@ -532,34 +533,32 @@ impl Source {
             decoded.invalid_timestamp_spans,
             "skipped spans with absurd start or end times",
         );
-        self.ctx.acks.held.add(decoded.spans.len());
         let n = self.shards.len();
         let mut per_shard: Vec<Vec<(TraceId, _)>> = (0..n).map(|_| Vec::new()).collect();
         for (trace_id, mut span) in decoded.spans {
             span.lease = lease;
             per_shard[shard_of(&trace_id, n)].push((trace_id, span));
         }
-        let tickets = per_shard.iter().filter(|s| !s.is_empty()).count();
-        self.ctx
-            .acks
-            .tracker
-            .register(msg, tickets as i64, payload_len);
-        for (shard, spans) in per_shard.into_iter().enumerate() {
-            if spans.is_empty() {
-                continue;
-            }
+        let shares: Vec<(usize, Vec<_>)> = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, spans)| !spans.is_empty())
+            .collect();
+        let tickets =
+            self.ctx
+                .acks
+                .tracker
+                .receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
+        for ((shard, spans), ticket) in shares.into_iter().zip(tickets) {
+            let batch = ShardBatch {
+                ticket,
+                spans,
+                seen_ms,
+            };
             // Workers never wait on storage, so a full channel clears quickly.
-            let n = spans.len();
-            if self.shards[shard]
-                .send(ShardBatch {
-                    msg,
-                    spans,
-                    seen_ms,
-                })
-                .await
-                .is_err()
-            {
-                self.ctx.acks.held.release(n);
+            // A refused batch is dropped with its ticket: its spans are
+            // freed and the message stays uncommitted.
+            if self.shards[shard].send(batch).await.is_err() {
                 tracing::warn!("worker stopped; message stays uncommitted");
             }
         }

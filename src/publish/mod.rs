@@ -21,12 +21,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
-use crate::ack::Onward;
 use crate::config::{KafkaConfig, SampledTopicConfig};
+use crate::handoff::KeptTrace;
+use crate::handoff::Onward;
 use crate::health::Health;
 use crate::kafka_client;
 use crate::metrics::Metrics;
-use crate::model::KeptTrace;
 use crate::otlp::encode::export_requests;
 use crate::supervise::StageTask;
 

@@ -13,7 +13,7 @@ pub use error::{RowError, StorageError};
 use tokio::sync::mpsc;
 
 use crate::config::StorageConfig;
-use crate::model::KeptTrace;
+use crate::handoff::KeptTrace;
 use crate::supervise::StageTask;
 use crate::table::layout::ParquetLayout;
 use crate::table::TableHandle;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use iceberg::table::Table;
 use iceberg::{Catalog, ErrorKind, Result, TableCommit, TableIdent};
 
-use crate::model::KeptTrace;
+use crate::handoff::KeptTrace;
 use crate::table::bounded::delegate_catalog;
 use crate::table::offsets::{self, SNAPSHOT_KAFKA_OFFSETS_KEY};
 
@@ -103,7 +103,7 @@ pub fn landed_over(base: &Table, newer: &Table, topic: &str, batch: &[KeptTrace]
         let e = by_partition.entry(partition).or_insert(next);
         *e = (*e).max(next);
     }
-    batch.iter().flat_map(|t| t.msgs.iter()).any(|m| {
+    batch.iter().flat_map(|t| t.hold.msgs().iter()).any(|m| {
         by_partition
             .get(&m.partition)
             .is_some_and(|next| m.offset < *next)

@@ -27,7 +27,7 @@ use iceberg::spec::Datum;
 use iceberg::table::Table;
 
 use crate::ack::Assignments;
-use crate::model::KeptTrace;
+use crate::handoff::KeptTrace;
 use crate::model::TraceId;
 
 use crate::table::offsets;
@@ -36,7 +36,7 @@ pub use crate::table::offsets::{OffsetsSummary, PartitionOffsets, SNAPSHOT_KAFKA
 /// The summary value for a batch of kept traces.
 pub fn offsets_summary(topic: &str, traces: &[KeptTrace], assignments: &Assignments) -> String {
     let mut partitions: BTreeMap<i32, PartitionOffsets> = BTreeMap::new();
-    for m in traces.iter().flat_map(|t| t.msgs.iter()) {
+    for m in traces.iter().flat_map(|t| t.hold.msgs().iter()) {
         let entry = partitions
             .entry(m.partition)
             .or_insert_with(|| PartitionOffsets {
@@ -99,7 +99,7 @@ impl ReplayGuard {
 
 /// Whether a trace holds a message that another lease may already have stored.
 pub fn is_replayed(trace: &KeptTrace, foreign_high: &HashMap<i32, i64>) -> bool {
-    trace.msgs.iter().any(|m| {
+    trace.hold.msgs().iter().any(|m| {
         foreign_high
             .get(&m.partition)
             .is_some_and(|h| m.offset < *h)
@@ -194,6 +194,7 @@ fn string_column<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::Hold;
     use crate::model::MsgRef;
     use crate::model::SamplingReason;
     use std::time::SystemTime;
@@ -205,7 +206,7 @@ mod tests {
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,
-            msgs,
+            hold: Hold::detached(msgs),
             decided_at: SystemTime::now(),
         }
     }

@@ -26,7 +26,8 @@ use super::columns::{
     timestamps, EventColumn, EventMark, LinkColumn, LinkMark, MapColumn, MapMark, Packed, StrColumn,
 };
 use super::error::RowError;
-use crate::model::{AttributeLimits, KeptTrace, Origin};
+use crate::handoff::KeptTrace;
+use crate::model::{AttributeLimits, Origin};
 use crate::otlp::fields;
 use crate::otlp::format::{any_value_string, kind_name, status_name, Scalar};
 use crate::otlp::wire::{read_status, text, Fields, WireError};
@@ -878,6 +879,7 @@ fn micros(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::Hold;
     use crate::model::SamplingReason;
     use crate::otlp::decode::decode_message;
     use crate::table::schema::table_schema;
@@ -904,7 +906,7 @@ mod tests {
             reason: SamplingReason::Error,
             rule_id: Some("rule-1".into()),
             sample_rate: 1.0,
-            msgs: vec![],
+            hold: Hold::detached(vec![]),
             decided_at: SystemTime::now(),
         }
     }
@@ -1338,7 +1340,7 @@ mod tests {
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,
-            msgs: vec![],
+            hold: Hold::detached(vec![]),
             decided_at: SystemTime::now(),
         };
         let mut rows = SpanRows::default();

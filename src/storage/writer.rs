@@ -22,10 +22,11 @@ use super::error::StorageError;
 use super::pinned::{landed_over, PinnedCatalog};
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::{RowChunks, RowStats};
-use crate::ack::{retain_current, Acks, CommitGate};
+use crate::ack::{Acks, CommitGate};
+use crate::handoff::KeptTrace;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{AttributeLimits, KeptTrace, TraceId};
+use crate::model::{AttributeLimits, TraceId};
 use crate::table::layout::ParquetLayout;
 use crate::table::write::write_batches;
 use crate::table::TableHandle;
@@ -191,17 +192,16 @@ impl IcebergWriter {
         let assignments = self.ctx.acks.assignments.clone();
         // Entering the gate and dropping revoked spans is one step with
         // respect to a rebalance: see `CommitGate`.
-        let revoked_spans = self.ctx.acks.gate.enter(|| {
+        // The holds free the dropped spans; their messages are re-read by
+        // the partitions' next owners.
+        self.ctx.acks.gate.enter(|| {
             let current = assignments.snapshot();
-            let mut n = 0;
             for t in batch.iter_mut() {
-                n += retain_current(&mut t.spans, &mut t.msgs, |l| current.contains(l));
+                t.hold.retain_current(&mut t.spans, |l| current.contains(l));
             }
-            n
         });
         let _gate = GateGuard(&self.ctx.acks.gate);
         batch.retain(|t| !t.spans.is_empty());
-        self.ctx.acks.held.release(revoked_spans);
 
         let foreign_high = self
             .replay
@@ -280,13 +280,10 @@ impl IcebergWriter {
                 .iceberg_commit_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let mut spans = 0;
         for trace in batch.drain(..) {
             self.suspect.remove(&trace.trace_id);
-            spans += trace.spans.len();
-            self.ctx.acks.tracker.release(&trace.msgs);
+            trace.hold.settle();
         }
-        self.ctx.acks.held.release(spans);
         // Where a commit's time goes: loading the table, writing the files,
         // waiting for a maintenance commit, and the catalog commit itself.
         tracing::debug!(

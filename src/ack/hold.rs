@@ -1,0 +1,279 @@
+//! The values that carry acknowledgements through the pipeline, as Vector's
+//! event finalizers do, so that no stage counts references by hand.
+//!
+//! A [`Ticket`] is one worker shard's share of a consumed message. The trace
+//! buffer gives the share's spans and references to the [`Hold`]s of the
+//! traces they belong to, then redeems the ticket. A hold goes with its
+//! trace through the decision and the sinks, and is settled once, when the
+//! trace is dropped by the policies or stored by the last sink.
+//!
+//! Dropping either value frees what its spans were counted for against the
+//! memory budget, and nothing else: the references it held stay, so the
+//! offsets of its messages cannot commit and the messages are read again
+//! after a restart or by the partition's next owner. That is what a revoked
+//! partition, a stopped sink and a shut-down worker need, and it makes a
+//! forgotten settlement a stuck offset rather than a lost trace.
+
+use std::sync::Arc;
+
+use super::tracker::OffsetTracker;
+use crate::model::{Lease, MsgRef, SpanRecord};
+
+impl OffsetTracker {
+    /// Takes in a consumed message of `bytes` bytes whose spans go to
+    /// workers in shares of the given sizes: one ticket per share. A
+    /// message with no share (undecodable, or no valid span) is done at once.
+    pub fn receive(
+        self: &Arc<Self>,
+        msg: MsgRef,
+        bytes: usize,
+        shares: impl ExactSizeIterator<Item = usize>,
+    ) -> Vec<Ticket> {
+        self.register(msg, shares.len() as i64, bytes);
+        shares
+            .map(|spans| {
+                self.held.add(spans);
+                Ticket::new(self.clone(), msg, spans)
+            })
+            .collect()
+    }
+}
+
+/// One shard's share of a message: the message's reference for the shard,
+/// and its spans, counted as held until they are given to traces' holds.
+#[must_use = "a ticket is redeemed once its spans are in traces' holds"]
+pub struct Ticket {
+    tracker: Arc<OffsetTracker>,
+    msg: MsgRef,
+    /// Spans of the share not yet given to a hold.
+    spans: usize,
+    /// References given to holds, counted in when the ticket is redeemed.
+    given: i64,
+}
+
+impl Ticket {
+    fn new(tracker: Arc<OffsetTracker>, msg: MsgRef, spans: usize) -> Self {
+        Self {
+            tracker,
+            msg,
+            spans,
+            given: 0,
+        }
+    }
+
+    /// The message this share is of.
+    pub fn msg(&self) -> MsgRef {
+        self.msg
+    }
+
+    /// An empty hold for a trace that this share opens.
+    pub fn open(&self) -> Hold {
+        Hold {
+            tracker: self.tracker.clone(),
+            msgs: Vec::new(),
+            spans: 0,
+        }
+    }
+
+    /// Gives `spans` of the share to `hold`, with a reference on the message
+    /// unless the hold took one already. True when a reference was given.
+    pub fn give(&mut self, hold: &mut Hold, spans: usize) -> bool {
+        let spans = spans.min(self.spans);
+        self.spans -= spans;
+        hold.spans += spans;
+        let took_ref = hold.msgs.last() != Some(&self.msg);
+        if took_ref {
+            hold.msgs.push(self.msg);
+            self.given += 1;
+        }
+        took_ref
+    }
+
+    /// Counts the references given in place of the ticket's own. Must come
+    /// before any hold that took one is settled, or the message could look
+    /// finished while a trace still holds it: the trace buffer redeems a
+    /// ticket before it returns the traces the share completed.
+    pub fn redeem(self) {
+        self.tracker.adjust(self.msg, self.given - 1);
+    }
+}
+
+// By hand: the tracker is shared by the whole pipeline and not this value's to print.
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("msg", &self.msg)
+            .field("spans", &self.spans)
+            .field("given", &self.given)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.tracker.held.release(self.spans);
+    }
+}
+
+/// What one trace holds back: a reference on each message that fed it, and
+/// its spans' share of the memory budget.
+#[must_use = "a hold is settled when its trace is dropped by the policies or stored"]
+pub struct Hold {
+    tracker: Arc<OffsetTracker>,
+    /// One reference on each, in the order the messages came.
+    msgs: Vec<MsgRef>,
+    /// How many spans are counted as held; the trace's span count.
+    spans: usize,
+}
+
+impl Hold {
+    /// A hold on messages of a tracker of its own, which nothing commits: for
+    /// tests and benchmarks that build traces without a consumer.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn detached(msgs: Vec<MsgRef>) -> Self {
+        Self {
+            tracker: Arc::new(OffsetTracker::new()),
+            msgs,
+            spans: 0,
+        }
+    }
+
+    /// The messages this trace holds back.
+    pub fn msgs(&self) -> &[MsgRef] {
+        &self.msgs
+    }
+
+    /// Keeps the spans and message references read under current leases,
+    /// freeing the rest; returns how many spans went. The messages of the
+    /// revoked partitions are re-read by their next owner, so their
+    /// references are dropped, not returned.
+    pub fn retain_current(
+        &mut self,
+        spans: &mut Vec<SpanRecord>,
+        is_current: impl Fn(Lease) -> bool,
+    ) -> usize {
+        let before = spans.len();
+        spans.retain(|s| is_current(s.lease));
+        self.msgs.retain(|m| is_current(m.lease()));
+        let gone = before - spans.len();
+        self.forget_spans(gone);
+        gone
+    }
+
+    /// The trace is done with: dropped by the policies, or stored by the last
+    /// sink. Its references go back, which lets its messages commit.
+    pub fn settle(self) {
+        self.tracker.release(&self.msgs);
+    }
+
+    fn forget_spans(&mut self, spans: usize) {
+        let spans = spans.min(self.spans);
+        self.spans -= spans;
+        self.tracker.held.release(spans);
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("msgs", &self.msgs)
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.tracker.held.release(self.spans);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(offset: i64) -> MsgRef {
+        MsgRef {
+            partition: 0,
+            offset,
+            epoch: 1,
+        }
+    }
+
+    fn span(epoch: u32) -> SpanRecord {
+        SpanRecord {
+            lease: Lease {
+                partition: 0,
+                epoch,
+            },
+            ..SpanRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_settled_hold_lets_its_messages_commit_and_frees_its_spans() {
+        let t = Arc::new(OffsetTracker::new());
+        let mut tickets = t.receive(m(0), 100, [2, 1].into_iter());
+        let (b, a) = (tickets.pop().expect("two"), tickets.pop().expect("two"));
+        assert_eq!(t.held_spans(), 3);
+        let (mut a, mut b) = (a, b);
+        let (mut x, mut y) = (a.open(), b.open());
+        assert!(a.give(&mut x, 2));
+        assert!(!a.give(&mut x, 0), "one reference per message per hold");
+        assert!(b.give(&mut y, 1));
+        a.redeem();
+        b.redeem();
+        assert!(t.take_commits().is_empty(), "two traces hold offset 0");
+        x.settle();
+        assert!(t.take_commits().is_empty(), "one trace still holds it");
+        assert_eq!(t.held_spans(), 1);
+        y.settle();
+        assert_eq!(t.take_commits(), vec![(0, 1)]);
+        assert_eq!(t.held_spans(), 0);
+    }
+
+    #[test]
+    fn dropping_frees_memory_but_never_an_offset() {
+        let t = Arc::new(OffsetTracker::new());
+        let mut ticket = t.receive(m(0), 100, [3].into_iter()).pop().expect("one");
+        let mut hold = ticket.open();
+        ticket.give(&mut hold, 2);
+        ticket.redeem();
+        assert_eq!(t.held_spans(), 2, "the span no trace took is freed");
+        drop(hold);
+        assert_eq!(t.held_spans(), 0);
+        assert!(
+            t.take_commits().is_empty(),
+            "a dropped hold is re-read, not committed"
+        );
+
+        let unsent = t.receive(m(1), 100, [4].into_iter());
+        drop(unsent);
+        assert_eq!(t.held_spans(), 0);
+        assert!(
+            t.take_commits().is_empty(),
+            "a dropped ticket holds offset 1 too"
+        );
+    }
+
+    #[test]
+    fn a_message_with_no_share_is_done_at_once() {
+        let t = Arc::new(OffsetTracker::new());
+        assert!(t.receive(m(0), 100, std::iter::empty()).is_empty());
+        assert_eq!(t.take_commits(), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn retaining_current_leases_frees_the_rest() {
+        let t = Arc::new(OffsetTracker::new());
+        let mut ticket = t.receive(m(0), 100, [3].into_iter()).pop().expect("one");
+        let mut hold = ticket.open();
+        ticket.give(&mut hold, 3);
+        ticket.redeem();
+        let mut spans = vec![span(1), span(2), span(2)];
+        let gone = hold.retain_current(&mut spans, |l| l.epoch == 2);
+        assert_eq!((gone, spans.len()), (1, 2));
+        assert!(hold.msgs().is_empty(), "offset 0 was read under epoch 1");
+        assert_eq!(t.held_spans(), 2);
+    }
+}
