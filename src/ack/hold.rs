@@ -19,6 +19,8 @@ use std::sync::Arc;
 use super::tracker::OffsetTracker;
 use crate::model::{Lease, MsgRef, SpanRecord};
 
+// Here rather than in `tracker.rs`, so that the tracker knows nothing of the
+// values it hands out and the two files import one way only.
 impl OffsetTracker {
     /// Takes in a consumed message of `bytes` bytes whose spans go to
     /// workers in shares of the given sizes: one ticket per share. A
@@ -156,7 +158,9 @@ impl Hold {
         spans.retain(|s| is_current(s.lease));
         self.msgs.retain(|m| is_current(m.lease()));
         let gone = before - spans.len();
-        self.forget_spans(gone);
+        let freed = gone.min(self.spans);
+        self.spans -= freed;
+        self.tracker.held.release(freed);
         gone
     }
 
@@ -164,12 +168,6 @@ impl Hold {
     /// sink. Its references go back, which lets its messages commit.
     pub fn settle(self) {
         self.tracker.release(&self.msgs);
-    }
-
-    fn forget_spans(&mut self, spans: usize) {
-        let spans = spans.min(self.spans);
-        self.spans -= spans;
-        self.tracker.held.release(spans);
     }
 }
 

@@ -2,9 +2,8 @@
 //! until its offset may be committed. Kafka is the write-ahead log.
 //!
 //! Part of the shared core, like Vector's event finalization: the consumer
-//! registers messages, the deciding stage and the storage writer return their
-//! references, and the committer reads the watermarks. No stage owns it.
-//!
+//! receives messages, the deciding stage and the sinks settle what they are
+//! done with, and the committer reads the watermarks. No stage owns it.
 //!
 //! A message is "pending" while any trace it fed is undecided, or decided as
 //! kept but not yet committed to Iceberg. The committable offset of a partition
@@ -12,18 +11,14 @@
 //! nothing is pending. Committing that and nothing more means a crash loses no
 //! kept trace: everything after the watermark is read again on restart.
 //!
-//! Accounting is by references. The consumer registers a message with one
-//! ticket per worker shard it was sent to; each shard adds the references its
-//! traces took and returns its ticket; each decided (and, if kept, stored)
-//! trace returns its references. A message whose count reaches zero is done.
-//!
-//! No stage counts references by hand: they travel in values. The consumer
-//! turns a message into one [`Ticket`] per shard; a worker's trace buffer
-//! redeems it for the references its traces took, each kept in the trace's
-//! [`Hold`]; the hold goes with the decided trace, and is settled when the
-//! policies drop the trace or the last sink has stored it. Dropping a ticket
-//! or a hold frees the memory its spans were counted for and never an
-//! offset: what was not settled is read again.
+//! Accounting is by references, and no stage counts them by hand: they
+//! travel in values. The consumer turns a message into one [`Ticket`] per
+//! worker shard; the shard's trace buffer redeems it for the references its
+//! traces took, each kept in the trace's [`Hold`]; the hold goes with the
+//! decided trace and is settled when the policies drop the trace or the last
+//! sink has stored it. A message whose count reaches zero is done. Dropping
+//! a ticket or a hold frees the memory its spans were counted for and never
+//! an offset: what was not settled is read again.
 //!
 //! Every message also carries the *lease* it was read under: its partition and
 //! the epoch of this instance's ownership of it. A revoked partition's lease

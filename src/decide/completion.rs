@@ -371,9 +371,10 @@ impl TraceBuffer {
 
     /// Drops what was read under leases that have ended: those spans and
     /// message references go (their holds free the spans), and a trace left
-    /// with no span goes entirely. Returns how many spans were dropped. The next owner of the revoked
-    /// partitions re-reads them; a trace that also has spans from a partition
-    /// still owned keeps those and is decided as usual.
+    /// with no span goes entirely. Returns how many spans were dropped. The
+    /// next owner of the revoked partitions re-reads them; a trace that also
+    /// has spans from a partition still owned keeps those and is decided as
+    /// usual.
     pub fn purge(&mut self, is_current: impl Fn(Lease) -> bool) -> usize {
         let mut dropped = 0;
         self.traces.retain(|_, t| {
