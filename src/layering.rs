@@ -16,6 +16,7 @@ const CORE: &[&str] = &[
     "metrics",
     "model",
     "otlp",
+    "recovery",
     "redis_client",
     "supervise",
     "table",

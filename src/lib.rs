@@ -19,6 +19,7 @@ pub mod matching;
 pub mod metrics;
 pub mod model;
 pub mod otlp;
+pub mod recovery;
 pub mod redis_client;
 pub mod supervise;
 pub mod table;

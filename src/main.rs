@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use tail_sampling_selector::recovery::{RecoveryRequest, RecoveryState};
 use tail_sampling_selector::{app, config::Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,49 @@ enum Command {
     /// Run only the `[[forward]]` entries: read the sampled topic and send
     /// it on to the OTLP backends, until SIGTERM.
     Forward,
+    /// Re-read a time range of the raw topic and store the traces that match
+    /// a condition and are not in the table (dropped live). Prints progress
+    /// on stderr and the job's final report as JSON; Ctrl-C cancels.
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RecoverArgs {
+    /// Start of the range: RFC 3339, Unix milliseconds, or before now (`-2h`).
+    #[arg(long, allow_hyphen_values = true)]
+    from: String,
+    /// End of the range, as `--from` (default: now).
+    #[arg(long, allow_hyphen_values = true)]
+    to: Option<String>,
+    /// The condition, in the force-rule language as JSON:
+    /// `{"resource":[…],"span":[…],"trace":[…]}` (default: every trace).
+    #[arg(long = "match", value_name = "JSON")]
+    match_: Option<String>,
+    /// Stop once this many traces have matched.
+    #[arg(long)]
+    max_traces: Option<u64>,
+    /// Read at most this many messages per second (capped by
+    /// `recovery.max_messages_per_sec`).
+    #[arg(long)]
+    max_messages_per_sec: Option<u32>,
+}
+
+impl RecoverArgs {
+    fn request(self) -> anyhow::Result<RecoveryRequest> {
+        let match_ = match self.match_ {
+            Some(json) => {
+                serde_json::from_str(&json).context("--match is not a valid condition")?
+            }
+            None => Default::default(),
+        };
+        Ok(RecoveryRequest {
+            from: self.from,
+            to: self.to,
+            match_,
+            max_traces: self.max_traces,
+            max_messages_per_sec: self.max_messages_per_sec,
+        })
+    }
 }
 
 fn init_logging(format: &str) {
@@ -74,12 +118,45 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         on_signal.cancel();
     });
-    if let Some(Command::Forward) = args.command {
-        app::forward_only(settings, shutdown).await?;
-        return Ok(());
+    match args.command {
+        Some(Command::Forward) => {
+            app::forward_only(settings, shutdown).await?;
+            return Ok(());
+        }
+        Some(Command::Recover(recover)) => return recover_once(settings, recover, shutdown).await,
+        _ => {}
     }
     app::run(settings, args.config, shutdown).await?;
     Ok(())
+}
+
+async fn recover_once(
+    settings: Settings,
+    args: RecoverArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let request = args.request()?;
+    let report = app::recover_once(settings, request, shutdown, |r| {
+        eprintln!(
+            "{} {:>5.1}% messages {}/{} traces matched {} recovered {}",
+            r.state.as_str(),
+            r.progress * 100.0,
+            r.messages_read,
+            r.messages_total,
+            r.traces_matched,
+            r.traces_recovered
+        );
+    })
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    match report.state {
+        RecoveryState::Done => Ok(()),
+        state => anyhow::bail!(
+            "the recovery ended {}: {}",
+            state.as_str(),
+            report.error.unwrap_or_default()
+        ),
+    }
 }
 
 async fn wait_for_signal() {

@@ -146,15 +146,19 @@ pub enum SamplingReason {
     Error,
     Latency,
     Baseline,
+    /// Stored later by a recovery job, from the raw topic; the job's id is
+    /// the rule id.
+    Recovered,
 }
 
 impl SamplingReason {
-    pub const ALL: [SamplingReason; 5] = [
+    pub const ALL: [SamplingReason; 6] = [
         SamplingReason::ForceRule,
         SamplingReason::Policy,
         SamplingReason::Error,
         SamplingReason::Latency,
         SamplingReason::Baseline,
+        SamplingReason::Recovered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +168,7 @@ impl SamplingReason {
             SamplingReason::Error => "error",
             SamplingReason::Latency => "latency",
             SamplingReason::Baseline => "baseline",
+            SamplingReason::Recovered => "recovered",
         }
     }
 }

@@ -5,6 +5,7 @@ mod error;
 pub mod guard;
 pub mod jaeger;
 pub mod overview;
+pub mod recoveries;
 pub mod rules;
 pub mod sampling;
 pub mod search;
@@ -36,6 +37,14 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/admin/services", get(search::services))
         .route("/admin/overview", get(overview::get))
         .route("/admin/sampling/explain", post(sampling::explain))
+        .route(
+            "/admin/recoveries",
+            post(recoveries::create).get(recoveries::list),
+        )
+        .route(
+            "/admin/recoveries/{id}",
+            get(recoveries::get).delete(recoveries::cancel),
+        )
         .route("/admin/force-rules", post(rules::create).get(rules::list))
         .route(
             "/admin/force-rules/{id}",

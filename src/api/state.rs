@@ -13,6 +13,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::ForceRules;
 use crate::query::QueryEngine;
+use crate::recovery::SharedRecoveries;
 use crate::rules::store::RuleStore;
 
 /// Largest request body the admin API reads.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub metrics: Option<Metrics>,
     /// The `Host` and `Origin` values served ([`guard`]).
     pub hosts: Arc<guard::HostPolicy>,
+    /// Recovery jobs, when storage is on.
+    pub recoveries: Option<SharedRecoveries>,
 }
 
 /// Rules need Redis; the service runs on without it.

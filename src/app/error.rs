@@ -27,6 +27,10 @@ pub enum AppError {
     NoForwarders,
     #[error(transparent)]
     Forward(#[from] crate::forward::ForwardError),
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
     #[error("binding {addr}: {error}")]
     Bind {
         addr: SocketAddr,

@@ -5,6 +5,7 @@ mod background;
 mod error;
 mod pipeline;
 mod probes;
+pub mod recovery;
 mod reload;
 mod retry;
 
@@ -32,6 +33,7 @@ use crate::rules::store::{run_sync, LiveRules, RuleStore};
 use background::Background;
 pub use error::AppError;
 use pipeline::Pipeline;
+use recovery::RecoveryRunner;
 
 /// Runs the selector until `shutdown` is cancelled, then drains in order:
 /// stop fetching, let workers finish, flush storage, commit the watermarks.
@@ -69,6 +71,11 @@ pub async fn run(
     background.spawn(move |stop| reloader.run(stop));
     let force_rules: Arc<dyn ForceRules> = live_rules.clone();
     let query = Arc::new(OnceCell::new());
+    let recoveries = Arc::new(RecoveryRunner::new(
+        Arc::new(settings.clone()),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState {
         health: health.clone(),
         query: query.clone(),
@@ -90,6 +97,10 @@ pub async fn run(
             api::guard::HostPolicy::new(&settings.server.allowed_hosts)
                 .counting_refusals(metrics.api.admin_requests_refused_total.clone()),
         ),
+        recoveries: settings
+            .storage
+            .enabled
+            .then(|| recoveries.clone() as crate::recovery::SharedRecoveries),
     };
     let mut servers = serve_http(&settings, state, &metrics).await?;
     let metrics_for_forward = metrics.clone();
@@ -101,6 +112,7 @@ pub async fn run(
             };
             retry::start_query_engine(&settings, &table, query, &background).await;
             start_maintenance(&settings, &table, &metrics, &health, &redis, &background).await;
+            recoveries.set_table(table.clone());
             Some(table)
         } else {
             tracing::info!("storage.enabled is false: kept traces go to the sampled topic only, and SQL is off");
@@ -148,6 +160,7 @@ pub async fn run(
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
+    recoveries.stop().await;
     servers.abort_all();
     background.stop().await;
     tracing::info!("stopped");
@@ -221,6 +234,25 @@ pub async fn maintain_once(
     let redis = LazyRedis::new(&settings.redis)?;
     let m = Maintainer::new(settings, table, metrics, Health::default()).await?;
     Ok(m.run_leased_once(Arc::new(redis)).await?.to_string())
+}
+
+/// One recovery job from the command line: opens the table, runs the job
+/// to its end (`shutdown` cancels it) and returns its final report;
+/// `on_tick` sees the report every second.
+pub async fn recover_once(
+    settings: Settings,
+    request: crate::recovery::RecoveryRequest,
+    shutdown: CancellationToken,
+    on_tick: impl FnMut(&crate::recovery::RecoveryReport),
+) -> Result<crate::recovery::RecoveryReport, AppError> {
+    ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
+    let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
+    let metrics = Metrics::new()?;
+    let runner = RecoveryRunner::new(Arc::new(settings), metrics, shutdown);
+    runner.set_table(table);
+    let report = runner.run_to_end(request, on_tick).await?;
+    runner.stop().await;
+    Ok(report)
 }
 
 /// Table maintenance on its schedule, when `maintenance.enabled`. A catalog

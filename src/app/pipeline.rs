@@ -23,7 +23,8 @@ use crate::model::ForceRules;
 use crate::publish::{self, PublishContext};
 use crate::redis_client::LazyRedis;
 use crate::rules::store::LiveRules;
-use crate::storage::{self, writer::WriterContext};
+use crate::storage;
+use crate::storage::writer::{WriterContext, WriterRole};
 use crate::supervise::{StageExit, StageTask};
 use crate::table::TableHandle;
 
@@ -190,6 +191,7 @@ fn start_sinks(
                 metrics: metrics.clone(),
                 health: health.clone(),
                 topic: settings.kafka.topic.clone(),
+                role: WriterRole::Live,
             },
         );
         onward = Onward::Next(tx);

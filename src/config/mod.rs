@@ -17,6 +17,7 @@ mod kafka;
 mod maintenance;
 pub mod policy;
 mod query;
+mod recovery;
 mod redis;
 mod rules;
 mod sampling;
@@ -34,6 +35,7 @@ pub use kafka::{
 pub use maintenance::MaintenanceConfig;
 pub use policy::{ActionSpec, PolicyAction, PolicySpec};
 pub use query::QueryConfig;
+pub use recovery::RecoveryConfig;
 pub use redis::RedisConfig;
 pub use rules::RulesConfig;
 pub use sampling::SamplingConfig;
@@ -70,6 +72,8 @@ pub struct Settings {
     pub query: QueryConfig,
     pub metrics: MetricsConfig,
     pub maintenance: MaintenanceConfig,
+    /// Recovery jobs: re-reading the raw topic for traces dropped live.
+    pub recovery: RecoveryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +152,7 @@ impl Settings {
         self.server.validate()?;
         self.query.validate()?;
         self.maintenance.validate()?;
+        self.recovery.validate()?;
         self.metrics.validate()?;
         self.admin.validate()?;
         Ok(())

@@ -187,11 +187,14 @@ pub struct TraceBuffer {
     age_stream: StreamQueue,
     buffered_spans: usize,
     next_generation: u32,
+    /// Whether the wall clock bounds the wait (see the module doc).
+    wall_bounds: bool,
 }
 
 impl TraceBuffer {
     pub fn new(limits: CompletionLimits) -> Self {
         Self {
+            wall_bounds: true,
             limits,
             traces: FxHashMap::default(),
             idle_queue: VecDeque::new(),
@@ -200,6 +203,18 @@ impl TraceBuffer {
             age_stream: StreamQueue::default(),
             buffered_spans: 0,
             next_generation: 0,
+        }
+    }
+
+    /// A buffer that completes traces on stream time alone. For a read of
+    /// the past (a recovery), which may run slower than the traffic was
+    /// produced (rate-limited, paused for memory): a wall-clock bound would
+    /// then cut traces in two. Its input always ends, and what is open then
+    /// is decided as it is.
+    pub fn on_stream_time_only(limits: CompletionLimits) -> Self {
+        Self {
+            wall_bounds: false,
+            ..Self::new(limits)
         }
     }
 
@@ -253,19 +268,23 @@ impl TraceBuffer {
         let full = trace.spans.len() >= self.limits.max_spans_per_trace;
         if opened {
             let age = self.limits.max_trace_duration;
-            self.age_queue
-                .push_back((now + age * WALL_BOUND_FACTOR, trace_id, generation));
+            if self.wall_bounds {
+                self.age_queue
+                    .push_back((now + age * WALL_BOUND_FACTOR, trace_id, generation));
+            }
             let deadline = at.stream_ms.saturating_add(age.as_millis() as i64);
             self.age_stream.push(deadline, generation, trace_id);
         }
         let complete = if full {
             self.take(&trace_id, Completion::MaxSpans)
         } else {
-            self.idle_queue.push_back((
-                now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR,
-                trace_id,
-                generation,
-            ));
+            if self.wall_bounds {
+                self.idle_queue.push_back((
+                    now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR,
+                    trace_id,
+                    generation,
+                ));
+            }
             self.idle_stream
                 .push(idle_stream_deadline, generation, trace_id);
             None

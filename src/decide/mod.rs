@@ -6,6 +6,7 @@
 pub mod completion;
 pub mod decision_cache;
 pub mod policy;
+pub mod recovery;
 pub mod samplers;
 pub mod worker;
 
@@ -23,7 +24,8 @@ use crate::supervise::{StageExit, StageTasks};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;
 use policy::SharedPolicies;
-use worker::WorkerContext;
+use recovery::RecoveryJudge;
+use worker::{Judge, WorkerContext};
 
 /// Capacity of each worker's input channel, in Kafka messages.
 const SHARD_CHANNEL_CAPACITY: usize = 1024;
@@ -55,21 +57,53 @@ pub fn start(
     inputs: DecideInputs,
 ) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
     let ctx = WorkerContext {
-        limits: CompletionLimits {
-            inactivity_timeout: cfg.inactivity_timeout_secs.duration(),
-            max_trace_duration: cfg.max_trace_duration_secs.duration(),
-            max_spans_per_trace: cfg.max_spans_per_trace,
+        limits: limits_of(cfg),
+        judge: Judge::Live {
+            policies: inputs.policies,
+            force_rules: inputs.force_rules,
+            decisions: inputs.decisions,
         },
-        policies: inputs.policies,
-        force_rules: inputs.force_rules,
-        decisions: inputs.decisions,
         acks: inputs.acks,
         metrics: inputs.metrics,
         kept_tx: inputs.kept_tx,
         tick: tick_for(cfg.inactivity_timeout_secs.duration()),
     };
+    spawn_workers(ctx, cfg.worker_count())
+}
+
+/// Starts the workers of a recovery job: traces are completed on stream
+/// time alone and decided by `judge`; when the senders are dropped, what
+/// is still open is decided too, and the workers end. `acks` and `metrics`
+/// are the job's own, so the live path's counts stay its own.
+pub fn start_recovery(
+    cfg: &SamplingConfig,
+    judge: Arc<RecoveryJudge>,
+    acks: Acks,
+    metrics: Metrics,
+    kept_tx: mpsc::UnboundedSender<KeptTrace>,
+) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
+    let ctx = WorkerContext {
+        limits: limits_of(cfg),
+        judge: Judge::Recovery(judge),
+        acks,
+        metrics,
+        kept_tx,
+        tick: tick_for(cfg.inactivity_timeout_secs.duration()),
+    };
+    spawn_workers(ctx, cfg.worker_count())
+}
+
+fn limits_of(cfg: &SamplingConfig) -> CompletionLimits {
+    CompletionLimits {
+        inactivity_timeout: cfg.inactivity_timeout_secs.duration(),
+        max_trace_duration: cfg.max_trace_duration_secs.duration(),
+        max_spans_per_trace: cfg.max_spans_per_trace,
+    }
+}
+
+fn spawn_workers(ctx: WorkerContext, count: usize) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
     let mut workers = StageTasks::new("decide worker");
-    let shards = (0..cfg.worker_count())
+    let shards = (0..count)
         .map(|_| {
             let (tx, rx) = mpsc::channel(SHARD_CHANNEL_CAPACITY);
             workers.spawn(worker::run(ctx.clone(), rx));

@@ -1,5 +1,7 @@
 //! One evaluation worker: owns a shard of the traces (by trace id), buffers
 //! their spans, decides complete traces and routes the kept ones to storage.
+//! The same worker serves a recovery job, whose judge is the job's
+//! condition instead of the live policies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,21 +11,35 @@ use tokio::sync::mpsc;
 use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
 use super::policy::SharedPolicies;
+use super::recovery::RecoveryJudge;
 use crate::ack::Acks;
 use crate::handoff::{KeptTrace, ShardBatch};
 use crate::metrics::red::RedRecorder;
 use crate::metrics::Metrics;
 use crate::model::{unix_now_ms, Decision, ForceRules, SamplingReason};
 
+/// Who decides a complete trace.
+#[derive(Clone)]
+pub enum Judge {
+    /// The live path: force rules, then the policies; every decision is
+    /// remembered in the decision cache.
+    Live {
+        /// Swapped whole when the policy list reloads.
+        policies: SharedPolicies,
+        force_rules: Arc<dyn ForceRules>,
+        /// Earlier decisions, so late spans and other instances agree.
+        decisions: Arc<DecisionCache>,
+    },
+    /// A recovery job: its condition and range, remembering nothing. Its
+    /// input ends, and what is open then is decided, not abandoned.
+    Recovery(Arc<RecoveryJudge>),
+}
+
 /// Everything a worker shares with the rest of the pipeline.
 #[derive(Clone)]
 pub struct WorkerContext {
     pub limits: CompletionLimits,
-    /// Swapped whole when the policy list reloads.
-    pub policies: SharedPolicies,
-    pub force_rules: Arc<dyn ForceRules>,
-    /// Earlier decisions, so late spans and other instances agree.
-    pub decisions: Arc<DecisionCache>,
+    pub judge: Judge,
     /// The partition leases (spans of a revoked one are purged) and the
     /// stream clock.
     pub acks: Acks,
@@ -38,8 +54,12 @@ pub struct WorkerContext {
 /// their holds free their spans and keep their messages uncommitted, so the
 /// next owner re-reads them.
 pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
+    let buffer = match ctx.judge {
+        Judge::Live { .. } => TraceBuffer::new(ctx.limits),
+        Judge::Recovery(_) => TraceBuffer::on_stream_time_only(ctx.limits),
+    };
     let mut state = Worker {
-        buffer: TraceBuffer::new(ctx.limits),
+        buffer,
         reported_traces: 0,
         reported_spans: 0,
         seen_revocations: ctx.acks.assignments.revocations(),
@@ -71,6 +91,14 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
             }
         }
         state.report_gauges();
+    }
+    if let Judge::Recovery(_) = state.ctx.judge {
+        // The read is over: nothing more can arrive for what is open.
+        due.extend(state.buffer.drain());
+        state.decide_all(&mut due).await;
+        state.red.flush();
+        state.report_gauges();
+        return;
     }
     state.red.flush();
     let abandoned = state.buffer.drain().len();
@@ -140,10 +168,35 @@ impl Worker {
         if due.is_empty() {
             return;
         }
+        match self.ctx.judge.clone() {
+            Judge::Live {
+                policies,
+                force_rules,
+                decisions,
+            } => {
+                self.decide_live(due, &policies, force_rules.as_ref(), &decisions)
+                    .await
+            }
+            Judge::Recovery(judge) => {
+                for trace in due.drain(..) {
+                    let decision = judge.decide(&trace.spans);
+                    self.route(trace, decision);
+                }
+            }
+        }
+    }
+
+    async fn decide_live(
+        &mut self,
+        due: &mut Vec<CompleteTrace>,
+        policies: &SharedPolicies,
+        force_rules: &dyn ForceRules,
+        decisions: &DecisionCache,
+    ) {
         let ids: Vec<_> = due.iter().map(|t| t.trace_id).collect();
-        let prior = self.ctx.decisions.lookup(&ids).await;
+        let prior = decisions.lookup(&ids).await;
         let mut fresh = Vec::new();
-        let policies = self.ctx.policies.load();
+        let policies = policies.load();
         for (trace, prior) in due.drain(..).zip(prior) {
             self.ctx
                 .metrics
@@ -167,18 +220,14 @@ impl Worker {
                     self.route(trace, decision);
                 }
                 None => {
-                    let decision = policies.decide(
-                        &trace.trace_id,
-                        &trace.spans,
-                        self.ctx.force_rules.as_ref(),
-                    );
+                    let decision = policies.decide(&trace.trace_id, &trace.spans, force_rules);
                     self.count(&decision);
                     fresh.push((trace.trace_id, decision.clone()));
                     self.route(trace, decision);
                 }
             }
         }
-        self.ctx.decisions.store(&fresh).await;
+        decisions.store(&fresh).await;
     }
 
     fn count(&self, decision: &Decision) {

@@ -2,6 +2,7 @@
 
 pub use crate::kafka_client as client;
 pub mod ownership;
+pub mod range;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,8 +27,7 @@ use crate::config::{BackpressureConfig, KafkaConfig};
 use crate::handoff::ShardBatch;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::MsgRef;
-use crate::model::{shard_of, unix_now_ms, TraceId};
+use crate::model::{shard_of, unix_now_ms, Lease, MsgRef, SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
 use crate::supervise::{StageExit, StageTask};
 
@@ -379,6 +379,25 @@ struct Source {
     ctx: IngestContext,
 }
 
+/// A message's spans, read under `lease`, by worker shard (trace id); only
+/// the shards that get some.
+pub(crate) fn shard_spans(
+    spans: Vec<(TraceId, SpanRecord)>,
+    lease: Lease,
+    n: usize,
+) -> Vec<(usize, Vec<(TraceId, SpanRecord)>)> {
+    let mut per_shard: Vec<Vec<(TraceId, SpanRecord)>> = (0..n).map(|_| Vec::new()).collect();
+    for (trace_id, mut span) in spans {
+        span.lease = lease;
+        per_shard[shard_of(&trace_id, n)].push((trace_id, span));
+    }
+    per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, spans)| !spans.is_empty())
+        .collect()
+}
+
 /// From how far behind the wall clock stream time counts as catching up.
 const CATCHING_UP_AFTER_SECS: f64 = 10.0;
 /// While paused, how often the limit is looked at again.
@@ -533,17 +552,7 @@ impl Source {
             decoded.invalid_timestamp_spans,
             "skipped spans with absurd start or end times",
         );
-        let n = self.shards.len();
-        let mut per_shard: Vec<Vec<(TraceId, _)>> = (0..n).map(|_| Vec::new()).collect();
-        for (trace_id, mut span) in decoded.spans {
-            span.lease = lease;
-            per_shard[shard_of(&trace_id, n)].push((trace_id, span));
-        }
-        let shares: Vec<(usize, Vec<_>)> = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, spans)| !spans.is_empty())
-            .collect();
+        let shares = shard_spans(decoded.spans, lease, self.shards.len());
         let tickets =
             self.ctx
                 .acks

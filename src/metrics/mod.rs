@@ -6,6 +6,7 @@ pub mod api;
 pub mod decide;
 pub mod ingest;
 pub mod maintenance;
+pub mod recovery;
 pub mod red;
 pub mod sinks;
 pub mod storage;
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub maintenance: maintenance::MaintenanceMetrics,
     /// The HTTP surface: refused requests and trace lookups.
     pub api: api::ApiMetrics,
+    /// Recovery jobs: what they read and stored.
+    pub recovery: recovery::RecoveryMetrics,
 }
 
 /// `metrics.max_series` where no config is at hand (tests, benchmarks).
@@ -52,6 +55,7 @@ impl Metrics {
             sinks: sinks::SinkMetrics::register(&r)?,
             maintenance: maintenance::MaintenanceMetrics::register(&r)?,
             api: api::ApiMetrics::register(&r)?,
+            recovery: recovery::RecoveryMetrics::register(&r)?,
             registry,
         })
     }

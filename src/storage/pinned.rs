@@ -19,7 +19,7 @@ use iceberg::{Catalog, ErrorKind, Result, TableCommit, TableIdent};
 
 use crate::handoff::KeptTrace;
 use crate::table::bounded::delegate_catalog;
-use crate::table::offsets::{self, SNAPSHOT_KAFKA_OFFSETS_KEY};
+use crate::table::offsets::{self, SNAPSHOT_KAFKA_OFFSETS_KEY, SNAPSHOT_RECOVERY_JOB_KEY};
 
 /// Delegates to `inner`, but loads `base` for its table, and reports a
 /// commit conflict as final.
@@ -74,22 +74,40 @@ delegate_catalog!(PinnedCatalog<'_>, inner, through, {
     }
 });
 
-/// Whether a snapshot that is in `newer` but not in `base` recorded Kafka
-/// offsets (of `topic`, from any owner, this one included) past a message
-/// of `batch`: then some of the batch may be stored already, and it must be
-/// checked against the table again before it is committed.
-pub fn landed_over(base: &Table, newer: &Table, topic: &str, batch: &[KeptTrace]) -> bool {
+/// The snapshots in `newer` that are not in `base`.
+fn landed<'a>(
+    base: &Table,
+    newer: &'a Table,
+) -> impl Iterator<Item = &'a iceberg::spec::SnapshotRef> + 'a {
     let known: HashSet<i64> = base
         .metadata()
         .snapshots()
         .map(|s| s.snapshot_id())
         .collect();
-    let mut high: HashMap<(i32, String), i64> = HashMap::new();
-    for snapshot in newer
+    newer
         .metadata()
         .snapshots()
-        .filter(|s| !known.contains(&s.snapshot_id()))
-    {
+        .filter(move |s| !known.contains(&s.snapshot_id()))
+}
+
+/// Whether a recovery job appended between `base` and `newer`: a recovery
+/// batch checked on `base` must then be checked again, since that job may
+/// have stored some of the same traces.
+pub fn recovery_landed(base: &Table, newer: &Table) -> bool {
+    landed(base, newer).any(|s| {
+        s.summary()
+            .additional_properties
+            .contains_key(SNAPSHOT_RECOVERY_JOB_KEY)
+    })
+}
+
+/// Whether a snapshot that is in `newer` but not in `base` recorded Kafka
+/// offsets (of `topic`, from any owner, this one included) past a message
+/// of `batch`: then some of the batch may be stored already, and it must be
+/// checked against the table again before it is committed.
+pub fn landed_over(base: &Table, newer: &Table, topic: &str, batch: &[KeptTrace]) -> bool {
+    let mut high: HashMap<(i32, String), i64> = HashMap::new();
+    for snapshot in landed(base, newer) {
         if let Some(raw) = snapshot
             .summary()
             .additional_properties

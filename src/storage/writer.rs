@@ -19,7 +19,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use tokio::sync::mpsc;
 
 use super::error::StorageError;
-use super::pinned::{landed_over, PinnedCatalog};
+use super::pinned::{landed_over, recovery_landed, PinnedCatalog};
 use super::replay::{self, ReplayGuard, SNAPSHOT_KAFKA_OFFSETS_KEY};
 use super::rows::{RowChunks, RowStats};
 use crate::ack::{Acks, CommitGate};
@@ -28,6 +28,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::model::{AttributeLimits, TraceId};
 use crate::table::layout::ParquetLayout;
+use crate::table::offsets::SNAPSHOT_RECOVERY_JOB_KEY;
 use crate::table::write::write_batches;
 use crate::table::TableHandle;
 
@@ -58,6 +59,32 @@ pub struct WriterContext {
     pub health: Health,
     /// The Kafka topic, recorded in each snapshot summary.
     pub topic: String,
+    pub role: WriterRole,
+}
+
+/// Whose traces the writer stores.
+#[derive(Clone, Debug)]
+pub enum WriterRole {
+    /// The live path's: its snapshots record the Kafka offsets they cover,
+    /// and only replayed or suspect traces are checked against the table.
+    Live,
+    /// A recovery job's: every trace is checked against the table first, so
+    /// what was kept live or by an earlier run of the job is skipped span by
+    /// span, and its snapshots name the job instead of offsets.
+    Recovery {
+        job_id: Arc<str>,
+        stored: Arc<StoredTally>,
+    },
+}
+
+/// What a recovery writer has stored.
+#[derive(Debug, Default)]
+pub struct StoredTally {
+    /// Traces of which no span was in the table before.
+    pub traces: std::sync::atomic::AtomicU64,
+    pub spans: std::sync::atomic::AtomicU64,
+    /// Traces that were in the table already, kept live or recovered before.
+    pub traces_present: std::sync::atomic::AtomicU64,
 }
 
 pub struct IcebergWriter {
@@ -208,9 +235,14 @@ impl IcebergWriter {
             .foreign_high(&table, &self.ctx.topic, &assignments);
         // A trace whose earlier commit failed may be stored already, whoever
         // owns its partition now.
+        let recovering = matches!(self.ctx.role, WriterRole::Recovery { .. });
         let replayed: Vec<&KeptTrace> = batch
             .iter()
-            .filter(|t| replay::is_replayed(t, &foreign_high) || self.suspect.contains(&t.trace_id))
+            .filter(|t| {
+                recovering
+                    || replay::is_replayed(t, &foreign_high)
+                    || self.suspect.contains(&t.trace_id)
+            })
             .collect();
         let stored = self
             .bounded(
@@ -254,7 +286,15 @@ impl IcebergWriter {
         self.report_rows(&stats, replayed.len());
         let (mut turn_waited, mut catalog) = (Duration::ZERO, Duration::ZERO);
         if stats.rows > 0 {
-            let offsets = replay::offsets_summary(&self.ctx.topic, batch, &assignments);
+            let offsets = match &self.ctx.role {
+                WriterRole::Live => (
+                    SNAPSHOT_KAFKA_OFFSETS_KEY,
+                    replay::offsets_summary(&self.ctx.topic, batch, &assignments),
+                ),
+                WriterRole::Recovery { job_id, .. } => {
+                    (SNAPSHOT_RECOVERY_JOB_KEY, job_id.to_string())
+                }
+            };
             let waiting = Instant::now();
             let _turn = self.table.commits.lock().await;
             turn_waited = waiting.elapsed();
@@ -279,6 +319,9 @@ impl IcebergWriter {
                 .storage
                 .iceberg_commit_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
+        }
+        if let WriterRole::Recovery { stored: tally, .. } = &self.ctx.role {
+            tally_recovered(tally, batch, &stored, stats.rows);
         }
         for trace in batch.drain(..) {
             self.suspect.remove(&trace.trace_id);
@@ -315,11 +358,13 @@ impl IcebergWriter {
     /// unless something that landed there recorded offsets past one of the
     /// batch's messages: then the whole batch is checked again (its files
     /// are left to orphan cleanup).
+    /// `summary` is the snapshot-summary entry the append records: the
+    /// offsets it covers, or the recovery job it belongs to.
     async fn append(
         &self,
         mut table: iceberg::table::Table,
         files: Vec<iceberg::spec::DataFile>,
-        offsets: String,
+        summary: (&str, String),
         batch: &[KeptTrace],
     ) -> Result<(), StorageError> {
         for _ in 0..MAX_REBASES {
@@ -329,8 +374,8 @@ impl IcebergWriter {
                 .with_check_duplicate(false)
                 .add_data_files(files.clone())
                 .set_snapshot_properties(HashMap::from([(
-                    SNAPSHOT_KAFKA_OFFSETS_KEY.to_string(),
-                    offsets.clone(),
+                    summary.0.to_string(),
+                    summary.1.clone(),
                 )]))
                 .apply(tx)?;
             let pinned = PinnedCatalog::new(self.table.catalog.as_ref(), table.clone());
@@ -338,7 +383,13 @@ impl IcebergWriter {
                 Ok(_) => return Ok(()),
                 Err(e) if pinned.conflicted() => {
                     let newer = self.table.load().await?;
-                    if landed_over(&table, &newer, &self.ctx.topic, batch) {
+                    let overlaps = match self.ctx.role {
+                        WriterRole::Live => landed_over(&table, &newer, &self.ctx.topic, batch),
+                        // Live appends never hold what a recovery re-reads:
+                        // it reads only what the live group has committed.
+                        WriterRole::Recovery { .. } => recovery_landed(&table, &newer),
+                    };
+                    if overlaps {
                         return Err(StorageError::Overlap(e.to_string()));
                     }
                     tracing::debug!(error = %e, "another commit came first; appending on the new snapshot");
@@ -351,7 +402,25 @@ impl IcebergWriter {
             "still conflicting after {MAX_REBASES} attempts"
         )))
     }
+}
 
+/// Counts what a recovery batch stored: traces none of whose spans were in
+/// the table before, and every span written.
+fn tally_recovered(
+    tally: &StoredTally,
+    batch: &[KeptTrace],
+    present: &HashSet<(TraceId, Vec<u8>)>,
+    rows: usize,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let present: HashSet<&TraceId> = present.iter().map(|(t, _)| t).collect();
+    let (old, new): (Vec<_>, Vec<_>) = batch.iter().partition(|t| present.contains(&t.trace_id));
+    tally.traces.fetch_add(new.len() as u64, Relaxed);
+    tally.traces_present.fetch_add(old.len() as u64, Relaxed);
+    tally.spans.fetch_add(rows as u64, Relaxed);
+}
+
+impl IcebergWriter {
     /// Counts and logs what building the rows skipped and cut.
     fn report_rows(&self, stats: &RowStats, replayed_traces: usize) {
         let metrics = &self.ctx.metrics;

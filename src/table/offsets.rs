@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Snapshot-summary key holding the Kafka offsets a snapshot covers.
 pub const SNAPSHOT_KAFKA_OFFSETS_KEY: &str = "tail-sampling.kafka-offsets";
+/// Snapshot-summary key of a recovery job's append: the job's id. Such an
+/// append covers no live offsets; a recovery writer that lost a race to it
+/// checks its batch against the table again.
+pub const SNAPSHOT_RECOVERY_JOB_KEY: &str = "tail-sampling.recovery-job";
 /// Table property holding the checkpoint of expired snapshots' offsets.
 pub const OFFSETS_CHECKPOINT_KEY: &str = "tail-sampling.kafka-offsets-checkpoint";
 

@@ -210,6 +210,36 @@ test('"keep traces like this" validates with the API, creates a rule that is lis
   await row.waitFor({ state: 'detached' });
 });
 
+test('"recover traces like this" starts a recovery whose progress bar reaches done, and the recovered traces say so', async () => {
+  // Traces without errors and no rule any more: dropped live.
+  execFileSync(PRODUCE[0], PRODUCE.slice(1), { stdio: 'inherit' });
+  await searchByService(SERVICE);
+  await page.locator('tr.trace-row').first().click();
+  await page.locator('#waterfall .span-row').first().click();
+  await page.locator('#recover-like-this').click();
+  const form = page.locator('#recover-form');
+  await form.waitFor();
+  assert.equal(await form.locator('input[data-key="service.name"]').isChecked(), true);
+  await page.locator('#recover-from').selectOption('-15m');
+  await page.locator('#recover-submit').click();
+  const jobId = (await page.locator('#recover-id').innerText()).trim();
+  assert.match(jobId, /^rec-[0-9a-f]{32}$/);
+  await page.locator('#recover-state').filter({ hasText: /^(done|failed|cancelled)$/ }).waitFor({ timeout: 120_000 });
+  assert.equal(await page.locator('#recover-state').innerText(), 'done', await page.locator('#recover-counts').innerText());
+  assert.equal(await page.locator('#recover-progress').evaluate((el) => el.value), 1);
+  const counts = await page.locator('#recover-counts').innerText();
+  const recovered = Number(/(\d+) recovered/.exec(counts)?.[1]);
+  assert.ok(recovered >= 3, `the 3 traces just dropped are among those recovered: ${counts}`);
+  assert.match(counts, /[1-9]\d* already stored/, 'the kept traces of the service were not stored again');
+  await page.screenshot({ path: join(SHOTS, 'recovery.png'), fullPage: true });
+
+  await searchByService(SERVICE, { reason: 'recovered' });
+  assert.equal(await page.locator('tr.trace-row').count(), recovered);
+  await page.locator('tr.trace-row').first().click();
+  await page.locator('#kept-reason-code').filter({ hasText: 'recovered' }).waitFor();
+  assert.match(await page.locator('#kept-reason-code').locator('..').innerText(), new RegExp(jobId));
+});
+
 test('the SQL console shows rows, downloads them as CSV, and shows a 400 as the API says it', async () => {
   await page.goto(`${URL_}/#/sql`);
   await page.locator('#sql-input').fill(`SELECT trace_id, name, status_code FROM spans WHERE service_name = '${SERVICE}' AND status_code = 'ERROR' ORDER BY trace_id, name`);

@@ -17,6 +17,7 @@ mod memory;
 mod object_store;
 mod pipeline;
 mod policies;
+mod recovery;
 mod secured;
 mod stream_time;
 mod ui;

@@ -86,6 +86,7 @@ export const REASONS = {
   force_rule: 'A force rule matched it.',
   baseline: 'Kept by the baseline sample rate.',
   policy: 'A sampling policy kept it.',
+  recovered: 'Dropped live, then recovered from the raw topic by a recovery job.',
 };
 
 // Puts an API error next to the field it names, or in `fallback`.

@@ -1,7 +1,8 @@
-// One trace: the span waterfall, why it was kept, a span's details and
-// "Keep traces like this".
-import { view, h, fmtMs, fmtTime, fmtSecs, fmtNum, parseMicros, colorOf, REASONS, showFieldError } from './dom.js';
+// One trace: the span waterfall, why it was kept, a span's details, and
+// "Keep traces like this" and "Recover traces like this" (like.js).
+import { view, h, fmtMs, fmtTime, fmtSecs, fmtNum, parseMicros, colorOf, REASONS } from './dom.js';
 import { api } from './api.js';
+import { keepForm, recoverForm } from './like.js';
 
 function normalise(row) {
   return {
@@ -101,7 +102,9 @@ function keptText(root) {
   return [
     h('h2', {}, 'Why it was kept'),
     h('p', {}, h('span', { class: 'badge reason', id: 'kept-reason-code' }, root.reason || '?'), ' ',
-      root.reason === 'policy' && root.rule ? `The sampling policy \u201c${root.rule}\u201d kept it.` : REASONS[root.reason] || `Kept as \u201c${root.reason}\u201d.`,
+      root.reason === 'policy' && root.rule ? `The sampling policy \u201c${root.rule}\u201d kept it.`
+        : root.reason === 'recovered' && root.rule ? `Dropped live, then recovered from the raw topic by the recovery job ${root.rule}.`
+          : REASONS[root.reason] || `Kept as \u201c${root.reason}\u201d.`,
       root.sampleRate && root.sampleRate > 1 ? ` It stands for ${fmtNum(root.sampleRate, 1)} traces of its kind.` : ''),
   ];
 }
@@ -133,7 +136,9 @@ function showSpan(panel, x, traceStart, traceId) {
       start: '+' + fmtMs((x.startUs - traceStart) / 1000), duration: fmtMs(x.durMs), span_id: x.id,
       parent_span_id: x.parent ? x.parent + (x.orphan ? ' (not stored)' : '') : '(root)', scope: x.scope || '',
     }),
-    h('div', { class: 'actions' }, h('button', { type: 'button', class: 'primary', id: 'keep-like-this', onclick: () => keepForm(panel, x) }, 'Keep traces like this')),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'primary', id: 'keep-like-this', onclick: () => keepForm(panel, x) }, 'Keep traces like this'),
+      h('button', { type: 'button', id: 'recover-like-this', onclick: () => recoverForm(panel, x) }, 'Recover traces like this')),
     h('h3', {}, 'Attributes'), kvTable(x.attrs),
     h('h3', {}, 'Resource'), kvTable(x.resource),
     h('h3', {}, 'Events'),
@@ -141,56 +146,4 @@ function showSpan(panel, x, traceStart, traceId) {
       ? h('div', {}, x.events.map((ev) => h('div', {}, h('strong', {}, ev.name), ' at +', fmtMs((parseMicros(ev.time) - traceStart) / 1000), kvTable(ev.attributes))))
       : h('p', { class: 'muted' }, 'none'));
   panel.dataset.traceId = traceId;
-}
-
-const DURATIONS = [[300, '5 minutes'], [900, '15 minutes'], [3600, '1 hour'], [21600, '6 hours'], [86400, '24 hours']];
-
-// "Keep traces like this": a force rule prefilled from the span. Each
-// condition row knows where it lands in the rule, so that an API error such
-// as `match.span[1].value` is shown next to that row.
-function keepForm(panel, x) {
-  const conds = [];
-  const cond = (list, key, value, checked) => {
-    const box = h('input', { type: 'checkbox', checked, 'data-key': key });
-    const err = h('span', { class: 'field-error' });
-    conds.push({ list, key, value, box, err });
-    return h('div', { class: 'cond' }, h('label', {}, box, ' ', h('code', {}, key), ' = ', h('code', {}, String(value))), err);
-  };
-  const errorSlot = (name) => h('span', { class: 'field-error', 'data-error-for': name });
-  const form = h('form', { class: 'keep-form panel', id: 'keep-form' },
-    h('h2', {}, 'Keep traces like this'),
-    h('p', { class: 'muted' }, 'Creates a force rule: traces with a span like this one are kept, whatever the other policies say.'),
-    cond('resource', 'service.name', x.service, true),
-    cond('span', 'name', x.name, true),
-    Object.entries(x.attrs).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => cond('span', k, v, false)),
-    h('div', { class: 'form-grid' },
-      h('label', {}, 'For', h('select', { name: 'duration_secs', id: 'keep-duration' }, DURATIONS.map(([v, t]) => h('option', { value: v, selected: v === 900 }, t))), errorSlot('duration_secs')),
-      h('label', {}, 'Priority', h('input', { type: 'number', name: 'priority', value: 100 }), errorSlot('priority')),
-      h('label', {}, 'Description', h('input', { name: 'description', value: `Keep traces like ${x.service}: ${x.name}` }), errorSlot('description'))),
-    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', id: 'keep-submit' }, 'Create rule'), h('span', { class: 'error', id: 'keep-error' })),
-    h('p', { id: 'keep-result' }));
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    for (const el of form.querySelectorAll('.field-error, #keep-error')) el.textContent = '';
-    const match = { resource: [], span: [] };
-    const placed = [];
-    for (const c of conds) {
-      if (!c.box.checked) continue;
-      placed.push({ path: `match.${c.list}[${match[c.list].length}]`, err: c.err });
-      match[c.list].push({ key: c.key, op: 'eq', value: String(c.value) });
-    }
-    for (const list of ['resource', 'span']) if (!match[list].length) delete match[list];
-    const rule = {
-      description: form.description.value, duration_secs: Number(form.duration_secs.value),
-      priority: form.priority.value === '' ? 0 : Number(form.priority.value), match, action: 'force_keep',
-    };
-    try {
-      const created = await api('POST', '/admin/force-rules', rule);
-      form.querySelector('#keep-result').replaceChildren('Rule ', h('code', { id: 'keep-rule-id' }, created.id), ' created; it keeps matching traces for ',
-        fmtSecs(created.remaining_secs), '. ', h('a', { href: '#/rules' }, 'See force rules'));
-    } catch (err) {
-      showFieldError(form, err, placed, form.querySelector('#keep-error'));
-    }
-  });
-  panel.replaceChildren(form);
 }
