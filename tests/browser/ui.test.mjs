@@ -170,6 +170,7 @@ test('"keep traces like this" validates with the API, creates a rule that is lis
   await form.waitFor();
   assert.equal(await form.locator('input[data-key="service.name"]').isChecked(), true);
   assert.equal(await form.locator('input[data-key="name"]').isChecked(), true);
+  assert.equal(await form.locator('input[data-key="http.route"]').isChecked(), false);
   // Longer than rules.max_duration_secs: the API's own error, next to the field.
   await page.locator('#keep-duration').selectOption('86400');
   await page.locator('#keep-submit').click();
@@ -220,6 +221,9 @@ test('"recover traces like this" starts a recovery whose progress bar reaches do
   const form = page.locator('#recover-form');
   await form.waitFor();
   assert.equal(await form.locator('input[data-key="service.name"]').isChecked(), true);
+  // Every attribute of the span is offered as a condition row of its own.
+  assert.ok(await form.locator('input[data-key="http.route"]').count() === 1, await form.innerText());
+  assert.doesNotMatch(await form.innerText(), /\[object/);
   await page.locator('#recover-from').selectOption('-15m');
   await page.locator('#recover-submit').click();
   const jobId = (await page.locator('#recover-id').innerText()).trim();

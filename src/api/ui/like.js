@@ -19,7 +19,7 @@ function conditionPicker(x) {
   const rows = [
     cond('resource', 'service.name', x.service, true),
     cond('span', 'name', x.name, true),
-    Object.entries(x.attrs).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => cond('span', k, v, false)),
+    ...Object.entries(x.attrs).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => cond('span', k, v, false)),
   ];
   // The `match` of the checked rows, and where each row's errors go.
   const build = () => {
