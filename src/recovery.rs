@@ -1,7 +1,8 @@
-//! Recovery jobs as the HTTP API and the command line see them: what a job
-//! is asked (a time range of the raw topic, a condition in the force-rule
-//! language, limits), what it reports while it runs, and the interface the
-//! runner (`app::recovery`) offers them.
+//! Jobs over the raw topic as the HTTP API and the command line see them:
+//! recoveries (a time range, a condition in the force-rule language,
+//! limits) and policy simulations (a time range and a policy list), what a
+//! job reports while it runs, and the interface the runner
+//! (`app::recovery`) offers them.
 //!
 //! Part of the shared core: the API and the command line both speak it,
 //! and neither may import the start-up path that runs the jobs.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::PolicySpec;
 use crate::matching::{reject, CompiledMatch, FieldError, MatchSpec};
 
 /// `POST /admin/recoveries`, and the `recover` command's options.
@@ -31,6 +33,76 @@ pub struct RecoveryRequest {
     /// `recovery.max_messages_per_sec` caps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_messages_per_sec: Option<u32>,
+}
+
+/// `POST /admin/sampling/simulate`: what a policy list would have kept
+/// over a time range, beside what the live list keeps.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationRequest {
+    /// As a recovery's `from`.
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `[[sampling.policies]]` entries as JSON; absent: the live list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<PolicySpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_sec: Option<u32>,
+}
+
+impl SimulationRequest {
+    /// The range against `now_ms`, checked as a recovery's is.
+    pub fn range(&self, now_ms: i64) -> Result<(i64, i64), FieldError> {
+        let probe = RecoveryRequest {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            match_: MatchSpec::default(),
+            max_traces: None,
+            max_messages_per_sec: self.max_messages_per_sec,
+        };
+        let valid = probe.validate(now_ms)?;
+        Ok((valid.from_ms, valid.to_ms))
+    }
+}
+
+/// What one policy list kept of one service's traces, or of all of them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct KeptRow {
+    /// The policy's name, or the setting that kept it (`error`,
+    /// `latency`, `baseline`); absent in a total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The root span's service; absent in a total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub traces: u64,
+    pub spans: u64,
+    /// Of the service's traces (of all traces in a total).
+    pub kept_fraction: f64,
+    /// The traces these stand for: what `sum(sample_rate)` would count.
+    pub sum_sample_rate: f64,
+    /// Encoded OTLP bytes of the kept spans, scaled to a day.
+    pub otlp_bytes_per_day: f64,
+}
+
+/// One policy list's outcome: its total, then per policy and service.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct KeptSummary {
+    pub total: KeptRow,
+    pub rows: Vec<KeptRow>,
+}
+
+/// What a simulation found so far.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SimulationResult {
+    /// Traces that overlap the range, and their spans.
+    pub traces: u64,
+    pub spans: u64,
+    /// The list simulated.
+    pub candidate: KeptSummary,
+    /// The live list, decided the same way over the same traces.
+    pub live: KeptSummary,
 }
 
 /// A request checked: times resolved, the condition compiled.
@@ -163,12 +235,22 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
-/// A job as `GET /admin/recoveries/{id}` shows it.
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Recovery,
+    Simulation,
+}
+
+/// A job as `GET /admin/recoveries/{id}` (or `/admin/sampling/simulations/{id}`) shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecoveryReport {
+pub struct JobReport {
     pub id: String,
+    pub kind: JobKind,
     pub state: RecoveryState,
-    pub request: RecoveryRequest,
+    /// The request as it was made.
+    pub request: serde_json::Value,
     /// The range asked for, RFC 3339.
     pub from: String,
     pub to: String,
@@ -209,6 +291,9 @@ pub struct RecoveryReport {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A simulation's outcome so far (final once `state` is `done`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<SimulationResult>,
 }
 
 /// Why a job could not be started.
@@ -224,12 +309,13 @@ pub enum RecoveryError {
 
 /// What runs the jobs; served by the API and the command line.
 pub trait Recoveries: Send + Sync {
-    fn start(&self, request: RecoveryRequest) -> Result<RecoveryReport, RecoveryError>;
+    fn start(&self, request: RecoveryRequest) -> Result<JobReport, RecoveryError>;
+    fn simulate(&self, request: SimulationRequest) -> Result<JobReport, RecoveryError>;
     /// Newest first.
-    fn list(&self) -> Vec<RecoveryReport>;
-    fn get(&self, id: &str) -> Option<RecoveryReport>;
+    fn list(&self) -> Vec<JobReport>;
+    fn get(&self, id: &str) -> Option<JobReport>;
     /// Cancels a job that has not ended; `None` for an unknown id.
-    fn cancel(&self, id: &str) -> Option<RecoveryReport>;
+    fn cancel(&self, id: &str) -> Option<JobReport>;
 }
 
 pub type SharedRecoveries = Arc<dyn Recoveries>;

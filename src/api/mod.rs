@@ -37,12 +37,22 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/admin/services", get(search::services))
         .route("/admin/overview", get(overview::get))
         .route("/admin/sampling/explain", post(sampling::explain))
+        .route("/admin/sampling/policies", get(sampling::policies))
         .route(
             "/admin/recoveries",
             post(recoveries::create).get(recoveries::list),
         )
         .route(
             "/admin/recoveries/{id}",
+            get(recoveries::get).delete(recoveries::cancel),
+        )
+        .route("/admin/sampling/simulate", post(recoveries::simulate))
+        .route(
+            "/admin/sampling/simulations",
+            get(recoveries::list_simulations),
+        )
+        .route(
+            "/admin/sampling/simulations/{id}",
             get(recoveries::get).delete(recoveries::cancel),
         )
         .route("/admin/force-rules", post(rules::create).get(rules::list))

@@ -1,4 +1,5 @@
-//! `/admin/recoveries`: start, list, follow and cancel recovery jobs.
+//! `/admin/recoveries` and `/admin/sampling/simulate`: start, list, follow
+//! and cancel jobs over the raw topic, recoveries and policy simulations.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -9,7 +10,9 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::recovery::{RecoveryError, RecoveryReport, RecoveryRequest, SharedRecoveries};
+use crate::recovery::{
+    JobKind, JobReport, RecoveryError, RecoveryRequest, SharedRecoveries, SimulationRequest,
+};
 
 impl From<RecoveryError> for ApiError {
     fn from(e: RecoveryError) -> Self {
@@ -33,7 +36,7 @@ fn runner(state: &AppState) -> Result<&SharedRecoveries, ApiError> {
 }
 
 /// Parses a request body; the error names the offending field.
-fn parse(body: &[u8]) -> Result<RecoveryRequest, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -53,30 +56,61 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let runner = runner(&state)?;
     let body = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
-    let request = parse(&body)?;
+    let request: RecoveryRequest = parse(&body)?;
     let report = runner.start(request)?;
     Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
-#[derive(Serialize)]
-struct JobList {
-    recoveries: Vec<RecoveryReport>,
+/// `POST /admin/sampling/simulate`: 202 with the new simulation job.
+pub async fn simulate(
+    State(state): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let runner = runner(&state)?;
+    let body = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let request: SimulationRequest = parse(&body)?;
+    let report = runner.simulate(request)?;
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
-/// `GET /admin/recoveries`: every job this instance knows, newest first.
+#[derive(Serialize)]
+struct RecoveryList {
+    recoveries: Vec<JobReport>,
+}
+
+#[derive(Serialize)]
+struct SimulationList {
+    simulations: Vec<JobReport>,
+}
+
+fn of_kind(state: &AppState, kind: JobKind) -> Result<Vec<JobReport>, ApiError> {
+    Ok(runner(state)?
+        .list()
+        .into_iter()
+        .filter(|j| j.kind == kind)
+        .collect())
+}
+
+/// `GET /admin/recoveries`: this instance's recoveries, newest first.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let recoveries = runner(&state)?.list();
-    Ok(Json(JobList { recoveries }).into_response())
+    let recoveries = of_kind(&state, JobKind::Recovery)?;
+    Ok(Json(RecoveryList { recoveries }).into_response())
+}
+
+/// `GET /admin/sampling/simulations`: this instance's simulations, newest first.
+pub async fn list_simulations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let simulations = of_kind(&state, JobKind::Simulation)?;
+    Ok(Json(SimulationList { simulations }).into_response())
 }
 
 fn unknown(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no recovery job `{id}` on this instance"),
+        format!("no job `{id}` on this instance"),
     )
 }
 
-/// `GET /admin/recoveries/{id}`.
+/// `GET /admin/recoveries/{id}` and `GET /admin/sampling/simulations/{id}`.
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -85,8 +119,8 @@ pub async fn get(
     Ok(Json(report).into_response())
 }
 
-/// `DELETE /admin/recoveries/{id}`: cancels the job; 202 while it stops,
-/// 200 for a job that had ended already.
+/// `DELETE` of a job: cancels it; 202 while it stops, 200 for a job that
+/// had ended already.
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,6 +1,7 @@
 //! `POST /admin/sampling/explain`: which force rule, policy or setting would
 //! decide the traces in an OTLP request, and why, without storing anything,
-//! counting a force-rule match or moving a sampler's state.
+//! counting a force-rule match or moving a sampler's state; and
+//! `GET /admin/sampling/policies`, the live policy list.
 
 use std::sync::Arc;
 
@@ -16,6 +17,33 @@ use super::state::{AppState, MAX_BODY_BYTES};
 use crate::decide::policy::Step;
 use crate::model::{Decision, SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
+
+/// The live policy list and the settings after it.
+#[derive(Debug, Serialize)]
+struct LivePolicies {
+    policies: Vec<crate::config::PolicySpec>,
+    always_sample_errors: bool,
+    latency_threshold_ms: f64,
+    baseline_sample_rate: f64,
+}
+
+/// `GET /admin/sampling/policies`: the list in force (after any reload).
+pub async fn policies(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let api = state
+        .sampling
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sampling is not running"))?;
+    let live = api.policies.load();
+    let (always_sample_errors, latency_threshold_ms, baseline_sample_rate) =
+        live.fallback_settings();
+    Ok(Json(LivePolicies {
+        policies: live.specs(),
+        always_sample_errors,
+        latency_threshold_ms,
+        baseline_sample_rate,
+    })
+    .into_response())
+}
 
 pub async fn explain(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let api = state

@@ -17,13 +17,15 @@ const APP_CSS: &str = include_str!("ui/app.css");
 /// The page's ES modules, served as they are (no build step): `app.js`
 /// routes, the others are the shared DOM helpers, the API client and one
 /// module per page.
-const MODULES: [(&str, &str); 9] = [
+const MODULES: [(&str, &str); 11] = [
     ("app.js", include_str!("ui/app.js")),
     ("dom.js", include_str!("ui/dom.js")),
     ("api.js", include_str!("ui/api.js")),
     ("search.js", include_str!("ui/search.js")),
     ("trace.js", include_str!("ui/trace.js")),
     ("like.js", include_str!("ui/like.js")),
+    ("jobs.js", include_str!("ui/jobs.js")),
+    ("sampling.js", include_str!("ui/sampling.js")),
     ("rules.js", include_str!("ui/rules.js")),
     ("sql.js", include_str!("ui/sql.js")),
     ("overview.js", include_str!("ui/overview.js")),

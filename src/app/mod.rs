@@ -71,11 +71,14 @@ pub async fn run(
     background.spawn(move |stop| reloader.run(stop));
     let force_rules: Arc<dyn ForceRules> = live_rules.clone();
     let query = Arc::new(OnceCell::new());
-    let recoveries = Arc::new(RecoveryRunner::new(
-        Arc::new(settings.clone()),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let recoveries = Arc::new(
+        RecoveryRunner::new(
+            Arc::new(settings.clone()),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .with_live_policies(policies.clone()),
+    );
     let state = AppState {
         health: health.clone(),
         query: query.clone(),
@@ -243,8 +246,8 @@ pub async fn recover_once(
     settings: Settings,
     request: crate::recovery::RecoveryRequest,
     shutdown: CancellationToken,
-    on_tick: impl FnMut(&crate::recovery::RecoveryReport),
-) -> Result<crate::recovery::RecoveryReport, AppError> {
+    on_tick: impl FnMut(&crate::recovery::JobReport),
+) -> Result<crate::recovery::JobReport, AppError> {
     ingest::client::check(&settings.kafka).map_err(IngestError::from)?;
     let table = crate::table::TableHandle::open(&settings.storage.iceberg).await?;
     let metrics = Metrics::new()?;

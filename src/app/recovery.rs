@@ -1,4 +1,5 @@
-//! Runs recovery jobs: each re-reads a time range of the raw topic with
+//! Runs jobs over the raw topic, recoveries and policy simulations: each
+//! re-reads a time range of the raw topic with
 //! the live path's own stages, each with acknowledgements, metrics and
 //! health of its own, so that nothing it does moves the live path's
 //! offsets, counts or probes:
@@ -20,6 +21,10 @@
 //!    table first and stores only spans it does not hold, so a rerun, or a
 //!    rerun after a kill, stores nothing twice.
 //!
+//! A simulation reads the same way but decides every trace with two policy
+//! lists ([`decide::simulation`]), keeps none, and needs neither the live
+//! group's commits nor a writer.
+//!
 //! Jobs live in memory: after a restart they are gone, and a rerun is how a
 //! killed job is finished.
 
@@ -35,13 +40,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::ack::Acks;
 use crate::config::Settings;
-use crate::decide::{self, recovery::RecoveryJudge};
+use crate::decide::policy::SharedPolicies;
+use crate::decide::simulation::Simulation;
+use crate::decide::{self, recovery::RecoveryJudge, Judge};
 use crate::health::Health;
 use crate::ingest::range::{self, PartitionRange, RangeReadConfig, ReadProgress};
 use crate::metrics::Metrics;
 use crate::model::unix_now_ms;
 use crate::recovery::{
-    PartitionProgress, Recoveries, RecoveryError, RecoveryReport, RecoveryRequest, RecoveryState,
+    JobKind, JobReport, PartitionProgress, Recoveries, RecoveryError, RecoveryRequest,
+    RecoveryState, SimulationRequest,
 };
 use crate::storage;
 use crate::storage::writer::{StoredTally, WriterContext, WriterRole};
@@ -58,6 +66,9 @@ pub struct RecoveryRunner {
     metrics: Metrics,
     /// Set once the table is open; jobs are refused before.
     table: Arc<OnceCell<TableHandle>>,
+    /// The live policies, which simulations compare with; none from the
+    /// command line.
+    policies: Option<SharedPolicies>,
     jobs: Mutex<VecDeque<Arc<Job>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -66,15 +77,36 @@ pub struct RecoveryRunner {
 /// One job: what it was asked, and where it is.
 struct Job {
     id: String,
-    request: RecoveryRequest,
+    /// The request as it was made.
+    request: serde_json::Value,
     from_ms: i64,
     to_ms: i64,
+    /// Messages per second at most.
+    max_messages_per_sec: u32,
     created_at: SystemTime,
     cancel: CancellationToken,
-    judge: Arc<RecoveryJudge>,
+    work: Work,
     read: Arc<ReadProgress>,
-    stored: Arc<StoredTally>,
     state: Mutex<JobState>,
+}
+
+/// What a job does with the traces it reads.
+enum Work {
+    Recover {
+        judge: Arc<RecoveryJudge>,
+        stored: Arc<StoredTally>,
+        max_traces: Option<u64>,
+    },
+    Simulate(Arc<Simulation>),
+}
+
+impl Work {
+    fn kind(&self) -> JobKind {
+        match self {
+            Work::Recover { .. } => JobKind::Recovery,
+            Work::Simulate(_) => JobKind::Simulation,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -96,11 +128,18 @@ impl RecoveryRunner {
             settings,
             metrics,
             table: Arc::new(OnceCell::new()),
+            policies: None,
             jobs: Mutex::new(VecDeque::new()),
             tasks: TaskTracker::new(),
             // Its own child: stopping the jobs must not stop the process.
             shutdown: shutdown.child_token(),
         }
+    }
+
+    /// The live policies, for simulations to compare with.
+    pub fn with_live_policies(mut self, policies: SharedPolicies) -> Self {
+        self.policies = Some(policies);
+        self
     }
 
     /// The table jobs write to, once it is open.
@@ -119,8 +158,8 @@ impl RecoveryRunner {
     pub async fn run_to_end(
         &self,
         request: RecoveryRequest,
-        mut on_tick: impl FnMut(&RecoveryReport),
-    ) -> Result<RecoveryReport, RecoveryError> {
+        mut on_tick: impl FnMut(&JobReport),
+    ) -> Result<JobReport, RecoveryError> {
         let started = self.start(request)?;
         loop {
             tokio::time::sleep(TICK).await;
@@ -144,8 +183,74 @@ impl RecoveryRunner {
 }
 
 impl Recoveries for RecoveryRunner {
-    fn start(&self, request: RecoveryRequest) -> Result<RecoveryReport, RecoveryError> {
+    fn start(&self, request: RecoveryRequest) -> Result<JobReport, RecoveryError> {
+        let as_json = serde_json::to_value(&request).unwrap_or_default();
         let valid = request.validate(unix_now_ms())?;
+        let table = self.admit()?;
+        let id = format!("rec-{}", uuid::Uuid::now_v7().simple());
+        let judge = RecoveryJudge::new(
+            Arc::from(id.as_str()),
+            valid.condition,
+            nanos(valid.from_ms),
+            nanos(valid.to_ms) + 999_999,
+        );
+        let work = Work::Recover {
+            judge: Arc::new(judge),
+            stored: Arc::new(StoredTally::default()),
+            max_traces: valid.request.max_traces,
+        };
+        let rate = valid.request.max_messages_per_sec;
+        Ok(self.spawn(
+            id,
+            as_json,
+            (valid.from_ms, valid.to_ms),
+            rate,
+            work,
+            Some(table),
+        ))
+    }
+
+    fn simulate(&self, request: SimulationRequest) -> Result<JobReport, RecoveryError> {
+        let as_json = serde_json::to_value(&request).unwrap_or_default();
+        let (from_ms, to_ms) = request.range(unix_now_ms())?;
+        let Some(live) = self.policies.as_ref().map(|p| p.load_full()) else {
+            return Err(RecoveryError::Unavailable);
+        };
+        let candidate = match &request.policies {
+            Some(specs) => live.with_policies(specs, "policies")?,
+            None => live.with_policies(&live.specs(), "policies")?,
+        };
+        let live = live.with_policies(&live.specs(), "policies")?;
+        self.admit()?;
+        let id = format!("sim-{}", uuid::Uuid::now_v7().simple());
+        let sim = Simulation::new(candidate, live, nanos(from_ms), nanos(to_ms) + 999_999);
+        let work = Work::Simulate(Arc::new(sim));
+        let rate = request.max_messages_per_sec;
+        Ok(self.spawn(id, as_json, (from_ms, to_ms), rate, work, None))
+    }
+
+    fn list(&self) -> Vec<JobReport> {
+        self.jobs.lock().iter().map(|j| j.report()).collect()
+    }
+
+    fn get(&self, id: &str) -> Option<JobReport> {
+        self.find(id).map(|j| j.report())
+    }
+
+    fn cancel(&self, id: &str) -> Option<JobReport> {
+        let job = self.find(id)?;
+        job.cancel.cancel();
+        Some(job.report())
+    }
+}
+
+impl RecoveryRunner {
+    fn find(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().iter().find(|j| j.id == id).cloned()
+    }
+
+    /// The table, if a new job may start now.
+    fn admit(&self) -> Result<TableHandle, RecoveryError> {
         let Some(table) = self.table.get().cloned() else {
             return Err(RecoveryError::Unavailable);
         };
@@ -153,23 +258,30 @@ impl Recoveries for RecoveryRunner {
         if running >= self.settings.recovery.max_concurrent_jobs {
             return Err(RecoveryError::Busy { running });
         }
-        let id = format!("rec-{}", uuid::Uuid::now_v7().simple());
-        let judge = RecoveryJudge::new(
-            Arc::from(id.as_str()),
-            valid.condition,
-            (valid.from_ms.max(0) as u64) * 1_000_000,
-            (valid.to_ms.max(0) as u64) * 1_000_000 + 999_999,
-        );
+        Ok(table)
+    }
+
+    /// Records a job and runs it in the background.
+    fn spawn(
+        &self,
+        id: String,
+        request: serde_json::Value,
+        (from_ms, to_ms): (i64, i64),
+        rate: Option<u32>,
+        work: Work,
+        table: Option<TableHandle>,
+    ) -> JobReport {
+        let cap = self.settings.recovery.max_messages_per_sec;
         let job = Arc::new(Job {
             id,
-            request: valid.request,
-            from_ms: valid.from_ms,
-            to_ms: valid.to_ms,
+            request,
+            from_ms,
+            to_ms,
+            max_messages_per_sec: rate.map_or(cap, |r| r.min(cap)),
             created_at: SystemTime::now(),
             cancel: self.shutdown.child_token(),
-            judge: Arc::new(judge),
+            work,
             read: Arc::new(ReadProgress::default()),
-            stored: Arc::new(StoredTally::default()),
             state: Mutex::new(JobState {
                 state: Some(RecoveryState::Planning),
                 ..Default::default()
@@ -190,12 +302,7 @@ impl Recoveries for RecoveryRunner {
                 jobs.remove(pos);
             }
         }
-        tracing::info!(
-            job = %job.id,
-            from_ms = job.from_ms,
-            to_ms = job.to_ms,
-            "recovery job started"
-        );
+        tracing::info!(job = %job.id, from_ms, to_ms, "job over the raw topic started");
         let ctx = JobContext {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
@@ -203,34 +310,20 @@ impl Recoveries for RecoveryRunner {
         };
         self.metrics.recovery.jobs_running.inc();
         self.tasks.spawn(run_job(ctx, job.clone()));
-        Ok(job.report())
-    }
-
-    fn list(&self) -> Vec<RecoveryReport> {
-        self.jobs.lock().iter().map(|j| j.report()).collect()
-    }
-
-    fn get(&self, id: &str) -> Option<RecoveryReport> {
-        self.find(id).map(|j| j.report())
-    }
-
-    fn cancel(&self, id: &str) -> Option<RecoveryReport> {
-        let job = self.find(id)?;
-        job.cancel.cancel();
-        Some(job.report())
+        job.report()
     }
 }
 
-impl RecoveryRunner {
-    fn find(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().iter().find(|j| j.id == id).cloned()
-    }
+/// Unix milliseconds as Unix nanoseconds (0 before the epoch).
+fn nanos(ms: i64) -> u64 {
+    (ms.max(0) as u64) * 1_000_000
 }
 
 struct JobContext {
     settings: Arc<Settings>,
     metrics: Metrics,
-    table: TableHandle,
+    /// Where a recovery writes; none for a simulation.
+    table: Option<TableHandle>,
 }
 
 /// Runs a job and records how it ended.
@@ -253,20 +346,18 @@ async fn run_job(ctx: JobContext, job: Arc<Job>) {
     let m = &ctx.metrics.recovery;
     m.jobs_running.dec();
     m.jobs_total.with_label_values(&[state.as_str()]).inc();
-    let stored = (
-        job.stored.traces.load(Relaxed),
-        job.stored.spans.load(Relaxed),
-    );
-    m.traces_recovered_total.inc_by(stored.0);
-    m.spans_recovered_total.inc_by(stored.1);
+    let report = job.report();
+    m.traces_recovered_total.inc_by(report.traces_recovered);
+    m.spans_recovered_total.inc_by(report.spans_recovered);
     tracing::info!(
         job = %job.id,
         state = state.as_str(),
-        messages_read = job.read.messages.load(Relaxed),
-        traces_matched = job.judge.tally().traces_matched,
-        traces_recovered = stored.0,
-        spans_recovered = stored.1,
-        "recovery job ended"
+        messages_read = report.messages_read,
+        traces_scanned = report.traces_scanned,
+        traces_matched = report.traces_matched,
+        traces_recovered = report.traces_recovered,
+        spans_recovered = report.spans_recovered,
+        "job over the raw topic ended"
     );
 }
 
@@ -315,8 +406,14 @@ async fn execute(ctx: &JobContext, job: &Arc<Job>) -> Result<(), String> {
         }
         s.ranges = ranges.clone();
     }
-    let Some(ranges) = wait_for_live_group(ctx, job, ranges).await? else {
-        return Ok(());
+    // A simulation stores nothing, so what the live path will still store
+    // does not matter to it.
+    let ranges = match job.work {
+        Work::Recover { .. } => match wait_for_live_group(ctx, job, ranges).await? {
+            Some(ranges) => ranges,
+            None => return Ok(()),
+        },
+        Work::Simulate(_) => ranges,
     };
     job.state.lock().ranges = ranges.clone();
     job.set_state(RecoveryState::Running);
@@ -384,36 +481,42 @@ async fn read_decide_store(
     acks.assignments
         .assign(&ranges.iter().map(|r| r.partition).collect::<Vec<_>>());
     let private = Metrics::new().map_err(|e| e.to_string())?;
-    let (kept_tx, mut writer) = storage::start(
-        ctx.table.clone(),
-        &ctx.settings.storage,
-        WriterContext {
-            acks: acks.clone(),
-            metrics: private.clone(),
-            health: Health::default(),
-            topic: ctx.settings.kafka.topic.clone(),
-            role: WriterRole::Recovery {
-                job_id: Arc::from(job.id.as_str()),
-                stored: job.stored.clone(),
-            },
-        },
-    );
-    let (shards, deciders) = decide::start_recovery(
+    let (judge, kept_tx, mut writer) = match (&job.work, &ctx.table) {
+        (Work::Recover { judge, stored, .. }, Some(table)) => {
+            let (tx, writer) = storage::start(
+                table.clone(),
+                &ctx.settings.storage,
+                WriterContext {
+                    acks: acks.clone(),
+                    metrics: private.clone(),
+                    health: Health::default(),
+                    topic: ctx.settings.kafka.topic.clone(),
+                    role: WriterRole::Recovery {
+                        job_id: Arc::from(job.id.as_str()),
+                        stored: stored.clone(),
+                    },
+                },
+            );
+            (Judge::Recovery(judge.clone()), tx, Some(writer))
+        }
+        (Work::Recover { .. }, None) => return Err("no table to recover into".into()),
+        // Nothing is kept: the channel is never sent on.
+        (Work::Simulate(sim), _) => (
+            Judge::Simulation(sim.clone()),
+            tokio::sync::mpsc::unbounded_channel().0,
+            None,
+        ),
+    };
+    let (shards, deciders) = decide::start_replay(
         &ctx.settings.sampling,
-        job.judge.clone(),
+        judge,
         acks.clone(),
         private,
         kept_tx,
     );
-    let limits = &ctx.settings.recovery;
     let read = RangeReadConfig {
-        max_messages_per_sec: job
-            .request
-            .max_messages_per_sec
-            .map_or(limits.max_messages_per_sec, |r| {
-                r.min(limits.max_messages_per_sec)
-            }),
-        max_held_spans: limits.max_buffered_spans,
+        max_messages_per_sec: job.max_messages_per_sec,
+        max_held_spans: ctx.settings.recovery.max_buffered_spans,
         max_message_bytes: ctx.settings.kafka.max_message_bytes,
     };
     // Stops reading at a cancel, or once `max_traces` matched.
@@ -442,7 +545,9 @@ async fn read_decide_store(
     // open and end, which closes the writer's input; it makes its last
     // flush and ends.
     deciders.join().await;
-    writer.join().await;
+    if let Some(writer) = writer.as_mut() {
+        writer.join().await;
+    }
     job.publish_reads(&ctx.metrics, published);
     read_result.map_err(|e| format!("reading the range: {e}"))?;
     let unsettled = acks.tracker.pending_messages();
@@ -479,10 +584,16 @@ impl Job {
     }
 
     fn check_max_traces(&self, stop_reading: &CancellationToken) {
-        let Some(max) = self.request.max_traces else {
+        let Work::Recover {
+            judge,
+            max_traces: Some(max),
+            ..
+        } = &self.work
+        else {
             return;
         };
-        if self.judge.tally().traces_matched >= max && !stop_reading.is_cancelled() {
+        let max = *max;
+        if judge.tally().traces_matched >= max && !stop_reading.is_cancelled() {
             self.state.lock().warnings.push(format!(
                 "stopped reading at max_traces = {max}: traces past it in the range were not looked at"
             ));
@@ -490,7 +601,7 @@ impl Job {
         }
     }
 
-    fn report(&self) -> RecoveryReport {
+    fn report(&self) -> JobReport {
         let s = self.state.lock();
         let positions = self.read.positions();
         let partitions: Vec<PartitionProgress> = s
@@ -532,9 +643,26 @@ impl Job {
         };
         let eta = (rate > 0.0 && !s.state.is_some_and(RecoveryState::is_final))
             .then(|| (total - done_msgs).max(0) as f64 / rate);
-        let tally = self.judge.tally();
-        RecoveryReport {
+        let (scanned, matched, recovered, spans, present, simulation) = match &self.work {
+            Work::Recover { judge, stored, .. } => {
+                let t = judge.tally();
+                (
+                    t.traces_scanned,
+                    t.traces_matched,
+                    stored.traces.load(Relaxed),
+                    stored.spans.load(Relaxed),
+                    stored.traces_present.load(Relaxed),
+                    None,
+                )
+            }
+            Work::Simulate(sim) => {
+                let r = sim.result(self.to_ms - self.from_ms);
+                (r.traces, 0, 0, 0, 0, Some(r))
+            }
+        };
+        JobReport {
             id: self.id.clone(),
+            kind: self.work.kind(),
             state: s.state.unwrap_or(RecoveryState::Planning),
             request: self.request.clone(),
             from: rfc3339(self.from_ms),
@@ -553,16 +681,17 @@ impl Job {
             messages_read: read,
             bytes_read: self.read.bytes.load(Relaxed),
             messages_invalid: self.read.messages_invalid.load(Relaxed),
-            traces_scanned: tally.traces_scanned,
-            traces_matched: tally.traces_matched,
-            traces_recovered: self.stored.traces.load(Relaxed),
-            spans_recovered: self.stored.spans.load(Relaxed),
-            traces_already_stored: self.stored.traces_present.load(Relaxed),
+            traces_scanned: scanned,
+            traces_matched: matched,
+            traces_recovered: recovered,
+            spans_recovered: spans,
+            traces_already_stored: present,
             progress,
             messages_per_sec: rate,
             eta_secs: eta,
             warnings: s.warnings.clone(),
             error: s.error.clone(),
+            simulation,
         }
     }
 }

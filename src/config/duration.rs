@@ -104,6 +104,13 @@ impl<U: Unit> fmt::Debug for ConfigDuration<U> {
     }
 }
 
+/// As a number in the key's unit, which reads back as the same duration.
+impl<U: Unit> serde::Serialize for ConfigDuration<U> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.get())
+    }
+}
+
 impl<'de, U: Unit> Deserialize<'de> for ConfigDuration<U> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<U>(PhantomData<U>);

@@ -41,7 +41,7 @@ impl PolicyAction {
 }
 
 /// One `[[sampling.policies]]` entry as written.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// Stored in `sampling_rule_id` of the traces it keeps.
@@ -51,24 +51,24 @@ pub struct PolicySpec {
     pub match_: MatchSpec,
     pub action: PolicyAction,
     /// `sample`: the fraction kept, in (0, 1].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
     /// `rate_limit`: traces kept per second, per key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traces_per_sec: Option<f64>,
     /// `dynamic`: the average fraction kept, in (0, 1] (Refinery's
     /// `GoalSampleRate` N is 1/N here).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal_rate: Option<f64>,
     /// `rate_limit` and `dynamic`: the fields whose values make the key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_fields: Vec<String>,
     /// `dynamic`: how often sample rates are recomputed (default 15 s).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adjustment_interval_secs: Option<Seconds>,
     /// `rate_limit` and `dynamic`: distinct keys tracked; further keys
     /// share one `other` key (default 10,000).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<usize>,
 }
 

@@ -8,6 +8,7 @@ pub mod decision_cache;
 pub mod policy;
 pub mod recovery;
 pub mod samplers;
+pub mod simulation;
 pub mod worker;
 
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use crate::supervise::{StageExit, StageTasks};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;
 use policy::SharedPolicies;
-use recovery::RecoveryJudge;
-use worker::{Judge, WorkerContext};
+pub use worker::Judge;
+use worker::WorkerContext;
 
 /// Capacity of each worker's input channel, in Kafka messages.
 const SHARD_CHANNEL_CAPACITY: usize = 1024;
@@ -71,20 +72,21 @@ pub fn start(
     spawn_workers(ctx, cfg.worker_count())
 }
 
-/// Starts the workers of a recovery job: traces are completed on stream
-/// time alone and decided by `judge`; when the senders are dropped, what
-/// is still open is decided too, and the workers end. `acks` and `metrics`
-/// are the job's own, so the live path's counts stay its own.
-pub fn start_recovery(
+/// Starts the workers of a job over the raw topic (a recovery or a
+/// simulation, by `judge`): traces are completed on stream time alone;
+/// when the senders are dropped, what is still open is decided too, and
+/// the workers end. `acks` and `metrics` are the job's own, so the live
+/// path's counts stay its own.
+pub fn start_replay(
     cfg: &SamplingConfig,
-    judge: Arc<RecoveryJudge>,
+    judge: Judge,
     acks: Acks,
     metrics: Metrics,
     kept_tx: mpsc::UnboundedSender<KeptTrace>,
 ) -> (Vec<mpsc::Sender<ShardBatch>>, Deciders) {
     let ctx = WorkerContext {
         limits: limits_of(cfg),
-        judge: Judge::Recovery(judge),
+        judge,
         acks,
         metrics,
         kept_tx,

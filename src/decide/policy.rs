@@ -160,6 +160,60 @@ impl PolicySet {
         Ok(set)
     }
 
+    /// The same fallback settings with `specs` as the policy list, every
+    /// sampler fresh; an error's field starts with `prefix` (`policies`).
+    /// What a simulation decides with: nothing it does moves the state of
+    /// the live samplers.
+    pub fn with_policies(&self, specs: &[PolicySpec], prefix: &str) -> Result<Self, FieldError> {
+        let mut set = PolicySet {
+            policies: Vec::new(),
+            fallback: self.fallback,
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let path = format!("{prefix}[{i}]");
+            let action_spec = spec.action_spec(&path)?;
+            set.policies.push(Policy {
+                name: Arc::from(spec.name.as_str()),
+                salt: name_salt(&spec.name),
+                match_: spec.match_.compile(&format!("{path}.match"))?,
+                spec: spec.clone(),
+                action: Action::from_spec(action_spec),
+            });
+        }
+        Ok(set)
+    }
+
+    /// The settings after the list: `always_sample_errors`,
+    /// `latency_threshold_ms` and `baseline_sample_rate`.
+    pub fn fallback_settings(&self) -> (bool, f64, f64) {
+        let f = &self.fallback;
+        (
+            f.always_sample_errors,
+            f.latency_threshold_nanos as f64 / 1_000_000.0,
+            f.baseline_rate,
+        )
+    }
+
+    /// The policy list as it was written.
+    pub fn specs(&self) -> Vec<PolicySpec> {
+        self.policies.iter().map(|p| p.spec.clone()).collect()
+    }
+
+    /// [`PolicySet::decide`] at a given moment, for the samplers that count
+    /// time (`rate_limit`, `dynamic`): a simulation gives each trace its own
+    /// time, so that a range read faster than it was produced spends their
+    /// budgets as live traffic did.
+    pub fn decide_at(&self, trace_id: &TraceId, spans: &[SpanRecord], at: Instant) -> Decision {
+        self.evaluate(
+            trace_id,
+            spans,
+            &crate::model::NoForceRules,
+            at,
+            Mode::Decide,
+            &mut None,
+        )
+    }
+
     /// [`PolicySet::build`] for start-up, ready to share with the workers.
     pub fn shared(cfg: &SamplingConfig) -> Result<SharedPolicies, FieldError> {
         Ok(Arc::new(ArcSwap::from_pointee(Self::build(cfg, None)?)))

@@ -12,6 +12,7 @@ use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
 use super::policy::SharedPolicies;
 use super::recovery::RecoveryJudge;
+use super::simulation::Simulation;
 use crate::ack::Acks;
 use crate::handoff::{KeptTrace, ShardBatch};
 use crate::metrics::red::RedRecorder;
@@ -33,6 +34,16 @@ pub enum Judge {
     /// A recovery job: its condition and range, remembering nothing. Its
     /// input ends, and what is open then is decided, not abandoned.
     Recovery(Arc<RecoveryJudge>),
+    /// A policy simulation: counts what two policy lists would keep, and
+    /// keeps nothing. Its input ends like a recovery's.
+    Simulation(Arc<Simulation>),
+}
+
+impl Judge {
+    /// Whether the input is a read of the past that ends (a job's).
+    fn replays(&self) -> bool {
+        !matches!(self, Judge::Live { .. })
+    }
 }
 
 /// Everything a worker shares with the rest of the pipeline.
@@ -54,9 +65,10 @@ pub struct WorkerContext {
 /// their holds free their spans and keep their messages uncommitted, so the
 /// next owner re-reads them.
 pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
-    let buffer = match ctx.judge {
-        Judge::Live { .. } => TraceBuffer::new(ctx.limits),
-        Judge::Recovery(_) => TraceBuffer::on_stream_time_only(ctx.limits),
+    let buffer = if ctx.judge.replays() {
+        TraceBuffer::on_stream_time_only(ctx.limits)
+    } else {
+        TraceBuffer::new(ctx.limits)
     };
     let mut state = Worker {
         buffer,
@@ -92,7 +104,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         }
         state.report_gauges();
     }
-    if let Judge::Recovery(_) = state.ctx.judge {
+    if state.ctx.judge.replays() {
         // The read is over: nothing more can arrive for what is open.
         due.extend(state.buffer.drain());
         state.decide_all(&mut due).await;
@@ -180,6 +192,12 @@ impl Worker {
             Judge::Recovery(judge) => {
                 for trace in due.drain(..) {
                     let decision = judge.decide(&trace.spans);
+                    self.route(trace, decision);
+                }
+            }
+            Judge::Simulation(sim) => {
+                for trace in due.drain(..) {
+                    let decision = sim.decide(&trace.trace_id, &trace.spans);
                     self.route(trace, decision);
                 }
             }

@@ -244,6 +244,37 @@ test('"recover traces like this" starts a recovery whose progress bar reaches do
   assert.match(await page.locator('#kept-reason-code').locator('..').innerText(), new RegExp(jobId));
 });
 
+test('the sampling page shows the live list and simulates an edited one as a table and bars', async () => {
+  await page.goto(`${URL_}/#/sampling`);
+  await page.locator('#live-policies').waitFor();
+  assert.match(await page.locator('#live-policies').innerText(), /No policies/);
+  // A rate out of range: the API's error, next to the list.
+  await page.locator('#simulate-policies').fill(JSON.stringify([{ name: 'half', action: 'sample', rate: 2 }]));
+  await page.locator('#simulate-submit').click();
+  await page.locator('[data-error-for="policies"]').filter({ hasText: /.+/ }).waitFor();
+  assert.match(await page.locator('[data-error-for="policies"]').innerText(), /rate/);
+
+  const keepAll = [{ name: 'keep-all-ui', action: 'keep', match: { resource: [{ key: 'service.name', op: 'eq', value: SERVICE }] } }];
+  await page.locator('#simulate-policies').fill(JSON.stringify(keepAll));
+  await page.locator('#simulate-from').selectOption('-15m');
+  await page.locator('#simulate-submit').click();
+  await page.locator('#simulate-state').filter({ hasText: /^(done|failed|cancelled)$/ }).waitFor({ timeout: 120_000 });
+  assert.equal(await page.locator('#simulate-state').innerText(), 'done', await page.locator('#simulate-counts').innerText());
+  const row = page.locator(`#simulate-table tr.sim-row[data-policy="keep-all-ui"][data-service="${SERVICE}"]`);
+  await row.waitFor();
+  const cells = await row.locator('td').allInnerTexts();
+  const simulated = Number(cells[2].replace(/,/g, ''));
+  // The live list keeps the service's errors only.
+  const errors = page.locator(`#simulate-table tr.sim-row[data-policy="error"][data-service="${SERVICE}"]`);
+  const liveCells = await errors.locator('td').allInnerTexts();
+  const liveErrors = Number(liveCells[liveCells.length - 5].replace(/,/g, ''));
+  assert.ok(liveErrors >= 4, JSON.stringify(liveCells));
+  assert.ok(simulated > liveErrors, `keeping every trace of the service keeps more than its errors: ${cells} vs ${liveCells}`);
+  assert.equal(cells[4], '100.0%');
+  assert.ok(await page.locator('#simulate-chart .sim-bar.candidate').count() >= 1);
+  await page.screenshot({ path: join(SHOTS, 'sampling.png'), fullPage: true });
+});
+
 test('the SQL console shows rows, downloads them as CSV, and shows a 400 as the API says it', async () => {
   await page.goto(`${URL_}/#/sql`);
   await page.locator('#sql-input').fill(`SELECT trace_id, name, status_code FROM spans WHERE service_name = '${SERVICE}' AND status_code = 'ERROR' ORDER BY trace_id, name`);

@@ -1,5 +1,6 @@
-// The selector's web UI: trace search, the trace waterfall, force rules, a
-// SQL console and the pipeline overview, all over the /admin/* JSON API.
+// The selector's web UI: trace search, the trace waterfall, force rules,
+// sampling (the live policies and simulations), a SQL console and the
+// pipeline overview, all over the /admin/* JSON API.
 // Plain JavaScript ES modules with no dependencies and no build step; the
 // binary serves each file as it is (src/api/ui.rs).
 
@@ -10,6 +11,7 @@ import { renderTrace } from './trace.js';
 import { renderRules } from './rules.js';
 import { renderSql } from './sql.js';
 import { renderOverview } from './overview.js';
+import { renderSampling } from './sampling.js';
 
 function route() {
   leavePage();
@@ -21,7 +23,7 @@ function route() {
   for (const a of document.querySelectorAll('[data-nav]')) {
     a.classList.toggle('active', a.dataset.nav === page || (page === 'trace' && a.dataset.nav === 'search'));
   }
-  const pages = { search: renderSearch, trace: () => renderTrace(parts[1] || ''), rules: renderRules, sql: renderSql, overview: renderOverview };
+  const pages = { search: renderSearch, trace: () => renderTrace(parts[1] || ''), rules: renderRules, sampling: renderSampling, sql: renderSql, overview: renderOverview };
   (pages[page] || renderSearch)(params).catch(showFailure);
 }
 

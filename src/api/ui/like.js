@@ -3,8 +3,9 @@
 // for traces dropped in the past. Both build their condition from the same
 // rows, and each row knows where it lands in the request, so that an API
 // error such as `match.span[1].value` is shown next to that row.
-import { h, fmtSecs, fmtNum, showFieldError } from './dom.js';
+import { h, fmtSecs, showFieldError } from './dom.js';
 import { api } from './api.js';
+import { followJob } from './jobs.js';
 
 // Condition rows prefilled from the span: its service and name checked,
 // its attributes offered.
@@ -76,7 +77,6 @@ export function keepForm(panel, x) {
 }
 
 const LOOKBACKS = [['-15m', '15 minutes'], ['-1h', 'hour'], ['-6h', '6 hours'], ['-24h', '24 hours']];
-const FINAL = ['done', 'failed', 'cancelled'];
 
 export function recoverForm(panel, x) {
   const picker = conditionPicker(x);
@@ -95,36 +95,12 @@ export function recoverForm(panel, x) {
     try {
       const job = await api('POST', '/admin/recoveries', { from: form.from.value, match });
       form.querySelector('#recover-submit').disabled = true;
-      followJob(form.querySelector('#recover-status'), job);
+      followJob(form.querySelector('#recover-status'), job, 'recover',
+        (j) => `${j.traces_matched} traces matched, ${j.traces_recovered} recovered, ${j.traces_already_stored} already stored`,
+        '/admin/recoveries');
     } catch (err) {
       showFieldError(form, err, placed, form.querySelector('#recover-error'));
     }
   });
   panel.replaceChildren(form);
-}
-
-// A job's progress bar and counts, polled every second until it ends.
-async function followJob(slot, job) {
-  const bar = h('progress', { id: 'recover-progress', max: 1, value: 0 });
-  const state = h('span', { class: 'badge', id: 'recover-state' });
-  const counts = h('p', { id: 'recover-counts', class: 'muted' });
-  const warnings = h('ul', { class: 'warnings' });
-  slot.replaceChildren(h('p', {}, 'Job ', h('code', { id: 'recover-id' }, job.id), ' ', state), bar, counts, warnings);
-  for (;;) {
-    bar.value = job.progress || 0;
-    state.textContent = job.state;
-    counts.textContent = `${fmtNum(job.messages_read, 0)} of ${fmtNum(job.messages_total, 0)} messages read; `
-      + `${job.traces_matched} traces matched, ${job.traces_recovered} recovered, ${job.traces_already_stored} already stored`
-      + (job.eta_secs != null ? `; about ${fmtSecs(job.eta_secs)} left` : '')
-      + (job.error ? `. ${job.error}` : '');
-    warnings.replaceChildren(...(job.warnings || []).map((w) => h('li', {}, w)));
-    if (FINAL.includes(job.state)) return;
-    await new Promise((r) => setTimeout(r, 1000));
-    try {
-      job = await api('GET', '/admin/recoveries/' + encodeURIComponent(job.id));
-    } catch (err) {
-      counts.textContent = 'Lost track of the job: ' + err.message;
-      return;
-    }
-  }
 }
