@@ -28,6 +28,13 @@
 //! consumer's and the forwarder's throughput; phase 4 is skipped:
 //!
 //!   cargo bench --bench end_to_end -- --spans 1000000 --sinks
+//!
+//! `--recovery` then measures a recovery job over the whole filled range
+//! (a condition matching the slow checkout traces the live path dropped):
+//! its read rate against the plain consumer's, and the probe latency of
+//! live traffic before and while it runs:
+//!
+//!   cargo bench --bench end_to_end -- --spans 3000000 --recovery
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +66,8 @@ struct Options {
     backlog_secs: Option<f64>,
     /// Drain again with the sampled topic and a forwarder on.
     sinks: bool,
+    /// Then run a recovery job over the filled range.
+    recovery: bool,
 }
 
 fn options() -> Options {
@@ -71,9 +80,11 @@ fn options() -> Options {
         flush_secs: 2.0,
         backlog_secs: None,
         sinks: false,
+        recovery: false,
     };
     let args: Vec<String> = std::env::args().collect();
     o.sinks = args.iter().any(|a| a == "--sinks");
+    o.recovery = args.iter().any(|a| a == "--recovery");
     for w in args.windows(2) {
         match w[0].as_str() {
             "--spans" => o.spans = w[1].parse().unwrap_or(o.spans),
@@ -209,11 +220,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// The release selector on `topic`, with the bench's timeouts and a buffer
-/// large enough to drain a backlog.
-fn start_selector(o: &Options, topic: &str) -> Selector {
-    start_selector_with(o, topic, &[])
-}
-
+/// large enough to drain a backlog, plus `extra` settings.
 fn start_selector_with(o: &Options, topic: &str, extra: &[(&str, &str)]) -> Selector {
     let (inactivity, flush) = (o.inactivity_secs.to_string(), o.flush_secs.to_string());
     let mut settings = vec![
@@ -269,10 +276,21 @@ async fn selector_drain(s: &Selector, messages: u64) -> f64 {
 
 /// Phase 4: live traffic plus probes; returns the sorted probe latencies.
 async fn decision_latency(o: &Options, s: &Selector, topic: &str) -> Vec<f64> {
+    decision_latency_until(o, s, topic, Arc::default()).await
+}
+
+/// [`decision_latency`], with live traffic that stops after 30 s or once
+/// `stop` is set, whichever comes first.
+async fn decision_latency_until(
+    o: &Options,
+    s: &Selector,
+    topic: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<f64> {
     let probes: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
     let sender = {
         let (brokers, topic, probes) = (o.brokers.clone(), topic.to_string(), probes.clone());
-        std::thread::spawn(move || send_live(&brokers, &topic, &probes))
+        std::thread::spawn(move || send_live(&brokers, &topic, &probes, &stop))
     };
     let mut visible: HashMap<String, f64> = HashMap::new();
     let deadline =
@@ -327,12 +345,17 @@ async fn decision_latency(o: &Options, s: &Selector, topic: &str) -> Vec<f64> {
 
 /// 300 traces/s of demo traffic for 30 s, and an error probe trace every
 /// 500 ms whose send time (after delivery) is recorded.
-fn send_live(brokers: &str, topic: &str, probes: &std::sync::Mutex<Vec<(String, Instant)>>) {
+fn send_live(
+    brokers: &str,
+    topic: &str,
+    probes: &std::sync::Mutex<Vec<(String, Instant)>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     let (p, _) = producer(brokers);
     let mut g = TraceGenerator::new(Scenario::demo(), 9);
     let started = Instant::now();
     let (mut sent, mut seq) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(30) {
+    while started.elapsed() < Duration::from_secs(30) && !stop.load(Ordering::Relaxed) {
         let due = (started.elapsed().as_secs_f64() * 300.0) as u64;
         while sent < due {
             let root = g.pick_root();
@@ -399,12 +422,19 @@ async fn main() {
         .await
         .expect("create topic");
     println!("topic {topic} ({partitions} partitions) on {}", o.brokers);
+    let filled_from = (now_nanos() / 1_000_000) as i64;
     let (messages, _) = fill(&o, &topic);
+    let filled_to = (now_nanos() / 1_000_000) as i64;
     let base = baseline(&o, &topic, messages).await;
 
     // The selector logs warnings only, so logging costs nothing measurable.
     std::env::set_var("TSS_TEST_RUST_LOG", "warn");
-    let s = start_selector(&o, &topic);
+    // A recovery here reads as fast as it can: its rate is what is measured.
+    let unthrottled = [
+        ("TSS__RECOVERY__MAX_MESSAGES_PER_SEC", "10000000"),
+        ("TSS__RECOVERY__MAX_BUFFERED_SPANS", "2000000"),
+    ];
+    let s = start_selector_with(&o, &topic, if o.recovery { &unthrottled } else { &[] });
     s.wait_ready().await;
     let rate = selector_drain(&s, messages).await;
     println!(
@@ -426,6 +456,10 @@ async fn main() {
             "memory:    selector peak RSS {:.0} MiB",
             peak_rss_mib(s.pid())
         );
+        return;
+    }
+    if o.recovery {
+        recovery_run(&o, &s, &topic, base, (filled_from, filled_to)).await;
         return;
     }
     let lat = decision_latency(&o, &s, &topic).await;
@@ -554,6 +588,90 @@ async fn sinks_run(o: &Options, topic: &str, messages: u64, iceberg_rate: f64, b
     );
     println!(
         "memory:    selector with sinks peak RSS {:.0} MiB",
+        peak_rss_mib(s.pid())
+    );
+}
+
+/// The `--recovery` run: live latency without a recovery, then a recovery
+/// over the filled range with live traffic beside it until it ends.
+async fn recovery_run(o: &Options, s: &Selector, topic: &str, base: f64, (from, to): (i64, i64)) {
+    let summary = |lat: &[f64]| {
+        format!(
+            "p50 {:.2} s, p99 {:.2} s, max {:.2} s ({} probes)",
+            quantile(lat, 0.5),
+            quantile(lat, 0.99),
+            quantile(lat, 1.0),
+            lat.len()
+        )
+    };
+    let without = decision_latency(o, s, topic).await;
+    println!(
+        "live:      without a recovery, last span → visible in SQL: {}",
+        summary(&without)
+    );
+    // Slow checkout traces (every 50th is 10× slower) that the live path
+    // dropped: under the 5 s latency threshold and not sampled.
+    let body = serde_json::json!({
+        "from": from.to_string(), "to": to.to_string(),
+        "match": {"resource": [{"key": "service.name", "op": "eq", "value": "frontend"}],
+                  "trace": [{"key": "trace.duration_ms", "op": "gt", "value": 500}]},
+    });
+    let http = reqwest::Client::new();
+    let started: serde_json::Value = http
+        .post(format!("http://{}/admin/recoveries", s.admin))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /admin/recoveries")
+        .json()
+        .await
+        .expect("JSON");
+    let id = started["id"].as_str().expect("a job id").to_string();
+    // Live traffic from the moment the job reads until it ends.
+    let report = loop {
+        let (_, r) = s.get(&format!("/admin/recoveries/{id}")).await;
+        if r["state"] != "planning" && r["state"] != "waiting" {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = decision_latency_until(o, s, topic, stop.clone());
+    let watch = async {
+        let mut r = report;
+        while !["done", "failed", "cancelled"].contains(&r["state"].as_str().unwrap_or("")) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            r = s.get(&format!("/admin/recoveries/{id}")).await.1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        r
+    };
+    let (during, report) = tokio::join!(live, watch);
+    assert_eq!(report["state"], "done", "{report}");
+    let rate = report["messages_per_sec"].as_f64().unwrap_or(0.0);
+    println!(
+        "recovery:  read {} messages ({} MB) at {rate:.0} messages/s, {:.0}% of the plain consumer's rate; \
+         {} traces scanned, {} matched, {} recovered ({} spans), {} already stored; offsets by {}",
+        report["messages_read"],
+        report["bytes_read"].as_u64().unwrap_or(0) / 1_000_000,
+        100.0 * rate / base,
+        report["traces_scanned"],
+        report["traces_matched"],
+        report["traces_recovered"],
+        report["spans_recovered"],
+        report["traces_already_stored"],
+        report["offsets_found_by"],
+    );
+    println!(
+        "live:      during the recovery, last span → visible in SQL: {}",
+        summary(&during)
+    );
+    println!(
+        "ratio:     live p99 during / without = {:.2}",
+        quantile(&during, 0.99) / quantile(&without, 0.99)
+    );
+    println!(
+        "memory:    selector peak RSS {:.0} MiB",
         peak_rss_mib(s.pid())
     );
 }
