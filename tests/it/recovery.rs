@@ -168,6 +168,17 @@ async fn outcome(s: &Selector, cases: &[Case]) -> Outcome {
     }
 }
 
+/// The outcome once nothing is missing any more (or a minute has passed),
+/// and a moment later, so that a late duplicate would show too.
+async fn settle(s: &Selector, cases: &[Case]) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outcome(s, cases).await.lost > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    outcome(s, cases).await
+}
+
 /// Waits until the live path has decided `traces` traces and committed
 /// what it kept.
 async fn wait_decided(s: &Selector, traces: usize, kept_spans: usize) {
@@ -265,9 +276,42 @@ async fn a_recovery_stores_the_dropped_traces_that_match_whole_and_once() {
         "only the dropped gold traces are missing: {before:?}"
     );
 
+    // Live traffic beside the job: 500 more traces over about 10 s, every
+    // 5th with an error, none gold.
+    let live: Vec<Case> = (0..500u64)
+        .map(|i| case(7_050_000 + i, false, i % 5 == 0, 2))
+        .collect();
+    let sending = {
+        let (topic, batch) = (
+            s.topic.clone(),
+            live.iter()
+                .map(|c| (c.id, c.messages.clone()))
+                .collect::<Vec<_>>(),
+        );
+        tokio::spawn(async move {
+            let p = producer();
+            for (id, messages) in batch {
+                for m in &messages {
+                    send(&p, &topic, &hex::encode(id), m).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let report = recover(&s, gold_request(from, to)).await;
     assert_eq!(report["state"], "done", "{report}\n{}", s.log());
-    let o = outcome(&s, &cases).await;
+    sending.await.expect("live producer");
+    let mut cases = cases;
+    cases.extend(live);
+    let kept_live: usize = cases.iter().filter(|c| c.kept_live).count();
+    wait_decided(&s, cases.len(), kept_live * SPANS_PER_TRACE).await;
+    let o = settle(&s, &cases).await;
+    let m = s.metrics().await;
+    assert_eq!(
+        m.get("tail_sampling_traces_sampled_total{reason=\"error\"}"),
+        Some(&(kept_live as f64)),
+        "the live path kept the same traces, with a recovery beside it"
+    );
     println!(
         "recovery: traces={} gold=250 kept_live_gold=50 recovered={} lost={} duplicated={} unexpected={} report={report}",
         cases.len(),

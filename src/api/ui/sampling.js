@@ -82,7 +82,7 @@ function comparison(sim) {
   const max = Math.max(1, ...rows.flatMap((r) => [r.candidate?.traces || 0, r.live?.traces || 0]));
   const bar = (r, side) => h('div', { class: `sim-bar ${side}`, style: { width: `${((r?.traces || 0) / max) * 100}%` }, title: `${side}: ${r?.traces || 0} traces` });
   const chart = h('div', { class: 'sim-bars', id: 'simulate-chart' },
-    rows.map((r) => [h('div', {}, h('code', {}, r.policy), ' ', r.service), h('div', {}, bar(r.candidate, 'candidate'), bar(r.live, 'live'))]));
+    rows.flatMap((r) => [h('div', {}, h('code', {}, r.policy), ' ', r.service), h('div', {}, bar(r.candidate, 'candidate'), bar(r.live, 'live'))]));
   return h('div', { class: 'panel' },
     h('h2', {}, `Over ${fmtNum(sim.traces, 0)} traces (${fmtNum(sim.spans, 0)} spans)`),
     h('div', { class: 'results-scroll' }, table),
