@@ -336,6 +336,12 @@ pub async fn read_range(
             .collect::<Vec<_>>(),
     );
     let mut pace = Pace::new(read.max_messages_per_sec);
+    let hand = Hand {
+        acks: &acks,
+        shards: &shards,
+        progress: &progress,
+        max_message_bytes: read.max_message_bytes,
+    };
     while !open.is_empty() {
         while acks.tracker.held_spans() >= read.max_held_spans as i64 {
             tokio::select! {
@@ -353,19 +359,7 @@ pub async fn read_range(
                 let p = m.partition();
                 let Some(&end) = open.get(&p) else { continue };
                 if m.offset() < end {
-                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    let ts = m.timestamp().to_millis();
-                    read_one(
-                        &acks,
-                        &shards,
-                        &progress,
-                        read.max_message_bytes,
-                        p,
-                        m.offset(),
-                        ts,
-                        payload,
-                    )
-                    .await;
+                    hand.read_one(&m).await;
                 }
                 progress.positions.lock().insert(p, m.offset() + 1);
                 if m.offset() + 1 >= end {
@@ -409,54 +403,64 @@ fn positions_of(consumer: &StreamConsumer, topic: &str) -> Result<Vec<(i32, i64)
         .collect())
 }
 
-/// Decodes one message and hands its spans to the workers under the job's
-/// own tickets.
-#[allow(clippy::too_many_arguments)]
-async fn read_one(
-    acks: &Acks,
-    shards: &[mpsc::Sender<ShardBatch>],
-    progress: &ReadProgress,
+/// Where a range reader's messages go: the job's workers, under the job's
+/// own acknowledgements.
+struct Hand<'a> {
+    acks: &'a Acks,
+    shards: &'a [mpsc::Sender<ShardBatch>],
+    progress: &'a ReadProgress,
     max_message_bytes: usize,
-    partition: i32,
-    offset: i64,
-    ts_ms: Option<i64>,
-    payload: Bytes,
-) {
-    progress.messages.fetch_add(1, Ordering::Relaxed);
-    progress
-        .bytes
-        .fetch_add(payload.len() as u64, Ordering::Relaxed);
-    let Some(lease) = acks.assignments.lease(partition) else {
-        return;
-    };
-    let msg = MsgRef {
-        partition,
-        offset,
-        epoch: lease.epoch,
-    };
-    let seen_ms = acks.clock.observe(lease, ts_ms, unix_now_ms());
-    let payload_len = payload.len();
-    let decoded = match decode_message(payload, max_message_bytes) {
-        Ok(d) => d,
-        Err(_) => {
-            progress.messages_invalid.fetch_add(1, Ordering::Relaxed);
-            acks.tracker.skip(msg);
+}
+
+impl Hand<'_> {
+    /// Decodes one message and hands its spans to the workers under the
+    /// job's own tickets.
+    async fn read_one(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let Hand {
+            acks,
+            shards,
+            progress,
+            max_message_bytes,
+        } = *self;
+        let (partition, offset) = (m.partition(), m.offset());
+        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let ts_ms = m.timestamp().to_millis();
+        progress.messages.fetch_add(1, Ordering::Relaxed);
+        progress
+            .bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let Some(lease) = acks.assignments.lease(partition) else {
             return;
-        }
-    };
-    let shares = shard_spans(decoded.spans, lease, shards.len());
-    let tickets = acks
-        .tracker
-        .receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
-    for ((shard, spans), ticket) in shares.into_iter().zip(tickets) {
-        let batch = ShardBatch {
-            ticket,
-            spans,
-            seen_ms,
         };
-        // A stopped worker means the job is ending; the batch's ticket
-        // frees its spans.
-        let _ = shards[shard].send(batch).await;
+        let msg = MsgRef {
+            partition,
+            offset,
+            epoch: lease.epoch,
+        };
+        let seen_ms = acks.clock.observe(lease, ts_ms, unix_now_ms());
+        let payload_len = payload.len();
+        let decoded = match decode_message(payload, max_message_bytes) {
+            Ok(d) => d,
+            Err(_) => {
+                progress.messages_invalid.fetch_add(1, Ordering::Relaxed);
+                acks.tracker.skip(msg);
+                return;
+            }
+        };
+        let shares = shard_spans(decoded.spans, lease, shards.len());
+        let tickets = acks
+            .tracker
+            .receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
+        for ((shard, spans), ticket) in shares.into_iter().zip(tickets) {
+            let batch = ShardBatch {
+                ticket,
+                spans,
+                seen_ms,
+            };
+            // A stopped worker means the job is ending; the batch's ticket
+            // frees its spans.
+            let _ = shards[shard].send(batch).await;
+        }
     }
 }
 
