@@ -25,10 +25,7 @@ use tail_sampling_selector::otlp::decode::decode_message;
 use tail_sampling_selector::storage::rows::SpanRows;
 use tail_sampling_selector::table::schema::table_schema;
 use tail_sampling_selector::testkit::loadgen::{Scenario, TraceGenerator};
-use tail_sampling_selector::{
-    decide::policy::PolicySet,
-    model::{Decision, NoForceRules},
-};
+use tail_sampling_selector::{decide::policy::PolicySet, matching::NoForceRules, model::Decision};
 
 /// Counts live heap bytes, to measure what buffered spans cost.
 struct Counting;

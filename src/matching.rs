@@ -21,7 +21,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::SpanRecord;
+use std::sync::Arc;
+
+use crate::model::{SpanRecord, TraceId};
 use crate::otlp::format::{find_attribute, kind_name, status_name};
 
 /// A field's value as conditions see it: borrowed where it can be, and a
@@ -146,9 +148,15 @@ struct CompiledCondition {
     matcher: Matcher,
 }
 
+/// Names one compiled match for as long as the process runs: a trace
+/// sketch records the matches some span satisfied by id.
+pub type MatchId = u64;
+
 /// A validated `match`, compiled once (regexes included).
 #[derive(Default)]
 pub struct CompiledMatch {
+    /// Unique per compilation; 0 for the empty default.
+    id: MatchId,
     resource: Vec<CompiledCondition>,
     span: Vec<CompiledCondition>,
     trace: Vec<CompiledCondition>,
@@ -181,7 +189,9 @@ impl MatchSpec {
                 ));
             }
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(CompiledMatch {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             resource: all(&self.resource, "resource")?,
             span: all(&self.span, "span")?,
             trace: all(&self.trace, "trace")?,
@@ -259,42 +269,129 @@ impl CompiledCondition {
 }
 
 impl CompiledMatch {
+    pub fn id(&self) -> MatchId {
+        self.id
+    }
+
+    /// Whether the match has span or resource conditions, which one span
+    /// must satisfy together.
+    pub fn has_span_part(&self) -> bool {
+        !(self.resource.is_empty() && self.span.is_empty())
+    }
+
     /// True when the trace conditions hold and one span satisfies every span
     /// condition while its resource satisfies every resource condition. An
     /// empty match holds for every trace.
-    pub fn matches(&self, view: &TraceView<'_>) -> bool {
-        if !self
-            .trace
+    pub fn matches(&self, trace: &dyn TraceFacts) -> bool {
+        self.trace
             .iter()
-            .all(|c| c.matches(view.trace_value(&c.key)))
-        {
-            return false;
-        }
-        if self.resource.is_empty() && self.span.is_empty() {
-            return true;
-        }
-        // Spans of one resource share an `Origin`: its conditions are
-        // checked once per run of spans from the same resource.
-        let mut last: Option<(*const crate::model::Origin, bool)> = None;
-        (0..view.len()).any(|i| {
-            let origin = std::sync::Arc::as_ptr(&view.spans[i].origin);
-            let resource_ok = match last {
-                Some((o, ok)) if o == origin => ok,
-                _ => {
-                    let ok = self
-                        .resource
-                        .iter()
-                        .all(|c| c.matches(view.resource_value(i, &c.key)));
-                    last = Some((origin, ok));
-                    ok
-                }
-            };
-            resource_ok
-                && self
-                    .span
+            .all(|c| c.matches(trace.trace_value(&c.key)))
+            && (!self.has_span_part() || trace.some_span_matches(self))
+    }
+
+    /// Whether this one span, with its resource, satisfies the span and
+    /// resource conditions.
+    pub fn matches_span(&self, span: &SpanRecord) -> bool {
+        let view = TraceView::new(std::slice::from_ref(span));
+        self.span_part_holds(&view, 0, &mut None)
+    }
+
+    /// The span and resource conditions on span `i`; `resource` remembers
+    /// the last origin's answer, since the spans of one resource share it.
+    fn span_part_holds(
+        &self,
+        view: &TraceView<'_>,
+        i: usize,
+        resource: &mut Option<(*const crate::model::Origin, bool)>,
+    ) -> bool {
+        let origin = std::sync::Arc::as_ptr(&view.spans[i].origin);
+        let resource_ok = match *resource {
+            Some((o, ok)) if o == origin => ok,
+            _ => {
+                let ok = self
+                    .resource
                     .iter()
-                    .all(|c| c.matches(view.span_value(i, &c.key)))
-        })
+                    .all(|c| c.matches(view.resource_value(i, &c.key)));
+                *resource = Some((origin, ok));
+                ok
+            }
+        };
+        resource_ok
+            && self
+                .span
+                .iter()
+                .all(|c| c.matches(view.span_value(i, &c.key)))
+    }
+}
+
+/// What conditions and policies read of a trace. Answered from its spans
+/// ([`TraceView`]), or from the facts kept while it was open (the compact
+/// buffer's sketch), with the same answers.
+pub trait TraceFacts {
+    fn span_count(&self) -> usize;
+
+    /// From the earliest span start to the latest span end; 0 for an empty
+    /// or inverted trace.
+    fn duration_nanos(&self) -> u64;
+
+    fn has_error(&self) -> bool;
+
+    /// The first root span's name; empty when no root has arrived.
+    fn root_name(&self) -> &[u8];
+
+    /// Whether one span satisfies the span and resource conditions of `m`.
+    fn some_span_matches(&self, m: &CompiledMatch) -> bool;
+
+    /// A sampler key field: a trace field, a field or attribute of the root
+    /// span (the earliest span while no root has arrived), or else an
+    /// attribute of its resource. Empty when absent.
+    fn key_value(&self, key: &str) -> String;
+
+    /// A trace field (`trace.duration_ms`, …).
+    fn trace_value(&self, key: &str) -> Option<FieldValue<'_>> {
+        match key {
+            "trace.duration_ms" => Some(FieldValue::Number(self.duration_nanos() as f64 / 1e6)),
+            "trace.span_count" => Some(FieldValue::Number(self.span_count() as f64)),
+            "trace.has_error" => Some(FieldValue::Bool(self.has_error())),
+            "trace.root.name" => Some(FieldValue::Raw(self.root_name())),
+            _ => None,
+        }
+    }
+}
+
+/// What a force rule said about a trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForceVerdict {
+    Keep { rule_id: Arc<str> },
+    Drop { rule_id: Arc<str> },
+}
+
+/// The slot for force rules: the first policy, consulted before the others.
+/// Implementations must answer from local state; evaluation never waits on I/O.
+pub trait ForceRules: Send + Sync {
+    fn evaluate(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict>;
+
+    /// The same answer, without counting a match: for explaining a decision
+    /// that is not being made.
+    fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
+        self.evaluate(trace_id, trace)
+    }
+
+    /// The conditions of the rules in force, for a buffer that tests them
+    /// on each span as it arrives, and a number that changes whenever they
+    /// do.
+    fn watched(&self) -> (u64, Vec<Arc<CompiledMatch>>) {
+        (0, Vec::new())
+    }
+}
+
+/// No force rules: every trace falls through to the other policies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoForceRules;
+
+impl ForceRules for NoForceRules {
+    fn evaluate(&self, _: &TraceId, _: &dyn TraceFacts) -> Option<ForceVerdict> {
+        None
     }
 }
 
@@ -323,16 +420,6 @@ impl<'a> TraceView<'a> {
         self.spans
     }
 
-    /// From the earliest span start to the latest span end; 0 for an empty
-    /// or inverted trace.
-    pub fn duration_nanos(&self) -> u64 {
-        trace_duration_nanos(self.spans)
-    }
-
-    pub fn has_error(&self) -> bool {
-        self.spans.iter().any(SpanRecord::is_error)
-    }
-
     /// The root span (no parent), or the earliest span when the root has not
     /// arrived.
     pub fn root_index(&self) -> Option<usize> {
@@ -340,22 +427,6 @@ impl<'a> TraceView<'a> {
             .iter()
             .position(|s| s.is_root)
             .or_else(|| (0..self.spans.len()).min_by_key(|&i| self.spans[i].start_unix_nano))
-    }
-
-    /// A trace field (`trace.duration_ms`, …).
-    pub fn trace_value(&self, key: &str) -> Option<FieldValue<'a>> {
-        match key {
-            "trace.duration_ms" => Some(FieldValue::Number(self.duration_nanos() as f64 / 1e6)),
-            "trace.span_count" => Some(FieldValue::Number(self.spans.len() as f64)),
-            "trace.has_error" => Some(FieldValue::Bool(self.has_error())),
-            "trace.root.name" => Some(FieldValue::Raw(
-                self.spans
-                    .iter()
-                    .find(|s| s.is_root)
-                    .map_or(&[][..], SpanRecord::name_bytes),
-            )),
-            _ => None,
-        }
     }
 
     /// A span field or attribute of span `i`.
@@ -379,10 +450,34 @@ impl<'a> TraceView<'a> {
         }
         find_attribute(&s.origin.resource, RESOURCE_ATTRIBUTES, key).map(attribute_value)
     }
+}
 
-    /// A sampler key field: a trace field, a field or attribute of the root
-    /// span, or else an attribute of the root's resource. Empty when absent.
-    pub fn key_value(&self, key: &str) -> String {
+impl TraceFacts for TraceView<'_> {
+    fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn duration_nanos(&self) -> u64 {
+        trace_duration_nanos(self.spans)
+    }
+
+    fn has_error(&self) -> bool {
+        self.spans.iter().any(SpanRecord::is_error)
+    }
+
+    fn root_name(&self) -> &[u8] {
+        self.spans
+            .iter()
+            .find(|s| s.is_root)
+            .map_or(&[][..], SpanRecord::name_bytes)
+    }
+
+    fn some_span_matches(&self, m: &CompiledMatch) -> bool {
+        let mut resource = None;
+        (0..self.spans.len()).any(|i| m.span_part_holds(self, i, &mut resource))
+    }
+
+    fn key_value(&self, key: &str) -> String {
         let value = if key.starts_with("trace.") {
             self.trace_value(key)
         } else {

@@ -1,5 +1,5 @@
 //! What flows between the stages: spans and traces, the decisions made about
-//! them, and the slot through which force rules reach the policies.
+//! them.
 //!
 //! Part of the shared core: every stage may import it, and it imports only
 //! the other core modules.
@@ -200,35 +200,6 @@ impl Decision {
             rule_id,
             sample_rate: 1.0,
         }
-    }
-}
-
-/// What a force rule said about a trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ForceVerdict {
-    Keep { rule_id: Arc<str> },
-    Drop { rule_id: Arc<str> },
-}
-
-/// The slot for force rules: the first policy, consulted before the others.
-/// Implementations must answer from local state; evaluation never waits on I/O.
-pub trait ForceRules: Send + Sync {
-    fn evaluate(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict>;
-
-    /// The same answer, without counting a match: for explaining a decision
-    /// that is not being made.
-    fn peek(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
-        self.evaluate(trace_id, spans)
-    }
-}
-
-/// No force rules: every trace falls through to the other policies.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoForceRules;
-
-impl ForceRules for NoForceRules {
-    fn evaluate(&self, _: &TraceId, _: &[SpanRecord]) -> Option<ForceVerdict> {
-        None
     }
 }
 

@@ -9,6 +9,7 @@ pub mod policy;
 pub mod recovery;
 pub mod samplers;
 pub mod simulation;
+pub mod sketch;
 pub mod worker;
 
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use tokio::sync::mpsc;
 use crate::ack::Acks;
 use crate::config::SamplingConfig;
 use crate::handoff::{KeptTrace, ShardBatch};
+use crate::matching::ForceRules;
 use crate::metrics::Metrics;
-use crate::model::ForceRules;
 use crate::supervise::{StageExit, StageTasks};
 use completion::CompletionLimits;
 use decision_cache::DecisionCache;

@@ -15,11 +15,8 @@ use serde::Serialize;
 
 use super::samplers::{bound, DynamicSampler, Mode, RateLimiter, Verdict};
 use crate::config::{ActionSpec, PolicySpec, SamplingConfig};
-use crate::matching::{trace_duration_nanos, CompiledMatch, FieldError, TraceView};
-use crate::model::{
-    salted_trace_hash, trace_hash, Decision, ForceRules, ForceVerdict, SamplingReason, SpanRecord,
-    TraceId,
-};
+use crate::matching::{CompiledMatch, FieldError, ForceRules, ForceVerdict, TraceFacts, TraceView};
+use crate::model::{salted_trace_hash, trace_hash, Decision, SamplingReason, SpanRecord, TraceId};
 
 /// The policies every worker reads, swapped whole when the config reloads.
 pub type SharedPolicies = Arc<ArcSwap<PolicySet>>;
@@ -60,7 +57,7 @@ struct Policy {
     /// leaves the entry unchanged.
     spec: PolicySpec,
     salt: u64,
-    match_: CompiledMatch,
+    match_: Arc<CompiledMatch>,
     action: Action,
 }
 
@@ -152,7 +149,7 @@ impl PolicySet {
             set.policies.push(Policy {
                 name: Arc::from(spec.name.as_str()),
                 salt: name_salt(&spec.name),
-                match_: spec.match_.compile(&format!("{path}.match"))?,
+                match_: Arc::new(spec.match_.compile(&format!("{path}.match"))?),
                 spec: spec.clone(),
                 action,
             });
@@ -175,7 +172,7 @@ impl PolicySet {
             set.policies.push(Policy {
                 name: Arc::from(spec.name.as_str()),
                 salt: name_salt(&spec.name),
-                match_: spec.match_.compile(&format!("{path}.match"))?,
+                match_: Arc::new(spec.match_.compile(&format!("{path}.match"))?),
                 spec: spec.clone(),
                 action: Action::from_spec(action_spec),
             });
@@ -206,8 +203,8 @@ impl PolicySet {
     pub fn decide_at(&self, trace_id: &TraceId, spans: &[SpanRecord], at: Instant) -> Decision {
         self.evaluate(
             trace_id,
-            spans,
-            &crate::model::NoForceRules,
+            &TraceView::new(spans),
+            &crate::matching::NoForceRules,
             at,
             Mode::Decide,
             &mut None,
@@ -227,6 +224,24 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
+    /// The policies' conditions and their samplers' key fields: what a
+    /// buffer that keeps traces as facts must look for in each span.
+    pub fn watched(&self) -> (Vec<Arc<CompiledMatch>>, Vec<Box<str>>) {
+        let matches = self.policies.iter().map(|p| p.match_.clone()).collect();
+        let keys = self
+            .policies
+            .iter()
+            .flat_map(|p| match &p.action {
+                Action::RateLimit { key_fields, .. } | Action::Dynamic { key_fields, .. } => {
+                    key_fields.as_slice()
+                }
+                _ => &[],
+            })
+            .map(|k| k.as_str().into())
+            .collect();
+        (matches, keys)
+    }
+
     /// The policies' names, in order.
     pub fn names(&self) -> Vec<Arc<str>> {
         self.policies.iter().map(|p| p.name.clone()).collect()
@@ -241,7 +256,7 @@ impl PolicySet {
     ) -> Decision {
         self.evaluate(
             trace_id,
-            spans,
+            &TraceView::new(spans),
             force,
             Instant::now(),
             Mode::Decide,
@@ -260,7 +275,7 @@ impl PolicySet {
         let mut steps = Vec::new();
         let d = self.evaluate(
             trace_id,
-            spans,
+            &TraceView::new(spans),
             force,
             Instant::now(),
             Mode::Peek,
@@ -269,19 +284,20 @@ impl PolicySet {
         (d, steps)
     }
 
-    /// The decision at `now`; `Peek` leaves every state as it was.
+    /// The decision at `now`, over the trace's spans or its sketch; `Peek`
+    /// leaves every state as it was.
     pub fn evaluate(
         &self,
         trace_id: &TraceId,
-        spans: &[SpanRecord],
+        trace: &dyn TraceFacts,
         force: &dyn ForceRules,
         now: Instant,
         mode: Mode,
         steps: &mut Steps<'_>,
     ) -> Decision {
         let verdict = match mode {
-            Mode::Decide => force.evaluate(trace_id, spans),
-            Mode::Peek => force.peek(trace_id, spans),
+            Mode::Decide => force.evaluate(trace_id, trace),
+            Mode::Peek => force.peek(trace_id, trace),
         };
         if let Some(v) = verdict {
             let d = match v {
@@ -304,21 +320,23 @@ impl PolicySet {
         note(steps, || {
             Step::new("force_rules", false, "no force rule matches".into())
         });
-        if !self.policies.is_empty() {
-            let view = TraceView::new(spans);
-            for p in &self.policies {
-                if let Some(d) = p.decide(trace_id, &view, now, mode, steps) {
-                    return d;
-                }
+        for p in &self.policies {
+            if let Some(d) = p.decide(trace_id, trace, now, mode, steps) {
+                return d;
             }
         }
-        self.fallback.decide(trace_id, spans, steps)
+        self.fallback.decide(trace_id, trace, steps)
     }
 }
 
 impl Fallback {
-    fn decide(&self, trace_id: &TraceId, spans: &[SpanRecord], steps: &mut Steps<'_>) -> Decision {
-        if self.always_sample_errors && spans.iter().any(SpanRecord::is_error) {
+    fn decide(
+        &self,
+        trace_id: &TraceId,
+        trace: &dyn TraceFacts,
+        steps: &mut Steps<'_>,
+    ) -> Decision {
+        if self.always_sample_errors && trace.has_error() {
             let d = Decision::keep(SamplingReason::Error, None);
             note(steps, || {
                 Step::new("error", true, "a span has status ERROR".into()).decided(&d)
@@ -333,7 +351,7 @@ impl Fallback {
             };
             Step::new("error", false, why.into())
         });
-        let duration = trace_duration_nanos(spans);
+        let duration = trace.duration_nanos();
         if duration >= self.latency_threshold_nanos {
             let d = Decision::keep(SamplingReason::Latency, None);
             note(steps, || {
@@ -448,7 +466,7 @@ impl Policy {
     fn decide(
         &self,
         trace_id: &TraceId,
-        view: &TraceView<'_>,
+        view: &dyn TraceFacts,
         now: Instant,
         mode: Mode,
         steps: &mut Steps<'_>,
@@ -517,7 +535,7 @@ impl Policy {
 }
 
 /// The values of the key fields, joined by a unit separator.
-fn key_of(view: &TraceView<'_>, fields: &[String]) -> String {
+fn key_of(view: &dyn TraceFacts, fields: &[String]) -> String {
     let mut key = String::new();
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -544,7 +562,9 @@ pub fn baseline_keeps(trace_id: &TraceId, rate: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NoForceRules, Origin};
+    use crate::matching::trace_duration_nanos;
+    use crate::matching::NoForceRules;
+    use crate::model::Origin;
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -568,7 +588,7 @@ mod tests {
 
     struct Always(ForceVerdict);
     impl ForceRules for Always {
-        fn evaluate(&self, _: &TraceId, _: &[SpanRecord]) -> Option<ForceVerdict> {
+        fn evaluate(&self, _: &TraceId, _: &dyn TraceFacts) -> Option<ForceVerdict> {
             Some(self.0.clone())
         }
     }

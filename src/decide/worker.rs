@@ -15,9 +15,10 @@ use super::recovery::RecoveryJudge;
 use super::simulation::Simulation;
 use crate::ack::Acks;
 use crate::handoff::{KeptTrace, ShardBatch};
+use crate::matching::ForceRules;
 use crate::metrics::red::RedRecorder;
 use crate::metrics::Metrics;
-use crate::model::{unix_now_ms, Decision, ForceRules, SamplingReason};
+use crate::model::{unix_now_ms, Decision, SamplingReason};
 
 /// Who decides a complete trace.
 #[derive(Clone)]

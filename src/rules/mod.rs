@@ -10,9 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::matching::{reject, CompiledMatch, TraceView};
+use crate::matching::{reject, CompiledMatch, ForceRules, ForceVerdict, TraceFacts};
 pub use crate::matching::{Condition, FieldError as RuleError, MatchSpec, Op};
-use crate::model::{ForceRules, ForceVerdict, SpanRecord, TraceId};
+use crate::model::TraceId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,7 +41,7 @@ pub struct CompiledRule {
     pub action: Action,
     /// Unix milliseconds after which the rule no longer matches.
     pub expires_at: i64,
-    match_: CompiledMatch,
+    match_: Arc<CompiledMatch>,
     /// Traces matched since the counts were last taken.
     matches: AtomicU64,
 }
@@ -69,7 +69,7 @@ impl RuleSpec {
             priority: self.priority,
             action: self.action,
             expires_at: i64::MAX,
-            match_: self.match_.compile("match")?,
+            match_: Arc::new(self.match_.compile("match")?),
             matches: AtomicU64::new(0),
         })
     }
@@ -109,8 +109,8 @@ impl CompiledRule {
         }
     }
 
-    fn matches(&self, view: &TraceView<'_>) -> bool {
-        self.match_.matches(view)
+    fn matches(&self, trace: &dyn TraceFacts) -> bool {
+        self.match_.matches(trace)
     }
 }
 
@@ -182,34 +182,42 @@ pub(crate) fn now_ms() -> i64 {
 
 impl RuleSet {
     /// The first live rule that matches, highest priority first.
-    fn first_match(&self, spans: &[SpanRecord]) -> Option<&Arc<CompiledRule>> {
+    fn first_match(&self, trace: &dyn TraceFacts) -> Option<&Arc<CompiledRule>> {
         if self.rules.is_empty() {
             return None;
         }
         let now = now_ms();
-        let view = TraceView::new(spans);
         self.rules
             .iter()
             .filter(|r| r.expires_at > now)
-            .find(|r| r.matches(&view))
+            .find(|r| r.matches(trace))
+    }
+}
+
+impl RuleSet {
+    /// The rules' conditions, for a buffer that tests them on each span.
+    pub fn matches(&self) -> Vec<Arc<CompiledMatch>> {
+        self.rules.iter().map(|r| r.match_.clone()).collect()
     }
 }
 
 impl ForceRules for RuleSet {
-    fn evaluate(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
-        let hit = self.first_match(spans)?;
+    fn evaluate(&self, _: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
+        let hit = self.first_match(trace)?;
         hit.matches.fetch_add(1, Ordering::Relaxed);
         Some(hit.verdict())
     }
 
-    fn peek(&self, _: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
-        self.first_match(spans).map(|r| r.verdict())
+    fn peek(&self, _: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
+        self.first_match(trace).map(|r| r.verdict())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matching::TraceView;
+    use crate::model::SpanRecord;
     use crate::testkit::synth::{records, TraceSpec};
 
     fn spec(json: &str) -> RuleSpec {
@@ -243,12 +251,15 @@ mod tests {
         );
         let set = RuleSet::new(vec![r]);
         assert_eq!(
-            set.evaluate(&[9; 16], &spans("demo-service", false, 10)),
+            set.evaluate(&[9; 16], &TraceView::new(&spans("demo-service", false, 10))),
             Some(ForceVerdict::Keep {
                 rule_id: "r1".into()
             })
         );
-        assert_eq!(set.evaluate(&[9; 16], &spans("other", false, 10)), None);
+        assert_eq!(
+            set.evaluate(&[9; 16], &TraceView::new(&spans("other", false, 10))),
+            None
+        );
     }
 
     #[test]
@@ -281,7 +292,9 @@ mod tests {
                 ),
                 "r",
             );
-            let got = RuleSet::new(vec![r]).evaluate(&[9; 16], &data).is_some();
+            let got = RuleSet::new(vec![r])
+                .evaluate(&[9; 16], &TraceView::new(&data))
+                .is_some();
             assert_eq!(got, expected, "{cond}");
         }
     }
@@ -298,7 +311,7 @@ mod tests {
         );
         let set = RuleSet::new(vec![keep, drop]);
         assert_eq!(
-            set.evaluate(&[9; 16], &spans("svc", true, 10)),
+            set.evaluate(&[9; 16], &TraceView::new(&spans("svc", true, 10))),
             Some(ForceVerdict::Drop {
                 rule_id: "drop".into()
             })

@@ -17,7 +17,8 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, RuleSet, RuleSpec};
-use crate::model::{ForceRules, ForceVerdict, SpanRecord, TraceId};
+use crate::matching::{CompiledMatch, ForceRules, ForceVerdict, TraceFacts};
+use crate::model::TraceId;
 use crate::redis_client::LazyRedis;
 
 /// Key names under `redis.key_prefix`.
@@ -270,14 +271,19 @@ impl LiveRules {
 }
 
 impl ForceRules for LiveRules {
-    fn evaluate(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+    fn evaluate(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         let rules = self.current.read().clone();
-        rules.evaluate(trace_id, spans)
+        rules.evaluate(trace_id, trace)
     }
 
-    fn peek(&self, trace_id: &TraceId, spans: &[SpanRecord]) -> Option<ForceVerdict> {
+    fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         let rules = self.current.read().clone();
-        rules.peek(trace_id, spans)
+        rules.peek(trace_id, trace)
+    }
+
+    fn watched(&self) -> (u64, Vec<Arc<CompiledMatch>>) {
+        let rules = self.current.read().clone();
+        (Arc::as_ptr(&rules) as u64, rules.matches())
     }
 }
 
