@@ -9,6 +9,7 @@
 //!   cargo bench --bench hot_path            # or: -- --messages 4000 --rounds 7
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use prost::Message;
 use tail_sampling_selector::ack::OffsetTracker;
 use tail_sampling_selector::config::Settings;
 use tail_sampling_selector::decide::completion::{CompletionLimits, TraceBuffer};
+use tail_sampling_selector::decide::sketch::Watch;
 use tail_sampling_selector::handoff::KeptTrace;
 use tail_sampling_selector::metrics::red::{RedRecorder, RedSeries};
 use tail_sampling_selector::model::MsgRef;
@@ -237,7 +239,29 @@ fn full_path(
     msgs: &[Vec<u8>],
     policies: &PolicySet,
     arrow: &Arc<datafusion::arrow::datatypes::Schema>,
+    red: Option<&mut RedRecorder>,
+) -> FullRound {
+    run_path(msgs, policies, arrow, red, false)
+}
+
+/// The whole path with the compact buffer: traces are held as sketches,
+/// and the spans of kept traces are decoded again from the messages that
+/// fed them (here from memory, as a broker serves them from its page
+/// cache), which counts in the decide phase.
+fn compact_path(
+    msgs: &[Vec<u8>],
+    policies: &PolicySet,
+    arrow: &Arc<datafusion::arrow::datatypes::Schema>,
+) -> FullRound {
+    run_path(msgs, policies, arrow, None, true)
+}
+
+fn run_path(
+    msgs: &[Vec<u8>],
+    policies: &PolicySet,
+    arrow: &Arc<datafusion::arrow::datatypes::Schema>,
     mut red: Option<&mut RedRecorder>,
+    compact: bool,
 ) -> FullRound {
     let limits = CompletionLimits {
         inactivity_timeout: Duration::from_secs(60),
@@ -248,7 +272,12 @@ fn full_path(
     let heap_before = LIVE.load(Ordering::Relaxed);
     let started = Instant::now();
     let now = Instant::now();
-    let mut buffer = TraceBuffer::new(limits);
+    let mut buffer = if compact {
+        let (matches, keys) = policies.watched();
+        TraceBuffer::compact(limits, Arc::new(Watch::new(matches, keys)))
+    } else {
+        TraceBuffer::new(limits)
+    };
     let mut due = Vec::new();
     let mut spans = 0;
     for (offset, m) in msgs.iter().enumerate() {
@@ -280,7 +309,7 @@ fn full_path(
         if let Some(r) = red.as_deref_mut() {
             r.record(&trace.spans);
         }
-        match policies.decide(&trace.trace_id, &trace.spans, &NoForceRules) {
+        match policies.decide_facts(&trace.trace_id, trace.facts().get(), &NoForceRules) {
             Decision::Drop => trace.hold.settle(),
             Decision::Keep {
                 reason,
@@ -299,6 +328,9 @@ fn full_path(
     }
     if let Some(r) = red {
         r.flush();
+    }
+    if compact {
+        reread(msgs, &mut kept);
     }
     let decided = resumed.elapsed() - expired;
     let encoding = Instant::now();
@@ -333,6 +365,32 @@ fn full_path(
         elapsed: pushed + resumed.elapsed(),
         buffered_heap_bytes,
         buffered_spans,
+    }
+}
+
+/// The compact buffer's second pass: each message that fed a kept trace is
+/// decoded once more, and the spans of kept traces are picked out of it.
+fn reread(msgs: &[Vec<u8>], kept: &mut [KeptTrace]) {
+    let index: HashMap<[u8; 16], usize> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.trace_id, i))
+        .collect();
+    let mut offsets: Vec<i64> = kept
+        .iter()
+        .flat_map(|t| t.hold.msgs().iter().map(|m| m.offset))
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    for offset in offsets {
+        let m = &msgs[offset as usize];
+        let decoded =
+            decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
+        for (id, span) in decoded.spans {
+            if let Some(&i) = index.get(&id) {
+                kept[i].spans.push(span);
+            }
+        }
     }
 }
 
@@ -393,6 +451,21 @@ fn main() {
         let r = full_path(&msgs, &ten, &arrow, Some(&mut red));
         policy_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
         kept_with_policies = 100.0 * r.kept_spans as f64 / r.spans as f64;
+    }
+    // The compact buffer against the same path, rounds interleaved.
+    let (mut same_rates, mut compact_rates) = (Vec::new(), Vec::new());
+    let mut compact_last = None;
+    for _ in 0..o.rounds {
+        let r = full_path(&msgs, &policies, &arrow, None);
+        same_rates.push(r.spans as f64 / r.elapsed.as_secs_f64());
+        let c = compact_path(&msgs, &policies, &arrow);
+        compact_rates.push(c.spans as f64 / c.elapsed.as_secs_f64());
+        assert_eq!(
+            (c.spans, c.kept_spans),
+            (r.spans, r.kept_spans),
+            "both buffers keep the same spans"
+        );
+        compact_last = Some(c);
     }
     let Some(r) = last else { return };
     let decode = median(decode_rates);
@@ -471,5 +544,27 @@ fn main() {
         encoded_per_span,
         per_span / encoded_per_span,
         r.buffered_spans
+    );
+    let Some(c) = compact_last else { return };
+    let compact_per_span = c.buffered_heap_bytes as f64 / c.buffered_spans as f64;
+    println!(
+        "compact:      {:>12.0} bytes/span in memory with buffer.mode = \"compact\" ({:.1}× less, {} spans held)",
+        compact_per_span,
+        per_span / compact_per_span,
+        c.buffered_spans
+    );
+    let (same, compact) = (median(same_rates), median(compact_rates));
+    println!(
+        "              {:>12.0} spans/s full path in compact mode, kept spans decoded again ({:.1}% of {:.0} spans/s in spans mode)",
+        compact,
+        100.0 * compact / same,
+        same
+    );
+    println!(
+        "              last round: decode+sketch {:.1} ms, expire {:.1} ms, decide+re-read {:.1} ms, Arrow encoding of kept {:.1} ms",
+        ms(c.phases[0]),
+        ms(c.phases[1]),
+        ms(c.phases[2]),
+        ms(c.phases[3])
     );
 }

@@ -273,6 +273,11 @@ impl CompiledMatch {
         self.id
     }
 
+    /// Whether a trace condition reads the trace field `key`.
+    pub fn reads_trace_field(&self, key: &str) -> bool {
+        self.trace.iter().any(|c| c.key == key)
+    }
+
     /// Whether the match has span or resource conditions, which one span
     /// must satisfy together.
     pub fn has_span_part(&self) -> bool {

@@ -85,6 +85,11 @@ impl Ticket {
         hold.spans += spans;
         let took_ref = hold.msgs.last() != Some(&self.msg);
         if took_ref {
+            // Most traces come in one or two messages: grow by half, not
+            // double, from a first capacity of one (a `Vec` starts at four).
+            if hold.msgs.len() == hold.msgs.capacity() {
+                hold.msgs.reserve_exact((hold.msgs.len() / 2).max(1));
+            }
             hold.msgs.push(self.msg);
             self.given += 1;
         }
@@ -162,6 +167,16 @@ impl Hold {
         self.spans -= freed;
         self.tracker.held.release(freed);
         gone
+    }
+
+    /// [`Hold::retain_current`] for a trace kept as sketches, whose spans
+    /// are already gone: drops the references of revoked leases and frees
+    /// `spans` of the count.
+    pub fn release_revoked(&mut self, spans: usize, is_current: impl Fn(Lease) -> bool) {
+        self.msgs.retain(|m| is_current(m.lease()));
+        let freed = spans.min(self.spans);
+        self.spans -= freed;
+        self.tracker.held.release(freed);
     }
 
     /// The trace is done with: dropped by the policies, or stored by the last

@@ -20,12 +20,14 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::sketch::{TraceSketch, Watch};
 use crate::ack::{Hold, Ticket};
+use crate::matching::{TraceFacts, TraceView};
 use crate::model::Lease;
 use crate::model::{unix_now_ms, SpanRecord, TraceId};
 
@@ -74,11 +76,124 @@ pub enum Completion {
 #[derive(Debug)]
 pub struct CompleteTrace {
     pub trace_id: TraceId,
+    /// The spans; empty when the buffer kept the trace as a sketch.
     pub spans: Vec<SpanRecord>,
+    /// The trace as facts, from a compact buffer; its spans are read again
+    /// from the messages the hold names.
+    pub sketch: Option<TraceSketch>,
     pub hold: Hold,
     pub completion: Completion,
     /// When the trace's newest span arrived, on the wall clock.
     pub last_seen: Instant,
+}
+
+impl CompleteTrace {
+    /// What a decision reads of the trace.
+    pub fn facts(&self) -> Facts<'_> {
+        match &self.sketch {
+            Some(sketch) => Facts::Sketch(sketch),
+            None => Facts::Spans(TraceView::new(&self.spans)),
+        }
+    }
+
+    /// How many spans the trace has, held or sketched.
+    pub fn span_count(&self) -> usize {
+        self.sketch
+            .as_ref()
+            .map_or(self.spans.len(), TraceSketch::span_count)
+    }
+}
+
+/// A complete trace as a decision reads it.
+pub enum Facts<'a> {
+    Spans(TraceView<'a>),
+    Sketch(&'a TraceSketch),
+}
+
+impl<'a> Facts<'a> {
+    pub fn get(&self) -> &dyn TraceFacts {
+        match self {
+            Facts::Spans(view) => view,
+            Facts::Sketch(sketch) => *sketch,
+        }
+    }
+}
+
+/// What an open trace holds of its spans.
+#[derive(Debug)]
+enum Held {
+    Spans(Vec<SpanRecord>),
+    /// One sketch per partition lease the spans were read under, so that a
+    /// revoked lease's share can go alone.
+    Sketches(Vec<(Lease, TraceSketch)>),
+}
+
+impl Held {
+    fn span_count(&self) -> usize {
+        match self {
+            Held::Spans(spans) => spans.len(),
+            Held::Sketches(parts) => parts.iter().map(|(_, s)| s.span_count()).sum(),
+        }
+    }
+
+    /// Takes in spans; `seq` numbers them in the order of arrival.
+    fn extend(
+        &mut self,
+        spans: impl IntoIterator<Item = SpanRecord>,
+        watch: Option<&Watch>,
+        seq: &mut u64,
+    ) -> usize {
+        match self {
+            Held::Spans(held) => {
+                let before = held.len();
+                held.extend(spans);
+                held.len() - before
+            }
+            Held::Sketches(parts) => {
+                // A compact buffer always has a watch; without one, the
+                // sketches still count and bound what arrives.
+                let unwatched;
+                let watch = match watch {
+                    Some(w) => w,
+                    None => {
+                        unwatched = Watch::default();
+                        &unwatched
+                    }
+                };
+                let mut added = 0;
+                for span in spans {
+                    let part = match parts.iter().position(|(l, _)| *l == span.lease) {
+                        Some(i) => &mut parts[i].1,
+                        None => {
+                            // Most traces are read under one lease: no room
+                            // to spare.
+                            parts.reserve_exact(1);
+                            parts.push((span.lease, TraceSketch::default()));
+                            &mut parts.last_mut().expect("just pushed").1
+                        }
+                    };
+                    part.add(&span, *seq, watch);
+                    *seq += 1;
+                    added += 1;
+                }
+                added
+            }
+        }
+    }
+
+    /// The spans, or the shares merged into one sketch.
+    fn into_parts(self) -> (Vec<SpanRecord>, Option<TraceSketch>) {
+        match self {
+            Held::Spans(spans) => (spans, None),
+            Held::Sketches(parts) => {
+                let merged = parts.into_iter().map(|(_, s)| s).reduce(|mut a, b| {
+                    a.merge(b);
+                    a
+                });
+                (Vec::new(), Some(merged.unwrap_or_default()))
+            }
+        }
+    }
 }
 
 /// What one `push_message` did.
@@ -103,7 +218,7 @@ pub struct PushOutcome {
 
 #[derive(Debug)]
 struct OpenTrace {
-    spans: Vec<SpanRecord>,
+    held: Held,
     hold: Hold,
     /// Bumped on every push; matches only the newest idle-queue entry.
     generation: u32,
@@ -189,6 +304,11 @@ pub struct TraceBuffer {
     next_generation: u32,
     /// Whether the wall clock bounds the wait (see the module doc).
     wall_bounds: bool,
+    /// Set in a compact buffer: traces are kept as sketches that watch for
+    /// these conditions and keys, and spans are dropped once looked at.
+    watch: Option<Arc<Watch>>,
+    /// Arrival order of the spans a compact buffer has looked at.
+    next_seq: u64,
 }
 
 impl TraceBuffer {
@@ -203,6 +323,31 @@ impl TraceBuffer {
             age_stream: StreamQueue::default(),
             buffered_spans: 0,
             next_generation: 0,
+            watch: None,
+            next_seq: 0,
+        }
+    }
+
+    /// A buffer that keeps each trace as the facts its decision reads
+    /// (see [`super::sketch`]), watching for what `watch` names. The
+    /// worker swaps the watch when the policies or force rules change;
+    /// open traces keep what they saw.
+    pub fn compact(limits: CompletionLimits, watch: Arc<Watch>) -> Self {
+        Self {
+            watch: Some(watch),
+            ..Self::new(limits)
+        }
+    }
+
+    /// Whether traces are kept as sketches.
+    pub fn is_compact(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// What a compact buffer looks for from now on.
+    pub fn set_watch(&mut self, watch: Arc<Watch>) {
+        if self.watch.is_some() {
+            self.watch = Some(watch);
         }
     }
 
@@ -244,7 +389,10 @@ impl TraceBuffer {
             Entry::Occupied(o) => (o.into_mut(), false),
             Entry::Vacant(v) => (
                 v.insert(OpenTrace {
-                    spans: Vec::new(),
+                    held: match self.watch {
+                        Some(_) => Held::Sketches(Vec::new()),
+                        None => Held::Spans(Vec::new()),
+                    },
                     hold: ticket.open(),
                     generation,
                     opened: generation,
@@ -260,12 +408,12 @@ impl TraceBuffer {
         let idle_stream_deadline = trace
             .last_stream_ms
             .saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
-        let n_before = trace.spans.len();
-        trace.spans.extend(spans);
-        let added = trace.spans.len() - n_before;
+        let added = trace
+            .held
+            .extend(spans, self.watch.as_deref(), &mut self.next_seq);
         self.buffered_spans += added;
         let took_ref = ticket.give(&mut trace.hold, added);
-        let full = trace.spans.len() >= self.limits.max_spans_per_trace;
+        let full = trace.held.span_count() >= self.limits.max_spans_per_trace;
         if opened {
             let age = self.limits.max_trace_duration;
             if self.wall_bounds {
@@ -397,8 +545,20 @@ impl TraceBuffer {
     pub fn purge(&mut self, is_current: impl Fn(Lease) -> bool) -> usize {
         let mut dropped = 0;
         self.traces.retain(|_, t| {
-            dropped += t.hold.retain_current(&mut t.spans, &is_current);
-            !t.spans.is_empty()
+            dropped += match &mut t.held {
+                Held::Spans(spans) => t.hold.retain_current(spans, &is_current),
+                Held::Sketches(parts) => {
+                    let gone: usize = parts
+                        .iter()
+                        .filter(|(l, _)| !is_current(*l))
+                        .map(|(_, s)| s.span_count())
+                        .sum();
+                    parts.retain(|(l, _)| is_current(*l));
+                    t.hold.release_revoked(gone, &is_current);
+                    gone
+                }
+            };
+            t.held.span_count() > 0
         });
         self.buffered_spans -= dropped;
         dropped
@@ -415,22 +575,28 @@ impl TraceBuffer {
         self.buffered_spans = 0;
         self.traces
             .drain()
-            .map(|(trace_id, t)| CompleteTrace {
-                trace_id,
-                spans: t.spans,
-                hold: t.hold,
-                completion: Completion::Inactive,
-                last_seen: t.last_seen,
+            .map(|(trace_id, t)| {
+                let (spans, sketch) = t.held.into_parts();
+                CompleteTrace {
+                    trace_id,
+                    spans,
+                    sketch,
+                    hold: t.hold,
+                    completion: Completion::Inactive,
+                    last_seen: t.last_seen,
+                }
             })
             .collect()
     }
 
     fn take(&mut self, id: &TraceId, completion: Completion) -> Option<CompleteTrace> {
         let t = self.traces.remove(id)?;
-        self.buffered_spans -= t.spans.len();
+        self.buffered_spans -= t.held.span_count();
+        let (spans, sketch) = t.held.into_parts();
         Some(CompleteTrace {
             trace_id: *id,
-            spans: t.spans,
+            spans,
+            sketch,
             hold: t.hold,
             completion,
             last_seen: t.last_seen,
@@ -456,6 +622,7 @@ impl TraceBuffer {
 mod tests {
     use super::*;
     use crate::ack::OffsetTracker;
+    use crate::decide::sketch::Watch;
     use crate::model::{MsgRef, Origin};
     use bytes::Bytes;
     use std::sync::Arc;
@@ -688,8 +855,17 @@ mod tests {
 
     #[test]
     fn purge_drops_only_what_revoked_leases_read() {
+        for compact in [false, true] {
+            purge_in(if compact {
+                TraceBuffer::compact(limits(), Arc::new(Watch::default()))
+            } else {
+                TraceBuffer::new(limits())
+            });
+        }
+    }
+
+    fn purge_in(mut b: TraceBuffer) {
         let t0 = Instant::now();
-        let mut b = TraceBuffer::new(limits());
         let owned = Lease {
             partition: 0,
             epoch: 1,
@@ -722,6 +898,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].trace_id, id(8));
         assert_eq!(out[0].hold.msgs(), [msg(owned, 0)]);
+        assert_eq!(out[0].span_count(), 1);
+        assert_eq!(out[0].sketch.is_some(), b.is_compact());
         assert!(out[0].spans.iter().all(|s| s.lease == owned));
     }
 

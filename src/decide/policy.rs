@@ -264,6 +264,24 @@ impl PolicySet {
         )
     }
 
+    /// [`PolicySet::decide`] over what a decision reads of the trace: its
+    /// spans, or the sketch a compact buffer kept.
+    pub fn decide_facts(
+        &self,
+        trace_id: &TraceId,
+        trace: &dyn TraceFacts,
+        force: &dyn ForceRules,
+    ) -> Decision {
+        self.evaluate(
+            trace_id,
+            trace,
+            force,
+            Instant::now(),
+            Mode::Decide,
+            &mut None,
+        )
+    }
+
     /// What [`PolicySet::decide`] would say, step by step, changing nothing:
     /// no force-rule match is counted and no sampler state moves.
     pub fn explain(

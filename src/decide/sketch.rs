@@ -29,16 +29,33 @@ use crate::model::{SpanRecord, STATUS_ERROR};
 pub struct Watch {
     matches: Vec<Arc<CompiledMatch>>,
     key_fields: Arc<[Box<str>]>,
+    /// Whether a condition reads `trace.root.name`: without it, and
+    /// without key fields, no span's name or fields are kept.
+    root_name: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("matches", &self.matches.len())
+            .field("key_fields", &self.key_fields)
+            .field("root_name", &self.root_name)
+            .finish()
+    }
 }
 
 impl Watch {
     pub fn new(matches: Vec<Arc<CompiledMatch>>, mut key_fields: Vec<Box<str>>) -> Self {
         key_fields.sort();
         key_fields.dedup();
+        let root_name = matches
+            .iter()
+            .any(|m| m.reads_trace_field("trace.root.name"));
         let matches = matches.into_iter().filter(|m| m.has_span_part()).collect();
         Self {
             matches,
             key_fields: key_fields.into(),
+            root_name,
         }
     }
 }
@@ -117,10 +134,14 @@ impl TraceSketch {
         self.has_error |= span.status_code == STATUS_ERROR;
         self.start_min = self.start_min.min(span.start_unix_nano);
         self.end_max = self.end_max.max(span.end_unix_nano);
-        if span.is_root && self.root.is_none() {
+        let keys = !watch.key_fields.is_empty();
+        if !(keys || watch.root_name) {
+            // Nothing reads the root span or the earliest one.
+        } else if span.is_root && self.root.is_none() {
             self.root = Some(KeySource::of(span, seq, watch));
             self.earliest = None;
-        } else if self.root.is_none()
+        } else if keys
+            && self.root.is_none()
             && self
                 .earliest
                 .as_ref()

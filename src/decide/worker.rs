@@ -235,11 +235,12 @@ impl Worker {
                         .decide
                         .late_spans_total
                         .with_label_values(&[label])
-                        .inc_by(trace.spans.len() as u64);
+                        .inc_by(trace.span_count() as u64);
                     self.route(trace, decision);
                 }
                 None => {
-                    let decision = policies.decide(&trace.trace_id, &trace.spans, force_rules);
+                    let decision =
+                        policies.decide_facts(&trace.trace_id, trace.facts().get(), force_rules);
                     self.count(&decision);
                     fresh.push((trace.trace_id, decision.clone()));
                     self.route(trace, decision);

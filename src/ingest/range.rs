@@ -314,8 +314,12 @@ pub async fn read_range(
             "fetch.message.max.bytes",
             read.max_message_bytes.min(1 << 30).to_string(),
         )
-        // Its prefetch is its own share of memory: keep it small.
+        // Its prefetch is its own share of memory: keep it small, and
+        // fetch again as soon as it has room. librdkafka waits
+        // `fetch.queue.backoff.ms` (1 s by default) after a full queue,
+        // which left a small prefetch idle most of the time.
         .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut open: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
