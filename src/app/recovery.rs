@@ -117,6 +117,8 @@ struct JobState {
     offsets_found_by: Option<&'static str>,
     ranges: Vec<PartitionRange>,
     running_since: Option<Instant>,
+    /// When the job ended: its rate stops moving then.
+    ended: Option<Instant>,
     finished_at: Option<SystemTime>,
     warnings: Vec<String>,
     error: Option<String>,
@@ -341,6 +343,7 @@ async fn run_job(ctx: JobContext, job: Arc<Job>) {
     {
         let mut s = job.state.lock();
         s.state = Some(state);
+        s.ended = Some(Instant::now());
         s.finished_at = Some(SystemTime::now());
     }
     let m = &ctx.metrics.recovery;
@@ -635,7 +638,10 @@ impl Job {
             (done_msgs as f64 / total as f64).min(1.0)
         };
         let read = self.read.messages.load(Relaxed);
-        let elapsed = s.running_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let until = s.ended.unwrap_or_else(Instant::now);
+        let elapsed = s
+            .running_since
+            .map_or(0.0, |t| until.saturating_duration_since(t).as_secs_f64());
         let rate = if elapsed > 0.0 {
             read as f64 / elapsed
         } else {

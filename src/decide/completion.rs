@@ -220,11 +220,13 @@ pub struct PushOutcome {
 struct OpenTrace {
     held: Held,
     hold: Hold,
-    /// Bumped on every push; matches only the newest idle-queue entry.
+    /// Bumped when its idle entries are pushed again; matches only the newest.
     generation: u32,
     /// The generation at which the trace was opened; matches its age entries.
     opened: u32,
     last_seen: Instant,
+    /// When its newest idle entries were pushed, on the wall clock.
+    idle_pushed_at: Instant,
     /// The newest span's stream time; a span of a slower partition may come
     /// later with an earlier stream time, so this is a maximum.
     last_stream_ms: i64,
@@ -309,6 +311,9 @@ pub struct TraceBuffer {
     watch: Option<Arc<Watch>>,
     /// Arrival order of the spans a compact buffer has looked at.
     next_seq: u64,
+    /// How far the wall clock moves before a trace's idle entries are
+    /// pushed again: its wall-clock bound may come this much early.
+    idle_granularity: Duration,
 }
 
 impl TraceBuffer {
@@ -325,6 +330,7 @@ impl TraceBuffer {
             next_generation: 0,
             watch: None,
             next_seq: 0,
+            idle_granularity: (limits.inactivity_timeout / 100).min(Duration::from_millis(100)),
         }
     }
 
@@ -383,8 +389,6 @@ impl TraceBuffer {
     ) -> PushOutcome {
         let at = at.into();
         let now = at.wall;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let generation = self.next_generation;
         let (trace, opened) = match self.traces.entry(trace_id) {
             Entry::Occupied(o) => (o.into_mut(), false),
             Entry::Vacant(v) => (
@@ -394,17 +398,32 @@ impl TraceBuffer {
                         None => Held::Spans(Vec::new()),
                     },
                     hold: ticket.open(),
-                    generation,
-                    opened: generation,
+                    generation: 0,
+                    opened: 0,
                     last_seen: now,
+                    idle_pushed_at: now,
                     last_stream_ms: at.stream_ms,
                 }),
                 true,
             ),
         };
-        trace.generation = generation;
         trace.last_seen = now;
+        let stream_moved = at.stream_ms > trace.last_stream_ms;
         trace.last_stream_ms = trace.last_stream_ms.max(at.stream_ms);
+        // New idle entries only when a deadline moves: on stream time, or
+        // on the wall clock by more than the granularity. Spans that come
+        // together (one message, one batch) leave one entry per queue.
+        let wall_moved = self.wall_bounds && now >= trace.idle_pushed_at + self.idle_granularity;
+        let refresh = opened || stream_moved || wall_moved;
+        if refresh {
+            self.next_generation = self.next_generation.wrapping_add(1);
+            trace.generation = self.next_generation;
+            trace.idle_pushed_at = now;
+            if opened {
+                trace.opened = self.next_generation;
+            }
+        }
+        let generation = trace.generation;
         let idle_stream_deadline = trace
             .last_stream_ms
             .saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
@@ -425,6 +444,8 @@ impl TraceBuffer {
         }
         let complete = if full {
             self.take(&trace_id, Completion::MaxSpans)
+        } else if !refresh {
+            None
         } else {
             if self.wall_bounds {
                 self.idle_queue.push_back((
@@ -751,6 +772,28 @@ mod tests {
         assert!(out.is_empty(), "within twice the inactivity timeout");
         b.expire(stuck(t0 + Duration::from_secs(20)), &mut out);
         assert_eq!(out.len(), 1, "decided at the wall-clock bound");
+    }
+
+    #[test]
+    fn spans_that_come_together_leave_one_deadline() {
+        let mut b = TraceBuffer::new(CompletionLimits {
+            max_spans_per_trace: 1000,
+            ..limits()
+        });
+        let wall = Instant::now();
+        let at = |stream_ms| Stamp { wall, stream_ms };
+        for offset in 0..5 {
+            b.push(id(1), [rec()], &mut m(offset), at(1_000));
+        }
+        assert_eq!((b.idle_stream.len(), b.idle_queue.len()), (1, 1));
+        b.push(id(1), [rec()], &mut m(5), at(1_001));
+        assert_eq!((b.idle_stream.len(), b.idle_queue.len()), (2, 2));
+        let mut out = Vec::new();
+        b.expire(at(11_000), &mut out);
+        assert!(out.is_empty(), "the newest span's deadline holds");
+        b.expire(at(11_001), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].spans.len(), 6);
     }
 
     #[test]
