@@ -387,7 +387,19 @@ impl TraceBuffer {
         ticket: &mut Ticket,
         at: impl Into<Stamp>,
     ) -> PushOutcome {
-        let at = at.into();
+        self.push_run(trace_id, spans, ticket, at.into(), true)
+    }
+
+    /// [`TraceBuffer::push`]; `complete_when_full` false leaves a trace at
+    /// `max_spans_per_trace` open for the caller to take.
+    fn push_run(
+        &mut self,
+        trace_id: TraceId,
+        spans: impl IntoIterator<Item = SpanRecord>,
+        ticket: &mut Ticket,
+        at: Stamp,
+        complete_when_full: bool,
+    ) -> PushOutcome {
         let now = at.wall;
         let (trace, opened) = match self.traces.entry(trace_id) {
             Entry::Occupied(o) => (o.into_mut(), false),
@@ -432,7 +444,7 @@ impl TraceBuffer {
             .extend(spans, self.watch.as_deref(), &mut self.next_seq);
         self.buffered_spans += added;
         let took_ref = ticket.give(&mut trace.hold, added);
-        let full = trace.held.span_count() >= self.limits.max_spans_per_trace;
+        let full = complete_when_full && trace.held.span_count() >= self.limits.max_spans_per_trace;
         if opened {
             let age = self.limits.max_trace_duration;
             if self.wall_bounds {
@@ -479,6 +491,11 @@ impl TraceBuffer {
     ) -> MessageOutcome {
         let at = at.into();
         let mut outcome = MessageOutcome::default();
+        // A compact buffer completes a full trace only at the end of the
+        // message: its spans are read again by message, so one message's
+        // spans of a trace must all go to one instance of it.
+        let whole_messages = self.is_compact();
+        let mut full: Vec<TraceId> = Vec::new();
         let mut spans = spans.into_iter();
         while let Some((trace_id, first)) = spans.next() {
             // The run's exact length lets the trace's span list grow once.
@@ -488,15 +505,22 @@ impl TraceBuffer {
                 .take_while(|(next, _)| *next == trace_id)
                 .count();
             let rest = spans.by_ref().take(run).map(|(_, s)| s);
-            let pushed = self.push(
+            let pushed = self.push_run(
                 trace_id,
                 std::iter::once(first).chain(rest),
                 &mut ticket,
                 at,
+                !whole_messages,
             );
             outcome.refs += i64::from(pushed.took_ref);
             outcome.opened += u64::from(pushed.opened);
             due.extend(pushed.complete);
+            if whole_messages && !full.contains(&trace_id) && self.is_full(&trace_id) {
+                full.push(trace_id);
+            }
+        }
+        for id in full {
+            due.extend(self.take(&id, Completion::MaxSpans));
         }
         ticket.redeem();
         outcome
@@ -608,6 +632,12 @@ impl TraceBuffer {
                 }
             })
             .collect()
+    }
+
+    fn is_full(&self, id: &TraceId) -> bool {
+        self.traces
+            .get(id)
+            .is_some_and(|t| t.held.span_count() >= self.limits.max_spans_per_trace)
     }
 
     fn take(&mut self, id: &TraceId, completion: Completion) -> Option<CompleteTrace> {
@@ -858,6 +888,32 @@ mod tests {
         let mut out = Vec::new();
         b.expire(t0 + Duration::from_secs(100), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_compact_buffer_completes_a_full_trace_at_the_end_of_its_message() {
+        let t0 = Instant::now();
+        let spans = |runs: &[(u8, usize)]| {
+            runs.iter()
+                .flat_map(|&(n, len)| std::iter::repeat_n((id(n), rec()), len))
+                .collect::<Vec<_>>()
+        };
+        // Trace 3 reaches 5 spans in its first run; its second run, after
+        // trace 4's, is in the same message.
+        let message = spans(&[(3, 5), (4, 1), (3, 2)]);
+        let mut compact = TraceBuffer::compact(limits(), Arc::new(Watch::default()));
+        let mut due = Vec::new();
+        compact.push_message(message.clone(), m(0), t0, &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].span_count(), 7, "the whole message's share");
+        assert_eq!(compact.trace_count(), 1, "trace 4 only");
+        // The spans mode splits at the limit, as it always has.
+        let mut plain = TraceBuffer::new(limits());
+        let mut due = Vec::new();
+        plain.push_message(message, m(0), t0, &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].span_count(), 5);
+        assert_eq!(plain.trace_count(), 2, "trace 4 and trace 3 again");
     }
 
     #[test]
