@@ -546,12 +546,22 @@ fn main() {
         r.buffered_spans
     );
     let Some(c) = compact_last else { return };
+    // With the ten policies the sketches keep root names, key values and
+    // which span conditions held.
+    let ten_compact = compact_path(&msgs, &ten, &arrow);
+    let ten_spans = full_path(&msgs, &ten, &arrow, None);
     let compact_per_span = c.buffered_heap_bytes as f64 / c.buffered_spans as f64;
     println!(
         "compact:      {:>12.0} bytes/span in memory with buffer.mode = \"compact\" ({:.1}× less, {} spans held)",
         compact_per_span,
         per_span / compact_per_span,
         c.buffered_spans
+    );
+    let per = |r: &FullRound| r.buffered_heap_bytes as f64 / r.buffered_spans as f64;
+    println!(
+        "              {:>12.0} bytes/span in compact mode with the ten policies ({:.0} in the spans mode)",
+        per(&ten_compact),
+        per(&ten_spans)
     );
     let (same, compact) = (median(same_rates), median(compact_rates));
     println!(
