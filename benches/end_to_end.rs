@@ -648,13 +648,18 @@ async fn recovery_run(o: &Options, s: &Selector, topic: &str, base: f64, (from, 
     };
     let (during, report) = tokio::join!(live, watch);
     assert_eq!(report["state"], "done", "{report}");
-    let rate = report["messages_per_sec"].as_f64().unwrap_or(0.0);
+    // The reader's own rate (start of the read to its end), and the whole
+    // job's (to the last trace stored).
+    let rate = report["read_messages_per_sec"].as_f64().unwrap_or(0.0);
+    let job_rate = report["messages_per_sec"].as_f64().unwrap_or(0.0);
     println!(
-        "recovery:  read {} messages ({} MB) at {rate:.0} messages/s, {:.0}% of the plain consumer's rate; \
+        "recovery:  read {} messages ({} MB) at {rate:.0} messages/s, {:.0}% of the plain consumer's rate \
+         ({job_rate:.0} messages/s, {:.0}%, over the whole job); \
          {} traces scanned, {} matched, {} recovered ({} spans), {} already stored; offsets by {}",
         report["messages_read"],
         report["bytes_read"].as_u64().unwrap_or(0) / 1_000_000,
         100.0 * rate / base,
+        100.0 * job_rate / base,
         report["traces_scanned"],
         report["traces_matched"],
         report["traces_recovered"],

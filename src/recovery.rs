@@ -282,7 +282,11 @@ pub struct JobReport {
     pub traces_already_stored: u64,
     /// Fraction of `messages_total` read, 0 to 1.
     pub progress: f64,
+    /// Messages read over the whole job so far, to its end.
     pub messages_per_sec: f64,
+    /// Messages read over the time spent reading: the reader's own rate,
+    /// without the wait for the last traces to be decided and stored.
+    pub read_messages_per_sec: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<f64>,
     /// What the job could not do as asked (retention, the live group

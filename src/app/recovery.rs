@@ -119,6 +119,8 @@ struct JobState {
     running_since: Option<Instant>,
     /// When the job ended: its rate stops moving then.
     ended: Option<Instant>,
+    /// When the reader reached the end of every range.
+    read_ended: Option<Instant>,
     finished_at: Option<SystemTime>,
     warnings: Vec<String>,
     error: Option<String>,
@@ -544,6 +546,7 @@ async fn read_decide_store(
             }
         }
     };
+    job.state.lock().read_ended = Some(Instant::now());
     // The reader dropped the shard senders: the workers decide what is
     // open and end, which closes the writer's input; it makes its last
     // flush and ends.
@@ -638,15 +641,19 @@ impl Job {
             (done_msgs as f64 / total as f64).min(1.0)
         };
         let read = self.read.messages.load(Relaxed);
-        let until = s.ended.unwrap_or_else(Instant::now);
-        let elapsed = s
-            .running_since
-            .map_or(0.0, |t| until.saturating_duration_since(t).as_secs_f64());
-        let rate = if elapsed > 0.0 {
-            read as f64 / elapsed
-        } else {
-            0.0
+        let per_sec = |until: Option<Instant>| {
+            let until = until.unwrap_or_else(Instant::now);
+            let elapsed = s
+                .running_since
+                .map_or(0.0, |t| until.saturating_duration_since(t).as_secs_f64());
+            if elapsed > 0.0 {
+                read as f64 / elapsed
+            } else {
+                0.0
+            }
         };
+        let rate = per_sec(s.ended);
+        let read_rate = per_sec(s.read_ended.or(s.ended));
         let eta = (rate > 0.0 && !s.state.is_some_and(RecoveryState::is_final))
             .then(|| (total - done_msgs).max(0) as f64 / rate);
         let (scanned, matched, recovered, spans, present, simulation) = match &self.work {
@@ -694,6 +701,7 @@ impl Job {
             traces_already_stored: present,
             progress,
             messages_per_sec: rate,
+            read_messages_per_sec: read_rate,
             eta_secs: eta,
             warnings: s.warnings.clone(),
             error: s.error.clone(),

@@ -327,6 +327,14 @@ async fn a_recovery_stores_the_dropped_traces_that_match_whole_and_once() {
     assert_eq!(report["traces_already_stored"], 50, "{report}");
     assert_eq!(report["traces_matched"], 250, "{report}");
     assert_eq!(report["progress"], 1.0, "{report}");
+    let (read_rate, job_rate) = (
+        report["read_messages_per_sec"].as_f64().unwrap_or(0.0),
+        report["messages_per_sec"].as_f64().unwrap_or(0.0),
+    );
+    assert!(
+        job_rate > 0.0 && read_rate >= job_rate,
+        "the reader's rate leaves out the wait after the read: {report}"
+    );
     assert_eq!(
         o.rule_ids,
         HashSet::from([report["id"].as_str().expect("id").to_string()])
