@@ -347,10 +347,20 @@ pub trait TraceFacts {
     /// Whether one span satisfies the span and resource conditions of `m`.
     fn some_span_matches(&self, m: &CompiledMatch) -> bool;
 
-    /// A sampler key field: a trace field, a field or attribute of the root
-    /// span (the earliest span while no root has arrived), or else an
-    /// attribute of its resource. Empty when absent.
-    fn key_value(&self, key: &str) -> String;
+    /// A field or attribute of the root span (the earliest span while no
+    /// root has arrived), or else an attribute of its resource, as text.
+    fn root_value(&self, key: &str) -> Option<String>;
+
+    /// A sampler key field: a trace field, or else [`TraceFacts::root_value`].
+    /// Empty when absent.
+    fn key_value(&self, key: &str) -> String {
+        let value = if key.starts_with("trace.") {
+            self.trace_value(key).map(|v| v.text().into_owned())
+        } else {
+            self.root_value(key)
+        };
+        value.unwrap_or_default()
+    }
 
     /// A trace field (`trace.duration_ms`, …).
     fn trace_value(&self, key: &str) -> Option<FieldValue<'_>> {
@@ -380,13 +390,6 @@ pub trait ForceRules: Send + Sync {
     /// that is not being made.
     fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         self.evaluate(trace_id, trace)
-    }
-
-    /// The conditions of the rules in force, for a buffer that tests them
-    /// on each span as it arrives, and a number that changes whenever they
-    /// do.
-    fn watched(&self) -> (u64, Vec<Arc<CompiledMatch>>) {
-        (0, Vec::new())
     }
 }
 
@@ -482,16 +485,11 @@ impl TraceFacts for TraceView<'_> {
         (0..self.spans.len()).any(|i| m.span_part_holds(self, i, &mut resource))
     }
 
-    fn key_value(&self, key: &str) -> String {
-        let value = if key.starts_with("trace.") {
-            self.trace_value(key)
-        } else {
-            self.root_index().and_then(|root| {
-                self.span_value(root, key)
-                    .or_else(|| self.resource_value(root, key))
-            })
-        };
-        value.map(|v| v.text().into_owned()).unwrap_or_default()
+    fn root_value(&self, key: &str) -> Option<String> {
+        let root = self.root_index()?;
+        self.span_value(root, key)
+            .or_else(|| self.resource_value(root, key))
+            .map(|v| v.text().into_owned())
     }
 }
 

@@ -161,17 +161,14 @@ impl Hold {
     ) -> usize {
         let before = spans.len();
         spans.retain(|s| is_current(s.lease));
-        self.msgs.retain(|m| is_current(m.lease()));
         let gone = before - spans.len();
-        let freed = gone.min(self.spans);
-        self.spans -= freed;
-        self.tracker.held.release(freed);
+        self.release_revoked(gone, is_current);
         gone
     }
 
-    /// [`Hold::retain_current`] for a trace kept as sketches, whose spans
-    /// are already gone: drops the references of revoked leases and frees
-    /// `spans` of the count.
+    /// Drops the references of revoked leases and frees `spans` of the
+    /// count: [`Hold::retain_current`] once the spans are dropped, or for a
+    /// trace kept as sketches, whose spans are gone already.
     pub fn release_revoked(&mut self, spans: usize, is_current: impl Fn(Lease) -> bool) {
         self.msgs.retain(|m| is_current(m.lease()));
         let freed = spans.min(self.spans);

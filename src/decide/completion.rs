@@ -100,7 +100,7 @@ impl CompleteTrace {
     pub fn span_count(&self) -> usize {
         self.sketch
             .as_ref()
-            .map_or(self.spans.len(), TraceSketch::span_count)
+            .map_or(self.spans.len(), |s| s.span_count())
     }
 }
 
@@ -140,7 +140,7 @@ impl Held {
     fn extend(
         &mut self,
         spans: impl IntoIterator<Item = SpanRecord>,
-        watch: Option<&Watch>,
+        watch: &Watch,
         seq: &mut u64,
     ) -> usize {
         match self {
@@ -150,33 +150,41 @@ impl Held {
                 held.len() - before
             }
             Held::Sketches(parts) => {
-                // A compact buffer always has a watch; without one, the
-                // sketches still count and bound what arrives.
-                let unwatched;
-                let watch = match watch {
-                    Some(w) => w,
-                    None => {
-                        unwatched = Watch::default();
-                        &unwatched
-                    }
-                };
                 let mut added = 0;
                 for span in spans {
-                    let part = match parts.iter().position(|(l, _)| *l == span.lease) {
-                        Some(i) => &mut parts[i].1,
+                    let i = match parts.iter().position(|(l, _)| *l == span.lease) {
+                        Some(i) => i,
                         None => {
                             // Most traces are read under one lease: no room
                             // to spare.
                             parts.reserve_exact(1);
                             parts.push((span.lease, TraceSketch::default()));
-                            &mut parts.last_mut().expect("just pushed").1
+                            parts.len() - 1
                         }
                     };
-                    part.add(&span, *seq, watch);
+                    parts[i].1.add(&span, *seq, watch);
                     *seq += 1;
                     added += 1;
                 }
                 added
+            }
+        }
+    }
+
+    /// Keeps what was read under current leases, and the hold's references
+    /// on their messages; returns how many spans went.
+    fn retain_current(&mut self, hold: &mut Hold, is_current: impl Fn(Lease) -> bool) -> usize {
+        match self {
+            Held::Spans(spans) => hold.retain_current(spans, is_current),
+            Held::Sketches(parts) => {
+                let gone = parts
+                    .iter()
+                    .filter(|(l, _)| !is_current(*l))
+                    .map(|(_, s)| s.span_count())
+                    .sum();
+                parts.retain(|(l, _)| is_current(*l));
+                hold.release_revoked(gone, is_current);
+                gone
             }
         }
     }
@@ -306,9 +314,10 @@ pub struct TraceBuffer {
     next_generation: u32,
     /// Whether the wall clock bounds the wait (see the module doc).
     wall_bounds: bool,
-    /// Set in a compact buffer: traces are kept as sketches that watch for
-    /// these conditions and keys, and spans are dropped once looked at.
-    watch: Option<Arc<Watch>>,
+    /// Whether traces are kept as sketches that watch for what `watch`
+    /// names, their spans dropped once looked at.
+    compact: bool,
+    watch: Arc<Watch>,
     /// Arrival order of the spans a compact buffer has looked at.
     next_seq: u64,
     /// How far the wall clock moves before a trace's idle entries are
@@ -328,33 +337,26 @@ impl TraceBuffer {
             age_stream: StreamQueue::default(),
             buffered_spans: 0,
             next_generation: 0,
-            watch: None,
+            compact: false,
+            watch: Arc::new(Watch::default()),
             next_seq: 0,
             idle_granularity: (limits.inactivity_timeout / 100).min(Duration::from_millis(100)),
         }
     }
 
     /// A buffer that keeps each trace as the facts its decision reads
-    /// (see [`super::sketch`]), watching for what `watch` names. The
-    /// worker swaps the watch when the policies or force rules change;
-    /// open traces keep what they saw.
+    /// (see [`super::sketch`]), watching for what `watch` names.
     pub fn compact(limits: CompletionLimits, watch: Arc<Watch>) -> Self {
         Self {
-            watch: Some(watch),
+            compact: true,
+            watch,
             ..Self::new(limits)
         }
     }
 
     /// Whether traces are kept as sketches.
     pub fn is_compact(&self) -> bool {
-        self.watch.is_some()
-    }
-
-    /// What a compact buffer looks for from now on.
-    pub fn set_watch(&mut self, watch: Arc<Watch>) {
-        if self.watch.is_some() {
-            self.watch = Some(watch);
-        }
+        self.compact
     }
 
     /// A buffer that completes traces on stream time alone. For a read of
@@ -405,9 +407,10 @@ impl TraceBuffer {
             Entry::Occupied(o) => (o.into_mut(), false),
             Entry::Vacant(v) => (
                 v.insert(OpenTrace {
-                    held: match self.watch {
-                        Some(_) => Held::Sketches(Vec::new()),
-                        None => Held::Spans(Vec::new()),
+                    held: if self.compact {
+                        Held::Sketches(Vec::new())
+                    } else {
+                        Held::Spans(Vec::new())
                     },
                     hold: ticket.open(),
                     generation: 0,
@@ -439,9 +442,7 @@ impl TraceBuffer {
         let idle_stream_deadline = trace
             .last_stream_ms
             .saturating_add(self.limits.inactivity_timeout.as_millis() as i64);
-        let added = trace
-            .held
-            .extend(spans, self.watch.as_deref(), &mut self.next_seq);
+        let added = trace.held.extend(spans, &self.watch, &mut self.next_seq);
         self.buffered_spans += added;
         let took_ref = ticket.give(&mut trace.hold, added);
         let full = complete_when_full && trace.held.span_count() >= self.limits.max_spans_per_trace;
@@ -590,19 +591,7 @@ impl TraceBuffer {
     pub fn purge(&mut self, is_current: impl Fn(Lease) -> bool) -> usize {
         let mut dropped = 0;
         self.traces.retain(|_, t| {
-            dropped += match &mut t.held {
-                Held::Spans(spans) => t.hold.retain_current(spans, &is_current),
-                Held::Sketches(parts) => {
-                    let gone: usize = parts
-                        .iter()
-                        .filter(|(l, _)| !is_current(*l))
-                        .map(|(_, s)| s.span_count())
-                        .sum();
-                    parts.retain(|(l, _)| is_current(*l));
-                    t.hold.release_revoked(gone, &is_current);
-                    gone
-                }
-            };
+            dropped += t.held.retain_current(&mut t.hold, &is_current);
             t.held.span_count() > 0
         });
         self.buffered_spans -= dropped;

@@ -254,14 +254,7 @@ impl PolicySet {
         spans: &[SpanRecord],
         force: &dyn ForceRules,
     ) -> Decision {
-        self.evaluate(
-            trace_id,
-            &TraceView::new(spans),
-            force,
-            Instant::now(),
-            Mode::Decide,
-            &mut None,
-        )
+        self.decide_facts(trace_id, &TraceView::new(spans), force)
     }
 
     /// [`PolicySet::decide`] over what a decision reads of the trace: its
@@ -577,6 +570,18 @@ pub fn baseline_keeps(trace_id: &TraceId, rate: f64) -> bool {
     trace_hash(trace_id) < bound(rate)
 }
 
+/// The `[sampling]` section of a config file's text, as the service loads
+/// it: for tests.
+#[cfg(test)]
+pub(crate) fn sampling_from_toml(toml: &str) -> SamplingConfig {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).expect("write");
+    crate::config::Settings::load_with_env(Some(&path), std::iter::empty())
+        .expect("config")
+        .sampling
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,12 +745,7 @@ mod tests {
         }
 
         fn sampling(toml: &str) -> SamplingConfig {
-            let dir = tempfile::tempdir().expect("dir");
-            let path = dir.path().join("c.toml");
-            std::fs::write(&path, toml).expect("write");
-            Settings::load_with_env(Some(&path), std::iter::empty())
-                .expect("config")
-                .sampling
+            super::super::sampling_from_toml(toml)
         }
 
         fn set(toml: &str) -> PolicySet {

@@ -23,8 +23,9 @@ use crate::matching::{CompiledMatch, MatchId, TraceFacts, TraceView};
 use crate::model::{SpanRecord, STATUS_ERROR};
 
 /// What sketches watch for: the conditions to test on each span and the
-/// fields to keep of the root span. Built from the judge; compared by
-/// pointer, so a worker rebuilds nothing while its judge is unchanged.
+/// fields to keep of the root span, from the policies
+/// ([`super::policy::PolicySet::watched`]) and the force rules
+/// ([`crate::matching::ForceRules::watched`]).
 #[derive(Default)]
 pub struct Watch {
     matches: Vec<Arc<CompiledMatch>>,
@@ -134,10 +135,10 @@ impl TraceSketch {
         self.has_error |= span.status_code == STATUS_ERROR;
         self.start_min = self.start_min.min(span.start_unix_nano);
         self.end_max = self.end_max.max(span.end_unix_nano);
+        // The root span is kept when a key or `trace.root.name` reads it;
+        // the earliest span, while no root has come, only for keys.
         let keys = !watch.key_fields.is_empty();
-        if !(keys || watch.root_name) {
-            // Nothing reads the root span or the earliest one.
-        } else if span.is_root && self.root.is_none() {
+        if span.is_root && self.root.is_none() && (keys || watch.root_name) {
             self.root = Some(KeySource::of(span, seq, watch));
             self.earliest = None;
         } else if keys
@@ -154,10 +155,6 @@ impl TraceSketch {
                 self.matched.push(m.id());
             }
         }
-    }
-
-    pub fn span_count(&self) -> usize {
-        self.spans as usize
     }
 
     /// Folds another share of the same trace into this one.
@@ -182,21 +179,6 @@ impl TraceSketch {
 
     fn key_source(&self) -> Option<&KeySource> {
         self.root.as_deref().or(self.earliest.as_deref())
-    }
-
-    /// Heap bytes beyond the value itself.
-    pub fn heap_bytes(&self) -> usize {
-        let source = |k: &Option<Box<KeySource>>| {
-            k.as_ref().map_or(0, |k| {
-                std::mem::size_of::<KeySource>()
-                    + k.name.len()
-                    + k.values.len() * std::mem::size_of::<Box<str>>()
-                    + k.values.iter().map(|v| v.len()).sum::<usize>()
-            })
-        };
-        source(&self.root)
-            + source(&self.earliest)
-            + self.matched.capacity() * std::mem::size_of::<MatchId>()
     }
 }
 
@@ -235,17 +217,12 @@ impl TraceFacts for TraceSketch {
         self.matched.contains(&m.id())
     }
 
-    fn key_value(&self, key: &str) -> String {
-        if key.starts_with("trace.") {
-            return self
-                .trace_value(key)
-                .map(|v| v.text().into_owned())
-                .unwrap_or_default();
-        }
+    fn root_value(&self, key: &str) -> Option<String> {
+        // A field not watched when the span came (a policy added since)
+        // reads as absent.
         self.key_source()
             .and_then(|k| k.value(key))
-            .unwrap_or_default()
-            .to_string()
+            .map(str::to_string)
     }
 }
 
@@ -259,8 +236,7 @@ mod tests {
     use rustc_hash::FxHashMap;
 
     use super::*;
-    use crate::config::Settings;
-    use crate::decide::policy::PolicySet;
+    use crate::decide::policy::{sampling_from_toml, PolicySet};
     use crate::decide::samplers::Mode;
     use crate::matching::{ForceRules, ForceVerdict, MatchSpec};
     use crate::model::{Decision, TraceId};
@@ -308,11 +284,7 @@ mod tests {
     "#;
 
     fn policies() -> PolicySet {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, POLICIES).expect("write");
-        let s = Settings::load_with_env(Some(&path), std::iter::empty()).expect("config");
-        PolicySet::build(&s.sampling, None).expect("policies")
+        PolicySet::build(&sampling_from_toml(POLICIES), None).expect("policies")
     }
 
     /// Force rules as the rules module compiles them, highest priority

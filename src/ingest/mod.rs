@@ -27,7 +27,7 @@ use crate::config::{BackpressureConfig, KafkaConfig};
 use crate::handoff::ShardBatch;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{shard_of, unix_now_ms, Lease, MsgRef, SpanRecord, TraceId};
+use crate::model::{shard_of, unix_now_ms, MsgRef, SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
 use crate::supervise::{StageExit, StageTask};
 
@@ -379,22 +379,40 @@ struct Source {
     ctx: IngestContext,
 }
 
-/// A message's spans, read under `lease`, by worker shard (trace id); only
-/// the shards that get some.
-pub(crate) fn shard_spans(
+/// A message's spans as one batch per worker shard (by trace id) that gets
+/// some, each under its own ticket from `tracker`: what the live consumer
+/// and a range reader both send to the workers.
+pub(crate) fn shard_batches(
+    tracker: &Arc<OffsetTracker>,
+    msg: MsgRef,
+    payload_len: usize,
     spans: Vec<(TraceId, SpanRecord)>,
-    lease: Lease,
+    seen_ms: i64,
     n: usize,
-) -> Vec<(usize, Vec<(TraceId, SpanRecord)>)> {
+) -> Vec<(usize, ShardBatch)> {
+    let lease = msg.lease();
     let mut per_shard: Vec<Vec<(TraceId, SpanRecord)>> = (0..n).map(|_| Vec::new()).collect();
     for (trace_id, mut span) in spans {
         span.lease = lease;
         per_shard[shard_of(&trace_id, n)].push((trace_id, span));
     }
-    per_shard
+    let shares: Vec<_> = per_shard
         .into_iter()
         .enumerate()
         .filter(|(_, spans)| !spans.is_empty())
+        .collect();
+    let tickets = tracker.receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
+    shares
+        .into_iter()
+        .zip(tickets)
+        .map(|((shard, spans), ticket)| {
+            let batch = ShardBatch {
+                ticket,
+                spans,
+                seen_ms,
+            };
+            (shard, batch)
+        })
         .collect()
 }
 
@@ -552,18 +570,15 @@ impl Source {
             decoded.invalid_timestamp_spans,
             "skipped spans with absurd start or end times",
         );
-        let shares = shard_spans(decoded.spans, lease, self.shards.len());
-        let tickets =
-            self.ctx
-                .acks
-                .tracker
-                .receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
-        for ((shard, spans), ticket) in shares.into_iter().zip(tickets) {
-            let batch = ShardBatch {
-                ticket,
-                spans,
-                seen_ms,
-            };
+        let batches = shard_batches(
+            &self.ctx.acks.tracker,
+            msg,
+            payload_len,
+            decoded.spans,
+            seen_ms,
+            self.shards.len(),
+        );
+        for (shard, batch) in batches {
             // Workers never wait on storage, so a full channel clears quickly.
             // A refused batch is dropped with its ticket: its spans are
             // freed and the message stays uncommitted.

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{shard_spans, IngestError};
+use super::{shard_batches, IngestError};
 use crate::ack::Acks;
 use crate::config::KafkaConfig;
 use crate::handoff::ShardBatch;
@@ -452,16 +452,15 @@ impl Hand<'_> {
                 return;
             }
         };
-        let shares = shard_spans(decoded.spans, lease, shards.len());
-        let tickets = acks
-            .tracker
-            .receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
-        for ((shard, spans), ticket) in shares.into_iter().zip(tickets) {
-            let batch = ShardBatch {
-                ticket,
-                spans,
-                seen_ms,
-            };
+        let batches = shard_batches(
+            &acks.tracker,
+            msg,
+            payload_len,
+            decoded.spans,
+            seen_ms,
+            shards.len(),
+        );
+        for (shard, batch) in batches {
             // A stopped worker means the job is ending; the batch's ticket
             // frees its spans.
             let _ = shards[shard].send(batch).await;

@@ -41,7 +41,7 @@ pub struct CompiledRule {
     pub action: Action,
     /// Unix milliseconds after which the rule no longer matches.
     pub expires_at: i64,
-    match_: Arc<CompiledMatch>,
+    match_: CompiledMatch,
     /// Traces matched since the counts were last taken.
     matches: AtomicU64,
 }
@@ -69,7 +69,7 @@ impl RuleSpec {
             priority: self.priority,
             action: self.action,
             expires_at: i64::MAX,
-            match_: Arc::new(self.match_.compile("match")?),
+            match_: self.match_.compile("match")?,
             matches: AtomicU64::new(0),
         })
     }
@@ -191,13 +191,6 @@ impl RuleSet {
             .iter()
             .filter(|r| r.expires_at > now)
             .find(|r| r.matches(trace))
-    }
-}
-
-impl RuleSet {
-    /// The rules' conditions, for a buffer that tests them on each span.
-    pub fn matches(&self) -> Vec<Arc<CompiledMatch>> {
-        self.rules.iter().map(|r| r.match_.clone()).collect()
     }
 }
 

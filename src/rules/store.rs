@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, RuleSet, RuleSpec};
-use crate::matching::{CompiledMatch, ForceRules, ForceVerdict, TraceFacts};
+use crate::matching::{ForceRules, ForceVerdict, TraceFacts};
 use crate::model::TraceId;
 use crate::redis_client::LazyRedis;
 
@@ -279,11 +279,6 @@ impl ForceRules for LiveRules {
     fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         let rules = self.current.read().clone();
         rules.peek(trace_id, trace)
-    }
-
-    fn watched(&self) -> (u64, Vec<Arc<CompiledMatch>>) {
-        let rules = self.current.read().clone();
-        (Arc::as_ptr(&rules) as u64, rules.matches())
     }
 }
 
