@@ -24,8 +24,8 @@ use crate::model::{SpanRecord, STATUS_ERROR};
 
 /// What sketches watch for: the conditions to test on each span and the
 /// fields to keep of the root span, from the policies
-/// ([`super::policy::PolicySet::watched`]) and the force rules
-/// ([`crate::matching::ForceRules::watched`]).
+/// ([`super::policy::PolicySet::watched`]) and, when the worker builds
+/// compact buffers, the force rules in force.
 #[derive(Default)]
 pub struct Watch {
     matches: Vec<Arc<CompiledMatch>>,
