@@ -318,6 +318,7 @@ fn run_path(
             } => kept.push(KeptTrace {
                 trace_id: trace.trace_id,
                 spans: trace.spans,
+                spans_in_kafka: 0,
                 sample_rate,
                 reason,
                 rule_id,

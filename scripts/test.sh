@@ -57,3 +57,10 @@ export TSS_SDK_FIXTURE="$FIXTURE_DIR/sdk_trace"
 
 log "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests -- --test-threads "${TSS_TEST_THREADS:-3}"
+
+# The matrix: the tests that touch decisions, durability and policies again,
+# with every selector holding open traces as sketches (buffer.mode = compact).
+log "running the decision, durability and policy tests with buffer.mode = compact"
+TSS_TEST_BUFFER_MODE=compact cargo test --manifest-path "$ROOT/Cargo.toml" --test it -- \
+    --test-threads "${TSS_TEST_THREADS:-3}" \
+    pipeline:: durability:: policies:: force_rules:: stream_time::

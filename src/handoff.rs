@@ -37,6 +37,11 @@ impl ShardBatch {
 pub struct KeptTrace {
     pub trace_id: TraceId,
     pub spans: Vec<SpanRecord>,
+    /// Spans still to be read again from the messages the hold names: the
+    /// trace's span count when a compact buffer decided it, until the
+    /// second read fills `spans`; zero once `spans` is the whole trace.
+    /// The sinks only ever see zero.
+    pub spans_in_kafka: usize,
     pub reason: SamplingReason,
     pub rule_id: Option<Arc<str>>,
     /// How many traces this one stands for: 1, or 1/rate when a sampling

@@ -28,6 +28,7 @@ const STAGES: &[&str] = &[
     "maintenance",
     "publish",
     "query",
+    "reread",
     "rules",
     "storage",
 ];

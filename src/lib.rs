@@ -31,6 +31,7 @@ pub mod ingest;
 pub mod maintenance;
 pub mod publish;
 pub mod query;
+pub mod reread;
 pub mod rules;
 pub mod storage;
 

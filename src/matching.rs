@@ -391,6 +391,18 @@ pub trait ForceRules: Send + Sync {
     fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         self.evaluate(trace_id, trace)
     }
+
+    /// The rules' conditions, for a buffer that keeps traces as facts and
+    /// must test them on each span as it arrives.
+    fn conditions(&self) -> Vec<Arc<CompiledMatch>> {
+        Vec::new()
+    }
+
+    /// A number that changes whenever the rules do, so that such a buffer
+    /// knows to watch for the new conditions.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// No force rules: every trace falls through to the other policies.

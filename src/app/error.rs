@@ -21,6 +21,8 @@ pub enum AppError {
     StageFailed(crate::supervise::StageExit),
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Reread(#[from] crate::reread::RereadError),
     #[error("kept traces have nowhere to go: enable storage, the sampled topic, or both")]
     NoSink,
     #[error("no [[forward]] entry is configured")]

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::AppError;
 use super::probes;
 use crate::ack::Acks;
-use crate::config::Settings;
+use crate::config::{BufferMode, Settings};
 use crate::decide::decision_cache::DecisionCache;
 use crate::decide::policy::SharedPolicies;
 use crate::decide::{self, DecideInputs, Deciders};
@@ -22,6 +22,7 @@ use crate::matching::ForceRules;
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishContext};
 use crate::redis_client::LazyRedis;
+use crate::reread::{self, RereadContext};
 use crate::rules::store::LiveRules;
 use crate::storage;
 use crate::storage::writer::{WriterContext, WriterRole};
@@ -43,8 +44,9 @@ pub(super) struct Inputs {
 pub(super) struct Pipeline {
     ingest: Ingest,
     deciders: Deciders,
-    /// The sinks, in the order kept traces pass them: the sampled topic,
-    /// then the table's writer, each only when enabled.
+    /// The sinks, in the order kept traces pass them: the second read of
+    /// the compact buffer, the sampled topic, then the table's writer, each
+    /// only when enabled.
     sinks: Vec<StageTask>,
     probes: JoinHandle<()>,
     stop_probes: CancellationToken,
@@ -82,6 +84,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             policies,
             kept_tx,
+            compact: settings.buffer.mode == BufferMode::Compact,
         };
         let (shards, deciders) = decide::start(&settings.sampling, inputs);
         let ownership = OwnershipWatch::new(acks.assignments.clone(), &settings.kafka);
@@ -206,6 +209,20 @@ fn start_sinks(
             publish::start(&settings.sampled_topic, &settings.kafka, ctx, onward)?;
         onward = Onward::Next(tx);
         sinks.insert(0, publisher);
+    }
+    if matches!(onward, Onward::Settle) {
+        return Err(AppError::NoSink);
+    }
+    if settings.buffer.mode == BufferMode::Compact {
+        // Kept traces leave the workers as facts: their spans are read
+        // again from Kafka before the first sink.
+        let ctx = RereadContext {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let (tx, reread) = reread::start(&settings.kafka, ctx, onward)?;
+        onward = Onward::Next(tx);
+        sinks.insert(0, reread);
     }
     match onward {
         Onward::Next(head) => Ok((head, sinks)),

@@ -17,6 +17,34 @@ pub struct BackpressureConfig {
     /// consumer pauses at this limit too.
     pub max_buffered_bytes: u64,
     pub resume_ratio: f64,
+    /// How an open trace is held while it waits to be decided.
+    #[serde(default)]
+    pub mode: BufferMode,
+}
+
+/// `buffer.mode`: what the selector keeps of an open trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferMode {
+    /// Every span, as read from Kafka, until the trace is decided.
+    #[default]
+    Spans,
+    /// Only what the decision reads (aggregates and the watched
+    /// conditions), plus the offsets of the messages that fed the trace.
+    /// A kept trace's spans are read again from those messages before the
+    /// sinks; a dropped trace's are never decoded twice. About an eighth
+    /// of the memory per buffered span; a force rule created while a trace
+    /// is open sees only the spans that arrive after it.
+    Compact,
+}
+
+impl BufferMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BufferMode::Spans => "spans",
+            BufferMode::Compact => "compact",
+        }
+    }
 }
 
 impl BackpressureConfig {

@@ -25,7 +25,7 @@ mod secret;
 mod server;
 mod sinks;
 mod storage;
-pub use buffer::BackpressureConfig;
+pub use buffer::{BackpressureConfig, BufferMode};
 use checks::{invalid, invalid_owned};
 pub use duration::{ConfigDuration, Milliseconds, Seconds};
 pub use error::ConfigError;

@@ -7,13 +7,15 @@
 //! traffic stream time is the wall clock, so this is the familiar rule; on a
 //! backlog it runs as fast as the backlog is read. The wall clock still bounds
 //! the wait at twice each timeout, so a partition whose stream time stands
-//! still (a stuck fetch) cannot hold traces forever.
+//! still (a stuck fetch) cannot hold traces forever. That bound is a
+//! safety net, checked by a sweep over the open traces every half
+//! inactivity timeout (so it fires up to that much late), which keeps it
+//! out of every trace's memory: queue entries cost more than the sweep.
 //!
 //! Each worker owns one `TraceBuffer` outright, so nothing here is locked.
 //! Stream deadlines come in order on live traffic and go to FIFO queues;
 //! those of a slower partition's spans, which come out of order, go to a
-//! min-heap beside them. The wall-clock bounds use FIFO queues, which stay
-//! sorted because every entry of a queue has the same timeout. An entry
+//! min-heap beside them. An entry
 //! carries the trace's generation, so entries made stale by a newer span are
 //! skipped in O(1).
 
@@ -233,8 +235,8 @@ struct OpenTrace {
     /// The generation at which the trace was opened; matches its age entries.
     opened: u32,
     last_seen: Instant,
-    /// When its newest idle entries were pushed, on the wall clock.
-    idle_pushed_at: Instant,
+    /// When this opening of the trace began, on the wall clock.
+    opened_at: Instant,
     /// The newest span's stream time; a span of a slower partition may come
     /// later with an earlier stream time, so this is a maximum.
     last_stream_ms: i64,
@@ -302,10 +304,6 @@ impl StreamQueue {
 pub struct TraceBuffer {
     limits: CompletionLimits,
     traces: FxHashMap<TraceId, OpenTrace>,
-    /// Wall-clock bound of inactivity: (deadline, trace, generation) in deadline order.
-    idle_queue: VecDeque<(Instant, TraceId, u32)>,
-    /// Wall-clock bound of age: (deadline, trace, opening generation); one per opening.
-    age_queue: VecDeque<(Instant, TraceId, u32)>,
     /// Inactivity by stream time.
     idle_stream: StreamQueue,
     /// Age by stream time; one per opening.
@@ -320,9 +318,8 @@ pub struct TraceBuffer {
     watch: Arc<Watch>,
     /// Arrival order of the spans a compact buffer has looked at.
     next_seq: u64,
-    /// How far the wall clock moves before a trace's idle entries are
-    /// pushed again: its wall-clock bound may come this much early.
-    idle_granularity: Duration,
+    /// When the open traces are next swept for wall-clock bounds.
+    next_sweep: Instant,
 }
 
 impl TraceBuffer {
@@ -331,8 +328,6 @@ impl TraceBuffer {
             wall_bounds: true,
             limits,
             traces: FxHashMap::default(),
-            idle_queue: VecDeque::new(),
-            age_queue: VecDeque::new(),
             idle_stream: StreamQueue::default(),
             age_stream: StreamQueue::default(),
             buffered_spans: 0,
@@ -340,7 +335,7 @@ impl TraceBuffer {
             compact: false,
             watch: Arc::new(Watch::default()),
             next_seq: 0,
-            idle_granularity: (limits.inactivity_timeout / 100).min(Duration::from_millis(100)),
+            next_sweep: Instant::now() + limits.inactivity_timeout / 2,
         }
     }
 
@@ -352,6 +347,12 @@ impl TraceBuffer {
             watch,
             ..Self::new(limits)
         }
+    }
+
+    /// Watches for what `watch` names in the spans that arrive from now
+    /// on; what open traces saw so far stays as it is.
+    pub fn set_watch(&mut self, watch: Arc<Watch>) {
+        self.watch = watch;
     }
 
     /// Whether traces are kept as sketches.
@@ -416,7 +417,7 @@ impl TraceBuffer {
                     generation: 0,
                     opened: 0,
                     last_seen: now,
-                    idle_pushed_at: now,
+                    opened_at: now,
                     last_stream_ms: at.stream_ms,
                 }),
                 true,
@@ -425,15 +426,12 @@ impl TraceBuffer {
         trace.last_seen = now;
         let stream_moved = at.stream_ms > trace.last_stream_ms;
         trace.last_stream_ms = trace.last_stream_ms.max(at.stream_ms);
-        // New idle entries only when a deadline moves: on stream time, or
-        // on the wall clock by more than the granularity. Spans that come
-        // together (one message, one batch) leave one entry per queue.
-        let wall_moved = self.wall_bounds && now >= trace.idle_pushed_at + self.idle_granularity;
-        let refresh = opened || stream_moved || wall_moved;
+        // A new idle entry only when the deadline moves, with stream time:
+        // spans that come together (one message, one batch) leave one.
+        let refresh = opened || stream_moved;
         if refresh {
             self.next_generation = self.next_generation.wrapping_add(1);
             trace.generation = self.next_generation;
-            trace.idle_pushed_at = now;
             if opened {
                 trace.opened = self.next_generation;
             }
@@ -448,10 +446,6 @@ impl TraceBuffer {
         let full = complete_when_full && trace.held.span_count() >= self.limits.max_spans_per_trace;
         if opened {
             let age = self.limits.max_trace_duration;
-            if self.wall_bounds {
-                self.age_queue
-                    .push_back((now + age * WALL_BOUND_FACTOR, trace_id, generation));
-            }
             let deadline = at.stream_ms.saturating_add(age.as_millis() as i64);
             self.age_stream.push(deadline, generation, trace_id);
         }
@@ -460,13 +454,6 @@ impl TraceBuffer {
         } else if !refresh {
             None
         } else {
-            if self.wall_bounds {
-                self.idle_queue.push_back((
-                    now + self.limits.inactivity_timeout * WALL_BOUND_FACTOR,
-                    trace_id,
-                    generation,
-                ));
-            }
             self.idle_stream
                 .push(idle_stream_deadline, generation, trace_id);
             None
@@ -552,34 +539,35 @@ impl TraceBuffer {
                 out.extend(self.take(&id, Completion::MaxDuration));
             }
         }
-        while let Some(&(deadline, id, generation)) = self.idle_queue.front() {
-            if deadline > now {
-                break;
-            }
-            self.idle_queue.pop_front();
-            if self
-                .traces
-                .get(&id)
-                .is_some_and(|t| t.generation == generation)
-            {
-                out.extend(self.take(&id, Completion::Inactive));
-            }
-        }
-        while let Some(&(deadline, id, opened_generation)) = self.age_queue.front() {
-            if deadline > now {
-                break;
-            }
-            self.age_queue.pop_front();
-            // A trace reopened after an earlier decision has its own, later entry.
-            if self
-                .traces
-                .get(&id)
-                .is_some_and(|t| t.opened == opened_generation)
-            {
-                out.extend(self.take(&id, Completion::MaxDuration));
-            }
+        if self.wall_bounds && now >= self.next_sweep {
+            self.sweep(now, out);
+            self.next_sweep = now + self.limits.inactivity_timeout / 2;
         }
         self.compact_queues();
+    }
+
+    /// Takes the traces past a wall-clock bound: twice the inactivity
+    /// timeout since their newest span, or twice the longest duration since
+    /// they opened.
+    fn sweep(&mut self, now: Instant, out: &mut Vec<CompleteTrace>) {
+        let idle = self.limits.inactivity_timeout * WALL_BOUND_FACTOR;
+        let age = self.limits.max_trace_duration * WALL_BOUND_FACTOR;
+        let due: Vec<(TraceId, Completion)> = self
+            .traces
+            .iter()
+            .filter_map(|(id, t)| {
+                if now >= t.opened_at + age {
+                    Some((*id, Completion::MaxDuration))
+                } else if now >= t.last_seen + idle {
+                    Some((*id, Completion::Inactive))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, completion) in due {
+            out.extend(self.take(&id, completion));
+        }
     }
 
     /// Drops what was read under leases that have ended: those spans and
@@ -602,8 +590,6 @@ impl TraceBuffer {
     /// given up, because their next owner re-reads the messages. Dropping
     /// the traces frees their spans and keeps their offsets.
     pub fn drain(&mut self) -> Vec<CompleteTrace> {
-        self.idle_queue.clear();
-        self.age_queue.clear();
         self.idle_stream.clear();
         self.age_stream.clear();
         self.buffered_spans = 0;
@@ -649,9 +635,6 @@ impl TraceBuffer {
         let live = self.traces.len().max(1024);
         let traces = &self.traces;
         let current = |id: &TraceId, g: &u32| traces.get(id).is_some_and(|t| t.generation == *g);
-        if self.idle_queue.len() > live * 8 {
-            self.idle_queue.retain(|(_, id, g)| current(id, g));
-        }
         if self.idle_stream.len() > live * 8 {
             self.idle_stream.retain(current);
         }
@@ -789,8 +772,13 @@ mod tests {
         };
         b.expire(stuck(t0 + Duration::from_secs(19)), &mut out);
         assert!(out.is_empty(), "within twice the inactivity timeout");
-        b.expire(stuck(t0 + Duration::from_secs(20)), &mut out);
-        assert_eq!(out.len(), 1, "decided at the wall-clock bound");
+        b.expire(stuck(t0 + Duration::from_secs(25)), &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "decided by the sweep within half a timeout of the wall-clock bound"
+        );
+        assert_eq!(out[0].completion, Completion::Inactive);
     }
 
     #[test]
@@ -804,9 +792,9 @@ mod tests {
         for offset in 0..5 {
             b.push(id(1), [rec()], &mut m(offset), at(1_000));
         }
-        assert_eq!((b.idle_stream.len(), b.idle_queue.len()), (1, 1));
+        assert_eq!(b.idle_stream.len(), 1);
         b.push(id(1), [rec()], &mut m(5), at(1_001));
-        assert_eq!((b.idle_stream.len(), b.idle_queue.len()), (2, 2));
+        assert_eq!(b.idle_stream.len(), 2);
         let mut out = Vec::new();
         b.expire(at(11_000), &mut out);
         assert!(out.is_empty(), "the newest span's deadline holds");

@@ -44,6 +44,9 @@ pub struct DecideInputs {
     /// Unbounded: memory is bounded by the held spans and bytes, at which
     /// the consumer pauses.
     pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
+    /// Keep open traces as sketches (`buffer.mode = "compact"`): kept
+    /// traces then leave with their spans still in Kafka.
+    pub compact: bool,
 }
 
 /// The running workers.
@@ -69,6 +72,7 @@ pub fn start(
         metrics: inputs.metrics,
         kept_tx: inputs.kept_tx,
         tick: tick_for(cfg.inactivity_timeout_secs.duration()),
+        compact: inputs.compact,
     };
     spawn_workers(ctx, cfg.worker_count())
 }
@@ -92,6 +96,7 @@ pub fn start_replay(
         metrics,
         kept_tx,
         tick: tick_for(cfg.inactivity_timeout_secs.duration()),
+        compact: false,
     };
     spawn_workers(ctx, cfg.worker_count())
 }

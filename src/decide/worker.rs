@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 
 use super::completion::{CompleteTrace, CompletionLimits, Stamp, TraceBuffer};
 use super::decision_cache::DecisionCache;
-use super::policy::SharedPolicies;
+use super::policy::{PolicySet, SharedPolicies};
 use super::recovery::RecoveryJudge;
 use super::simulation::Simulation;
+use super::sketch::Watch;
 use crate::ack::Acks;
 use crate::handoff::{KeptTrace, ShardBatch};
 use crate::matching::ForceRules;
@@ -60,6 +61,9 @@ pub struct WorkerContext {
     pub kept_tx: mpsc::UnboundedSender<KeptTrace>,
     /// How often due traces are looked for.
     pub tick: Duration,
+    /// Whether the live path keeps open traces as sketches
+    /// (`buffer.mode = "compact"`); a job's read always keeps spans.
+    pub compact: bool,
 }
 
 /// Runs until the input channel closes. Open traces are then dropped undecided:
@@ -68,6 +72,8 @@ pub struct WorkerContext {
 pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
     let buffer = if ctx.judge.replays() {
         TraceBuffer::on_stream_time_only(ctx.limits)
+    } else if ctx.compact {
+        TraceBuffer::compact(ctx.limits, Arc::new(Watch::default()))
     } else {
         TraceBuffer::new(ctx.limits)
     };
@@ -77,8 +83,10 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
         reported_spans: 0,
         seen_revocations: ctx.acks.assignments.revocations(),
         red: RedRecorder::new(ctx.metrics.decide.red.clone()),
+        watching: None,
         ctx,
     };
+    state.refresh_watch();
     let mut tick = tokio::time::interval(state.ctx.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut due: Vec<CompleteTrace> = Vec::new();
@@ -89,6 +97,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
                     // Purge first: the batch may come from a new lease on a
                     // partition whose old lease's spans are still buffered.
                     state.purge_revoked();
+                    state.refresh_watch();
                     state.ingest(batch, &mut due);
                     state.decide_all(&mut due).await;
                 }
@@ -128,8 +137,12 @@ struct Worker {
     reported_traces: i64,
     reported_spans: i64,
     seen_revocations: u64,
-    /// RED metrics of every decided span, kept or dropped.
+    /// RED metrics of every decided span, kept or dropped; in a compact
+    /// buffer, of every span as it arrives, since spans are not kept.
     red: RedRecorder,
+    /// What a compact buffer's watch was built from: the policy list and
+    /// the force rules' generation.
+    watching: Option<(Arc<PolicySet>, u64)>,
 }
 
 impl Worker {
@@ -150,6 +163,34 @@ impl Worker {
         }
     }
 
+    /// Builds a compact buffer's watch again when the policies or the force
+    /// rules changed: the spans that arrive from now on are tested for the
+    /// new conditions.
+    fn refresh_watch(&mut self) {
+        if !self.buffer.is_compact() {
+            return;
+        }
+        let Judge::Live {
+            policies,
+            force_rules,
+            ..
+        } = &self.ctx.judge
+        else {
+            return;
+        };
+        let policies = policies.load_full();
+        let generation = force_rules.generation();
+        if let Some((seen, seen_generation)) = &self.watching {
+            if Arc::ptr_eq(seen, &policies) && *seen_generation == generation {
+                return;
+            }
+        }
+        let (mut matches, keys) = policies.watched();
+        matches.extend(force_rules.conditions());
+        self.buffer.set_watch(Arc::new(Watch::new(matches, keys)));
+        self.watching = Some((policies, generation));
+    }
+
     /// Buffers a batch; traces it completes (at `max_spans_per_trace`) go to `due`.
     fn ingest(&mut self, batch: ShardBatch, due: &mut Vec<CompleteTrace>) {
         if !self.ctx.acks.assignments.is_current(batch.msg().lease()) {
@@ -162,6 +203,9 @@ impl Worker {
             .decide
             .spans_ingested_total
             .inc_by(batch.spans.len() as u64);
+        if self.buffer.is_compact() {
+            self.red.record(batch.spans.iter().map(|(_, s)| s));
+        }
         let at = Stamp {
             wall: Instant::now(),
             stream_ms: batch.seen_ms,
@@ -222,7 +266,9 @@ impl Worker {
                 .decide
                 .decision_latency_seconds
                 .observe(trace.last_seen.elapsed().as_secs_f64());
-            self.red.record(&trace.spans);
+            if !self.buffer.is_compact() {
+                self.red.record(&trace.spans);
+            }
             match prior {
                 Some(decision) => {
                     let label = if decision == Decision::Drop {
@@ -278,9 +324,15 @@ impl Worker {
             trace.hold.settle();
             return;
         };
+        let spans_in_kafka = if trace.sketch.is_some() {
+            trace.span_count()
+        } else {
+            0
+        };
         let kept = KeptTrace {
             trace_id: trace.trace_id,
             spans: trace.spans,
+            spans_in_kafka,
             sample_rate,
             reason,
             rule_id,

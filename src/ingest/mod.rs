@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{Acks, OffsetTracker};
-use crate::config::{BackpressureConfig, KafkaConfig};
+use crate::config::{BackpressureConfig, BufferMode, KafkaConfig};
 use crate::handoff::ShardBatch;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -457,7 +457,13 @@ impl Source {
     fn apply_backpressure(&self, paused: bool) -> bool {
         let held = self.ctx.acks.tracker.held_spans();
         let building = self.ctx.acks.building_bytes.load(Ordering::Relaxed);
-        let bytes = (self.ctx.acks.tracker.pending_bytes() + building) as i64;
+        // A compact buffer keeps no span, so no message stays in memory
+        // behind an uncommitted offset: only what is being written counts.
+        let pending = match self.limits.mode {
+            BufferMode::Spans => self.ctx.acks.tracker.pending_bytes(),
+            BufferMode::Compact => 0,
+        };
+        let bytes = (pending + building) as i64;
         self.ctx.metrics.ingest.held_spans.set(held);
         self.ctx.metrics.ingest.held_bytes.set(bytes);
         let limits = [

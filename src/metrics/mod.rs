@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod maintenance;
 pub mod recovery;
 pub mod red;
+pub mod reread;
 pub mod sinks;
 pub mod storage;
 
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub api: api::ApiMetrics,
     /// Recovery jobs: what they read and stored.
     pub recovery: recovery::RecoveryMetrics,
+    /// The compact buffer's second read of kept traces' spans.
+    pub reread: reread::RereadMetrics,
 }
 
 /// `metrics.max_series` where no config is at hand (tests, benchmarks).
@@ -56,6 +59,7 @@ impl Metrics {
             maintenance: maintenance::MaintenanceMetrics::register(&r)?,
             api: api::ApiMetrics::register(&r)?,
             recovery: recovery::RecoveryMetrics::register(&r)?,
+            reread: reread::RereadMetrics::register(&r)?,
             registry,
         })
     }

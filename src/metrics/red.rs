@@ -251,7 +251,7 @@ impl RedRecorder {
         }
     }
 
-    pub fn record(&mut self, spans: &[SpanRecord]) {
+    pub fn record<'a>(&mut self, spans: impl IntoIterator<Item = &'a SpanRecord>) {
         // Spans of one resource share an origin: look its service up once.
         let mut last: Option<(*const crate::model::Origin, Option<usize>)> = None;
         for s in spans {

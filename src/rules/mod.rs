@@ -41,7 +41,7 @@ pub struct CompiledRule {
     pub action: Action,
     /// Unix milliseconds after which the rule no longer matches.
     pub expires_at: i64,
-    match_: CompiledMatch,
+    match_: Arc<CompiledMatch>,
     /// Traces matched since the counts were last taken.
     matches: AtomicU64,
 }
@@ -69,7 +69,7 @@ impl RuleSpec {
             priority: self.priority,
             action: self.action,
             expires_at: i64::MAX,
-            match_: self.match_.compile("match")?,
+            match_: Arc::new(self.match_.compile("match")?),
             matches: AtomicU64::new(0),
         })
     }
@@ -203,6 +203,10 @@ impl ForceRules for RuleSet {
 
     fn peek(&self, _: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         self.first_match(trace).map(|r| r.verdict())
+    }
+
+    fn conditions(&self) -> Vec<Arc<CompiledMatch>> {
+        self.rules.iter().map(|r| r.match_.clone()).collect()
     }
 }
 

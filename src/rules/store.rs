@@ -7,6 +7,7 @@
 //! a missed message. Evaluation reads only the local copy, never Redis.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, RuleSet, RuleSpec};
-use crate::matching::{ForceRules, ForceVerdict, TraceFacts};
+use crate::matching::{CompiledMatch, ForceRules, ForceVerdict, TraceFacts};
 use crate::model::TraceId;
 use crate::redis_client::LazyRedis;
 
@@ -219,6 +220,8 @@ fn parse(id: &str, json: &str) -> Result<StoredRule, StoreError> {
 #[derive(Default)]
 pub struct LiveRules {
     current: RwLock<Arc<RuleSet>>,
+    /// Bumped whenever `current` is replaced.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl LiveRules {
@@ -263,6 +266,7 @@ impl LiveRules {
             })
             .collect();
         *self.current.write() = Arc::new(RuleSet::new(compiled));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn take_match_counts(&self) -> Vec<(Arc<str>, u64)> {
@@ -279,6 +283,14 @@ impl ForceRules for LiveRules {
     fn peek(&self, trace_id: &TraceId, trace: &dyn TraceFacts) -> Option<ForceVerdict> {
         let rules = self.current.read().clone();
         rules.peek(trace_id, trace)
+    }
+
+    fn conditions(&self) -> Vec<Arc<CompiledMatch>> {
+        self.current.read().conditions()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

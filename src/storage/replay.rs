@@ -203,6 +203,7 @@ mod tests {
         KeptTrace {
             trace_id: [1; 16],
             spans: vec![],
+            spans_in_kafka: 0,
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,

@@ -903,6 +903,7 @@ mod tests {
         KeptTrace {
             trace_id,
             spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
+            spans_in_kafka: 0,
             reason: SamplingReason::Error,
             rule_id: Some("rule-1".into()),
             sample_rate: 1.0,
@@ -1337,6 +1338,7 @@ mod tests {
         let kept = KeptTrace {
             trace_id: [7; 16],
             spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
+            spans_in_kafka: 0,
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,

@@ -423,6 +423,10 @@ fn test_env(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // The matrix: the same tests with the other buffer mode (scripts/test.sh).
+    if let Ok(mode) = std::env::var(BUFFER_MODE) {
+        env.insert("TSS__BUFFER__MODE".into(), mode);
+    }
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
@@ -461,6 +465,10 @@ impl Drop for Selector {
 
 /// An override with this key passes its value as `--config FILE`.
 pub const CONFIG_FILE: &str = "TSS_TEST_CONFIG_FILE";
+
+/// Set to `compact` or `spans`, the `buffer.mode` of every selector a test
+/// starts that does not choose its own.
+pub const BUFFER_MODE: &str = "TSS_TEST_BUFFER_MODE";
 
 fn spawn_selector(env: &HashMap<String, String>, dir: &Path) -> Child {
     // Appends, so the log of every incarnation stays readable.

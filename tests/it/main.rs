@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod compact;
 mod deploy;
 mod durability;
 mod faults;
