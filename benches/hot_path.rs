@@ -319,6 +319,7 @@ fn run_path(
                 trace_id: trace.trace_id,
                 spans: trace.spans,
                 spans_in_kafka: 0,
+                charge: None,
                 sample_rate,
                 reason,
                 rule_id,

@@ -61,6 +61,7 @@ fn kept_trace(g: &mut TraceGenerator, end_unix_nano: u64) -> KeptTrace {
         trace_id,
         spans: decoded.spans.into_iter().map(|(_, s)| s).collect(),
         spans_in_kafka: 0,
+        charge: None,
         reason: SamplingReason::Baseline,
         rule_id: None,
         sample_rate: 1.0,

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use crate::ack::{Hold, Ticket};
+use crate::ack::{Charge, Hold, Ticket};
 use crate::model::{MsgRef, SamplingReason, SpanRecord, TraceId};
 
 /// The spans of one Kafka message that belong to one worker's shard.
@@ -42,6 +42,9 @@ pub struct KeptTrace {
     /// second read fills `spans`; zero once `spans` is the whole trace.
     /// The sinks only ever see zero.
     pub spans_in_kafka: usize,
+    /// The bytes the second read's copies of the trace's messages take,
+    /// counted until the trace is dropped (stored or given up).
+    pub charge: Option<Charge>,
     pub reason: SamplingReason,
     pub rule_id: Option<Arc<str>>,
     /// How many traces this one stands for: 1, or 1/rate when a sampling

@@ -176,10 +176,51 @@ impl Hold {
         self.tracker.held.release(freed);
     }
 
+    /// The bytes of the messages this trace holds back: what reading them
+    /// again costs.
+    pub fn message_bytes(&self) -> usize {
+        self.tracker.bytes_of(&self.msgs)
+    }
+
+    /// Counts `bytes` as in memory for this trace until the returned
+    /// charge is dropped: the second read's copies of its messages.
+    pub fn charge(&self, bytes: usize) -> Charge {
+        self.tracker
+            .reread_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Charge {
+            tracker: self.tracker.clone(),
+            bytes,
+        }
+    }
+
     /// The trace is done with: dropped by the policies, or stored by the last
     /// sink. Its references go back, which lets its messages commit.
     pub fn settle(self) {
         self.tracker.release(&self.msgs);
+    }
+}
+
+/// Bytes a kept trace's re-read messages take in memory, counted until
+/// the trace (which carries the charge) is stored or given up.
+pub struct Charge {
+    tracker: Arc<OffsetTracker>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.tracker
+            .reread_bytes
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -271,6 +312,21 @@ mod tests {
         let t = Arc::new(OffsetTracker::new());
         assert!(t.receive(m(0), 100, std::iter::empty()).is_empty());
         assert_eq!(t.take_commits(), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn a_charge_counts_re_read_bytes_until_dropped() {
+        let t = Arc::new(OffsetTracker::new());
+        let mut ticket = t.receive(m(0), 700, [1].into_iter()).pop().expect("one");
+        let mut hold = ticket.open();
+        ticket.give(&mut hold, 1);
+        ticket.redeem();
+        assert_eq!(hold.message_bytes(), 700);
+        let charge = hold.charge(hold.message_bytes());
+        assert_eq!(t.reread_bytes(), 700);
+        drop(charge);
+        assert_eq!(t.reread_bytes(), 0);
+        hold.settle();
     }
 
     #[test]

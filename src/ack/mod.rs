@@ -37,7 +37,7 @@ mod clock;
 mod hold;
 mod tracker;
 pub use clock::{StreamClock, IDLE_AFTER, LIVE_WITHIN};
-pub use hold::{Hold, Ticket};
+pub use hold::{Charge, Hold, Ticket};
 pub use tracker::OffsetTracker;
 
 use crate::model::Lease;

@@ -2,7 +2,7 @@
 //! watermark back, and how much memory what they hold takes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -38,6 +38,9 @@ struct PartitionState {
 pub struct OffsetTracker {
     partitions: Mutex<HashMap<i32, PartitionState>>,
     pub(super) held: HeldSpans,
+    /// Bytes of messages read again for kept traces (compact mode) and
+    /// still in memory: see [`super::Charge`].
+    pub(super) reread_bytes: AtomicUsize,
 }
 
 impl OffsetTracker {
@@ -164,6 +167,25 @@ impl OffsetTracker {
         for p in partitions {
             parts.remove(p);
         }
+    }
+
+    /// The bytes of `msgs` that are still pending; messages of an ended
+    /// lease count nothing.
+    pub(super) fn bytes_of(&self, msgs: &[MsgRef]) -> usize {
+        let parts = self.partitions.lock();
+        msgs.iter()
+            .filter_map(|m| {
+                let state = parts.get(&m.partition).filter(|s| s.epoch == m.epoch)?;
+                state.pending.get(&m.offset).map(|p| p.bytes)
+            })
+            .sum()
+    }
+
+    /// Bytes of messages read a second time for kept traces and not yet
+    /// stored (`buffer.mode = "compact"`); the consumer pauses on them at
+    /// `buffer.max_buffered_bytes`, as on pending messages in the spans mode.
+    pub fn reread_bytes(&self) -> usize {
+        self.reread_bytes.load(Ordering::Relaxed)
     }
 
     /// Messages still pending, over all partitions.

@@ -333,6 +333,7 @@ impl Worker {
             trace_id: trace.trace_id,
             spans: trace.spans,
             spans_in_kafka,
+            charge: None,
             sample_rate,
             reason,
             rule_id,

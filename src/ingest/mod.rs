@@ -457,11 +457,12 @@ impl Source {
     fn apply_backpressure(&self, paused: bool) -> bool {
         let held = self.ctx.acks.tracker.held_spans();
         let building = self.ctx.acks.building_bytes.load(Ordering::Relaxed);
-        // A compact buffer keeps no span, so no message stays in memory
-        // behind an uncommitted offset: only what is being written counts.
+        // A compact buffer keeps no span, so an uncommitted offset keeps no
+        // message in memory: what counts is the second read's copies of
+        // kept traces' messages until they are stored.
         let pending = match self.limits.mode {
             BufferMode::Spans => self.ctx.acks.tracker.pending_bytes(),
-            BufferMode::Compact => 0,
+            BufferMode::Compact => self.ctx.acks.tracker.reread_bytes(),
         };
         let bytes = (pending + building) as i64;
         self.ctx.metrics.ingest.held_spans.set(held);

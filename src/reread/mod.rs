@@ -51,6 +51,9 @@ pub const STAGE: &str = "kafka_reread";
 const GATHER: Duration = Duration::from_millis(20);
 /// Kept traces in one batch at most.
 const MAX_BATCH_TRACES: usize = 20_000;
+/// Bytes of messages one batch reads, at most (a batch takes at least one
+/// trace, whatever its size).
+const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Silence after which a read that still needs messages counts as stalled.
 const STALL: Duration = Duration::from_secs(10);
 /// How long one watermark request may take.
@@ -337,17 +340,30 @@ impl Reread {
 }
 
 /// The first trace and whatever follows within [`GATHER`], up to
-/// [`MAX_BATCH_TRACES`].
+/// [`MAX_BATCH_TRACES`] or [`MAX_BATCH_BYTES`] of messages to read. Each
+/// trace is charged its messages' bytes from here until it is stored, so
+/// the consumer pauses at `buffer.max_buffered_bytes` on what the second
+/// read holds, as it does on held messages in the spans mode.
 async fn gather(first: KeptTrace, rx: &mut mpsc::UnboundedReceiver<KeptTrace>) -> Vec<KeptTrace> {
-    let mut batch = vec![first];
+    let mut bytes = 0;
+    let mut batch = vec![charged(first, &mut bytes)];
     let deadline = tokio::time::Instant::now() + GATHER;
-    while batch.len() < MAX_BATCH_TRACES {
+    while batch.len() < MAX_BATCH_TRACES && bytes < MAX_BATCH_BYTES {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(t)) => batch.push(t),
+            Ok(Some(t)) => batch.push(charged(t, &mut bytes)),
             Ok(None) | Err(_) => break,
         }
     }
     batch
+}
+
+fn charged(mut trace: KeptTrace, total: &mut usize) -> KeptTrace {
+    if trace.spans_in_kafka > 0 {
+        let bytes = trace.hold.message_bytes();
+        *total += bytes;
+        trace.charge = Some(trace.hold.charge(bytes));
+    }
+    trace
 }
 
 /// 100 ms doubling to 10 s.

@@ -184,6 +184,7 @@ mod tests {
             trace_id: [id; 16],
             spans: Vec::new(),
             spans_in_kafka,
+            charge: None,
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,

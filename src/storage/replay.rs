@@ -204,6 +204,7 @@ mod tests {
             trace_id: [1; 16],
             spans: vec![],
             spans_in_kafka: 0,
+            charge: None,
             reason: SamplingReason::Error,
             rule_id: None,
             sample_rate: 1.0,
