@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -49,6 +50,8 @@ pub const STAGE: &str = "kafka_reread";
 
 /// How long kept traces are gathered into one batch after the first.
 const GATHER: Duration = Duration::from_millis(20);
+/// Batches read at the same time, at most.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Kept traces in one batch at most.
 const MAX_BATCH_TRACES: usize = 20_000;
 /// Bytes of messages one batch reads, at most (a batch takes at least one
@@ -142,10 +145,23 @@ impl From<KafkaError> for Interrupted {
 }
 
 impl Reread {
+    /// Up to [`MAX_BATCHES_IN_FLIGHT`] batches are read at once: a round's
+    /// fixed cost (a connection, the first fetch) overlaps the others'
+    /// reading, and batches are independent (each settles its own traces).
     async fn run(self, mut rx: mpsc::UnboundedReceiver<KeptTrace>) {
-        while let Some(first) = rx.recv().await {
-            let batch = gather(first, &mut rx).await;
-            self.complete(batch).await;
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                first = rx.recv(), if open && in_flight.len() < MAX_BATCHES_IN_FLIGHT => match first {
+                    Some(first) => {
+                        let batch = gather(first, &mut rx).await;
+                        in_flight.push(self.complete(batch));
+                    }
+                    None => open = false,
+                },
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            }
         }
     }
 
