@@ -57,8 +57,10 @@ const MAX_BATCH_TRACES: usize = 20_000;
 /// Bytes of messages one batch reads, at most (a batch takes at least one
 /// trace, whatever its size).
 const MAX_BATCH_BYTES: usize = 64 << 20;
-/// Silence after which a read that still needs messages counts as stalled.
-const STALL: Duration = Duration::from_secs(10);
+/// Silence after which a round that still needs messages ends: a
+/// partition that delivered nothing starts its next round further back,
+/// and one that did counts as stalled.
+const QUIET: Duration = Duration::from_secs(3);
 /// How long one watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,7 +181,7 @@ impl Reread {
             self.ctx.metrics.reread.errors_total.inc();
             let detail = match &why {
                 Interrupted::Kafka(e) => e.to_string(),
-                Interrupted::Stalled => format!("no message for {} s", STALL.as_secs()),
+                Interrupted::Stalled => format!("no message for {} s", QUIET.as_secs()),
             };
             tracing::warn!(
                 error = %detail,
@@ -212,7 +214,7 @@ impl Reread {
         let mut open = HashMap::new();
         for (p, offset) in plan.positions() {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))?;
-            open.insert(p, ());
+            open.insert(p, false);
         }
         consumer.assign(&tpl)?;
         let result = self.read_round(&consumer, &mut open, plan, batch).await;
@@ -224,20 +226,21 @@ impl Reread {
     async fn read_round(
         &self,
         consumer: &StreamConsumer,
-        open: &mut HashMap<i32, ()>,
+        open: &mut HashMap<i32, bool>,
         plan: &mut Plan,
         batch: &mut [KeptTrace],
     ) -> Result<(), Interrupted> {
         while !open.is_empty() {
-            let m = match tokio::time::timeout(STALL, consumer.recv()).await {
-                Err(_) => return Err(Interrupted::Stalled),
+            let m = match tokio::time::timeout(QUIET, consumer.recv()).await {
+                Err(_) => return self.quiet(open, plan),
                 Ok(Err(e)) => return Err(Interrupted::Kafka(e)),
                 Ok(Ok(m)) => m,
             };
             let p = m.partition();
-            if !open.contains_key(&p) {
+            let Some(heard) = open.get_mut(&p) else {
                 continue;
-            }
+            };
+            *heard = true;
             let passed = plan.next_needed(p).is_some_and(|next| next < m.offset());
             self.take(&m, plan, batch);
             let done = if passed {
@@ -260,6 +263,25 @@ impl Reread {
                 one.add_partition(&self.topic, p);
                 // Only saves fetching what would be skipped.
                 let _ = consumer.pause(&one);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing came for [`QUIET`]. A partition that delivered nothing this
+    /// round may be asked for an offset inside its last record batch, from
+    /// a broker that serves only batches beginning at or after it (Tansu):
+    /// such a fetch stays empty, so its next round starts further back. A
+    /// silence after messages came is a stall.
+    fn quiet(&self, open: &HashMap<i32, bool>, plan: &mut Plan) -> Result<(), Interrupted> {
+        let silent: Vec<i32> = open.iter().filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
+        if silent.is_empty() {
+            return Err(Interrupted::Stalled);
+        }
+        for p in silent {
+            let gone = plan.passed(p);
+            if gone > 0 {
+                self.missing(p, gone);
             }
         }
         Ok(())
