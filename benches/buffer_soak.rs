@@ -39,7 +39,7 @@ fn options() -> Options {
         run_secs: 4200,
         rate: 65.0,
         every_secs: 60,
-        predict_bytes_per_span: 79.0,
+        predict_bytes_per_span: 60.0,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
