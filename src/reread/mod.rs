@@ -246,10 +246,7 @@ impl Reread {
             let done = if passed {
                 // Delivered past a needed message: the next round starts
                 // further back.
-                let gone = plan.passed(p);
-                if gone > 0 {
-                    self.missing(p, gone);
-                }
+                self.missing(p, plan.passed(p));
                 true
             } else {
                 match plan.next_needed(p) {
@@ -279,10 +276,7 @@ impl Reread {
             return Err(Interrupted::Stalled);
         }
         for p in silent {
-            let gone = plan.passed(p);
-            if gone > 0 {
-                self.missing(p, gone);
-            }
+            self.missing(p, plan.passed(p));
         }
         Ok(())
     }
@@ -313,6 +307,9 @@ impl Reread {
     }
 
     fn missing(&self, partition: i32, messages: usize) {
+        if messages == 0 {
+            return;
+        }
         tracing::error!(
             partition,
             messages,
@@ -342,10 +339,7 @@ impl Reread {
         .await
         .unwrap_or_default();
         for (p, low) in lows {
-            let gone = plan.set_low(p, low);
-            if gone > 0 {
-                self.missing(p, gone);
-            }
+            self.missing(p, plan.set_low(p, low));
         }
     }
 
