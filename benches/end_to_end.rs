@@ -302,12 +302,13 @@ async fn stored_after_drain(s: &Selector, t0: Instant, messages: f64) {
     let decoded = get(&m, "tail_sampling_reread_messages_decoded_total");
     if decoded > 0.0 {
         println!(
-            "re-read:   {:.0} kept traces, {:.0} messages decoded again and {:.0} skipped, {:.1} MB fetched again, {:.0} spans missing",
+            "re-read:   {:.0} kept traces, {:.0} messages decoded again and {:.0} skipped, {:.1} MB fetched again, {:.0} spans missing, {:.0} consumers started",
             get(&m, "tail_sampling_reread_traces_total"),
             decoded,
             get(&m, "tail_sampling_reread_messages_skipped_total"),
             get(&m, "tail_sampling_reread_bytes_fetched_total") / 1e6,
             get(&m, "tail_sampling_reread_spans_missing_total"),
+            get(&m, "tail_sampling_reread_consumer_starts_total"),
         );
     }
 }

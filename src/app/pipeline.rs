@@ -220,7 +220,8 @@ fn start_sinks(
             metrics: metrics.clone(),
             health: health.clone(),
         };
-        let (tx, reread) = reread::start(&settings.kafka, ctx, onward)?;
+        let delay = Duration::from_millis(settings.buffer.reread_delay_ms);
+        let (tx, reread) = reread::start(&settings.kafka, delay, ctx, onward)?;
         onward = Onward::Next(tx);
         sinks.insert(0, reread);
     }

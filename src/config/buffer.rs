@@ -20,6 +20,17 @@ pub struct BackpressureConfig {
     /// How an open trace is held while it waits to be decided.
     #[serde(default)]
     pub mode: BufferMode,
+    /// In compact mode, how long the second read waits after a kept trace
+    /// is decided before reading its messages. Traces decided within this
+    /// wait are read in one pass, in message order; a trace whose messages
+    /// lie behind that pass (decided later than this after a trace with
+    /// later messages) costs the read a new consumer to go back.
+    #[serde(default = "default_reread_delay_ms")]
+    pub reread_delay_ms: u64,
+}
+
+fn default_reread_delay_ms() -> u64 {
+    1000
 }
 
 /// `buffer.mode`: what the selector keeps of an open trace.
@@ -59,6 +70,12 @@ impl BackpressureConfig {
             return Err(invalid(
                 "buffer.max_buffered_bytes",
                 "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.reread_delay_ms > 600_000 {
+            return Err(invalid(
+                "buffer.reread_delay_ms",
+                "must be at most 600000 (10 minutes)",
             ));
         }
         if !(self.resume_ratio > 0.0 && self.resume_ratio < 1.0) {

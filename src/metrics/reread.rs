@@ -15,7 +15,8 @@ pub struct RereadMetrics {
     pub bytes_fetched_total: IntCounter,
     pub spans_missing_total: IntCounter,
     pub errors_total: IntCounter,
-    pub batch_duration_seconds: Histogram,
+    pub consumer_starts_total: IntCounter,
+    pub wait_seconds: Histogram,
 }
 
 impl RereadMetrics {
@@ -49,9 +50,13 @@ impl RereadMetrics {
                 "reread_errors_total",
                 "Broker errors and stalls of the second read; each is retried",
             )?,
-            batch_duration_seconds: r.histogram(
-                "reread_batch_duration_seconds",
-                "How long the second read took for one batch of kept traces",
+            consumer_starts_total: r.counter(
+                "reread_consumer_starts_total",
+                "Consumers the second read started: one a partition, and again to go back, jump a gap, retry or after idling",
+            )?,
+            wait_seconds: r.histogram(
+                "reread_wait_seconds",
+                "How long a kept trace waited for its messages to be read again",
                 vec![
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ],

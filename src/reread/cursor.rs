@@ -1,0 +1,280 @@
+//! Where the second read of one partition stands: the offsets kept traces
+//! still need from it, where its consumer delivers next, and how far back a
+//! new consumer must start. Pure bookkeeping, no I/O, so the reader's
+//! choices (decode, skip, start a consumer elsewhere, give up) are tested
+//! without a broker.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// From how many unneeded messages before the next needed one a new
+/// consumer, assigned there, is cheaper than reading through them. Reading
+/// through costs only bytes (skipped messages are not decoded); a new
+/// consumer costs a connection and a fetch round trip.
+pub const MAX_READ_THROUGH: i64 = 512;
+
+/// A rewind past which a needed message that never comes counts as gone.
+const MAX_REWIND: i64 = 1 << 21;
+
+/// One partition's read.
+#[derive(Debug)]
+pub struct Cursor {
+    /// Needed offsets not read yet. Kept traces are decided roughly in the
+    /// order of their messages, so most come at or after `position`, and
+    /// the consumer reads on without a new start.
+    needed: BTreeSet<i64>,
+    /// Needed offsets not ripe yet, in the order they came.
+    arrivals: VecDeque<(Instant, i64)>,
+    /// The highest needed offset that came at least `buffer.reread_delay_ms`
+    /// ago: the read goes this far. A trace decided a moment later may need
+    /// a message before the newest ones (its first spans came earlier);
+    /// waiting lets it ask before the read has passed that message, so the
+    /// consumer rarely has to go back.
+    ripe: i64,
+    /// The offset the running consumer delivers next; `None` when there is
+    /// none, or it must not be read on (it passed a needed message).
+    position: Option<i64>,
+    /// How far before the next needed offset a new consumer starts: a
+    /// broker may serve a fetch from the first record batch that begins at
+    /// or after the offset asked for rather than the one holding it (Tansu
+    /// does), which passes over a message in the middle of a batch. Grows
+    /// eightfold each time that happens, and is kept: the partition's
+    /// batches stay about the same size.
+    rewind: i64,
+    /// The partition's low watermark, where known: nothing below is asked.
+    low: i64,
+}
+
+/// What a delivered message is to the read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Needed: decode it and give out its spans.
+    pub decode: bool,
+    /// It came after a needed offset that was not delivered: the consumer
+    /// must start again further back.
+    pub passed: bool,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self {
+            needed: BTreeSet::new(),
+            arrivals: VecDeque::new(),
+            ripe: -1,
+            position: None,
+            rewind: 0,
+            low: 0,
+        }
+    }
+}
+
+impl Cursor {
+    /// Records a needed offset, asked for at `at`. Returns false when it
+    /// is below the known low watermark: gone from the topic.
+    pub fn need(&mut self, offset: i64, at: Instant) -> bool {
+        if offset < self.low {
+            return false;
+        }
+        self.needed.insert(offset);
+        self.arrivals.push_back((at, offset));
+        true
+    }
+
+    /// Lets the read go as far as the needed offsets that came `delay`
+    /// before `now`. Returns when the next one ripens, if any is waiting.
+    pub fn ripen(&mut self, now: Instant, delay: Duration) -> Option<Instant> {
+        while let Some(&(at, offset)) = self.arrivals.front() {
+            let ripe_at = at + delay;
+            if ripe_at > now {
+                return Some(ripe_at);
+            }
+            self.ripe = self.ripe.max(offset);
+            self.arrivals.pop_front();
+        }
+        None
+    }
+
+    /// Nothing needed, or nothing needed is ripe.
+    pub fn is_idle(&self) -> bool {
+        self.next_needed().is_none_or(|next| next > self.ripe)
+    }
+
+    /// Whether any needed offset is waiting, ripe or not.
+    pub fn is_empty(&self) -> bool {
+        self.needed.is_empty()
+    }
+
+    pub fn next_needed(&self) -> Option<i64> {
+        self.needed.first().copied()
+    }
+
+    /// Where a new consumer must start, when the running one (if any)
+    /// cannot serve the next needed offset, ripe: it is behind the
+    /// consumer, or more than [`MAX_READ_THROUGH`] ahead of it.
+    pub fn restart_at(&self) -> Option<i64> {
+        let next = self.next_needed().filter(|n| *n <= self.ripe)?;
+        match self.position {
+            Some(p) if p <= next && next - p <= MAX_READ_THROUGH => None,
+            _ => Some((next - self.rewind).max(self.low).min(next)),
+        }
+    }
+
+    /// A consumer was started at `offset`.
+    pub fn started(&mut self, offset: i64) {
+        self.position = Some(offset);
+    }
+
+    /// The consumer was closed.
+    pub fn stopped(&mut self) {
+        self.position = None;
+    }
+
+    pub fn is_reading(&self) -> bool {
+        self.position.is_some()
+    }
+
+    /// Takes in a delivered message. One below the position (prefetched
+    /// before a new start) is skipped and moves nothing.
+    pub fn on_message(&mut self, offset: i64) -> Delivered {
+        if self.position.is_some_and(|p| offset < p) {
+            return Delivered {
+                decode: false,
+                passed: false,
+            };
+        }
+        let passed = self.next_needed().is_some_and(|next| next < offset);
+        let decode = self.needed.remove(&offset);
+        self.position = Some(offset + 1);
+        Delivered { decode, passed }
+    }
+
+    /// The consumer came past the next needed offset without delivering
+    /// it, or a new one delivered nothing: the next start is further back.
+    /// Returns the needed offsets given up as gone (after the widest
+    /// rewind).
+    pub fn passed(&mut self) -> Vec<i64> {
+        self.position = None;
+        self.rewind = (self.rewind * 8).max(8);
+        if self.rewind <= MAX_REWIND {
+            return Vec::new();
+        }
+        self.rewind = 0;
+        match self.next_needed() {
+            Some(next) => self.gone_below(next + 1),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records the partition's low watermark and gives up on the needed
+    /// offsets below it; returns them.
+    pub fn set_low(&mut self, low: i64) -> Vec<i64> {
+        self.low = low;
+        self.gone_below(low)
+    }
+
+    fn gone_below(&mut self, low: i64) -> Vec<i64> {
+        let kept = self.needed.split_off(&low);
+        std::mem::replace(&mut self.needed, kept)
+            .into_iter()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs `offsets`, ripe at once.
+    fn need(c: &mut Cursor, offsets: &[i64]) {
+        let now = Instant::now();
+        for o in offsets {
+            assert!(c.need(*o, now));
+        }
+        c.ripen(now, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_read_waits_for_needs_to_ripen_and_then_goes_as_far_as_the_newest_ripe() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(1);
+        let mut c = Cursor::default();
+        c.need(200, t0);
+        assert_eq!(c.ripen(t0, delay), Some(t0 + delay));
+        assert!(c.is_idle() && !c.is_empty());
+        assert_eq!(c.restart_at(), None, "not ripe");
+        let t1 = t0 + Duration::from_millis(500);
+        c.need(150, t1);
+        c.need(300, t1);
+        assert_eq!(c.ripen(t0 + delay, delay), Some(t1 + delay));
+        assert_eq!(c.restart_at(), Some(150), "a later need below the ripe one");
+        c.started(150);
+        assert!(c.on_message(150).decode);
+        assert!(c.on_message(200).decode);
+        assert!(c.is_idle(), "300 is not ripe yet");
+        assert_eq!(c.ripen(t1 + delay, delay), None);
+        assert_eq!(c.restart_at(), None, "read on to 300");
+    }
+
+    #[test]
+    fn reads_on_through_short_gaps_and_starts_again_for_long_ones_or_behind() {
+        let mut c = Cursor::default();
+        assert_eq!(c.restart_at(), None, "nothing needed");
+        need(&mut c, &[100]);
+        assert_eq!(c.restart_at(), Some(100), "no consumer yet");
+        c.started(100);
+        assert_eq!(c.restart_at(), None);
+        let d = c.on_message(100);
+        assert!(d.decode && !d.passed);
+        assert!(c.is_idle());
+        need(&mut c, &[100 + 1 + MAX_READ_THROUGH]);
+        assert_eq!(c.restart_at(), None, "read through");
+        need(&mut c, &[5_000, 50]);
+        assert_eq!(c.restart_at(), Some(50), "behind the consumer");
+        c.started(50);
+        assert!(c.on_message(50).decode);
+        assert_eq!(c.restart_at(), Some(613), "562 ahead of the consumer");
+        c.started(613);
+        assert!(c.on_message(613).decode);
+        assert_eq!(c.restart_at(), Some(5_000), "far ahead");
+        c.started(5_000);
+        for o in 5_000..5_003 {
+            need(&mut c, &[o + 1]);
+            assert!(c.on_message(o).decode, "one after the other");
+        }
+        assert_eq!(c.next_needed(), Some(5_003));
+    }
+
+    #[test]
+    fn a_passed_offset_rewinds_the_next_start_and_is_given_up_at_last() {
+        let mut c = Cursor::default();
+        need(&mut c, &[100, 5_000_000]);
+        c.started(100);
+        let d = c.on_message(104);
+        assert!(d.passed && !d.decode);
+        assert_eq!(c.passed(), Vec::<i64>::new());
+        assert!(!c.is_reading());
+        assert_eq!(c.restart_at(), Some(92), "eight back");
+        c.started(92);
+        assert!(!c.on_message(91).decode, "below the start: skipped");
+        assert!(c.is_reading(), "and the consumer reads on");
+        assert_eq!(c.passed(), Vec::<i64>::new());
+        assert_eq!(c.restart_at(), Some(36));
+        assert_eq!(c.set_low(50), Vec::<i64>::new());
+        assert_eq!(c.restart_at(), Some(50), "not below the low watermark");
+        let mut gone = Vec::new();
+        for _ in 0..10 {
+            gone.extend(c.passed());
+        }
+        assert_eq!(gone, vec![100], "offset 100 never came");
+        assert_eq!(c.next_needed(), Some(5_000_000));
+    }
+
+    #[test]
+    fn offsets_under_the_low_watermark_are_given_up() {
+        let mut c = Cursor::default();
+        need(&mut c, &[10, 20, 30]);
+        assert_eq!(c.set_low(25), vec![10, 20]);
+        assert!(!c.need(24, Instant::now()), "known gone");
+        assert_eq!(c.restart_at(), Some(30));
+    }
+}

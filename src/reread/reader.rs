@@ -1,0 +1,276 @@
+//! One partition's second read: a task that keeps a consumer on the
+//! partition and reads it forward, as kept traces ask for its messages.
+//!
+//! Kept traces are decided roughly in the order of their messages, so the
+//! consumer mostly reads on from where it stands, each message once,
+//! skipping the unneeded ones undecoded. It starts a new consumer only to
+//! go back (a trace decided late), to jump a long gap, after an error, or
+//! after it was closed for being idle. Each start is a consumer of its own:
+//! librdkafka's seeks and re-assignments of a running consumer can deliver
+//! messages of the old position after the new one.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::cursor::Cursor;
+use super::{RereadContext, STAGE};
+use crate::model::{SpanRecord, TraceId};
+use crate::otlp::decode::decode_message;
+
+/// Silence after which a read that still needs messages is stuck: a new
+/// consumer that delivered nothing may be asked for an offset inside the
+/// partition's last record batch, from a broker that serves only batches
+/// beginning at or after it (Tansu), so its next start is further back; a
+/// silence after messages came is a stall.
+const QUIET: Duration = Duration::from_secs(3);
+/// How long a consumer with nothing to read is kept open.
+const IDLE: Duration = Duration::from_secs(30);
+/// How long one watermark request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a reader tells the stage.
+#[derive(Debug)]
+pub enum Event {
+    /// A needed message, decoded.
+    Read {
+        partition: i32,
+        offset: i64,
+        spans: Vec<(TraceId, SpanRecord)>,
+    },
+    /// Needed messages gone from the topic, or no longer decoding.
+    Gone { partition: i32, offsets: Vec<i64> },
+}
+
+pub struct Reader {
+    pub partition: i32,
+    pub topic: String,
+    pub config: ClientConfig,
+    pub max_message_bytes: usize,
+    /// `buffer.reread_delay_ms`: how long a need waits before it is read.
+    pub delay: Duration,
+    pub ctx: RereadContext,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// The running consumer, and whether it delivered anything yet.
+struct Running {
+    consumer: StreamConsumer,
+    heard: bool,
+}
+
+impl Reader {
+    /// Reads what `inbox` asks for until the stage drops its end.
+    pub async fn run(self, mut inbox: mpsc::UnboundedReceiver<i64>) {
+        let mut cursor = Cursor::default();
+        let mut running: Option<Running> = None;
+        let mut failures = 0u32;
+        loop {
+            let now = Instant::now();
+            let ripening = cursor.ripen(now, self.delay);
+            if cursor.is_idle() {
+                // Wait for a need, the next to ripen, or, with none
+                // waiting, long enough to close an idle consumer.
+                let wait = match ripening {
+                    Some(at) => at.saturating_duration_since(now),
+                    None if running.is_some() => IDLE,
+                    None => Duration::MAX,
+                };
+                match tokio::time::timeout(wait, inbox.recv()).await {
+                    Ok(Some(offset)) => self.need(&mut cursor, offset),
+                    Ok(None) => break,
+                    Err(_) if cursor.is_empty() => {
+                        close(running.take());
+                        cursor.stopped();
+                    }
+                    Err(_) => {}
+                }
+                continue;
+            }
+            while let Ok(offset) = inbox.try_recv() {
+                self.need(&mut cursor, offset);
+            }
+            if running.is_none() {
+                cursor.stopped();
+            }
+            if let Some(at) = cursor.restart_at() {
+                close(running.take());
+                match self.start(at) {
+                    Ok(consumer) => {
+                        cursor.started(at);
+                        running = Some(Running {
+                            consumer,
+                            heard: false,
+                        });
+                    }
+                    Err(e) => {
+                        self.failed(&mut cursor, &mut failures, e.to_string()).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(r) = running.as_mut() else {
+                continue;
+            };
+            let outcome = match tokio::time::timeout(QUIET, r.consumer.recv()).await {
+                Err(_) if !r.heard => {
+                    self.gone(cursor.passed());
+                    Ok(())
+                }
+                Err(_) => Err(format!("no message for {} s", QUIET.as_secs())),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(m)) => {
+                    r.heard = true;
+                    self.take(&m, &mut cursor);
+                    Ok(())
+                }
+            };
+            match outcome {
+                Ok(()) if failures > 0 && r.heard => {
+                    failures = 0;
+                    self.ctx.health.set_sink(STAGE, Ok(()));
+                }
+                Ok(()) => {}
+                Err(detail) => {
+                    close(running.take());
+                    cursor.stopped();
+                    self.failed(&mut cursor, &mut failures, detail).await;
+                }
+            }
+            if !cursor.is_reading() {
+                close(running.take());
+            }
+        }
+        close(running.take());
+    }
+
+    fn need(&self, cursor: &mut Cursor, offset: i64) {
+        if !cursor.need(offset, Instant::now()) {
+            self.gone(vec![offset]);
+        }
+    }
+
+    /// A consumer of its own, assigned at `offset`: no group joined,
+    /// nothing committed.
+    fn start(&self, offset: i64) -> Result<StreamConsumer, KafkaError> {
+        let consumer: StreamConsumer = self.config.create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
+        consumer.assign(&tpl)?;
+        self.ctx.metrics.reread.consumer_starts_total.inc();
+        Ok(consumer)
+    }
+
+    /// One message: decoded and its spans handed to the stage when needed,
+    /// skipped otherwise.
+    fn take(&self, m: &BorrowedMessage<'_>, cursor: &mut Cursor) {
+        let metrics = &self.ctx.metrics.reread;
+        let payload = m.payload().unwrap_or_default();
+        metrics.bytes_fetched_total.inc_by(payload.len() as u64);
+        let delivered = cursor.on_message(m.offset());
+        if delivered.decode {
+            metrics.messages_decoded_total.inc();
+            self.decode(m.offset(), payload);
+        } else {
+            metrics.messages_skipped_total.inc();
+        }
+        if delivered.passed {
+            self.gone(cursor.passed());
+        }
+    }
+
+    fn decode(&self, offset: i64, payload: &[u8]) {
+        let event = match decode_message(Bytes::copy_from_slice(payload), self.max_message_bytes) {
+            Ok(decoded) => Event::Read {
+                partition: self.partition,
+                offset,
+                spans: decoded.spans,
+            },
+            // It decoded when it was first read; Kafka's bytes do not change.
+            Err(e) => {
+                tracing::error!(
+                    partition = self.partition,
+                    offset,
+                    error = %e,
+                    "a message that fed kept traces no longer decodes; their spans from it are missing"
+                );
+                Event::Gone {
+                    partition: self.partition,
+                    offsets: vec![offset],
+                }
+            }
+        };
+        // The stage outlives its readers.
+        let _ = self.events.send(event);
+    }
+
+    fn gone(&self, offsets: Vec<i64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        tracing::error!(
+            partition = self.partition,
+            messages = offsets.len(),
+            first = offsets[0],
+            "messages that fed kept traces are gone from the topic; their spans cannot be stored"
+        );
+        let _ = self.events.send(Event::Gone {
+            partition: self.partition,
+            offsets,
+        });
+    }
+
+    /// After an error or a stall: counted, reported, and retried after a
+    /// backoff. Needed offsets below the partition's low watermark were
+    /// deleted (retention shorter than the wait), and retrying cannot
+    /// bring them back.
+    async fn failed(&self, cursor: &mut Cursor, failures: &mut u32, detail: String) {
+        *failures += 1;
+        self.ctx.metrics.reread.errors_total.inc();
+        tracing::warn!(
+            partition = self.partition,
+            error = %detail,
+            failures = *failures,
+            "re-reading kept traces' messages failed; retrying"
+        );
+        self.ctx.health.set_sink(STAGE, Err(detail));
+        if let Some(low) = self.low_watermark().await {
+            self.gone(cursor.set_low(low));
+        }
+        tokio::time::sleep(backoff(*failures)).await;
+    }
+
+    async fn low_watermark(&self) -> Option<i64> {
+        let config = self.config.clone();
+        let topic = self.topic.clone();
+        let partition = self.partition;
+        tokio::task::spawn_blocking(move || {
+            let consumer = config.create::<BaseConsumer>().ok()?;
+            let (low, _) = consumer
+                .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
+                .ok()?;
+            Some(low)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// Closing a consumer that joined no group is quick, but blocking.
+fn close(running: Option<Running>) {
+    if let Some(r) = running {
+        drop(tokio::task::spawn_blocking(move || drop(r.consumer)));
+    }
+}
+
+/// 100 ms doubling to 10 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(10))
+}
