@@ -12,7 +12,9 @@ use tracing_subscriber::EnvFilter;
 /// jemalloc, with its background threads purging freed pages. Under glibc's
 /// malloc the selector's RSS grew with every maintenance run while in-use
 /// heap stayed flat: large Arrow and Parquet buffers, freed on one of many
-/// threads, stayed in that thread's arena (docs/performance.md).
+/// threads, stayed in that thread's arena (docs/performance.md). Its
+/// symbols are unprefixed (Cargo.toml), so librdkafka and the other C
+/// libraries linked in allocate through it too.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
