@@ -196,7 +196,9 @@ impl Reread {
             config: self.config.clone(),
             max_message_bytes: self.max_message_bytes,
             delay: self.delay,
-            ctx: self.ctx.clone(),
+            metrics: self.ctx.metrics.reread.clone(),
+            health: self.ctx.health.clone(),
+            stage: STAGE,
             events: events.clone(),
         };
         tasks.spawn(reader.run(rx));

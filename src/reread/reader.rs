@@ -20,7 +20,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::cursor::Cursor;
-use super::{RereadContext, STAGE};
+use crate::health::Health;
+use crate::metrics::reread::RereadMetrics;
 use crate::model::{SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
 
@@ -55,7 +56,10 @@ pub struct Reader {
     pub max_message_bytes: usize,
     /// `buffer.reread_delay_ms`: how long a need waits before it is read.
     pub delay: Duration,
-    pub ctx: RereadContext,
+    pub metrics: RereadMetrics,
+    pub health: Health,
+    /// The stage's name in `/health`, where a reader reports its errors.
+    pub stage: &'static str,
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -134,7 +138,7 @@ impl Reader {
             match outcome {
                 Ok(()) if failures > 0 && r.heard => {
                     failures = 0;
-                    self.ctx.health.set_sink(STAGE, Ok(()));
+                    self.health.set_sink(self.stage, Ok(()));
                 }
                 Ok(()) => {}
                 Err(detail) => {
@@ -163,14 +167,14 @@ impl Reader {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
         consumer.assign(&tpl)?;
-        self.ctx.metrics.reread.consumer_starts_total.inc();
+        self.metrics.consumer_starts_total.inc();
         Ok(consumer)
     }
 
     /// One message: decoded and its spans handed to the stage when needed,
     /// skipped otherwise.
     fn take(&self, m: &BorrowedMessage<'_>, cursor: &mut Cursor) {
-        let metrics = &self.ctx.metrics.reread;
+        let metrics = &self.metrics;
         let payload = m.payload().unwrap_or_default();
         metrics.bytes_fetched_total.inc_by(payload.len() as u64);
         let delivered = cursor.on_message(m.offset());
@@ -232,14 +236,14 @@ impl Reader {
     /// bring them back.
     async fn failed(&self, cursor: &mut Cursor, failures: &mut u32, detail: String) {
         *failures += 1;
-        self.ctx.metrics.reread.errors_total.inc();
+        self.metrics.errors_total.inc();
         tracing::warn!(
             partition = self.partition,
             error = %detail,
             failures = *failures,
             "re-reading kept traces' messages failed; retrying"
         );
-        self.ctx.health.set_sink(STAGE, Err(detail));
+        self.health.set_sink(self.stage, Err(detail));
         if let Some(low) = self.low_watermark().await {
             self.gone(cursor.set_low(low));
         }
