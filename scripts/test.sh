@@ -59,8 +59,12 @@ log "running cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --manifest-path "$ROOT/Cargo.toml" --lib --bins --tests -- --test-threads "${TSS_TEST_THREADS:-3}"
 
 # The matrix: the tests that touch decisions, durability and policies again,
-# with every selector holding open traces as sketches (buffer.mode = compact).
-log "running the decision, durability and policy tests with buffer.mode = compact"
+# with every selector holding open traces as sketches (buffer.mode = compact),
+# and the faults and sinks that kept traces meet after their second read.
+log "running the decision, durability, policy and sink tests with buffer.mode = compact"
 TSS_TEST_BUFFER_MODE=compact cargo test --manifest-path "$ROOT/Cargo.toml" --test it -- \
     --test-threads "${TSS_TEST_THREADS:-3}" \
-    pipeline:: durability:: policies:: force_rules:: stream_time::
+    pipeline:: durability:: policies:: force_rules:: stream_time:: \
+    faults::a_dead_stage faults::writer_commits_of_unknown_outcome \
+    faults::a_backlog_drained_through_redis_stalls \
+    forward::kept_spans_reach_the_sampled_topic forward::a_forwarder_killed_three_times

@@ -38,9 +38,12 @@ pub struct Cursor {
     /// broker may serve a fetch from the first record batch that begins at
     /// or after the offset asked for rather than the one holding it (Tansu
     /// does), which passes over a message in the middle of a batch. Grows
-    /// eightfold each time that happens, and is kept: the partition's
-    /// batches stay about the same size.
+    /// eightfold each time that happens, and halves each time a start
+    /// reaches its offset.
     rewind: i64,
+    /// The needed offset the running consumer was started for, until it
+    /// is delivered.
+    aim: Option<i64>,
     /// The partition's low watermark, where known: nothing below is asked.
     low: i64,
 }
@@ -63,6 +66,7 @@ impl Default for Cursor {
             ripe: -1,
             position: None,
             rewind: 0,
+            aim: None,
             low: 0,
         }
     }
@@ -111,17 +115,24 @@ impl Cursor {
     /// Where a new consumer must start, when the running one (if any)
     /// cannot serve the next needed offset, ripe: it is behind the
     /// consumer, or more than [`MAX_READ_THROUGH`] ahead of it.
+    ///
+    /// A new consumer starts the rewind before the next needed offset, so
+    /// reading through that much is what a start would cost anyway: it
+    /// counts towards the gap, or a start that rewound further than
+    /// [`MAX_READ_THROUGH`] would be replaced after its first message, and
+    /// so on for ever.
     pub fn restart_at(&self) -> Option<i64> {
         let next = self.next_needed().filter(|n| *n <= self.ripe)?;
         match self.position {
-            Some(p) if p <= next && next - p <= MAX_READ_THROUGH => None,
+            Some(p) if p <= next && next - p <= MAX_READ_THROUGH + self.rewind => None,
             _ => Some((next - self.rewind).max(self.low).min(next)),
         }
     }
 
-    /// A consumer was started at `offset`.
+    /// A consumer was started at `offset`, for the next needed offset.
     pub fn started(&mut self, offset: i64) {
         self.position = Some(offset);
+        self.aim = self.next_needed();
     }
 
     /// The consumer was closed.
@@ -145,6 +156,13 @@ impl Cursor {
         let passed = self.next_needed().is_some_and(|next| next < offset);
         let decode = self.needed.remove(&offset);
         self.position = Some(offset + 1);
+        if !passed && self.aim.is_some_and(|aim| aim <= offset) {
+            // The start reached what it was for: the rewind was enough,
+            // perhaps more than enough. Halving it lets one large record
+            // batch's rewind fade rather than cost every later start.
+            self.aim = None;
+            self.rewind /= 2;
+        }
         Delivered { decode, passed }
     }
 
@@ -154,6 +172,7 @@ impl Cursor {
     /// rewind).
     pub fn passed(&mut self) -> Vec<i64> {
         self.position = None;
+        self.aim = None;
         self.rewind = (self.rewind * 8).max(8);
         if self.rewind <= MAX_REWIND {
             return Vec::new();
@@ -267,6 +286,32 @@ mod tests {
         }
         assert_eq!(gone, vec![100], "offset 100 never came");
         assert_eq!(c.next_needed(), Some(5_000_000));
+    }
+
+    #[test]
+    fn a_start_rewound_past_the_read_through_limit_reads_on_to_its_offset() {
+        let mut c = Cursor::default();
+        need(&mut c, &[10_000]);
+        c.started(10_000);
+        assert!(c.on_message(10_500).passed);
+        for _ in 0..4 {
+            c.passed();
+        }
+        let at = c.restart_at().expect("a start further back");
+        assert_eq!(at, 10_000 - 4_096);
+        c.started(at);
+        assert!(!c.on_message(at).decode);
+        assert_eq!(
+            c.restart_at(),
+            None,
+            "4,095 before the offset it was started for: read on, not start again"
+        );
+        for o in at + 1..10_000 {
+            assert!(!c.on_message(o).decode);
+        }
+        assert!(c.on_message(10_000).decode);
+        need(&mut c, &[20_000]);
+        assert_eq!(c.restart_at(), Some(20_000 - 2_048), "the rewind halved");
     }
 
     #[test]
