@@ -75,3 +75,23 @@ impl Onward {
         }
     }
 }
+
+#[cfg(test)]
+impl KeptTrace {
+    /// A trace kept for an error that holds `msgs`, with `spans_in_kafka`
+    /// spans still to be read from them and none at hand: the stages'
+    /// unit tests' fixture.
+    pub fn held(trace_id: TraceId, msgs: Vec<MsgRef>, spans_in_kafka: usize) -> Self {
+        Self {
+            trace_id,
+            spans: Vec::new(),
+            spans_in_kafka,
+            charge: None,
+            reason: SamplingReason::Error,
+            rule_id: None,
+            sample_rate: 1.0,
+            hold: Hold::detached(msgs),
+            decided_at: SystemTime::now(),
+        }
+    }
+}

@@ -130,11 +130,8 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::ack::Hold;
-    use crate::model::{MsgRef, SamplingReason};
+    use crate::model::MsgRef;
 
     fn m(partition: i32, offset: i64, epoch: u32) -> MsgRef {
         MsgRef {
@@ -145,17 +142,8 @@ mod tests {
     }
 
     fn kept(id: u8, msgs: Vec<MsgRef>) -> KeptTrace {
-        KeptTrace {
-            trace_id: [id; 16],
-            spans: Vec::new(),
-            spans_in_kafka: msgs.len(),
-            charge: None,
-            reason: SamplingReason::Error,
-            rule_id: None,
-            sample_rate: 1.0,
-            hold: Hold::detached(msgs),
-            decided_at: SystemTime::now(),
-        }
+        let spans_in_kafka = msgs.len();
+        KeptTrace::held([id; 16], msgs, spans_in_kafka)
     }
 
     fn spans(ids: &[u8]) -> Vec<(TraceId, SpanRecord)> {

@@ -89,10 +89,7 @@ impl Reader {
                 match tokio::time::timeout(wait, inbox.recv()).await {
                     Ok(Some(offset)) => self.need(&mut cursor, offset),
                     Ok(None) => break,
-                    Err(_) if cursor.is_empty() => {
-                        close(running.take());
-                        cursor.stopped();
-                    }
+                    Err(_) if cursor.is_empty() => stop(&mut running, &mut cursor),
                     Err(_) => {}
                 }
                 continue;
@@ -100,11 +97,8 @@ impl Reader {
             while let Ok(offset) = inbox.try_recv() {
                 self.need(&mut cursor, offset);
             }
-            if running.is_none() {
-                cursor.stopped();
-            }
             if let Some(at) = cursor.restart_at() {
-                close(running.take());
+                stop(&mut running, &mut cursor);
                 match self.start(at) {
                     Ok(consumer) => {
                         cursor.started(at);
@@ -142,12 +136,12 @@ impl Reader {
                 }
                 Ok(()) => {}
                 Err(detail) => {
-                    close(running.take());
-                    cursor.stopped();
+                    stop(&mut running, &mut cursor);
                     self.failed(&mut cursor, &mut failures, detail).await;
                 }
             }
             if !cursor.is_reading() {
+                // It passed a needed message: the next start is further back.
                 close(running.take());
             }
         }
@@ -265,6 +259,13 @@ impl Reader {
         .ok()
         .flatten()
     }
+}
+
+/// Closes the running consumer, if any, and tells the cursor, so that a
+/// cursor reads as reading only while a consumer runs.
+fn stop(running: &mut Option<Running>, cursor: &mut Cursor) {
+    close(running.take());
+    cursor.stopped();
 }
 
 /// Closing a consumer that joined no group is quick, but blocking.

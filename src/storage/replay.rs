@@ -194,23 +194,10 @@ fn string_column<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ack::Hold;
     use crate::model::MsgRef;
-    use crate::model::SamplingReason;
-    use std::time::SystemTime;
 
     fn kept(msgs: Vec<MsgRef>) -> KeptTrace {
-        KeptTrace {
-            trace_id: [1; 16],
-            spans: vec![],
-            spans_in_kafka: 0,
-            charge: None,
-            reason: SamplingReason::Error,
-            rule_id: None,
-            sample_rate: 1.0,
-            hold: Hold::detached(msgs),
-            decided_at: SystemTime::now(),
-        }
+        KeptTrace::held([1; 16], msgs, 0)
     }
 
     fn m(partition: i32, offset: i64, epoch: u32) -> MsgRef {
