@@ -10,6 +10,15 @@
 //!
 //! Past the timeout the first traces are decided, so the buffer levels
 //! off at `rate × timeout` traces; the RSS must level off with it.
+//!
+//! Storing has a working set of its own (the table writer's files, the
+//! table's metadata, the second read's fetches) that does not depend on
+//! the timeout. So beside the soak a control selector runs the same mode
+//! and the same traffic on a topic of its own with a short timeout
+//! (`--control-timeout-secs`, 60; 0 runs none): its RSS is what storing
+//! costs with an almost empty buffer, and the prediction once storing is
+//! the control's RSS plus the predicted bytes for the spans the soak
+//! buffers beyond the control's.
 //! Needs the local stack (`scripts/stack.sh up`):
 //!
 //!   cargo bench --features testkit --bench buffer_soak -- --mode compact
@@ -30,6 +39,7 @@ struct Options {
     rate: f64,
     every_secs: u64,
     predict_bytes_per_span: f64,
+    control_timeout_secs: u64,
 }
 
 fn options() -> Options {
@@ -40,6 +50,7 @@ fn options() -> Options {
         rate: 65.0,
         every_secs: 60,
         predict_bytes_per_span: 60.0,
+        control_timeout_secs: 60,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -50,6 +61,9 @@ fn options() -> Options {
             "--run-secs" => o.run_secs = v.parse().unwrap_or(o.run_secs),
             "--rate" => o.rate = v.parse().unwrap_or(o.rate),
             "--every-secs" => o.every_secs = v.parse().unwrap_or(o.every_secs),
+            "--control-timeout-secs" => {
+                o.control_timeout_secs = v.parse().unwrap_or(o.control_timeout_secs)
+            }
             "--predict-bytes-per-span" => {
                 o.predict_bytes_per_span = v.parse().unwrap_or(o.predict_bytes_per_span)
             }
@@ -59,9 +73,12 @@ fn options() -> Options {
     o
 }
 
-fn load_generator(topic: &str, o: &Options) -> Child {
+/// Its own `seed` per selector: both share Redis, where a trace id's
+/// decision is shared.
+fn load_generator(topic: &str, o: &Options, seed: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_load_generator"))
         .args(["--brokers", &brokers(), "--topic", topic])
+        .args(["--seed", &seed.to_string()])
         .args(["--rate", &o.rate.to_string()])
         .args(["--duration-secs", &o.run_secs.to_string()])
         .args(["--partitions", "8", "--report-every-secs", "60"])
@@ -71,13 +88,13 @@ fn load_generator(topic: &str, o: &Options) -> Child {
         .expect("load_generator")
 }
 
-#[tokio::main]
-async fn main() {
-    let o = options();
+/// A selector in `o.mode` on a fresh topic of 8 partitions, deciding
+/// after `timeout_secs` of inactivity.
+async fn launch(o: &Options, timeout_secs: u64) -> Selector {
     let topic = format!("tss-soak-{}", uuid::Uuid::new_v4().simple());
     create_topic(&topic, 8).await;
-    let timeout = o.timeout_secs.to_string();
-    let longest = (o.timeout_secs * 2).to_string();
+    let timeout = timeout_secs.to_string();
+    let longest = (timeout_secs * 2).to_string();
     let redis = redis_url();
     let s = Selector::launch(
         &topic,
@@ -93,47 +110,99 @@ async fn main() {
         ],
     );
     s.wait_ready().await;
+    s
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    let s = launch(&o, o.timeout_secs).await;
+    let control = match o.control_timeout_secs {
+        0 => None,
+        secs => Some(launch(&o, secs).await),
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let base_kib = rss_kib(s.pid());
+    let control_base_kib = control.as_ref().map_or(0, |c| rss_kib(c.pid()));
     println!(
-        "buffer soak: mode {}, inactivity {} s, {} traces/s for {} s; RSS before traffic {:.0} MiB",
+        "buffer soak: mode {}, inactivity {} s (control {} s), {} traces/s for {} s; \
+         RSS before traffic {:.0} MiB (control {:.0} MiB)",
         o.mode,
         o.timeout_secs,
+        o.control_timeout_secs,
         o.rate,
         o.run_secs,
-        base_kib as f64 / 1024.0
+        base_kib as f64 / 1024.0,
+        control_base_kib as f64 / 1024.0,
     );
-    let mut producer = load_generator(&topic, &o);
+    let mut producers = vec![load_generator(&s.topic, &o, 42)];
+    if let Some(c) = &control {
+        producers.push(load_generator(&c.topic, &o, 4242));
+    }
     let started = Instant::now();
     let mut last = Sample::default();
+    let mut last_control = Sample::default();
     while started.elapsed() < Duration::from_secs(o.run_secs) {
         tokio::time::sleep(Duration::from_secs(o.every_secs)).await;
         last = Sample::take(&s, base_kib).await;
+        if let Some(c) = &control {
+            last_control = Sample::take(c, control_base_kib).await;
+        }
         println!(
-            "{:>6.0} s  buffered {:>10.0} spans {:>9.0} traces  RSS {:>7.0} MiB  {:>6.1} bytes/buffered span  kept {:>8.0} spans",
+            "{:>6.0} s  buffered {:>10.0} spans {:>9.0} traces  RSS {:>7.0} MiB  {:>6.1} bytes/buffered span  kept {:>8.0} spans  \
+             | control: buffered {:>8.0} spans  RSS {:>7.0} MiB  predicted {:>7.0} MiB",
             started.elapsed().as_secs_f64(),
             last.spans,
             last.traces,
-            last.rss_kib as f64 / 1024.0,
+            mib(last.rss_kib),
             last.bytes_per_span(),
             last.exported,
+            last_control.spans,
+            mib(last_control.rss_kib),
+            predicted(&o, &last, &last_control),
         );
     }
-    let _ = producer.kill();
-    let _ = producer.wait();
-    let peak = peak_rss_kib(s.pid()) as f64 / 1024.0;
-    let predicted =
-        base_kib as f64 / 1024.0 + last.spans * o.predict_bytes_per_span / (1 << 20) as f64;
+    for mut p in producers {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let peak = mib(peak_rss_kib(s.pid()));
     println!(
-        "end: buffered {:.0} spans, RSS {:.0} MiB, peak {:.0} MiB; predicted {:.0} MiB \
-         (RSS before traffic + {:.0} bytes × buffered spans); {:.1} bytes per buffered span above the start",
+        "end: buffered {:.0} spans, RSS {:.0} MiB, peak {:.0} MiB; {:.1} bytes per buffered span above the start; \
+         predicted from the start {:.0} MiB (RSS before traffic + {:.0} bytes × buffered spans)",
         last.spans,
-        last.rss_kib as f64 / 1024.0,
+        mib(last.rss_kib),
         peak,
-        predicted,
-        o.predict_bytes_per_span,
         last.bytes_per_span(),
+        mib(base_kib) + last.spans * o.predict_bytes_per_span / (1 << 20) as f64,
+        o.predict_bytes_per_span,
     );
+    if let Some(c) = &control {
+        println!(
+            "end: control buffered {:.0} spans, RSS {:.0} MiB, peak {:.0} MiB; predicted while storing {:.0} MiB \
+             (the control's RSS + {:.0} bytes × the spans buffered beyond the control's)",
+            last_control.spans,
+            mib(last_control.rss_kib),
+            mib(peak_rss_kib(c.pid())),
+            predicted(&o, &last, &last_control),
+            o.predict_bytes_per_span,
+        );
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The control's RSS, storing the same traffic with an almost empty
+/// buffer, plus the predicted bytes for the spans the soak holds beyond
+/// the control's; 0 without a control.
+fn predicted(o: &Options, soak: &Sample, control: &Sample) -> f64 {
+    if control.rss_kib == 0 {
+        return 0.0;
+    }
+    let beyond = (soak.spans - control.spans).max(0.0);
+    mib(control.rss_kib) + beyond * o.predict_bytes_per_span / (1 << 20) as f64
 }
 
 #[derive(Default)]
