@@ -289,7 +289,7 @@ fn run_path(
         let decoded =
             decode_message(Bytes::copy_from_slice(m), MAX_MESSAGE_BYTES).expect("decodes");
         spans += decoded.spans.len();
-        let mut tickets = tracker.receive(msg, m.len(), [decoded.spans.len()].into_iter());
+        let mut tickets = tracker.receive(msg, m.len(), 0, [decoded.spans.len()].into_iter());
         let ticket = tickets.pop().expect("one share");
         buffer.push_message(decoded.spans, ticket, now, &mut due);
     }

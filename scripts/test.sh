@@ -66,4 +66,5 @@ TSS_TEST_BUFFER_MODE=compact cargo test --manifest-path "$ROOT/Cargo.toml" --tes
     --test-threads "${TSS_TEST_THREADS:-3}" \
     pipeline:: durability:: policies:: force_rules:: stream_time:: \
     faults::a_dead_stage faults::writer_commits_of_unknown_outcome \
+    faults::a_backlog_drained_through_redis_stalls \
     forward::kept_spans_reach_the_sampled_topic forward::a_forwarder_killed_three_times

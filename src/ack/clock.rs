@@ -23,7 +23,10 @@
 //! (up to `fetch.wait.max.ms`) must not hold the watermark back by that much
 //! on live traffic. The watermark is the minimum over the
 //! assigned partitions, so a trace whose spans are spread over partitions is
-//! complete only when every partition has passed it.
+//! complete only when every partition has passed it. It counts what the
+//! workers have taken, not what the consumer has read: a partition whose
+//! messages are still in the workers' channels counts only up to the oldest
+//! of them, and is not idle.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -172,14 +175,26 @@ impl StreamClock {
     /// The watermark at wall time `now_ms`: the minimum of the partition
     /// clocks, or `now_ms` when no partition is assigned. `None` while a
     /// partition has neither delivered nor turned idle yet.
-    pub fn watermark(&self, now_ms: i64) -> Option<i64> {
+    ///
+    /// `in_flight` names the partitions with messages read whose spans
+    /// have not reached a trace buffer, each with the stream time the
+    /// oldest of them was read at ([`super::OffsetTracker::in_flight`]).
+    /// Such a partition counts only that far, and is never idle: with the
+    /// workers behind the consumer (a stalled Redis), its clock would
+    /// otherwise decide open traces whose next spans, already read, are
+    /// still on their way to them.
+    pub fn watermark(&self, now_ms: i64, in_flight: &[(i32, i64)]) -> Option<i64> {
         let state = self.state.lock();
         // Silence while paused does not count: measure up to the pause.
         let until = state.paused_since.unwrap_or_else(Instant::now);
         let mut min = now_ms;
-        for clock in state.partitions.values() {
+        for (partition, clock) in &state.partitions {
+            let oldest_in_flight = in_flight
+                .iter()
+                .find(|(p, _)| p == partition)
+                .map(|(_, seen_ms)| *seen_ms);
             let silence = until.saturating_duration_since(clock.last_delivery);
-            let silent = silence >= IDLE_AFTER;
+            let silent = silence >= IDLE_AFTER && oldest_in_flight.is_none();
             let read_to_end = silence >= IDLE_WITH_LAG_AFTER
                 || match clock.lag {
                     // Unknown: only a partition that has delivered nothing
@@ -195,6 +210,7 @@ impl StreamClock {
                 (false, Some(newest)) => newest,
                 (false, None) => return None,
             };
+            let at = oldest_in_flight.map_or(at, |oldest| at.min(oldest));
             min = min.min(at);
         }
         Some(min)
@@ -217,17 +233,17 @@ mod tests {
         let c = StreamClock::default();
         c.assign(&[lease(0), lease(1)]);
         assert_eq!(
-            c.watermark(10_000),
+            c.watermark(10_000, &[]),
             None,
             "partition 1 has not delivered yet"
         );
         assert_eq!(c.observe(lease(0), Some(5_000), 10_000), 5_000);
         assert_eq!(c.observe(lease(1), Some(2_000), 10_000), 2_000);
-        assert_eq!(c.watermark(10_000), Some(2_000));
+        assert_eq!(c.watermark(10_000, &[]), Some(2_000));
         // Clocks never go back; a later, older timestamp is seen at the clock.
         assert_eq!(c.observe(lease(1), Some(1_000), 10_000), 2_000);
         assert_eq!(c.observe(lease(1), Some(7_000), 10_000), 7_000);
-        assert_eq!(c.watermark(10_000), Some(5_000));
+        assert_eq!(c.watermark(10_000, &[]), Some(5_000));
     }
 
     #[test]
@@ -237,12 +253,12 @@ mod tests {
         c.observe(lease(0), Some(9_500), 10_000);
         c.observe(lease(1), Some(9_200), 10_000);
         assert_eq!(
-            c.watermark(10_000),
+            c.watermark(10_000, &[]),
             Some(10_000),
             "both within a second of the wall clock"
         );
         assert_eq!(
-            c.watermark(10_400),
+            c.watermark(10_400, &[]),
             Some(9_200),
             "partition 1 is 1.2 s behind now"
         );
@@ -273,7 +289,7 @@ mod tests {
         );
         // A partition's first message from the future starts no later than its neighbours.
         assert_eq!(c.observe(lease(1), Some(now + 60_000), now), 10_000);
-        assert_eq!(c.watermark(now), Some(10_000));
+        assert_eq!(c.watermark(now, &[]), Some(10_000));
         assert_eq!(
             c.observe(lease(0), Some(12_000), now),
             12_000,
@@ -289,16 +305,63 @@ mod tests {
         // One control record past the last data record: a lag of 1 forever.
         c.report_lag(0, 1);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
-        assert_eq!(c.watermark(100_000), Some(5_000), "held at first");
+        assert_eq!(c.watermark(100_000, &[]), Some(5_000), "held at first");
         {
             let mut state = c.state.lock();
             let clock = state.partitions.get_mut(&0).expect("assigned");
             clock.last_delivery -= IDLE_WITH_LAG_AFTER;
         }
         assert_eq!(
-            c.watermark(100_000),
+            c.watermark(100_000, &[]),
             Some(100_000),
             "quiet for longer than any stall of ours: idle"
+        );
+    }
+
+    #[test]
+    fn the_watermark_waits_for_messages_still_on_their_way_to_the_workers() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0), lease(1)]);
+        // The consumer read both partitions to 60 s while the workers,
+        // stalled, have not yet taken what partition 0 delivered from 20 s on.
+        c.observe(lease(0), Some(60_000), 100_000);
+        c.observe(lease(1), Some(60_000), 100_000);
+        assert_eq!(c.watermark(100_000, &[]), Some(60_000));
+        assert_eq!(
+            c.watermark(100_000, &[(0, 20_000), (1, 59_000)]),
+            Some(20_000),
+            "a trace of partition 0 last seen at 0 s is not 30 s idle yet"
+        );
+    }
+
+    #[test]
+    fn a_partition_read_to_its_end_is_not_idle_while_its_spans_are_on_their_way() {
+        let c = StreamClock::default();
+        c.assign(&[lease(0)]);
+        c.observe(lease(0), Some(5_000), 100_000);
+        // Read to its end, but the workers are behind (a stalled Redis):
+        // their channels still hold the partition's last spans.
+        c.report_lag(0, 0);
+        std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
+        assert_eq!(
+            c.watermark(100_000, &[(0, 5_000)]),
+            Some(5_000),
+            "its last spans have not reached a trace buffer: not idle"
+        );
+        {
+            let mut state = c.state.lock();
+            let clock = state.partitions.get_mut(&0).expect("assigned");
+            clock.last_delivery -= IDLE_WITH_LAG_AFTER;
+        }
+        assert_eq!(
+            c.watermark(100_000, &[(0, 5_000)]),
+            Some(5_000),
+            "however long"
+        );
+        assert_eq!(
+            c.watermark(100_000, &[]),
+            Some(100_000),
+            "once they have: idle"
         );
     }
 
@@ -311,19 +374,23 @@ mod tests {
         c.report_lag(0, 4_000);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
         assert_eq!(
-            c.watermark(100_000),
+            c.watermark(100_000, &[]),
             Some(5_000),
             "silent, but 4,000 messages behind: not idle"
         );
         c.report_lag(0, 0);
-        assert_eq!(c.watermark(100_000), Some(100_000), "read to its end: idle");
+        assert_eq!(
+            c.watermark(100_000, &[]),
+            Some(100_000),
+            "read to its end: idle"
+        );
         // A lag of zero measured before the last delivery says nothing.
         c.observe(lease(0), Some(6_000), 100_000);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
-        assert_eq!(c.watermark(100_000), Some(6_000));
+        assert_eq!(c.watermark(100_000, &[]), Some(6_000));
         c.report_lag(0, -1);
         assert_eq!(
-            c.watermark(100_000),
+            c.watermark(100_000, &[]),
             Some(6_000),
             "unknown lag after deliveries: silence alone is not enough"
         );
@@ -338,12 +405,12 @@ mod tests {
         c.observe(lease(0), Some(5_000), 100_000);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
         assert_eq!(
-            c.watermark(100_000),
+            c.watermark(100_000, &[]),
             Some(5_000),
             "a selector stalled mid-backlog: partition 0 is not idle, partition 1 is"
         );
         c.report_lag(0, 0);
-        assert_eq!(c.watermark(100_000), Some(100_000));
+        assert_eq!(c.watermark(100_000, &[]), Some(100_000));
     }
 
     #[test]
@@ -354,24 +421,24 @@ mod tests {
         c.set_paused(true);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
         assert_eq!(
-            c.watermark(20_000),
+            c.watermark(20_000, &[]),
             None,
             "paused: partition 1 is not idle, only held back"
         );
         c.set_paused(false);
         assert_eq!(
-            c.watermark(20_000),
+            c.watermark(20_000, &[]),
             None,
             "the pause does not count towards idleness"
         );
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
         c.report_lag(0, 0);
         assert_eq!(
-            c.watermark(20_000),
+            c.watermark(20_000, &[]),
             Some(20_000),
             "both partitions are idle now"
         );
         c.revoke(&[0, 1]);
-        assert_eq!(c.watermark(30_000), Some(30_000));
+        assert_eq!(c.watermark(30_000, &[]), Some(30_000));
     }
 }

@@ -22,20 +22,22 @@ use crate::model::{Lease, MsgRef, SpanRecord};
 // Here rather than in `tracker.rs`, so that the tracker knows nothing of the
 // values it hands out and the two files import one way only.
 impl OffsetTracker {
-    /// Takes in a consumed message of `bytes` bytes whose spans go to
-    /// workers in shares of the given sizes: one ticket per share. A
-    /// message with no share (undecodable, or no valid span) is done at once.
+    /// Takes in a consumed message of `bytes` bytes, read at stream time
+    /// `seen_ms`, whose spans go to workers in shares of the given sizes:
+    /// one ticket per share. A message with no share (undecodable, or no
+    /// valid span) is done at once.
     pub fn receive(
         self: &Arc<Self>,
         msg: MsgRef,
         bytes: usize,
+        seen_ms: i64,
         shares: impl ExactSizeIterator<Item = usize>,
     ) -> Vec<Ticket> {
-        self.register(msg, shares.len() as i64, bytes);
+        self.register(msg, shares.len() as i64, bytes, seen_ms);
         shares
             .map(|spans| {
                 self.held.add(spans);
-                Ticket::new(self.clone(), msg, spans)
+                Ticket::new(self.clone(), msg, seen_ms, spans)
             })
             .collect()
     }
@@ -47,19 +49,26 @@ impl OffsetTracker {
 pub struct Ticket {
     tracker: Arc<OffsetTracker>,
     msg: MsgRef,
+    /// The stream time the message was read at.
+    seen_ms: i64,
     /// Spans of the share not yet given to a hold.
     spans: usize,
     /// References given to holds, counted in when the ticket is redeemed.
     given: i64,
+    /// Whether it was redeemed, so that dropping it tells the tracker
+    /// nothing more.
+    redeemed: bool,
 }
 
 impl Ticket {
-    fn new(tracker: Arc<OffsetTracker>, msg: MsgRef, spans: usize) -> Self {
+    fn new(tracker: Arc<OffsetTracker>, msg: MsgRef, seen_ms: i64, spans: usize) -> Self {
         Self {
             tracker,
             msg,
+            seen_ms,
             spans,
             given: 0,
+            redeemed: false,
         }
     }
 
@@ -100,8 +109,10 @@ impl Ticket {
     /// before any hold that took one is settled, or the message could look
     /// finished while a trace still holds it: the trace buffer redeems a
     /// ticket before it returns the traces the share completed.
-    pub fn redeem(self) {
-        self.tracker.adjust(self.msg, self.given - 1);
+    pub fn redeem(mut self) {
+        self.tracker
+            .share_done(self.msg, self.seen_ms, self.given - 1);
+        self.redeemed = true;
     }
 }
 
@@ -119,6 +130,9 @@ impl std::fmt::Debug for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.tracker.held.release(self.spans);
+        if !self.redeemed {
+            self.tracker.share_done(self.msg, self.seen_ms, 0);
+        }
     }
 }
 
@@ -264,7 +278,7 @@ mod tests {
     #[test]
     fn a_settled_hold_lets_its_messages_commit_and_frees_its_spans() {
         let t = Arc::new(OffsetTracker::new());
-        let mut tickets = t.receive(m(0), 100, [2, 1].into_iter());
+        let mut tickets = t.receive(m(0), 100, 0, [2, 1].into_iter());
         let (b, a) = (tickets.pop().expect("two"), tickets.pop().expect("two"));
         assert_eq!(t.held_spans(), 3);
         let (mut a, mut b) = (a, b);
@@ -286,7 +300,7 @@ mod tests {
     #[test]
     fn dropping_frees_memory_but_never_an_offset() {
         let t = Arc::new(OffsetTracker::new());
-        let mut ticket = t.receive(m(0), 100, [3].into_iter()).pop().expect("one");
+        let mut ticket = t.receive(m(0), 100, 0, [3].into_iter()).pop().expect("one");
         let mut hold = ticket.open();
         ticket.give(&mut hold, 2);
         ticket.redeem();
@@ -298,7 +312,7 @@ mod tests {
             "a dropped hold is re-read, not committed"
         );
 
-        let unsent = t.receive(m(1), 100, [4].into_iter());
+        let unsent = t.receive(m(1), 100, 0, [4].into_iter());
         drop(unsent);
         assert_eq!(t.held_spans(), 0);
         assert!(
@@ -308,16 +322,44 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_has_spans_in_flight_until_every_share_is_redeemed_or_dropped() {
+        let t = Arc::new(OffsetTracker::new());
+        let mut tickets = t.receive(m(0), 100, 5_000, [2, 1].into_iter());
+        t.receive(m(1), 100, 6_000, [1].into_iter())
+            .pop()
+            .expect("one")
+            .redeem();
+        assert_eq!(t.in_flight(), vec![(0, 5_000)], "read at 5 s, not at 6 s");
+        let mut first = tickets.remove(0);
+        let mut hold = first.open();
+        first.give(&mut hold, 2);
+        first.redeem();
+        assert_eq!(
+            t.in_flight(),
+            vec![(0, 5_000)],
+            "one share still on its way"
+        );
+        drop(tickets);
+        assert!(t.in_flight().is_empty(), "a dropped share is done too");
+        assert!(
+            t.take_commits().is_empty(),
+            "the dropped share's reference stays: the message is read again"
+        );
+        hold.settle();
+        assert!(t.take_commits().is_empty());
+    }
+
+    #[test]
     fn a_message_with_no_share_is_done_at_once() {
         let t = Arc::new(OffsetTracker::new());
-        assert!(t.receive(m(0), 100, std::iter::empty()).is_empty());
+        assert!(t.receive(m(0), 100, 0, std::iter::empty()).is_empty());
         assert_eq!(t.take_commits(), vec![(0, 1)]);
     }
 
     #[test]
     fn a_charge_counts_re_read_bytes_until_dropped() {
         let t = Arc::new(OffsetTracker::new());
-        let mut ticket = t.receive(m(0), 700, [1].into_iter()).pop().expect("one");
+        let mut ticket = t.receive(m(0), 700, 0, [1].into_iter()).pop().expect("one");
         let mut hold = ticket.open();
         ticket.give(&mut hold, 1);
         ticket.redeem();
@@ -332,7 +374,7 @@ mod tests {
     #[test]
     fn retaining_current_leases_frees_the_rest() {
         let t = Arc::new(OffsetTracker::new());
-        let mut ticket = t.receive(m(0), 100, [3].into_iter()).pop().expect("one");
+        let mut ticket = t.receive(m(0), 100, 0, [3].into_iter()).pop().expect("one");
         let mut hold = ticket.open();
         ticket.give(&mut hold, 3);
         ticket.redeem();

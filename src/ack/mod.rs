@@ -150,6 +150,16 @@ pub struct Acks {
     pub building_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl Acks {
+    /// Stream time at wall time `now_ms` ([`StreamClock::watermark`]) as
+    /// far as the workers have read: a partition with messages still on
+    /// their way to the workers counts only up to the oldest of them.
+    pub fn watermark(&self, now_ms: i64) -> Option<i64> {
+        let in_flight = self.tracker.in_flight();
+        self.clock.watermark(now_ms, &in_flight)
+    }
+}
+
 /// Keeps an Iceberg commit and a partition revocation from overlapping.
 ///
 /// The writer enters the gate after dropping spans of revoked leases and

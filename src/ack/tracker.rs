@@ -1,6 +1,7 @@
 //! The offset tracker: which consumed messages still hold their partition's
 //! watermark back, and how much memory what they hold takes.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
@@ -27,6 +28,10 @@ struct PartitionState {
     next_offset: i64,
     /// The last watermark handed out for commit.
     committed: i64,
+    /// Worker shares (tickets) handed out and not yet redeemed or dropped,
+    /// by the stream time their message was read at: messages the consumer
+    /// has read whose spans no trace buffer has yet.
+    in_flight: BTreeMap<i64, i64>,
     /// The lease epoch the state belongs to.
     epoch: u32,
 }
@@ -51,7 +56,7 @@ impl OffsetTracker {
     /// Takes in a consumed message that holds nothing (it could not be
     /// decoded): it is done at once.
     pub fn skip(&self, msg: MsgRef) {
-        self.register(msg, 0, 0);
+        self.register(msg, 0, 0, i64::MIN);
     }
 
     /// Spans held in memory anywhere in the pipeline: counted from the
@@ -62,10 +67,10 @@ impl OffsetTracker {
         self.held.get()
     }
 
-    /// Records a consumed message of `bytes` bytes with `tickets`
-    /// outstanding references. The first message of a new lease starts the
-    /// partition afresh.
-    pub(super) fn register(&self, msg: MsgRef, tickets: i64, bytes: usize) {
+    /// Records a consumed message of `bytes` bytes, read at stream time
+    /// `seen_ms`, with `tickets` outstanding references. The first message
+    /// of a new lease starts the partition afresh.
+    pub(super) fn register(&self, msg: MsgRef, tickets: i64, bytes: usize, seen_ms: i64) {
         let mut parts = self.partitions.lock();
         let fresh = || PartitionState {
             next_offset: msg.offset,
@@ -79,6 +84,7 @@ impl OffsetTracker {
         }
         state.next_offset = state.next_offset.max(msg.offset + 1);
         if tickets != 0 {
+            *state.in_flight.entry(seen_ms).or_default() += tickets;
             let pending = state.pending.entry(msg.offset).or_default();
             pending.refs += tickets;
             if pending.bytes == 0 {
@@ -94,19 +100,41 @@ impl OffsetTracker {
             return;
         }
         let mut parts = self.partitions.lock();
-        let Some(state) = parts
-            .get_mut(&msg.partition)
-            .filter(|s| s.epoch == msg.epoch)
-        else {
-            return; // The lease ended; the partition's next owner re-reads the message.
-        };
-        let pending = state.pending.entry(msg.offset).or_default();
-        pending.refs += delta;
-        if pending.refs <= 0 {
-            let bytes = pending.bytes;
-            state.pending.remove(&msg.offset);
-            state.pending_bytes -= bytes;
+        if let Some(state) = current(&mut parts, msg) {
+            add_refs(state, msg.offset, delta);
         }
+    }
+
+    /// A worker share of `msg`, read at stream time `seen_ms`, is done
+    /// with: its spans are in traces' holds (`delta` references more in
+    /// place of the share's own), or it was dropped (`delta` 0: its
+    /// reference stays, so the message is read again).
+    pub(super) fn share_done(&self, msg: MsgRef, seen_ms: i64, delta: i64) {
+        let mut parts = self.partitions.lock();
+        if let Some(state) = current(&mut parts, msg) {
+            if let Entry::Occupied(mut shares) = state.in_flight.entry(seen_ms) {
+                *shares.get_mut() -= 1;
+                if *shares.get() <= 0 {
+                    shares.remove();
+                }
+            }
+            if delta != 0 {
+                add_refs(state, msg.offset, delta);
+            }
+        }
+    }
+
+    /// The partitions with messages read by the consumer whose spans have
+    /// not reached a trace buffer yet, each with the stream time the oldest
+    /// such message was read at. The workers have read such a partition
+    /// only that far, whatever the consumer has: a trace whose next spans
+    /// are still on their way to a worker is not complete.
+    pub fn in_flight(&self) -> Vec<(i32, i64)> {
+        let parts = self.partitions.lock();
+        parts
+            .iter()
+            .filter_map(|(p, s)| Some((*p, *s.in_flight.keys().next()?)))
+            .collect()
     }
 
     /// Releases one reference on each message.
@@ -209,6 +237,26 @@ impl OffsetTracker {
     }
 }
 
+/// The state of `msg`'s partition, unless its lease ended (the
+/// partition's next owner re-reads the message).
+fn current(parts: &mut HashMap<i32, PartitionState>, msg: MsgRef) -> Option<&mut PartitionState> {
+    parts
+        .get_mut(&msg.partition)
+        .filter(|s| s.epoch == msg.epoch)
+}
+
+/// Adds `delta` references to the message at `offset`; one left with none
+/// no longer holds the watermark back.
+fn add_refs(state: &mut PartitionState, offset: i64, delta: i64) {
+    let pending = state.pending.entry(offset).or_default();
+    pending.refs += delta;
+    if pending.refs <= 0 {
+        let bytes = pending.bytes;
+        state.pending.remove(&offset);
+        state.pending_bytes -= bytes;
+    }
+}
+
 fn watermark(state: &PartitionState) -> i64 {
     state
         .pending
@@ -252,9 +300,9 @@ mod tests {
     #[test]
     fn watermark_waits_for_the_lowest_pending_message() {
         let t = OffsetTracker::new();
-        t.register(m(0, 10), 1, 100);
-        t.register(m(0, 11), 1, 100);
-        t.register(m(0, 12), 0, 100); // undecodable: nothing to wait for
+        t.register(m(0, 10), 1, 100, 0);
+        t.register(m(0, 11), 1, 100, 0);
+        t.register(m(0, 12), 0, 100, 0); // undecodable: nothing to wait for
         assert!(t.take_commits().is_empty(), "offset 10 is still pending");
         // Offset 11's shard took two trace refs and returned its ticket.
         t.adjust(m(0, 11), 2 - 1);
@@ -270,9 +318,9 @@ mod tests {
     #[test]
     fn pending_bytes_follow_the_messages_still_held() {
         let t = OffsetTracker::new();
-        t.register(m(0, 1), 2, 1_000);
-        t.register(m(0, 2), 0, 5_000); // undecodable: holds nothing
-        t.register(m(1, 1), 1, 300);
+        t.register(m(0, 1), 2, 1_000, 0);
+        t.register(m(0, 2), 0, 5_000, 0); // undecodable: holds nothing
+        t.register(m(1, 1), 1, 300, 0);
         assert_eq!(t.pending_bytes(), 1_300);
         t.release(&[m(0, 1)]);
         assert_eq!(t.pending_bytes(), 1_300, "one reference left on 0/1");
@@ -289,8 +337,8 @@ mod tests {
     #[test]
     fn partitions_are_independent_and_can_be_forgotten() {
         let t = OffsetTracker::new();
-        t.register(m(0, 5), 1, 100);
-        t.register(m(1, 7), 0, 100);
+        t.register(m(0, 5), 1, 100, 0);
+        t.register(m(1, 7), 0, 100, 0);
         assert_eq!(t.take_commits(), vec![(1, 8)]);
         t.forget(&[0]);
         t.release(&[m(0, 5)]);
@@ -301,12 +349,12 @@ mod tests {
     #[test]
     fn a_new_lease_starts_the_partition_afresh() {
         let t = OffsetTracker::new();
-        t.register(m(0, 5), 1, 100);
+        t.register(m(0, 5), 1, 100, 0);
         let later = MsgRef {
             epoch: 2,
             ..m(0, 3)
         };
-        t.register(later, 0, 100);
+        t.register(later, 0, 100, 0);
         // The old lease's pending message no longer holds the watermark, and
         // releasing it does nothing to the new lease.
         assert_eq!(t.take_commits(), vec![(0, 4)]);

@@ -685,7 +685,7 @@ mod tests {
     /// A share of the message with room for any test's spans.
     fn ticket(msg: MsgRef) -> Ticket {
         let tracker = Arc::new(OffsetTracker::new());
-        let mut tickets = tracker.receive(msg, 1, [1_000].into_iter());
+        let mut tickets = tracker.receive(msg, 1, 0, [1_000].into_iter());
         tickets.pop().expect("one share")
     }
 

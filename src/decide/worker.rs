@@ -105,7 +105,7 @@ pub async fn run(ctx: WorkerContext, mut rx: mpsc::Receiver<ShardBatch>) {
             },
             _ = tick.tick() => {
                 state.purge_revoked();
-                let watermark = state.ctx.acks.clock.watermark(unix_now_ms());
+                let watermark = state.ctx.acks.watermark(unix_now_ms());
                 let now = Stamp { wall: Instant::now(), stream_ms: watermark.unwrap_or(i64::MIN) };
                 state.buffer.expire(now, &mut due);
                 state.decide_all(&mut due).await;

@@ -401,7 +401,12 @@ pub(crate) fn shard_batches(
         .enumerate()
         .filter(|(_, spans)| !spans.is_empty())
         .collect();
-    let tickets = tracker.receive(msg, payload_len, shares.iter().map(|(_, s)| s.len()));
+    let tickets = tracker.receive(
+        msg,
+        payload_len,
+        seen_ms,
+        shares.iter().map(|(_, s)| s.len()),
+    );
     shares
         .into_iter()
         .zip(tickets)
@@ -684,7 +689,7 @@ async fn run_committer(
 /// `/health` while a backlog is read.
 fn report_stream_time(ctx: &IngestContext) {
     let now = unix_now_ms();
-    let Some(watermark) = ctx.acks.clock.watermark(now) else {
+    let Some(watermark) = ctx.acks.watermark(now) else {
         return;
     };
     let lag = (now - watermark).max(0) as f64 / 1000.0;

@@ -641,12 +641,14 @@ fn backlog_span(seed: u64, child: bool, start_ms: i64) -> Vec<u8> {
 }
 
 /// A backlog of 20,000 traces over 400 s of stream time, each an OK root and,
-/// 10 s of stream time later, an ERROR child in another message of the same
+/// 20 s of stream time later, an ERROR child in another message of the same
 /// partition (30 s inactivity timeout), drained while Redis is paused for
 /// 2.5 s at a time (`CLIENT PAUSE 2500 ALL`), which stalls the workers and
 /// so the consumer. A partition that merely went silent must not count as
-/// idle while it has messages left to read: every trace is kept whole, in
-/// one decision, and no late error span is dropped.
+/// idle while it has messages left to read, and stream time must not run
+/// ahead of what the workers have taken: while they stall, their channels
+/// fill with more than 10 s of stream time that the consumer has read. Every
+/// trace is kept whole, in one decision, and no late error span is dropped.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
     const TRACES: u64 = 20_000;
@@ -661,7 +663,7 @@ async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
         let key = hex::encode(crate::harness::random_trace_id(SEED + t));
         let root_ms = base_ms + 20 * t as i64;
         messages.push((root_ms, key.clone(), backlog_span(SEED + t, false, root_ms)));
-        let child_ms = root_ms + 10_000;
+        let child_ms = root_ms + 20_000;
         messages.push((child_ms, key, backlog_span(SEED + t, true, child_ms)));
     }
     messages.sort_by_key(|m| m.0);
