@@ -117,10 +117,7 @@ impl Reader {
                 continue;
             };
             let outcome = match tokio::time::timeout(QUIET, r.consumer.recv()).await {
-                Err(_) if !r.heard => {
-                    self.gone(cursor.passed());
-                    Ok(())
-                }
+                Err(_) if !r.heard => self.silent_start(&mut cursor).await,
                 Err(_) => Err(format!("no message for {} s", QUIET.as_secs())),
                 Ok(Err(e)) => Err(e.to_string()),
                 Ok(Ok(m)) => {
@@ -146,6 +143,26 @@ impl Reader {
             }
         }
         close(running.take());
+    }
+
+    /// A new consumer delivered nothing for [`QUIET`]: either the broker
+    /// serves nothing from where it was started (an offset inside the
+    /// partition's last record batch, on Tansu), and the next start goes
+    /// further back, or the broker does not answer at all, which is an
+    /// error to retry. Only a broker that answers a watermark request tells
+    /// the two apart: taking a hung broker's silence for the first case
+    /// would rewind again and again until the needed messages counted as
+    /// gone, and their kept traces were stored without them.
+    async fn silent_start(&self, cursor: &mut Cursor) -> Result<(), String> {
+        let Some((low, _)) = self.watermarks().await else {
+            return Err(format!(
+                "no message for {} s, and no answer to a watermark request",
+                QUIET.as_secs()
+            ));
+        };
+        self.gone(cursor.set_low(low));
+        self.gone(cursor.passed());
+        Ok(())
     }
 
     fn need(&self, cursor: &mut Cursor, offset: i64) {
@@ -238,22 +255,23 @@ impl Reader {
             "re-reading kept traces' messages failed; retrying"
         );
         self.health.set_sink(self.stage, Err(detail));
-        if let Some(low) = self.low_watermark().await {
+        if let Some((low, _)) = self.watermarks().await {
             self.gone(cursor.set_low(low));
         }
         tokio::time::sleep(backoff(*failures)).await;
     }
 
-    async fn low_watermark(&self) -> Option<i64> {
+    /// The partition's low and high watermarks; `None` when the broker
+    /// does not answer within [`REQUEST_TIMEOUT`].
+    async fn watermarks(&self) -> Option<(i64, i64)> {
         let config = self.config.clone();
         let topic = self.topic.clone();
         let partition = self.partition;
         tokio::task::spawn_blocking(move || {
             let consumer = config.create::<BaseConsumer>().ok()?;
-            let (low, _) = consumer
+            consumer
                 .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
-                .ok()?;
-            Some(low)
+                .ok()
         })
         .await
         .ok()

@@ -902,3 +902,123 @@ async fn input_that_grows_memory_gets_capped_answers() {
         s.metrics_summary().await
     );
 }
+
+/// The compact buffer's second read against a broker that hangs, then
+/// drops its connections. A backlog of 20,000 traces (an OK root and, 1 s
+/// of stream time later, a child; every fourth child an ERROR, so 5,000
+/// traces are kept) is drained from a broker of the test's own behind a TCP
+/// proxy. As the consumer reaches the end, before the last kept traces are
+/// read again, the proxy hangs for 25 s: long enough that a reader taking
+/// a hung broker's silence for a start inside the last record batch would
+/// rewind until their messages counted as gone. Then it drops every
+/// connection, twice. Every kept trace is stored whole, once, and the
+/// readers counted the fault as errors to retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_second_read_rides_out_a_broker_that_hangs_and_drops_its_connections() {
+    const TRACES: u64 = 20_000;
+    const KEPT: i64 = (TRACES / 4) as i64;
+    const SEED: u64 = 900_000_000;
+    let broker = crate::harness::FaultyBroker::start().await;
+    let brokers = broker.brokers();
+    let topic = format!("tss-it-hung-broker-{}", uuid::Uuid::new_v4().simple());
+    crate::harness::create_topic_at(&brokers, &topic, 2).await;
+    let producer = crate::harness::producer_at(&brokers);
+    let base_ms = (crate::harness::now_nanos() / 1_000_000) as i64 - 600_000;
+    let mut messages: Vec<(i64, String, Vec<u8>)> = Vec::new();
+    for t in 0..TRACES {
+        let key = hex::encode(crate::harness::random_trace_id(SEED + t));
+        let root_ms = base_ms + 20 * t as i64;
+        messages.push((root_ms, key.clone(), backlog_span(SEED + t, false, root_ms)));
+        let child_ms = root_ms + 1_000;
+        let error = t % 4 == 0;
+        messages.push((child_ms, key, hung_broker_child(SEED + t, error, child_ms)));
+    }
+    messages.sort_by_key(|m| m.0);
+    for chunk in messages.chunks(2_000) {
+        let sends = chunk.iter().map(|(ts, key, payload)| {
+            crate::harness::send_at(&producer, &topic, key, payload, *ts)
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    let mut s = Selector::launch(
+        &topic,
+        &[
+            ("TSS__KAFKA__BROKERS", brokers.as_str()),
+            ("TSS__KAFKA__TOPIC_PARTITIONS", "2"),
+            // The hang must not end the consumer's group session.
+            ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
+            ("TSS__BUFFER__MODE", "compact"),
+            ("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "10"),
+        ],
+    );
+    s.wait_ready().await;
+    let consumed = "tail_sampling_messages_consumed_total";
+    s.wait_metric(consumed, (2 * TRACES) as f64, Duration::from_secs(120))
+        .await;
+    broker.proxy.set(crate::harness::TcpFault::Hang);
+    let before = s.metrics().await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    broker.proxy.set(crate::harness::TcpFault::Forward);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.proxy.drop_connections();
+    }
+    let stored = "tail_sampling_spans_exported_total{sink=\"iceberg\"}";
+    let spans = 2 * KEPT;
+    s.wait_metric(stored, spans as f64, Duration::from_secs(180))
+        .await;
+    let m = s.metrics().await;
+    let get =
+        |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let reread = "tail_sampling_reread_traces_total";
+    assert!(
+        get(&before, reread) < KEPT as f64,
+        "the hang began before every kept trace was read again: {} of {KEPT}",
+        get(&before, reread)
+    );
+    assert_eq!(
+        get(&m, "tail_sampling_reread_spans_missing_total"),
+        0.0,
+        "{}",
+        s.log()
+    );
+    assert!(
+        get(&m, "tail_sampling_reread_errors_total") > 0.0,
+        "the readers met the hang as errors\n{}",
+        s.log()
+    );
+    assert_eq!(s.count("SELECT count(*) FROM spans").await, spans);
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM (SELECT trace_id FROM spans GROUP BY trace_id \
+             HAVING count(*) = 2 AND count(DISTINCT span_id) = 2)"
+        )
+        .await,
+        KEPT,
+        "every kept trace whole, each span once"
+    );
+    s.kill();
+}
+
+/// A backlog child span, an ERROR when `error`.
+fn hung_broker_child(seed: u64, error: bool, start_ms: i64) -> Vec<u8> {
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
+    use prost::Message;
+    let bytes = backlog_span(seed, true, start_ms);
+    if error {
+        return bytes;
+    }
+    let mut request = TracesData::decode(bytes.as_slice()).expect("our own encoding");
+    for rs in &mut request.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for span in &mut ss.spans {
+                if let Some(status) = span.status.as_mut() {
+                    status.code = StatusCode::Ok as i32;
+                }
+            }
+        }
+    }
+    request.encode_to_vec()
+}

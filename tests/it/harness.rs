@@ -550,8 +550,13 @@ pub fn trace_id(seed: u64) -> [u8; 16] {
 }
 
 pub fn producer() -> FutureProducer {
+    producer_at(&brokers())
+}
+
+/// A producer for the brokers at `brokers`.
+pub fn producer_at(brokers: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("message.timeout.ms", "15000")
         .create()
         .expect("producer")
@@ -559,9 +564,14 @@ pub fn producer() -> FutureProducer {
 
 /// Creates a topic with `partitions` partitions on the test broker.
 pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_at(&brokers(), topic, partitions).await
+}
+
+/// Creates a topic with `partitions` partitions on the brokers at `brokers`.
+pub async fn create_topic_at(brokers: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let created = admin
@@ -938,6 +948,152 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a [`TcpFaultProxy`] does with the bytes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpFault {
+    /// Carries them both ways.
+    Forward,
+    /// Keeps every connection open and accepts new ones, but carries
+    /// nothing until told otherwise: a broker that hangs.
+    Hang,
+}
+
+/// A TCP proxy of the test's own, for faults below HTTP: it forwards, hangs
+/// ([`TcpFault::Hang`]), or drops every open connection at once
+/// ([`TcpFaultProxy::drop_connections`]).
+pub struct TcpFaultProxy {
+    pub port: u16,
+    fault: tokio::sync::watch::Sender<TcpFault>,
+    /// Bumped to drop every open connection.
+    drops: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpFaultProxy {
+    /// Listens on `port` (a free one) and forwards to `upstream`.
+    pub async fn start(port: u16, upstream: u16) -> TcpFaultProxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the proxy");
+        let (fault, fault_rx) = tokio::sync::watch::channel(TcpFault::Forward);
+        let (drops, drops_rx) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (fault, mut drops) = (fault_rx.clone(), drops_rx.clone());
+                drops.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pipe(cr, sw, fault.clone()) => {}
+                        _ = pipe(sr, cw, fault) => {}
+                        _ = drops.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpFaultProxy {
+            port,
+            fault,
+            drops,
+            task,
+        }
+    }
+
+    pub fn set(&self, fault: TcpFault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// Closes every connection open now; new ones are accepted as before.
+    pub fn drop_connections(&self) {
+        self.drops.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for TcpFaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the fault is a hang.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut fault: tokio::sync::watch::Receiver<TcpFault>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if fault.wait_for(|f| *f == TcpFault::Forward).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A Kafka-API broker of the test's own behind a [`TcpFaultProxy`]: a Tansu
+/// broker on a private port that advertises the proxy's, so that every
+/// client, after its first metadata request too, goes through the proxy.
+pub struct FaultyBroker {
+    pub proxy: TcpFaultProxy,
+    tansu: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultyBroker {
+    pub async fn start() -> FaultyBroker {
+        let tansu_bin = required_env("TSS_TEST_TANSU");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (private, public) = (free_port(), free_port());
+        let log = dir.path().join("tansu.log");
+        let tansu = Command::new(&tansu_bin)
+            .args([
+                "broker",
+                "--kafka-cluster-id",
+                "tss-faulty",
+                "--kafka-listener-url",
+                &format!("tcp://127.0.0.1:{private}"),
+                "--kafka-advertised-listener-url",
+                &format!("tcp://127.0.0.1:{public}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
+        wait_for_port(private, "Tansu", &log);
+        let proxy = TcpFaultProxy::start(public, private).await;
+        FaultyBroker {
+            proxy,
+            tansu,
+            _dir: dir,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy.port)
+    }
+}
+
+impl Drop for FaultyBroker {
+    fn drop(&mut self) {
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
     }
 }
 
