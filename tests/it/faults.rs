@@ -640,6 +640,36 @@ fn backlog_span(seed: u64, child: bool, start_ms: i64) -> Vec<u8> {
     request(vec![ResourceDef::new("stalls", vec![span])]).encode_to_vec()
 }
 
+/// Produces a backlog of `traces` traces, numbered `seed`, `seed + 1`…
+/// and keyed by the trace ids those numbers seed, one every 20 ms of stream
+/// time from 10 minutes ago: a message `root(n, ms)` and, `gap_ms` later, a
+/// message `child(n, ms)`, stamped and sent in stream-time order.
+async fn produce_backlog(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    (seed, traces): (u64, u64),
+    gap_ms: i64,
+    root: impl Fn(u64, i64) -> Vec<u8>,
+    child: impl Fn(u64, i64) -> Vec<u8>,
+) {
+    let base_ms = (crate::harness::now_nanos() / 1_000_000) as i64 - 600_000;
+    let mut messages: Vec<(i64, String, Vec<u8>)> = Vec::new();
+    for t in 0..traces {
+        let n = seed + t;
+        let key = hex::encode(crate::harness::random_trace_id(n));
+        let root_ms = base_ms + 20 * t as i64;
+        messages.push((root_ms, key.clone(), root(n, root_ms)));
+        messages.push((root_ms + gap_ms, key, child(n, root_ms + gap_ms)));
+    }
+    messages.sort_by_key(|m| m.0);
+    for chunk in messages.chunks(2_000) {
+        let sends = chunk
+            .iter()
+            .map(|(ts, key, payload)| crate::harness::send_at(producer, topic, key, payload, *ts));
+        futures::future::join_all(sends).await;
+    }
+}
+
 /// A backlog of 20,000 traces over 400 s of stream time, each an OK root and,
 /// 20 s of stream time later, an ERROR child in another message of the same
 /// partition (30 s inactivity timeout), drained while Redis is paused for
@@ -657,22 +687,15 @@ async fn a_backlog_drained_through_redis_stalls_keeps_every_trace_whole() {
     let topic = format!("tss-it-stalls-{}", uuid::Uuid::new_v4().simple());
     crate::harness::create_topic(&topic, 2).await;
     let producer = crate::harness::producer();
-    let base_ms = (crate::harness::now_nanos() / 1_000_000) as i64 - 600_000;
-    let mut messages: Vec<(i64, String, Vec<u8>)> = Vec::new();
-    for t in 0..TRACES {
-        let key = hex::encode(crate::harness::random_trace_id(SEED + t));
-        let root_ms = base_ms + 20 * t as i64;
-        messages.push((root_ms, key.clone(), backlog_span(SEED + t, false, root_ms)));
-        let child_ms = root_ms + 20_000;
-        messages.push((child_ms, key, backlog_span(SEED + t, true, child_ms)));
-    }
-    messages.sort_by_key(|m| m.0);
-    for chunk in messages.chunks(2_000) {
-        let sends = chunk.iter().map(|(ts, key, payload)| {
-            crate::harness::send_at(&producer, &topic, key, payload, *ts)
-        });
-        futures::future::join_all(sends).await;
-    }
+    produce_backlog(
+        &producer,
+        &topic,
+        (SEED, TRACES),
+        20_000,
+        |n, ms| backlog_span(n, false, ms),
+        |n, ms| backlog_span(n, true, ms),
+    )
+    .await;
 
     let redis_url = redis.url();
     let mut s = Selector::launch(
@@ -923,23 +946,16 @@ async fn the_second_read_rides_out_a_broker_that_hangs_and_drops_its_connections
     let topic = format!("tss-it-hung-broker-{}", uuid::Uuid::new_v4().simple());
     crate::harness::create_topic_at(&brokers, &topic, 2).await;
     let producer = crate::harness::producer_at(&brokers);
-    let base_ms = (crate::harness::now_nanos() / 1_000_000) as i64 - 600_000;
-    let mut messages: Vec<(i64, String, Vec<u8>)> = Vec::new();
-    for t in 0..TRACES {
-        let key = hex::encode(crate::harness::random_trace_id(SEED + t));
-        let root_ms = base_ms + 20 * t as i64;
-        messages.push((root_ms, key.clone(), backlog_span(SEED + t, false, root_ms)));
-        let child_ms = root_ms + 1_000;
-        let error = t % 4 == 0;
-        messages.push((child_ms, key, hung_broker_child(SEED + t, error, child_ms)));
-    }
-    messages.sort_by_key(|m| m.0);
-    for chunk in messages.chunks(2_000) {
-        let sends = chunk.iter().map(|(ts, key, payload)| {
-            crate::harness::send_at(&producer, &topic, key, payload, *ts)
-        });
-        futures::future::join_all(sends).await;
-    }
+    // SEED is a multiple of 4: every fourth trace has an ERROR child.
+    produce_backlog(
+        &producer,
+        &topic,
+        (SEED, TRACES),
+        1_000,
+        |n, ms| backlog_span(n, false, ms),
+        |n, ms| hung_broker_child(n, n % 4 == 0, ms),
+    )
+    .await;
 
     let mut s = Selector::launch(
         &topic,
