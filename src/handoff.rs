@@ -21,14 +21,17 @@ pub struct ShardBatch {
     /// The shard's share of the message; the trace buffer redeems it.
     pub ticket: Ticket,
     pub spans: Vec<(TraceId, SpanRecord)>,
-    /// The stream time the message was read at (its partition's clock),
-    /// in Unix milliseconds.
-    pub seen_ms: i64,
 }
 
 impl ShardBatch {
     pub fn msg(&self) -> MsgRef {
         self.ticket.msg()
+    }
+
+    /// The stream time the message was read at (its partition's clock),
+    /// in Unix milliseconds.
+    pub fn seen_ms(&self) -> i64 {
+        self.ticket.seen_ms()
     }
 }
 

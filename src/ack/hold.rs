@@ -55,8 +55,8 @@ pub struct Ticket {
     spans: usize,
     /// References given to holds, counted in when the ticket is redeemed.
     given: i64,
-    /// Whether it was redeemed, so that dropping it tells the tracker
-    /// nothing more.
+    /// Whether it was redeemed: its references count in when it is
+    /// dropped, which tells the tracker the share is done either way.
     redeemed: bool,
 }
 
@@ -75,6 +75,11 @@ impl Ticket {
     /// The message this share is of.
     pub fn msg(&self) -> MsgRef {
         self.msg
+    }
+
+    /// The stream time the message was read at.
+    pub fn seen_ms(&self) -> i64 {
+        self.seen_ms
     }
 
     /// An empty hold for a trace that this share opens.
@@ -110,8 +115,6 @@ impl Ticket {
     /// finished while a trace still holds it: the trace buffer redeems a
     /// ticket before it returns the traces the share completed.
     pub fn redeem(mut self) {
-        self.tracker
-            .share_done(self.msg, self.seen_ms, self.given - 1);
         self.redeemed = true;
     }
 }
@@ -130,9 +133,10 @@ impl std::fmt::Debug for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.tracker.held.release(self.spans);
-        if !self.redeemed {
-            self.tracker.share_done(self.msg, self.seen_ms, 0);
-        }
+        // Unredeemed, the share's own reference stays: the message is read
+        // again.
+        let refs = if self.redeemed { self.given - 1 } else { 0 };
+        self.tracker.share_done(self.msg, self.seen_ms, refs);
     }
 }
 

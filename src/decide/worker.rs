@@ -208,7 +208,7 @@ impl Worker {
         }
         let at = Stamp {
             wall: Instant::now(),
-            stream_ms: batch.seen_ms,
+            stream_ms: batch.seen_ms(),
         };
         let outcome = self.buffer.push_message(batch.spans, batch.ticket, at, due);
         self.ctx

@@ -410,14 +410,7 @@ pub(crate) fn shard_batches(
     shares
         .into_iter()
         .zip(tickets)
-        .map(|((shard, spans), ticket)| {
-            let batch = ShardBatch {
-                ticket,
-                spans,
-                seen_ms,
-            };
-            (shard, batch)
-        })
+        .map(|((shard, spans), ticket)| (shard, ShardBatch { ticket, spans }))
         .collect()
 }
 

@@ -154,7 +154,7 @@ impl Reader {
     /// would rewind again and again until the needed messages counted as
     /// gone, and their kept traces were stored without them.
     async fn silent_start(&self, cursor: &mut Cursor) -> Result<(), String> {
-        let Some((low, _)) = self.watermarks().await else {
+        let Some(low) = self.low_watermark().await else {
             return Err(format!(
                 "no message for {} s, and no answer to a watermark request",
                 QUIET.as_secs()
@@ -255,23 +255,24 @@ impl Reader {
             "re-reading kept traces' messages failed; retrying"
         );
         self.health.set_sink(self.stage, Err(detail));
-        if let Some((low, _)) = self.watermarks().await {
+        if let Some(low) = self.low_watermark().await {
             self.gone(cursor.set_low(low));
         }
         tokio::time::sleep(backoff(*failures)).await;
     }
 
-    /// The partition's low and high watermarks; `None` when the broker
-    /// does not answer within [`REQUEST_TIMEOUT`].
-    async fn watermarks(&self) -> Option<(i64, i64)> {
+    /// The partition's low watermark; `None` when the broker does not
+    /// answer within [`REQUEST_TIMEOUT`].
+    async fn low_watermark(&self) -> Option<i64> {
         let config = self.config.clone();
         let topic = self.topic.clone();
         let partition = self.partition;
         tokio::task::spawn_blocking(move || {
             let consumer = config.create::<BaseConsumer>().ok()?;
-            consumer
+            let (low, _) = consumer
                 .fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)
-                .ok()
+                .ok()?;
+            Some(low)
         })
         .await
         .ok()

@@ -951,6 +951,31 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
     }
 }
 
+/// A Tansu broker of a test's own, with memory storage, listening on
+/// `port` and advertising `advertised` (where a proxy in front of it
+/// listens), its output in `log`; returns once it accepts connections.
+fn start_tansu(cluster_id: &str, port: u16, advertised: u16, log: &Path) -> Child {
+    let tansu_bin = required_env("TSS_TEST_TANSU");
+    let tansu = Command::new(&tansu_bin)
+        .args([
+            "broker",
+            "--kafka-cluster-id",
+            cluster_id,
+            "--kafka-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--kafka-advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::from(std::fs::File::create(log).expect("log")))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
+    wait_for_port(port, "Tansu", log);
+    tansu
+}
+
 /// What a [`TcpFaultProxy`] does with the bytes it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcpFault {
@@ -1056,27 +1081,9 @@ pub struct FaultyBroker {
 
 impl FaultyBroker {
     pub async fn start() -> FaultyBroker {
-        let tansu_bin = required_env("TSS_TEST_TANSU");
         let dir = tempfile::tempdir().expect("tempdir");
         let (private, public) = (free_port(), free_port());
-        let log = dir.path().join("tansu.log");
-        let tansu = Command::new(&tansu_bin)
-            .args([
-                "broker",
-                "--kafka-cluster-id",
-                "tss-faulty",
-                "--kafka-listener-url",
-                &format!("tcp://127.0.0.1:{private}"),
-                "--kafka-advertised-listener-url",
-                &format!("tcp://127.0.0.1:{public}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
-        wait_for_port(private, "Tansu", &log);
+        let tansu = start_tansu("tss-faulty", private, public, &dir.path().join("tansu.log"));
         let proxy = TcpFaultProxy::start(public, private).await;
         FaultyBroker {
             proxy,
@@ -1115,28 +1122,10 @@ impl TlsBroker {
     /// With `client_auth`, stunnel asks every client for a certificate
     /// signed by the test CA (mutual TLS).
     pub fn start_with(client_auth: bool) -> TlsBroker {
-        let tansu_bin = required_env("TSS_TEST_TANSU");
         let stunnel_bin = required_env("TSS_TEST_STUNNEL");
         let certs = Certs::generate();
         let (plain, tls) = (free_port(), free_port());
-        let tansu_log = certs.dir.path().join("tansu.log");
-        let tansu = Command::new(&tansu_bin)
-            .args([
-                "broker",
-                "--kafka-cluster-id",
-                "tss-tls",
-                "--kafka-listener-url",
-                &format!("tcp://127.0.0.1:{plain}"),
-                "--kafka-advertised-listener-url",
-                &format!("tcp://127.0.0.1:{tls}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::from(std::fs::File::create(&tansu_log).expect("log")))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
-        wait_for_port(plain, "Tansu", &tansu_log);
+        let tansu = start_tansu("tss-tls", plain, tls, &certs.dir.path().join("tansu.log"));
         let conf = certs.dir.path().join("stunnel.conf");
         let stunnel_log = certs.dir.path().join("stunnel.log");
         std::fs::write(
