@@ -19,6 +19,12 @@
 //! costs with an almost empty buffer, and the prediction once storing is
 //! the control's RSS plus the predicted bytes for the spans the soak
 //! buffers beyond the control's.
+//!
+//! At the end it prints, per selector in compact mode, what the second
+//! read cost. `--export-interval-ms N` makes the load generator send spans
+//! as an SDK's batch exporter per service does, every N ms, so a trace's
+//! spans come in several messages up to N ms apart (0: each trace whole).
+//!
 //! Needs the local stack (`scripts/stack.sh up`):
 //!
 //!   cargo bench --features testkit --bench buffer_soak -- --mode compact
@@ -40,6 +46,9 @@ struct Options {
     every_secs: u64,
     predict_bytes_per_span: f64,
     control_timeout_secs: u64,
+    /// Passed to the load generator: spans sent as an SDK's batch exporter
+    /// per service sends them (0: each trace whole, in one message).
+    export_interval_ms: u64,
 }
 
 fn options() -> Options {
@@ -51,6 +60,7 @@ fn options() -> Options {
         every_secs: 60,
         predict_bytes_per_span: 60.0,
         control_timeout_secs: 60,
+        export_interval_ms: 0,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -63,6 +73,9 @@ fn options() -> Options {
             "--every-secs" => o.every_secs = v.parse().unwrap_or(o.every_secs),
             "--control-timeout-secs" => {
                 o.control_timeout_secs = v.parse().unwrap_or(o.control_timeout_secs)
+            }
+            "--export-interval-ms" => {
+                o.export_interval_ms = v.parse().unwrap_or(o.export_interval_ms)
             }
             "--predict-bytes-per-span" => {
                 o.predict_bytes_per_span = v.parse().unwrap_or(o.predict_bytes_per_span)
@@ -82,6 +95,7 @@ fn load_generator(topic: &str, o: &Options, seed: u64) -> Child {
         .args(["--rate", &o.rate.to_string()])
         .args(["--duration-secs", &o.run_secs.to_string()])
         .args(["--partitions", "8", "--report-every-secs", "60"])
+        .args(["--export-interval-ms", &o.export_interval_ms.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -188,6 +202,32 @@ async fn main() {
             o.predict_bytes_per_span,
         );
     }
+    second_read("soak", &s).await;
+    if let Some(c) = &control {
+        second_read("control", c).await;
+    }
+}
+
+/// What the second read cost a selector in compact mode: how often a
+/// reader went back (a consumer started), and the messages and bytes it
+/// read against what the consumer read once.
+async fn second_read(name: &str, s: &Selector) {
+    let m: HashMap<String, f64> = s.metrics().await;
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let traces = get("tail_sampling_reread_traces_total");
+    if traces == 0.0 {
+        return;
+    }
+    println!(
+        "end: {name} second read: {traces:.0} kept traces, {:.0} consumers started, {:.0} messages decoded again and \
+         {:.0} skipped of {:.0} consumed, {:.1} MB fetched again, {:.0} spans missing",
+        get("tail_sampling_reread_consumer_starts_total"),
+        get("tail_sampling_reread_messages_decoded_total"),
+        get("tail_sampling_reread_messages_skipped_total"),
+        get("tail_sampling_messages_consumed_total"),
+        get("tail_sampling_reread_bytes_fetched_total") / 1e6,
+        get("tail_sampling_reread_spans_missing_total"),
+    );
 }
 
 fn mib(kib: u64) -> f64 {

@@ -7,12 +7,19 @@
 //! achieved rate is printed every few seconds. `--rate 0` sends as fast as
 //! the broker takes it.
 //!
+//! `--export-interval-ms N` sends each trace as its services' SDKs would,
+//! through batch span processors that export every N ms, each service on a
+//! phase of its own: one message per trace and service and export, so a
+//! trace's spans reach Kafka in several messages up to N ms apart.
+//!
 //! `--backlog-secs N` writes a backlog instead: the traffic of the last N
 //! seconds at `--rate`, every trace and every message timestamp stamped as if
 //! it had been produced then, sent as fast as the broker takes it. The traces
 //! depend only on the seed, so the same seed gives the same traces live and
 //! as a backlog.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +34,7 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::ClientContext;
 use tail_sampling_selector::ingest;
 use tail_sampling_selector::testkit::loadgen::{
-    ErrorBurst, LatencySpike, Scenario, TraceGenerator,
+    BatchExporters, ErrorBurst, GeneratedTrace, LatencySpike, Scenario, TraceGenerator,
 };
 
 #[derive(Debug, Parser)]
@@ -72,6 +79,10 @@ struct Args {
     compression: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Send spans as SDK batch exporters, one per service, every N ms
+    /// (5000 is the SDKs' default); 0 sends each trace whole.
+    #[arg(long, default_value_t = 0)]
+    export_interval_ms: u64,
     /// Write the traffic of the last N seconds at --rate as a backlog.
     #[arg(long, value_name = "N")]
     backlog_secs: Option<f64>,
@@ -157,6 +168,10 @@ async fn main() -> anyhow::Result<()> {
         args.traces_per_message >= 1,
         "--traces-per-message must be at least 1"
     );
+    anyhow::ensure!(
+        args.export_interval_ms == 0 || (args.traces_per_message == 1 && args.backlog_secs.is_none()),
+        "--export-interval-ms sends one trace's spans per message, live: not with --traces-per-message or --backlog-secs"
+    );
     let backlog = match args.backlog_secs {
         Some(secs) => {
             anyhow::ensure!(
@@ -189,7 +204,11 @@ async fn main() -> anyhow::Result<()> {
         .create_with_context(Counting(delivery.clone()))
         .context("creating the producer")?;
 
+    let services = scenario.services.len();
     let mut generator = TraceGenerator::new(scenario, args.seed);
+    let exporters = (args.export_interval_ms > 0)
+        .then(|| BatchExporters::new(services, args.export_interval_ms, args.seed));
+    let mut exports = Exports::default();
     println!(
         "sending to {} topic {}: {} traces/s, {} trace(s) per message{}{}",
         kafka.brokers,
@@ -246,6 +265,11 @@ async fn main() -> anyhow::Result<()> {
             spans += t.span_count() as u64;
             errors += u64::from(t.error);
             spikes += u64::from(t.spike);
+            if let Some(exporters) = &exporters {
+                exports.schedule(&generator, exporters.split(t, now_nanos()));
+                traces += 1;
+                continue;
+            }
             batch.push(t);
             if batch.len() == args.traces_per_message || i + 1 == due {
                 let key = hex::encode(batch[0].trace_id);
@@ -257,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
             }
             traces += 1;
         }
+        messages += exports.send_due(&producer, &topic, now_nanos()).await;
         if last_report.0.elapsed().as_secs_f64() >= args.report_every_secs {
             let secs = last_report.0.elapsed().as_secs_f64();
             println!(
@@ -275,6 +300,11 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::yield_now().await;
         }
     }
+    // The exports still to come go out on their schedule.
+    while let Some(at) = exports.next_at() {
+        tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now_nanos()))).await;
+        messages += exports.send_due(&producer, &topic, now_nanos()).await;
+    }
     producer
         .flush(Duration::from_secs(60))
         .context("flushing the producer")?;
@@ -288,6 +318,48 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(failed == 0, "{failed} messages were not delivered");
     Ok(())
+}
+
+/// A message waiting for its export: (when, order, key, payload).
+type Export = (u64, u64, String, Vec<u8>);
+
+/// Messages waiting for their export, earliest first.
+#[derive(Default)]
+struct Exports {
+    queue: BinaryHeap<Reverse<Export>>,
+    scheduled: u64,
+}
+
+impl Exports {
+    fn schedule(&mut self, generator: &TraceGenerator, parts: Vec<(u64, GeneratedTrace)>) {
+        for (at, part) in parts {
+            let key = hex::encode(part.trace_id);
+            let payload = generator.request(vec![part]).encode_to_vec();
+            self.scheduled += 1;
+            self.queue.push(Reverse((at, self.scheduled, key, payload)));
+        }
+    }
+
+    fn next_at(&self) -> Option<u64> {
+        self.queue.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// Sends every message due by `now`; returns how many.
+    async fn send_due(
+        &mut self,
+        producer: &ThreadedProducer<Counting>,
+        topic: &str,
+        now: u64,
+    ) -> u64 {
+        let mut sent = 0;
+        while self.next_at().is_some_and(|at| at <= now) {
+            if let Some(Reverse((_, _, key, payload))) = self.queue.pop() {
+                send(producer, topic, &key, payload).await;
+                sent += 1;
+            }
+        }
+        sent
+    }
 }
 
 /// The traffic of a past period, at a steady rate.

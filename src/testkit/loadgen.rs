@@ -710,9 +710,123 @@ impl From<toml::de::Error> for ScenarioError {
     }
 }
 
+/// When each span of a trace would reach Kafka if every service sent its
+/// own spans through an SDK's batch span processor (the OpenTelemetry
+/// SDKs' default, every 5 s: `OTEL_BSP_SCHEDULE_DELAY`), each on a phase of
+/// its own, through a Collector whose Kafka exporter keys by trace id.
+/// A span goes out in the first export after it ends, so one trace's spans
+/// come in several messages, up to one interval apart. The export a full
+/// batch (512 spans) would trigger early is left out.
+pub struct BatchExporters {
+    interval_nanos: u64,
+    /// Per service: where its exports fall within the interval.
+    phase_nanos: Vec<u64>,
+}
+
+impl BatchExporters {
+    pub fn new(services: usize, interval_ms: u64, seed: u64) -> Self {
+        let interval_nanos = interval_ms.max(1) * 1_000_000;
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_ba7c);
+        Self {
+            interval_nanos,
+            phase_nanos: (0..services)
+                .map(|_| rng.random_range(0..interval_nanos))
+                .collect(),
+        }
+    }
+
+    /// The first export of `service` after `unix_nano`.
+    pub fn next_export(&self, service: usize, unix_nano: u64) -> u64 {
+        let phase = self.phase_nanos.get(service).copied().unwrap_or(0);
+        let ticks = unix_nano.saturating_sub(phase) / self.interval_nanos + 1;
+        ticks * self.interval_nanos + phase
+    }
+
+    /// Moves `trace` to start at `start_unix_nano` and splits it into the
+    /// exports that send it: (when, the spans of one service sent then),
+    /// earliest first.
+    pub fn split(&self, trace: GeneratedTrace, start_unix_nano: u64) -> Vec<(u64, GeneratedTrace)> {
+        let first = trace
+            .spans_by_service
+            .iter()
+            .flat_map(|(_, spans)| spans.iter().map(|s| s.start_time_unix_nano))
+            .min()
+            .unwrap_or(start_unix_nano);
+        let shift = start_unix_nano.saturating_sub(first);
+        let mut exports: std::collections::BTreeMap<(u64, usize), Vec<Span>> = Default::default();
+        for (service, spans) in trace.spans_by_service {
+            for mut span in spans {
+                span.start_time_unix_nano += shift;
+                span.end_time_unix_nano += shift;
+                for event in &mut span.events {
+                    event.time_unix_nano += shift;
+                }
+                let at = self.next_export(service, span.end_time_unix_nano);
+                exports.entry((at, service)).or_default().push(span);
+            }
+        }
+        exports
+            .into_iter()
+            .map(|((at, service), spans)| {
+                let part = GeneratedTrace {
+                    trace_id: trace.trace_id,
+                    root_service: trace.root_service,
+                    error: trace.error,
+                    spike: trace.spike,
+                    spans_by_service: vec![(service, spans)],
+                };
+                (at, part)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_exporters_send_each_span_in_its_services_first_export_after_it_ends() {
+        let mut g = TraceGenerator::new(Scenario::demo(), 7);
+        let t = g.trace(0, 2_000_000_000_000_000_000, 0.0);
+        let (id, count) = (t.trace_id, t.span_count());
+        let exporters = BatchExporters::new(g.scenario().services.len(), 5_000, 7);
+        let start = 3_000_000_000_000_000_000;
+        let parts = exporters.split(t, start);
+        assert!(parts.windows(2).all(|w| w[0].0 <= w[1].0), "earliest first");
+        assert_eq!(
+            parts.iter().map(|(_, p)| p.span_count()).sum::<usize>(),
+            count
+        );
+        let mut services = std::collections::HashSet::new();
+        for (at, part) in &parts {
+            assert_eq!(part.trace_id, id);
+            let [(service, spans)] = &part.spans_by_service[..] else {
+                panic!("one service per export");
+            };
+            services.insert(*service);
+            for span in spans {
+                assert!(
+                    span.start_time_unix_nano >= start,
+                    "moved to start at `start`"
+                );
+                assert!(*at > span.end_time_unix_nano, "sent after it ends");
+                assert!(
+                    *at - span.end_time_unix_nano <= 5_000_000_000,
+                    "within one interval"
+                );
+                assert_eq!(
+                    exporters.next_export(*service, span.end_time_unix_nano),
+                    *at
+                );
+            }
+        }
+        assert!(services.len() > 1, "a frontend trace crosses services");
+        assert!(parts.len() >= services.len());
+        // Exports of one service are one interval apart.
+        let a = exporters.next_export(1, start);
+        assert_eq!(exporters.next_export(1, a), a + 5_000_000_000);
+    }
 
     #[test]
     fn demo_traces_are_trees_with_realistic_spans() {
