@@ -49,6 +49,9 @@ struct Options {
     /// Passed to the load generator: spans sent as an SDK's batch exporter
     /// per service sends them (0: each trace whole, in one message).
     export_interval_ms: u64,
+    /// The load generator's seed; the control's is this + 4200. Soaks run
+    /// side by side need seeds of their own, as they share Redis.
+    seed: u64,
 }
 
 fn options() -> Options {
@@ -61,6 +64,7 @@ fn options() -> Options {
         predict_bytes_per_span: 60.0,
         control_timeout_secs: 60,
         export_interval_ms: 0,
+        seed: 42,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -74,6 +78,7 @@ fn options() -> Options {
             "--control-timeout-secs" => {
                 o.control_timeout_secs = v.parse().unwrap_or(o.control_timeout_secs)
             }
+            "--seed" => o.seed = v.parse().unwrap_or(o.seed),
             "--export-interval-ms" => {
                 o.export_interval_ms = v.parse().unwrap_or(o.export_interval_ms)
             }
@@ -149,9 +154,9 @@ async fn main() {
         base_kib as f64 / 1024.0,
         control_base_kib as f64 / 1024.0,
     );
-    let mut producers = vec![load_generator(&s.topic, &o, 42)];
+    let mut producers = vec![load_generator(&s.topic, &o, o.seed)];
     if let Some(c) = &control {
-        producers.push(load_generator(&c.topic, &o, 4242));
+        producers.push(load_generator(&c.topic, &o, o.seed + 4200));
     }
     let started = Instant::now();
     let mut last = Sample::default();

@@ -5,7 +5,7 @@
 //! too: `scripts/test.sh` runs the modules that touch decisions, durability
 //! and policies again with `TSS_TEST_BUFFER_MODE=compact`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -116,6 +116,39 @@ async fn force_keep_slow_mobile(s: &Selector) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn both_buffer_modes_keep_the_same_traces_for_the_same_reasons_with_every_span() {
+    compare_modes(&[], &[]).await;
+}
+
+/// The same on traffic as services instrumented with an SDK send it: each
+/// service exports its ended spans every second, so a trace's spans come in
+/// several messages, between other traces' messages, and the second read
+/// must gather them from all. The inactivity timeout (8 s) outlasts any
+/// demo trace (under 3 s) plus the export interval, so no trace is split.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_buffer_modes_agree_on_traces_whose_spans_come_in_several_messages() {
+    let m = compare_modes(
+        &["--export-interval-ms", "1000"],
+        &[("TSS__SAMPLING__INACTIVITY_TIMEOUT_SECS", "8")],
+    )
+    .await;
+    let (traces, decoded) = (
+        m["tail_sampling_reread_traces_total"],
+        m["tail_sampling_reread_messages_decoded_total"],
+    );
+    assert!(
+        decoded > 1.5 * traces,
+        "{decoded} messages decoded again for {traces} kept traces: the traces did not span messages"
+    );
+    assert!(
+        m["tail_sampling_messages_consumed_total"] > 2.0 * 1500.0,
+        "the load generator sent each trace whole"
+    );
+}
+
+/// Runs both modes on one topic of 1,500 seeded load-generator traces sent
+/// with `loadgen` arguments, the selectors configured with `env` too, and
+/// returns the compact selector's metrics.
+async fn compare_modes(loadgen: &[&str], env: &[(&str, &str)]) -> HashMap<String, f64> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("tss-it-modes-{run}");
     let dir = std::env::temp_dir().join(format!("tss-it-modes-{run}"));
@@ -128,16 +161,14 @@ async fn both_buffer_modes_keep_the_same_traces_for_the_same_reasons_with_every_
         async move {
             let group = format!("tss-it-modes-{mode}-{run}");
             let prefix = format!("tss-it-modes-{mode}-{run}:");
-            Selector::start_on(
-                &topic,
-                &[
-                    (CONFIG_FILE, file.as_str()),
-                    ("TSS__BUFFER__MODE", mode),
-                    ("TSS__KAFKA__GROUP_ID", group.as_str()),
-                    ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
-                ],
-            )
-            .await
+            let mut settings = vec![
+                (CONFIG_FILE, file.as_str()),
+                ("TSS__BUFFER__MODE", mode),
+                ("TSS__KAFKA__GROUP_ID", group.as_str()),
+                ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
+            ];
+            settings.extend_from_slice(env);
+            Selector::start_on(&topic, &settings).await
         }
     };
     let spans = start("spans").await;
@@ -149,19 +180,18 @@ async fn both_buffer_modes_keep_the_same_traces_for_the_same_reasons_with_every_
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let seed = (now_nanos() % 1_000_000_000).to_string();
-    let out = load_generator(
-        &topic,
-        &[
-            "--seed",
-            &seed,
-            "--rate",
-            "300",
-            "--count",
-            "1500",
-            "--partitions",
-            "4",
-        ],
-    );
+    let mut args = vec![
+        "--seed",
+        &seed,
+        "--rate",
+        "300",
+        "--count",
+        "1500",
+        "--partitions",
+        "4",
+    ];
+    args.extend_from_slice(loadgen);
+    let out = load_generator(&topic, &args);
     assert!(out.contains("0 failed"), "{out}");
     wait_decided(&spans, 1500.0).await;
     wait_decided(&compact, 1500.0).await;
@@ -223,9 +253,10 @@ async fn both_buffer_modes_keep_the_same_traces_for_the_same_reasons_with_every_
     );
     assert_eq!(m["tail_sampling_reread_spans_missing_total"], 0.0);
     assert!(m["tail_sampling_reread_messages_decoded_total"] > 0.0);
-    let m = spans.metrics().await;
+    let in_spans_mode = spans.metrics().await;
     assert_eq!(
-        m["tail_sampling_reread_traces_total"], 0.0,
+        in_spans_mode["tail_sampling_reread_traces_total"], 0.0,
         "the spans mode reads nothing twice"
     );
+    m
 }
