@@ -223,11 +223,16 @@ fn peak_rss_mib(pid: u32) -> f64 {
     harness::peak_rss_kib(pid) as f64 / 1024.0
 }
 
-/// The release selector on `topic`, with the bench's timeouts and a buffer
-/// large enough to drain a backlog, plus `extra` settings.
+/// The release selector on `topic`, with the bench's timeouts, a buffer
+/// large enough to drain a backlog and decisions of this run's own, plus
+/// `extra` settings.
 fn start_selector_with(o: &Options, topic: &str, extra: &[(&str, &str)]) -> Selector {
     let (inactivity, flush) = (o.inactivity_secs.to_string(), o.flush_secs.to_string());
+    // The fill's traces are the same in every run: decisions a run before
+    // left in Redis would make this run's decisions late spans of them.
+    let prefix = format!("{topic}:");
     let mut settings = vec![
+        ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
         ("TSS__KAFKA__BROKERS", o.brokers.as_str()),
         ("TSS__KAFKA__TOPIC_PARTITIONS", "8"),
         ("TSS__KAFKA__SESSION_TIMEOUT_MS", "45000"),
@@ -296,11 +301,12 @@ async fn reread_caught_up(
     if std::env::var(harness::BUFFER_MODE).as_deref() != Ok("compact") {
         return;
     }
-    let kept: f64 = at_drain
-        .iter()
-        .filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{"))
-        .map(|(_, v)| v)
-        .sum();
+    // Taken again should the page at the drain's end lack the series.
+    let mut kept = kept_traces(at_drain);
+    while kept.is_none() {
+        kept = kept_traces(&s.metrics().await);
+    }
+    let kept = kept.unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let m = s.metrics().await;
@@ -317,6 +323,17 @@ async fn reread_caught_up(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Traces kept so far, by every reason; `None` when the page has no such
+/// series.
+fn kept_traces(m: &HashMap<String, f64>) -> Option<f64> {
+    let kept: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("tail_sampling_traces_sampled_total{"))
+        .map(|(_, v)| *v)
+        .collect();
+    (!kept.is_empty()).then(|| kept.iter().sum())
 }
 
 /// Waits until nothing is held (every trace decided, every kept one
