@@ -219,6 +219,7 @@ fn start_sinks(
         let ctx = RereadContext {
             metrics: metrics.clone(),
             health: health.clone(),
+            acks: acks.clone(),
         };
         let delay = Duration::from_millis(settings.buffer.reread_delay_ms);
         let (tx, reread) = reread::start(&settings.kafka, delay, ctx, onward)?;

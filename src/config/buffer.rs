@@ -21,16 +21,20 @@ pub struct BackpressureConfig {
     #[serde(default)]
     pub mode: BufferMode,
     /// In compact mode, how long the second read waits after a kept trace
-    /// is decided before reading its messages. Traces decided within this
-    /// wait are read in one pass, in message order; a trace whose messages
-    /// lie behind that pass (decided later than this after a trace with
-    /// later messages) costs the read a new consumer to go back.
+    /// is decided before reading its messages, of wall time or of stream
+    /// time, whichever passes first. Traces decided within this wait are
+    /// read in one pass, in message order; a trace whose messages lie
+    /// behind that pass (decided later than this after a trace with later
+    /// messages) costs the read a new consumer to go back. The default is
+    /// the OpenTelemetry SDKs' export interval, the usual spread of one
+    /// trace's messages; counted in stream time too, it costs a backlog
+    /// next to nothing.
     #[serde(default = "default_reread_delay_ms")]
     pub reread_delay_ms: u64,
 }
 
 fn default_reread_delay_ms() -> u64 {
-    1000
+    5000
 }
 
 /// `buffer.mode`: what the selector keeps of an open trace.

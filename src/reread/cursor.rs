@@ -16,6 +16,28 @@ pub const MAX_READ_THROUGH: i64 = 512;
 /// A rewind past which a needed message that never comes counts as gone.
 const MAX_REWIND: i64 = 1 << 21;
 
+/// A moment on both clocks the read waits by: wall time, and the stream
+/// time the workers decide by, where known.
+#[derive(Debug, Clone, Copy)]
+pub struct Moment {
+    pub wall: Instant,
+    pub stream_ms: Option<i64>,
+}
+
+impl Moment {
+    /// Whether `delay` has passed since `self` on either clock. On a
+    /// backlog stream time runs far ahead of the wall: the traces the wait
+    /// is for are decided within the delay of stream time, however little
+    /// wall time that takes. Live, the two run together.
+    fn ripe(self, now: Moment, delay: Duration) -> bool {
+        let stream = match (self.stream_ms, now.stream_ms) {
+            (Some(at), Some(now)) => now.saturating_sub(at) >= delay.as_millis() as i64,
+            _ => false,
+        };
+        stream || self.wall + delay <= now.wall
+    }
+}
+
 /// One partition's read.
 #[derive(Debug)]
 pub struct Cursor {
@@ -24,9 +46,9 @@ pub struct Cursor {
     /// the consumer reads on without a new start.
     needed: BTreeSet<i64>,
     /// Needed offsets not ripe yet, in the order they came.
-    arrivals: VecDeque<(Instant, i64)>,
+    arrivals: VecDeque<(Moment, i64)>,
     /// The highest needed offset that came at least `buffer.reread_delay_ms`
-    /// ago: the read goes this far. A trace decided a moment later may need
+    /// ago, of wall or stream time: the read goes this far. A trace decided a moment later may need
     /// a message before the newest ones (its first spans came earlier);
     /// waiting lets it ask before the read has passed that message, so the
     /// consumer rarely has to go back.
@@ -75,7 +97,7 @@ impl Default for Cursor {
 impl Cursor {
     /// Records a needed offset, asked for at `at`. Returns false when it
     /// is below the known low watermark: gone from the topic.
-    pub fn need(&mut self, offset: i64, at: Instant) -> bool {
+    pub fn need(&mut self, offset: i64, at: Moment) -> bool {
         if offset < self.low {
             return false;
         }
@@ -85,17 +107,26 @@ impl Cursor {
     }
 
     /// Lets the read go as far as the needed offsets that came `delay`
-    /// before `now`. Returns when the next one ripens, if any is waiting.
-    pub fn ripen(&mut self, now: Instant, delay: Duration) -> Option<Instant> {
+    /// before `now`, of wall or stream time. Returns when the next one
+    /// ripens by the wall clock, if any is waiting (stream time may ripen
+    /// it sooner).
+    pub fn ripen(&mut self, now: Moment, delay: Duration) -> Option<Instant> {
         while let Some(&(at, offset)) = self.arrivals.front() {
-            let ripe_at = at + delay;
-            if ripe_at > now {
-                return Some(ripe_at);
+            if !at.ripe(now, delay) {
+                return Some(at.wall + delay);
             }
             self.ripe = self.ripe.max(offset);
             self.arrivals.pop_front();
         }
         None
+    }
+
+    /// Whether the next need to ripen may ripen by stream time: the reader
+    /// then looks at stream time again before its wall time comes.
+    pub fn waits_on_stream(&self) -> bool {
+        self.arrivals
+            .front()
+            .is_some_and(|(at, _)| at.stream_ms.is_some())
     }
 
     /// Nothing needed, or nothing needed is ripe.
@@ -203,9 +234,17 @@ impl Cursor {
 mod tests {
     use super::*;
 
+    /// A moment of wall time only.
+    fn wall(at: Instant) -> Moment {
+        Moment {
+            wall: at,
+            stream_ms: None,
+        }
+    }
+
     /// Needs `offsets`, ripe at once.
     fn need(c: &mut Cursor, offsets: &[i64]) {
-        let now = Instant::now();
+        let now = wall(Instant::now());
         for o in offsets {
             assert!(c.need(*o, now));
         }
@@ -217,21 +256,52 @@ mod tests {
         let t0 = Instant::now();
         let delay = Duration::from_secs(1);
         let mut c = Cursor::default();
-        c.need(200, t0);
-        assert_eq!(c.ripen(t0, delay), Some(t0 + delay));
+        c.need(200, wall(t0));
+        assert_eq!(c.ripen(wall(t0), delay), Some(t0 + delay));
         assert!(c.is_idle() && !c.is_empty());
         assert_eq!(c.restart_at(), None, "not ripe");
         let t1 = t0 + Duration::from_millis(500);
-        c.need(150, t1);
-        c.need(300, t1);
-        assert_eq!(c.ripen(t0 + delay, delay), Some(t1 + delay));
+        c.need(150, wall(t1));
+        c.need(300, wall(t1));
+        assert_eq!(c.ripen(wall(t0 + delay), delay), Some(t1 + delay));
         assert_eq!(c.restart_at(), Some(150), "a later need below the ripe one");
         c.started(150);
         assert!(c.on_message(150).decode);
         assert!(c.on_message(200).decode);
         assert!(c.is_idle(), "300 is not ripe yet");
-        assert_eq!(c.ripen(t1 + delay, delay), None);
+        assert_eq!(c.ripen(wall(t1 + delay), delay), None);
         assert_eq!(c.restart_at(), None, "read on to 300");
+    }
+
+    #[test]
+    fn a_need_ripens_by_stream_time_when_stream_time_runs_ahead_of_the_wall() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(5);
+        let at = |wall: Instant, stream_ms: i64| Moment {
+            wall,
+            stream_ms: Some(stream_ms),
+        };
+        let mut c = Cursor::default();
+        c.need(100, at(t0, 60_000));
+        c.need(200, at(t0, 62_000));
+        assert!(c.waits_on_stream());
+        // A backlog: 50 ms of wall time carry stream time 5 s on.
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!(c.ripen(at(t1, 64_999), delay), Some(t0 + delay));
+        assert_eq!(c.restart_at(), None, "not ripe on either clock");
+        assert_eq!(c.ripen(at(t1, 65_000), delay), Some(t0 + delay));
+        assert_eq!(c.restart_at(), Some(100), "ripe by stream time");
+        assert!(c.waits_on_stream(), "200 waits on");
+        // Stream time standing still (no traffic): the wall clock ripens it.
+        assert_eq!(c.ripen(at(t0 + delay, 65_000), delay), None);
+        assert!(!c.waits_on_stream());
+        c.started(100);
+        assert!(c.on_message(100).decode);
+        assert!(!c.is_idle(), "200 is ripe");
+        // Without stream time, only the wall clock counts.
+        c.need(300, wall(t1));
+        assert!(!c.waits_on_stream());
+        assert_eq!(c.ripen(at(t1, 1_000_000), delay), Some(t1 + delay));
     }
 
     #[test]
@@ -319,7 +389,7 @@ mod tests {
         let mut c = Cursor::default();
         need(&mut c, &[10, 20, 30]);
         assert_eq!(c.set_low(25), vec![10, 20]);
-        assert!(!c.need(24, Instant::now()), "known gone");
+        assert!(!c.need(24, wall(Instant::now())), "known gone");
         assert_eq!(c.restart_at(), Some(30));
     }
 }

@@ -34,6 +34,7 @@ use rdkafka::error::KafkaError;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::ack::Acks;
 use crate::config::KafkaConfig;
 use crate::handoff::{KeptTrace, Onward};
 use crate::health::Health;
@@ -57,11 +58,14 @@ pub enum RereadError {
 pub struct RereadContext {
     pub metrics: Metrics,
     pub health: Health,
+    /// Stream time, which the readers' delay also counts in.
+    pub acks: Acks,
 }
 
 /// Starts the stage in front of `onward`; each kept trace's messages are
-/// read `delay` (`buffer.reread_delay_ms`) after it came, at the earliest. It runs until every sender of
-/// the returned channel is gone and every trace it took has gone on.
+/// read `delay` (`buffer.reread_delay_ms`) after it came, of wall or stream
+/// time, at the earliest. It runs until every sender of the returned
+/// channel is gone and every trace it took has gone on.
 pub fn start(
     kafka: &KafkaConfig,
     delay: Duration,
@@ -196,6 +200,7 @@ impl Reread {
             config: self.config.clone(),
             max_message_bytes: self.max_message_bytes,
             delay: self.delay,
+            acks: self.ctx.acks.clone(),
             metrics: self.ctx.metrics.reread.clone(),
             health: self.ctx.health.clone(),
             stage: STAGE,

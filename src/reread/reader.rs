@@ -19,10 +19,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, Moment};
+use crate::ack::Acks;
 use crate::health::Health;
 use crate::metrics::reread::RereadMetrics;
-use crate::model::{SpanRecord, TraceId};
+use crate::model::{unix_now_ms, SpanRecord, TraceId};
 use crate::otlp::decode::decode_message;
 
 /// Silence after which a read that still needs messages is stuck: a new
@@ -35,6 +36,8 @@ const QUIET: Duration = Duration::from_secs(3);
 const IDLE: Duration = Duration::from_secs(30);
 /// How long one watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a reader with a need waiting on stream time looks at it again.
+const STREAM_POLL: Duration = Duration::from_millis(20);
 
 /// What a reader tells the stage.
 #[derive(Debug)]
@@ -54,8 +57,11 @@ pub struct Reader {
     pub topic: String,
     pub config: ClientConfig,
     pub max_message_bytes: usize,
-    /// `buffer.reread_delay_ms`: how long a need waits before it is read.
+    /// `buffer.reread_delay_ms`: how long a need waits before it is read,
+    /// of wall or stream time.
     pub delay: Duration,
+    /// Where stream time comes from.
+    pub acks: Acks,
     pub metrics: RereadMetrics,
     pub health: Health,
     /// The stage's name in `/health`, where a reader reports its errors.
@@ -76,13 +82,18 @@ impl Reader {
         let mut running: Option<Running> = None;
         let mut failures = 0u32;
         loop {
-            let now = Instant::now();
+            let now = self.now();
             let ripening = cursor.ripen(now, self.delay);
             if cursor.is_idle() {
                 // Wait for a need, the next to ripen, or, with none
                 // waiting, long enough to close an idle consumer.
+                let poll = if cursor.waits_on_stream() {
+                    STREAM_POLL
+                } else {
+                    Duration::MAX
+                };
                 let wait = match ripening {
-                    Some(at) => at.saturating_duration_since(now),
+                    Some(at) => at.saturating_duration_since(now.wall).min(poll),
                     None if running.is_some() => IDLE,
                     None => Duration::MAX,
                 };
@@ -165,8 +176,16 @@ impl Reader {
         Ok(())
     }
 
+    /// Now, on the wall clock and in stream time.
+    fn now(&self) -> Moment {
+        Moment {
+            wall: Instant::now(),
+            stream_ms: self.acks.watermark(unix_now_ms()),
+        }
+    }
+
     fn need(&self, cursor: &mut Cursor, offset: i64) {
-        if !cursor.need(offset, Instant::now()) {
+        if !cursor.need(offset, self.now()) {
             self.gone(vec![offset]);
         }
     }
