@@ -49,8 +49,7 @@ struct Options {
     /// Passed to the load generator: spans sent as an SDK's batch exporter
     /// per service sends them (0: each trace whole, in one message).
     export_interval_ms: u64,
-    /// The load generator's seed; the control's is this + 4200. Soaks run
-    /// side by side need seeds of their own, as they share Redis.
+    /// The load generator's seed; the control's is this + 4200.
     seed: u64,
 }
 
@@ -115,9 +114,13 @@ async fn launch(o: &Options, timeout_secs: u64) -> Selector {
     let timeout = timeout_secs.to_string();
     let longest = (timeout_secs * 2).to_string();
     let redis = redis_url();
+    // Decisions of its own: a run with a seed used before would otherwise
+    // find its traces decided in Redis.
+    let prefix = format!("{topic}:");
     let s = Selector::launch(
         &topic,
         &[
+            ("TSS__REDIS__KEY_PREFIX", prefix.as_str()),
             ("TSS__BUFFER__MODE", o.mode.as_str()),
             ("TSS__BUFFER__MAX_BUFFERED_SPANS", "100000000"),
             ("TSS__KAFKA__TOPIC_PARTITIONS", "8"),
