@@ -306,16 +306,19 @@ mod tests {
         c.report_lag(0, 1);
         std::thread::sleep(IDLE_AFTER + Duration::from_millis(50));
         assert_eq!(c.watermark(100_000, &[]), Some(5_000), "held at first");
-        {
-            let mut state = c.state.lock();
-            let clock = state.partitions.get_mut(&0).expect("assigned");
-            clock.last_delivery -= IDLE_WITH_LAG_AFTER;
-        }
+        quiet_for_longer_than_a_stall(&c, 0);
         assert_eq!(
             c.watermark(100_000, &[]),
             Some(100_000),
             "quiet for longer than any stall of ours: idle"
         );
+    }
+
+    /// Moves partition `p`'s last delivery back by [`IDLE_WITH_LAG_AFTER`].
+    fn quiet_for_longer_than_a_stall(c: &StreamClock, p: i32) {
+        let mut state = c.state.lock();
+        let clock = state.partitions.get_mut(&p).expect("assigned");
+        clock.last_delivery -= IDLE_WITH_LAG_AFTER;
     }
 
     #[test]
@@ -348,11 +351,7 @@ mod tests {
             Some(5_000),
             "its last spans have not reached a trace buffer: not idle"
         );
-        {
-            let mut state = c.state.lock();
-            let clock = state.partitions.get_mut(&0).expect("assigned");
-            clock.last_delivery -= IDLE_WITH_LAG_AFTER;
-        }
+        quiet_for_longer_than_a_stall(&c, 0);
         assert_eq!(
             c.watermark(100_000, &[(0, 5_000)]),
             Some(5_000),

@@ -48,10 +48,10 @@ pub struct Cursor {
     /// Needed offsets not ripe yet, in the order they came.
     arrivals: VecDeque<(Moment, i64)>,
     /// The highest needed offset that came at least `buffer.reread_delay_ms`
-    /// ago, of wall or stream time: the read goes this far. A trace decided a moment later may need
-    /// a message before the newest ones (its first spans came earlier);
-    /// waiting lets it ask before the read has passed that message, so the
-    /// consumer rarely has to go back.
+    /// ago, of wall or stream time: the read goes this far. A trace decided
+    /// a moment later may need a message before the newest ones (its first
+    /// spans came earlier); waiting lets it ask before the read has passed
+    /// that message, so the consumer rarely has to go back.
     ripe: i64,
     /// The offset the running consumer delivers next; `None` when there is
     /// none, or it must not be read on (it passed a needed message).

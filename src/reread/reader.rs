@@ -36,8 +36,33 @@ const QUIET: Duration = Duration::from_secs(3);
 const IDLE: Duration = Duration::from_secs(30);
 /// How long one watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a reader with a need waiting on stream time looks at it again.
+/// How often a reader looks at stream time: again when a need waits on it.
 const STREAM_POLL: Duration = Duration::from_millis(20);
+
+/// Now, on the wall clock and in stream time, as a reader samples it. The
+/// watermark takes the offset tracker's lock, which the consumer takes for
+/// every message, so a reader reading through thousands of messages a
+/// second looks at it at most once every [`STREAM_POLL`].
+struct Clocks<'a> {
+    acks: &'a Acks,
+    /// When stream time was last looked at, and what it was.
+    sampled: Option<(Instant, Option<i64>)>,
+}
+
+impl Clocks<'_> {
+    fn now(&mut self) -> Moment {
+        let wall = Instant::now();
+        let stream_ms = match self.sampled {
+            Some((at, stream_ms)) if wall.saturating_duration_since(at) < STREAM_POLL => stream_ms,
+            _ => {
+                let stream_ms = self.acks.watermark(unix_now_ms());
+                self.sampled = Some((wall, stream_ms));
+                stream_ms
+            }
+        };
+        Moment { wall, stream_ms }
+    }
+}
 
 /// What a reader tells the stage.
 #[derive(Debug)]
@@ -81,8 +106,12 @@ impl Reader {
         let mut cursor = Cursor::default();
         let mut running: Option<Running> = None;
         let mut failures = 0u32;
+        let mut clocks = Clocks {
+            acks: &self.acks,
+            sampled: None,
+        };
         loop {
-            let now = self.now();
+            let now = clocks.now();
             let ripening = cursor.ripen(now, self.delay);
             if cursor.is_idle() {
                 // Wait for a need, the next to ripen, or, with none
@@ -98,7 +127,7 @@ impl Reader {
                     None => Duration::MAX,
                 };
                 match tokio::time::timeout(wait, inbox.recv()).await {
-                    Ok(Some(offset)) => self.need(&mut cursor, offset),
+                    Ok(Some(offset)) => self.need(&mut cursor, offset, clocks.now()),
                     Ok(None) => break,
                     Err(_) if cursor.is_empty() => stop(&mut running, &mut cursor),
                     Err(_) => {}
@@ -106,7 +135,7 @@ impl Reader {
                 continue;
             }
             while let Ok(offset) = inbox.try_recv() {
-                self.need(&mut cursor, offset);
+                self.need(&mut cursor, offset, now);
             }
             if let Some(at) = cursor.restart_at() {
                 stop(&mut running, &mut cursor);
@@ -176,16 +205,8 @@ impl Reader {
         Ok(())
     }
 
-    /// Now, on the wall clock and in stream time.
-    fn now(&self) -> Moment {
-        Moment {
-            wall: Instant::now(),
-            stream_ms: self.acks.watermark(unix_now_ms()),
-        }
-    }
-
-    fn need(&self, cursor: &mut Cursor, offset: i64) {
-        if !cursor.need(offset, self.now()) {
+    fn need(&self, cursor: &mut Cursor, offset: i64, at: Moment) {
+        if !cursor.need(offset, at) {
             self.gone(vec![offset]);
         }
     }
